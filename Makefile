@@ -1,0 +1,57 @@
+# The two commands a newcomer needs: `make demo` and `make test`.
+# Both install everything they need (apt packages as root, a venv) and are
+# quick when it is already there.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+APT_PACKAGES := golang-go golang-github-vmware-govmomi-dev gcc libc6-dev python3-venv
+BENCH_APT_PACKAGES := restic borgbackup
+STAMP := $(VENV)/.installed
+
+.PHONY: all deps apt venv vcsim test lint format demo bench clean
+
+all: test
+
+apt:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q "install ok installed" || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages: $$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	@touch $@
+
+venv: $(STAMP)
+
+# Built (and cached by source hash) by the same code the tests and demo use.
+vcsim: apt venv
+	@$(BIN)/python -c "from protector.simulator import build; print('vcsim:', build())"
+
+deps: apt venv vcsim
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: venv
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test: deps lint
+	$(BIN)/python -m pytest -q
+
+demo: deps
+	$(BIN)/vigil demo
+
+bench: deps
+	@missing=$$(for p in $(BENCH_APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q "install ok installed" || echo $$p; done); \
+	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
+	$(BIN)/python -m bench.run_all
+
+clean:
+	rm -rf build $(VENV) .pytest_cache

@@ -1,0 +1,1 @@
+"""vigil disk_io package."""

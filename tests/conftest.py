@@ -1,0 +1,47 @@
+"""Shared fixtures: the bundled vCenter simulator, built once and started per need."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from protector.simulator import Simulator, build
+
+
+@pytest.fixture(scope="session")
+def vcsim_binary() -> Path:
+    env = os.environ.get("VIGIL_VCSIM_BINARY")
+    return Path(env) if env else build()
+
+
+@pytest.fixture(scope="session")
+def vcsim(vcsim_binary: Path) -> Iterator[Simulator]:
+    """A session-wide simulator on the default model: for tests that only read."""
+    with Simulator(binary=vcsim_binary) as sim:
+        yield sim
+
+
+@pytest.fixture
+def vcsim_fresh(vcsim_binary: Path) -> Iterator[Simulator]:
+    """A simulator of this test's own: for tests that change the inventory."""
+    with Simulator(binary=vcsim_binary) as sim:
+        yield sim
+
+
+@pytest.fixture
+def make_vcsim(vcsim_binary: Path) -> Iterator[type[Simulator]]:
+    """Start simulators with custom flags: `make_vcsim(args=[...], tls=True)`."""
+    started: list[Simulator] = []
+
+    def factory(**kw: object) -> Simulator:
+        kw.setdefault("binary", vcsim_binary)
+        sim = Simulator(**kw).start()  # type: ignore[arg-type]
+        started.append(sim)
+        return sim
+
+    yield factory  # type: ignore[misc]
+    for sim in started:
+        sim.stop()
