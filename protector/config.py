@@ -1,0 +1,326 @@
+"""vigil's own configuration file (`vigil.toml`): loading and validation.
+
+Every error names the file and the key path at fault; unknown keys are errors,
+because a typo must never silently change what gets protected. Secrets are read
+from an environment variable or a file named here, never from the file itself
+and never from the command line.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_PATH = "vigil.toml"
+TRANSPORT_MODES = ("vddk", "http", "file")
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message names the file and keys."""
+
+    def __init__(self, path: str, problems: list[str]) -> None:
+        self.path = path
+        self.problems = problems
+        super().__init__("\n".join(f"{path}: {p}" for p in problems))
+
+
+@dataclass(frozen=True)
+class VcenterConfig:
+    url: str
+    user: str
+    password_env: str = ""
+    password_file: str = ""
+    verify_tls: bool = True
+    thumbprint: str = ""
+    ca_file: str = ""
+    connect_timeout: float = 10.0
+
+    def password(self) -> str:
+        """Read the secret now (never stored on this object)."""
+        if self.password_env:
+            value = os.environ.get(self.password_env)
+            if value is None:
+                raise ConfigError(
+                    "vcenter",
+                    [f"vcenter.password_env: environment variable {self.password_env} is not set"],
+                )
+            return value
+        try:
+            return Path(self.password_file).read_text().rstrip("\r\n")
+        except OSError as exc:
+            raise ConfigError(
+                "vcenter", [f"vcenter.password_file: cannot read {self.password_file}: {exc}"]
+            ) from None
+
+
+@dataclass(frozen=True)
+class RepositoryConfig:
+    path: str
+    passphrase_env: str = ""
+    passphrase_file: str = ""
+    chunk_size: int = 4 << 20
+    orphan_keep_days: int = 30
+
+    def passphrase(self) -> str | None:
+        if self.passphrase_env:
+            value = os.environ.get(self.passphrase_env)
+            if value is None:
+                raise ConfigError(
+                    "repository",
+                    [
+                        f"repository.passphrase_env: environment variable "
+                        f"{self.passphrase_env} is not set"
+                    ],
+                )
+            return value
+        if self.passphrase_file:
+            try:
+                return Path(self.passphrase_file).read_text().rstrip("\r\n")
+            except OSError as exc:
+                raise ConfigError(
+                    "repository",
+                    [f"repository.passphrase_file: cannot read {self.passphrase_file}: {exc}"],
+                ) from None
+        return None
+
+
+@dataclass(frozen=True)
+class TransportConfig:
+    modes: tuple[str, ...] = ("vddk", "http", "file")
+    vddk_libdir: str = "/opt/vmware-vix-disklib-distrib"
+    file_datastores: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    concurrent_backups: int = 4
+    per_host: int = 2
+    per_datastore: int = 2
+    io_threads: int = 8
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    status_listen: str = "127.0.0.1:9273"
+    status_token_env: str = ""
+    tag_interval: float = 60.0
+    reconcile_interval: float = 600.0
+    prune_at: str = "07:00"
+    retry_attempts: int = 3
+    retry_backoff: float = 60.0
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    vcenter: VcenterConfig
+    repository: RepositoryConfig
+    policies_path: str
+    transport: TransportConfig = TransportConfig()
+    limits: LimitsConfig = LimitsConfig()
+    daemon: DaemonConfig = DaemonConfig()
+
+
+# Each section: key -> (type(s), required, default)
+_SCHEMA: dict[str, dict[str, tuple[Any, bool]]] = {
+    "vcenter": {
+        "url": (str, True),
+        "user": (str, True),
+        "password_env": (str, False),
+        "password_file": (str, False),
+        "verify_tls": (bool, False),
+        "thumbprint": (str, False),
+        "ca_file": (str, False),
+        "connect_timeout": ((int, float), False),
+    },
+    "repository": {
+        "path": (str, True),
+        "passphrase_env": (str, False),
+        "passphrase_file": (str, False),
+        "chunk_size": (int, False),
+        "orphan_keep_days": (int, False),
+    },
+    "policies": {"path": (str, True)},
+    "transport": {
+        "modes": (list, False),
+        "vddk_libdir": (str, False),
+        "file": (dict, False),
+    },
+    "limits": {
+        "concurrent_backups": (int, False),
+        "per_host": (int, False),
+        "per_datastore": (int, False),
+        "io_threads": (int, False),
+    },
+    "daemon": {
+        "status_listen": (str, False),
+        "status_token_env": (str, False),
+        "tag_interval": ((int, float), False),
+        "reconcile_interval": ((int, float), False),
+        "prune_at": (str, False),
+        "retry_attempts": (int, False),
+        "retry_backoff": ((int, float), False),
+    },
+}
+_REQUIRED_SECTIONS = ("vcenter", "repository", "policies")
+
+
+def _type_name(t: Any) -> str:
+    names = {str: "a string", bool: "true or false", int: "an integer", list: "a list"}
+    if isinstance(t, tuple):
+        return "a number"
+    return names.get(t, "a table")
+
+
+def resolve_path(cli_path: str | None) -> str:
+    return cli_path or os.environ.get("VIGIL_CONFIG") or DEFAULT_PATH
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    path = str(path)
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(
+            path, ["file not found (pass --config PATH or set VIGIL_CONFIG)"]
+        ) from None
+    except OSError as exc:
+        raise ConfigError(path, [f"cannot read: {exc.strerror}"]) from None
+    try:
+        doc = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, [f"not valid TOML: {exc}"]) from None
+    return parse_config(doc, path)
+
+
+def parse_config(doc: dict[str, Any], path: str) -> Config:
+    problems: list[str] = []
+    base = Path(path).resolve().parent
+
+    for section in doc:
+        if section not in _SCHEMA:
+            problems.append(f"{section}: unknown section (known: {', '.join(_SCHEMA)})")
+    for section in _REQUIRED_SECTIONS:
+        if section not in doc:
+            problems.append(f"[{section}]: required section is missing")
+
+    values: dict[str, dict[str, Any]] = {}
+    for section, schema in _SCHEMA.items():
+        table = doc.get(section, {})
+        if not isinstance(table, dict):
+            problems.append(f"{section}: must be a table")
+            continue
+        values[section] = {}
+        for key, val in table.items():
+            if key not in schema:
+                problems.append(
+                    f"{section}.{key}: unknown key (known: {', '.join(sorted(schema))})"
+                )
+                continue
+            typ = schema[key][0]
+            ok = isinstance(val, typ) and not (typ is int and isinstance(val, bool))
+            if isinstance(typ, tuple) and isinstance(val, bool):
+                ok = False
+            if not ok:
+                problems.append(f"{section}.{key}: must be {_type_name(typ)}, got {val!r}")
+                continue
+            values[section][key] = val
+        if section in doc:
+            for key, (_, required) in schema.items():
+                if required and key not in table:
+                    problems.append(f"{section}.{key}: required key is missing")
+
+    v = values.get("vcenter", {})
+    if v:
+        if "password_env" in v and "password_file" in v:
+            problems.append("vcenter: set password_env or password_file, not both")
+        elif "password_env" not in v and "password_file" not in v:
+            problems.append(
+                "vcenter.password_env: required (or vcenter.password_file); "
+                "the password itself never goes in this file"
+            )
+        if "url" in v:
+            from watcher.soap import Endpoint
+
+            try:
+                Endpoint(v["url"], thumbprint=v.get("thumbprint", ""))
+            except ValueError as exc:
+                key = "thumbprint" if "thumbprint" in str(exc) else "url"
+                problems.append(f"vcenter.{key}: {exc}")
+        if v.get("password_file"):
+            v["password_file"] = str(base / v["password_file"])
+    r = values.get("repository", {})
+    if "path" in r:
+        r["path"] = str(base / r["path"])
+    if r.get("passphrase_file"):
+        r["passphrase_file"] = str(base / r["passphrase_file"])
+    if "chunk_size" in r and (r["chunk_size"] < 65536 or r["chunk_size"] & (r["chunk_size"] - 1)):
+        problems.append("repository.chunk_size: must be a power of two of at least 65536")
+
+    t = values.get("transport", {})
+    modes = t.get("modes")
+    if modes is not None:
+        bad = [m for m in modes if m not in TRANSPORT_MODES]
+        if bad or not modes:
+            problems.append(
+                f"transport.modes: each must be one of {', '.join(TRANSPORT_MODES)}, got {modes!r}"
+            )
+    file_ds: dict[str, str] = {}
+    ft = t.get("file", {})
+    for key, val in ft.items():
+        if key != "datastores" or not isinstance(val, dict):
+            problems.append(f"transport.file.{key}: unknown key (known: datastores)")
+            continue
+        for ds, mount in val.items():
+            if not isinstance(mount, str):
+                problems.append(f"transport.file.datastores.{ds}: must be a path string")
+            else:
+                file_ds[ds] = str(base / mount)
+
+    lim = values.get("limits", {})
+    for key, val in lim.items():
+        if val < 1:
+            problems.append(f"limits.{key}: must be at least 1, got {val}")
+
+    d = values.get("daemon", {})
+    listen = d.get("status_listen")
+    if listen is not None:
+        host, _, port = listen.rpartition(":")
+        if not host or not port.isdigit():
+            problems.append(f"daemon.status_listen: must be HOST:PORT, got {listen!r}")
+
+    p = values.get("policies", {})
+    if "path" in p:
+        p["path"] = str(base / p["path"])
+
+    if problems:
+        raise ConfigError(path, problems)
+
+    return Config(
+        path=path,
+        vcenter=VcenterConfig(**v),
+        repository=RepositoryConfig(**r),
+        policies_path=p["path"],
+        transport=TransportConfig(
+            modes=tuple(modes) if modes else TransportConfig.modes,
+            vddk_libdir=t.get("vddk_libdir", TransportConfig.vddk_libdir),
+            file_datastores=file_ds,
+        ),
+        limits=LimitsConfig(**lim),
+        daemon=DaemonConfig(**d),
+    )
+
+
+def endpoint_of(cfg: Config) -> Any:
+    from watcher.soap import Endpoint
+
+    return Endpoint(
+        cfg.vcenter.url,
+        verify_tls=cfg.vcenter.verify_tls,
+        thumbprint=cfg.vcenter.thumbprint,
+        ca_file=cfg.vcenter.ca_file,
+        connect_timeout=cfg.vcenter.connect_timeout,
+    )

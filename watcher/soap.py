@@ -1,0 +1,377 @@
+"""Async SOAP transport for the vSphere API.
+
+pyvmomi supplies the types and the (de)serializer; aiohttp does the I/O. pyvmomi's
+own HTTP stack is blocking and must never run on the event loop, so this module
+only borrows `SoapStubAdapterBase.SerializeRequest` and `SoapResponseDeserializer`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import ipaddress
+import re
+import ssl
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+from xml.etree import ElementTree
+
+import aiohttp
+import anyio
+from pyVmomi import SoapAdapter, VmomiSupport, vim, vmodl
+
+COOKIE_NAME = "vmware_soap_session"
+# Responses larger than this are deserialized in a worker thread so a big
+# inventory page never stalls the event loop.
+THREAD_DESERIALIZE_BYTES = 256 * 1024
+
+
+class VsphereError(Exception):
+    """Base for everything this client raises."""
+
+
+class VsphereFault(VsphereError):
+    """A SOAP fault from vCenter, carrying the vSphere fault type name."""
+
+    def __init__(self, fault_type: str, message: str, fault: Any = None, method: str = ""):
+        self.fault_type = fault_type
+        self.message = message
+        self.fault = fault
+        self.method = method
+        where = f"{method}: " if method else ""
+        super().__init__(f"{where}{fault_type}: {message}" if message else f"{where}{fault_type}")
+
+
+class VsphereConnectionError(VsphereError):
+    """vCenter could not be reached, or the connection broke."""
+
+
+class VsphereTimeout(VsphereConnectionError):
+    """vCenter did not answer in time."""
+
+
+class VsphereProtocolError(VsphereError):
+    """vCenter (or something in between) answered with something that is not SOAP."""
+
+
+class TlsPinError(VsphereConnectionError):
+    """The server's certificate does not match the pinned thumbprint."""
+
+
+def normalize_thumbprint(thumbprint: str) -> bytes:
+    """Accept `AB:CD:..`, `abcd..` or `sha256:..` forms of a SHA-256 fingerprint."""
+    text = thumbprint.strip().lower().removeprefix("sha256:").replace(":", "").replace(" ", "")
+    if not re.fullmatch(r"[0-9a-f]{64}", text):
+        raise ValueError(
+            "thumbprint must be a SHA-256 fingerprint (64 hex digits, colons allowed), "
+            f"got {thumbprint!r}"
+        )
+    return bytes.fromhex(text)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where vCenter is and how to trust it."""
+
+    url: str
+    verify_tls: bool = True
+    thumbprint: str = ""
+    ca_file: str = ""
+    connect_timeout: float = 10.0
+    request_timeout: float = 300.0
+
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            raise ValueError(f"vCenter url must be https://HOST[/sdk], got {self.url!r}")
+        if parts.scheme == "http" and not is_loopback(parts.hostname):
+            raise ValueError(
+                f"refusing plain http:// to {parts.hostname}: credentials and data would cross "
+                "the network unencrypted; use https:// (http is allowed for loopback only)"
+            )
+        if self.thumbprint:
+            normalize_thumbprint(self.thumbprint)
+
+    @property
+    def sdk_url(self) -> str:
+        parts = urlsplit(self.url)
+        path = parts.path.rstrip("/") or "/sdk"
+        return f"{parts.scheme}://{parts.netloc}{path}"
+
+    @property
+    def base_url(self) -> str:
+        parts = urlsplit(self.url)
+        return f"{parts.scheme}://{parts.netloc}"
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or ""
+
+    def ssl_option(self) -> ssl.SSLContext | aiohttp.Fingerprint | bool:
+        """What aiohttp's `ssl=` takes: pinned fingerprint, verified context, or off."""
+        if urlsplit(self.url).scheme == "http":
+            return False
+        if self.thumbprint:
+            # A pin replaces CA validation: the admin vouched for this exact certificate.
+            return aiohttp.Fingerprint(normalize_thumbprint(self.thumbprint))
+        if not self.verify_tls:
+            return False
+        ctx = ssl.create_default_context(cafile=self.ca_file or None)
+        return ctx
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """A blocking-client equivalent of ssl_option() (pinning checked by the caller)."""
+        if urlsplit(self.url).scheme == "http":
+            return None
+        if self.thumbprint or not self.verify_tls:
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            return ctx
+        return ssl.create_default_context(cafile=self.ca_file or None)
+
+
+def cert_thumbprint(der: bytes) -> str:
+    digest = hashlib.sha256(der).hexdigest().upper()
+    return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
+
+
+class _Stub(SoapAdapter.SoapStubAdapterBase):
+    """Just enough of a pyvmomi stub to serialize requests and bind MoRefs."""
+
+    def __init__(self, version: str) -> None:
+        SoapAdapter.SoapStubAdapterBase.__init__(self, version=version)
+        self.requestContext = None
+        self.cookie = ""
+
+    def InvokeMethod(self, mo: Any, info: Any, args: Any) -> Any:
+        raise RuntimeError(
+            "blocking pyvmomi call attempted; use the async SoapClient.call() instead"
+        )
+
+    def InvokeAccessor(self, mo: Any, info: Any) -> Any:
+        raise RuntimeError(
+            f"blocking property read of {info.name!r} attempted; use PropertyCollector reads"
+        )
+
+
+def pick_version(versions_xml: bytes) -> str:
+    """Newest vim25 version both the server and pyvmomi speak."""
+    try:
+        root = ElementTree.fromstring(versions_xml)
+    except ElementTree.ParseError as exc:
+        raise VsphereProtocolError(f"vimServiceVersions.xml is not XML: {exc}") from exc
+    for ns in root.iter("namespace"):
+        if (ns.findtext("name") or "").strip() != "urn:vim25":
+            continue
+        versions = [(ns.findtext("version") or "").strip()]
+        versions += [(v.text or "").strip() for v in ns.iterfind("priorVersions/version")]
+        for v in versions:
+            name = VmomiSupport.versionMap.get(f"vim25/{v}")
+            if name:
+                return name
+    raise VsphereProtocolError("server speaks no vim25 version this client knows")
+
+
+class SoapClient:
+    """One HTTP connection pool and one session cookie, for one vCenter.
+
+    Thread-unsafe by design (one event loop); concurrent coroutines are fine.
+    """
+
+    def __init__(self, endpoint: Endpoint, version: str | None = None) -> None:
+        self.endpoint = endpoint
+        self.version = version or VmomiSupport.newestVersions.GetName("vim")
+        self.stub = _Stub(self.version)
+        self.cookie = ""
+        self._http: aiohttp.ClientSession | None = None
+
+    @property
+    def http(self) -> aiohttp.ClientSession:
+        if self._http is None or self._http.closed:
+            timeout = aiohttp.ClientTimeout(
+                total=None,
+                connect=self.endpoint.connect_timeout,
+                sock_connect=self.endpoint.connect_timeout,
+            )
+            connector = aiohttp.TCPConnector(limit=32, ssl=self.endpoint.ssl_option())
+            # We keep the session cookie ourselves: aiohttp's jar ignores IP hosts.
+            self._http = aiohttp.ClientSession(
+                connector=connector, timeout=timeout, cookie_jar=aiohttp.DummyCookieJar()
+            )
+        return self._http
+
+    async def negotiate_version(self) -> str:
+        data = await self.get_bytes("/sdk/vimServiceVersions.xml")
+        self.version = pick_version(data)
+        self.stub = _Stub(self.version)
+        return self.version
+
+    async def get_bytes(self, path: str) -> bytes:
+        url = self.endpoint.base_url + path
+        try:
+            async with self.http.get(url, headers=self._headers()) as resp:
+                if resp.status != 200:
+                    raise VsphereProtocolError(f"GET {path}: HTTP {resp.status}")
+                return await resp.read()
+        except aiohttp.ServerFingerprintMismatch as exc:
+            raise self._pin_error(exc) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise VsphereConnectionError(self._describe(exc)) from exc
+        except TimeoutError as exc:
+            raise VsphereTimeout(f"{self.endpoint.sdk_url}: no answer in time") from exc
+
+    def moref(self, type_name: str, value: str) -> Any:
+        """A managed object reference bound to this client's stub."""
+        return VmomiSupport.GetWsdlType("urn:vim25", type_name)(value, self.stub)
+
+    def bind(self, mo: Any) -> Any:
+        """Rebind a MoRef deserialized elsewhere to this client."""
+        return type(mo)(mo._moId, self.stub)
+
+    def _headers(self) -> dict[str, str]:
+        h = {
+            "Content-Type": "text/xml; charset=utf-8",
+            "SOAPAction": f'"urn:{VmomiSupport.versionIdMap[self.version]}"'
+            if VmomiSupport.versionIdMap.get(self.version)
+            else '"urn:vim25"',
+        }
+        if self.cookie:
+            h["Cookie"] = f"{COOKIE_NAME}={self.cookie}"
+        return h
+
+    def _describe(self, exc: BaseException) -> str:
+        return f"cannot reach vCenter at {self.endpoint.sdk_url}: {exc or type(exc).__name__}"
+
+    def _pin_error(self, exc: aiohttp.ServerFingerprintMismatch) -> TlsPinError:
+        return TlsPinError(
+            f"TLS certificate of {self.endpoint.host} does not match the pinned thumbprint: "
+            f"expected {self.endpoint.thumbprint}, "
+            f"got {':'.join(f'{b:02X}' for b in exc.got)}; "
+            "if the certificate was replaced on purpose, update vcenter.thumbprint"
+        )
+
+    async def call(
+        self, mo: Any, method: str, *, timeout: float | None = None, **kwargs: Any
+    ) -> Any:
+        """Invoke `method` on managed object `mo` with keyword arguments."""
+        info = method_info(type(mo), method)
+        unknown = set(kwargs) - {p.name for p in info.params}
+        if unknown:
+            raise TypeError(f"{method}: unknown argument(s) {sorted(unknown)}")
+        args = [kwargs.get(p.name) for p in info.params]
+        body = self.stub.SerializeRequest(mo, info, args)
+        data, status = await self._post(body, method, timeout)
+        return await self._decode(data, status, info, method)
+
+    async def _post(self, body: bytes, method: str, timeout: float | None) -> tuple[bytes, int]:
+        t = timeout if timeout is not None else self.endpoint.request_timeout
+        try:
+            async with asyncio.timeout(t):
+                async with self.http.post(
+                    self.endpoint.sdk_url, data=body, headers=self._headers()
+                ) as resp:
+                    for morsel in resp.cookies.values():
+                        if morsel.key == COOKIE_NAME:
+                            self.cookie = morsel.value
+                    if resp.status not in (200, 500):
+                        text = (await resp.read())[:200]
+                        raise VsphereProtocolError(
+                            f"{method}: HTTP {resp.status} {resp.reason} from "
+                            f"{self.endpoint.sdk_url}: {text!r}"
+                        )
+                    return await resp.read(), resp.status
+        except aiohttp.ServerFingerprintMismatch as exc:
+            raise self._pin_error(exc) from None
+        except TimeoutError as exc:
+            raise VsphereTimeout(
+                f"{method}: vCenter at {self.endpoint.sdk_url} did not answer within {t:g} s"
+            ) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise VsphereConnectionError(f"{method}: {self._describe(exc)}") from exc
+
+    async def _decode(self, data: bytes, status: int, info: Any, method: str) -> Any:
+        def parse() -> Any:
+            return SoapAdapter.SoapResponseDeserializer(self.stub).Deserialize(data, info.result)
+
+        try:
+            if len(data) > THREAD_DESERIALIZE_BYTES:
+                obj = await anyio.to_thread.run_sync(parse)
+            else:
+                obj = parse()
+        except Exception as exc:
+            snippet = data[:200].decode("utf-8", "replace")
+            raise VsphereProtocolError(
+                f"{method}: malformed SOAP response ({type(exc).__name__}: {exc}); "
+                f"starts with {snippet!r}"
+            ) from exc
+        if status == 500 or isinstance(obj, BaseException):
+            raise fault_from(obj, method)
+        _raise_if_unauthenticated(obj, method)
+        return obj
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+
+def _raise_if_unauthenticated(result: Any, method: str) -> None:
+    """Some servers (govmomi's simulator) answer an unauthenticated RetrieveProperties*
+    with per-object NotAuthenticated faults instead of a SOAP fault; treat both alike
+    so the session heals either way."""
+    objects = getattr(result, "objects", None)
+    if objects is None and isinstance(result, list):
+        objects = result
+    for oc in objects or ():
+        for missing in getattr(oc, "missingSet", None) or ():
+            if isinstance(missing.fault, vim.fault.NotAuthenticated):
+                raise VsphereFault("NotAuthenticated", "session is not authenticated", None, method)
+
+
+@functools.cache
+def method_info(mo_type: type, method: str) -> Any:
+    """Method info by pyvmomi name (`CreateSnapshot`) or WSDL name (`CreateSnapshot_Task`)."""
+    for t in mo_type.__mro__:
+        infos = getattr(t, "_methodInfo", None) or {}
+        if method in infos:
+            return infos[method]
+        for info in infos.values():
+            if info.wsdlName == method:
+                return info
+    raise AttributeError(f"{mo_type.__name__} has no method {method!r}")
+
+
+def fault_from(obj: Any, method: str = "") -> VsphereFault:
+    if isinstance(obj, vmodl.MethodFault):
+        name = type(obj).__name__.split(".")[-1]
+        msg = getattr(obj, "msg", "") or ""
+        if not msg and getattr(obj, "faultMessage", None):
+            msg = "; ".join(m.message or m.key for m in obj.faultMessage)
+        return VsphereFault(name, msg, obj, method)
+    return VsphereFault(type(obj).__name__, str(obj), obj, method)
+
+
+__all__ = [
+    "Endpoint",
+    "SoapClient",
+    "TlsPinError",
+    "VsphereConnectionError",
+    "VsphereError",
+    "VsphereFault",
+    "VsphereProtocolError",
+    "VsphereTimeout",
+    "cert_thumbprint",
+    "vim",
+]
