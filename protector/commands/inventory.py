@@ -1,0 +1,99 @@
+"""`vigil inventory`: the VM inventory as vigil sees it, once or live."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from ..cli import print_json
+from ..connect import open_session
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "inventory",
+        help="show the vCenter VM inventory (or follow it live with --watch)",
+        description="Log in to vCenter and print every VM with its inventory path and power "
+        "state. --watch keeps running and prints one line per inventory event.",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--watch", action="store_true", help="follow changes until interrupted")
+    p.set_defaults(handler=run)
+
+
+def vm_record(vm: Any) -> dict[str, Any]:
+    return {
+        "path": vm.path,
+        "name": vm.name,
+        "moref": vm.moref,
+        "instance_uuid": vm.instance_uuid,
+        "power_state": vm.power_state,
+        "template": vm.template,
+    }
+
+
+def render_tree(vms: list[Any]) -> str:
+    """Paths as an indented tree, VMs with their power state."""
+    lines: list[str] = []
+    seen: set[tuple[str, ...]] = set()
+    for vm in sorted(vms, key=lambda v: v.path):
+        parts = tuple(p for p in vm.path.split("/") if p)
+        for depth in range(1, len(parts)):
+            prefix = parts[:depth]
+            if prefix not in seen:
+                seen.add(prefix)
+                lines.append("  " * (depth - 1) + prefix[-1] + "/")
+        state = {"poweredOn": "on", "poweredOff": "off", "suspended": "suspended"}.get(
+            vm.power_state, vm.power_state
+        )
+        extra = ", template" if vm.template else ""
+        lines.append("  " * (len(parts) - 1) + f"{parts[-1]}  [{state}{extra}]  {vm.moref}")
+    lines.append(f"{len(vms)} VMs")
+    return "\n".join(lines)
+
+
+async def run(args: argparse.Namespace) -> int:
+    from watcher.inventory import read_inventory
+
+    from ..cli import _load
+
+    cfg = _load(args)
+    if args.watch:
+        return await _watch(cfg, args.json)
+    session = await open_session(cfg)
+    try:
+        tree = await read_inventory(session)
+    finally:
+        await session.close()
+    vms = tree.vms()
+    if args.json:
+        print_json(sorted((vm_record(v) for v in vms), key=lambda r: r["path"]))
+    else:
+        print(render_tree(vms))
+    return 0
+
+
+async def _watch(cfg: Any, as_json: bool) -> int:
+    from watcher.watcher import Watcher
+
+    from ..connect import make_session
+
+    async def connect() -> Any:
+        s = make_session(cfg)
+        await s.connect()
+        return s
+
+    watcher = Watcher(connect, tag_interval=cfg.daemon.tag_interval)
+    try:
+        async for event in watcher.events():
+            rec = event.as_dict() if hasattr(event, "as_dict") else {"event": repr(event)}
+            if as_json:
+                sys.stdout.write(json.dumps(rec, default=str) + "\n")
+            else:
+                sys.stdout.write(str(event) + "\n")
+            sys.stdout.flush()
+    finally:
+        await watcher.close()
+    return 0

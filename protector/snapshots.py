@@ -1,0 +1,140 @@
+"""The backup snapshot's lifecycle: clean leftovers, create (quiesced if possible), always remove.
+
+Our snapshots carry one fixed name so that a run after a crash recognises and
+removes what a killed run left behind (the seed: delete leftover snapshots first).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from watcher.session import Session
+from watcher.soap import VsphereError, VsphereFault
+from watcher.tasks import wait_for_task
+
+log = structlog.get_logger(__name__)
+
+SNAPSHOT_NAME = "vigil-backup"
+# Faults that mean "quiescing did not work here", as opposed to "no snapshot at all".
+QUIESCE_FAULTS = {
+    "ApplicationQuiesceFault",
+    "QuiesceDatastoreIOForHAFailed",
+    "ToolsUnavailable",
+    "ToolsInstallationInProgress",
+    "SnapshotFault",
+    "SystemError",
+}
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    ref: Any
+    consistency: str  # "quiesced" or "crash"
+    quiesce_error: str = ""
+
+
+def walk_snapshots(tree: list[Any] | None) -> Iterator[Any]:
+    for node in tree or []:
+        yield node
+        yield from walk_snapshots(node.childSnapshotList)
+
+
+async def our_snapshots(session: Session, vm: Any) -> list[Any]:
+    props = await session.properties(vm, ["snapshot"])
+    info = props.get("snapshot")
+    if info is None:
+        return []
+    return [n.snapshot for n in walk_snapshots(info.rootSnapshotList) if n.name == SNAPSHOT_NAME]
+
+
+async def remove_snapshot(session: Session, snapshot: Any) -> None:
+    task = await session.call(snapshot, "RemoveSnapshot_Task", removeChildren=False, consolidate=True)
+    await wait_for_task(session, task, timeout=3600, description=f"remove {snapshot._moId}")
+
+
+async def remove_leftovers(session: Session, vm: Any) -> int:
+    """Remove snapshots a crashed run left; returns how many."""
+    removed = 0
+    for snap in await our_snapshots(session, vm):
+        log.warning("backup.leftover_snapshot_removed", vm=vm._moId, snapshot=snap._moId)
+        await remove_snapshot(session, snap)
+        removed += 1
+    return removed
+
+
+async def create_snapshot(
+    session: Session,
+    vm: Any,
+    *,
+    quiesce: bool,
+    fallback: bool,
+    description: str,
+    retries: int = 1,
+) -> Snapshot:
+    """Create our snapshot: quiesced (retried once), then crash-consistent when allowed."""
+    attempts = [True] * (1 + retries) if quiesce else []
+    last_error = ""
+    for _ in attempts:
+        try:
+            ref = await _snapshot(session, vm, description, quiesce=True)
+            return Snapshot(ref, "quiesced")
+        except VsphereFault as exc:
+            if exc.fault_type not in QUIESCE_FAULTS:
+                raise
+            last_error = str(exc)
+            log.warning("backup.quiesce_failed", vm=vm._moId, error=last_error)
+    if quiesce and not fallback:
+        raise VsphereFault(
+            "QuiesceFailed",
+            f"quiesced snapshot failed ({last_error}) and quiesce_fallback is off",
+        )
+    ref = await _snapshot(session, vm, description, quiesce=False)
+    return Snapshot(ref, "crash", last_error)
+
+
+async def _snapshot(session: Session, vm: Any, description: str, *, quiesce: bool) -> Any:
+    task = await session.call(
+        vm,
+        "CreateSnapshot_Task",
+        name=SNAPSHOT_NAME,
+        description=description,
+        memory=False,
+        quiesce=quiesce,
+    )
+    ref = await wait_for_task(session, task, timeout=3600, description=f"snapshot {vm._moId}")
+    return session.client.bind(ref)
+
+
+@contextlib.asynccontextmanager
+async def backup_snapshot(
+    session: Session, vm: Any, *, quiesce: bool, fallback: bool, description: str
+) -> AsyncIterator[Snapshot]:
+    """Create the snapshot and remove it however the block ends (error, cancellation)."""
+    snap = await create_snapshot(
+        session, vm, quiesce=quiesce, fallback=fallback, description=description
+    )
+    try:
+        yield snap
+    finally:
+        # Shielded: a cancelled backup must still remove its snapshot.
+        removal = asyncio.ensure_future(remove_snapshot(session, snap.ref))
+        try:
+            await asyncio.shield(removal)
+        except asyncio.CancelledError:
+            with contextlib.suppress(VsphereError):
+                await removal
+            raise
+        except VsphereError as exc:
+            log.error(
+                "backup.snapshot_remove_failed",
+                vm=vm._moId,
+                snapshot=snap.ref._moId,
+                error=str(exc),
+                next_step="the next backup of this VM removes it",
+            )

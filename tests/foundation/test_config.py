@@ -1,0 +1,94 @@
+"""vigil.toml validation: every error names the file and the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from protector.config import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+GOOD = """
+[vcenter]
+url = "https://vc.example.com/sdk"
+user = "backup@vsphere.local"
+password_env = "VIGIL_TEST_PW"
+[repository]
+path = "repo"
+[policies]
+path = "policies.d"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "vigil.toml"
+    p.write_text(text)
+    return p
+
+
+def test_example_config_is_valid():
+    cfg = load_config(ROOT / "config.example.toml")
+    assert cfg.transport.modes == ("vddk", "http", "file")
+    assert cfg.daemon.status_listen.startswith("127.0.0.1:")
+
+
+def test_relative_paths_resolve_next_to_the_file(tmp_path):
+    cfg = load_config(write(tmp_path, GOOD))
+    assert cfg.repository.path == str(tmp_path / "repo")
+    assert cfg.policies_path == str(tmp_path / "policies.d")
+
+
+def test_unknown_keys_and_bad_types_all_reported_with_paths(tmp_path):
+    text = GOOD.replace('user = "backup@vsphere.local"', 'usr = "x"') + (
+        "[limits]\nconcurrent_backups = 0\nper_hots = 2\n[transport]\nmodes = [\"nbd\"]\n"
+    )
+    p = write(tmp_path, text)
+    with pytest.raises(ConfigError) as exc:
+        load_config(p)
+    msg = str(exc.value)
+    assert f"{p}: vcenter.usr: unknown key" in msg
+    assert f"{p}: vcenter.user: required key is missing" in msg
+    assert f"{p}: limits.per_hots: unknown key" in msg
+    assert f"{p}: limits.concurrent_backups: must be at least 1" in msg
+    assert f"{p}: transport.modes: each must be one of vddk, http, file" in msg
+
+
+def test_password_never_inline_and_http_refused_remote(tmp_path):
+    text = GOOD.replace('password_env = "VIGIL_TEST_PW"', 'password = "hunter2"').replace(
+        "https://", "http://"
+    )
+    with pytest.raises(ConfigError) as exc:
+        load_config(write(tmp_path, text))
+    msg = str(exc.value)
+    assert "vcenter.password: unknown key" in msg
+    assert "vcenter.url: refusing plain http:// to vc.example.com" in msg
+    assert "hunter2" not in msg
+
+
+def test_password_from_env_and_file(tmp_path, monkeypatch):
+    cfg = load_config(write(tmp_path, GOOD))
+    monkeypatch.delenv("VIGIL_TEST_PW", raising=False)
+    with pytest.raises(ConfigError, match="VIGIL_TEST_PW is not set"):
+        cfg.vcenter.password()
+    monkeypatch.setenv("VIGIL_TEST_PW", "s3cret")
+    assert cfg.vcenter.password() == "s3cret"
+    (tmp_path / "pw").write_text("from-file\n")
+    cfg2 = load_config(
+        write(tmp_path, GOOD.replace('password_env = "VIGIL_TEST_PW"', 'password_file = "pw"'))
+    )
+    assert cfg2.vcenter.password() == "from-file"
+
+
+def test_invalid_toml_names_the_file_and_line(tmp_path):
+    p = write(tmp_path, GOOD + "\n[limits\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(p)
+    assert str(exc.value).startswith(f"{p}: not valid TOML")
+    assert "line" in str(exc.value)
+
+
+def test_missing_file_says_how_to_point_at_one(tmp_path):
+    with pytest.raises(ConfigError, match="--config PATH or set VIGIL_CONFIG"):
+        load_config(tmp_path / "nope.toml")
