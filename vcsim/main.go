@@ -51,6 +51,7 @@ func main() {
 	lifetime := flag.Duration("max-lifetime", 0, "exit after this long (0: never)")
 	cbtGrain := flag.Int("cbt-block", 64*1024, "CBT tracking granularity in bytes")
 	cbtWindow := flag.Int64("cbt-window", 512<<20, "bytes covered by one QueryChangedDiskAreas answer")
+	taskDelay := flag.String("task-delay", "", "METHOD=MS,...: tasks of these methods stay running for MS milliseconds")
 	flag.Parse()
 
 	model := simulator.VPX()
@@ -88,6 +89,7 @@ func main() {
 	// The CBT layer sits in front of the simulator's mux and answers the
 	// methods it intercepts; everything else passes through untouched.
 	srv.Server.Config.Handler = newCBT(srv.Server.Config.Handler, *cbtGrain, *cbtWindow)
+	srv.Server.Config.Handler = newSlowTasks(srv.Server.Config.Handler, *taskDelay)
 
 	u := *srv.URL
 	u.User = nil

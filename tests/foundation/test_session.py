@@ -135,3 +135,26 @@ async def test_task_wait_success_and_fault(vcsim_fresh):
         with pytest.raises(VsphereFault) as exc:
             await wait_for_task(s, task, timeout=30)
         assert exc.value.fault_type == "InvalidPowerState"
+
+
+async def test_task_wait_timeout_and_cancellation(make_vcsim):
+    from watcher.tasks import TaskTimeout
+
+    sim = make_vcsim(args=["-task-delay", "PowerOffVM_Task=2500"])
+    async with Session(Endpoint(sim.url), CREDS) as s:
+        vm = await first_vm(s)
+        task = await s.call(vm, "PowerOffVM_Task")
+        start = time.monotonic()
+        with pytest.raises(TaskTimeout, match="not finished after 0.5 s"):
+            await wait_for_task(s, task, timeout=0.5)
+        assert time.monotonic() - start < 1.5
+        # Cancelling the waiter returns promptly (the task itself goes on).
+        waiter = asyncio.create_task(wait_for_task(s, task, timeout=30))
+        await asyncio.sleep(0.2)
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        # The same task, waited for long enough, succeeds.
+        await wait_for_task(s, task, timeout=30)
+        props = await s.properties(vm, ["runtime.powerState"])
+        assert props["runtime.powerState"] == "poweredOff"
