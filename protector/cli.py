@@ -43,9 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("--config", metavar="PATH", help="configuration file (default: ./vigil.toml)")
-    p.add_argument(
-        "--log-level", default="warning", help="debug, info, warning (default) or error"
-    )
+    p.add_argument("--log-level", default="warning", help="debug, info, warning (default) or error")
     p.add_argument(
         "--log-json", action="store_true", help="log JSON lines (default when not a terminal)"
     )

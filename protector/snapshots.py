@@ -54,7 +54,9 @@ async def our_snapshots(session: Session, vm: Any) -> list[Any]:
 
 
 async def remove_snapshot(session: Session, snapshot: Any) -> None:
-    task = await session.call(snapshot, "RemoveSnapshot_Task", removeChildren=False, consolidate=True)
+    task = await session.call(
+        snapshot, "RemoveSnapshot_Task", removeChildren=False, consolidate=True
+    )
     await wait_for_task(session, task, timeout=3600, description=f"remove {snapshot._moId}")
 
 
