@@ -1,0 +1,244 @@
+"""The job runner: one backup per VM at a time, within global, per-host and per-datastore limits.
+
+Queued jobs start earliest deadline first; a job whose host or datastore is at its limit
+is passed over (not waited on), so one busy host never holds up VMs elsewhere. Failures
+are retried with exponential back-off off the queue, so a VM that keeps failing never
+blocks the others; after the last attempt the failure stays visible in `failures`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import time
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class JobRequest:
+    vm_key: str  # stable identity
+    vm_name: str
+    host: str  # host MoRef, for the per-host limit
+    datastores: tuple[str, ...]  # datastore MoRefs, for the per-datastore limit
+    reason: str
+    deadline: float = 0.0  # wall-clock seconds; earlier runs first
+    policy: str = ""
+    full: bool = False
+    attempt: int = 1
+    payload: Any = None  # whatever the run callable needs (the VM node, the policy)
+    submitted: float = field(default_factory=time.time)
+
+
+@dataclass
+class JobRecord:
+    """One finished or running attempt, for status and for the limit audits in tests."""
+
+    id: int
+    vm_key: str
+    vm_name: str
+    host: str
+    datastores: tuple[str, ...]
+    reason: str
+    policy: str
+    attempt: int
+    started: float
+    finished: float | None = None
+    outcome: str = "running"  # running, success, failed, cancelled
+    error: str = ""
+    point_id: str = ""
+    read_bytes: int = 0
+    stored_bytes: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class Limits:
+    concurrent: int = 4
+    per_host: int = 2
+    per_datastore: int = 2
+
+
+class TransientError(Exception):
+    """A failure worth retrying (vCenter unreachable, a busy datastore, a lock)."""
+
+
+RunFn = Callable[[JobRequest, JobRecord], Awaitable[None]]
+
+
+class JobRunner:
+    def __init__(
+        self,
+        run: RunFn,
+        limits: Limits,
+        *,
+        retry_attempts: int = 3,
+        retry_backoff: float = 60.0,
+        history_size: int = 500,
+        on_finish: Callable[[JobRequest, JobRecord], None] | None = None,
+    ) -> None:
+        self._run = run
+        self.limits = limits
+        self.retry_attempts = retry_attempts
+        self.retry_backoff = retry_backoff
+        self.on_finish = on_finish
+        self.queued: dict[str, JobRequest] = {}
+        self.running: dict[str, tuple[JobRequest, JobRecord, asyncio.Task[None]]] = {}
+        self.retry_timers: dict[str, asyncio.TimerHandle] = {}
+        self.history: deque[JobRecord] = deque(maxlen=history_size)
+        self.failures: dict[str, JobRecord] = {}  # vm_key → last failure after all retries
+        self.outcomes: Counter[str] = Counter()
+        self.coalesced = 0
+        self._ids = itertools.count(1)
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()  # set whenever a job finishes or a retry is queued
+        self._accepting = True
+        self._host_load: Counter[str] = Counter()
+        self._ds_load: Counter[str] = Counter()
+
+    # -- submission ------------------------------------------------------------
+
+    def busy(self, vm_key: str) -> bool:
+        return vm_key in self.running or vm_key in self.queued or vm_key in self.retry_timers
+
+    def submit(self, req: JobRequest) -> bool:
+        """Queue a backup; coalesced into a queued or running job of the same VM."""
+        if not self._accepting:
+            return False
+        if req.vm_key in self.running or req.vm_key in self.retry_timers:
+            self.coalesced += 1
+            log.info("job.coalesced", vm=req.vm_name, reason=req.reason, into="running job")
+            return False
+        queued = self.queued.get(req.vm_key)
+        if queued is not None:
+            self.coalesced += 1
+            queued.deadline = min(queued.deadline, req.deadline)
+            queued.full = queued.full or req.full
+            queued.payload = req.payload  # newest view of the VM
+            return False
+        self.queued[req.vm_key] = req
+        log.info("job.queued", vm=req.vm_name, reason=req.reason, policy=req.policy)
+        self._wake.set()
+        return True
+
+    # -- dispatch --------------------------------------------------------------
+
+    def _fits(self, req: JobRequest) -> bool:
+        if len(self.running) >= self.limits.concurrent:
+            return False
+        if req.host and self._host_load[req.host] >= self.limits.per_host:
+            return False
+        return all(self._ds_load[d] < self.limits.per_datastore for d in req.datastores)
+
+    def _dispatch(self) -> None:
+        for req in sorted(self.queued.values(), key=lambda r: (r.deadline, r.submitted)):
+            if len(self.running) >= self.limits.concurrent:
+                return
+            if self._fits(req):
+                del self.queued[req.vm_key]
+                self._start(req)
+
+    def _start(self, req: JobRequest) -> None:
+        rec = JobRecord(
+            id=next(self._ids),
+            vm_key=req.vm_key,
+            vm_name=req.vm_name,
+            host=req.host,
+            datastores=req.datastores,
+            reason=req.reason,
+            policy=req.policy,
+            attempt=req.attempt,
+            started=time.time(),
+        )
+        self._host_load[req.host] += 1
+        for d in req.datastores:
+            self._ds_load[d] += 1
+        task = asyncio.create_task(self._execute(req, rec), name=f"backup {req.vm_name}")
+        self.running[req.vm_key] = (req, rec, task)
+        log.info("job.started", vm=req.vm_name, job=rec.id, attempt=req.attempt)
+
+    async def _execute(self, req: JobRequest, rec: JobRecord) -> None:
+        try:
+            await self._run(req, rec)
+            rec.outcome = "success"
+        except asyncio.CancelledError:
+            rec.outcome = "cancelled"
+            rec.error = "cancelled (shutdown)"
+            raise
+        except Exception as exc:
+            rec.outcome = "failed"
+            rec.error = str(exc) or type(exc).__name__
+            log.error(
+                "job.failed", vm=req.vm_name, job=rec.id, attempt=req.attempt, error=rec.error
+            )
+        finally:
+            rec.finished = time.time()
+            self._host_load[req.host] -= 1
+            for d in req.datastores:
+                self._ds_load[d] -= 1
+            self.running.pop(req.vm_key, None)
+            self.history.append(rec)
+            self.outcomes[rec.outcome] += 1
+            self._after(req, rec)
+            self._wake.set()
+            self._idle.set()
+
+    def _after(self, req: JobRequest, rec: JobRecord) -> None:
+        if rec.outcome == "success":
+            self.failures.pop(req.vm_key, None)
+        elif rec.outcome == "failed":
+            if req.attempt < self.retry_attempts and self._accepting:
+                delay = self.retry_backoff * (2 ** (req.attempt - 1))
+                retry = JobRequest(**{**req.__dict__, "attempt": req.attempt + 1})
+                retry.reason = f"retry {req.attempt + 1}/{self.retry_attempts}: {req.reason}"
+                loop = asyncio.get_running_loop()
+                self.retry_timers[req.vm_key] = loop.call_later(delay, self._requeue, retry)
+                log.info("job.retry_scheduled", vm=req.vm_name, in_seconds=delay)
+            else:
+                self.failures[req.vm_key] = rec
+        if self.on_finish:
+            self.on_finish(req, rec)
+
+    def _requeue(self, req: JobRequest) -> None:
+        self.retry_timers.pop(req.vm_key, None)
+        if self._accepting:
+            self.queued[req.vm_key] = req
+            self._wake.set()
+        self._idle.set()
+
+    async def run(self) -> None:
+        """Dispatch until stopped."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if self._accepting:
+                self._dispatch()
+
+    async def drain(self) -> None:
+        """Wait until nothing is queued, running or waiting for a retry (tests, `backup --all`)."""
+        while self.queued or self.running or self.retry_timers:
+            self._idle.clear()
+            await self._idle.wait()
+
+    async def stop(self, *, timeout: float = 50.0) -> None:
+        """Take no new jobs, cancel running ones and wait for their cleanup."""
+        self._accepting = False
+        self.queued.clear()
+        for h in self.retry_timers.values():
+            h.cancel()
+        self.retry_timers.clear()
+        tasks = [t for _, _, t in self.running.values()]
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait(tasks, timeout=timeout)

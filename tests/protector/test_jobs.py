@@ -1,0 +1,139 @@
+"""The job runner's limits, coalescing, retries and shutdown (pure asyncio, no vCenter)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+from protector.jobs import JobRecord, JobRequest, JobRunner, Limits
+
+
+def max_overlap(records: list[JobRecord], key) -> int:
+    """Largest number of records sharing `key` that ran at the same instant."""
+    events = []
+    for r in records:
+        for k in key(r):
+            events.append((r.started, 1, k))
+            events.append((r.finished, -1, k))
+    load: dict[str, int] = {}
+    worst = 0
+    for _, delta, k in sorted(events, key=lambda e: (e[0], e[1])):
+        load[k] = load.get(k, 0) + delta
+        worst = max(worst, load[k])
+    return worst
+
+
+async def test_limits_are_never_exceeded_with_twenty_vms():
+    rng = random.Random(7)
+    active = {"all": 0, "max": 0}
+
+    async def run(req: JobRequest, rec: JobRecord) -> None:
+        active["all"] += 1
+        active["max"] = max(active["max"], active["all"])
+        await asyncio.sleep(rng.uniform(0.01, 0.05))
+        active["all"] -= 1
+
+    runner = JobRunner(run, Limits(concurrent=3, per_host=2, per_datastore=2))
+    loop = asyncio.create_task(runner.run())
+    for i in range(20):
+        runner.submit(
+            JobRequest(
+                vm_key=f"vm{i}",
+                vm_name=f"vm{i}",
+                host=f"host-{i % 3}",
+                datastores=(f"ds-{i % 4}",),
+                reason="test",
+                deadline=i,
+            )
+        )
+    await asyncio.wait_for(runner.drain(), 10)
+    loop.cancel()
+    recs = list(runner.history)
+    assert len(recs) == 20 and all(r.outcome == "success" for r in recs)
+    assert active["max"] <= 3
+    assert max_overlap(recs, lambda r: ["all"]) <= 3
+    assert max_overlap(recs, lambda r: [r.host]) <= 2
+    assert max_overlap(recs, lambda r: r.datastores) <= 2
+    assert active["max"] == 3, "the runner should use the concurrency it is given"
+
+
+async def test_busy_host_does_not_hold_up_other_hosts():
+    started: list[str] = []
+    gate = asyncio.Event()
+
+    async def run(req: JobRequest, rec: JobRecord) -> None:
+        started.append(req.vm_name)
+        if req.host == "h1":
+            await gate.wait()
+
+    runner = JobRunner(run, Limits(concurrent=4, per_host=1, per_datastore=9))
+    loop = asyncio.create_task(runner.run())
+    for name, host, dl in [("a", "h1", 0), ("b", "h1", 1), ("c", "h2", 2)]:
+        runner.submit(JobRequest(name, name, host, (), "t", deadline=dl))
+    await asyncio.sleep(0.05)
+    assert started == ["a", "c"], "b waits for h1; c must not wait behind b"
+    gate.set()
+    await asyncio.wait_for(runner.drain(), 5)
+    loop.cancel()
+
+
+async def test_one_job_per_vm_events_coalesce():
+    gate = asyncio.Event()
+    calls = 0
+
+    async def run(req: JobRequest, rec: JobRecord) -> None:
+        nonlocal calls
+        calls += 1
+        await gate.wait()
+
+    runner = JobRunner(run, Limits())
+    loop = asyncio.create_task(runner.run())
+    assert runner.submit(JobRequest("v", "v", "h", (), "created"))
+    await asyncio.sleep(0.02)
+    assert not runner.submit(JobRequest("v", "v", "h", (), "renamed"))
+    assert runner.coalesced == 1
+    gate.set()
+    await asyncio.wait_for(runner.drain(), 5)
+    loop.cancel()
+    assert calls == 1
+
+
+async def test_failures_retry_with_backoff_then_stay_visible_without_blocking_others():
+    attempts: dict[str, int] = {}
+
+    async def run(req: JobRequest, rec: JobRecord) -> None:
+        attempts[req.vm_name] = attempts.get(req.vm_name, 0) + 1
+        if req.vm_name == "bad":
+            raise RuntimeError("datastore unreachable")
+
+    runner = JobRunner(run, Limits(concurrent=1), retry_attempts=3, retry_backoff=0.05)
+    loop = asyncio.create_task(runner.run())
+    runner.submit(JobRequest("bad", "bad", "h", (), "t", deadline=0))
+    runner.submit(JobRequest("good", "good", "h", (), "t", deadline=1))
+    await asyncio.wait_for(runner.drain(), 5)
+    loop.cancel()
+    assert attempts == {"bad": 3, "good": 1}
+    assert runner.failures["bad"].error == "datastore unreachable"
+    assert runner.failures["bad"].attempt == 3
+    assert runner.outcomes["failed"] == 3 and runner.outcomes["success"] == 1
+
+
+async def test_stop_cancels_running_jobs_and_lets_them_clean_up():
+    cleaned = asyncio.Event()
+
+    async def run(req: JobRequest, rec: JobRecord) -> None:
+        try:
+            await asyncio.sleep(60)
+        finally:
+            await asyncio.sleep(0.01)  # e.g. removing the snapshot
+            cleaned.set()
+
+    runner = JobRunner(run, Limits())
+    loop = asyncio.create_task(runner.run())
+    runner.submit(JobRequest("v", "v", "h", (), "t"))
+    await asyncio.sleep(0.02)
+    await asyncio.wait_for(runner.stop(timeout=5), 6)
+    loop.cancel()
+    assert cleaned.is_set()
+    assert runner.history[-1].outcome == "cancelled"
+    assert not runner.submit(JobRequest("w", "w", "h", (), "t")), "no new jobs after stop"
