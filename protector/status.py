@@ -1,0 +1,151 @@
+"""The status HTTP server: /healthz, /metrics, /status (HTML) and /status.json.
+
+Bound to loopback by default; with a token configured every request must carry
+`Authorization: Bearer <token>` (compared in constant time).
+"""
+
+from __future__ import annotations
+
+import hmac
+import html
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from .metrics import Metrics
+
+STATE_COLOURS = {
+    "ok": "#1a7f37",
+    "due": "#9a6700",
+    "running": "#0969da",
+    "queued": "#0969da",
+    "breached": "#cf222e",
+    "failing": "#cf222e",
+    "conflict": "#cf222e",
+    "unprotected": "#6e7781",
+}
+
+
+def render_html(status: dict[str, Any]) -> str:
+    esc = html.escape
+
+    def row(vm: dict[str, Any]) -> str:
+        colour = STATE_COLOURS.get(vm["state"], "#000")
+        return (
+            f"<tr><td>{esc(vm['path'])}</td><td>{esc(vm.get('policy') or '—')}</td>"
+            f"<td style='color:{colour};font-weight:bold'>{esc(vm['state'])}</td>"
+            f"<td>{esc(vm.get('newest_point') or '—')}</td>"
+            f"<td>{esc(vm.get('age_text') or '—')}</td><td>{esc(vm.get('rpo_text') or '—')}</td>"
+            f"<td>{esc(vm.get('last_error') or '')}</td></tr>"
+        )
+
+    def job_rows(jobs: list[dict[str, Any]]) -> str:
+        return "".join(
+            f"<tr><td>{esc(j['vm_name'])}</td><td>{esc(j.get('reason', ''))}</td>"
+            f"<td>{esc(j.get('outcome', j.get('state', '')))}</td>"
+            f"<td>{esc(str(j.get('error', '')))}</td></tr>"
+            for j in jobs
+        )
+
+    counts = " · ".join(f"{k}: {v}" for k, v in sorted(status["counts"].items()))
+    policy_errors = "".join(f"<li>{esc(e)}</li>" for e in status["policy_errors"])
+    errors = "".join(f"<li>{esc(e)}</li>" for e in status["errors"][-20:])
+    health = "live" if status["healthy"] else "NOT CONNECTED"
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><meta http-equiv="refresh" content="10">
+<title>vigil status</title>
+<style>body{{font-family:sans-serif;margin:1.5em}}table{{border-collapse:collapse}}
+td,th{{border-bottom:1px solid #ddd;padding:3px 8px;text-align:left;font-size:90%}}
+h2{{margin-top:1.2em}}</style></head><body>
+<h1>vigil</h1>
+<p>vCenter {esc(status["vcenter"])}: <b>{health}</b> · generated {esc(status["generated_at"])}</p>
+<p>{esc(counts)}</p>
+{
+        "<h2>Policy errors (last good policies still in force)</h2><ul>" + policy_errors + "</ul>"
+        if policy_errors
+        else ""
+    }
+<h2>Virtual machines</h2>
+<table><tr><th>VM</th><th>policy</th><th>state</th><th>newest good point</th><th>age</th>
+<th>RPO</th><th>last error</th></tr>{"".join(row(v) for v in status["vms"])}</table>
+<h2>Jobs</h2>
+<table><tr><th>VM</th><th>reason</th><th>state</th><th>error</th></tr>
+{job_rows(status["jobs"]["running"])}{job_rows(status["jobs"]["queued"])}
+{job_rows(status["jobs"]["recent"][-20:])}</table>
+{"<h2>Recent errors</h2><ul>" + errors + "</ul>" if errors else ""}
+</body></html>"""
+
+
+class StatusServer:
+    def __init__(
+        self,
+        status: Callable[[], dict[str, Any]],
+        healthy: Callable[[], bool],
+        metrics: Metrics,
+        *,
+        token: str = "",
+        before_metrics: Callable[[], None] | None = None,
+    ) -> None:
+        self._status = status
+        self._healthy = healthy
+        self._metrics = metrics
+        self._token = token
+        self._before_metrics = before_metrics
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._auth])
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/metrics", self.metrics)
+        app.router.add_get("/status", self.status_html)
+        app.router.add_get("/status.json", self.status_json)
+        app.router.add_get("/", self.status_html)
+        return app
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if self._token:
+            given = request.headers.get("Authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {self._token}".encode()):
+                return web.Response(status=401, text="bearer token required\n")
+        return await handler(request)
+
+    async def healthz(self, _: web.Request) -> web.Response:
+        ok = self._healthy()
+        return web.Response(status=200 if ok else 503, text="ok\n" if ok else "unhealthy\n")
+
+    async def metrics(self, _: web.Request) -> web.Response:
+        if self._before_metrics:
+            self._before_metrics()
+        body = generate_latest(self._metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def status_json(self, _: web.Request) -> web.Response:
+        return web.json_response(self._status(), dumps=_dumps)
+
+    async def status_html(self, _: web.Request) -> web.Response:
+        return web.Response(text=render_html(self._status()), content_type="text/html")
+
+    async def start(self, listen: str) -> None:
+        host, _, port = listen.rpartition(":")
+        self._runner = web.AppRunner(self.app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host.strip("[]"), int(port))
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else int(port)
+
+    async def stop(self) -> None:
+        if self._runner:
+            await self._runner.cleanup()
+            self._runner = None
+
+
+def _dumps(obj: Any) -> str:
+    import json
+
+    return json.dumps(obj, default=str, indent=1)
