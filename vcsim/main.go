@@ -53,6 +53,9 @@ func main() {
 	cbtWindow := flag.Int64("cbt-window", 512<<20, "bytes covered by one QueryChangedDiskAreas answer")
 	taskDelay := flag.String("task-delay", "", "METHOD=MS,...: tasks of these methods stay running for MS milliseconds")
 	flag.Parse()
+	if err := checkCBTFlags(*cbtGrain, *cbtWindow); err != nil {
+		fail("%v", err)
+	}
 
 	model := simulator.VPX()
 	model.Datacenter = *dc
