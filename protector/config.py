@@ -61,7 +61,7 @@ class RepositoryConfig:
     path: str
     passphrase_env: str = ""
     passphrase_file: str = ""
-    chunk_size: int = 4 << 20
+    chunk_size: int = 1 << 20
     orphan_keep_days: int = 30
 
     def passphrase(self) -> str | None:

@@ -1,1 +1,60 @@
-"""vigil repository package."""
+"""vigil repository: deduplicated, compressed, encrypted storage of disk images.
+
+Public API (see docs/repository-format.md for the on-disk format):
+
+    repo = Repository.init(path, chunk_size=1 << 20, passphrase=None)
+    repo = Repository.open(path, passphrase=None)
+    with repo.begin_point(VmIdentity(...)) as pw:          # holds the shared lock
+        w = pw.disk_writer(capacity, base=pw.previous_index(disk_key))
+        w.put(slot, data)                                   # changed slots, any thread
+        index = w.finish()
+        point_id = pw.commit(disks=[DiskRecord.for_index(disk_key, index, ...)], ...)
+    repo.read_disk(point_id, disk_key) -> iterator of (offset, bytes | None)
+    verify(repo, read_data=True) / prune(repo, rule_for) / Catalog
+"""
+
+from repository.catalog import Catalog
+from repository.errors import (
+    CorruptChunkError,
+    CorruptObjectError,
+    ManifestError,
+    PassphraseRequiredError,
+    RepositoryBusyError,
+    RepositoryError,
+    WrongPassphraseError,
+)
+from repository.index import DiskIndex, WriteStats
+from repository.keys import KdfParams
+from repository.manifest import DiskRecord, Manifest, SkippedDisk, VmIdentity
+from repository.prune import KeepLast, KeepRule, PruneResult, prune
+from repository.repo import DEFAULT_CHUNK_SIZE, DiskWriter, PointWriter, Repository
+from repository.verify import VerifyReport, scrub, verify
+
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "Catalog",
+    "CorruptChunkError",
+    "CorruptObjectError",
+    "DiskIndex",
+    "DiskRecord",
+    "DiskWriter",
+    "KdfParams",
+    "KeepLast",
+    "KeepRule",
+    "Manifest",
+    "ManifestError",
+    "PassphraseRequiredError",
+    "PointWriter",
+    "PruneResult",
+    "Repository",
+    "RepositoryBusyError",
+    "RepositoryError",
+    "SkippedDisk",
+    "VerifyReport",
+    "VmIdentity",
+    "WriteStats",
+    "WrongPassphraseError",
+    "prune",
+    "scrub",
+    "verify",
+]

@@ -1,0 +1,100 @@
+"""Key material: the master key, its Argon2id-wrapped key slots, and derived subkeys."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+from argon2.low_level import Type, hash_secret_raw
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+KEY_LEN = 32
+
+
+@dataclass(frozen=True, slots=True)
+class KdfParams:
+    """Argon2id cost; stored in each slot so a reader needs nothing else."""
+
+    time_cost: int = 3
+    memory_kib: int = 64 * 1024
+    parallelism: int = 2
+
+
+@dataclass(frozen=True, slots=True)
+class KeySet:
+    """Subkeys used by the format. `enc_key` is None for an unencrypted repository."""
+
+    id_key: bytes
+    mac_key: bytes
+    enc_key: bytes | None
+
+
+def hkdf(master: bytes, info: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=KEY_LEN, salt=None, info=info).derive(master)
+
+
+def keyset_from_master(master: bytes) -> KeySet:
+    return KeySet(
+        id_key=hkdf(master, b"vigil/v1/chunk-id"),
+        mac_key=hkdf(master, b"vigil/v1/manifest-mac"),
+        enc_key=hkdf(master, b"vigil/v1/encryption"),
+    )
+
+
+def keyset_unencrypted(id_key: bytes) -> KeySet:
+    # No secret exists here: the MAC then protects against accidents, not attackers.
+    return KeySet(id_key=id_key, mac_key=hkdf(id_key, b"vigil/v1/manifest-mac"), enc_key=None)
+
+
+def _kek(passphrase: str, salt: bytes, p: KdfParams) -> bytes:
+    return hash_secret_raw(
+        passphrase.encode("utf-8"),
+        salt,
+        time_cost=p.time_cost,
+        memory_cost=p.memory_kib,
+        parallelism=p.parallelism,
+        hash_len=KEY_LEN,
+        type=Type.ID,
+    )
+
+
+def _slot_aad(repo_id: str) -> bytes:
+    return b"vigil/v1/keyslot/" + repo_id.encode()
+
+
+def wrap_master(master: bytes, passphrase: str, repo_id: str, params: KdfParams) -> bytes:
+    """A key-slot object (JSON) holding the master key encrypted under Argon2id(passphrase)."""
+    salt, nonce = os.urandom(16), os.urandom(12)
+    wrapped = AESGCM(_kek(passphrase, salt, params)).encrypt(nonce, master, _slot_aad(repo_id))
+    return json.dumps(
+        {
+            "kdf": "argon2id",
+            "salt": salt.hex(),
+            "time_cost": params.time_cost,
+            "memory_kib": params.memory_kib,
+            "parallelism": params.parallelism,
+            "cipher": "aes-256-gcm",
+            "nonce": nonce.hex(),
+            "wrapped_key": wrapped.hex(),
+        },
+        sort_keys=True,
+    ).encode()
+
+
+def unwrap_master(slot: bytes, passphrase: str, repo_id: str, slot_name: str) -> bytes | None:
+    """The master key if `passphrase` opens this slot, else None."""
+    try:
+        d = json.loads(slot)
+        params = KdfParams(d["time_cost"], d["memory_kib"], d["parallelism"])
+        kek = _kek(passphrase, bytes.fromhex(d["salt"]), params)
+        nonce, wrapped = bytes.fromhex(d["nonce"]), bytes.fromhex(d["wrapped_key"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"key slot {slot_name} is malformed: {exc}") from exc
+    try:
+        return AESGCM(kek).decrypt(nonce, wrapped, _slot_aad(repo_id))
+    except InvalidTag:
+        return None

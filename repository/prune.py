@@ -1,0 +1,183 @@
+"""Retention and garbage collection.
+
+Order: decide per VM which points to keep; delete the others' manifests (tombstone first);
+then, holding the repository lock exclusively (no backup running here), sweep the indexes
+and chunks that no remaining manifest references and that are older than the grace period
+(the grace covers writers that do not share our lock, e.g. on another host)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+import structlog
+
+from repository.codec import chunk_key
+from repository.errors import CorruptObjectError, ObjectNotFoundError, RepositoryBusyError
+from repository.locks import locked
+from repository.manifest import Manifest, VmIdentity
+from repository.repo import Repository, index_key
+
+log = structlog.get_logger(__name__)
+
+
+class KeepRule(Protocol):
+    """A retention rule: which of one VM's points to keep (the policies package's GFS rule
+    satisfies this)."""
+
+    def keep(self, points: Sequence[Manifest]) -> set[str]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class KeepLast:
+    """Keep the newest `n` points: the fallback until a policy supplies GFS rules."""
+
+    n: int
+
+    def keep(self, points: Sequence[Manifest]) -> set[str]:
+        newest = sorted(points, key=lambda m: m.committed_at, reverse=True)
+        return {m.point_id for m in newest[: self.n]}
+
+    def __str__(self) -> str:
+        return f"keep-last {self.n}"
+
+
+# Called with a VM and the policy named in its newest point; None = no policy covers it.
+RuleFor = Callable[[VmIdentity, str | None], KeepRule | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    point_id: str
+    vm_name: str
+    delete: bool
+    reason: str
+
+
+@dataclass(slots=True)
+class PruneResult:
+    decisions: list[Decision] = field(default_factory=list)
+    dry_run: bool = False
+    sweep_deferred: str | None = None
+    indexes_deleted: int = 0
+    chunks_deleted: int = 0
+    bytes_freed: int = 0
+    temp_files_removed: int = 0
+
+    @property
+    def deleted_points(self) -> list[str]:
+        return [d.point_id for d in self.decisions if d.delete]
+
+    def lines(self) -> list[str]:
+        verb = "would delete" if self.dry_run else "deleted"
+        out = [
+            f"{'delete' if d.delete else 'keep  '} {d.point_id} ({d.vm_name}): {d.reason}"
+            for d in self.decisions
+        ]
+        out.append(
+            f"{verb} {len(self.deleted_points)} points, {self.indexes_deleted} indexes, "
+            f"{self.chunks_deleted} chunks ({self.bytes_freed} bytes)"
+        )
+        if self.sweep_deferred:
+            out.append(f"chunk sweep deferred: {self.sweep_deferred}")
+        return out
+
+
+def plan(
+    manifests: Sequence[Manifest], rule_for: RuleFor, now: datetime, orphan_keep_days: float
+) -> list[Decision]:
+    """Pure: the keep/delete decision for every point, with the reason."""
+    by_vm: dict[str, list[Manifest]] = defaultdict(list)
+    for m in manifests:
+        by_vm[m.vm.key].append(m)
+    out: list[Decision] = []
+    for points in by_vm.values():
+        newest = max(points, key=lambda m: m.seq)
+        rule = rule_for(newest.vm, newest.policy)
+        if rule is None:
+            cutoff = now - timedelta(days=orphan_keep_days)
+            for m in points:
+                old = m.committed_at < cutoff
+                why = f"VM in no policy; point {'older' if old else 'newer'} than "
+                out.append(Decision(m.point_id, m.vm.name, old, why + f"{orphan_keep_days} days"))
+            continue
+        kept = rule.keep(points)
+        for m in points:
+            keep = m.point_id in kept
+            why = f"{'kept' if keep else 'not kept'} by {rule} (policy {newest.policy})"
+            out.append(Decision(m.point_id, m.vm.name, not keep, why))
+    return sorted(out, key=lambda d: d.point_id)
+
+
+def prune(
+    repo: Repository,
+    rule_for: RuleFor,
+    *,
+    dry_run: bool = False,
+    orphan_keep_days: float = 30,
+    grace: timedelta = timedelta(hours=1),
+    lock_timeout: float = 60,
+    now: datetime | None = None,
+) -> PruneResult:
+    now = now or datetime.now(UTC)
+    manifests = repo.manifests()
+    result = PruneResult(plan(manifests, rule_for, now, orphan_keep_days), dry_run)
+    reasons = {d.point_id: d.reason for d in result.decisions if d.delete}
+    doomed = set(reasons)
+    if not dry_run:
+        for m in manifests:
+            if m.point_id in doomed:
+                repo.delete_point(m, reasons[m.point_id])
+    try:
+        # A dry run only reads: it shares the lock with backups instead of waiting for them.
+        with locked(repo.repo_lock_path, exclusive=not dry_run, timeout=lock_timeout):
+            _sweep(repo, result, doomed, (now - grace).timestamp(), dry_run)
+    except RepositoryBusyError as exc:
+        result.sweep_deferred = f"backups are running ({exc})"
+    log.info(
+        "repository.pruned",
+        points=len(doomed),
+        chunks=result.chunks_deleted,
+        bytes=result.bytes_freed,
+        dry_run=dry_run,
+        deferred=bool(result.sweep_deferred),
+    )
+    return result
+
+
+def _sweep(
+    repo: Repository, result: PruneResult, doomed: set[str], cutoff: float, dry_run: bool
+) -> None:
+    live_indexes: set[str] = set()
+    # Re-list under the lock: points committed since planning must count too.
+    for pid in repo.list_points():
+        if pid in doomed:
+            continue
+        for d in repo.load_manifest(pid).disks:
+            live_indexes.add(d.index_id)
+    live_chunks: set[str] = set()
+    for iid in live_indexes:
+        try:
+            index = repo.load_index(iid)
+        except (CorruptObjectError, ObjectNotFoundError) as exc:
+            # Without every index we cannot know what is referenced: delete nothing.
+            result.sweep_deferred = f"index {iid} unreadable ({exc}); run verify"
+            return
+        live_chunks.update(chunk_key(c) for c in index.referenced())
+    live_index_keys = {index_key(i) for i in live_indexes}
+    for prefix, live in (("indexes/", live_index_keys), ("chunks/", live_chunks)):
+        for info in repo.backend.list(prefix):
+            if info.key in live or info.mtime >= cutoff:
+                continue
+            if not dry_run:
+                repo.backend.delete(info.key)
+            if prefix == "chunks/":
+                result.chunks_deleted += 1
+            else:
+                result.indexes_deleted += 1
+            result.bytes_freed += info.size
+    if not dry_run:
+        result.temp_files_removed = repo.backend.cleanup(cutoff)
