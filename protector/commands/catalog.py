@@ -1,0 +1,33 @@
+"""`vigil catalog rebuild`: recreate the catalog database from the repository's manifests."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ..cli import _load
+from ..repoaccess import open_catalog, open_repository
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "catalog",
+        help="maintain the catalog database",
+        description="The catalog is an index for fast queries; the manifests in the repository "
+        "are the truth. `rebuild` recreates it from them (after loss or corruption).",
+    )
+    sp = p.add_subparsers(dest="catalog_command", required=True, metavar="ACTION")
+    r = sp.add_parser("rebuild", help="recreate the catalog from the repository")
+    r.set_defaults(handler=run)
+
+
+async def run(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    repo = await open_repository(cfg)
+    catalog = await open_catalog(repo)
+    try:
+        live, pruned = await catalog.rebuild(repo)
+    finally:
+        await catalog.close()
+    print(f"catalog rebuilt: {live} restore points, {pruned} pruned")
+    return 0

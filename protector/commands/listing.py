@@ -1,0 +1,64 @@
+"""`vigil list`: restore points, newest first."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ..cli import _load, print_json
+from ..errors import UserError
+from ..repoaccess import all_manifests, matches_vm, open_repository, point_summary
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "list",
+        help="list restore points (of one VM, or all)",
+        description="List committed restore points from the repository (the manifests are the "
+        "source of truth, so this works without the catalog). VM may be a name, inventory path, "
+        "MoRef or instance UUID.",
+    )
+    p.add_argument("vm", nargs="?", metavar="VM", help="only this VM's points")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler=run)
+
+
+def human_size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+async def run(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    repo = await open_repository(cfg)
+    manifests = await all_manifests(repo)
+    if args.vm:
+        manifests = [m for m in manifests if matches_vm(m, args.vm)]
+        if not manifests:
+            raise UserError(f"no restore points for VM {args.vm!r}", 1)
+    records = sorted(
+        (point_summary(m) for m in manifests), key=lambda r: r["created_at"], reverse=True
+    )
+    if args.json:
+        print_json(records)
+        return 0
+    if not records:
+        print("no restore points yet")
+        return 0
+    for r in records:
+        read = sum(d["read_bytes"] or 0 for d in r["disks"])
+        stored = sum(d["stored_bytes"] or 0 for d in r["disks"])
+        print(
+            f"{r['id']}  {r['created_at']}  {r['vm']['path'] or r['vm']['name']}  {r['type']}  "
+            f"{r['consistency']}  read {human_size(read)}  stored {human_size(stored)}"
+        )
+        for d in r["disks"]:
+            if d["skipped_reason"]:
+                print(f"    disk {d['key']} {d['name']}: skipped — {d['skipped_reason']}")
+    return 0

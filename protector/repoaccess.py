@@ -1,0 +1,114 @@
+"""Opening the repository and catalog named in the configuration, errors phrased for admins."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from repository import Catalog, Manifest, Repository
+from repository.errors import (
+    PassphraseRequiredError,
+    RepositoryError,
+    RepositoryNotFoundError,
+    WrongPassphraseError,
+)
+
+from .config import Config
+from .errors import UserError
+
+
+def _open(cfg: Config, create: bool) -> Repository:
+    passphrase = cfg.repository.passphrase()
+    path = Path(cfg.repository.path)
+    try:
+        return Repository.open(path, passphrase)
+    except RepositoryNotFoundError:
+        if not create:
+            raise UserError(
+                f"no repository at {path} (repository.path); `vigil backup` or `vigil watch` "
+                "creates it"
+            ) from None
+        return Repository.init(path, chunk_size=cfg.repository.chunk_size, passphrase=passphrase)
+    except WrongPassphraseError:
+        raise UserError(
+            f"wrong passphrase for the repository at {path}; check repository.passphrase_env "
+            "or repository.passphrase_file"
+        ) from None
+    except PassphraseRequiredError:
+        raise UserError(
+            f"the repository at {path} is encrypted: set repository.passphrase_env or "
+            "repository.passphrase_file"
+        ) from None
+    except RepositoryError as exc:
+        raise UserError(f"repository {path}: {exc}") from None
+
+
+async def open_repository(cfg: Config, *, create: bool = False) -> Repository:
+    return await anyio.to_thread.run_sync(_open, cfg, create)
+
+
+async def open_catalog(repo: Repository) -> Catalog:
+    return await Catalog.for_repository(repo)
+
+
+async def all_manifests(repo: Repository) -> list[Manifest]:
+    return await anyio.to_thread.run_sync(repo.manifests)
+
+
+def point_summary(m: Manifest) -> dict[str, Any]:
+    """The `vigil list --json` record of one restore point."""
+    info = m.config_info or {}
+    backup = info.get("backup", {})
+    saved = {d["key"]: d for d in backup.get("disks", [])}
+    disks = []
+    for d in m.disks:
+        s = saved.get(d.key, {})
+        disks.append(
+            {
+                "key": d.key,
+                "name": d.base_name,
+                "capacity_bytes": d.capacity,
+                "read_bytes": s.get("read_bytes"),
+                "stored_bytes": s.get("stored_bytes"),
+                "change_id": d.change_id,
+                "transport": d.transport,
+                "skipped_reason": None,
+            }
+        )
+    for sk in m.skipped_disks:
+        s = saved.get(sk.key, {})
+        disks.append(
+            {
+                "key": sk.key,
+                "name": s.get("name", ""),
+                "capacity_bytes": s.get("capacity_bytes"),
+                "read_bytes": 0,
+                "stored_bytes": 0,
+                "change_id": None,
+                "transport": None,
+                "skipped_reason": sk.reason,
+            }
+        )
+    return {
+        "id": m.point_id,
+        "vm": {
+            "name": m.vm.name,
+            "path": m.vm.path,
+            "instance_uuid": m.vm.instance_uuid,
+            "moref": m.vm.moref,
+        },
+        "created_at": m.committed_at.isoformat().replace("+00:00", "Z"),
+        "type": backup.get("type", "full"),
+        "status": "committed",
+        "policy": m.policy,
+        "consistency": backup.get("consistency", "crash"),
+        "disks": disks,
+    }
+
+
+def matches_vm(m: Manifest, spec: str) -> bool:
+    s = spec.strip()
+    v = m.vm
+    return s in (v.name, v.path, v.moref) or s.lower() == v.instance_uuid.lower()
