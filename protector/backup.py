@@ -20,8 +20,9 @@ import anyio
 import structlog
 from pyVmomi import vim
 
+from disk_io.errors import InvalidChangedAreas
+from disk_io.extents import chunk_slots
 from repository import DiskRecord, PointWriter, SkippedDisk, VmIdentity
-from repository.index import slot_count
 from watcher.soap import VsphereFault
 from watcher.tasks import wait_for_task
 
@@ -260,22 +261,9 @@ async def _plan_areas(
             if exc.fault_type not in ("FileFault", "InvalidArgument", "NotSupported"):
                 raise
             plan = after_query_fault(plan, exc.fault_type)
-        except ValueError as exc:  # an invalid answer: never silently skip data
+        except InvalidChangedAreas as exc:  # never silently skip data
             plan = after_query_fault(plan, f"invalid answer: {exc}")
     return plan, None
-
-
-def slots_of(areas: list[tuple[int, int]], chunk_size: int, capacity: int) -> list[int]:
-    """Chunk slots touched by byte ranges, sorted and unique."""
-    n = slot_count(capacity, chunk_size)
-    out: set[int] = set()
-    for start, length in areas:
-        if length <= 0:
-            continue
-        first = start // chunk_size
-        last = min((start + length - 1) // chunk_size, n - 1)
-        out.update(range(first, last + 1))
-    return sorted(out)
 
 
 async def _backup_disk(
@@ -306,7 +294,7 @@ async def _backup_disk(
             areas = extents if extents is not None else [(0, disk.capacity_bytes)]
             if extents is None:
                 plan = ReadPlan(plan.mode, None, plan.reason + "; reading every block")
-        slots = slots_of(areas, chunk, disk.capacity_bytes)
+        slots = chunk_slots(areas, disk.capacity_bytes, chunk)
         dw = writer.disk_writer(disk.capacity_bytes, base)
         planned = sum(min(chunk, disk.capacity_bytes - s * chunk) for s in slots)
         tracker.replan(planned - disk.capacity_bytes)

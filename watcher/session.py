@@ -94,6 +94,10 @@ class Session:
         return str(self.about.instanceUuid or "")
 
     @property
+    def user(self) -> str:
+        return self._credentials.user
+
+    @property
     def session_cookie(self) -> str:
         return self.client.cookie
 

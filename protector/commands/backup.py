@@ -1,0 +1,101 @@
+"""`vigil backup VM`: back up one VM now."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ..cli import _load, print_json
+from ..progress import ProgressLine, human_bytes
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "backup",
+        help="back up one VM now",
+        description="Snapshot the VM, read its disks (only the changed blocks when a previous "
+        "restore point and Changed Block Tracking allow), store them deduplicated and remove the "
+        "snapshot. The VM's policy (if one covers it) supplies the options. VM may be a name, "
+        "inventory path, MoRef or instance UUID.",
+    )
+    p.add_argument("vm", metavar="VM")
+    p.add_argument("--full", action="store_true", help="read every allocated block")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(handler=run)
+
+
+def result_record(r: Any) -> dict[str, Any]:
+    return {
+        "id": r.point_id,
+        "vm": {
+            "name": r.vm.name,
+            "path": r.vm.path,
+            "instance_uuid": r.vm.instance_uuid,
+            "moref": r.vm.moref,
+        },
+        "created_at": r.finished_at.isoformat().replace("+00:00", "Z"),
+        "type": r.type,
+        "status": "committed",
+        "consistency": r.consistency,
+        "read_bytes": r.read_bytes,
+        "stored_bytes": r.stored_bytes,
+        "seconds": round((r.finished_at - r.started_at).total_seconds(), 3),
+        "disks": [
+            {
+                "key": d.key,
+                "name": d.name,
+                "capacity_bytes": d.capacity_bytes,
+                "read_bytes": d.read_bytes,
+                "stored_bytes": d.stored_bytes,
+                "change_id": d.change_id,
+                "transport": d.transport,
+                "mode": d.mode,
+                "reason": d.reason,
+                "skipped_reason": d.skipped_reason,
+            }
+            for d in r.disks
+        ],
+    }
+
+
+async def run(args: argparse.Namespace) -> int:
+    from watcher.inventory import read_inventory
+
+    from ..backup import backup_vm
+    from ..connect import open_session
+    from ..context import Context
+    from ..policyaccess import backup_options_for
+    from ..repoaccess import open_catalog, open_repository
+    from ..vmlookup import find_vm
+
+    cfg = _load(args)
+    repo = await open_repository(cfg, create=True)
+    session = await open_session(cfg)
+    catalog = await open_catalog(repo)
+    try:
+        tree = await read_inventory(session)
+        node = find_vm(tree.vms(), args.vm)
+        opts = backup_options_for(cfg, tree, node, full=args.full)
+        ctx = Context.create(cfg, session, repo, catalog)
+        progress = ProgressLine(f"backup {node.name}")
+        vm = session.moref("VirtualMachine", node.moref)
+        result = await backup_vm(ctx, vm, opts, path=node.path, progress=progress)
+        progress.finish()
+    finally:
+        await catalog.close()
+        await session.close()
+    if args.json:
+        print_json(result_record(result))
+    else:
+        secs = (result.finished_at - result.started_at).total_seconds()
+        print(
+            f"{result.point_id}: {result.type} {result.consistency} backup of {node.path} in "
+            f"{secs:.1f} s; read {human_bytes(result.read_bytes)}, stored "
+            f"{human_bytes(result.stored_bytes)} new"
+        )
+        for d in result.disks:
+            if d.skipped_reason:
+                print(f"  {d.address or d.key}: skipped — {d.skipped_reason}")
+            else:
+                print(f"  {d.address}: {d.mode} via {d.transport} ({d.reason})")
+    return 0

@@ -1,0 +1,107 @@
+"""`vigil restore POINT`: onto the VM it came from, or as a new VM."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ..cli import _load, print_json
+from ..errors import UserError
+from ..progress import ProgressLine, human_bytes
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "restore",
+        help="restore a point onto its VM (--to-existing) or as a new VM (--new-name)",
+        description="--to-existing writes the saved disks onto the VM they came from (it must be "
+        "powered off, or pass --power-off). --new-name creates a new VM from the saved "
+        "configuration, by default where the original lived, and writes its disks.",
+    )
+    p.add_argument("point", metavar="POINT")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--to-existing", action="store_true", help="overwrite the original VM")
+    target.add_argument("--new-name", metavar="NAME", help="create a new VM with this name")
+    p.add_argument("--folder", metavar="PATH", help="inventory path of the new VM's folder")
+    p.add_argument("--pool", metavar="PATH", help="inventory path of the resource pool")
+    p.add_argument("--datastore", metavar="NAME", help="datastore for the new VM's files")
+    p.add_argument("--host", metavar="PATH", help="inventory path of the host")
+    p.add_argument("--power-off", action="store_true", help="power the target off first")
+    p.add_argument("--power-on", action="store_true", help="power the VM on afterwards")
+    p.add_argument("--verify", action="store_true", help="re-read and compare what was written")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(handler=run)
+
+
+async def run(args: argparse.Namespace) -> int:
+    from ..connect import open_session
+    from ..context import Context
+    from ..repoaccess import open_repository
+    from ..restore import Placement, load_point, restore_as_new, restore_to_existing
+
+    if args.to_existing and (args.folder or args.pool or args.datastore or args.host):
+        raise UserError("--folder/--pool/--datastore/--host apply to --new-name only")
+    cfg = _load(args)
+    repo = await open_repository(cfg)
+    session = await open_session(cfg)
+    try:
+        ctx = Context.create(cfg, session, repo, None)
+        progress = ProgressLine(f"restore {args.point}")
+        if args.to_existing:
+            manifest = await load_point(ctx, args.point)
+            vm = session.moref("VirtualMachine", manifest.vm.moref)
+            props = await _identity(session, vm)
+            if (props or "").lower() != manifest.vm.instance_uuid.lower():
+                raise UserError(
+                    f"the VM that restore point {args.point} came from ({manifest.vm.name}, "
+                    f"{manifest.vm.moref}) no longer exists; restore with --new-name instead"
+                )
+            result = await restore_to_existing(
+                ctx,
+                args.point,
+                vm,
+                power_off=args.power_off,
+                verify=args.verify,
+                progress=progress,
+            )
+            if args.power_on:
+                from watcher.tasks import wait_for_task
+
+                t = await session.call(vm, "PowerOnVM_Task")
+                await wait_for_task(session, t)
+                result.powered_on = True
+        else:
+            placement = Placement(args.new_name, args.folder, args.pool, args.datastore, args.host)
+            result = await restore_as_new(
+                ctx,
+                args.point,
+                placement,
+                power_on=args.power_on,
+                verify=args.verify,
+                progress=progress,
+            )
+        progress.finish()
+    finally:
+        await session.close()
+    if args.json:
+        print_json(result.as_dict())
+    else:
+        print(
+            f"restored {args.point} to {result.vm_name} ({result.vm_moref}): "
+            f"{human_bytes(result.written_bytes)} written"
+            + (", verified" if args.verify else "")
+            + (", powered on" if result.powered_on else "")
+        )
+        for note in result.notes:
+            print(f"  note: {note}")
+    return 0
+
+
+async def _identity(session: Any, vm: Any) -> str | None:
+    from watcher.soap import VsphereFault
+
+    try:
+        props = await session.properties(vm, ["config.instanceUuid"])
+    except VsphereFault:
+        return None
+    return props.get("config.instanceUuid")

@@ -1,0 +1,128 @@
+"""From vSphere objects to disk_io: where a disk lives, how to reach it, what changed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+from pyVmomi import vim
+
+from disk_io.extents import collect_changed_areas
+from disk_io.model import DiskLocation, Extent, VcenterAccess
+from disk_io.transport import DiskTransport, TransportSettings, open_disk
+from watcher.session import Session
+
+from .config import Config
+from .context import Context
+from .vmconfig import DiskInfo
+
+
+def transport_settings(cfg: Config) -> TransportSettings:
+    return TransportSettings(
+        modes=cfg.transport.modes,
+        vddk_libdir=cfg.transport.vddk_libdir,
+        file_datastores=dict(cfg.transport.file_datastores),
+    )
+
+
+def vcenter_access(session: Session) -> VcenterAccess:
+    ep = session.endpoint
+    return VcenterAccess(
+        url=ep.sdk_url,
+        session_cookie=session.session_cookie,
+        user=session.user,
+        thumbprint=ep.thumbprint,
+        verify=ep.verify_tls,
+        ssl_context=ep.ssl_context() if ep.ca_file else None,
+    )
+
+
+def split_datastore_path(file_name: str) -> tuple[str, str]:
+    """'[LocalDS_0] vm/vm.vmdk' → ('LocalDS_0', 'vm/vm.vmdk')."""
+    if not file_name.startswith("[") or "]" not in file_name:
+        raise ValueError(f"not a datastore path: {file_name!r}")
+    ds, _, rest = file_name[1:].partition("]")
+    return ds, rest.strip()
+
+
+async def datacenter_path(ctx: Context, vm: Any) -> str:
+    """Inventory path of the VM's datacenter ("DC0", or "folder/DC0"), cached per VM."""
+    cached = ctx.datacenter_of.get(vm._moId)
+    if cached is not None:
+        return cached
+    names: list[str] = []
+    obj = vm
+    found = False
+    while obj is not None:
+        props = await ctx.session.properties(obj, ["name", "parent"])
+        if found and props.get("parent") is not None:
+            names.append(props["name"])
+        if isinstance(obj, vim.Datacenter):
+            names.append(props["name"])
+            found = True
+        obj = props.get("parent")
+        if obj is not None:
+            obj = ctx.session.client.bind(obj)
+    if not found:
+        raise ValueError(f"VM {vm._moId} is not inside a datacenter")
+    path = "/".join(reversed(names))
+    ctx.datacenter_of[vm._moId] = path
+    return path
+
+
+async def location(ctx: Context, vm: Any, snap: Any | None, disk: DiskInfo) -> DiskLocation:
+    ds, path = split_datastore_path(disk.file_name)
+    return DiskLocation(
+        datacenter_path=await datacenter_path(ctx, vm),
+        datastore=ds,
+        path=path,
+        capacity_bytes=disk.capacity_bytes,
+        vm_moref=vm._moId,
+        snapshot_moref=snap._moId if snap is not None else None,
+        disk_key=disk.key,
+    )
+
+
+async def _open(
+    ctx: Context, loc: DiskLocation, writable: bool, modes: tuple[str, ...] | None
+) -> DiskTransport:
+    settings = transport_settings(ctx.cfg)
+    access = vcenter_access(ctx.session)
+    opened = await anyio.to_thread.run_sync(
+        lambda: open_disk(loc, access, settings, writable=writable, modes=modes),
+        limiter=ctx.io_limiter,
+    )
+    return opened.disk
+
+
+async def open_disk_for_read(
+    ctx: Context, vm: Any, snap: Any | None, disk: DiskInfo, modes: tuple[str, ...] | None
+) -> DiskTransport:
+    return await _open(ctx, await location(ctx, vm, snap, disk), False, modes)
+
+
+async def open_disk_for_write(
+    ctx: Context, vm: Any, disk: DiskInfo, modes: tuple[str, ...] | None = None
+) -> DiskTransport:
+    return await _open(ctx, await location(ctx, vm, None, disk), True, modes)
+
+
+async def changed_areas(
+    session: Session, vm: Any, snap: Any, device_key: int, change_id: str, capacity: int
+) -> list[Extent]:
+    """Every changed (or, for "*", allocated) extent, paging QueryChangedDiskAreas as the
+    seed says; an inconsistent answer raises InvalidChangedAreas (a ValueError)."""
+
+    async def fetch(start: int) -> tuple[int, int, list[tuple[int, int]]]:
+        info = await session.call(
+            vm,
+            "QueryChangedDiskAreas",
+            snapshot=snap,
+            deviceKey=device_key,
+            startOffset=start,
+            changeId=change_id,
+        )
+        areas = [(a.start, a.length) for a in (info.changedArea or [])]
+        return info.startOffset, info.length, areas
+
+    return await collect_changed_areas(fetch, capacity)

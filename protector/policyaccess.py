@@ -1,0 +1,111 @@
+"""Between the watcher's tree, the policies engine and the repository's retention hook."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import tzinfo
+from typing import Any
+
+import structlog
+
+from policies.engine import evaluate_one
+from policies.errors import PolicyLoadError
+from policies.loader import load_policies
+from policies.model import Policy, PolicySet, VmFacts
+from policies.retention import RetentionPoint, plan_retention
+from repository import KeepRule, Manifest, VmIdentity
+
+from .backup import BackupOptions
+from .config import Config
+
+log = structlog.get_logger(__name__)
+
+
+def vm_facts(node: Any) -> VmFacts:
+    """The plain facts the policy engine matches on, from a watcher VmNode."""
+    return VmFacts(
+        key=node.identity,
+        path=node.path,
+        name=node.name,
+        datacenter=node.datacenter or "",
+        folder=node.folder or node.location,
+        resource_pool=node.resource_pool,
+        power_state=node.power_state or "poweredOff",
+        guest_id=node.guest_id,
+        tags=node.tags,
+        attributes=dict(node.attributes),
+        annotation=node.annotation or "",
+        template=node.template,
+    )
+
+
+def options_of(policy: Policy | None, *, full: bool = False) -> BackupOptions:
+    if policy is None:
+        return BackupOptions(full=full)
+    b = policy.backup
+    return BackupOptions(
+        quiesce=b.quiesce,
+        quiesce_fallback=b.quiesce_fallback,
+        enable_cbt=b.enable_cbt,
+        exclude_disks=tuple(b.exclude_disks),
+        transports=tuple(b.transport) if b.transport else None,
+        full=full,
+        policy=policy.name,
+    )
+
+
+def winning_policy(policies: PolicySet, node: Any) -> Policy | None:
+    result = evaluate_one(policies, vm_facts(node))
+    if result.winner is None:
+        return None
+    return next(p for p in policies if p.name == result.winner)
+
+
+def backup_options_for(cfg: Config, tree: Any, node: Any, *, full: bool) -> BackupOptions:
+    """Options for a one-off backup: the VM's policy's, or defaults when none covers it."""
+    try:
+        policies = load_policies(cfg.policies_path)
+    except PolicyLoadError as exc:
+        log.warning("policies.unusable_for_backup", errors=str(exc), using="defaults")
+        return BackupOptions(full=full)
+    return options_of(winning_policy(policies, node), full=full)
+
+
+class GfsRule:
+    """A policy's retention as the repository's KeepRule."""
+
+    def __init__(self, policy: Policy, tz: tzinfo) -> None:
+        self.policy = policy
+        self.tz = tz
+
+    def keep(self, points: Sequence[Manifest]) -> set[str]:
+        plan = plan_retention(
+            [RetentionPoint(m.point_id, m.committed_at) for m in points],
+            self.policy.retention,
+            self.tz,
+        )
+        return set(plan.keep_ids)
+
+    def __str__(self) -> str:
+        r = self.policy.retention
+        return (
+            f"policy {self.policy.name}: keep-last {r.keep_last}, daily {r.daily}, "
+            f"weekly {r.weekly}, monthly {r.monthly}, yearly {r.yearly}"
+        )
+
+
+def retention_rules(
+    policies: PolicySet,
+    protected_by: dict[str, str | None],
+    tz: tzinfo,
+) -> Callable[[VmIdentity, str | None], KeepRule | None]:
+    """rule_for(vm, policy named in its newest point) for prune: the policy that protects the
+    VM now (by identity), else None — an orphan, kept for orphan_keep_days."""
+    by_name = {p.name: p for p in policies}
+
+    def rule_for(vm: VmIdentity, _point_policy: str | None) -> KeepRule | None:
+        name = protected_by.get(f"{vm.vcenter_uuid}/{vm.instance_uuid}")
+        policy = by_name.get(name) if name else None
+        return GfsRule(policy, tz) if policy else None
+
+    return rule_for

@@ -1,0 +1,47 @@
+"""A one-line progress display for long operations (bytes, rate, ETA), only on a terminal."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+class ProgressLine:
+    def __init__(self, label: str, stream: TextIO | None = None, min_interval: float = 0.2) -> None:
+        self.label = label
+        self.stream = stream or sys.stderr
+        self.enabled = self.stream.isatty()
+        self.start = time.monotonic()
+        self.last = 0.0
+        self.min_interval = min_interval
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if now - self.last < self.min_interval and done < total:
+            return
+        self.last = now
+        elapsed = max(now - self.start, 1e-6)
+        rate = done / elapsed
+        pct = 100.0 * done / total if total else 100.0
+        eta = (total - done) / rate if rate > 0 and total > done else 0
+        self.stream.write(
+            f"\r{self.label}: {pct:5.1f}%  {human_bytes(done)} / {human_bytes(total)}  "
+            f"{human_bytes(rate)}/s  ETA {eta:4.0f} s "
+        )
+        self.stream.flush()
+
+    def finish(self) -> None:
+        if self.enabled:
+            self.stream.write("\n")
+            self.stream.flush()
