@@ -280,7 +280,7 @@ async def _backup_disk(
     base = None if opts.full else await anyio.to_thread.run_sync(writer.previous_index, key)
     prev = writer.previous.disk(key) if (writer.previous and base is not None) else None
     plan = plan_read(
-        prev.change_id if prev else None, disk.change_id or "", force_full=base is None
+        prev.change_id if prev else None, disk.change_id or "", force_full=opts.full
     )
     plan, areas = await _plan_areas(ctx, vm, snap, disk, plan)
     if not plan.incremental:
