@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 from typing import Any
@@ -76,7 +77,8 @@ async def run(args: argparse.Namespace) -> int:
 
 
 async def _watch(cfg: Any, as_json: bool) -> int:
-    from watcher.watcher import Watcher
+    from watcher.events import event_to_json
+    from watcher.updates import Watcher
 
     from ..connect import make_session
 
@@ -85,15 +87,22 @@ async def _watch(cfg: Any, as_json: bool) -> int:
         await s.connect()
         return s
 
-    watcher = Watcher(connect, tag_interval=cfg.daemon.tag_interval)
+    watcher = Watcher(
+        connect,
+        tag_interval=cfg.daemon.tag_interval,
+        reconcile_interval=cfg.daemon.reconcile_interval,
+    )
+    runner = asyncio.ensure_future(watcher.run())
     try:
         async for event in watcher.events():
-            rec = event.as_dict() if hasattr(event, "as_dict") else {"event": repr(event)}
+            rec = event_to_json(event)
             if as_json:
                 sys.stdout.write(json.dumps(rec, default=str) + "\n")
             else:
-                sys.stdout.write(str(event) + "\n")
+                detail = {k: v for k, v in rec.items() if k not in ("event", "moref", "identity")}
+                sys.stdout.write(f"{rec['event']:<8} {rec['path']}  {json.dumps(detail)}\n")
             sys.stdout.flush()
     finally:
         await watcher.close()
+        runner.cancel()
     return 0

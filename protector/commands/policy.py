@@ -1,0 +1,88 @@
+"""`vigil policy check|diff`: what the policies cover, before they protect anything."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from policies.cli import check_exit_code, check_report, diff_report, render_check, render_diff
+from policies.errors import PolicyLoadError
+
+from ..cli import _load, print_json
+from ..connect import open_session
+from ..policyaccess import vm_facts
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "policy",
+        help="validate policies against the live inventory, or preview an edit",
+        description="check: validate the policies in force (policies.path), read the live "
+        "inventory and show per policy the VMs it covers, the overlaps and every VM no policy "
+        "covers. diff NEW_PATH: what would change if NEW_PATH replaced them (a dry run). "
+        "Exit 0 when valid, 2 when not.",
+    )
+    sp = p.add_subparsers(dest="policy_command", required=True, metavar="ACTION")
+    c = sp.add_parser("check", help="validate and show coverage")
+    c.add_argument("--json", action="store_true", help="machine-readable output")
+    c.set_defaults(handler=run_check)
+    d = sp.add_parser("diff", help="preview replacing the policies with NEW_PATH")
+    d.add_argument("new_path", metavar="NEW_PATH", help="a policy file or directory")
+    d.add_argument("--json", action="store_true", help="machine-readable output")
+    d.set_defaults(handler=run_diff)
+
+
+async def _facts(cfg: Any) -> list[Any]:
+    from watcher.inventory import read_inventory
+
+    session = await open_session(cfg)
+    try:
+        tree = await read_inventory(session)
+    finally:
+        await session.close()
+    return [vm_facts(v) for v in tree.vms()]
+
+
+def _errors(exc: PolicyLoadError) -> int:
+    print(str(exc), file=sys.stderr)
+    return 2
+
+
+async def run_check(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    from policies.loader import load_policies
+
+    try:
+        load_policies(cfg.policies_path)  # fail before logging in
+    except PolicyLoadError as exc:
+        return _errors(exc)
+    report = check_report(cfg.policies_path, await _facts(cfg))
+    if args.json:
+        print_json(report)
+    else:
+        sys.stdout.write(render_check(report))
+    code = check_exit_code(report)
+    if code:
+        from policies.cli import report_errors
+
+        for line in report_errors(report):
+            print(line, file=sys.stderr)
+    return code
+
+
+async def run_diff(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    from policies.loader import load_policies
+
+    try:
+        load_policies(cfg.policies_path)
+        load_policies(args.new_path)
+    except PolicyLoadError as exc:
+        return _errors(exc)
+    report = diff_report(cfg.policies_path, args.new_path, await _facts(cfg))
+    if args.json:
+        print_json(report)
+    else:
+        sys.stdout.write(render_diff(report))
+    return 2 if report["conflicts"] else 0

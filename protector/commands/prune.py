@@ -1,0 +1,82 @@
+"""`vigil prune`: apply the policies' retention and free unreferenced data."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import datetime
+from typing import Any
+
+import anyio
+
+from policies.errors import PolicyLoadError
+from policies.loader import load_policies
+from repository import prune
+
+from ..cli import _load, print_json
+from ..connect import open_session
+from ..errors import UserError
+from ..policyaccess import retention_rules, winning_policy
+from ..repoaccess import open_repository
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "prune",
+        help="delete restore points the retention rules no longer keep",
+        description="Apply each policy's retention (keep_last, daily, weekly, monthly, yearly) to "
+        "the points of the VMs it covers now; points of VMs no policy covers are kept for "
+        "repository.orphan_keep_days. Manifests go first, then chunks nothing references any "
+        "more. --dry-run lists what would go and why.",
+    )
+    p.add_argument("--dry-run", action="store_true", help="change nothing, list the decisions")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler=run)
+
+
+async def run(args: argparse.Namespace) -> int:
+    from watcher.inventory import read_inventory
+
+    cfg = _load(args)
+    try:
+        policies = load_policies(cfg.policies_path)
+    except PolicyLoadError as exc:
+        raise UserError(f"policies are invalid; nothing pruned:\n{exc}") from None
+    repo = await open_repository(cfg)
+    session = await open_session(cfg)
+    try:
+        tree = await read_inventory(session)
+    finally:
+        await session.close()
+    protected_by: dict[str, str | None] = {}
+    for node in tree.vms():
+        pol = winning_policy(policies, node)
+        protected_by[node.identity] = pol.name if pol else None
+    tz = datetime.now().astimezone().tzinfo
+    assert tz is not None
+    rule_for = retention_rules(policies, protected_by, tz)
+    result = await anyio.to_thread.run_sync(
+        lambda: prune(
+            repo, rule_for, dry_run=args.dry_run, orphan_keep_days=cfg.repository.orphan_keep_days
+        )
+    )
+    if args.json:
+        print_json(
+            {
+                "dry_run": args.dry_run,
+                "decisions": [
+                    {
+                        "point_id": d.point_id,
+                        "vm": d.vm_name,
+                        "delete": d.delete,
+                        "reason": d.reason,
+                    }
+                    for d in result.decisions
+                ],
+                "chunks_deleted": result.chunks_deleted,
+                "bytes_freed": result.bytes_freed,
+                "sweep_deferred": result.sweep_deferred,
+            }
+        )
+    else:
+        print("\n".join(result.lines()))
+    return 0

@@ -1,0 +1,673 @@
+"""`vigil watch`: the auto-protector.
+
+One asyncio process composing the watcher (inventory events), the policy store (hot
+reloaded), the scheduler (RPO deadlines inside backup windows), the job runner (limits,
+retries) and the repository. A VM that comes into a policy's scope is backed up at once
+when the policy says `on_match = "immediate"` and it has no good point younger than its
+RPO; every protected VM is queued again before its RPO runs out. State is rebuilt from
+the repository's manifests at start, so a restart never repeats a backup that is still
+within its RPO.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, tzinfo
+from typing import Any
+
+import anyio
+import structlog
+
+from policies.engine import CompiledSet, evaluate_one
+from policies.errors import PolicyLoadError
+from policies.model import Policy
+from policies.reload import PolicyStore, ReloadOutcome
+from policies.schedule import in_window, next_run
+from repository import Repository, prune
+from watcher.events import VmAdded, VmChanged, VmEvent, VmMoved, VmRemoved, VmRenamed
+from watcher.session import Session
+from watcher.soap import VsphereError
+from watcher.traversal import inventory_filter_spec
+from watcher.updates import Watcher
+
+from .backup import backup_vm
+from .config import Config
+from .connect import make_session
+from .context import Context
+from .errors import UserError
+from .jobs import JobRecord, JobRequest, JobRunner, Limits
+from .metrics import Metrics
+from .policyaccess import options_of, retention_rules, vm_facts
+from .repoaccess import open_catalog, open_repository
+from .snapshots import SNAPSHOT_NAME, remove_snapshot, walk_snapshots
+from .status import StatusServer
+
+log = structlog.get_logger(__name__)
+
+SCHEDULER_TICK = 30.0  # seconds between scheduler scans when nothing wakes it
+
+
+def identity_key(vcenter_uuid: str, instance_uuid: str) -> str:
+    """The watcher's VmNode.identity for a VM a manifest names."""
+    return f"{vcenter_uuid}/{instance_uuid}"
+
+
+def format_age(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    s = int(seconds)
+    if s < 120:
+        return f"{s}s"
+    if s < 7200:
+        return f"{s // 60}m"
+    if s < 172800:
+        return f"{s // 3600}h"
+    return f"{s // 86400}d"
+
+
+@dataclass
+class VmState:
+    newest_good: datetime | None = None
+    newest_point: str | None = None
+    points: int = 0
+    last_error: str = ""
+
+
+@dataclass
+class DaemonStats:
+    started_at: float = field(default_factory=time.time)
+    events: int = 0
+    triggered: int = 0
+    scheduled: int = 0
+    orphaned: int = 0
+
+
+class Daemon:
+    def __init__(self, cfg: Config, *, tz: tzinfo | None = None) -> None:
+        self.cfg = cfg
+        self.tz = tz or datetime.now().astimezone().tzinfo or UTC
+        self.metrics = Metrics()
+        self.stats = DaemonStats()
+        self.state: dict[str, VmState] = {}
+        self.winners: dict[str, str | None] = {}  # identity key → winning policy
+        self.conflicts: dict[str, tuple[str, ...]] = {}
+        self.due: dict[str, datetime] = {}  # identity key → next scheduled start
+        self.errors: deque[str] = deque(maxlen=100)
+        self.stopping = asyncio.Event()
+        self.ready = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._session: Session | None = None
+        self._session_ready = asyncio.Event()
+        self.repo: Repository | None = None
+        self.catalog: Any = None
+        self.policies: PolicyStore | None = None
+        self.watcher: Watcher | None = None
+        self.runner: JobRunner | None = None
+        self.status: StatusServer | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._bg: set[asyncio.Task[Any]] = set()
+        self._last_prune: datetime | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def run(self, *, install_signals: bool = True) -> int:
+        cfg = self.cfg
+        try:
+            self.policies = PolicyStore(cfg.policies_path, inventory=self._all_facts)
+        except PolicyLoadError as exc:
+            raise UserError(f"policies are invalid, nothing started:\n{exc}") from None
+        self.repo = await open_repository(cfg, create=True)
+        self.catalog = await open_catalog(self.repo)
+        await self._load_state()
+        self.watcher = Watcher(
+            self._connect,
+            tag_interval=cfg.daemon.tag_interval,
+            reconcile_interval=cfg.daemon.reconcile_interval,
+        )
+        lim = cfg.limits
+        self.runner = JobRunner(
+            self._run_job,
+            Limits(lim.concurrent_backups, lim.per_host, lim.per_datastore),
+            retry_attempts=cfg.daemon.retry_attempts,
+            retry_backoff=cfg.daemon.retry_backoff,
+            on_finish=self._job_finished,
+        )
+        token = (
+            os.environ.get(cfg.daemon.status_token_env, "") if cfg.daemon.status_token_env else ""
+        )
+        self.status = StatusServer(
+            self.status_data,
+            self.healthy,
+            self.metrics,
+            token=token,
+            before_metrics=self._refresh_metrics,
+        )
+        await self.status.start(cfg.daemon.status_listen)
+        log.info(
+            "daemon.started",
+            status=f"http://{cfg.daemon.status_listen.rpartition(':')[0]}:{self.status.port}/status",
+            policies=len(self.policies.current),
+            known_vms=len(self.state),
+        )
+        if install_signals:
+            self._install_signals()
+        spawn = self._spawn
+        spawn(self.watcher.run(), "watcher")
+        spawn(self.runner.run(), "job-runner")
+        spawn(self._consume_events(), "events")
+        spawn(self._watch_policies(), "policy-reload")
+        spawn(self._scheduler(), "scheduler")
+        spawn(self._pruner(), "pruner")
+        try:
+            await self.stopping.wait()
+        finally:
+            await self._shutdown()
+        return 0
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        task.add_done_callback(self._task_done)
+        self._tasks.append(task)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled() or self.stopping.is_set():
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error("daemon.task_crashed", task=task.get_name(), error=repr(exc))
+            self.errors.append(f"internal task {task.get_name()} crashed: {exc!r}")
+            self.stopping.set()
+
+    def _background(self, coro: Any) -> None:
+        """A short fire-and-forget task, referenced until done (asyncio keeps weak refs)."""
+        task = asyncio.create_task(coro)
+        self._bg.add(task)
+        task.add_done_callback(self._bg.discard)
+
+    def request_stop(self) -> None:
+        if not self.stopping.is_set():
+            log.info("daemon.stopping")
+            self.stopping.set()
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop)
+        loop.add_signal_handler(signal.SIGINT, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, lambda: self._background(self._reload()))
+
+    async def _shutdown(self) -> None:
+        # No new jobs; running ones are cancelled and remove their snapshots first.
+        if self.runner:
+            await self.runner.stop(timeout=50)
+        if self.watcher:
+            await self.watcher.close()
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        if self.status:
+            await self.status.stop()
+        if self.catalog:
+            await self.catalog.close()
+        log.info("daemon.stopped")
+
+    # -- vCenter session (the watcher's, shared with the jobs) -------------------------
+
+    async def _connect(self) -> Session:
+        session = make_session(self.cfg)
+        await session.connect()
+        self._session = session
+        self._session_ready.set()
+        return session
+
+    async def session(self) -> Session:
+        while True:
+            s = self._session
+            if s is not None and s.client.cookie:
+                return s
+            self._session_ready.clear()
+            await self._session_ready.wait()
+
+    def healthy(self) -> bool:
+        return bool(self.watcher and self.watcher.healthy)
+
+    # -- state -------------------------------------------------------------------------
+
+    async def _load_state(self) -> None:
+        assert self.repo is not None
+        manifests = await anyio.to_thread.run_sync(self.repo.manifests)
+        for m in manifests:
+            st = self.state.setdefault(
+                identity_key(m.vm.vcenter_uuid, m.vm.instance_uuid), VmState()
+            )
+            st.points += 1
+            if st.newest_good is None or m.committed_at > st.newest_good:
+                st.newest_good, st.newest_point = m.committed_at, m.point_id
+
+    def _all_facts(self) -> list[Any]:
+        tree = self.watcher.tree if self.watcher else None
+        return [vm_facts(v) for v in tree.vms()] if tree else []
+
+    def _policy(self, name: str | None) -> Policy | None:
+        if name is None or self.policies is None:
+            return None
+        return next((p for p in self.policies.current if p.name == name), None)
+
+    def _evaluate(self, node: Any, compiled: CompiledSet) -> str | None:
+        res = evaluate_one(compiled, vm_facts(node))
+        key = node.identity
+        if res.conflict:
+            self.conflicts[key] = res.conflict
+        else:
+            self.conflicts.pop(key, None)
+        self.winners[key] = res.winner
+        return res.winner
+
+    def _fresh(self, key: str, policy: Policy, now: datetime) -> bool:
+        """Whether the VM has a good point younger than the policy's RPO."""
+        st = self.state.get(key)
+        return bool(st and st.newest_good and now - st.newest_good < policy.schedule.rpo)
+
+    def _reschedule(self, key: str, now: datetime | None = None) -> None:
+        policy = self._policy(self.winners.get(key))
+        if policy is None:
+            self.due.pop(key, None)
+            return
+        st = self.state.get(key)
+        nr = next_run(
+            st.newest_good if st else None,
+            policy.schedule.rpo,
+            policy.schedule.window,
+            now or datetime.now(UTC),
+            tz=self.tz,
+        )
+        self.due[key] = nr.start
+
+    # -- events ------------------------------------------------------------------------
+
+    async def _consume_events(self) -> None:
+        assert self.watcher is not None and self.policies is not None
+        ready = asyncio.ensure_future(self.watcher.ready.wait())
+        events = self.watcher.events()
+        first_sync_done = False
+        async for ev in events:
+            self.stats.events += 1
+            self.metrics.events.labels(type(ev).__name__).inc()
+            if not first_sync_done and ready.done():
+                first_sync_done = True
+                await self._initial_sync()
+            self._on_event(ev, initial=not first_sync_done)
+        ready.cancel()
+
+    async def _initial_sync(self) -> None:
+        """Once the first tree is complete: evaluate all, clean leftovers, start scheduling."""
+        assert self.watcher is not None and self.policies is not None
+        compiled = self.policies.compiled
+        now = datetime.now(UTC)
+        for node in self.watcher.tree.vms():
+            self._evaluate(node, compiled)
+            self._reschedule(node.identity, now)
+        with contextlib.suppress(VsphereError):
+            await self._remove_leftover_snapshots()
+        self.ready.set()
+        self._wake.set()
+        log.info(
+            "daemon.inventory_ready",
+            vms=len(self.watcher.tree.vms()),
+            protected=sum(1 for w in self.winners.values() if w),
+        )
+
+    def _on_event(self, ev: VmEvent, *, initial: bool = False) -> None:
+        assert self.policies is not None
+        node = ev.vm
+        key = node.identity
+        if isinstance(ev, VmRemoved):
+            if self.winners.pop(key, None):
+                self.stats.orphaned += 1
+                log.warning(
+                    "daemon.vm_removed",
+                    vm=node.path,
+                    note="its restore points are kept (orphan retention)",
+                )
+            self.due.pop(key, None)
+            self.conflicts.pop(key, None)
+            return
+        if initial:
+            return  # the initial sync evaluates everything at once
+        old = self.winners.get(key)
+        new = self._evaluate(node, self.policies.compiled)
+        why = {
+            VmAdded: "created or appeared",
+            VmMoved: "moved",
+            VmRenamed: "renamed",
+            VmChanged: "changed",
+        }[type(ev)]
+        if isinstance(ev, VmChanged):
+            why = "changed " + ", ".join(sorted(ev.changes))
+        if new is None:
+            if old is not None:
+                self.stats.orphaned += 1
+                log.warning("daemon.vm_left_policies", vm=node.path, policy=old, why=why)
+            self.due.pop(key, None)
+            return
+        policy = self._policy(new)
+        assert policy is not None
+        self._reschedule(key)
+        if old != new:
+            log.info("daemon.vm_in_scope", vm=node.path, policy=new, previous=old, why=why)
+            self._maybe_trigger(node, policy, f"came into scope of {new} ({why})")
+        elif isinstance(ev, VmChanged) and "power_state" in ev.changes:
+            _, now_state = ev.changes["power_state"]
+            if now_state == "poweredOff" and policy.trigger.on_power_off:
+                self._submit(node, policy, "guest powered off", immediate=True)
+        self._wake.set()
+
+    def _maybe_trigger(self, node: Any, policy: Policy, reason: str) -> None:
+        if policy.trigger.on_match != "immediate":
+            return
+        now = datetime.now(UTC)
+        if self._fresh(node.identity, policy, now):
+            log.info("daemon.trigger_skipped", vm=node.path, reason="a good point within the RPO")
+            return
+        window = policy.schedule.window
+        if window and not policy.trigger.outside_window:
+            if not in_window(window, now.astimezone(self.tz).time()):
+                log.info("daemon.trigger_deferred", vm=node.path, until="the backup window")
+                return
+        self._submit(node, policy, reason, immediate=True)
+
+    def _submit(self, node: Any, policy: Policy, reason: str, *, immediate: bool) -> bool:
+        assert self.runner is not None
+        key = node.identity
+        st = self.state.get(key)
+        deadline = (
+            (st.newest_good + policy.schedule.rpo).timestamp()
+            if st and st.newest_good
+            else time.time()
+        )
+        ok = self.runner.submit(
+            JobRequest(
+                vm_key=key,
+                vm_name=node.name,
+                host=node.host or "",
+                datastores=tuple(node.datastores),
+                reason=reason,
+                deadline=time.time() if immediate else deadline,
+                policy=policy.name,
+            )
+        )
+        if ok:
+            if immediate:
+                self.stats.triggered += 1
+            else:
+                self.stats.scheduled += 1
+        return ok
+
+    # -- policies ----------------------------------------------------------------------
+
+    async def _watch_policies(self) -> None:
+        assert self.policies is not None
+        async for outcome in self.policies.watch(self.stopping):
+            self._on_policies(outcome)
+
+    async def _reload(self) -> None:
+        if self.policies is not None:
+            log.info("daemon.sighup_reload")
+            outcome = await self.policies.reload()
+            self._on_policies(outcome)
+
+    def _on_policies(self, outcome: ReloadOutcome) -> None:
+        if not outcome.accepted:
+            self.metrics.policy_reload_errors.inc()
+            for e in outcome.errors:
+                self.errors.append(f"policy error (old policies kept): {e}")
+            return
+        if not outcome.changed or not self.ready.is_set() or self.watcher is None:
+            return
+        compiled = self.policies.compiled if self.policies else None
+        assert compiled is not None
+        for node in self.watcher.tree.vms():
+            key = node.identity
+            old = self.winners.get(key)
+            new = self._evaluate(node, compiled)
+            self._reschedule(key)
+            if new and new != old:
+                policy = self._policy(new)
+                assert policy is not None
+                self._maybe_trigger(node, policy, f"policy edit: now covered by {new}")
+            elif old and not new:
+                self.stats.orphaned += 1
+                log.warning("daemon.vm_left_policies", vm=node.path, policy=old, why="policy edit")
+        self._wake.set()
+
+    # -- scheduling --------------------------------------------------------------------
+
+    async def _scheduler(self) -> None:
+        await self.ready.wait()
+        while not self.stopping.is_set():
+            now = datetime.now(UTC)
+            soonest = now + timedelta(seconds=SCHEDULER_TICK)
+            assert self.watcher is not None and self.runner is not None
+            for key, start in list(self.due.items()):
+                if start > now:
+                    soonest = min(soonest, start)
+                    continue
+                if self.runner.busy(key):
+                    continue
+                node = self.watcher.tree.find_vm_by_identity(key)
+                policy = self._policy(self.winners.get(key))
+                if node is None or policy is None:
+                    self.due.pop(key, None)
+                    continue
+                st = self.state.get(key)
+                reason = "RPO due" if st and st.newest_good else "no restore point yet"
+                self._submit(node, policy, reason, immediate=False)
+            self._wake.clear()
+            delay = max(0.05, (soonest - datetime.now(UTC)).total_seconds())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
+
+    # -- jobs --------------------------------------------------------------------------
+
+    async def _run_job(self, req: JobRequest, rec: JobRecord) -> None:
+        assert self.watcher is not None and self.repo is not None
+        node = self.watcher.tree.find_vm_by_identity(req.vm_key)
+        if node is None:
+            raise RuntimeError(f"VM {req.vm_name} is no longer in the inventory")
+        policy = self._policy(self.winners.get(req.vm_key)) or self._policy(req.policy)
+        session = await self.session()
+        ctx = Context.create(self.cfg, session, self.repo, self.catalog)
+        vm = session.moref("VirtualMachine", node.moref)
+        result = await backup_vm(
+            ctx, vm, options_of(policy, full=req.full), path=node.path, job_id=f"job-{rec.id}"
+        )
+        rec.point_id = result.point_id
+        rec.read_bytes = result.read_bytes
+        rec.stored_bytes = result.stored_bytes
+        st = self.state.setdefault(req.vm_key, VmState())
+        st.newest_good = result.finished_at
+        st.newest_point = result.point_id
+        st.points += 1
+        st.last_error = ""
+        self.metrics.bytes_read.inc(result.read_bytes)
+        self.metrics.bytes_stored.inc(result.stored_bytes)
+        self.metrics.backup_duration.observe(
+            (result.finished_at - result.started_at).total_seconds()
+        )
+
+    def _job_finished(self, req: JobRequest, rec: JobRecord) -> None:
+        self.metrics.jobs.labels(rec.outcome).inc()
+        if rec.outcome == "failed":
+            st = self.state.setdefault(req.vm_key, VmState())
+            st.last_error = rec.error
+            self.errors.append(f"{req.vm_name}: backup attempt {rec.attempt} failed: {rec.error}")
+        self._reschedule(req.vm_key)
+        self._wake.set()
+        if self.catalog is not None and rec.outcome != "running":
+            self._background(self._record_job(rec))
+
+    async def _record_job(self, rec: JobRecord) -> None:
+        with contextlib.suppress(Exception):
+            await self.catalog.record_job(
+                f"job-{rec.id}-{int(rec.started)}",
+                "backup",
+                datetime.fromtimestamp(rec.started, UTC),
+                vm_key=rec.vm_key,
+                finished_at=datetime.fromtimestamp(rec.finished or time.time(), UTC),
+                outcome=rec.outcome,
+                error=rec.error or None,
+                point_id=rec.point_id or None,
+            )
+
+    async def _remove_leftover_snapshots(self) -> None:
+        """After a crash, our snapshots may still exist on VMs whose points are fresh (and so
+        get no job soon): find them all in one PropertyCollector read and remove them."""
+        session = await self.session()
+        spec = inventory_filter_spec(session.content.rootFolder)
+        for ps in spec.propSet:
+            ps.pathSet = ["snapshot"] if ps.type.__name__.endswith("VirtualMachine") else ["name"]
+        objs = await session.retrieve([spec])
+        for oc in objs:
+            for prop in oc.propSet or []:
+                if prop.name != "snapshot" or prop.val is None:
+                    continue
+                for node in walk_snapshots(prop.val.rootSnapshotList):
+                    if node.name == SNAPSHOT_NAME:
+                        log.warning("daemon.leftover_snapshot", vm=oc.obj._moId)
+                        await remove_snapshot(session, session.client.bind(node.snapshot))
+
+    # -- prune -------------------------------------------------------------------------
+
+    async def _pruner(self) -> None:
+        await self.ready.wait()
+        hh, _, mm = self.cfg.daemon.prune_at.partition(":")
+        while not self.stopping.is_set():
+            now = datetime.now(self.tz)
+            at = now.replace(hour=int(hh), minute=int(mm or 0), second=0, microsecond=0)
+            if at <= now:
+                at += timedelta(days=1)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), (at - now).total_seconds())
+            if not self.stopping.is_set():
+                await self.prune_now()
+
+    async def prune_now(self, *, dry_run: bool = False) -> Any:
+        assert self.repo is not None and self.policies is not None
+        rule_for = retention_rules(self.policies.current, dict(self.winners), self.tz)
+        result = await anyio.to_thread.run_sync(
+            lambda: prune(
+                self.repo,
+                rule_for,
+                dry_run=dry_run,
+                orphan_keep_days=self.cfg.repository.orphan_keep_days,
+            )
+        )
+        for line in result.lines()[-2:]:
+            log.info("daemon.prune", result=line)
+        self._last_prune = datetime.now(UTC)
+        return result
+
+    # -- status ------------------------------------------------------------------------
+
+    def vm_status(self) -> list[dict[str, Any]]:
+        if self.watcher is None or self.runner is None:
+            return []
+        now = datetime.now(UTC)
+        out = []
+        for node in sorted(self.watcher.tree.vms(), key=lambda v: v.path):
+            key = node.identity
+            policy = self._policy(self.winners.get(key))
+            st = self.state.get(key)
+            age = (now - st.newest_good).total_seconds() if st and st.newest_good else None
+            if key in self.runner.running:
+                state = "running"
+            elif key in self.runner.queued or key in self.runner.retry_timers:
+                state = "queued"
+            elif key in self.runner.failures:
+                state = "failing"
+            elif key in self.conflicts:
+                state = "conflict"
+            elif policy is None:
+                state = "unprotected"
+            elif age is None or age > policy.schedule.rpo.total_seconds():
+                state = "breached"
+            elif age > 0.9 * policy.schedule.rpo.total_seconds():
+                state = "due"
+            else:
+                state = "ok"
+            rpo = policy.schedule.rpo.total_seconds() if policy else None
+            out.append(
+                {
+                    "path": node.path,
+                    "name": node.name,
+                    "moref": node.moref,
+                    "identity": node.identity,
+                    "policy": policy.name if policy else None,
+                    "conflict": list(self.conflicts.get(key, ())),
+                    "state": state,
+                    "newest_point": st.newest_point if st else None,
+                    "newest_point_at": st.newest_good.isoformat()
+                    if st and st.newest_good
+                    else None,
+                    "age_seconds": age,
+                    "age_text": format_age(age),
+                    "rpo_seconds": rpo,
+                    "rpo_text": format_age(rpo),
+                    "next_run": self.due[key].isoformat() if key in self.due else None,
+                    "last_error": st.last_error if st else "",
+                }
+            )
+        return out
+
+    def status_data(self) -> dict[str, Any]:
+        vms = self.vm_status()
+        counts: dict[str, int] = {}
+        for v in vms:
+            counts[v["state"]] = counts.get(v["state"], 0) + 1
+        runner = self.runner
+        return {
+            "generated_at": datetime.now(UTC).isoformat(),
+            "vcenter": self.cfg.vcenter.url,
+            "healthy": self.healthy(),
+            "inventory_lag_seconds": self.watcher.lag_seconds if self.watcher else None,
+            "counts": counts,
+            "vms": vms,
+            "jobs": {
+                "running": [r.as_dict() for _, r, _ in runner.running.values()] if runner else [],
+                "queued": [
+                    {"vm_name": q.vm_name, "reason": q.reason, "state": "queued"}
+                    for q in (runner.queued.values() if runner else [])
+                ],
+                "recent": [r.as_dict() for r in runner.history][-50:] if runner else [],
+                "outcomes": dict(runner.outcomes) if runner else {},
+                "coalesced": runner.coalesced if runner else 0,
+            },
+            "errors": list(self.errors),
+            "policy_errors": [str(e) for e in self.policies.errors] if self.policies else [],
+            "stats": dict(self.stats.__dict__),
+        }
+
+    def _refresh_metrics(self) -> None:
+        vms = self.vm_status()
+        for state in (
+            "ok",
+            "due",
+            "running",
+            "queued",
+            "breached",
+            "failing",
+            "conflict",
+            "unprotected",
+        ):
+            self.metrics.vms.labels(state).set(sum(1 for v in vms if v["state"] == state))
+        self.metrics.rpo_breaches.set(sum(1 for v in vms if v["state"] == "breached"))
+        lag = self.watcher.lag_seconds if self.watcher else None
+        self.metrics.update_lag.set(lag if lag is not None else float("nan"))
+        self.metrics.policy_errors.set(len(self.policies.errors) if self.policies else 0)
