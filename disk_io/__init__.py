@@ -1,1 +1,55 @@
-"""vigil disk_io package."""
+"""vigil's data plane: VixDiskLib (cffi), datastore HTTP and direct-file transports behind
+one small interface, changed/allocated extent logic, and the I/O thread pool."""
+
+from .errors import (
+    DiskIoError,
+    DiskOpenError,
+    InvalidChangedAreas,
+    ThumbprintMismatch,
+    TransportUnavailable,
+    VddkError,
+    VddkUnavailable,
+)
+from .extents import (
+    DEFAULT_CHUNK,
+    ChangedAreaPager,
+    align_to_chunks,
+    chunk_slots,
+    collect_changed_areas,
+    intersect,
+    iter_changed_areas,
+    normalize,
+    slot_ranges,
+)
+from .model import SECTOR, DiskLocation, Extent, VcenterAccess
+from .pool import IoPool
+from .transport import DiskTransport, OpenAttempt, OpenedDisk, TransportSettings, open_disk
+
+__all__ = [
+    "DEFAULT_CHUNK",
+    "SECTOR",
+    "ChangedAreaPager",
+    "DiskIoError",
+    "DiskLocation",
+    "DiskOpenError",
+    "DiskTransport",
+    "Extent",
+    "InvalidChangedAreas",
+    "IoPool",
+    "OpenAttempt",
+    "OpenedDisk",
+    "ThumbprintMismatch",
+    "TransportSettings",
+    "TransportUnavailable",
+    "VcenterAccess",
+    "VddkError",
+    "VddkUnavailable",
+    "align_to_chunks",
+    "chunk_slots",
+    "collect_changed_areas",
+    "intersect",
+    "iter_changed_areas",
+    "normalize",
+    "open_disk",
+    "slot_ranges",
+]

@@ -1,0 +1,198 @@
+"""The `file` transport: a datastore mounted on this host (NFS or a datastore mount).
+
+`[transport.file.datastores] NAME = "/mnt/..."` maps a datastore name to its mount path;
+the disk's flat extent is read with large pread calls and written with pwrite. Bytes past
+the end of a shorter file read as zeros (an unwritten tail is a hole).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import structlog
+
+from .descriptor import MAX_DESCRIPTOR, parse_descriptor_bytes
+from .errors import DiskIoError, TransportUnavailable
+from .extents import normalize
+from .model import DiskLocation, Extent
+
+log = structlog.get_logger(__name__)
+
+CONFIG_KEY = "transport.file.datastores"
+
+
+def resolve(location: DiskLocation, datastores: Mapping[str, str]) -> Path:
+    """The local path of the disk's flat extent, or TransportUnavailable saying why not."""
+    mount = datastores.get(location.datastore)
+    if mount is None:
+        raise TransportUnavailable(
+            f"datastore {location.datastore!r} has no mount path in [{CONFIG_KEY}]"
+        )
+    if not Path(mount).is_dir():
+        raise TransportUnavailable(
+            f"{CONFIG_KEY}.{location.datastore} = {mount!r} is not a directory"
+        )
+    try:
+        rel = location.flat_extent_path()
+    except ValueError as exc:
+        raise TransportUnavailable(str(exc)) from None
+    path = Path(mount) / rel
+    if not path.is_file():
+        raise TransportUnavailable(f"disk {location}: {path} does not exist")
+    return path
+
+
+class FileDisk:
+    """A flat extent on a local mount. pread/pwrite are thread-safe: reads may overlap."""
+
+    transport = "file"
+    parallel_reads = 8
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        capacity: int,
+        *,
+        writable: bool = False,
+        descriptor: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.path = str(path)
+        self.descriptor = Path(descriptor) if descriptor else None
+        self.capacity = capacity
+        self.writable = writable
+        self._fd: int | None = os.open(self.path, (os.O_RDWR if writable else os.O_RDONLY))
+        try:
+            self.file_size = os.fstat(self._fd).st_size
+            if self.file_size > capacity:
+                raise DiskIoError(
+                    f"{self.path}: file is {self.file_size} bytes, larger than the disk "
+                    f"capacity {capacity}"
+                )
+            if not writable:
+                os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        except BaseException:
+            self.close()
+            raise
+
+    def _require_open(self) -> int:
+        if self._fd is None:
+            raise DiskIoError(f"{self.path} is closed")
+        return self._fd
+
+    def _check(self, offset: int, length: int) -> None:
+        if offset < 0 or length < 0 or offset + length > self.capacity:
+            raise ValueError(
+                f"{self.path}: range offset={offset} length={length} outside the capacity "
+                f"{self.capacity}"
+            )
+
+    def read(self, offset: int, length: int) -> bytes:
+        self._check(offset, length)
+        fd = self._require_open()
+        data = os.pread(fd, length, offset)
+        if len(data) == length:
+            return data
+        parts = [data]
+        got = len(data)
+        while got < length:
+            more = os.pread(fd, length - got, offset + got)
+            if not more:
+                break
+            parts.append(more)
+            got += len(more)
+        if got < length:
+            if offset + length <= self.file_size:
+                raise DiskIoError(f"{self.path}: short read at offset {offset + got}")
+            parts.append(bytes(length - got))  # past end of file: zeros
+        return b"".join(parts)
+
+    def read_into(self, offset: int, view: memoryview) -> None:
+        """Fill `view` with the bytes at `offset` (no allocation: for recycled buffers)."""
+        self._check(offset, len(view))
+        fd = self._require_open()
+        got = 0
+        while got < len(view):
+            n = os.preadv(fd, [view[got:]], offset + got)
+            if n <= 0:
+                if offset + len(view) <= self.file_size:
+                    raise DiskIoError(f"{self.path}: short read at offset {offset + got}")
+                view[got:] = bytes(len(view) - got)  # past end of file: zeros
+                return
+            got += n
+
+    def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        if not self.writable:
+            raise DiskIoError(f"{self.path} was opened read-only")
+        self._check(offset, len(data))
+        fd = self._require_open()
+        view = memoryview(data)
+        done = 0
+        while done < len(view):
+            done += os.pwrite(fd, view[done:], offset + done)
+
+    def allocated_extents(self) -> list[Extent] | None:
+        """Data ranges from SEEK_DATA/SEEK_HOLE (None where the filesystem cannot say)."""
+        fd = self._require_open()
+        size = min(os.fstat(fd).st_size, self.capacity)
+        out: list[tuple[int, int]] = []
+        pos = 0
+        try:
+            while pos < size:
+                try:
+                    data = os.lseek(fd, pos, os.SEEK_DATA)
+                except OSError as exc:
+                    if exc.errno == errno.ENXIO:  # no data after pos
+                        break
+                    raise
+                hole = min(os.lseek(fd, data, os.SEEK_HOLE), size)
+                if data >= size:
+                    break
+                out.append((data, hole - data))
+                pos = hole
+        except OSError as exc:
+            if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP):
+                return None
+            raise
+        return normalize(out)
+
+    def metadata(self) -> dict[str, str]:
+        """The descriptor's ddb.* entries, when the descriptor sits beside the flat file."""
+        if self.descriptor is None or not self.descriptor.is_file():
+            return {}
+        with open(self.descriptor, "rb") as f:
+            return parse_descriptor_bytes(f.read(MAX_DESCRIPTOR + 1))
+
+    def write_metadata(self, values: dict[str, str]) -> None:
+        if values:
+            log.warning("file.metadata_not_written", path=self.path, keys=sorted(values))
+
+    def flush(self) -> None:
+        if self.writable:
+            os.fsync(self._require_open())
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def __enter__(self) -> FileDisk:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_file_disk(
+    location: DiskLocation, datastores: Mapping[str, str], *, writable: bool = False
+) -> FileDisk:
+    flat = resolve(location, datastores)
+    descriptor = Path(datastores[location.datastore]) / location.path
+    return FileDisk(
+        flat,
+        location.capacity_bytes,
+        writable=writable,
+        descriptor=descriptor if descriptor != flat else None,
+    )

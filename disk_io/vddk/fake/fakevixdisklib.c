@@ -1,0 +1,582 @@
+/*
+ * A stand-in for VMware's libvixDiskLib, for tests: the same C ABI (x86-64, VDDK 6.7+
+ * layouts) over local flat files.  Build:
+ *
+ *   gcc -shared -fPIC -O2 -pthread -o lib64/libvixDiskLib.so.8 fakevixdisklib.c
+ *
+ * Paths: "[ds] dir/x.vmdk" maps to $FAKEVDDK_ROOT/ds/dir/x.vmdk; any other path is used
+ * as is.  When "<name>-flat.vmdk" exists next to it, that file holds the data.
+ * Metadata keys live in "<flat file>.meta" as key=value lines.
+ *
+ * Fault injection (read at each call):
+ *   FAKEVDDK_FAIL_OPEN=substr     Open fails (VIX_E_FILE_ACCESS_ERROR) for matching paths
+ *   FAKEVDDK_FAIL_READ_SECTOR=N   Read fails (VIX_E_DISK_NOIO) when the range covers sector N
+ *   FAKEVDDK_SLOW_READ_US=N       every Read sleeps N microseconds
+ *   FAKEVDDK_OPEN_DELAY_US=N      Open/Close/ConnectEx/Disconnect hold for N us (default 1000)
+ *
+ * Threading detector: the process aborts when Open/Close/ConnectEx/Disconnect overlap
+ * across threads, when one handle is used by two threads at once, or when anything is
+ * called before InitEx.  -DFAKE_OLD builds an "old VDDK" without
+ * QueryAllocatedBlocks and AllocateConnectParams.  Errors carry junk in the high 48 bits so callers must mask.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+typedef uint64_t VixError;
+typedef uint64_t SectorType;
+typedef char Bool;
+typedef void LogFunc(const char *fmt, va_list args);
+
+#define VIX_OK 0
+#define VIX_E_FAIL 1
+#define VIX_E_INVALID_ARG 3
+#define VIX_E_FILE_NOT_FOUND 4
+#define VIX_E_NOT_SUPPORTED 6
+#define VIX_E_FILE_READ_ONLY 11
+#define VIX_E_FILE_ACCESS_ERROR 13
+#define VIX_E_BUFFER_TOOSMALL 24
+#define VIX_E_DISK_NOIO 16002
+#define VIX_E_DISK_OUTOFRANGE 16007
+#define JUNK ((uint64_t)0x00BEEF0000000000ULL)
+#define ERR(code) (JUNK | (uint64_t)(code))
+
+typedef struct { uint32_t cylinders, heads, sectors; } Geometry;
+typedef struct {
+    Geometry biosGeo, physGeo;
+    SectorType capacity;
+    int adapterType;
+    int numLinks;
+    char *parentFileNameHint;
+    char *uuid;
+} Info;
+
+typedef struct {
+    char *vmxSpec;
+    char *serverName;
+    char *thumbPrint;
+    long privateUse;
+    int credType;
+    union {
+        struct { char *userName; char *password; } uid;
+        struct { char *cookie; char *userName; char *key; } sessionId;
+        void *ticketId;
+    } creds;
+    uint32_t port;
+    uint32_t nfcHostPort;
+    char *vimApiVer;
+    char reserved[8];
+    void *state;
+    union { void *opaque[3]; } spec;
+    int specType;
+} ConnectParams;
+
+typedef struct { SectorType offset, length; } Block;
+typedef struct { uint32_t numBlocks; Block blocks[]; } BlockList;
+
+typedef struct {
+    int readOnly;
+    char snapshot[256];
+} Connection;
+
+typedef struct {
+    int fd;
+    int readOnly;
+    int busy;
+    SectorType capacity;
+    char file[4096];
+} Handle;
+
+_Static_assert(sizeof(ConnectParams) == 128, "ConnectParams must be 128 bytes");
+
+static LogFunc *g_log, *g_warn, *g_panic;
+static int g_init_count;
+static int g_initialized;
+static int g_openclose_busy;
+static int g_open_handles;
+
+static void logf_(LogFunc *f, const char *fmt, ...) {
+    va_list ap;
+    if (!f) return;
+    va_start(ap, fmt);
+    f(fmt, ap);
+    va_end(ap);
+}
+
+static void die(const char *why) {
+    fprintf(stderr, "fakevixdisklib: THREADING VIOLATION: %s\n", why);
+    fflush(stderr);
+    abort();
+}
+
+static void need_init(const char *fn) {
+    if (!g_initialized) {
+        fprintf(stderr, "fakevixdisklib: %s called before InitEx\n", fn);
+        abort();
+    }
+}
+
+static long env_long(const char *name, long dflt) {
+    const char *v = getenv(name);
+    return v && *v ? strtol(v, NULL, 10) : dflt;
+}
+
+static void openclose_enter(const char *fn) {
+    need_init(fn);
+    if (__sync_fetch_and_add(&g_openclose_busy, 1) != 0) die("Open/Close/Connect overlap across threads");
+    usleep((useconds_t)env_long("FAKEVDDK_OPEN_DELAY_US", 1000));
+}
+
+static void openclose_leave(void) { __sync_fetch_and_sub(&g_openclose_busy, 1); }
+
+static void handle_enter(Handle *h) {
+    need_init("handle call");
+    if (__sync_fetch_and_add(&h->busy, 1) != 0) die("one handle used by two threads at once");
+}
+
+static void handle_leave(Handle *h) { __sync_fetch_and_sub(&h->busy, 1); }
+
+/* test hooks */
+int FakeVixDiskLib_InitCount(void) { return g_init_count; }
+int FakeVixDiskLib_OpenHandles(void) { return g_open_handles; }
+
+VixError VixDiskLib_InitEx(uint32_t major, uint32_t minor, LogFunc *log, LogFunc *warn,
+                           LogFunc *panic, const char *libDir, const char *configFile) {
+    (void)configFile;
+    if (!log || !warn || !panic) {
+        fprintf(stderr, "fakevixdisklib: NULL logger passed to InitEx\n");
+        abort();
+    }
+    g_init_count++;
+    if (g_initialized) return ERR(VIX_E_FAIL);
+    g_log = log;
+    g_warn = warn;
+    g_panic = panic;
+    g_initialized = 1;
+    logf_(g_log, "VixDiskLib: initialised version %u.%u libDir=%s pid=%d\n", major, minor,
+          libDir ? libDir : "(null)", (int)getpid());
+    return VIX_OK;
+}
+
+void VixDiskLib_Exit(void) {
+    if (g_initialized) logf_(g_log, "VixDiskLib: exit with %d open handles\n", g_open_handles);
+    g_initialized = 0;
+}
+
+char *VixDiskLib_GetErrorText(VixError err, const char *locale) {
+    (void)locale;
+    const char *msg;
+    switch (err & 0xFFFF) {
+    case VIX_OK: msg = "The operation was successful"; break;
+    case VIX_E_FAIL: msg = "Unknown error"; break;
+    case VIX_E_INVALID_ARG: msg = "One of the parameters was invalid"; break;
+    case VIX_E_FILE_NOT_FOUND: msg = "The system cannot find the file specified"; break;
+    case VIX_E_NOT_SUPPORTED: msg = "The operation is not supported"; break;
+    case VIX_E_FILE_READ_ONLY: msg = "The file is write-protected"; break;
+    case VIX_E_FILE_ACCESS_ERROR: msg = "Insufficient permissions to access the file"; break;
+    case VIX_E_BUFFER_TOOSMALL: msg = "Buffer too small"; break;
+    case VIX_E_DISK_NOIO: msg = "Cannot do I/O on the disk"; break;
+    case VIX_E_DISK_OUTOFRANGE: msg = "The request refers to data beyond the end of the disk"; break;
+    default: msg = "Unrecognized error"; break;
+    }
+    return strdup(msg);
+}
+
+void VixDiskLib_FreeErrorText(char *msg) { free(msg); }
+
+#ifndef FAKE_OLD /* VDDK < 6.7 lacks these */
+ConnectParams *VixDiskLib_AllocateConnectParams(void) {
+    return calloc(1, sizeof(ConnectParams));
+}
+
+void VixDiskLib_FreeConnectParams(ConnectParams *p) {
+    if (!p) return;
+    free(p->vmxSpec);
+    free(p->serverName);
+    free(p->thumbPrint);
+    free(p->creds.sessionId.cookie);
+    free(p->creds.sessionId.userName);
+    free(p);
+}
+
+#endif
+
+VixError VixDiskLib_ConnectEx(const ConnectParams *p, Bool readOnly, const char *snapshotRef,
+                              const char *transportModes, void **connection) {
+    openclose_enter("ConnectEx");
+    VixError rc = VIX_OK;
+    if (!p || !connection || !p->vmxSpec || strncmp(p->vmxSpec, "moref=", 6) != 0) {
+        rc = ERR(VIX_E_INVALID_ARG);
+    } else if (p->credType == 2 && (!p->creds.sessionId.cookie || !*p->creds.sessionId.cookie)) {
+        rc = ERR(VIX_E_INVALID_ARG);
+    } else {
+        Connection *c = calloc(1, sizeof *c);
+        c->readOnly = readOnly != 0;
+        if (snapshotRef) snprintf(c->snapshot, sizeof c->snapshot, "%s", snapshotRef);
+        *connection = c;
+        logf_(g_log,
+              "ConnectEx vmxSpec=%s server=%s port=%u thumbprint=%s credType=%d cookie=%s "
+              "snapshot=%s readOnly=%d modes=%s\n",
+              p->vmxSpec, p->serverName ? p->serverName : "", p->port,
+              p->thumbPrint ? p->thumbPrint : "", p->credType,
+              p->credType == 2 ? "<set>" : "<none>", snapshotRef ? snapshotRef : "",
+              readOnly != 0, transportModes ? transportModes : "");
+    }
+    openclose_leave();
+    return rc;
+}
+
+VixError VixDiskLib_Disconnect(void *connection) {
+    openclose_enter("Disconnect");
+    free(connection);
+    openclose_leave();
+    return VIX_OK;
+}
+
+static void map_path(const char *path, char *out, size_t n) {
+    const char *root = getenv("FAKEVDDK_ROOT");
+    if (path[0] == '[' && root) {
+        const char *close = strchr(path, ']');
+        if (close) {
+            const char *rest = close + 1;
+            while (*rest == ' ') rest++;
+            snprintf(out, n, "%s/%.*s/%s", root, (int)(close - path - 1), path + 1, rest);
+            goto flat;
+        }
+    }
+    snprintf(out, n, "%s", path);
+flat:;
+    size_t len = strlen(out);
+    if (len > 5 && strcmp(out + len - 5, ".vmdk") == 0 && !strstr(out, "-flat.vmdk")) {
+        char flat[4096];
+        snprintf(flat, sizeof flat, "%.*s-flat.vmdk", (int)(len - 5), out);
+        if (access(flat, F_OK) == 0) snprintf(out, n, "%s", flat);
+    }
+}
+
+VixError VixDiskLib_Open(void *connection, const char *path, uint32_t flags, void **handle) {
+    openclose_enter("Open");
+    VixError rc = VIX_OK;
+    Connection *c = connection;
+    const char *fail = getenv("FAKEVDDK_FAIL_OPEN");
+    char file[4096];
+    if (!c || !path || !handle) {
+        rc = ERR(VIX_E_INVALID_ARG);
+        goto out;
+    }
+    if (fail && *fail && strstr(path, fail)) {
+        logf_(g_warn, "Open: injected failure for %s\n", path);
+        rc = ERR(VIX_E_FILE_ACCESS_ERROR);
+        goto out;
+    }
+    map_path(path, file, sizeof file);
+    int ro = c->readOnly || (flags & 4);
+    int fd = open(file, ro ? O_RDONLY : O_RDWR);
+    if (fd < 0) {
+        logf_(g_warn, "Open: cannot open %s: errno %d\n", file, errno);
+        rc = ERR(errno == ENOENT ? VIX_E_FILE_NOT_FOUND : VIX_E_FILE_ACCESS_ERROR);
+        goto out;
+    }
+    struct stat st;
+    fstat(fd, &st);
+    Handle *h = calloc(1, sizeof *h);
+    h->fd = fd;
+    h->readOnly = ro;
+    h->capacity = (SectorType)st.st_size / 512;
+    snprintf(h->file, sizeof h->file, "%s", file);
+    *handle = h;
+    __sync_fetch_and_add(&g_open_handles, 1);
+    logf_(g_log, "Open %s flags=%u capacity=%llu sectors snapshot=%s\n", path, flags,
+          (unsigned long long)h->capacity, c->snapshot);
+out:
+    openclose_leave();
+    return rc;
+}
+
+VixError VixDiskLib_Close(void *handle) {
+    openclose_enter("Close");
+    Handle *h = handle;
+    if (h) {
+        handle_enter(h);
+        close(h->fd);
+        handle_leave(h);
+        free(h);
+        __sync_fetch_and_sub(&g_open_handles, 1);
+    }
+    openclose_leave();
+    return VIX_OK;
+}
+
+VixError VixDiskLib_GetInfo(void *handle, Info **info) {
+    Handle *h = handle;
+    handle_enter(h);
+    Info *i = calloc(1, sizeof *i);
+    i->capacity = h->capacity;
+    i->adapterType = 2; /* LSI logic */
+    i->numLinks = 1;
+    i->biosGeo.cylinders = i->physGeo.cylinders = (uint32_t)(h->capacity / (255 * 63));
+    i->biosGeo.heads = i->physGeo.heads = 255;
+    i->biosGeo.sectors = i->physGeo.sectors = 63;
+    i->uuid = strdup("60 00 C2 9f ak e0 00 00-00 00 00 00 00 00 00 01");
+    *info = i;
+    handle_leave(h);
+    return VIX_OK;
+}
+
+void VixDiskLib_FreeInfo(Info *info) {
+    if (!info) return;
+    free(info->uuid);
+    free(info->parentFileNameHint);
+    free(info);
+}
+
+VixError VixDiskLib_Read(void *handle, SectorType start, SectorType n, uint8_t *buf) {
+    Handle *h = handle;
+    VixError rc = VIX_OK;
+    handle_enter(h);
+    long slow = env_long("FAKEVDDK_SLOW_READ_US", 0);
+    if (slow > 0) usleep((useconds_t)slow);
+    const char *bad = getenv("FAKEVDDK_FAIL_READ_SECTOR");
+    if (start + n > h->capacity) {
+        rc = ERR(VIX_E_DISK_OUTOFRANGE);
+    } else if (bad && *bad && strtoull(bad, NULL, 10) >= start &&
+               strtoull(bad, NULL, 10) < start + n) {
+        logf_(g_warn, "Read: injected I/O error at sector %s (request %llu+%llu)\n", bad,
+              (unsigned long long)start, (unsigned long long)n);
+        rc = ERR(VIX_E_DISK_NOIO);
+    } else {
+        size_t want = (size_t)n * 512, got = 0;
+        while (got < want) {
+            ssize_t r = pread(h->fd, buf + got, want - got, (off_t)(start * 512 + got));
+            if (r <= 0) {
+                rc = ERR(VIX_E_DISK_NOIO);
+                break;
+            }
+            got += (size_t)r;
+        }
+    }
+    handle_leave(h);
+    return rc;
+}
+
+VixError VixDiskLib_Write(void *handle, SectorType start, SectorType n, const uint8_t *buf) {
+    Handle *h = handle;
+    VixError rc = VIX_OK;
+    handle_enter(h);
+    if (h->readOnly) {
+        rc = ERR(VIX_E_FILE_READ_ONLY);
+    } else if (start + n > h->capacity) {
+        rc = ERR(VIX_E_DISK_OUTOFRANGE);
+    } else {
+        size_t want = (size_t)n * 512, got = 0;
+        while (got < want) {
+            ssize_t r = pwrite(h->fd, buf + got, want - got, (off_t)(start * 512 + got));
+            if (r <= 0) {
+                rc = ERR(VIX_E_DISK_NOIO);
+                break;
+            }
+            got += (size_t)r;
+        }
+    }
+    handle_leave(h);
+    return rc;
+}
+
+VixError VixDiskLib_Flush(void *handle) {
+    Handle *h = handle;
+    handle_enter(h);
+    VixError rc = fsync(h->fd) == 0 ? VIX_OK : ERR(VIX_E_DISK_NOIO);
+    handle_leave(h);
+    return rc;
+}
+
+/* -- metadata: "<file>.meta", key=value lines ------------------------------------------- */
+
+static char *read_meta(Handle *h, size_t *len) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s.meta", h->file);
+    FILE *f = fopen(path, "rb");
+    *len = 0;
+    if (!f) return calloc(1, 1);
+    fseek(f, 0, SEEK_END);
+    long size = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *data = calloc(1, (size_t)size + 1);
+    *len = fread(data, 1, (size_t)size, f);
+    fclose(f);
+    return data;
+}
+
+static VixError put_result(const char *src, size_t need, char *buf, size_t bufLen,
+                           size_t *requiredLen) {
+    if (requiredLen) *requiredLen = need;
+    if (!buf || bufLen < need) return ERR(VIX_E_BUFFER_TOOSMALL);
+    memcpy(buf, src, need);
+    return VIX_OK;
+}
+
+VixError VixDiskLib_GetMetadataKeys(void *handle, char *buf, size_t bufLen, size_t *requiredLen) {
+    Handle *h = handle;
+    handle_enter(h);
+    size_t len;
+    char *data = read_meta(h, &len);
+    char *keys = calloc(1, len + 2);
+    size_t k = 0;
+    for (char *line = strtok(data, "\n"); line; line = strtok(NULL, "\n")) {
+        char *eq = strchr(line, '=');
+        if (!eq) continue;
+        memcpy(keys + k, line, (size_t)(eq - line));
+        k += (size_t)(eq - line);
+        keys[k++] = '\0';
+    }
+    keys[k++] = '\0';
+    VixError rc = put_result(keys, k, buf, bufLen, requiredLen);
+    free(keys);
+    free(data);
+    handle_leave(h);
+    return rc;
+}
+
+VixError VixDiskLib_ReadMetadata(void *handle, const char *key, char *buf, size_t bufLen,
+                                 size_t *requiredLen) {
+    Handle *h = handle;
+    handle_enter(h);
+    size_t len, klen = strlen(key);
+    char *data = read_meta(h, &len);
+    VixError rc = ERR(VIX_E_FAIL);
+    for (char *line = strtok(data, "\n"); line; line = strtok(NULL, "\n")) {
+        if (strncmp(line, key, klen) == 0 && line[klen] == '=') {
+            const char *val = line + klen + 1;
+            rc = put_result(val, strlen(val) + 1, buf, bufLen, requiredLen);
+            break;
+        }
+    }
+    if ((rc & 0xFFFF) == VIX_E_FAIL) logf_(g_warn, "ReadMetadata: no key '%s'\n", key);
+    free(data);
+    handle_leave(h);
+    return rc;
+}
+
+VixError VixDiskLib_WriteMetadata(void *handle, const char *key, const char *val) {
+    Handle *h = handle;
+    handle_enter(h);
+    VixError rc = VIX_OK;
+    if (h->readOnly || strchr(key, '=') || strchr(key, '\n') || strchr(val, '\n')) {
+        rc = ERR(h->readOnly ? VIX_E_FILE_READ_ONLY : VIX_E_INVALID_ARG);
+        goto out;
+    }
+    size_t len, klen = strlen(key);
+    char *data = read_meta(h, &len);
+    char path[4200];
+    snprintf(path, sizeof path, "%s.meta", h->file);
+    FILE *f = fopen(path, "wb");
+    if (!f) {
+        free(data);
+        rc = ERR(VIX_E_FILE_ACCESS_ERROR);
+        goto out;
+    }
+    for (char *line = strtok(data, "\n"); line; line = strtok(NULL, "\n")) {
+        if (strncmp(line, key, klen) == 0 && line[klen] == '=') continue;
+        fprintf(f, "%s\n", line);
+    }
+    fprintf(f, "%s=%s\n", key, val);
+    fclose(f);
+    free(data);
+out:
+    handle_leave(h);
+    return rc;
+}
+
+#ifndef FAKE_OLD
+/* -- allocated blocks: SEEK_DATA/SEEK_HOLE at chunk granularity ------------------------- */
+
+VixError VixDiskLib_QueryAllocatedBlocks(void *handle, SectorType start, SectorType n,
+                                         SectorType chunk, BlockList **out) {
+    Handle *h = handle;
+    VixError rc = VIX_OK;
+    handle_enter(h);
+    if (chunk < 128 || (chunk & (chunk - 1)) || start % chunk || n % chunk ||
+        start + n > h->capacity || !out) {
+        logf_(g_warn, "QueryAllocatedBlocks: bad arguments start=%llu n=%llu chunk=%llu\n",
+              (unsigned long long)start, (unsigned long long)n, (unsigned long long)chunk);
+        rc = ERR(VIX_E_INVALID_ARG);
+        goto out;
+    }
+    size_t cap = 16, count = 0;
+    BlockList *bl = malloc(sizeof *bl + cap * sizeof(Block));
+    off_t pos = (off_t)(start * 512), end = (off_t)((start + n) * 512);
+    off_t cbytes = (off_t)(chunk * 512);
+    while (pos < end) {
+        off_t data = lseek(h->fd, pos, SEEK_DATA);
+        if (data < 0 || data >= end) break;
+        off_t hole = lseek(h->fd, data, SEEK_HOLE);
+        if (hole < 0 || hole > end) hole = end;
+        off_t a = data - data % cbytes;
+        off_t b = ((hole + cbytes - 1) / cbytes) * cbytes;
+        if (b > end) b = end;
+        SectorType so = (SectorType)a / 512, sl = (SectorType)(b - a) / 512;
+        if (count && bl->blocks[count - 1].offset + bl->blocks[count - 1].length >= so) {
+            Block *last = &bl->blocks[count - 1];
+            SectorType e = so + sl;
+            if (e > last->offset + last->length) last->length = e - last->offset;
+        } else {
+            if (count == cap) {
+                cap *= 2;
+                bl = realloc(bl, sizeof *bl + cap * sizeof(Block));
+            }
+            bl->blocks[count].offset = so;
+            bl->blocks[count].length = sl;
+            count++;
+        }
+        pos = b;
+    }
+    bl->numBlocks = (uint32_t)count;
+    *out = bl;
+out:
+    handle_leave(h);
+    return rc;
+}
+
+VixError VixDiskLib_FreeBlockList(BlockList *bl) {
+    free(bl);
+    return VIX_OK;
+}
+
+#endif
+
+/* -- the rest ----------------------------------------------------------------------------- */
+
+VixError VixDiskLib_PrepareForAccess(const ConnectParams *p, const char *identity) {
+    need_init("PrepareForAccess");
+    logf_(g_log, "PrepareForAccess %s by %s\n", p->vmxSpec, identity);
+    return VIX_OK;
+}
+
+VixError VixDiskLib_EndAccess(const ConnectParams *p, const char *identity) {
+    need_init("EndAccess");
+    logf_(g_log, "EndAccess %s by %s\n", p->vmxSpec, identity);
+    return VIX_OK;
+}
+
+VixError VixDiskLib_Cleanup(const ConnectParams *p, uint32_t *cleaned, uint32_t *remaining) {
+    openclose_enter("Cleanup");
+    (void)p;
+    if (cleaned) *cleaned = 0;
+    if (remaining) *remaining = 0;
+    openclose_leave();
+    return VIX_OK;
+}
+
+const char *VixDiskLib_GetTransportMode(void *handle) {
+    (void)handle;
+    return "file";
+}
+
+const char *VixDiskLib_ListTransportModes(void) { return "file:san:hotadd:nbdssl:nbd"; }
