@@ -161,6 +161,7 @@ class Daemon:
         spawn(self.watcher.run(), "watcher")
         spawn(self.runner.run(), "job-runner")
         spawn(self._consume_events(), "events")
+        spawn(self._initial_sync(), "initial-sync")
         spawn(self._watch_policies(), "policy-reload")
         spawn(self._scheduler(), "scheduler")
         spawn(self._pruner(), "pruner")
@@ -293,29 +294,22 @@ class Daemon:
     # -- events ------------------------------------------------------------------------
 
     async def _consume_events(self) -> None:
-        assert self.watcher is not None and self.policies is not None
-        ready = asyncio.ensure_future(self.watcher.ready.wait())
-        events = self.watcher.events()
-        first_sync_done = False
-        async for ev in events:
+        assert self.watcher is not None
+        async for ev in self.watcher.events():
             self.stats.events += 1
             self.metrics.events.labels(type(ev).__name__).inc()
-            if not first_sync_done and ready.done():
-                first_sync_done = True
-                await self._initial_sync()
-            self._on_event(ev, initial=not first_sync_done)
-        ready.cancel()
+            # Until the first complete tree, _initial_sync evaluates everything at once.
+            self._on_event(ev, initial=not self.ready.is_set())
 
     async def _initial_sync(self) -> None:
-        """Once the first tree is complete: evaluate all, clean leftovers, start scheduling."""
+        """Once the first tree is complete: evaluate all, start scheduling, clean leftovers."""
         assert self.watcher is not None and self.policies is not None
+        await self.watcher.ready.wait()
         compiled = self.policies.compiled
         now = datetime.now(UTC)
         for node in self.watcher.tree.vms():
             self._evaluate(node, compiled)
             self._reschedule(node.identity, now)
-        with contextlib.suppress(VsphereError):
-            await self._remove_leftover_snapshots()
         self.ready.set()
         self._wake.set()
         log.info(
@@ -323,6 +317,10 @@ class Daemon:
             vms=len(self.watcher.tree.vms()),
             protected=sum(1 for w in self.winners.values() if w),
         )
+        try:
+            await self._remove_leftover_snapshots()
+        except VsphereError as exc:
+            log.warning("daemon.leftover_scan_failed", error=str(exc))
 
     def _on_event(self, ev: VmEvent, *, initial: bool = False) -> None:
         assert self.policies is not None

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import structlog
 
 from watcher.session import Session
@@ -109,8 +110,24 @@ async def _snapshot(session: Session, vm: Any, description: str, *, quiesce: boo
         memory=False,
         quiesce=quiesce,
     )
-    ref = await wait_for_task(session, task, timeout=3600, description=f"snapshot {vm._moId}")
-    return session.client.bind(ref)
+    # Cancelled while vCenter still creates it, the snapshot would outlive us: wait for the
+    # task to end regardless, then remove what it made, then let the cancellation through.
+    waiter = asyncio.ensure_future(
+        wait_for_task(session, task, timeout=3600, description=f"snapshot {vm._moId}")
+    )
+    cancelled = False
+    while not waiter.done():
+        try:
+            await asyncio.shield(waiter)
+        except asyncio.CancelledError:
+            cancelled = True
+        except VsphereError:
+            break
+    ref = session.client.bind(waiter.result())  # raises the task's fault, if any
+    if cancelled:
+        await _remove_surely(session, vm, ref)
+        raise asyncio.CancelledError()
+    return ref
 
 
 @contextlib.asynccontextmanager
@@ -124,19 +141,35 @@ async def backup_snapshot(
     try:
         yield snap
     finally:
-        # Shielded: a cancelled backup must still remove its snapshot.
-        removal = asyncio.ensure_future(remove_snapshot(session, snap.ref))
-        try:
-            await asyncio.shield(removal)
-        except asyncio.CancelledError:
-            with contextlib.suppress(VsphereError):
-                await removal
-            raise
-        except VsphereError as exc:
-            log.error(
-                "backup.snapshot_remove_failed",
-                vm=vm._moId,
-                snapshot=snap.ref._moId,
-                error=str(exc),
-                next_step="the next backup of this VM removes it",
-            )
+        await _remove_surely(session, vm, snap.ref)
+
+
+async def _remove_surely(session: Session, vm: Any, snapshot: Any) -> None:
+    """Remove the snapshot even while the caller is being cancelled.
+
+    The removal runs as a task of its own, awaited under a shielded anyio scope (anyio
+    cancel scopes) and through asyncio.shield in a loop (a plain Task.cancel(), as the
+    job runner sends); a cancellation seen meanwhile is raised again afterwards."""
+    removal = asyncio.ensure_future(remove_snapshot(session, snapshot))
+    cancelled = False
+    with anyio.CancelScope(shield=True):
+        while not removal.done():
+            try:
+                await asyncio.shield(removal)
+            except asyncio.CancelledError:
+                cancelled = True
+            except VsphereError:
+                break
+    exc = removal.exception() if not removal.cancelled() else None
+    if exc is not None:
+        if not isinstance(exc, VsphereError):
+            raise exc
+        log.error(
+            "backup.snapshot_remove_failed",
+            vm=vm._moId,
+            snapshot=snapshot._moId,
+            error=str(exc),
+            next_step="the next backup of this VM removes it",
+        )
+    if cancelled:
+        raise asyncio.CancelledError()
