@@ -1,0 +1,461 @@
+"""Load policy files: one TOML file or a directory of `*.toml` (read in name order).
+
+Validation is strict because a typo must never silently change what gets protected: unknown
+keys, empty selections, bad patterns, durations and windows are errors, and every error of a
+load is collected and reported together, each naming file, line (when known), policy and key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Callable
+from datetime import time, timedelta
+from pathlib import Path
+from typing import Any
+
+from .errors import PolicyError, PolicyLoadError
+from .matching import PatternError, check_pattern
+from .model import (
+    ON_MATCH,
+    SELECTOR_LIST_KEYS,
+    TRANSPORT_MODES,
+    BackupOptions,
+    Policy,
+    PolicySet,
+    Retention,
+    Schedule,
+    Selector,
+    Trigger,
+    Window,
+)
+
+POLICY_KEYS = (
+    "name",
+    "priority",
+    "enabled",
+    "select",
+    "exclude",
+    "schedule",
+    "trigger",
+    "retention",
+    "backup",
+)
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+DURATION_RE = re.compile(r"([0-9]+)([smhd])")
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+WINDOW_RE = re.compile(r"([0-9]{2}):([0-9]{2})-([0-9]{2}):([0-9]{2})")
+DISK_RE = re.compile(r"(scsi|ide|sata|nvme)[0-9]+:[0-9]+")
+TOML_LINE_RE = re.compile(r"\(at line (\d+), column \d+\)")
+
+
+def parse_duration(text: str) -> timedelta:
+    """`90s`, `15m`, `24h`, `7d` → timedelta; raises ValueError with a readable reason."""
+    m = DURATION_RE.fullmatch(text) if isinstance(text, str) else None
+    if m is None:
+        raise ValueError(
+            f'invalid duration "{text}": expected a whole number and a unit s, m, h or d, '
+            'like "90s", "15m", "24h" or "7d"'
+        )
+    seconds = int(m.group(1)) * DURATION_UNITS[m.group(2)]
+    if seconds <= 0:
+        raise ValueError(f'invalid duration "{text}": must be greater than zero')
+    return timedelta(seconds=seconds)
+
+
+def parse_window(text: str) -> Window:
+    """`"20:00-06:00"` → Window (local time; an end at or before the start crosses midnight)."""
+    m = WINDOW_RE.fullmatch(text) if isinstance(text, str) else None
+    if m is None:
+        raise ValueError(f'invalid window "{text}": expected "HH:MM-HH:MM", like "20:00-06:00"')
+    h1, m1, h2, m2 = (int(g) for g in m.groups())
+    if h1 > 23 or h2 > 23 or m1 > 59 or m2 > 59:
+        raise ValueError(f'invalid window "{text}": hours are 00-23 and minutes 00-59')
+    if (h1, m1) == (h2, m2):
+        raise ValueError(f'invalid window "{text}": start and end are equal')
+    return Window(time(h1, m1), time(h2, m2))
+
+
+class _Locator:
+    """Best-effort line numbers for keys (tomllib reports lines only for syntax errors)."""
+
+    _policy = re.compile(r"\s*\[\[\s*policy\s*\]\]")
+    _section = re.compile(r"\s*\[\s*policy\s*\.\s*([A-Za-z0-9_-]+)\s*\]")
+    _header = re.compile(r"\s*\[")
+
+    def __init__(self, text: str) -> None:
+        self.lines = text.splitlines()
+        self.starts = [i for i, ln in enumerate(self.lines) if self._policy.match(ln)]
+
+    def _find_key(self, key: str, lo: int, hi: int) -> int | None:
+        pat = re.compile(rf"\s*\"?{re.escape(key)}\"?\s*=")
+        for i in range(lo, hi):
+            if self._header.match(self.lines[i]) and i != lo:
+                if self._policy.match(self.lines[i]) or self._section.match(self.lines[i]):
+                    return None
+            if pat.match(self.lines[i]):
+                return i + 1
+        return None
+
+    def line(self, index: int, keypath: str) -> int | None:
+        if index >= len(self.starts):
+            return None
+        lo = self.starts[index]
+        hi = self.starts[index + 1] if index + 1 < len(self.starts) else len(self.lines)
+        parts = re.split(r"[.\[]", keypath, maxsplit=2)
+        table = parts[0]
+        if not table:
+            return lo + 1
+        for i in range(lo + 1, hi):
+            m = self._section.match(self.lines[i])
+            if m and m.group(1) == table:
+                if len(parts) < 2 or not parts[1] or parts[1][0].isdigit():
+                    return i + 1
+                return self._find_key(parts[1], i + 1, hi) or i + 1
+        return self._find_key(table, lo + 1, hi)
+
+
+class _Checker:
+    """Validates one `[[policy]]` table, collecting errors."""
+
+    def __init__(self, file: str, index: int, locator: _Locator | None) -> None:
+        self.file = file
+        self.index = index
+        self.locator = locator
+        self.label = f"#{index + 1}"
+        self.errors: list[PolicyError] = []
+
+    def error(self, key: str | None, message: str) -> None:
+        line = self.locator.line(self.index, key or "") if self.locator else None
+        self.errors.append(PolicyError(self.file, message, line, self.label, key))
+
+    def unknown(self, table: dict[str, Any], allowed: tuple[str, ...], prefix: str) -> None:
+        for k in table:
+            if k not in allowed:
+                self.error(f"{prefix}{k}", f"unknown key (allowed: {', '.join(allowed)})")
+
+    def typed(self, value: Any, key: str, kind: type, what: str) -> Any:
+        ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+        if not ok:
+            self.error(key, f"expected {what}, got {_describe(value)}")
+            return None
+        return value
+
+    def table(self, doc: dict[str, Any], key: str, *, required: bool) -> dict[str, Any] | None:
+        if key not in doc:
+            if required:
+                self.error(key, f"missing required table [policy.{key}]")
+            return None
+        return self.typed(doc[key], key, dict, "a table")
+
+    # -- pieces ---------------------------------------------------------------------------
+
+    def patterns(self, value: Any, key: str, sel_key: str) -> tuple[str, ...]:
+        items: list[tuple[str, Any]]
+        if isinstance(value, str):
+            items = [(key, value)]
+        elif isinstance(value, list):
+            if not value:
+                self.error(key, "empty list: it would match nothing")
+                return ()
+            items = [(f"{key}[{i}]", v) for i, v in enumerate(value)]
+        else:
+            self.error(key, f"expected a string or a list of strings, got {_describe(value)}")
+            return ()
+        out: list[str] = []
+        for k, v in items:
+            if not isinstance(v, str):
+                self.error(k, f"expected a string, got {_describe(v)}")
+                continue
+            try:
+                check_pattern(sel_key, v)
+            except PatternError as exc:
+                self.error(k, str(exc))
+                continue
+            out.append(v)
+        return tuple(out)
+
+    def selector(self, t: dict[str, Any], prefix: str) -> Selector:
+        allowed = (*SELECTOR_LIST_KEYS, "attributes", "templates")
+        self.unknown(t, allowed, f"{prefix}.")
+        lists = {k: self.patterns(t[k], f"{prefix}.{k}", k) for k in SELECTOR_LIST_KEYS if k in t}
+        attrs: list[tuple[str, tuple[str, ...]]] = []
+        if "attributes" in t:
+            a = self.typed(t["attributes"], f"{prefix}.attributes", dict, "a table")
+            if a is not None and not a:
+                self.error(f"{prefix}.attributes", "empty table: it would match nothing")
+            for name, v in sorted((a or {}).items()):
+                ps = self.patterns(v, f"{prefix}.attributes.{_key(name)}", "attributes")
+                if ps:
+                    attrs.append((name, ps))
+        templates = None
+        if "templates" in t:
+            templates = self.typed(t["templates"], f"{prefix}.templates", bool, "true or false")
+        return Selector(**lists, attributes=tuple(attrs), templates=templates)
+
+    def schedule(self, t: dict[str, Any]) -> Schedule | None:
+        self.unknown(t, ("rpo", "window"), "schedule.")
+        rpo = window = None
+        if "rpo" not in t:
+            self.error("schedule.rpo", 'missing required key (e.g. rpo = "24h")')
+        else:
+            try:
+                rpo = parse_duration(t["rpo"])
+            except ValueError as exc:
+                self.error("schedule.rpo", str(exc))
+        if "window" in t:
+            try:
+                window = parse_window(t["window"])
+            except ValueError as exc:
+                self.error("schedule.window", str(exc))
+        return Schedule(rpo, window) if rpo is not None else None
+
+    def trigger(self, t: dict[str, Any]) -> Trigger:
+        self.unknown(t, ("on_match", "outside_window", "on_power_off"), "trigger.")
+        kw: dict[str, Any] = {}
+        if "on_match" in t:
+            v = t["on_match"]
+            if v in ON_MATCH:
+                kw["on_match"] = v
+            else:
+                self.error(
+                    "trigger.on_match", f'expected "immediate" or "schedule", got {_describe(v)}'
+                )
+        for k in ("outside_window", "on_power_off"):
+            if k in t and self.typed(t[k], f"trigger.{k}", bool, "true or false") is not None:
+                kw[k] = t[k]
+        return Trigger(**kw)
+
+    def retention(self, t: dict[str, Any]) -> Retention:
+        keys = ("keep_last", "daily", "weekly", "monthly", "yearly")
+        self.unknown(t, keys, "retention.")
+        kw: dict[str, int] = {}
+        for k in keys:
+            if k not in t:
+                continue
+            v = self.typed(t[k], f"retention.{k}", int, "a whole number")
+            if v is None:
+                continue
+            if v < 0:
+                self.error(f"retention.{k}", f"must not be negative, got {v}")
+                continue
+            kw[k] = v
+        if not any(kw.values()) and all(k not in t or k in kw for k in keys):
+            self.error("retention", f"no keep rule above zero (set one of {', '.join(keys)})")
+        return Retention(**kw)
+
+    def backup(self, t: dict[str, Any]) -> BackupOptions:
+        bools = ("quiesce", "quiesce_fallback", "enable_cbt")
+        self.unknown(t, (*bools, "exclude_disks", "transport"), "backup.")
+        kw: dict[str, Any] = {}
+        for k in bools:
+            if k in t and self.typed(t[k], f"backup.{k}", bool, "true or false") is not None:
+                kw[k] = t[k]
+        if "exclude_disks" in t:
+            disks = self.typed(t["exclude_disks"], "backup.exclude_disks", list, "a list")
+            good: list[str] = []
+            for i, d in enumerate(disks or []):
+                if isinstance(d, str) and DISK_RE.fullmatch(d):
+                    good.append(d)
+                else:
+                    self.error(
+                        f"backup.exclude_disks[{i}]",
+                        f'expected "controller:unit" like "scsi0:1", got {_describe(d)}',
+                    )
+            kw["exclude_disks"] = tuple(good)
+        if "transport" in t:
+            modes = self.typed(t["transport"], "backup.transport", list, "a list")
+            if modes is not None and not modes:
+                self.error("backup.transport", "empty list: no transport could be used")
+            good = []
+            for i, m in enumerate(modes or []):
+                if m not in TRANSPORT_MODES:
+                    self.error(
+                        f"backup.transport[{i}]",
+                        f"unknown transport {_describe(m)} "
+                        f"(expected one of {', '.join(TRANSPORT_MODES)})",
+                    )
+                elif m in good:
+                    self.error(f"backup.transport[{i}]", f'"{m}" is listed twice')
+                else:
+                    good.append(m)
+            kw["transport"] = tuple(good) or None
+        return BackupOptions(**kw)
+
+    # -- the whole policy -----------------------------------------------------------------
+
+    def policy(self, doc: Any) -> Policy | None:
+        if not isinstance(doc, dict):
+            self.error(None, f"expected a table, got {_describe(doc)}")
+            return None
+        name = doc.get("name")
+        if name is None:
+            self.error("name", "missing required key")
+        elif not isinstance(name, str) or not NAME_RE.fullmatch(name):
+            self.error(
+                "name",
+                f"invalid name {_describe(name)}: use letters, digits, '.', '_' and '-', "
+                "starting with a letter or digit",
+            )
+        else:
+            self.label = name
+        self.unknown(doc, POLICY_KEYS, "")
+        priority = None
+        if "priority" not in doc:
+            self.error("priority", "missing required key (e.g. priority = 10)")
+        else:
+            priority = self.typed(doc["priority"], "priority", int, "a whole number")
+        enabled = True
+        if "enabled" in doc:
+            enabled = self.typed(doc["enabled"], "enabled", bool, "true or false")
+
+        select = exclude = None
+        t = self.table(doc, "select", required=True)
+        if t is not None:
+            select = self.selector(t, "select")
+            if select.is_empty and not any(
+                e.key and e.key.startswith("select.") for e in self.errors
+            ):
+                self.error(
+                    "select",
+                    "no selection criterion: a policy must select something "
+                    '(folders = ["/**"] selects every VM)',
+                )
+        t = self.table(doc, "exclude", required=False)
+        exclude = self.selector(t, "exclude") if t is not None else Selector()
+        t = self.table(doc, "schedule", required=True)
+        schedule = self.schedule(t) if t is not None else None
+        t = self.table(doc, "trigger", required=False)
+        trigger = self.trigger(t) if t is not None else Trigger()
+        t = self.table(doc, "retention", required=True)
+        retention = self.retention(t) if t is not None else None
+        t = self.table(doc, "backup", required=False)
+        backup = self.backup(t) if t is not None else BackupOptions()
+
+        if self.errors:
+            return None
+        assert select is not None and schedule is not None and retention is not None
+        return Policy(
+            name=name,
+            priority=priority,
+            enabled=enabled,
+            select=select,
+            exclude=exclude,
+            schedule=schedule,
+            trigger=trigger,
+            retention=retention,
+            backup=backup,
+            source=self.file,
+        )
+
+
+def _key(name: str) -> str:
+    return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else f'"{name}"'
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "a list"
+    return f"{type(value).__name__} {value!r}"
+
+
+def parse_document(
+    doc: dict[str, Any], file: str, text: str | None = None
+) -> tuple[list[Policy], list[PolicyError]]:
+    """Validate one parsed TOML document; `text` (the source) helps place errors on lines."""
+    errors: list[PolicyError] = []
+    for k in doc:
+        if k != "policy":
+            errors.append(
+                PolicyError(
+                    file, "unknown key (a policy file holds [[policy]] tables)", None, None, k
+                )
+            )
+    raw = doc.get("policy", [])
+    if not isinstance(raw, list):
+        errors.append(
+            PolicyError(file, "must be an array of tables: write [[policy]]", None, None, "policy")
+        )
+        return [], errors
+    locator = _Locator(text) if text is not None else None
+    policies: list[Policy] = []
+    for i, entry in enumerate(raw):
+        checker = _Checker(file, i, locator)
+        p = checker.policy(entry)
+        errors.extend(checker.errors)
+        if p is not None:
+            policies.append(p)
+    return policies, errors
+
+
+def policy_files(path: str | os.PathLike[str]) -> list[str]:
+    """The files a policy path stands for: itself, or the `*.toml` in it, sorted by name."""
+    p = Path(path)
+    if p.is_dir():
+        return [os.path.join(str(path), f.name) for f in sorted(p.glob("*.toml")) if f.is_file()]
+    return [str(path)]
+
+
+def load_policies(
+    path: str | os.PathLike[str], *, read: Callable[[str], bytes] | None = None
+) -> PolicySet:
+    """Load and validate a policy file or directory; raise PolicyLoadError with every error."""
+    read = read or (lambda f: Path(f).read_bytes())
+    errors: list[PolicyError] = []
+    policies: list[Policy] = []
+    if not os.path.exists(path):
+        raise PolicyLoadError([PolicyError(str(path), "no such file or directory")])
+    files = policy_files(path)
+    if not files:
+        raise PolicyLoadError(
+            [PolicyError(str(path), "no policy files (*.toml) in this directory")]
+        )
+    for file in files:
+        try:
+            text = read(file).decode("utf-8")
+        except OSError as exc:
+            errors.append(PolicyError(file, f"cannot read: {exc.strerror or exc}"))
+            continue
+        except UnicodeDecodeError as exc:
+            errors.append(PolicyError(file, f"not UTF-8 text: {exc.reason} at byte {exc.start}"))
+            continue
+        try:
+            doc = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            msg = str(exc)
+            m = TOML_LINE_RE.search(msg)
+            line = int(m.group(1)) if m else None
+            msg = TOML_LINE_RE.sub("", msg).strip()
+            errors.append(PolicyError(file, f"invalid TOML: {msg}", line))
+            continue
+        ps, errs = parse_document(doc, file, text)
+        policies.extend(ps)
+        errors.extend(errs)
+
+    seen: dict[str, Policy] = {}
+    for p in policies:
+        first = seen.get(p.name)
+        if first is None:
+            seen[p.name] = p
+            continue
+        errors.append(
+            PolicyError(
+                p.source,
+                f"duplicate policy name, first defined in {first.source}",
+                None,
+                p.name,
+                "name",
+            )
+        )
+    if not policies and not errors:
+        errors.append(PolicyError(str(path), "no policies defined (add a [[policy]] table)"))
+    if errors:
+        raise PolicyLoadError(errors)
+    return PolicySet(tuple(policies), str(path))
