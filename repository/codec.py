@@ -83,7 +83,8 @@ def encode(keys: KeySet, otype: ObjectType, oid: bytes, plaintext: bytes) -> byt
     if len(body) < len(plaintext):
         flags |= FLAG_ZSTD
     else:
-        body = plaintext
+        # Stored raw; the CRC (and a bytes result) need an immutable buffer.
+        body = plaintext if isinstance(plaintext, bytes) else bytes(plaintext)
     if keys.enc_key is not None:
         flags |= FLAG_ENCRYPTED
         nonce = os.urandom(NONCE_LEN)
