@@ -280,7 +280,9 @@ class HttpDisk:
             raise
         self._release(conn)
         if resp.status not in (200, 206):
-            log.warning("http.no_descriptor", disk=str(self.location), status=resp.status)
+            # 416: an empty descriptor (the simulator's); anything else deserves a look.
+            report = log.info if resp.status == 416 else log.warning
+            report("http.no_descriptor", disk=str(self.location), status=resp.status)
             return {}
         return parse_descriptor_bytes(data)
 

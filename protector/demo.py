@@ -1,0 +1,268 @@
+"""`vigil demo`: the auto-protect tour on the bundled vCenter simulator.
+
+Start the simulator, write a config and a policy, start the daemon, create a VM with data
+and move it into the protected folder, watch it get protected with no manual step,
+change 1 % of its disk, take an incremental, restore it as a new VM and compare the bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from pyVmomi import vim
+
+from watcher.session import Credentials, Session
+from watcher.soap import Endpoint
+from watcher.tasks import wait_for_task
+
+from .config import load_config
+from .daemon import Daemon
+from .progress import human_bytes
+from .simulator import Simulator
+
+DISK_MIB = 64
+POLICY = """# The demo's protection policy (see docs/policies.md).
+[[policy]]
+name = "demo-gold"
+priority = 10
+
+[policy.select]
+folders = ["/DC0/vm/protected/**"]
+
+[policy.schedule]
+rpo = "1h"
+
+[policy.trigger]
+on_match = "immediate"
+
+[policy.retention]
+keep_last = 5
+daily = 7
+"""
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def step(n: int, text: str) -> None:
+    say(f"\n== {n}. {text}")
+
+
+def guest_data(size: int, seed: int = 7) -> bytes:
+    """A guest-like disk: text, random and zero regions."""
+    rng = random.Random(seed)
+    out = bytearray(size)
+    pos = 0
+    while pos < size:
+        n = min(size - pos, rng.choice([1, 2, 4]) << 20)
+        kind = rng.random()
+        if kind < 0.35:
+            out[pos : pos + n] = rng.randbytes(n)
+        elif kind < 0.7:
+            line = b"vigil demo: the quick brown fox jumps over the lazy dog %d\n" % pos
+            out[pos : pos + n] = (line * (n // len(line) + 1))[:n]
+        pos += n
+    return bytes(out)
+
+
+async def find(session: Session, path: str) -> Any:
+    ref = await session.call(
+        session.content.searchIndex, "FindByInventoryPath", inventoryPath=path.strip("/")
+    )
+    if ref is None:
+        raise RuntimeError(f"{path} not found in the simulator")
+    return session.client.bind(ref)
+
+
+async def create_vm(session: Session, folder: str, name: str) -> Any:
+    ctrl = vim.vm.device.VirtualDeviceSpec(
+        operation="add",
+        device=vim.vm.device.ParaVirtualSCSIController(
+            key=-100, busNumber=0, sharedBus="noSharing"
+        ),
+    )
+    disk = vim.vm.device.VirtualDeviceSpec(
+        operation="add",
+        fileOperation="create",
+        device=vim.vm.device.VirtualDisk(
+            key=-101,
+            controllerKey=-100,
+            unitNumber=0,
+            capacityInKB=DISK_MIB * 1024,
+            backing=vim.vm.device.VirtualDisk.FlatVer2BackingInfo(
+                diskMode="persistent", thinProvisioned=True, fileName=""
+            ),
+        ),
+    )
+    spec = vim.vm.ConfigSpec(
+        name=name,
+        guestId="otherLinux64Guest",
+        numCPUs=2,
+        memoryMB=2048,
+        files=vim.vm.FileInfo(vmPathName="[LocalDS_0]"),
+        deviceChange=[ctrl, disk],
+    )
+    pool = await find(session, "/DC0/host/DC0_C0/Resources")
+    task = await session.call(await find(session, folder), "CreateVM_Task", config=spec, pool=pool)
+    return session.client.bind(await wait_for_task(session, task, timeout=60))
+
+
+async def flat_url(session: Session, vm: Any) -> str:
+    props = await session.properties(vm, ["config.hardware.device"])
+    disk = next(
+        d for d in props["config.hardware.device"] if isinstance(d, vim.vm.device.VirtualDisk)
+    )
+    ds, _, path = disk.backing.fileName[1:].partition("] ")
+    flat = path[: -len(".vmdk")] + "-flat.vmdk"
+    return f"{session.endpoint.base_url}/folder/{flat}?dcPath=DC0&dsName={ds}"
+
+
+async def put_disk(session: Session, url: str, data: bytes) -> None:
+    cookie = {"Cookie": f"vmware_soap_session={session.session_cookie}"}
+    async with aiohttp.ClientSession() as http, http.put(url, data=data, headers=cookie) as r:
+        r.raise_for_status()
+
+
+async def get_disk(session: Session, url: str) -> bytes:
+    cookie = {"Cookie": f"vmware_soap_session={session.session_cookie}"}
+    async with aiohttp.ClientSession() as http, http.get(url, headers=cookie) as r:
+        r.raise_for_status()
+        return await r.read()
+
+
+async def wait_until(cond: Any, timeout: float) -> float:
+    start = time.monotonic()
+    while not cond():
+        if time.monotonic() - start > timeout:
+            raise TimeoutError
+        await asyncio.sleep(0.05)
+    return time.monotonic() - start
+
+
+async def tour(keep: bool) -> int:
+    started = time.monotonic()
+    step(1, "Starting the bundled vCenter simulator (govmomi vcsim + CBT emulation)")
+    sim = Simulator().start()
+    workdir = Path(tempfile.mkdtemp(prefix="vigil-demo-"))
+    try:
+        say(f"   vCenter SDK at {sim.url}; demo files in {workdir}")
+        step(2, "Writing vigil.toml and one policy: everything under /DC0/vm/protected, RPO 1h")
+        (workdir / "policies.d").mkdir()
+        (workdir / "policies.d" / "demo.toml").write_text(POLICY)
+        os.environ["VIGIL_DEMO_PASSWORD"] = sim.password
+        (workdir / "vigil.toml").write_text(
+            f'[vcenter]\nurl = "{sim.url}"\nuser = "{sim.user}"\n'
+            'password_env = "VIGIL_DEMO_PASSWORD"\n'
+            '[repository]\npath = "repo"\n[policies]\npath = "policies.d"\n'
+            '[transport]\nmodes = ["vddk", "http"]\n'
+            '[daemon]\nstatus_listen = "127.0.0.1:0"\ntag_interval = 5\n'
+        )
+        cfg = load_config(workdir / "vigil.toml")
+        session = await Session(Endpoint(sim.url), Credentials(sim.user, sim.password)).connect()
+        await session.call(await find(session, "/DC0/vm"), "CreateFolder", name="protected")
+        await session.call(await find(session, "/DC0/vm"), "CreateFolder", name="staging")
+
+        step(3, "Starting the daemon (vigil watch)")
+        daemon = Daemon(cfg)
+        task = asyncio.create_task(daemon.run(install_signals=False))
+        await wait_until(lambda: daemon.ready.is_set() or task.done(), 60)
+        if task.done():
+            task.result()
+        assert daemon.status is not None and daemon.runner is not None
+        status_url = f"http://127.0.0.1:{daemon.status.port}/status"
+        counts = daemon.status_data()["counts"]
+        say(f"   inventory synced: {counts}; status page {status_url}")
+
+        step(4, f"Creating VM app-1 in /DC0/vm/staging with {DISK_MIB} MiB of guest data")
+        vm = await create_vm(session, "/DC0/vm/staging", "app-1")
+        url = await flat_url(session, vm)
+        original = guest_data(DISK_MIB << 20)
+        await put_disk(session, url, original)
+        say("   written through the datastore HTTP service; staging is not protected")
+
+        step(5, "Moving app-1 into /DC0/vm/protected — no manual backup step")
+        moved = time.monotonic()
+        folder = await find(session, "/DC0/vm/protected")
+        await wait_for_task(session, await session.call(folder, "MoveIntoFolder_Task", list=[vm]))
+
+        def points() -> list[Any]:
+            assert daemon.repo is not None
+            return sorted(
+                (m for m in daemon.repo.manifests() if m.vm.name == "app-1"),
+                key=lambda m: m.seq,
+            )
+
+        await wait_until(lambda: len(points()) >= 1, 60)
+        first = points()[0]
+        rec = next(r for r in daemon.runner.history if r.point_id == first.point_id)
+        say(
+            f"   protected {time.monotonic() - moved:.1f} s after the move "
+            f"(job reason: {rec.reason}); point {first.point_id}, read "
+            f"{human_bytes(rec.read_bytes)}, stored {human_bytes(rec.stored_bytes)}"
+        )
+
+        step(6, "Changing 1 % of the disk and taking an incremental (CBT)")
+        changed = bytearray(original)
+        rng = random.Random(11)
+        for _ in range(max(1, (DISK_MIB << 20) // 100 // 65536)):
+            off = rng.randrange(0, (DISK_MIB << 20) - 65536)
+            changed[off : off + 65536] = rng.randbytes(65536)
+        await put_disk(session, url, bytes(changed))
+        node = daemon.watcher.tree.get_vm(vm._moId) if daemon.watcher else None
+        assert node is not None
+        policy = daemon._policy("demo-gold")
+        assert policy is not None
+        daemon._submit(node, policy, "demo: backup now", immediate=True)
+        await wait_until(lambda: len(points()) >= 2, 60)
+        second = points()[1]
+        rec2 = next(r for r in daemon.runner.history if r.point_id == second.point_id)
+        say(
+            f"   incremental {second.point_id}: read {human_bytes(rec2.read_bytes)} of "
+            f"{DISK_MIB} MiB ({100 * rec2.read_bytes / (DISK_MIB << 20):.1f} %), stored "
+            f"{human_bytes(rec2.stored_bytes)} new"
+        )
+
+        step(7, "Restoring the incremental as a new VM app-1-restored, and comparing bytes")
+        from .context import Context
+        from .restore import Placement, restore_as_new
+
+        assert daemon.repo is not None
+        ctx = Context.create(cfg, session, daemon.repo, None)
+        result = await restore_as_new(
+            ctx, second.point_id, Placement("app-1-restored", folder="/DC0/vm/staging")
+        )
+        restored_vm = session.moref("VirtualMachine", result.vm_moref)
+        restored = await get_disk(session, await flat_url(session, restored_vm))
+        restored = restored.ljust(DISK_MIB << 20, b"\0")
+        same = hashlib.sha256(restored).digest() == hashlib.sha256(bytes(changed)).digest()
+        say(
+            f"   {result.vm_name} ({result.vm_moref}): {human_bytes(result.written_bytes)} "
+            f"written; disk identical to the source: {'YES' if same else 'NO'}"
+        )
+
+        step(8, "Status")
+        st = daemon.status_data()
+        for v in st["vms"]:
+            say(f"   {v['path']:<32} {v['state']:<11} {v['policy'] or '-'}")
+        say(f"   status page: {status_url} (also /status.json, /metrics, /healthz)")
+        say(f"\nTour finished in {time.monotonic() - started:.0f} s.")
+        if keep:
+            say("Daemon and simulator keep running; press Ctrl-C to stop.")
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.Event().wait()
+        daemon.request_stop()
+        await asyncio.wait_for(task, 60)
+        await session.close()
+        return 0 if same else 1
+    finally:
+        sim.stop()
