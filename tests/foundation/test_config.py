@@ -42,7 +42,7 @@ def test_relative_paths_resolve_next_to_the_file(tmp_path):
 
 def test_unknown_keys_and_bad_types_all_reported_with_paths(tmp_path):
     text = GOOD.replace('user = "backup@vsphere.local"', 'usr = "x"') + (
-        "[limits]\nconcurrent_backups = 0\nper_hots = 2\n[transport]\nmodes = [\"nbd\"]\n"
+        '[limits]\nconcurrent_backups = 0\nper_hots = 2\n[transport]\nmodes = ["nbd"]\n'
     )
     p = write(tmp_path, text)
     with pytest.raises(ConfigError) as exc:

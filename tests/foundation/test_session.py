@@ -145,7 +145,7 @@ async def test_task_wait_timeout_and_cancellation(make_vcsim):
         vm = await first_vm(s)
         task = await s.call(vm, "PowerOffVM_Task")
         start = time.monotonic()
-        with pytest.raises(TaskTimeout, match="not finished after 0.5 s"):
+        with pytest.raises(TaskTimeout, match=r"not finished after 0\.5 s"):
             await wait_for_task(s, task, timeout=0.5)
         assert time.monotonic() - start < 1.5
         # Cancelling the waiter returns promptly (the task itself goes on).
