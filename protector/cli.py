@@ -59,10 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     log_level = args.log_level
-    if args.command == "watch" and log_level == "warning" and not getattr(args, "quiet", False):
-        log_level = "info"  # a daemon's log is its voice
+    stream = sys.stderr  # stdout carries command output (and --json)
+    if args.command == "watch":
+        stream = sys.stdout  # a daemon's log is its output: JSON lines for the journal
+        if log_level == "warning":
+            log_level = "info"
     try:
-        logs.configure(log_level, json=True if args.log_json else None)
+        logs.configure(log_level, json=True if args.log_json else None, stream=stream)
     except ValueError as exc:
         parser.error(str(exc))
     handler: Handler = args.handler
