@@ -128,7 +128,10 @@ async def backup_vm(
     path: str = "",
     job_id: str | None = None,
     progress: Progress | None = None,
+    group: dict[str, Any] | None = None,
 ) -> BackupResult:
+    """Back up one VM (the module docstring has the steps). `group` links the points of one
+    job over several VMs (a vApp): saved as config_info["backup"]["group"]."""
     job_id = job_id or uuid.uuid4().hex[:12]
     started = datetime.now(UTC)
     ident, props = await vm_identity(ctx, vm, path)
@@ -203,12 +206,14 @@ async def backup_vm(
                         "leftover_snapshots_removed": leftovers,
                         "cbt_enabled_now": cbt_now,
                         "disks": [r.as_dict() for r in results],
+                        **({"group": group} if group else {}),
                     },
                 },
             )
         )
     finally:
-        await anyio.to_thread.run_sync(writer.close)
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(writer.close)
     result = BackupResult(
         point_id=point_id,
         vm=ident,
@@ -230,6 +235,63 @@ async def backup_vm(
         seconds=round((finished - started).total_seconds(), 2),
     )
     return result
+
+
+@dataclass
+class VappBackupResult:
+    group_id: str
+    vapp_name: str
+    vapp_moref: str
+    results: list[BackupResult] = field(default_factory=list)
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (VM MoRef, error)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+async def backup_vapp(
+    ctx: Context,
+    vapp: Any,
+    opts: BackupOptions,
+    *,
+    vm_paths: dict[str, str] | None = None,
+    job_id: str | None = None,
+    progress: Progress | None = None,
+) -> VappBackupResult:
+    """Back up every VM of a vApp as one job. Each VM gets its own restore point (each
+    restores on its own); the points carry the same group record (id, vApp, members) in
+    config_info["backup"]["group"], which links them. One VM failing does not stop the
+    others; the failures are returned (cancellation stops the whole job)."""
+    job_id = job_id or uuid.uuid4().hex[:12]
+    props = await ctx.session.properties(vapp, ["name", "vm"])
+    vms = [ctx.session.client.bind(v) for v in props.get("vm") or []]
+    group = {
+        "id": uuid.uuid4().hex,
+        "kind": "vapp",
+        "name": props.get("name", ""),
+        "moref": vapp._moId,
+        "members": [v._moId for v in vms],
+    }
+    out = VappBackupResult(group["id"], group["name"], vapp._moId)
+    log.info("backup.vapp_start", vapp=group["name"], vms=len(vms), group=group["id"])
+    for vm in vms:
+        try:
+            res = await backup_vm(
+                ctx,
+                vm,
+                opts,
+                path=(vm_paths or {}).get(vm._moId, ""),
+                job_id=job_id,
+                progress=progress,
+                group=group,
+            )
+        except Exception as exc:  # the other VMs of the vApp still get their points
+            log.error("backup.vapp_member_failed", vapp=group["name"], vm=vm._moId, error=str(exc))
+            out.failures.append((vm._moId, str(exc)))
+            continue
+        out.results.append(res)
+    return out
 
 
 class _Progress:
@@ -279,9 +341,7 @@ async def _backup_disk(
     key = str(disk.key)
     base = None if opts.full else await anyio.to_thread.run_sync(writer.previous_index, key)
     prev = writer.previous.disk(key) if (writer.previous and base is not None) else None
-    plan = plan_read(
-        prev.change_id if prev else None, disk.change_id or "", force_full=opts.full
-    )
+    plan = plan_read(prev.change_id if prev else None, disk.change_id or "", force_full=opts.full)
     plan, areas = await _plan_areas(ctx, vm, snap, disk, plan)
     if not plan.incremental:
         base = None  # a full read starts from an all-zero index
@@ -303,7 +363,8 @@ async def _backup_disk(
         metadata = await anyio.to_thread.run_sync(reader.metadata)
         transport = reader.transport
     finally:
-        await anyio.to_thread.run_sync(reader.close)
+        with anyio.CancelScope(shield=True):  # closed by whoever opened it, even on cancel
+            await anyio.to_thread.run_sync(reader.close)
     stats = index.stats
     record = DiskRecord.for_index(
         key,

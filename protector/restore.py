@@ -28,7 +28,7 @@ from .configspec import build_config_spec, video_card_edit_spec
 from .context import Context
 from .diskaccess import open_disk_for_write
 from .errors import UserError
-from .parallel import map_bounded
+from .parallel import map_bounded, map_ordered
 from .vmconfig import DiskInfo, deserialize_config, disk_summaries
 
 log = structlog.get_logger(__name__)
@@ -333,39 +333,39 @@ async def _write_disk(
     try:
         if rec.metadata:
             await anyio.to_thread.run_sync(writer.write_metadata, dict(rec.metadata))
-        slots = list(range(len(index.ids)))
         fetch = ctx.repo._fetcher(manifest.point_id, key, index)
+        # A fresh disk reads as zeros: its zero chunks need no write at all.
+        slots = [s for s, cid in enumerate(index.ids) if not (fresh and cid == ZERO_ID)]
+        written = 0
+        skipped = sum(index.slot_length(s) for s, cid in enumerate(index.ids) if cid == ZERO_ID)
+        skipped = skipped if fresh else 0
+        done[0] += skipped
 
-        def copy(slot: int) -> tuple[int, int]:
-            cid = index.ids[slot]
-            length = index.slot_length(slot)
-            if cid == ZERO_ID:
-                if fresh:
-                    return 0, length
-                writer.write(slot * chunk, zero[:length])
-                return length, 0
-            offset, data = fetch(slot)
+        def load(slot: int) -> bytes:
+            # Fetching (read, decrypt, decompress, re-hash) runs in parallel; writes go in
+            # ascending offsets, one at a time (a streamed PUT, one VDDK handle).
+            if index.ids[slot] == ZERO_ID:
+                return zero[: index.slot_length(slot)]
+            _offset, data = fetch(slot)
             assert data is not None
-            writer.write(offset, data)
-            return len(data), 0
+            return data
 
-        written = skipped = 0
-
-        def account(_slot: int, counts: tuple[int, int]) -> None:
-            nonlocal written, skipped
-            written += counts[0]
-            skipped += counts[1]
-            done[0] += counts[0] + counts[1]
+        async def store(slot: int, data: bytes) -> None:
+            nonlocal written
+            await anyio.to_thread.run_sync(writer.write, slot * chunk, data)
+            written += len(data)
+            done[0] += len(data)
             if progress:
                 progress(done[0], total)
 
-        await map_bounded(
-            copy, slots, workers=ctx.io_threads, limiter=ctx.io_limiter, on_result=account
+        await map_ordered(
+            load, slots, workers=ctx.io_threads, limiter=ctx.io_limiter, consume=store
         )
         await anyio.to_thread.run_sync(writer.flush)
         out.written_bytes, out.skipped_zero_bytes = written, skipped
     finally:
-        await anyio.to_thread.run_sync(writer.close)
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(writer.close)
     if verify:
         out.verified = await _verify_disk(ctx, manifest, key, vm, disk, index)
         if not out.verified:
@@ -413,4 +413,5 @@ async def _verify_disk(
             log.error("restore.verify_mismatch", disk=disk.file_name, slot=slot)
         return not bad
     finally:
-        await anyio.to_thread.run_sync(reader.close)
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(reader.close)
