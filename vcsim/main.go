@@ -52,6 +52,7 @@ func main() {
 	cbtGrain := flag.Int("cbt-block", 64*1024, "CBT tracking granularity in bytes")
 	cbtWindow := flag.Int64("cbt-window", 512<<20, "bytes covered by one QueryChangedDiskAreas answer")
 	taskDelay := flag.String("task-delay", "", "METHOD=MS,...: tasks of these methods stay running for MS milliseconds")
+	quiesceGlob := flag.String("quiesce-fault", "", "VM name pattern: quiesced snapshots of matching VMs fail with ApplicationQuiesceFault")
 	flag.Parse()
 	if err := checkCBTFlags(*cbtGrain, *cbtWindow); err != nil {
 		fail("%v", err)
@@ -93,6 +94,7 @@ func main() {
 	// methods it intercepts; everything else passes through untouched.
 	srv.Server.Config.Handler = newCBT(srv.Server.Config.Handler, *cbtGrain, *cbtWindow)
 	srv.Server.Config.Handler = newSlowTasks(srv.Server.Config.Handler, *taskDelay)
+	srv.Server.Config.Handler = newQuiesceFault(srv.Server.Config.Handler, *quiesceGlob)
 
 	u := *srv.URL
 	u.User = nil
@@ -122,7 +124,14 @@ func main() {
 	}
 	why := <-done
 	fmt.Fprintf(os.Stderr, "vcsim: stopping (%s)\n", why)
-	srv.Close()
+	// Close waits for outstanding requests, and a long-poll WaitForUpdatesEx of a client
+	// that died keeps one open for up to its maxWaitSeconds: give it a moment, no more.
+	closed := make(chan struct{})
+	go func() { srv.Close(); close(closed) }()
+	select {
+	case <-closed:
+	case <-time.After(time.Second):
+	}
 	cleanup()
 }
 
