@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import posixpath
 from typing import Any
+from urllib.parse import quote
 
+import aiohttp
 import anyio
 from pyVmomi import vim
 
@@ -11,6 +14,7 @@ from disk_io.extents import collect_changed_areas
 from disk_io.model import DiskLocation, Extent, VcenterAccess
 from disk_io.transport import DiskTransport, TransportSettings, open_disk
 from watcher.session import Session
+from watcher.soap import COOKIE_NAME, VsphereProtocolError
 
 from .config import Config
 from .context import Context
@@ -108,10 +112,11 @@ async def open_disk_for_write(
 
 
 async def changed_areas(
-    session: Session, vm: Any, snap: Any, device_key: int, change_id: str, capacity: int
+    session: Session, vm: Any, snap: Any | None, device_key: int, change_id: str, capacity: int
 ) -> list[Extent]:
     """Every changed (or, for "*", allocated) extent, paging QueryChangedDiskAreas as the
-    seed says; an inconsistent answer raises InvalidChangedAreas (a ValueError)."""
+    seed says; an inconsistent answer raises InvalidChangedAreas (a ValueError). Without a
+    snapshot vCenter compares against the VM's current disks (only for a powered-off VM)."""
 
     async def fetch(start: int) -> tuple[int, int, list[tuple[int, int]]]:
         info = await session.call(
@@ -126,3 +131,41 @@ async def changed_areas(
         return info.startOffset, info.length, areas
 
     return await collect_changed_areas(fetch, capacity)
+
+
+VSS_MANIFEST = "vss-manifest.zip"
+
+
+def snapshot_dir(files: Any) -> str:
+    """The datastore directory a VM's snapshot files go to: `files.snapshotDirectory`, else
+    the directory of its .vmx ("[ds] dir", no trailing slash)."""
+    if getattr(files, "snapshotDirectory", None):
+        ds, rel = split_datastore_path(files.snapshotDirectory)
+        return f"[{ds}] {rel.strip('/')}"
+    ds, rel = split_datastore_path(files.vmPathName or "")
+    return f"[{ds}] {posixpath.dirname(rel)}"
+
+
+def join_datastore_path(directory: str, name: str) -> str:
+    ds, rel = split_datastore_path(directory)
+    return f"[{ds}] {posixpath.join(rel, name) if rel else name}"
+
+
+async def fetch_datastore_file(
+    ctx: Context, vm: Any, ds_path: str, *, timeout: float = 120.0
+) -> bytes | None:
+    """GET a file of the VM's datacenter over datastore HTTP (`/folder/...`) with the SOAP
+    session's cookie; None when it does not exist (HTTP 404)."""
+    ds, rel = split_datastore_path(ds_path)
+    client = ctx.session.client
+    url = f"{client.endpoint.base_url}/folder/{quote(rel)}"
+    params = {"dcPath": await datacenter_path(ctx, vm), "dsName": ds}
+    headers = {"Cookie": f"{COOKIE_NAME}={ctx.session.session_cookie}"}
+    async with client.http.get(
+        url, params=params, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
+    ) as resp:
+        if resp.status == 404:
+            return None
+        if resp.status != 200:
+            raise VsphereProtocolError(f"GET {ds_path} over datastore HTTP: HTTP {resp.status}")
+        return await resp.read()

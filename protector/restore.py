@@ -3,6 +3,8 @@
 To the existing VM (the seed): it must be powered off; its disks are written under
 their *current* names (the VM may be running on a snapshot chain), matched to the
 saved disks by device key, then by controller address; capacities must match.
+With `changed_only` (the seed's incremental restore) a disk whose changes since the
+point CBT can name gets only the chunks those changes touch (plan_changed_only).
 
 As a new VM: a ConfigSpec rebuilt from the saved ConfigInfo (configspec.py), placed
 where the admin says (or where the VM was), CreateVM_Task, disk metadata written
@@ -20,18 +22,25 @@ from typing import Any
 import anyio
 import structlog
 
-from repository import Manifest
+from disk_io.errors import DiskOpenError, InvalidChangedAreas
+from disk_io.extents import chunk_slots
+from repository import DiskRecord, Manifest
 from repository.codec import ZERO_ID
+from watcher.soap import VsphereFault
 from watcher.tasks import wait_for_task
 
+from .changeplan import tracking_uuid
 from .configspec import build_config_spec, video_card_edit_spec
 from .context import Context
-from .diskaccess import open_disk_for_write
+from .diskaccess import changed_areas, open_disk_for_write
 from .errors import UserError
 from .parallel import map_bounded, map_ordered
 from .vmconfig import DiskInfo, deserialize_config, disk_summaries
 
 log = structlog.get_logger(__name__)
+
+# Transports that write a chunk where it belongs; datastore HTTP can only PUT a whole file.
+IN_PLACE_MODES = ("vddk", "file")
 
 Progress = Callable[[int, int], None]
 
@@ -45,6 +54,8 @@ class RestoredDisk:
     skipped_zero_bytes: int = 0
     transport: str = ""
     verified: bool | None = None
+    mode: str = "full"  # "full" | "changed" (only the chunks changed since the point)
+    reason: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -135,41 +146,193 @@ async def _power_off(ctx: Context, vm: Any, allow: bool, name: str) -> None:
     await wait_for_task(ctx.session, task, description=f"power off {name}")
 
 
+@dataclass(frozen=True)
+class WritePlan:
+    """What to write onto one existing disk: every chunk (slots None), or only these."""
+
+    slots: list[int] | None
+    reason: str
+
+
+def _same_vm(manifest: Manifest, vcenter_uuid: str, config: Any) -> str:
+    """ "" when the point was taken from this VM, else why not."""
+    here = (config.instanceUuid or config.uuid or "").lower()
+    if manifest.vm.instance_uuid.lower() != here:
+        return (
+            f"the restore point was taken from another VM (instanceUuid "
+            f"{manifest.vm.instance_uuid}, this VM has {here or 'none'})"
+        )
+    if manifest.vm.vcenter_uuid and vcenter_uuid and manifest.vm.vcenter_uuid != vcenter_uuid:
+        return f"the restore point was taken on another vCenter ({manifest.vm.vcenter_uuid})"
+    return ""
+
+
+def _changed_only_obstacle(
+    manifest: Manifest, vcenter_uuid: str, config: Any, rec: DiskRecord, disk: DiskInfo
+) -> str:
+    """Why CBT cannot tell what changed on `disk` since the point ("" when it can)."""
+    if not config.changeTrackingEnabled:
+        return "changed block tracking is off on the target VM"
+    if why := _same_vm(manifest, vcenter_uuid, config):
+        return why
+    if not rec.change_id:
+        return f"the restore point has no changeId for disk {rec.key}"
+    if not disk.change_id:
+        where = disk.address or disk.key
+        return f"disk {where} has no changeId (no snapshot since CBT was enabled)"
+    if tracking_uuid(rec.change_id) != tracking_uuid(disk.change_id):
+        return (
+            "change tracking was reset since the point "
+            f"(changeId {rec.change_id} → {disk.change_id})"
+        )
+    return ""
+
+
+async def plan_changed_only(
+    ctx: Context,
+    manifest: Manifest,
+    vm: Any,
+    config: Any,
+    rec: DiskRecord,
+    disk: DiskInfo,
+    chunk_size: int,
+) -> WritePlan:
+    """The seed's incremental restore for one disk: the chunk slots touched by the areas CBT
+    reports changed since the point's changeId, asked of the live (powered-off) VM without a
+    snapshot. Any doubt means a full write, and the reason says why: CBT off, a point of
+    another VM, no changeId on either side, tracking reset since (another UUID part), or the
+    query failing (e.g. a FileFault for a changeId the disk has forgotten)."""
+    why = _changed_only_obstacle(manifest, ctx.session.vcenter_uuid, config, rec, disk)
+    if why:
+        return WritePlan(None, f"full write: {why}")
+    try:
+        areas = await changed_areas(
+            ctx.session, vm, None, disk.key, rec.change_id, disk.capacity_bytes
+        )
+    except VsphereFault as exc:
+        if exc.fault_type not in ("FileFault", "InvalidArgument", "NotSupported"):
+            raise
+        return WritePlan(None, f"full write: QueryChangedDiskAreas failed ({exc})")
+    except InvalidChangedAreas as exc:
+        return WritePlan(None, f"full write: QueryChangedDiskAreas gave an invalid answer ({exc})")
+    slots = chunk_slots(areas, disk.capacity_bytes, chunk_size)
+    return WritePlan(slots, f"only the chunks changed since {rec.change_id}")
+
+
+def _note_full_write(result: RestoreResult, key: str, plan: WritePlan) -> None:
+    result.notes.append(f"disk {key}: {plan.reason}")
+    log.warning("restore.changed_only_unavailable", disk=key, reason=plan.reason)
+
+
+def _no_in_place_write(ctx: Context, why: str) -> WritePlan:
+    modes = ", ".join(ctx.cfg.transport.modes)
+    return WritePlan(
+        None,
+        f"full write: writing only some chunks needs a transport that writes in place "
+        f"(vddk or file; the http transport rewrites the whole disk) and of transport.modes "
+        f"({modes}) {why}",
+    )
+
+
+async def _power_on(ctx: Context, vm: Any, name: str) -> None:
+    task = await ctx.session.call(vm, "PowerOnVM_Task")
+    await wait_for_task(ctx.session, task, description=f"power on {name}")
+
+
 async def restore_to_existing(
     ctx: Context,
     point_id: str,
     vm: Any,
     *,
     power_off: bool = False,
+    power_on: bool = False,
+    changed_only: bool = False,
     verify: bool = False,
     progress: Progress | None = None,
 ) -> RestoreResult:
+    """Write the point's disks onto `vm` (see the module docstring). `changed_only` writes only
+    what changed since the point where CBT can tell (else all, with the reason in the result)."""
     manifest = await load_point(ctx, point_id)
     props = await ctx.session.properties(vm, ["name", "config"])
     name = props.get("name", vm._moId)
+    config = props["config"]
     saved = disk_summaries(saved_config(manifest)) if manifest.config_info else []
-    targets = match_disks(manifest, saved, disk_summaries(props["config"]))
+    targets = match_disks(manifest, saved, disk_summaries(config))
     await _power_off(ctx, vm, power_off, name)
     result = RestoreResult(point_id, vm._moId, name, "existing")
-    total = sum(r.capacity for r in manifest.disks)
+    # Every disk's changed areas are asked for before the first write (the seed: once a
+    # restore starts writing, change tracking can no longer answer for that disk).
+    plans: dict[str, WritePlan] = {}
+    in_place = tuple(m for m in ctx.cfg.transport.modes if m in IN_PLACE_MODES)
+    for rec in manifest.disks:
+        if changed_only and not in_place:
+            plan = _no_in_place_write(ctx, "none is configured")
+            _note_full_write(result, rec.key, plan)
+        elif changed_only:
+            plan = await plan_changed_only(
+                ctx, manifest, vm, config, rec, targets[rec.key], manifest.chunk_size
+            )
+            if plan.slots is None:
+                _note_full_write(result, rec.key, plan)
+        else:
+            plan = WritePlan(None, "full write")
+        plans[rec.key] = plan
+    total = sum(
+        rec.capacity
+        if plans[rec.key].slots is None
+        else len(plans[rec.key].slots or []) * manifest.chunk_size
+        for rec in manifest.disks
+    )
     done = [0]
     for rec in manifest.disks:
-        disk = targets[rec.key]
-        result.disks.append(
-            await _write_disk(
+        plan = plans[rec.key]
+        out = None
+        if plan.slots is not None:
+            try:
+                out = await _write_disk(
+                    ctx,
+                    manifest,
+                    rec.key,
+                    vm,
+                    targets[rec.key],
+                    fresh=False,
+                    verify=verify,
+                    progress=progress,
+                    done=done,
+                    total=total,
+                    only_slots=plan.slots,
+                    modes=in_place,
+                )
+            except DiskOpenError as exc:  # raised before anything is written
+                plan = _no_in_place_write(ctx, f"none could open the disk ({exc})")
+                _note_full_write(result, rec.key, plan)
+        if out is None:
+            out = await _write_disk(
                 ctx,
                 manifest,
                 rec.key,
                 vm,
-                disk,
+                targets[rec.key],
                 fresh=False,
                 verify=verify,
                 progress=progress,
                 done=done,
                 total=total,
             )
-        )
-    log.info("restore.done", point=point_id, vm=name, mode="existing", bytes=result.written_bytes)
+        out.mode = "full" if plan.slots is None else "changed"
+        out.reason = plan.reason
+        result.disks.append(out)
+    if power_on:
+        await _power_on(ctx, vm, name)
+        result.powered_on = True
+    log.info(
+        "restore.done",
+        point=point_id,
+        vm=name,
+        mode="existing",
+        bytes=result.written_bytes,
+        changed_only=changed_only,
+    )
     return result
 
 
@@ -299,8 +462,7 @@ async def restore_as_new(
             )
         )
     if power_on:
-        t = await ctx.session.call(new_vm, "PowerOnVM_Task")
-        await wait_for_task(ctx.session, t, description=f"power on {placement.name}")
+        await _power_on(ctx, new_vm, placement.name)
         result.powered_on = True
     log.info(
         "restore.done", point=point_id, vm=placement.name, mode="new", bytes=result.written_bytes
@@ -320,13 +482,16 @@ async def _write_disk(
     progress: Progress | None,
     done: list[int],
     total: int,
+    only_slots: list[int] | None = None,
+    modes: tuple[str, ...] | None = None,
 ) -> RestoredDisk:
     """Write a saved disk onto `disk`. A fresh disk reads as zeros, so zero chunks are skipped;
-    an existing one gets zeros written where the point has them."""
+    an existing one gets zeros written where the point has them. `only_slots` limits the
+    writes to those chunk slots (an incremental restore)."""
     _m, index = await anyio.to_thread.run_sync(ctx.repo.disk_index, manifest.point_id, key)
     rec = manifest.disk(key)
     assert rec is not None
-    writer = await open_disk_for_write(ctx, vm, disk)
+    writer = await open_disk_for_write(ctx, vm, disk, modes)
     out = RestoredDisk(key, disk.file_name, disk.capacity_bytes, transport=writer.transport)
     chunk = index.chunk_size
     zero = bytes(chunk)
@@ -335,10 +500,13 @@ async def _write_disk(
             await anyio.to_thread.run_sync(writer.write_metadata, dict(rec.metadata))
         fetch = ctx.repo._fetcher(manifest.point_id, key, index)
         # A fresh disk reads as zeros: its zero chunks need no write at all.
-        slots = [s for s, cid in enumerate(index.ids) if not (fresh and cid == ZERO_ID)]
+        if only_slots is not None:
+            slots = sorted(set(only_slots))
+        else:
+            slots = [s for s, cid in enumerate(index.ids) if not (fresh and cid == ZERO_ID)]
         written = 0
         skipped = sum(index.slot_length(s) for s, cid in enumerate(index.ids) if cid == ZERO_ID)
-        skipped = skipped if fresh else 0
+        skipped = skipped if fresh and only_slots is None else 0
         done[0] += skipped
 
         def load(slot: int) -> bytes:

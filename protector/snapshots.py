@@ -95,7 +95,10 @@ async def create_snapshot(
     if quiesce and not fallback:
         raise VsphereFault(
             "QuiesceFailed",
-            f"quiesced snapshot failed ({last_error}) and quiesce_fallback is off",
+            f"VM {vm._moId}: a quiesced snapshot failed {len(attempts)} times (last: "
+            f"{last_error}) and the policy's backup.quiesce_fallback is off, so no "
+            "crash-consistent snapshot was taken; fix quiescing in the guest (VMware Tools, "
+            "VSS writers) or allow the fallback",
         )
     ref = await _snapshot(session, vm, description, quiesce=False)
     return Snapshot(ref, "crash", last_error)

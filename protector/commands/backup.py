@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from ..cli import _load, print_json
+from ..errors import UserError
 from ..progress import ProgressLine, human_bytes
 
 
@@ -18,7 +20,13 @@ def register(sub: Any) -> None:
         "snapshot. The VM's policy (if one covers it) supplies the options. VM may be a name, "
         "inventory path, MoRef or instance UUID.",
     )
-    p.add_argument("vm", metavar="VM")
+    p.add_argument("vm", metavar="VM", nargs="?")
+    p.add_argument(
+        "--vapp",
+        metavar="PATH",
+        help="back up every VM of this vApp (inventory path, e.g. /DC0/host/C0/Resources/APP0) "
+        "as one job; each VM gets its own restore point, linked to the others",
+    )
     p.add_argument("--full", action="store_true", help="read every allocated block")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(handler=run)
@@ -59,6 +67,10 @@ def result_record(r: Any) -> dict[str, Any]:
 
 
 async def run(args: argparse.Namespace) -> int:
+    if (args.vm is None) == (args.vapp is None):
+        raise UserError("name one VM, or a vApp with --vapp PATH (not both)")
+    if args.vapp is not None:
+        return await run_vapp(args)
     from watcher.inventory import read_inventory
 
     from ..backup import backup_vm
@@ -99,3 +111,84 @@ async def run(args: argparse.Namespace) -> int:
             else:
                 print(f"  {d.address}: {d.mode} via {d.transport} ({d.reason})")
     return 0
+
+
+async def run_vapp(args: argparse.Namespace) -> int:
+    from watcher.inventory import read_inventory
+
+    from ..backup import backup_vapp
+    from ..connect import open_session
+    from ..context import Context
+    from ..policyaccess import backup_options_for
+    from ..repoaccess import open_catalog, open_repository
+
+    cfg = _load(args)
+    path = "/" + args.vapp.strip("/")
+    repo = await open_repository(cfg, create=True)
+    session = await open_session(cfg)
+    catalog = await open_catalog(repo)
+    try:
+        idx = session.content.searchIndex
+        ref = await session.call(idx, "FindByInventoryPath", inventoryPath=path.strip("/"))
+        if ref is None or type(ref).__name__.split(".")[-1] != "VirtualApp":
+            raise UserError(
+                f"no vApp at inventory path {path!r}; `vigil inventory` shows the VMs and the "
+                "paths of the vApps they belong to",
+                2,
+            )
+        vapp = session.client.bind(ref)
+        tree = await read_inventory(session)
+        members = [v for v in tree.vms() if v.vapp == path]
+        # One job, one set of options: the members' policy when they share one.
+        choices = {backup_options_for(cfg, tree, v, full=args.full) for v in members}
+        if len(choices) == 1:
+            opts = choices.pop()
+        else:
+            opts = options_default(args.full)
+            if choices:
+                print(
+                    f"vigil: the VMs of {path} are covered by different policies; "
+                    "backing them up with the default options",
+                    file=sys.stderr,
+                )
+        ctx = Context.create(cfg, session, repo, catalog)
+        progress = ProgressLine(f"backup {path}")
+        result = await backup_vapp(
+            ctx,
+            vapp,
+            opts,
+            vm_paths={v.moref: v.path for v in members},
+            progress=progress,
+        )
+        progress.finish()
+    finally:
+        await catalog.close()
+        await session.close()
+    if args.json:
+        print_json(
+            {
+                "group_id": result.group_id,
+                "vapp": {"name": result.vapp_name, "moref": result.vapp_moref, "path": path},
+                "points": [result_record(r) for r in result.results],
+                "failures": [{"vm": vm, "error": err} for vm, err in result.failures],
+            }
+        )
+    else:
+        print(
+            f"vApp {path}: {len(result.results)} restore point(s), "
+            f"{len(result.failures)} failure(s); group {result.group_id}"
+        )
+        for r in result.results:
+            print(
+                f"  {r.point_id}: {r.type} {r.consistency} backup of {r.vm.name}; "
+                f"read {human_bytes(r.read_bytes)}"
+            )
+        for vm, err in result.failures:
+            print(f"  {vm}: FAILED — {err}")
+    return 0 if result.ok else 1
+
+
+def options_default(full: bool) -> Any:
+    from ..backup import BackupOptions
+
+    return BackupOptions(full=full)

@@ -28,6 +28,12 @@ def register(sub: Any) -> None:
     p.add_argument("--host", metavar="PATH", help="inventory path of the host")
     p.add_argument("--power-off", action="store_true", help="power the target off first")
     p.add_argument("--power-on", action="store_true", help="power the VM on afterwards")
+    p.add_argument(
+        "--changed-only",
+        action="store_true",
+        help="with --to-existing: write only the chunks changed since the point, when Changed "
+        "Block Tracking on the VM can tell (else everything, and the reason is shown)",
+    )
     p.add_argument("--verify", action="store_true", help="re-read and compare what was written")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(handler=run)
@@ -41,6 +47,8 @@ async def run(args: argparse.Namespace) -> int:
 
     if args.to_existing and (args.folder or args.pool or args.datastore or args.host):
         raise UserError("--folder/--pool/--datastore/--host apply to --new-name only")
+    if args.changed_only and not args.to_existing:
+        raise UserError("--changed-only applies to --to-existing only (a new VM gets every chunk)")
     cfg = _load(args)
     repo = await open_repository(cfg)
     session = await open_session(cfg)
@@ -61,15 +69,11 @@ async def run(args: argparse.Namespace) -> int:
                 args.point,
                 vm,
                 power_off=args.power_off,
+                power_on=args.power_on,
+                changed_only=args.changed_only,
                 verify=args.verify,
                 progress=progress,
             )
-            if args.power_on:
-                from watcher.tasks import wait_for_task
-
-                t = await session.call(vm, "PowerOnVM_Task")
-                await wait_for_task(session, t)
-                result.powered_on = True
         else:
             placement = Placement(args.new_name, args.folder, args.pool, args.datastore, args.host)
             result = await restore_as_new(
@@ -92,6 +96,9 @@ async def run(args: argparse.Namespace) -> int:
             + (", verified" if args.verify else "")
             + (", powered on" if result.powered_on else "")
         )
+        for d in result.disks:
+            if d.mode == "changed":
+                print(f"  {d.target}: {human_bytes(d.written_bytes)} written ({d.reason})")
         for note in result.notes:
             print(f"  note: {note}")
     return 0

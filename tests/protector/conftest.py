@@ -184,3 +184,39 @@ async def vapp_rig(make_vcsim: Any, tmp_path: Path) -> AsyncIterator[Rig]:
     """A rig on a model with one vApp (DC0_C0_APP0 holding two VMs)."""
     async with open_rig(make_vcsim(args=["-app", "1"]), tmp_path) as r:
         yield r
+
+
+@pytest.fixture
+async def quiesce_rig(
+    make_vcsim: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Rig]:
+    """A rig whose simulator cannot quiesce DC0_H0_VM0: its quiesced snapshots fail with
+    ApplicationQuiesceFault (vcsim `-quiesce-fault`); the other VMs quiesce as usual."""
+    sim = make_vcsim(args=["-quiesce-fault", VM_NAME])
+    monkeypatch.setenv(PASSWORD_ENV, sim.password)
+    async with open_rig(sim, tmp_path) as r:
+        yield r
+
+
+@pytest.fixture
+async def file_rig(
+    vcsim_fresh: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Rig]:
+    """A rig whose transports are ("file", "http"): the file transport writes in place, which a
+    changed-only restore needs (datastore HTTP can only rewrite a whole disk)."""
+    monkeypatch.setenv(PASSWORD_ENV, vcsim_fresh.password)
+    toml = tmp_path / "vigil.toml"
+    toml.write_text(config_toml(vcsim_fresh, modes=("file", "http")))
+    (tmp_path / "policies").mkdir()
+    cfg = parse_config(tomllib.loads(toml.read_text()), str(toml))
+    repo = Repository.init(cfg.repository.path)
+    session = Session(
+        Endpoint(vcsim_fresh.url), Credentials(vcsim_fresh.user, vcsim_fresh.password)
+    )
+    await session.connect()
+    try:
+        yield Rig(
+            vcsim_fresh, cfg, session, repo, Context.create(cfg, session, repo, None), tmp_path
+        )
+    finally:
+        await session.close()

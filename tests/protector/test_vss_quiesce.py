@@ -1,0 +1,114 @@
+"""Quiescing against the simulator: a guest that cannot be quiesced (vcsim `-quiesce-fault`)
+falls back to a crash-consistent snapshot when the policy allows it and fails cleanly when it
+does not; the `vss-manifest.zip` a quiesced snapshot leaves in the snapshot directory is saved
+with the restore point."""
+
+from __future__ import annotations
+
+import http.client
+import random
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from protector.backup import BackupOptions, backup_vm
+from protector.simulator import Simulator
+from watcher.soap import VsphereFault
+
+MIB = 1024 * 1024
+VM_NAME = "DC0_H0_VM0"  # quiesce_rig's simulator cannot quiesce this one
+HEALTHY = "DC0_H0_VM1"
+Rig = Any  # the `rig` / `quiesce_rig` fixtures of conftest.py
+
+
+def data(size: int, seed: int) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+async def backup(rig: Rig, vm: Any, **kw: Any) -> Any:
+    return await backup_vm(rig.ctx, vm, BackupOptions(**kw), path=f"/DC0/vm/{VM_NAME}")
+
+
+async def test_quiesce_fault_falls_back_to_crash_consistent(quiesce_rig: Rig) -> None:
+    rig = quiesce_rig
+    content = data(2 * MIB, 1)
+    vm = await rig.prepare(2 * MIB, content)
+    result = await backup(rig, vm, quiesce=True, quiesce_fallback=True)
+    assert result.consistency == "crash"
+    saved = rig.repo.load_manifest(result.point_id).config_info["backup"]
+    assert saved["consistency"] == "crash"
+    assert "ApplicationQuiesceFault" in saved["quiesce_error"]
+    assert "could not be quiesced" in saved["quiesce_error"]  # the guest's own message
+    assert await rig.snapshots(vm) == []
+    out = rig.tmp / "disk.img"
+    rig.repo.export_raw(result.point_id, result.disks[0].key, out)
+    assert out.read_bytes() == content
+
+    # The fault hits only the VMs the pattern names: another VM quiesces as usual.
+    other = await rig.vm(HEALTHY)
+    ok = await backup(rig, other, quiesce=True, quiesce_fallback=True)
+    assert ok.consistency == "quiesced"
+    assert rig.repo.load_manifest(ok.point_id).config_info["backup"]["quiesce_error"] == ""
+
+
+async def test_quiesce_fault_without_fallback_fails_and_leaves_nothing(quiesce_rig: Rig) -> None:
+    rig = quiesce_rig
+    vm = await rig.prepare(2 * MIB, data(2 * MIB, 2))
+    with pytest.raises(VsphereFault) as err:
+        await backup(rig, vm, quiesce=True, quiesce_fallback=False)
+    assert err.value.fault_type == "QuiesceFailed"
+    msg = str(err.value)
+    assert vm._moId in msg and "ApplicationQuiesceFault" in msg
+    assert "quiesce_fallback is off" in msg
+    assert await rig.snapshots(vm) == []
+    assert rig.repo.list_points() == []
+    # A crash-consistent backup is not refused by the fault layer.
+    assert (await backup(rig, vm, quiesce=False)).consistency == "crash"
+
+
+def test_quiesce_fault_needs_a_session(make_vcsim: Any) -> None:
+    """The fault layer answers only logged-in callers; others get the simulator's own fault."""
+    sim: Simulator = make_vcsim(args=["-quiesce-fault", "*"])
+    body = (
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        '<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/">'
+        '<soapenv:Body><CreateSnapshot_Task xmlns="urn:vim25">'
+        '<_this type="VirtualMachine">vm-1</_this><name>x</name>'
+        "<memory>false</memory><quiesce>true</quiesce>"
+        "</CreateSnapshot_Task></soapenv:Body></soapenv:Envelope>"
+    )
+    u = urlsplit(sim.url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+    try:
+        conn.request("POST", u.path, body=body, headers={"Content-Type": "text/xml"})
+        resp = conn.getresponse()
+        text = resp.read().decode()
+    finally:
+        conn.close()
+    assert resp.status == 500 and "NotAuthenticated" in text, text[:500]
+
+
+async def test_vss_manifest_is_saved_with_the_point(rig: Rig) -> None:
+    vm = await rig.prepare(2 * MIB, data(2 * MIB, 3))
+    manifest_zip = b"PK\x03\x04" + data(3000, 4)  # what VMware Tools leave after VSS
+    vm_dir = rig.flat(await rig.disk(vm)).parent  # the snapshot directory is the VM's
+    (vm_dir / "vss-manifest.zip").write_bytes(manifest_zip)
+
+    quiesced = await backup(rig, vm, quiesce=True)
+    assert quiesced.consistency == "quiesced"
+    m = rig.repo.load_manifest(quiesced.point_id)
+    assert m.vss_manifest == manifest_zip
+    assert m.config_info["backup"]["vss_manifest"] is True
+
+    # A crash-consistent snapshot has no VSS manifest: a leftover file is not taken for one.
+    crash = await backup(rig, vm, quiesce=False)
+    assert rig.repo.load_manifest(crash.point_id).vss_manifest is None
+
+    # A guest without VSS leaves none: no manifest, no error.
+    other = await rig.vm(HEALTHY)
+    none = await backup(rig, other, quiesce=True)
+    m = rig.repo.load_manifest(none.point_id)
+    assert none.consistency == "quiesced" and m.vss_manifest is None
+    assert m.config_info["backup"]["vss_manifest"] is False
+    assert "vss_manifest_error" not in m.config_info["backup"]
