@@ -25,6 +25,11 @@ def register(sub: Any) -> None:
     p.add_argument("--disk", metavar="KEY", help="disk key (default: the point's only disk)")
     p.add_argument("-o", "--output", required=True, metavar="FILE")
     p.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
+    p.add_argument(
+        "--vss-manifest",
+        action="store_true",
+        help="write the point's vss-manifest.zip (Windows VSS writer metadata) instead of a disk",
+    )
     p.set_defaults(handler=run)
 
 
@@ -37,6 +42,8 @@ async def run(args: argparse.Namespace) -> int:
         m = await anyio.to_thread.run_sync(repo.load_manifest, args.point)
     except PointNotFoundError:
         raise UserError(f"no restore point {args.point!r}; `vigil list` shows them") from None
+    if args.vss_manifest:
+        return _export_vss(m, args.output, args.force)
     disk = args.disk
     if disk is None:
         if len(m.disks) != 1:
@@ -52,4 +59,25 @@ async def run(args: argparse.Namespace) -> int:
     except RepositoryError as exc:
         raise UserError(str(exc)) from None
     print(f"exported {args.point} disk {disk} to {args.output} ({written} data bytes)")
+    return 0
+
+
+def _export_vss(manifest: Any, output: str, force: bool) -> int:
+    import os
+
+    data = manifest.vss_manifest
+    if not data:
+        raise UserError(
+            f"restore point {manifest.point_id} has no vss-manifest.zip (only quiesced "
+            "snapshots of Windows guests produce one)",
+            1,
+        )
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
+    try:
+        fd = os.open(output, flags, 0o600)
+    except FileExistsError:
+        raise UserError(f"{output} exists; pass --force to overwrite it") from None
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    print(f"wrote vss-manifest.zip of {manifest.point_id} to {output} ({len(data)} bytes)")
     return 0

@@ -100,6 +100,13 @@ async def test_vss_manifest_is_saved_with_the_point(rig: Rig) -> None:
     m = rig.repo.load_manifest(quiesced.point_id)
     assert m.vss_manifest == manifest_zip
     assert m.config_info["backup"]["vss_manifest"] is True
+    # `vigil export POINT --vss-manifest -o FILE` hands it back for the guest agent.
+    from protector.commands.export import _export_vss
+
+    out = rig.tmp / "vss-manifest.zip"
+    assert _export_vss(m, str(out), False) == 0
+    assert out.read_bytes() == manifest_zip
+    assert out.stat().st_mode & 0o777 == 0o600
 
     # A crash-consistent snapshot has no VSS manifest: a leftover file is not taken for one.
     crash = await backup(rig, vm, quiesce=False)
