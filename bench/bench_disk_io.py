@@ -1,13 +1,16 @@
 """disk_io read throughput: `file` and `http` transports against `cat FILE > /dev/null`.
 
-    .venv/bin/python bench/bench_disk_io.py [--size-gib 4] [--runs 3] [--io-size-mib 2]
+    .venv/bin/python bench/bench_disk_io.py [--size-gib 4] [--runs 3] [--io-size-mib 4]
 
 One flat disk file of --size-gib random-ish bytes lives in the simulator's datastore
 (TMPDIR on /dev/shm, so the "page cache" is always warm). Each run reads the whole disk
 through the I/O pool's read pipeline (`IoPool.read_chunks`, io_threads=4): once via the
-`file` transport, once via `http` (ranged GETs to the simulator's /folder service), and
-once with `cat`. Prints medians of --runs runs and the ratios to cat; targets: file >= 85 %,
-http >= 60 %. Also writes bench/results/disk_io.json.
+`file` transport, once via `http` (ranged GETs to the simulator's /folder service), once
+via `http-min` (the same client against a bare keep-alive sendfile server in another
+process: the client's own speed, without vcsim's per-request work), and once with `cat`.
+Prints medians of --runs runs and the ratios to cat; targets: file >= 85 %, http >= 60 %.
+Also writes bench/results/disk_io.json. --io-size-mib defaults to 4, the repository's
+chunk size, which is what a backup asks the transport for per read.
 """
 
 from __future__ import annotations
@@ -40,6 +43,57 @@ GIB = 1 << 30
 MIB = 1 << 20
 
 
+def serve_minimal(flat: Path) -> None:
+    """Serve `flat` for HEAD and single-range GETs on 127.0.0.1; print the port; run forever.
+
+    The least a server can do per request (parse a few header lines, one sendfile), so
+    `http-min` measures the client; it ignores the URL and the cookie.
+    """
+    import socket
+    import socketserver
+
+    size = flat.stat().st_size
+
+    class Handler(socketserver.StreamRequestHandler):
+        def handle(self) -> None:
+            fd = os.open(flat, os.O_RDONLY)
+            try:
+                while True:
+                    line = self.rfile.readline(65536)
+                    if not line:
+                        return
+                    method = line.split(b" ", 1)[0]
+                    rng = None
+                    while (h := self.rfile.readline(65536)) not in (b"\r\n", b""):
+                        if h.lower().startswith(b"range: bytes="):
+                            a, b = h.split(b"=", 1)[1].strip().split(b"-")
+                            rng = (int(a), int(b))
+                    if method == b"HEAD" or rng is None:
+                        self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+                        continue
+                    first, last = rng
+                    n = last - first + 1
+                    self.wfile.write(
+                        b"HTTP/1.1 206 Partial Content\r\nContent-Length: %d\r\n"
+                        b"Content-Range: bytes %d-%d/%d\r\n\r\n" % (n, first, last, size)
+                    )
+                    self.wfile.flush()
+                    sent = 0
+                    while sent < n:
+                        sent += os.sendfile(self.connection.fileno(), fd, first + sent, n - sent)
+            finally:
+                os.close(fd)
+
+    class Server(socketserver.ThreadingTCPServer):
+        daemon_threads = True
+        allow_reuse_address = True
+
+    with Server(("127.0.0.1", 0), Handler, bind_and_activate=True) as srv:
+        srv.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        print(srv.server_address[1], flush=True)
+        srv.serve_forever()
+
+
 def make_file(path: Path, size: int) -> None:
     block = os.urandom(64 * MIB)
     with open(path, "wb") as f:
@@ -66,10 +120,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size-gib", type=float, default=4)
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--io-size-mib", type=int, default=2)
+    ap.add_argument("--io-size-mib", type=int, default=4)
     ap.add_argument("--threads", type=int, default=4)
     ap.add_argument("--http-connections", type=int, default=4)
+    ap.add_argument("--serve-minimal", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.serve_minimal:
+        serve_minimal(args.serve_minimal)
+        return
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
     size = int(args.size_gib * GIB)
     io_size = args.io_size_mib * MIB
@@ -101,15 +159,32 @@ def main() -> None:
             with HttpDisk(loc, access, connections=args.http_connections) as disk:
                 assert anyio.run(pipeline_read, disk, size, io_size, args.threads) == size
 
+        minimal = subprocess.Popen(
+            [sys.executable, __file__, "--serve-minimal", str(flat)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert minimal.stdout is not None
+        min_access = VcenterAccess(f"http://127.0.0.1:{minimal.stdout.readline().strip()}/sdk", "x")
+
+        def via_http_min() -> None:
+            with HttpDisk(loc, min_access, connections=args.http_connections) as disk:
+                assert anyio.run(pipeline_read, disk, size, io_size, args.threads) == size
+
         def via_cat() -> None:
             subprocess.run(f"cat {flat} > /dev/null", shell=True, check=True)
 
-        times: dict[str, list[float]] = {"cat": [], "file": [], "http": []}
+        paths = {"cat": via_cat, "file": via_file, "http": via_http, "http-min": via_http_min}
+        times: dict[str, list[float]] = {k: [] for k in paths}
         via_cat()  # make sure every page is resident before timing
-        for _ in range(args.runs):
-            for name, fn in (("cat", via_cat), ("file", via_file), ("http", via_http)):
-                times[name].append(timed(fn))
-        flat.unlink()
+        try:
+            for _ in range(args.runs):
+                for name, fn in paths.items():
+                    times[name].append(timed(fn))
+        finally:
+            minimal.kill()
+            minimal.wait()
+            flat.unlink()
 
     med = {k: statistics.median(v) for k, v in times.items()}
     rate = {k: size / med[k] / GIB for k in med}
@@ -118,12 +193,12 @@ def main() -> None:
         f"{args.size_gib:g} GiB, {args.runs} runs, io_size {args.io_size_mib} MiB, "
         f"io_threads {args.threads}, http connections {args.http_connections}"
     )
-    print(f"{'path':6} {'median s':>9} {'GiB/s':>7} {'vs cat':>7} {'target':>7}")
-    for k in ("cat", "file", "http"):
+    print(f"{'path':8} {'median s':>9} {'GiB/s':>7} {'vs cat':>7} {'target':>7}")
+    for k in times:
         ratio = rate[k] / rate["cat"]
         tgt = f"{targets[k]:.0%}" if k in targets else ""
         ok = "" if k not in targets else ("  ok" if ratio >= targets[k] else "  MISSED")
-        print(f"{k:6} {med[k]:9.3f} {rate[k]:7.2f} {ratio:7.1%} {tgt:>7}{ok}")
+        print(f"{k:8} {med[k]:9.3f} {rate[k]:7.2f} {ratio:7.1%} {tgt:>7}{ok}")
     out = ROOT / "bench" / "results" / "disk_io.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(
@@ -134,7 +209,7 @@ def main() -> None:
                 "runs": times,
                 "median_seconds": med,
                 "gib_per_s": rate,
-                "args": vars(args),
+                "args": {k: v for k, v in vars(args).items() if k != "serve_minimal"},
             },
             indent=2,
         )

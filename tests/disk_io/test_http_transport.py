@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from pyVim.connect import Disconnect, SmartConnect
+from structlog.testing import capture_logs
 
 from disk_io import DiskIoError, DiskLocation, ThumbprintMismatch, VcenterAccess
 from disk_io.httpdisk import HttpDisk
@@ -194,3 +195,163 @@ def test_thumbprint_pin(make_vcsim: object) -> None:
     verified = VcenterAccess(sim.url, access.session_cookie)  # self-signed: refused
     with pytest.raises(Exception, match="CERTIFICATE_VERIFY_FAILED"):
         HttpDisk(loc, verified)
+
+
+# -- wire-level behaviour against a scripted server (answers vcsim never gives) --------------
+
+
+class ScriptedServer:
+    """A raw HTTP/1.1 server over one file: `answer(conn_no, method, first, last)` returns
+    the response bytes (or None to close the connection); HEAD is answered normally."""
+
+    def __init__(self, data: bytes, answer: object) -> None:
+        self.data, self.answer = data, answer
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        self.requests: list[tuple[int, str]] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def access(self) -> VcenterAccess:
+        return VcenterAccess(f"http://127.0.0.1:{self.port}/sdk", "cookie-1")
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(
+                target=self._serve, args=(client, self.connections), daemon=True
+            ).start()
+
+    def _serve(self, client: socket.socket, no: int) -> None:
+        f = client.makefile("rb")
+        try:
+            while line := f.readline():
+                method = line.split(b" ")[0].decode()
+                first = last = -1
+                while (h := f.readline()) not in (b"\r\n", b""):
+                    if h.lower().startswith(b"range: bytes="):
+                        a, b = h.split(b"=", 1)[1].strip().split(b"-")
+                        first, last = int(a), int(b)
+                self.requests.append((no, method))
+                if method == "HEAD":
+                    out = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(self.data)
+                else:
+                    out = self.answer(no, method, first, last)  # type: ignore[operator]
+                if out is None:
+                    break
+                client.sendall(out)
+        except OSError:
+            pass
+        client.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def ranged(
+    data: bytes, first: int, last: int, extra: bytes = b"", length: int | None = None
+) -> bytes:
+    body = data[first : last + 1]
+    n = len(body) if length is None else length
+    return (
+        b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes %d-%d/%d\r\n"
+        b"Content-Length: %d\r\n%s\r\n" % (first, last, len(data), n, extra)
+    ) + body
+
+
+def scripted_disk(data: bytes, answer: object, **kw: object) -> tuple[ScriptedServer, HttpDisk]:
+    srv = ScriptedServer(data, answer)
+    loc = DiskLocation("DC0", "LocalDS_0", "s/s.vmdk", len(data), "vm-1")
+    return srv, HttpDisk(loc, srv.access(), **kw)  # type: ignore[arg-type]
+
+
+def test_keep_alive_is_reused_and_connection_close_is_honoured() -> None:
+    data = os.urandom(3 * MIB)
+    close_after = {2}  # the second connection announces it will close
+
+    def answer(no: int, method: str, first: int, last: int) -> bytes:
+        extra = b"Connection: close\r\n" if no in close_after else b""
+        return ranged(data, first, last, extra)
+
+    srv, disk = scripted_disk(data, answer, connections=1)
+    with disk:
+        for i in range(3):
+            assert disk.read(i * MIB, MIB) == data[i * MIB : (i + 1) * MIB]
+        assert srv.connections == 1  # HEAD and three GETs on one connection
+        close_after.add(1)
+        disk._idle.clear()
+        assert disk.read(0, MIB) == data[:MIB]  # connection 2 says close
+        assert disk.read(MIB, MIB) == data[MIB : 2 * MIB]
+        assert srv.connections == 3
+    srv.close()
+
+
+def test_a_chunked_answer_is_decoded() -> None:
+    data = os.urandom(MIB + 17)
+
+    def answer(no: int, method: str, first: int, last: int) -> bytes:
+        body = data[first : last + 1]
+        parts = [body[i : i + 70000] for i in range(0, len(body), 70000)]
+        chunks = b"".join(b"%x;ext=1\r\n%s\r\n" % (len(p), p) for p in parts)
+        return (
+            b"HTTP/1.1 206 Partial Content\r\nTransfer-Encoding: chunked\r\n"
+            b"Content-Range: bytes %d-%d/%d\r\n\r\n%s0\r\nX-Trailer: 1\r\n\r\n"
+            % (first, last, len(data), chunks)
+        )
+
+    srv, disk = scripted_disk(data, answer)
+    with disk:
+        assert disk.read(5, MIB) == data[5 : MIB + 5]
+        assert disk.read(0, len(data)) == data
+    srv.close()
+
+
+def test_wrong_lengths_are_errors_never_data() -> None:
+    data = os.urandom(MIB)
+    mode = {"bad": "length"}
+
+    def answer(no: int, method: str, first: int, last: int) -> bytes:
+        if mode["bad"] == "length":
+            return ranged(data, first, last, length=last - first)  # one byte short
+        return ranged(data, first + 1, last)  # a range other than the one asked for
+
+    srv, disk = scripted_disk(data, answer)
+    with disk:
+        with pytest.raises(DiskIoError, match=r"bytes \d+-4095"):
+            disk.read(0, 4096)
+        mode["bad"] = "range"
+        with pytest.raises(DiskIoError, match="Content-Range 'bytes 1-4095/"):
+            disk.read(0, 4096)
+    srv.close()
+
+
+def test_a_server_closing_idle_connections_loses_no_data() -> None:
+    data = os.urandom(MIB)
+
+    def answer(no: int, method: str, first: int, last: int) -> bytes | None:
+        return ranged(data, first, last) if len(srv.requests) % 2 == 0 else None
+
+    srv, disk = scripted_disk(data, answer, connections=1)
+    with disk, capture_logs() as logs:
+        # after HEAD the server drops every other GET unanswered, like an idle timeout
+        for i in range(4):
+            assert disk.read(i * 1000, 1000) == data[i * 1000 : (i + 1) * 1000]
+    assert srv.connections == 4  # one per dropped GET
+    assert all(e["event"] == "http.resume" for e in logs if "error" in e)
+    srv.close()
+
+
+def test_a_stalled_server_times_out_with_a_clear_error() -> None:
+    data = os.urandom(MIB)
+
+    def answer(no: int, method: str, first: int, last: int) -> bytes:
+        return ranged(data, first, last)[:-100]  # then nothing: the body never completes
+
+    srv, disk = scripted_disk(data, answer, timeout=0.2)
+    with disk, pytest.raises(DiskIoError, match=r"4 attempts failed, last: TimeoutError"):
+        disk.read(0, MIB)
+    srv.close()
