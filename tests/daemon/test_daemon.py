@@ -152,3 +152,40 @@ def _metrics(daemon: Daemon) -> str:
 
     daemon._refresh_metrics()
     return generate_latest(daemon.metrics.registry).decode()
+
+
+async def test_simulator_restart_recovers_without_duplicate_jobs(tmp_path, vcsim_binary):
+    import socket
+
+    from protector.simulator import Simulator
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    listen = ["-l", f"127.0.0.1:{port}"]
+    first = Simulator(args=listen, binary=vcsim_binary).start()
+    second = None
+    try:
+        cfg = write_config(tmp_path, first, policy("all", 'folders = ["/DC0/vm/**"]'))
+        async with running(cfg) as daemon:
+            await wait_for(
+                lambda: daemon.status_data()["counts"].get("ok") == 4, 30, "all four protected"
+            )
+            jobs_before = len(daemon.runner.history)
+            assert jobs_before == 4
+            assert first.proc is not None
+            first.proc.kill()  # vCenter gone without a goodbye
+            first.stop()
+            await wait_for(lambda: not daemon.healthy(), 30, "/healthz to report the outage")
+            second = Simulator(args=listen, binary=vcsim_binary).start()
+            await wait_for(daemon.healthy, 60, "the daemon to reconnect")
+            await asyncio.sleep(3)  # time for any wrongly triggered job to show up
+            assert len(daemon.runner.history) == jobs_before, [
+                (r.vm_name, r.reason) for r in list(daemon.runner.history)[jobs_before:]
+            ]
+            assert not daemon.runner.running and not daemon.runner.queued
+            assert daemon.status_data()["counts"] == {"ok": 4}
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
