@@ -26,15 +26,9 @@ sys.path.insert(0, str(ROOT))
 
 from protector.config import load_config  # noqa: E402
 from protector.daemon import Daemon  # noqa: E402
+from protector.simtools import create_folder, create_vm, move_vm  # noqa: E402
 from protector.simulator import Simulator  # noqa: E402
-from tests.daemon.helpers import (  # noqa: E402
-    create_folder,
-    create_vm,
-    move_vm,
-    policy,
-    session_for,
-    write_config,
-)
+from tests.daemon.helpers import policy, session_for, write_config  # noqa: E402
 
 
 async def latency(moves: int) -> dict[str, float]:
@@ -47,8 +41,7 @@ async def latency(moves: int) -> dict[str, float]:
         cfg = load_config(write_config(work, sim, policy("p", 'folders = ["/DC0/vm/protected"]')))
         daemon = Daemon(cfg)
         task = asyncio.create_task(daemon.run(install_signals=False))
-        while not daemon.ready.is_set():
-            await asyncio.sleep(0.05)
+        await asyncio.wait_for(daemon.ready.wait(), 60)
         assert daemon.runner is not None
         samples = []
         for i, vm in enumerate(vms):

@@ -408,6 +408,14 @@ class Daemon:
                 self.stats.scheduled += 1
         return ok
 
+    def backup_now(self, moref: str, reason: str = "requested") -> bool:
+        """Queue a backup of a protected VM now (coalesced with a running or queued one)."""
+        node = self.watcher.tree.get_vm(moref) if self.watcher else None
+        policy = self._policy(self.winners.get(node.identity)) if node else None
+        if node is None or policy is None:
+            raise LookupError(f"{moref} is not a VM that a policy protects")
+        return self._submit(node, policy, reason, immediate=True)
+
     # -- policies ----------------------------------------------------------------------
 
     async def _watch_policies(self) -> None:

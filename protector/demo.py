@@ -22,11 +22,11 @@ from pyVmomi import vim
 
 from watcher.session import Credentials, Session
 from watcher.soap import Endpoint
-from watcher.tasks import wait_for_task
 
 from .config import load_config
 from .daemon import Daemon
 from .progress import human_bytes
+from .simtools import create_folder, create_vm, move_vm
 from .simulator import Simulator
 
 DISK_MIB = 64
@@ -73,48 +73,6 @@ def guest_data(size: int, seed: int = 7) -> bytes:
             out[pos : pos + n] = (line * (n // len(line) + 1))[:n]
         pos += n
     return bytes(out)
-
-
-async def find(session: Session, path: str) -> Any:
-    ref = await session.call(
-        session.content.searchIndex, "FindByInventoryPath", inventoryPath=path.strip("/")
-    )
-    if ref is None:
-        raise RuntimeError(f"{path} not found in the simulator")
-    return session.client.bind(ref)
-
-
-async def create_vm(session: Session, folder: str, name: str) -> Any:
-    ctrl = vim.vm.device.VirtualDeviceSpec(
-        operation="add",
-        device=vim.vm.device.ParaVirtualSCSIController(
-            key=-100, busNumber=0, sharedBus="noSharing"
-        ),
-    )
-    disk = vim.vm.device.VirtualDeviceSpec(
-        operation="add",
-        fileOperation="create",
-        device=vim.vm.device.VirtualDisk(
-            key=-101,
-            controllerKey=-100,
-            unitNumber=0,
-            capacityInKB=DISK_MIB * 1024,
-            backing=vim.vm.device.VirtualDisk.FlatVer2BackingInfo(
-                diskMode="persistent", thinProvisioned=True, fileName=""
-            ),
-        ),
-    )
-    spec = vim.vm.ConfigSpec(
-        name=name,
-        guestId="otherLinux64Guest",
-        numCPUs=2,
-        memoryMB=2048,
-        files=vim.vm.FileInfo(vmPathName="[LocalDS_0]"),
-        deviceChange=[ctrl, disk],
-    )
-    pool = await find(session, "/DC0/host/DC0_C0/Resources")
-    task = await session.call(await find(session, folder), "CreateVM_Task", config=spec, pool=pool)
-    return session.client.bind(await wait_for_task(session, task, timeout=60))
 
 
 async def flat_url(session: Session, vm: Any) -> str:
@@ -169,8 +127,8 @@ async def tour(keep: bool) -> int:
         )
         cfg = load_config(workdir / "vigil.toml")
         session = await Session(Endpoint(sim.url), Credentials(sim.user, sim.password)).connect()
-        await session.call(await find(session, "/DC0/vm"), "CreateFolder", name="protected")
-        await session.call(await find(session, "/DC0/vm"), "CreateFolder", name="staging")
+        await create_folder(session, "/DC0/vm", "protected")
+        await create_folder(session, "/DC0/vm", "staging")
 
         step(3, "Starting the daemon (vigil watch)")
         daemon = Daemon(cfg)
@@ -184,7 +142,9 @@ async def tour(keep: bool) -> int:
         say(f"   inventory synced: {counts}; status page {status_url}")
 
         step(4, f"Creating VM app-1 in /DC0/vm/staging with {DISK_MIB} MiB of guest data")
-        vm = await create_vm(session, "/DC0/vm/staging", "app-1")
+        vm = await create_vm(
+            session, "/DC0/vm/staging", "app-1", disk_kb=DISK_MIB * 1024, guest="otherLinux64Guest"
+        )
         url = await flat_url(session, vm)
         original = guest_data(DISK_MIB << 20)
         await put_disk(session, url, original)
@@ -192,22 +152,22 @@ async def tour(keep: bool) -> int:
 
         step(5, "Moving app-1 into /DC0/vm/protected — no manual backup step")
         moved = time.monotonic()
-        folder = await find(session, "/DC0/vm/protected")
-        await wait_for_task(session, await session.call(folder, "MoveIntoFolder_Task", list=[vm]))
+        await move_vm(session, vm, "/DC0/vm/protected")
 
-        def points() -> list[Any]:
-            assert daemon.repo is not None
-            return sorted(
-                (m for m in daemon.repo.manifests() if m.vm.name == "app-1"),
-                key=lambda m: m.seq,
-            )
+        def jobs() -> list[Any]:
+            """app-1's finished backup jobs; a failure ends the tour with its error."""
+            assert daemon.runner is not None
+            recs = [r for r in daemon.runner.history if r.vm_name == "app-1"]
+            failed = [r for r in recs if r.outcome == "failed"]
+            if failed:
+                raise RuntimeError(f"backup of app-1 failed: {failed[-1].error}")
+            return [r for r in recs if r.outcome == "success"]
 
-        await wait_until(lambda: len(points()) >= 1, 60)
-        first = points()[0]
-        rec = next(r for r in daemon.runner.history if r.point_id == first.point_id)
+        await wait_until(lambda: len(jobs()) >= 1, 60)
+        rec = jobs()[0]
         say(
             f"   protected {time.monotonic() - moved:.1f} s after the move "
-            f"(job reason: {rec.reason}); point {first.point_id}, read "
+            f"(job reason: {rec.reason}); point {rec.point_id}, read "
             f"{human_bytes(rec.read_bytes)}, stored {human_bytes(rec.stored_bytes)}"
         )
 
@@ -218,16 +178,11 @@ async def tour(keep: bool) -> int:
             off = rng.randrange(0, (DISK_MIB << 20) - 65536)
             changed[off : off + 65536] = rng.randbytes(65536)
         await put_disk(session, url, bytes(changed))
-        node = daemon.watcher.tree.get_vm(vm._moId) if daemon.watcher else None
-        assert node is not None
-        policy = daemon._policy("demo-gold")
-        assert policy is not None
-        daemon._submit(node, policy, "demo: backup now", immediate=True)
-        await wait_until(lambda: len(points()) >= 2, 60)
-        second = points()[1]
-        rec2 = next(r for r in daemon.runner.history if r.point_id == second.point_id)
+        daemon.backup_now(vm._moId, "demo: back up now")
+        await wait_until(lambda: len(jobs()) >= 2, 60)
+        rec2 = jobs()[1]
         say(
-            f"   incremental {second.point_id}: read {human_bytes(rec2.read_bytes)} of "
+            f"   incremental {rec2.point_id}: read {human_bytes(rec2.read_bytes)} of "
             f"{DISK_MIB} MiB ({100 * rec2.read_bytes / (DISK_MIB << 20):.1f} %), stored "
             f"{human_bytes(rec2.stored_bytes)} new"
         )
@@ -239,7 +194,7 @@ async def tour(keep: bool) -> int:
         assert daemon.repo is not None
         ctx = Context.create(cfg, session, daemon.repo, None)
         result = await restore_as_new(
-            ctx, second.point_id, Placement("app-1-restored", folder="/DC0/vm/staging")
+            ctx, rec2.point_id, Placement("app-1-restored", folder="/DC0/vm/staging")
         )
         restored_vm = session.moref("VirtualMachine", result.vm_moref)
         restored = await get_disk(session, await flat_url(session, restored_vm))
