@@ -1,0 +1,223 @@
+"""The pure inventory tree: paths, out-of-order arrival, events, identity matching."""
+
+from __future__ import annotations
+
+from watcher.events import VmAdded, VmChanged, VmMoved, VmRemoved, VmRenamed
+from watcher.tree import Change, InventoryTree, MoRef, ObjectUpdate, coalesce
+
+VC = "vc-uuid"
+
+
+def enter(type_: str, value: str, **props: object) -> ObjectUpdate:
+    return ObjectUpdate(
+        "enter", MoRef(type_, value), [Change(k, "assign", v) for k, v in props.items()]
+    )
+
+
+def modify(type_: str, value: str, **props: object) -> ObjectUpdate:
+    return ObjectUpdate(
+        "modify", MoRef(type_, value), [Change(k, "assign", v) for k, v in props.items()]
+    )
+
+
+def leave(type_: str, value: str) -> ObjectUpdate:
+    return ObjectUpdate("leave", MoRef(type_, value))
+
+
+ROOT = MoRef("Folder", "group-d1")
+DC = MoRef("Datacenter", "datacenter-2")
+VMF = MoRef("Folder", "group-v3")
+HOSTF = MoRef("Folder", "group-h4")
+CLUSTER = MoRef("ClusterComputeResource", "domain-c7")
+RP = MoRef("ResourcePool", "resgroup-8")
+
+
+def skeleton() -> list[ObjectUpdate]:
+    return [
+        enter("Folder", ROOT.value, name="Datacenters"),
+        enter("Datacenter", DC.value, name="DC0", parent=ROOT),
+        enter("Folder", VMF.value, name="vm", parent=DC),
+        enter("Folder", HOSTF.value, name="host", parent=DC),
+        enter("ClusterComputeResource", CLUSTER.value, name="C0", parent=HOSTF),
+        enter("ResourcePool", RP.value, name="Resources", parent=CLUSTER),
+    ]
+
+
+def vm(value: str, name: str, parent: MoRef | None = VMF, **extra: object) -> ObjectUpdate:
+    props: dict[str, object] = {
+        "name": name,
+        "resourcePool": RP,
+        "runtime.powerState": "poweredOn",
+        "runtime.host": MoRef("HostSystem", "host-9"),
+        "config.instanceUuid": f"iu-{value}",
+        "config.uuid": f"bu-{value}",
+        "config.template": False,
+        "datastore": (MoRef("Datastore", "datastore-1"),),
+    }
+    if parent is not None:
+        props["parent"] = parent
+    props.update(extra)
+    return enter("VirtualMachine", value, **props)
+
+
+def test_child_before_parent_waits_for_its_ancestors():
+    t = InventoryTree(VC)
+    prod = MoRef("Folder", "group-v10")
+    # The VM and its folder arrive before the datacenter and the root folder.
+    assert (
+        t.apply([vm("vm-1", "web-1", prod), enter("Folder", prod.value, name="prod", parent=VMF)])
+        == []
+    )
+    assert t.vms() == []
+    assert t.path_of(prod) is None
+    events = t.apply(list(reversed(skeleton())))
+    assert [type(e) for e in events] == [VmAdded]
+    node = events[0].vm
+    assert node.path == "/DC0/vm/prod/web-1"
+    assert node.folder == "/DC0/vm/prod"
+    assert node.datacenter == "DC0"
+    assert node.resource_pool == "/DC0/host/C0/Resources"
+    assert node.identity == f"{VC}/iu-vm-1"
+    assert node.host == "host-9" and node.datastores == ("datastore-1",)
+    assert t.path_of(prod) == "/DC0/vm/prod"
+    assert t.path_of(CLUSTER) == "/DC0/host/C0"
+    assert t.get_vm("vm-1") == node and t.find_vm_by_identity(f"{VC}/iu-vm-1") == node
+
+
+def test_rename_vm_is_renamed_only_and_folder_rename_moves_every_vm_below():
+    t = InventoryTree(VC)
+    prod = MoRef("Folder", "group-v10")
+    t.apply([*skeleton(), enter("Folder", prod.value, name="prod", parent=VMF)])
+    t.apply([vm("vm-1", "web-1", prod), vm("vm-2", "web-2", prod), vm("vm-3", "db", VMF)])
+
+    events = t.apply(modify("VirtualMachine", "vm-1", name="web-01"))
+    assert events == [VmRenamed(t.get_vm("vm-1"), "web-1", "web-01")]
+    assert t.get_vm("vm-1").path == "/DC0/vm/prod/web-01"
+
+    events = t.apply(modify("Folder", prod.value, name="production"))
+    moved = sorted((e.old_path, e.new_path) for e in events if isinstance(e, VmMoved))
+    assert moved == [
+        ("/DC0/vm/prod/web-01", "/DC0/vm/production/web-01"),
+        ("/DC0/vm/prod/web-2", "/DC0/vm/production/web-2"),
+    ]
+    assert len(events) == 2  # the VM outside the folder is untouched
+
+    # Moving the folder under another folder moves its VMs too.
+    t.apply(enter("Folder", "group-v11", name="apps", parent=VMF))
+    events = t.apply(modify("Folder", prod.value, parent=MoRef("Folder", "group-v11")))
+    assert {e.new_path for e in events} == {
+        "/DC0/vm/apps/production/web-01",
+        "/DC0/vm/apps/production/web-2",
+    }
+    assert all(isinstance(e, VmMoved) for e in events)
+
+
+def test_field_changes_are_reported_with_old_and_new_values():
+    t = InventoryTree(VC, {101: "owner"})
+    t.apply([*skeleton(), vm("vm-1", "web-1")])
+    events = t.apply(
+        modify(
+            "VirtualMachine",
+            "vm-1",
+            **{
+                "runtime.powerState": "poweredOff",
+                "config.template": True,
+                "customValue": ({"key": 101, "value": "alice"},),
+            },
+        )
+    )
+    assert len(events) == 1 and isinstance(events[0], VmChanged)
+    assert events[0].changes == {
+        "power_state": ("poweredOn", "poweredOff"),
+        "template": (False, True),
+        "attributes": ({}, {"owner": "alice"}),
+    }
+    assert t.get_vm("vm-1").template is True
+    # A renamed custom field is a change of every VM carrying it.
+    events = t.set_field_names({101: "Owner"})
+    assert events[0].changes == {"attributes": ({"owner": "alice"}, {"Owner": "alice"})}
+    events = t.set_tags({"vm-1": frozenset({"env:prod"})})
+    assert events == [VmChanged(t.get_vm("vm-1"), {"tags": (frozenset(), frozenset({"env:prod"}))})]
+    assert t.set_tags({"vm-1": frozenset({"env:prod"})}) == []
+
+
+def test_unset_property_and_removal():
+    t = InventoryTree(VC)
+    t.apply([*skeleton(), vm("vm-1", "web-1", **{"config.annotation": "hello"})])
+    events = t.apply(
+        ObjectUpdate(
+            "modify", MoRef("VirtualMachine", "vm-1"), [Change("config.annotation", "assign")]
+        )
+    )
+    assert events[0].changes == {"annotation": ("hello", "")}
+    before = t.get_vm("vm-1")
+    assert t.apply(leave("VirtualMachine", "vm-1")) == [VmRemoved(before)]
+    assert t.vms() == [] and t.find_vm_by_identity(before.identity) is None
+
+
+def test_leaving_folder_removes_its_vms_and_identity_falls_back():
+    t = InventoryTree(VC)
+    prod = MoRef("Folder", "group-v10")
+    t.apply([*skeleton(), enter("Folder", prod.value, name="prod", parent=VMF)])
+    t.apply(vm("vm-1", "new", prod, **{"config.instanceUuid": None, "config.uuid": None}))
+    assert t.get_vm("vm-1").identity == f"{VC}/moref:vm-1"
+    events = t.apply(leave("Folder", prod.value))
+    assert [type(e) for e in events] == [VmRemoved]
+
+
+def test_vapp_vm_without_folder_gets_the_vapp_path():
+    t = InventoryTree(VC)
+    app = MoRef("VirtualApp", "resgroup-v20")
+    t.apply([*skeleton(), enter("VirtualApp", app.value, name="APP0", parent=RP)])
+    events = t.apply(vm("vm-5", "app-db", None, parentVApp=app, resourcePool=app))
+    node = events[0].vm
+    assert node.path == "/DC0/host/C0/Resources/APP0/app-db"
+    assert node.vapp == "/DC0/host/C0/Resources/APP0"
+    assert node.folder is None
+    assert node.resource_pool == "/DC0/host/C0/Resources/APP0"
+    # A vApp VM that also has a folder parent is listed under the folder.
+    events = t.apply(vm("vm-6", "app-web", VMF, resourcePool=app))
+    assert events[0].vm.path == "/DC0/vm/app-web"
+    assert events[0].vm.vapp == "/DC0/host/C0/Resources/APP0"
+    # Renaming the vApp moves the folderless VM; the other one only sees new paths.
+    events = t.apply(modify("VirtualApp", app.value, name="APP1"))
+    got = {(type(e).__name__, e.vm.moref): e for e in events}
+    assert set(got) == {("VmMoved", "vm-5"), ("VmChanged", "vm-5"), ("VmChanged", "vm-6")}
+    assert got["VmMoved", "vm-5"].new_path == "/DC0/host/C0/Resources/APP1/app-db"
+    assert set(got["VmChanged", "vm-5"].changes) == {"resource_pool"}
+    assert got["VmChanged", "vm-6"].changes["vapp"] == (
+        "/DC0/host/C0/Resources/APP0",
+        "/DC0/host/C0/Resources/APP1",
+    )
+
+
+def test_sync_to_matches_by_identity_even_when_morefs_change():
+    old = InventoryTree(VC)
+    old.apply([*skeleton(), vm("vm-1", "web-1"), vm("vm-2", "web-2"), vm("vm-3", "gone")])
+    new = InventoryTree(VC)
+    # Same VMs under new MoRefs (a rebuilt vCenter), one renamed, one gone, one new.
+    new.apply(
+        [
+            *skeleton(),
+            vm("vm-11", "web-1", **{"config.instanceUuid": "iu-vm-1"}),
+            vm("vm-12", "web-2-renamed", **{"config.instanceUuid": "iu-vm-2"}),
+            vm("vm-14", "fresh"),
+        ]
+    )
+    events = old.sync_to(new)
+    summary = sorted((type(e).__name__, e.vm.name) for e in events)
+    assert summary == [
+        ("VmAdded", "fresh"),
+        ("VmChanged", "web-1"),
+        ("VmChanged", "web-2-renamed"),
+        ("VmRemoved", "gone"),
+        ("VmRenamed", "web-2-renamed"),
+    ]
+    changed = [e for e in events if isinstance(e, VmChanged)]
+    assert {tuple(e.changes) for e in changed} == {("moref", "bios_uuid")}
+    assert old.get_vm("vm-11").name == "web-1" and old.get_vm("vm-1") is None
+
+
+def test_coalesce_keeps_an_object_that_enters_and_leaves_in_one_update_set():
+    ups = [vm("vm-1", "a"), leave("VirtualMachine", "vm-1"), leave("VirtualMachine", "vm-2")]
+    assert [(u.kind, u.obj.value) for u in coalesce(ups)] == [("enter", "vm-1"), ("leave", "vm-2")]

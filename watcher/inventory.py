@@ -1,0 +1,53 @@
+"""One-shot full inventory reads (for `vigil inventory`, resyncs and reconciles)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+
+from .rawcall import retrieve_parsed
+from .session import Session
+from .soap import VsphereError
+from .tags import TagClient
+from .traversal import inventory_filter_spec
+from .tree import InventoryTree
+
+log = structlog.get_logger(__name__)
+
+
+async def read_field_names(session: Session) -> dict[int, str]:
+    """Custom attribute key -> name, from CustomFieldsManager.field ({} without one)."""
+    cfm = getattr(session.content, "customFieldsManager", None)
+    if cfm is None:
+        return {}
+    try:
+        props = await session.properties(cfm, ["field"])
+    except VsphereError as exc:
+        log.warning("watcher.custom_fields_unreadable", error=str(exc))
+        return {}
+    return {int(f.key): str(f.name) for f in props.get("field") or ()}
+
+
+async def read_snapshot(
+    session: Session, *, collector: Any = None, field_names: dict[int, str] | None = None
+) -> InventoryTree:
+    """The whole VM inventory via RetrievePropertiesEx, as a fresh tree."""
+    pc = collector or session.content.propertyCollector
+    if field_names is None:
+        field_names = await read_field_names(session)
+    result = await retrieve_parsed(session, pc, [inventory_filter_spec(session.content.rootFolder)])
+    tree = InventoryTree(session.vcenter_uuid, field_names)
+    tree.apply(result.objects)
+    return tree
+
+
+async def read_inventory(session: Session, *, tags: TagClient | None = None) -> InventoryTree:
+    """One-shot full read of the VM inventory; with `tags`, VM tags are read too."""
+    tree = await read_snapshot(session)
+    if tags is not None:
+        tree.set_tags(await tags.vm_tags())
+    return tree
+
+
+__all__ = ["read_field_names", "read_inventory", "read_snapshot"]

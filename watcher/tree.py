@@ -1,0 +1,434 @@
+"""The in-memory VM inventory, built from PropertyCollector updates. Pure: no I/O.
+
+Objects are kept by MoRef value with the raw properties the filter collects; a VM
+becomes *visible* (in `vms()`, with events) once its ancestor chain reaches the root
+folder, so a child that arrives before its parent simply waits for it.
+
+Paths are govc-style: the root folder is "", a datacenter "/DC0", its VM folder
+"/DC0/vm", a VM "/DC0/vm/prod/web-1", a pool "/DC0/host/C0/Resources/pool-a".
+A VM's path is under its parent *folder* when it has one; a VM that lives only in a
+vApp (vCenter gives it no folder parent, just `parentVApp`) gets the vApp's path:
+"/DC0/host/C0/Resources/APP0/web-1". Names are vSphere's own (it escapes "/" as %2f).
+
+Identity = f"{vCenter about.instanceUuid}/{config.instanceUuid or config.uuid}"; a VM
+with neither (inaccessible, being created) falls back to its MoRef value.
+
+Events after each `apply()` (all computed once the whole batch is applied, so the tree
+is consistent with every event): VmAdded, VmRemoved, VmRenamed (name changed),
+VmMoved (the *location* changed: parent folder/vApp path, including an ancestor being
+renamed or moved; a plain rename is only VmRenamed), VmChanged (every other field,
+including "tags", "attributes", "moref" after a resync that matched by identity).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, NamedTuple
+
+from .events import VmAdded, VmChanged, VmEvent, VmMoved, VmRemoved, VmRenamed
+
+
+class MoRef(NamedTuple):
+    type: str
+    value: str
+
+
+@dataclass(slots=True)
+class Change:
+    """One PropertyChange. `val` is plain data: str, bool, int, MoRef, tuples, dicts."""
+
+    name: str
+    op: str = "assign"
+    val: Any = None
+
+
+@dataclass(slots=True)
+class ObjectUpdate:
+    """One ObjectUpdate (`kind` enter/modify/leave) or one ObjectContent (as enter)."""
+
+    kind: str
+    obj: MoRef
+    changes: list[Change] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class VmNode:
+    moref: str
+    name: str
+    path: str
+    folder: str | None
+    resource_pool: str | None
+    datacenter: str | None
+    power_state: str | None
+    instance_uuid: str | None
+    bios_uuid: str | None
+    identity: str
+    template: bool
+    guest_id: str | None
+    annotation: str
+    cbt_enabled: bool
+    cbt_supported: bool
+    host: str | None
+    datastores: tuple[str, ...]
+    attributes: dict[str, str]
+    tags: frozenset[str]
+    vapp: str | None
+
+    @property
+    def location(self) -> str:
+        """The path of the folder or vApp the VM is listed in."""
+        return self.path.rsplit("/", 1)[0]
+
+
+# Reported by VmRenamed/VmMoved rather than VmChanged (and `folder`/`vapp` too when
+# they are the location that moved).
+_CHANGE_FIELDS = tuple(f.name for f in fields(VmNode) if f.name not in ("name", "path"))
+
+VM = "VirtualMachine"
+_UNRESOLVED = object()
+
+
+@dataclass(slots=True)
+class _Obj:
+    type: str
+    props: dict[str, Any]
+
+
+class InventoryTree:
+    """Nodes by MoRef; see the module docstring for paths, identity and events."""
+
+    def __init__(
+        self, vcenter_uuid: str = "", field_names: Mapping[int, str] | None = None
+    ) -> None:
+        self.vcenter_uuid = vcenter_uuid
+        self._objs: dict[str, _Obj] = {}
+        self._vms: dict[str, VmNode] = {}
+        self._by_identity: dict[str, str] = {}
+        self._tags: dict[str, frozenset[str]] = {}
+        self._field_names: dict[int, str] = dict(field_names or {})
+        self._paths: dict[str, Any] = {}
+
+    # -- reading ---------------------------------------------------------------
+
+    def vms(self) -> list[VmNode]:
+        return list(self._vms.values())
+
+    def __len__(self) -> int:
+        return len(self._vms)
+
+    def get_vm(self, moref: str | MoRef) -> VmNode | None:
+        return self._vms.get(moref.value if isinstance(moref, MoRef) else moref)
+
+    def find_vm_by_identity(self, identity: str) -> VmNode | None:
+        moref = self._by_identity.get(identity)
+        return self._vms.get(moref) if moref else None
+
+    def path_of(self, moref: str | MoRef) -> str | None:
+        """The path of any object (VM or container); None if unknown or not yet rooted."""
+        value = moref.value if isinstance(moref, MoRef) else moref
+        vm = self._vms.get(value)
+        if vm is not None:
+            return vm.path
+        obj = self._objs.get(value)
+        if obj is None or obj.type == VM:
+            return None
+        path = self._container_path(value)
+        return None if path is _UNRESOLVED else path
+
+    @property
+    def object_count(self) -> int:
+        return len(self._objs)
+
+    @property
+    def tags(self) -> Mapping[str, frozenset[str]]:
+        return self._tags
+
+    @property
+    def field_names(self) -> Mapping[int, str]:
+        return self._field_names
+
+    # -- updating --------------------------------------------------------------
+
+    def apply(self, updates: ObjectUpdate | Iterable[ObjectUpdate]) -> list[VmEvent]:
+        """Apply one update or a batch; return the events, computed after the batch."""
+        if isinstance(updates, ObjectUpdate):
+            updates = (updates,)
+        touched: set[str] = set()
+        containers_changed = False
+        for up in updates:
+            key = up.obj.value
+            if up.kind == "leave":
+                gone = self._objs.pop(key, None)
+                if gone is not None and gone.type != VM:
+                    containers_changed = True
+                touched.add(key)
+                continue
+            obj = self._objs.get(key)
+            if obj is None or up.kind == "enter":
+                obj = self._objs[key] = _Obj(up.obj.type, {})
+            _apply_changes(obj.props, up.changes)
+            if obj.type == VM:
+                touched.add(key)
+            else:
+                containers_changed = True
+        if containers_changed:
+            return self._refresh(None)
+        return self._refresh(touched)
+
+    def set_tags(self, tags: Mapping[str, frozenset[str]]) -> list[VmEvent]:
+        """Replace the tag assignments (MoRef value -> {"Category:Tag"})."""
+        changed = {k for k in set(self._tags) | set(tags) if self._tags.get(k) != tags.get(k)}
+        self._tags = {k: frozenset(v) for k, v in tags.items() if v}
+        return self._refresh(changed) if changed else []
+
+    def set_field_names(self, names: Mapping[int, str]) -> list[VmEvent]:
+        """Replace the custom field key -> name map (CustomFieldsManager.field)."""
+        if dict(names) == self._field_names:
+            return []
+        self._field_names = dict(names)
+        return self._refresh(None)
+
+    def sync_to(self, other: InventoryTree, *, take_tags: bool = False) -> list[VmEvent]:
+        """Take over `other`'s objects (a fresh full read) and return the difference,
+        matching VMs by identity so changed MoRefs cause no remove/add pairs.
+        Tags stay unless `take_tags` (they are keyed by MoRef, so take them only when
+        `other` carries tags read in the same session as its objects)."""
+        old = self._vms
+        self.vcenter_uuid = other.vcenter_uuid or self.vcenter_uuid
+        self._objs = other._objs
+        if other._field_names:
+            self._field_names = dict(other._field_names)
+        if take_tags:
+            self._tags = dict(other._tags)
+        self._vms = {}
+        self._by_identity = {}
+        self._refresh(None)
+        return diff_by_identity(old, self._vms)
+
+    # -- internals ---------------------------------------------------------------
+
+    def _refresh(self, candidates: set[str] | None) -> list[VmEvent]:
+        """Recompute the VmNodes of `candidates` (None: every VM) and diff them."""
+        self._paths.clear()
+        if candidates is None:
+            candidates = set(self._vms)
+            candidates.update(k for k, o in self._objs.items() if o.type == VM)
+        events: list[VmEvent] = []
+        for key in candidates:
+            old = self._vms.get(key)
+            obj = self._objs.get(key)
+            new = self._build(key, obj) if obj is not None and obj.type == VM else None
+            if new is None:
+                if old is not None:
+                    del self._vms[key]
+                    if self._by_identity.get(old.identity) == key:
+                        del self._by_identity[old.identity]
+                    events.append(VmRemoved(old))
+                continue
+            self._vms[key] = new
+            if old is not None and old.identity != new.identity:
+                if self._by_identity.get(old.identity) == key:
+                    del self._by_identity[old.identity]
+            self._by_identity[new.identity] = key
+            if old is None:
+                events.append(VmAdded(new))
+            elif old != new:
+                events.extend(diff_vm(old, new))
+        return events
+
+    def _container_path(self, key: str) -> Any:
+        cached = self._paths.get(key)
+        if cached is not None:
+            return cached
+        chain: list[str] = []
+        names: list[str] = []
+        cur: str | None = key
+        result: Any = _UNRESOLVED
+        while cur is not None:
+            if cur in self._paths:
+                result = self._paths[cur]
+                break
+            obj = self._objs.get(cur)
+            if obj is None or len(chain) > 256 or cur in chain:
+                break
+            parent = obj.props.get("parent")
+            if parent is None:
+                # Only the root folder has no parent; anything else is detached.
+                result = "" if obj.type == "Folder" else _UNRESOLVED
+                self._paths[cur] = result
+                break
+            chain.append(cur)
+            names.append(str(obj.props.get("name", cur)))
+            cur = parent.value
+        for i in range(len(chain) - 1, -1, -1):
+            if result is not _UNRESOLVED:
+                result = f"{result}/{names[i]}"
+            self._paths[chain[i]] = result
+        return self._paths.get(key, result)
+
+    def _datacenter(self, key: str | None) -> str | None:
+        seen = 0
+        while key is not None and seen < 256:
+            obj = self._objs.get(key)
+            if obj is None:
+                return None
+            if obj.type == "Datacenter":
+                return str(obj.props.get("name", key))
+            parent = obj.props.get("parent")
+            key = parent.value if parent is not None else None
+            seen += 1
+        return None
+
+    def _resolved(self, ref: MoRef | None) -> str | None:
+        if ref is None:
+            return None
+        path = self._container_path(ref.value)
+        return None if path is _UNRESOLVED else path
+
+    def _build(self, key: str, obj: _Obj) -> VmNode | None:
+        p = obj.props
+        parent: MoRef | None = p.get("parent")
+        pool: MoRef | None = p.get("resourcePool")
+        vapp_ref: MoRef | None = p.get("parentVApp")
+        if vapp_ref is None and pool is not None and pool.type == "VirtualApp":
+            vapp_ref = pool
+        container = parent if parent is not None else vapp_ref
+        if container is None:
+            return None
+        location = self._container_path(container.value)
+        if location is _UNRESOLVED:
+            return None
+        name = str(p.get("name", key))
+        instance_uuid = p.get("config.instanceUuid") or None
+        bios_uuid = p.get("config.uuid") or None
+        ident = instance_uuid or bios_uuid or f"moref:{key}"
+        host = p.get("runtime.host")
+        attributes: dict[str, str] = {}
+        for item in p.get("customValue") or ():
+            if isinstance(item, dict) and "key" in item:
+                fkey = int(item["key"])
+                attributes[self._field_names.get(fkey, str(fkey))] = str(item.get("value", ""))
+        return VmNode(
+            moref=key,
+            name=name,
+            path=f"{location}/{name}",
+            folder=location if parent is not None else None,
+            resource_pool=self._resolved(pool),
+            datacenter=self._datacenter(container.value),
+            power_state=_opt_str(p.get("runtime.powerState")),
+            instance_uuid=instance_uuid,
+            bios_uuid=bios_uuid,
+            identity=f"{self.vcenter_uuid}/{ident}",
+            template=bool(p.get("config.template")),
+            guest_id=_opt_str(p.get("config.guestId")),
+            annotation=str(p.get("config.annotation") or ""),
+            cbt_enabled=bool(p.get("config.changeTrackingEnabled")),
+            cbt_supported=bool(p.get("capability.changeTrackingSupported")),
+            host=host.value if isinstance(host, MoRef) else None,
+            datastores=tuple(d.value for d in p.get("datastore") or () if isinstance(d, MoRef)),
+            attributes=attributes,
+            tags=self._tags.get(key, frozenset()),
+            vapp=self._resolved(vapp_ref),
+        )
+
+
+def coalesce(updates: list[ObjectUpdate]) -> list[ObjectUpdate]:
+    """Normalize one UpdateSet: drop a `leave` for an object that also `enter`s in it.
+
+    vCenter sends at most one ObjectUpdate per object per update set. govmomi's
+    simulator, on a move between folders, sends the object's `enter` and `leave` in
+    one set and in scrambled order (enter first); the object is present afterwards.
+    Apply this per response, never across responses (enter-then-leave across two
+    versions is a real create-then-destroy).
+    """
+    entered = {u.obj.value for u in updates if u.kind == "enter"}
+    if not entered:
+        return updates
+    return [u for u in updates if not (u.kind == "leave" and u.obj.value in entered)]
+
+
+def _opt_str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _apply_changes(props: dict[str, Any], changes: Iterable[Change]) -> None:
+    for ch in changes:
+        if ch.op in ("remove", "indirectRemove"):
+            props.pop(ch.name, None)
+            prefix = ch.name + "."
+            for k in [k for k in props if k.startswith(prefix)]:
+                del props[k]
+        elif ch.val is None:
+            # An assign without a value: the property is unset.
+            props.pop(ch.name, None)
+        else:
+            props[ch.name] = ch.val
+
+
+def diff_vm(old: VmNode, new: VmNode) -> list[VmEvent]:
+    """Events turning `old` into `new` (same VM)."""
+    events: list[VmEvent] = []
+    if old.name != new.name:
+        events.append(VmRenamed(new, old.name, new.name))
+    moved = old.location != new.location
+    if moved:
+        events.append(VmMoved(new, old.path, new.path))
+    changes = {
+        f: (getattr(old, f), getattr(new, f))
+        for f in _CHANGE_FIELDS
+        if getattr(old, f) != getattr(new, f)
+    }
+    if moved:
+        for f in ("folder", "vapp"):
+            if f in changes and changes[f] == (
+                old.location if getattr(old, f) else None,
+                new.location if getattr(new, f) else None,
+            ):
+                del changes[f]
+    if changes:
+        events.append(VmChanged(new, changes))
+    return events
+
+
+def diff_by_identity(old: Mapping[str, VmNode], new: Mapping[str, VmNode]) -> list[VmEvent]:
+    """The events between two VM sets (keyed by MoRef), matching VMs by identity.
+
+    Identities that occur more than once on a side (clones sharing a BIOS uuid) are
+    matched by MoRef within the group.
+    """
+    old_groups: dict[str, list[VmNode]] = {}
+    new_groups: dict[str, list[VmNode]] = {}
+    for vm in old.values():
+        old_groups.setdefault(vm.identity, []).append(vm)
+    for vm in new.values():
+        new_groups.setdefault(vm.identity, []).append(vm)
+    events: list[VmEvent] = []
+    for ident in old_groups.keys() | new_groups.keys():
+        olds = old_groups.get(ident, [])
+        news = new_groups.get(ident, [])
+        if len(olds) == 1 and len(news) == 1:
+            if olds[0] != news[0]:
+                events.extend(diff_vm(olds[0], news[0]))
+            continue
+        by_moref = {vm.moref: vm for vm in news}
+        for o in olds:
+            n = by_moref.pop(o.moref, None)
+            if n is None:
+                events.append(VmRemoved(o))
+            elif n != o:
+                events.extend(diff_vm(o, n))
+        events.extend(VmAdded(n) for n in by_moref.values())
+    return events
+
+
+__all__ = [
+    "Change",
+    "InventoryTree",
+    "MoRef",
+    "ObjectUpdate",
+    "VmNode",
+    "coalesce",
+    "diff_by_identity",
+    "diff_vm",
+]
