@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from pyVmomi import vmodl
@@ -19,6 +19,7 @@ from pyVmomi import vmodl
 from .soap import Endpoint, SoapClient, VsphereError, VsphereFault
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 
 class LoginError(VsphereError):
@@ -98,6 +99,11 @@ class Session:
         return self._credentials.user
 
     @property
+    def credentials(self) -> Credentials:
+        """For companion services that log in separately (the vAPI tagging endpoint)."""
+        return self._credentials
+
+    @property
     def session_cookie(self) -> str:
         return self.client.cookie
 
@@ -130,14 +136,19 @@ class Session:
             await self._login()
 
     async def call(self, mo: Any, method: str, *, timeout: float | None = None, **kw: Any) -> Any:
+        return await self.healing(lambda: self.client.call(mo, method, timeout=timeout, **kw))
+
+    async def healing(self, op: Callable[[], Awaitable[T]]) -> T:
+        """Run `op` (one request); on NotAuthenticated log in again (once for all callers)
+        and run it once more."""
         generation = self._generation
         try:
-            return await self.client.call(mo, method, timeout=timeout, **kw)
+            return await op()
         except VsphereFault as exc:
             if exc.fault_type != "NotAuthenticated":
                 raise
         await self._relogin(generation)
-        return await self.client.call(mo, method, timeout=timeout, **kw)
+        return await op()
 
     async def _keepalive(self) -> None:
         si = self.client.moref("ServiceInstance", "ServiceInstance")

@@ -13,6 +13,7 @@ import hashlib
 import ipaddress
 import re
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -26,6 +27,7 @@ COOKIE_NAME = "vmware_soap_session"
 # Responses larger than this are deserialized in a worker thread so a big
 # inventory page never stalls the event loop.
 THREAD_DESERIALIZE_BYTES = 256 * 1024
+STREAM_CHUNK = 1 << 16
 
 
 class VsphereError(Exception):
@@ -262,20 +264,45 @@ class SoapClient:
             "if the certificate was replaced on purpose, update vcenter.thumbprint"
         )
 
-    async def call(
-        self, mo: Any, method: str, *, timeout: float | None = None, **kwargs: Any
-    ) -> Any:
-        """Invoke `method` on managed object `mo` with keyword arguments."""
+    def _serialize(self, mo: Any, method: str, kwargs: dict[str, Any]) -> tuple[Any, bytes]:
         info = method_info(type(mo), method)
         unknown = set(kwargs) - {p.name for p in info.params}
         if unknown:
             raise TypeError(f"{method}: unknown argument(s) {sorted(unknown)}")
         args = [kwargs.get(p.name) for p in info.params]
-        body = self.stub.SerializeRequest(mo, info, args)
+        return info, self.stub.SerializeRequest(mo, info, args)
+
+    async def call(
+        self, mo: Any, method: str, *, timeout: float | None = None, **kwargs: Any
+    ) -> Any:
+        """Invoke `method` on managed object `mo` with keyword arguments."""
+        info, body = self._serialize(mo, method, kwargs)
         data, status = await self._post(body, method, timeout)
         return await self._decode(data, status, info, method)
 
-    async def _post(self, body: bytes, method: str, timeout: float | None) -> tuple[bytes, int]:
+    async def call_streamed(
+        self,
+        mo: Any,
+        method: str,
+        feed: Callable[[bytes], None],
+        *,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> int:
+        """Invoke `method` and hand the response body to `feed` chunk by chunk as it
+        downloads (a streaming parser builds only what it needs); returns the HTTP status.
+        SOAP faults in the body are the parser's to report."""
+        _info, body = self._serialize(mo, method, kwargs)
+        _data, status = await self._post(body, method, timeout, feed=feed)
+        return status
+
+    async def _post(
+        self,
+        body: bytes,
+        method: str,
+        timeout: float | None,
+        feed: Callable[[bytes], None] | None = None,
+    ) -> tuple[bytes, int]:
         t = timeout if timeout is not None else self.endpoint.request_timeout
         try:
             async with asyncio.timeout(t):
@@ -291,7 +318,11 @@ class SoapClient:
                             f"{method}: HTTP {resp.status} {resp.reason} from "
                             f"{self.endpoint.sdk_url}: {text!r}"
                         )
-                    return await resp.read(), resp.status
+                    if feed is None:
+                        return await resp.read(), resp.status
+                    async for chunk in resp.content.iter_chunked(STREAM_CHUNK):
+                        feed(chunk)
+                    return b"", resp.status
         except aiohttp.ServerFingerprintMismatch as exc:
             raise self._pin_error(exc) from None
         except TimeoutError as exc:

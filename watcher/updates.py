@@ -174,7 +174,7 @@ class Watcher:
             self._collector = None
             self.reconnects += 1
             if self.tag_interval > 0:
-                creds = self._tag_credentials or getattr(self._session, "_credentials", None)
+                creds = self._tag_credentials or self._session.credentials
                 if creds is not None:
                     self._tags = TagClient(self._session.endpoint, creds.user, creds.password)
         return self._session
