@@ -1,0 +1,72 @@
+"""The status HTTP server: loopback, bearer token, health, metrics, HTML and JSON."""
+
+from __future__ import annotations
+
+import aiohttp
+
+from protector.metrics import Metrics
+from protector.status import StatusServer
+
+STATUS = {
+    "generated_at": "2026-11-25T12:00:00+00:00",
+    "vcenter": "https://vc.example.com/sdk",
+    "healthy": True,
+    "counts": {"ok": 1, "breached": 1},
+    "vms": [
+        {
+            "path": "/DC0/vm/prod/web-1",
+            "state": "ok",
+            "policy": "gold",
+            "newest_point": "p1",
+            "age_text": "2h",
+            "rpo_text": "24h",
+            "last_error": "",
+        },
+        {
+            "path": "/DC0/vm/prod/db-<1>",
+            "state": "breached",
+            "policy": "gold",
+            "newest_point": None,
+            "age_text": "",
+            "rpo_text": "24h",
+            "last_error": "boom",
+        },
+    ],
+    "jobs": {"running": [], "queued": [], "recent": []},
+    "errors": [],
+    "policy_errors": ['prod.toml:3: policy "gold": select.nmes: unknown key'],
+}
+
+
+async def test_token_health_metrics_and_pages():
+    metrics = Metrics()
+    metrics.jobs.labels("success").inc(3)
+    health = {"ok": True}
+    srv = StatusServer(lambda: STATUS, lambda: health["ok"], metrics, token="s3cret")
+    await srv.start("127.0.0.1:0")
+    base = f"http://127.0.0.1:{srv.port}"
+    auth = {"Authorization": "Bearer s3cret"}
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{base}/status.json") as r:
+                assert r.status == 401
+            async with http.get(f"{base}/healthz", headers={"Authorization": "Bearer nope"}) as r:
+                assert r.status == 401
+            async with http.get(f"{base}/healthz", headers=auth) as r:
+                assert r.status == 200
+            health["ok"] = False
+            async with http.get(f"{base}/healthz", headers=auth) as r:
+                assert r.status == 503
+            async with http.get(f"{base}/metrics", headers=auth) as r:
+                text = await r.text()
+                assert 'vigil_jobs_total{outcome="success"} 3.0' in text
+            async with http.get(f"{base}/status.json", headers=auth) as r:
+                assert (await r.json())["counts"] == {"ok": 1, "breached": 1}
+            async with http.get(f"{base}/status", headers=auth) as r:
+                page = await r.text()
+                assert "/DC0/vm/prod/web-1" in page
+                assert "db-&lt;1&gt;" in page, "names are escaped"
+                assert "select.nmes: unknown key" in page
+                assert "last good policies still in force" in page
+    finally:
+        await srv.stop()
