@@ -291,6 +291,14 @@ def parse_config(doc: dict[str, Any], path: str) -> Config:
         host, _, port = listen.rpartition(":")
         if not host or not port.isdigit():
             problems.append(f"daemon.status_listen: must be HOST:PORT, got {listen!r}")
+        else:
+            from watcher.soap import is_loopback
+
+            if not is_loopback(host.strip("[]")) and not d.get("status_token_env"):
+                problems.append(
+                    f"daemon.status_listen: {listen} is reachable from the network; set "
+                    "daemon.status_token_env so the status page requires a bearer token"
+                )
 
     p = values.get("policies", {})
     if "path" in p:

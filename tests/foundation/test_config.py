@@ -92,3 +92,11 @@ def test_invalid_toml_names_the_file_and_line(tmp_path):
 def test_missing_file_says_how_to_point_at_one(tmp_path):
     with pytest.raises(ConfigError, match="--config PATH or set VIGIL_CONFIG"):
         load_config(tmp_path / "nope.toml")
+
+
+def test_status_page_off_loopback_needs_a_token(tmp_path):
+    open_listen = GOOD + '[daemon]\nstatus_listen = "0.0.0.0:9273"\n'
+    with pytest.raises(ConfigError, match="status_token_env so the status page requires"):
+        load_config(write(tmp_path, open_listen))
+    cfg = load_config(write(tmp_path, open_listen + 'status_token_env = "VIGIL_TOKEN"\n'))
+    assert cfg.daemon.status_listen == "0.0.0.0:9273"
