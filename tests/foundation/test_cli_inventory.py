@@ -80,3 +80,49 @@ def test_help_reads_well():
     assert r.returncode == 0
     for cmd in ("inventory", "policy", "backup", "list", "restore", "watch", "status", "demo"):
         assert f"    {cmd}" in r.stdout, cmd
+
+
+def test_inventory_watch_json_prints_each_event_as_it_happens(tmp_path, vcsim_fresh):
+    import asyncio
+
+    from watcher.session import Credentials, Session
+    from watcher.soap import Endpoint
+    from watcher.tasks import wait_for_task
+
+    env = dict(os.environ, VIGIL_TEST_PW="pass")
+    cfg = config(tmp_path, vcsim_fresh.url)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "protector.cli",
+            "--config",
+            str(cfg),
+            "inventory",
+            "--watch",
+            "--json",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        initial = [json.loads(proc.stdout.readline()) for _ in range(4)]
+        assert {e["event"] for e in initial} == {"added"}
+
+        async def rename() -> None:
+            ep = Endpoint(vcsim_fresh.url)
+            async with Session(ep, Credentials("user", "pass")) as s:
+                vm = s.moref("VirtualMachine", initial[0]["moref"])
+                await wait_for_task(s, await s.call(vm, "Rename_Task", newName="renamed-1"))
+
+        asyncio.run(rename())
+        line = json.loads(proc.stdout.readline())
+        assert line["event"] == "renamed" and line["new_name"] == "renamed-1"
+        assert line["moref"] == initial[0]["moref"]
+    finally:
+        proc.terminate()
+        proc.wait(10)
