@@ -38,7 +38,7 @@ from .diskaccess import (
     snapshot_dir,
 )
 from .parallel import map_bounded
-from .snapshots import backup_snapshot, remove_leftovers
+from .snapshots import backup_snapshot, remove_leftovers, snapshot_description
 from .vmconfig import DiskInfo, disk_summaries, serialize_config
 
 log = structlog.get_logger(__name__)
@@ -162,7 +162,7 @@ async def backup_vm(
             vm,
             quiesce=opts.quiesce,
             fallback=opts.quiesce_fallback,
-            description=f"vigil backup job {job_id}; removed automatically",
+            description=snapshot_description(job_id),
         ) as snap:
             snap_props = await ctx.session.properties(snap.ref, ["config"])
             config = snap_props["config"]

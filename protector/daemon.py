@@ -45,7 +45,7 @@ from .jobs import JobRecord, JobRequest, JobRunner, Limits
 from .metrics import Metrics
 from .policyaccess import options_of, retention_rules, vm_facts
 from .repoaccess import open_catalog, open_repository
-from .snapshots import SNAPSHOT_NAME, remove_snapshot, walk_snapshots
+from .snapshots import SNAPSHOT_NAME, is_leftover, remove_snapshot, walk_snapshots
 from .status import StatusServer
 
 log = structlog.get_logger(__name__)
@@ -302,9 +302,14 @@ class Daemon:
             self._on_event(ev, initial=not self.ready.is_set())
 
     async def _initial_sync(self) -> None:
-        """Once the first tree is complete: evaluate all, start scheduling, clean leftovers."""
+        """Once the first tree is complete: clean leftovers, evaluate all, start scheduling."""
         assert self.watcher is not None and self.policies is not None
         await self.watcher.ready.wait()
+        # Before any job can start: a job's own fresh snapshot must never look like a leftover.
+        try:
+            await self._remove_leftover_snapshots()
+        except VsphereError as exc:
+            log.warning("daemon.leftover_scan_failed", error=str(exc))
         compiled = self.policies.compiled
         now = datetime.now(UTC)
         for node in self.watcher.tree.vms():
@@ -317,10 +322,6 @@ class Daemon:
             vms=len(self.watcher.tree.vms()),
             protected=sum(1 for w in self.winners.values() if w),
         )
-        try:
-            await self._remove_leftover_snapshots()
-        except VsphereError as exc:
-            log.warning("daemon.leftover_scan_failed", error=str(exc))
 
     def _on_event(self, ev: VmEvent, *, initial: bool = False) -> None:
         assert self.policies is not None
@@ -540,12 +541,13 @@ class Daemon:
         for ps in spec.propSet:
             ps.pathSet = ["snapshot"] if ps.type.__name__.endswith("VirtualMachine") else ["name"]
         objs = await session.retrieve([spec])
+        now = datetime.now(UTC)
         for oc in objs:
             for prop in oc.propSet or []:
                 if prop.name != "snapshot" or prop.val is None:
                     continue
                 for node in walk_snapshots(prop.val.rootSnapshotList):
-                    if node.name == SNAPSHOT_NAME:
+                    if node.name == SNAPSHOT_NAME and is_leftover(node, now):
                         log.warning("daemon.leftover_snapshot", vm=oc.obj._moId)
                         await remove_snapshot(session, session.client.bind(node.snapshot))
 

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import re
+import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
@@ -46,12 +50,66 @@ def walk_snapshots(tree: list[Any] | None) -> Iterator[Any]:
         yield from walk_snapshots(node.childSnapshotList)
 
 
+OWNER = re.compile(r"owner=(?P<host>[^\s;:]+):(?P<pid>\d+)")
+# Another backup host's snapshot is only taken for a leftover when no backup could still
+# be reading it.
+FOREIGN_STALE_AFTER = timedelta(hours=24)
+
+
+def snapshot_description(job_id: str) -> str:
+    """Names the process that owns the snapshot, so no other vigil removes it mid-backup."""
+    return (
+        f"vigil backup job {job_id}; owner={socket.gethostname()}:{os.getpid()}; "
+        "temporary, removed automatically"
+    )
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def is_leftover(tree_node: Any, now: datetime) -> bool:
+    """Whether one of our snapshots is left over from a run that is gone.
+
+    Ours on this host: leftover when its process is dead — or is this process, which runs
+    one backup per VM at a time. Another host's: only once it is a day old. Without an owner
+    (made by hand or by an older vigil): leftover."""
+    m = OWNER.search(tree_node.description or "")
+    if m is None:
+        return True
+    if m["host"] == socket.gethostname():
+        pid = int(m["pid"])
+        return pid == os.getpid() or not pid_alive(pid)
+    created = tree_node.createTime
+    return created is None or now - created > FOREIGN_STALE_AFTER
+
+
 async def our_snapshots(session: Session, vm: Any) -> list[Any]:
+    """Every snapshot named like ours, whoever owns it."""
     props = await session.properties(vm, ["snapshot"])
     info = props.get("snapshot")
     if info is None:
         return []
     return [n.snapshot for n in walk_snapshots(info.rootSnapshotList) if n.name == SNAPSHOT_NAME]
+
+
+async def leftover_snapshots(session: Session, vm: Any) -> list[Any]:
+    props = await session.properties(vm, ["snapshot"])
+    info = props.get("snapshot")
+    if info is None:
+        return []
+    now = datetime.now(UTC)
+    return [
+        n.snapshot
+        for n in walk_snapshots(info.rootSnapshotList)
+        if n.name == SNAPSHOT_NAME and is_leftover(n, now)
+    ]
 
 
 async def remove_snapshot(session: Session, snapshot: Any) -> None:
@@ -64,7 +122,7 @@ async def remove_snapshot(session: Session, snapshot: Any) -> None:
 async def remove_leftovers(session: Session, vm: Any) -> int:
     """Remove snapshots a crashed run left; returns how many."""
     removed = 0
-    for snap in await our_snapshots(session, vm):
+    for snap in await leftover_snapshots(session, vm):
         log.warning("backup.leftover_snapshot_removed", vm=vm._moId, snapshot=snap._moId)
         await remove_snapshot(session, snap)
         removed += 1
