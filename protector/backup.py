@@ -373,6 +373,8 @@ async def _backup_disk(
 ) -> tuple[DiskRecord, DiskResult]:
     key = str(disk.key)
     base = None if opts.full else await anyio.to_thread.run_sync(writer.previous_index, key)
+    if base is not None and base.capacity != disk.capacity_bytes:
+        base = None  # the disk was resized: its old index cannot seed an incremental
     prev = writer.previous.disk(key) if (writer.previous and base is not None) else None
     plan = plan_read(prev.change_id if prev else None, disk.change_id or "", force_full=opts.full)
     plan, areas = await _plan_areas(ctx, vm, snap, disk, plan)
