@@ -17,6 +17,7 @@ import structlog
 from .descriptor import MAX_DESCRIPTOR, parse_descriptor_bytes
 from .errors import DiskIoError, TransportUnavailable
 from .extents import normalize
+from .inflight import InFlight
 from .model import DiskLocation, Extent
 
 log = structlog.get_logger(__name__)
@@ -63,6 +64,7 @@ class FileDisk:
         self.descriptor = Path(descriptor) if descriptor else None
         self.capacity = capacity
         self.writable = writable
+        self._guard = InFlight(self.path)
         self._fd: int | None = os.open(self.path, (os.O_RDWR if writable else os.O_RDONLY))
         try:
             self.file_size = os.fstat(self._fd).st_size
@@ -77,11 +79,6 @@ class FileDisk:
             self.close()
             raise
 
-    def _require_open(self) -> int:
-        if self._fd is None:
-            raise DiskIoError(f"{self.path} is closed")
-        return self._fd
-
     def _check(self, offset: int, length: int) -> None:
         if offset < 0 or length < 0 or offset + length > self.capacity:
             raise ValueError(
@@ -91,7 +88,15 @@ class FileDisk:
 
     def read(self, offset: int, length: int) -> bytes:
         self._check(offset, length)
-        fd = self._require_open()
+        with self._guard.op():
+            return self._read(self._fd_or_raise(), offset, length)
+
+    def _fd_or_raise(self) -> int:
+        if self._fd is None:
+            raise DiskIoError(f"{self.path} is closed")
+        return self._fd
+
+    def _read(self, fd: int, offset: int, length: int) -> bytes:
         data = os.pread(fd, length, offset)
         if len(data) == length:
             return data
@@ -112,7 +117,10 @@ class FileDisk:
     def read_into(self, offset: int, view: memoryview) -> None:
         """Fill `view` with the bytes at `offset` (no allocation: for recycled buffers)."""
         self._check(offset, len(view))
-        fd = self._require_open()
+        with self._guard.op():
+            self._read_into(self._fd_or_raise(), offset, view)
+
+    def _read_into(self, fd: int, offset: int, view: memoryview) -> None:
         got = 0
         while got < len(view):
             n = os.preadv(fd, [view[got:]], offset + got)
@@ -127,15 +135,19 @@ class FileDisk:
         if not self.writable:
             raise DiskIoError(f"{self.path} was opened read-only")
         self._check(offset, len(data))
-        fd = self._require_open()
         view = memoryview(data)
         done = 0
-        while done < len(view):
-            done += os.pwrite(fd, view[done:], offset + done)
+        with self._guard.op():
+            fd = self._fd_or_raise()
+            while done < len(view):
+                done += os.pwrite(fd, view[done:], offset + done)
 
     def allocated_extents(self) -> list[Extent] | None:
         """Data ranges from SEEK_DATA/SEEK_HOLE (None where the filesystem cannot say)."""
-        fd = self._require_open()
+        with self._guard.op():
+            return self._allocated_extents(self._fd_or_raise())
+
+    def _allocated_extents(self, fd: int) -> list[Extent] | None:
         size = min(os.fstat(fd).st_size, self.capacity)
         out: list[tuple[int, int]] = []
         pos = 0
@@ -171,9 +183,13 @@ class FileDisk:
 
     def flush(self) -> None:
         if self.writable:
-            os.fsync(self._require_open())
+            with self._guard.op():
+                os.fsync(self._fd_or_raise())
 
     def close(self) -> None:
+        """Wait for reads and writes in flight, then close; safe to call twice."""
+        if not self._guard.close():
+            return
         fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)

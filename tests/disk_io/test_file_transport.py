@@ -16,6 +16,7 @@ from disk_io import (
     open_disk,
 )
 from disk_io.descriptor import parse_ddb
+from disk_io.errors import DiskIoError
 from disk_io.filedisk import FileDisk, open_file_disk
 
 MIB = 1024 * 1024
@@ -96,3 +97,41 @@ def test_opener_records_the_choice_and_every_failure(tmp_path: Path) -> None:
 
 def test_parse_ddb_ignores_other_lines() -> None:
     assert parse_ddb('ddb.a = "1"\nnot.ddb = "2"\n  ddb.b=3\n') == {"a": "1", "b": "3"}
+
+
+def test_close_waits_for_reads_in_flight_so_a_reused_fd_is_never_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Closing while another thread is inside pread must not free the descriptor: the
+    kernel would reuse the number and the late read would return another file's bytes."""
+    import threading
+
+    cap = 4 * MIB
+    data = os.urandom(cap)
+    make_disk(tmp_path / "DS1", "vm1", cap, [(0, data)], DESCRIPTOR)
+    disk = open_file_disk(location("vm1", cap), {"DS1": str(tmp_path / "DS1")})
+    inside, release = threading.Event(), threading.Event()
+    real_pread = os.pread
+
+    def slow_pread(fd: int, n: int, off: int) -> bytes:
+        inside.set()
+        release.wait(5)
+        return real_pread(fd, n, off)
+
+    monkeypatch.setattr(os, "pread", slow_pread)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(disk.read(0, MIB)))
+    reader.start()
+    assert inside.wait(5)
+    closer = threading.Thread(target=disk.close)
+    closer.start()
+    closer.join(0.3)
+    assert closer.is_alive(), "close() returned while a read was still in flight"
+    with pytest.raises(DiskIoError, match="closed"):
+        disk.read(MIB, MIB)  # new calls are refused at once
+    release.set()
+    reader.join(5)
+    closer.join(5)
+    assert not closer.is_alive()
+    assert got == [data[:MIB]]
+    disk.close()  # twice is harmless
