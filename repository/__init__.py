@@ -2,25 +2,28 @@
 
 Public API (see docs/repository-format.md for the on-disk format):
 
-    repo = Repository.init(path, chunk_size=1 << 20, passphrase=None)
+    repo = Repository.init(path, chunk_size=1 << 20, passphrase=None)  # or joins one
     repo = Repository.open(path, passphrase=None)
     with repo.begin_point(VmIdentity(...)) as pw:          # holds the shared lock
         w = pw.disk_writer(capacity, base=pw.previous_index(disk_key))
         w.put(slot, data)                                   # changed slots, any thread
         index = w.finish()
         point_id = pw.commit(disks=[DiskRecord.for_index(disk_key, index, ...)], ...)
-    repo.read_disk(point_id, disk_key) -> iterator of (offset, bytes | None)
+    repo.read_disk(point_id, disk_key) -> iterator of (offset, bytes | None)  # holds the lock
+    with repo.reading(): ...                    # shared lock for other readers of chunks
     verify(repo, read_data=True) / prune(repo, rule_for) / Catalog
 """
 
 from repository.catalog import Catalog
 from repository.errors import (
+    ConfigTamperedError,
     CorruptChunkError,
     CorruptObjectError,
     ManifestError,
     PassphraseRequiredError,
     RepositoryBusyError,
     RepositoryError,
+    RepositoryExistsError,
     WrongPassphraseError,
 )
 from repository.index import DiskIndex, WriteStats
@@ -33,6 +36,7 @@ from repository.verify import VerifyReport, scrub, verify
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "Catalog",
+    "ConfigTamperedError",
     "CorruptChunkError",
     "CorruptObjectError",
     "DiskIndex",
@@ -49,6 +53,7 @@ __all__ = [
     "Repository",
     "RepositoryBusyError",
     "RepositoryError",
+    "RepositoryExistsError",
     "SkippedDisk",
     "VerifyReport",
     "VmIdentity",

@@ -30,10 +30,18 @@ class Backend(Protocol):
     def put_if_absent(self, key: str, data: bytes) -> bool:
         """Store `data` under `key` durably unless the key exists; True when written."""
 
+    def replace(self, key: str, data: bytes) -> None:
+        """Store `data` under `key` durably, atomically replacing an existing object.
+        Only for healing: the new object has the same plaintext as a damaged old one."""
+
     def get(self, key: str) -> bytes:
         """The object's bytes; ObjectNotFoundError when absent."""
 
     def exists(self, key: str) -> bool: ...
+
+    def touch(self, key: str) -> bool:
+        """Make the object count as new for prune's grace period (reset its mtime); False
+        when absent. A writer reusing an old object calls this instead of exists()."""
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         """Every object whose key starts with `prefix` (no order promised)."""
@@ -66,21 +74,30 @@ class LocalBackend:
             os.mkdir(path, 0o700)
             _fsync_dir(path.parent)
 
+    def _write_temp(self, final: Path, data: bytes) -> Path:
+        tmp = final.parent / f"{_TMP_PREFIX}{final.name}.{os.getpid()}.{os.urandom(4).hex()}"
+        self._ensure_dir(final.parent)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        os.close(fd)
+        return tmp
+
     def put_if_absent(self, key: str, data: bytes) -> bool:
         final = self._path(key)
         if final.exists():
             return False
-        tmp = final.parent / f"{_TMP_PREFIX}{final.name}.{os.getpid()}.{os.urandom(4).hex()}"
+        tmp: Path | None = None
         try:
-            self._ensure_dir(final.parent)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            tmp = self._write_temp(final, data)
             try:
                 os.link(tmp, final)
                 written = True
@@ -90,8 +107,22 @@ class LocalBackend:
             _fsync_dir(final.parent)
             return written
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+            raise BackendError(key, exc) from exc
+
+    def replace(self, key: str, data: bytes) -> None:
+        final = self._path(key)
+        tmp: Path | None = None
+        try:
+            tmp = self._write_temp(final, data)
+            os.replace(tmp, final)  # atomic: readers see the old or the new object
+            _fsync_dir(final.parent)
+        except OSError as exc:
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
             raise BackendError(key, exc) from exc
 
     def get(self, key: str) -> bytes:
@@ -105,6 +136,15 @@ class LocalBackend:
 
     def exists(self, key: str) -> bool:
         return self._path(key).exists()
+
+    def touch(self, key: str) -> bool:
+        try:
+            os.utime(self._path(key))
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise BackendError(key, exc) from exc
+        return True
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         # Walk only the directory the prefix names, so listing one kind of object does not

@@ -69,7 +69,8 @@ def prune_cmd(
 ) -> Outcome:
     repo = Repository.open(repo_path, passphrase)
     result = prune(repo, rule_for, dry_run=dry_run, orphan_keep_days=orphan_keep_days, grace=grace)
-    return Outcome(0, result.lines(), result)
+    # A limited sweep means unreadable manifests: damage, which exit code 1 reports.
+    return Outcome(1 if result.sweep_limited else 0, result.lines(), result)
 
 
 def export_cmd(

@@ -74,3 +74,8 @@ class BackendError(RepositoryError):
         super().__init__(f"storage backend failed on {key}: {cause}")
         self.key = key
         self.cause = cause
+
+
+class ConfigTamperedError(RepositoryError):
+    """The repository config does not match what the key slots authenticate, or claims
+    no encryption where a passphrase is expected (an encryption downgrade)."""

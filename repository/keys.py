@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 from dataclasses import dataclass
@@ -66,10 +68,20 @@ def _slot_aad(repo_id: str) -> bytes:
     return b"vigil/v1/keyslot/" + repo_id.encode()
 
 
-def wrap_master(master: bytes, passphrase: str, repo_id: str, params: KdfParams) -> bytes:
-    """A key-slot object (JSON) holding the master key encrypted under Argon2id(passphrase)."""
+def config_mac(master: bytes, config: bytes) -> bytes:
+    """HMAC-SHA256 of the canonical config under a master-derived key: sealed into each
+    key slot so an edited or replaced config (an encryption downgrade) is detected."""
+    return hmac.new(hkdf(master, b"vigil/v1/config-mac"), config, hashlib.sha256).digest()
+
+
+def wrap_master(
+    master: bytes, passphrase: str, repo_id: str, params: KdfParams, config: bytes
+) -> bytes:
+    """A key-slot object (JSON) holding master ‖ config_mac(config) encrypted under
+    Argon2id(passphrase). The MAC sits inside the ciphertext so it cannot be stripped."""
     salt, nonce = os.urandom(16), os.urandom(12)
-    wrapped = AESGCM(_kek(passphrase, salt, params)).encrypt(nonce, master, _slot_aad(repo_id))
+    secret = master + config_mac(master, config)
+    wrapped = AESGCM(_kek(passphrase, salt, params)).encrypt(nonce, secret, _slot_aad(repo_id))
     return json.dumps(
         {
             "kdf": "argon2id",
@@ -85,8 +97,14 @@ def wrap_master(master: bytes, passphrase: str, repo_id: str, params: KdfParams)
     ).encode()
 
 
-def unwrap_master(slot: bytes, passphrase: str, repo_id: str, slot_name: str) -> bytes | None:
-    """The master key if `passphrase` opens this slot, else None."""
+@dataclass(frozen=True, slots=True)
+class Unwrapped:
+    master: bytes
+    config_mac: bytes | None  # None in slots written before the config was authenticated
+
+
+def unwrap_master(slot: bytes, passphrase: str, repo_id: str, slot_name: str) -> Unwrapped | None:
+    """The master key (and the sealed config MAC) if `passphrase` opens this slot."""
     try:
         d = json.loads(slot)
         params = KdfParams(d["time_cost"], d["memory_kib"], d["parallelism"])
@@ -95,6 +113,9 @@ def unwrap_master(slot: bytes, passphrase: str, repo_id: str, slot_name: str) ->
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"key slot {slot_name} is malformed: {exc}") from exc
     try:
-        return AESGCM(kek).decrypt(nonce, wrapped, _slot_aad(repo_id))
+        secret = AESGCM(kek).decrypt(nonce, wrapped, _slot_aad(repo_id))
     except InvalidTag:
         return None
+    if len(secret) not in (KEY_LEN, 2 * KEY_LEN):
+        raise ValueError(f"key slot {slot_name} holds {len(secret)} key bytes")
+    return Unwrapped(secret[:KEY_LEN], secret[KEY_LEN:] or None)

@@ -16,10 +16,16 @@ from typing import Protocol
 import structlog
 
 from repository.codec import chunk_key
-from repository.errors import CorruptObjectError, ObjectNotFoundError, RepositoryBusyError
+from repository.errors import (
+    CorruptObjectError,
+    ManifestError,
+    ObjectNotFoundError,
+    PointNotFoundError,
+    RepositoryBusyError,
+)
 from repository.locks import locked
 from repository.manifest import Manifest, VmIdentity
-from repository.repo import Repository, index_key
+from repository.repo import DamagedObject, Repository, index_key, warn_damaged
 
 log = structlog.get_logger(__name__)
 
@@ -62,6 +68,7 @@ class PruneResult:
     decisions: list[Decision] = field(default_factory=list)
     dry_run: bool = False
     sweep_deferred: str | None = None
+    sweep_limited: str | None = None  # swept, but kept every index (damaged manifests)
     indexes_deleted: int = 0
     chunks_deleted: int = 0
     bytes_freed: int = 0
@@ -83,6 +90,8 @@ class PruneResult:
         )
         if self.sweep_deferred:
             out.append(f"chunk sweep deferred: {self.sweep_deferred}")
+        if self.sweep_limited:
+            out.append(f"chunk sweep limited: {self.sweep_limited}")
         return out
 
 
@@ -123,8 +132,10 @@ def prune(
     now: datetime | None = None,
 ) -> PruneResult:
     now = now or datetime.now(UTC)
-    manifests = repo.manifests()
-    result = PruneResult(plan(manifests, rule_for, now, orphan_keep_days), dry_run)
+    manifests, damaged = repo.scan_manifests()
+    warn_damaged(damaged)
+    decisions = plan(manifests, rule_for, now, orphan_keep_days) + _keep_damaged(damaged)
+    result = PruneResult(sorted(decisions, key=lambda d: d.point_id), dry_run)
     reasons = {d.point_id: d.reason for d in result.decisions if d.delete}
     doomed = set(reasons)
     if not dry_run:
@@ -144,20 +155,53 @@ def prune(
         bytes=result.bytes_freed,
         dry_run=dry_run,
         deferred=bool(result.sweep_deferred),
+        limited=bool(result.sweep_limited),
     )
     return result
+
+
+def _keep_damaged(damaged: Sequence[DamagedObject]) -> list[Decision]:
+    """An unreadable point is never deleted: its VM, age and policy are unknown."""
+    return [
+        Decision(
+            d.point_id,
+            "?",
+            False,
+            f"manifest unreadable, kept with its chunks ({d.reason}); run `vigil verify`",
+        )
+        for d in damaged
+    ]
+
+
+def _live_indexes(repo: Repository, doomed: set[str], result: PruneResult) -> set[str]:
+    """Index ids the remaining points use. Re-listed under the lock: points committed
+    since planning count too; a point deleted meanwhile is simply gone."""
+    live: set[str] = set()
+    damaged: list[str] = []
+    for pid in repo.list_points():
+        if pid in doomed:
+            continue
+        try:
+            live.update(d.index_id for d in repo.load_manifest(pid).disks)
+        except PointNotFoundError:
+            continue
+        except ManifestError:
+            damaged.append(pid)
+    if damaged:
+        # Which indexes an unreadable manifest uses is unknown, so every stored index stays
+        # and so does every chunk any index references; crash debris still goes.
+        live.update(i.key.removeprefix("indexes/") for i in repo.backend.list("indexes/"))
+        result.sweep_limited = (
+            f"{len(damaged)} unreadable manifest(s) ({', '.join(damaged[:3])}): every index "
+            "and the chunks they reference were kept; run `vigil verify`"
+        )
+    return live
 
 
 def _sweep(
     repo: Repository, result: PruneResult, doomed: set[str], cutoff: float, dry_run: bool
 ) -> None:
-    live_indexes: set[str] = set()
-    # Re-list under the lock: points committed since planning must count too.
-    for pid in repo.list_points():
-        if pid in doomed:
-            continue
-        for d in repo.load_manifest(pid).disks:
-            live_indexes.add(d.index_id)
+    live_indexes = _live_indexes(repo, doomed, result)
     live_chunks: set[str] = set()
     for iid in live_indexes:
         try:

@@ -1,0 +1,76 @@
+"""A damaged chunk is healed by the next full backup that produces the same data,
+instead of being reused ("already exists") forever."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from repo_helpers import CHUNK, make_disk, read_back, vm, write_point
+from structlog.testing import capture_logs
+
+from repository import CorruptChunkError, Repository, verify
+from repository.codec import chunk_key
+from repository.repo import index_key
+
+
+def _flip(path: Path) -> None:
+    blob = bytearray(path.read_bytes())
+    blob[len(blob) // 2] ^= 0x01
+    path.write_bytes(bytes(blob))
+
+
+def test_full_backup_replaces_a_corrupt_chunk(repo: Repository) -> None:
+    disk = make_disk(4 * CHUNK, 5)
+    p1 = write_point(repo, vm(), {"d": disk})
+    bad = repo.disk_index(p1, "d")[1].ids[2]
+    _flip(repo.root / chunk_key(bad))
+    assert not verify(repo, read_data=True).ok
+
+    with capture_logs() as logs:
+        p2 = write_point(repo, vm(), {"d": disk})  # a full backup of the same data
+    assert any(
+        e["event"] == "repository.object_healed" and e["object"] == chunk_key(bad) for e in logs
+    )
+    report = verify(repo, read_data=True)
+    assert report.ok, report.lines()
+    assert read_back(repo, p1, "d") == disk  # the old point is whole again too
+    assert read_back(repo, p2, "d") == disk
+
+
+def test_full_backup_ignores_the_base_index_it_was_given(repo: Repository) -> None:
+    """Even with a base, a full (every slot put, verify_existing) must not trust it."""
+    disk = make_disk(3 * CHUNK, 6)
+    p1 = write_point(repo, vm(), {"d": disk})
+    bad = repo.disk_index(p1, "d")[1].ids[0]
+    _flip(repo.root / chunk_key(bad))
+    with repo.begin_point(vm()) as pw:
+        w = pw.disk_writer(len(disk), pw.previous_index("d"), verify_existing=True)
+        for s in range(3):
+            w.put(s, bytes(disk[s * CHUNK : (s + 1) * CHUNK]))
+        w.finish()
+    assert read_back(repo, p1, "d") == disk
+
+
+def test_incremental_still_reuses_without_reading(repo: Repository) -> None:
+    """The cheap path stays cheap: an incremental does not re-read what it reuses, so a
+    damaged chunk it does not touch stays damaged (and verify says so)."""
+    disk = make_disk(3 * CHUNK, 7)
+    p1 = write_point(repo, vm(), {"d": disk})
+    bad = repo.disk_index(p1, "d")[1].ids[1]
+    _flip(repo.root / chunk_key(bad))
+    changed = bytearray(disk)
+    changed[:4] = b"new!"
+    p2 = write_point(repo, vm(), {"d": changed}, changed={"d": {0}})
+    with pytest.raises(CorruptChunkError):
+        read_back(repo, p2, "d")
+    assert not verify(repo, read_data=True).ok
+
+
+def test_a_corrupt_index_is_replaced_when_the_same_index_is_stored(repo: Repository) -> None:
+    disk = make_disk(2 * CHUNK, 8)
+    p1 = write_point(repo, vm(), {"d": disk})
+    _flip(repo.root / index_key(repo.load_manifest(p1).disks[0].index_id))
+    write_point(repo, vm(), {"d": disk})
+    assert read_back(repo, p1, "d") == disk
+    assert verify(repo, read_data=True).ok
