@@ -9,6 +9,7 @@ import anyio
 
 from repository import Catalog, Manifest, Repository
 from repository.errors import (
+    ConfigTamperedError,
     PassphraseRequiredError,
     RepositoryError,
     RepositoryNotFoundError,
@@ -20,17 +21,9 @@ from .errors import UserError
 
 
 def _open(cfg: Config, create: bool) -> Repository:
-    passphrase = cfg.repository.passphrase()
     path = Path(cfg.repository.path)
     try:
-        return Repository.open(path, passphrase)
-    except RepositoryNotFoundError:
-        if not create:
-            raise UserError(
-                f"no repository at {path} (repository.path); `vigil backup` or `vigil watch` "
-                "creates it"
-            ) from None
-        return Repository.init(path, chunk_size=cfg.repository.chunk_size, passphrase=passphrase)
+        return _open_or_init(cfg, path, create)
     except WrongPassphraseError:
         raise UserError(
             f"wrong passphrase for the repository at {path}; check repository.passphrase_env "
@@ -41,8 +34,24 @@ def _open(cfg: Config, create: bool) -> Repository:
             f"the repository at {path} is encrypted: set repository.passphrase_env or "
             "repository.passphrase_file"
         ) from None
+    except ConfigTamperedError as exc:
+        raise UserError(str(exc)) from None  # already names the repository and the fix
     except RepositoryError as exc:
         raise UserError(f"repository {path}: {exc}") from None
+
+
+def _open_or_init(cfg: Config, path: Path, create: bool) -> Repository:
+    passphrase = cfg.repository.passphrase()
+    try:
+        return Repository.open(path, passphrase)
+    except RepositoryNotFoundError:
+        if not create:
+            raise UserError(
+                f"no repository at {path} (repository.path); `vigil backup` or `vigil watch` "
+                "creates it"
+            ) from None
+    # Two vigil processes may get here at once: init arbitrates, the loser joins the winner.
+    return Repository.init(path, chunk_size=cfg.repository.chunk_size, passphrase=passphrase)
 
 
 async def open_repository(cfg: Config, *, create: bool = False) -> Repository:

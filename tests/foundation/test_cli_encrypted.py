@@ -53,3 +53,27 @@ def test_encrypted_repository_backup_list_verify_and_wrong_passphrase(tmp_path, 
     assert "wrong passphrase" in wrong.stderr and "repository.passphrase_env" in wrong.stderr
     missing = vigil(cfg, "list", passphrase=None)
     assert missing.returncode == 2 and "VIGIL_TEST_PASSPHRASE is not set" in missing.stderr
+
+
+def test_a_replaced_cleartext_config_is_refused_not_written_in_plaintext(tmp_path, vcsim_fresh):
+    """The config is cleartext: swapping in an unencrypted one must not make vigil write
+    plaintext chunks or trust unkeyed manifests (an encryption downgrade)."""
+    from repository import Repository
+
+    cfg = tmp_path / "vigil.toml"
+    cfg.write_text(
+        f'[vcenter]\nurl = "{vcsim_fresh.url}"\nuser = "user"\npassword_env = "VIGIL_TEST_PW"\n'
+        '[repository]\npath = "repo"\npassphrase_env = "VIGIL_TEST_PASSPHRASE"\n'
+        '[policies]\npath = "pol"\n[transport]\nmodes = ["http"]\n'
+    )
+    secret = "correct horse battery staple"
+    assert vigil(cfg, "backup", "DC0_H0_VM0", passphrase=secret).returncode == 0
+    Repository.init(tmp_path / "plain", passphrase=None)
+    (tmp_path / "repo" / "config").write_bytes((tmp_path / "plain" / "config").read_bytes())
+    chunks_before = sorted(p.name for p in (tmp_path / "repo" / "chunks").rglob("*"))
+
+    b = vigil(cfg, "backup", "DC0_H0_VM0", "--full", passphrase=secret)
+    assert b.returncode == 2, b.stdout + b.stderr
+    assert "downgrade" in b.stderr and str(tmp_path / "repo") in b.stderr
+    assert "Traceback" not in b.stderr
+    assert sorted(p.name for p in (tmp_path / "repo" / "chunks").rglob("*")) == chunks_before
