@@ -128,7 +128,12 @@ class ResponseParser:
         elem: Any = None
         for _event, elem in self._p.read_events():
             if elem.tag in _OBJECT_TAGS:
-                objects.append(self._object(elem))
+                try:
+                    objects.append(self._object(elem))
+                except (ValueError, TypeError, AttributeError) as exc:
+                    # A value that contradicts its own xsi:type is as broken as bad XML:
+                    # the update set is unusable, so report it as a protocol error.
+                    raise self._malformed(f"{_describe(elem)}: {exc}") from exc
                 elem.clear()
         if elem is not None:
             self._root = elem  # the envelope is the last element to end
@@ -212,6 +217,23 @@ _OBJ = _VIM + "obj"
 _MISSING = _VIM + "missingSet"
 _PATH = _VIM + "path"
 _FAULT_VIM = _VIM + "fault"
+
+
+def _describe(elem: ElementTree.Element) -> str:
+    """Which object (and property) a broken objectSet is about, for the error message."""
+    obj = elem.find(_OBJ)
+    what = f"{obj.get('type', '?')} {obj.text or '?'}" if obj is not None else "an object"
+    for change in elem:
+        if change.tag not in _CHANGE_TAGS:
+            continue
+        val = change.find(_VAL)
+        if val is None:
+            continue
+        try:
+            _value(val)
+        except (ValueError, TypeError, AttributeError):
+            return f"{what}, property {change.findtext(_NAME) or '?'!r}"
+    return what
 
 
 def parse_response(method: str, data: bytes) -> UpdateSet | RetrieveResult | None:

@@ -2,7 +2,9 @@
 
 Expired sessions heal transparently: the first call that sees NotAuthenticated
 logs in again (single-flight: a hundred failing calls cause one login) and every
-such call is retried once.
+such call is retried once. The re-login is sent without a cookie and its cookie is
+installed only once it succeeded; calls in flight meanwhile keep the old one, and
+cookies in their answers are never taken (see SoapClient).
 """
 
 from __future__ import annotations
@@ -16,7 +18,14 @@ from typing import Any, TypeVar
 import structlog
 from pyVmomi import vmodl
 
-from .soap import Endpoint, SoapClient, VsphereError, VsphereFault
+from .soap import (
+    COOKIE_NAME,
+    Endpoint,
+    SoapClient,
+    VsphereError,
+    VsphereFault,
+    VsphereProtocolError,
+)
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -110,11 +119,14 @@ class Session:
     # -- calls -------------------------------------------------------------
 
     async def _login(self) -> None:
-        self.client.cookie = ""
+        # The first login authenticates the session the connection got (vCenter sets
+        # its cookie on RetrieveServiceContent); a re-login starts a new one.
+        sent = self.client.cookie if self._generation == 0 else ""
         try:
-            await self.client.call(
+            _result, cookie = await self.client.login(
                 self.content.sessionManager,
                 "Login",
+                cookie=sent,
                 userName=self._credentials.user,
                 password=self._credentials.password,
             )
@@ -124,6 +136,13 @@ class Session:
                     f"login failed for {self._credentials.user} at {self.endpoint.sdk_url}"
                 ) from None
             raise
+        cookie = cookie or sent
+        if not cookie:
+            raise VsphereProtocolError(
+                f"Login at {self.endpoint.sdk_url} succeeded but set no "
+                f"{COOKIE_NAME} cookie; is a proxy between vigil and vCenter dropping it?"
+            )
+        self.client.cookie = cookie
         self._generation += 1
         self.logins += 1
         log.info("vsphere.login", url=self.endpoint.sdk_url, user=self._credentials.user)

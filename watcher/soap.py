@@ -190,6 +190,12 @@ class SoapClient:
     """One HTTP connection pool and one session cookie, for one vCenter.
 
     Thread-unsafe by design (one event loop); concurrent coroutines are fine.
+
+    The cookie is taken from an answer only while the client has none (the initial
+    connection) and from `login()`. vCenter hands a fresh, unauthenticated session
+    cookie to any request whose cookie names no live session, so answers of calls that
+    were in flight while the session expired carry such cookies; taking them would
+    undo a concurrent re-login.
     """
 
     def __init__(self, endpoint: Endpoint, version: str | None = None) -> None:
@@ -242,15 +248,17 @@ class SoapClient:
         """Rebind a MoRef deserialized elsewhere to this client."""
         return type(mo)(mo._moId, self.stub)
 
-    def _headers(self) -> dict[str, str]:
+    def _headers(self, cookie: str | None = None) -> dict[str, str]:
+        """Request headers; `cookie` overrides the session cookie ("" sends none)."""
+        cookie = self.cookie if cookie is None else cookie
         h = {
             "Content-Type": "text/xml; charset=utf-8",
             "SOAPAction": f'"urn:{VmomiSupport.versionIdMap[self.version]}"'
             if VmomiSupport.versionIdMap.get(self.version)
             else '"urn:vim25"',
         }
-        if self.cookie:
-            h["Cookie"] = f"{COOKIE_NAME}={self.cookie}"
+        if cookie:
+            h["Cookie"] = f"{COOKIE_NAME}={cookie}"
         return h
 
     def _describe(self, exc: BaseException) -> str:
@@ -277,8 +285,24 @@ class SoapClient:
     ) -> Any:
         """Invoke `method` on managed object `mo` with keyword arguments."""
         info, body = self._serialize(mo, method, kwargs)
-        data, status = await self._post(body, method, timeout)
+        data, status, cookie = await self._post(body, method, timeout)
+        self._take_initial_cookie(cookie)
         return await self._decode(data, status, info, method)
+
+    async def login(
+        self, mo: Any, method: str, *, cookie: str, timeout: float | None = None, **kwargs: Any
+    ) -> tuple[Any, str]:
+        """Invoke a login method sending `cookie` ("" for none) instead of the session
+        cookie, and return its result and the session cookie it set ("" if none).
+        The client's cookie is left alone: the caller installs the new one once the
+        login succeeded, so calls in flight keep using the old one until then."""
+        info, body = self._serialize(mo, method, kwargs)
+        data, status, new_cookie = await self._post(body, method, timeout, cookie=cookie)
+        return await self._decode(data, status, info, method), new_cookie
+
+    def _take_initial_cookie(self, cookie: str) -> None:
+        if cookie and not self.cookie:
+            self.cookie = cookie
 
     async def call_streamed(
         self,
@@ -293,7 +317,8 @@ class SoapClient:
         downloads (a streaming parser builds only what it needs); returns the HTTP status.
         SOAP faults in the body are the parser's to report."""
         _info, body = self._serialize(mo, method, kwargs)
-        _data, status = await self._post(body, method, timeout, feed=feed)
+        _data, status, cookie = await self._post(body, method, timeout, feed=feed)
+        self._take_initial_cookie(cookie)
         return status
 
     async def _post(
@@ -302,16 +327,20 @@ class SoapClient:
         method: str,
         timeout: float | None,
         feed: Callable[[bytes], None] | None = None,
-    ) -> tuple[bytes, int]:
+        cookie: str | None = None,
+    ) -> tuple[bytes, int, str]:
+        """POST one request; returns the body (b"" when fed), the HTTP status and the
+        session cookie the answer set ("" if none) -- which the caller may ignore."""
         t = timeout if timeout is not None else self.endpoint.request_timeout
         try:
             async with asyncio.timeout(t):
                 async with self.http.post(
-                    self.endpoint.sdk_url, data=body, headers=self._headers()
+                    self.endpoint.sdk_url, data=body, headers=self._headers(cookie)
                 ) as resp:
+                    new_cookie = ""
                     for morsel in resp.cookies.values():
                         if morsel.key == COOKIE_NAME:
-                            self.cookie = morsel.value
+                            new_cookie = morsel.value
                     if resp.status not in (200, 500):
                         text = (await resp.read())[:200]
                         raise VsphereProtocolError(
@@ -319,10 +348,10 @@ class SoapClient:
                             f"{self.endpoint.sdk_url}: {text!r}"
                         )
                     if feed is None:
-                        return await resp.read(), resp.status
+                        return await resp.read(), resp.status, new_cookie
                     async for chunk in resp.content.iter_chunked(STREAM_CHUNK):
                         feed(chunk)
-                    return b"", resp.status
+                    return b"", resp.status, new_cookie
         except aiohttp.ServerFingerprintMismatch as exc:
             raise self._pin_error(exc) from None
         except TimeoutError as exc:

@@ -105,6 +105,15 @@ class TagClient:
 
     async def vm_tags(self) -> dict[str, frozenset[str]]:
         """VM MoRef value -> {"Category:Tag", ...} for every tagged VM."""
+        try:
+            return await self._vm_tags()
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            raise VsphereProtocolError(
+                f"tagging service at {self.endpoint.base_url}{BASE}: answer of an unexpected "
+                f"shape ({type(exc).__name__}: {exc}); tags stay as they were"
+            ) from exc
+
+    async def _vm_tags(self) -> dict[str, frozenset[str]]:
         cat_ids = await self._request("GET", "/tagging/category") or []
         tag_ids = await self._request("GET", "/tagging/tag") or []
         if not tag_ids:

@@ -11,7 +11,12 @@ vApp (vCenter gives it no folder parent, just `parentVApp`) gets the vApp's path
 "/DC0/host/C0/Resources/APP0/web-1". Names are vSphere's own (it escapes "/" as %2f).
 
 Identity = f"{vCenter about.instanceUuid}/{config.instanceUuid or config.uuid}"; a VM
-with neither (inaccessible, being created) falls back to its MoRef value.
+with neither (inaccessible, being created) falls back to its MoRef value. vCenter
+leaves `config` unset for a moment during outages and reconfigurations: a VM whose
+uuids go missing keeps the last known ones (and, when the whole config is gone, the
+last known config facts: template, guest id, annotation, CBT), so its identity never
+flips and a template never looks like a VM. Across a full resync that holds for the
+same MoRef *and* name only (a MoRef can be reused by another VM after a restart).
 
 Events after each `apply()` (all computed once the whole batch is applied, so the tree
 is consistent with every event): VmAdded, VmRemoved, VmRenamed (name changed),
@@ -87,6 +92,21 @@ _CHANGE_FIELDS = tuple(f.name for f in fields(VmNode) if f.name not in ("name", 
 
 VM = "VirtualMachine"
 _UNRESOLVED = object()
+
+
+class TreeUpdateError(Exception):
+    """An object's properties could not be turned into tree state (a value of an
+    unexpected shape). The VMs and their identities are left as they were before the
+    failing call; the objects may not be, so the caller must rebuild the tree from a
+    full read (the watcher resyncs)."""
+
+    def __init__(self, obj_type: str, moref: str, cause: BaseException) -> None:
+        self.obj_type = obj_type
+        self.moref = moref
+        super().__init__(
+            f"{obj_type} {moref}: cannot apply its properties "
+            f"({type(cause).__name__}: {cause}); the inventory must be re-read in full"
+        )
 
 
 @dataclass(slots=True)
@@ -167,7 +187,10 @@ class InventoryTree:
             obj = self._objs.get(key)
             if obj is None or up.kind == "enter":
                 obj = self._objs[key] = _Obj(up.obj.type, {})
-            _apply_changes(obj.props, up.changes)
+            try:
+                _apply_changes(obj.props, up.changes)
+            except Exception as exc:
+                raise TreeUpdateError(up.obj.type, key, exc) from exc
             if obj.type == VM:
                 touched.add(key)
             else:
@@ -179,15 +202,23 @@ class InventoryTree:
     def set_tags(self, tags: Mapping[str, frozenset[str]]) -> list[VmEvent]:
         """Replace the tag assignments (MoRef value -> {"Category:Tag"})."""
         changed = {k for k in set(self._tags) | set(tags) if self._tags.get(k) != tags.get(k)}
-        self._tags = {k: frozenset(v) for k, v in tags.items() if v}
-        return self._refresh(changed) if changed else []
+        previous, self._tags = self._tags, {k: frozenset(v) for k, v in tags.items() if v}
+        try:
+            return self._refresh(changed) if changed else []
+        except BaseException:
+            self._tags = previous  # so the next poll sees the same difference again
+            raise
 
     def set_field_names(self, names: Mapping[int, str]) -> list[VmEvent]:
         """Replace the custom field key -> name map (CustomFieldsManager.field)."""
         if dict(names) == self._field_names:
             return []
-        self._field_names = dict(names)
-        return self._refresh(None)
+        previous, self._field_names = self._field_names, dict(names)
+        try:
+            return self._refresh(None)
+        except BaseException:
+            self._field_names = previous
+            raise
 
     def sync_to(self, other: InventoryTree, *, take_tags: bool = False) -> list[VmEvent]:
         """Take over `other`'s objects (a fresh full read) and return the difference,
@@ -195,6 +226,14 @@ class InventoryTree:
         Tags stay unless `take_tags` (they are keyed by MoRef, so take them only when
         `other` carries tags read in the same session as its objects)."""
         old = self._vms
+        saved = (
+            self.vcenter_uuid,
+            self._objs,
+            self._field_names,
+            self._tags,
+            self._vms,
+            self._by_identity,
+        )
         self.vcenter_uuid = other.vcenter_uuid or self.vcenter_uuid
         self._objs = other._objs
         if other._field_names:
@@ -203,22 +242,51 @@ class InventoryTree:
             self._tags = dict(other._tags)
         self._vms = {}
         self._by_identity = {}
-        self._refresh(None)
+        try:
+            self._refresh(None, previous=old)
+        except BaseException:
+            # All or nothing: a half-taken snapshot would make the next diff wrong.
+            (
+                self.vcenter_uuid,
+                self._objs,
+                self._field_names,
+                self._tags,
+                self._vms,
+                self._by_identity,
+            ) = saved
+            raise
         return diff_by_identity(old, self._vms)
 
     # -- internals ---------------------------------------------------------------
 
-    def _refresh(self, candidates: set[str] | None) -> list[VmEvent]:
-        """Recompute the VmNodes of `candidates` (None: every VM) and diff them."""
+    def _refresh(
+        self, candidates: set[str] | None, previous: Mapping[str, VmNode] | None = None
+    ) -> list[VmEvent]:
+        """Recompute the VmNodes of `candidates` (None: every VM) and diff them.
+        `previous`: the nodes of a tree being replaced, to carry config facts over from
+        (else the current nodes)."""
         self._paths.clear()
         if candidates is None:
             candidates = set(self._vms)
             candidates.update(k for k, o in self._objs.items() if o.type == VM)
-        events: list[VmEvent] = []
+        # Build every node before changing any, so a failure leaves the VMs untouched.
+        built: list[tuple[str, VmNode | None, VmNode | None]] = []
         for key in candidates:
-            old = self._vms.get(key)
             obj = self._objs.get(key)
-            new = self._build(key, obj) if obj is not None and obj.type == VM else None
+            try:
+                if obj is None or obj.type != VM:
+                    new = None
+                elif previous is None:
+                    new = self._build(key, obj, self._vms.get(key), same_name=False)
+                else:
+                    new = self._build(key, obj, previous.get(key), same_name=True)
+            except TreeUpdateError:
+                raise
+            except Exception as exc:
+                raise TreeUpdateError(VM, key, exc) from exc
+            built.append((key, self._vms.get(key), new))
+        events: list[VmEvent] = []
+        for key, old, new in built:
             if new is None:
                 if old is not None:
                     del self._vms[key]
@@ -258,6 +326,8 @@ class InventoryTree:
                 result = "" if obj.type == "Folder" else _UNRESOLVED
                 self._paths[cur] = result
                 break
+            if not isinstance(parent, MoRef):
+                raise TreeUpdateError(obj.type, cur, TypeError(f"parent {parent!r} is no MoRef"))
             chain.append(cur)
             names.append(str(obj.props.get("name", cur)))
             cur = parent.value
@@ -286,7 +356,9 @@ class InventoryTree:
         path = self._container_path(ref.value)
         return None if path is _UNRESOLVED else path
 
-    def _build(self, key: str, obj: _Obj) -> VmNode | None:
+    def _build(self, key: str, obj: _Obj, last: VmNode | None, *, same_name: bool) -> VmNode | None:
+        """The node for VM `key`; `last` is its previous node, whose uuids and config
+        facts stand in while `config` is unset (only if the name matches, `same_name`)."""
         p = obj.props
         parent: MoRef | None = p.get("parent")
         pool: MoRef | None = p.get("resourcePool")
@@ -302,6 +374,20 @@ class InventoryTree:
         name = str(p.get("name", key))
         instance_uuid = p.get("config.instanceUuid") or None
         bios_uuid = p.get("config.uuid") or None
+        if last is not None and same_name and last.name != name:
+            last = None
+        config_unset = instance_uuid is None and bios_uuid is None
+        if last is not None:
+            instance_uuid = instance_uuid or last.instance_uuid
+            bios_uuid = bios_uuid or last.bios_uuid
+        if config_unset and last is not None:
+            template, guest_id = last.template, last.guest_id
+            annotation, cbt_enabled = last.annotation, last.cbt_enabled
+        else:
+            template = bool(p.get("config.template"))
+            guest_id = _opt_str(p.get("config.guestId"))
+            annotation = str(p.get("config.annotation") or "")
+            cbt_enabled = bool(p.get("config.changeTrackingEnabled"))
         ident = instance_uuid or bios_uuid or f"moref:{key}"
         host = p.get("runtime.host")
         attributes: dict[str, str] = {}
@@ -320,10 +406,10 @@ class InventoryTree:
             instance_uuid=instance_uuid,
             bios_uuid=bios_uuid,
             identity=f"{self.vcenter_uuid}/{ident}",
-            template=bool(p.get("config.template")),
-            guest_id=_opt_str(p.get("config.guestId")),
-            annotation=str(p.get("config.annotation") or ""),
-            cbt_enabled=bool(p.get("config.changeTrackingEnabled")),
+            template=template,
+            guest_id=guest_id,
+            annotation=annotation,
+            cbt_enabled=cbt_enabled,
             cbt_supported=bool(p.get("capability.changeTrackingSupported")),
             host=host.value if isinstance(host, MoRef) else None,
             datastores=tuple(d.value for d in p.get("datastore") or () if isinstance(d, MoRef)),
@@ -427,6 +513,7 @@ __all__ = [
     "InventoryTree",
     "MoRef",
     "ObjectUpdate",
+    "TreeUpdateError",
     "VmNode",
     "coalesce",
     "diff_by_identity",

@@ -12,8 +12,13 @@ Failures:
   resync whose events are exactly the old-vs-new difference matched by VM identity;
 - a vSphere fault from the collector (e.g. it vanished after a re-login): new
   collector and filter on the same session, full resync;
-- a malformed or non-SOAP response: logged, retried with the same version (vCenter
-  re-delivers everything after it);
+- a malformed or non-SOAP response (also a value that contradicts its xsi:type):
+  logged, retried with the same version (vCenter re-delivers everything after it);
+- an update the tree cannot apply, or any other unexpected exception: logged with the
+  object and the update version, then a new collector and filter and a full resync
+  (with backoff), so one odd object never ends the watch;
+- before every new collector the old one and its filter are destroyed (best effort),
+  so repeated faults never pile up filters on vCenter;
 - session expiry: healed inside the call (single-flight re-login).
 
 Every `reconcile_interval` a RetrievePropertiesEx snapshot is diffed against the
@@ -43,12 +48,16 @@ from .session import Credentials, Session
 from .soap import VsphereConnectionError, VsphereError, VsphereFault, VsphereProtocolError
 from .tags import TagClient
 from .traversal import inventory_filter_spec
-from .tree import InventoryTree, ObjectUpdate, coalesce
+from .tree import InventoryTree, ObjectUpdate, TreeUpdateError, coalesce
 
 log = structlog.get_logger(__name__)
 
 _STOP = object()
 WaitOptions = vmodl.query.PropertyCollector.WaitOptions
+
+
+class _ResyncNeeded(Exception):
+    """The tree may no longer match vCenter: rebuild it from a full read."""
 
 
 class Watcher:
@@ -84,6 +93,8 @@ class Watcher:
         self._closing = asyncio.Event()
         self._session: Session | None = None
         self._collector: Any = None
+        self._filter: Any = None
+        self._resync_requested = False  # set by the tag poller when the tree failed
         self._tags: TagClient | None = None
         self._version = ""
         self._next_reconcile = 0.0
@@ -107,9 +118,10 @@ class Watcher:
         attempt = 0
         try:
             while not self._closing.is_set():
+                session = None
                 try:
                     session = await self._ensure_session()
-                    if self._collector is None:
+                    if self._collector is None or self._resync_requested:
                         await self._resync(session)
                     attempt = 0
                     await self._follow(session)
@@ -124,13 +136,29 @@ class Watcher:
                         break
                     self.healthy = False
                     log.warning("watcher.collector_fault", error=str(exc), attempt=attempt)
-                    self._collector = None  # new collector + filter + full resync
+                    await self._discard_collector(session)  # new ones + full resync
                 except VsphereError as exc:
                     if self._closing.is_set():
                         break
                     self.healthy = False
                     log.warning("watcher.error", error=str(exc), attempt=attempt)
                     await self._drop_session()
+                except _ResyncNeeded:  # already logged with its context
+                    self.healthy = False
+                    await self._discard_collector(session)
+                except Exception as exc:
+                    # A bug or an answer of a shape nobody expected: the watch must go
+                    # on, from a clean full read.
+                    if self._closing.is_set():
+                        break
+                    self.healthy = False
+                    log.exception(
+                        "watcher.unexpected_error",
+                        error=f"{type(exc).__name__}: {exc}",
+                        moref=getattr(exc, "moref", None),
+                        attempt=attempt,
+                    )
+                    await self._discard_collector(session)
                 await self._backoff(attempt)
                 attempt += 1
         finally:
@@ -188,11 +216,28 @@ class Watcher:
                 await asyncio.wait_for(tags.close(), 2)
         if session is None:
             return
-        if collector is not None:
-            with contextlib.suppress(VsphereError, TimeoutError):
-                await session.call(collector, "DestroyPropertyCollector", timeout=2)
+        self._collector = collector
+        await self._discard_collector(session)
         with contextlib.suppress(VsphereError, TimeoutError):
             await asyncio.wait_for(session.close(), 5)
+
+    async def _discard_collector(self, session: Session | None) -> None:
+        """Destroy our filter and collector (best effort: they may be gone already)."""
+        collector, self._collector = self._collector, None
+        flt, self._filter = self._filter, None
+        if session is None:
+            return
+        for mo, method in ((flt, "DestroyPropertyFilter"), (collector, "DestroyPropertyCollector")):
+            if mo is None:
+                continue
+            try:
+                await session.call(mo, method, timeout=2)
+            except (VsphereConnectionError, TimeoutError):
+                return  # vCenter is away; its restart or the session's end cleans up
+            except VsphereError as exc:
+                # NotFound (e.g. after a re-login) is the normal case, not worth a warning.
+                if not (isinstance(exc, VsphereFault) and exc.fault_type.endswith("NotFound")):
+                    log.info("watcher.destroy_failed", method=method, error=str(exc))
 
     async def _backoff(self, attempt: int) -> None:
         delay = min(self.backoff_cap, self.backoff_base * 2**attempt) * random.uniform(0.5, 1.0)
@@ -204,16 +249,19 @@ class Watcher:
     async def _resync(self, session: Session) -> None:
         """New collector + filter, a complete read, and the diff against the old tree."""
         self.healthy = False
-        pc = session.client.bind(
+        self._resync_requested = False
+        await self._discard_collector(session)
+        self._collector = session.client.bind(
             await session.call(session.content.propertyCollector, "CreatePropertyCollector")
         )
-        await session.call(
-            pc,
-            "CreateFilter",
-            spec=inventory_filter_spec(session.content.rootFolder),
-            partialUpdates=False,
+        self._filter = session.client.bind(
+            await session.call(
+                self._collector,
+                "CreateFilter",
+                spec=inventory_filter_spec(session.content.rootFolder),
+                partialUpdates=False,
+            )
         )
-        self._collector = pc
         fresh = InventoryTree(session.vcenter_uuid, await read_field_names(session))
         tags_read = asyncio.create_task(self._read_tags())
         try:
@@ -243,8 +291,12 @@ class Watcher:
     async def _follow(self, session: Session) -> None:
         errors = 0
         while not self._closing.is_set():
+            if self._resync_requested:
+                raise _ResyncNeeded("requested")
             if self.reconcile_interval > 0 and time.monotonic() >= self._next_reconcile:
                 await self._reconcile(session)
+                if self._closing.is_set():
+                    return  # close() cancelled no wait while we reconciled: do not start one
             try:
                 updates, version = await self._wait(session, self._version, self.max_wait_seconds)
             except VsphereProtocolError as exc:
@@ -256,9 +308,25 @@ class Watcher:
                 continue
             errors = 0
             self._mark_alive()
-            self._version = version
             if updates:
-                self._emit(self.tree.apply(updates))
+                self._apply(updates, version)
+            self._version = version
+
+    def _apply(self, updates: list[ObjectUpdate], version: str) -> None:
+        """Apply one update set; one that fails is logged with its context and answered
+        by a full resync (the tree's VMs are unchanged, its objects may not be)."""
+        try:
+            events = self.tree.apply(updates)
+        except Exception as exc:
+            log.exception(
+                "watcher.apply_failed",
+                error=f"{type(exc).__name__}: {exc}",
+                moref=exc.moref if isinstance(exc, TreeUpdateError) else None,
+                version=version,
+                objects=len(updates),
+            )
+            raise _ResyncNeeded(str(exc)) from exc
+        self._emit(events)
 
     async def _wait(
         self, session: Session, version: str, max_wait: int
@@ -286,11 +354,20 @@ class Watcher:
     async def _reconcile(self, session: Session) -> None:
         self._next_reconcile = time.monotonic() + self.reconcile_interval
         # Drain what is already queued so only truly missed changes show up.
-        updates, self._version = await self._wait(session, self._version, 0)
+        updates, version = await self._wait(session, self._version, 0)
         if updates:
-            self._emit(self.tree.apply(updates))
+            self._apply(updates, version)
+        self._version = version
         snapshot = await read_snapshot(session)
-        events = self.tree.sync_to(snapshot)
+        try:
+            events = self.tree.sync_to(snapshot)
+        except Exception as exc:
+            log.exception(
+                "watcher.reconcile_failed",
+                error=f"{type(exc).__name__}: {exc}",
+                moref=exc.moref if isinstance(exc, TreeUpdateError) else None,
+            )
+            raise _ResyncNeeded(str(exc)) from exc
         if events:
             self.missed_updates += len(events)
             log.warning(
@@ -312,6 +389,9 @@ class Watcher:
         except VsphereError as exc:
             log.warning("watcher.tags_unreadable", error=str(exc))
             return None
+        except Exception as exc:  # tags are optional: never let them stop a resync
+            log.exception("watcher.tags_unreadable", error=f"{type(exc).__name__}: {exc}")
+            return None
 
     async def _poll_tags(self) -> None:
         if self.tag_interval <= 0:
@@ -330,8 +410,14 @@ class Watcher:
                 names = await read_field_names(session)
                 if names and self._session is session:
                     self._emit(self.tree.set_field_names(names))
-            except Exception:  # a poller bug must not end tag tracking for good
-                log.exception("watcher.tag_poll_failed")
+            except Exception as exc:  # a poller bug must not end tag tracking for good
+                log.exception(
+                    "watcher.tag_poll_failed",
+                    error=f"{type(exc).__name__}: {exc}",
+                    moref=exc.moref if isinstance(exc, TreeUpdateError) else None,
+                )
+                # The tree may be half-updated: the update loop rebuilds it.
+                self._resync_requested = True
 
     # -- helpers -------------------------------------------------------------------
 

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import random
+import re
+import secrets
 import time
+from collections import Counter
+from collections.abc import AsyncIterator
 
+import aiohttp
 import pytest
+from aiohttp import web
 
 from watcher.session import Credentials, LoginError, Session
 from watcher.soap import (
@@ -18,6 +25,7 @@ from watcher.soap import (
 from watcher.tasks import wait_for_task
 
 CREDS = Credentials("user", "pass")
+SOAP_METHOD = re.compile(rb"<(?:\w+:)?Body[^>]*>\s*<(?:\w+:)?(\w+)")
 
 
 def first_vm(session: Session):
@@ -158,3 +166,67 @@ async def test_task_wait_timeout_and_cancellation(make_vcsim):
         await wait_for_task(s, task, timeout=30)
         props = await s.properties(vm, ["runtime.powerState"])
         assert props["runtime.powerState"] == "poweredOff"
+
+
+@pytest.fixture
+async def vcenter_cookies(vcsim) -> AsyncIterator[tuple[str, Counter[str]]]:
+    """A proxy in front of the simulator that hands out cookies the way vCenter does:
+    an answer to a request whose cookie names no live session carries a new,
+    unauthenticated session cookie. Those answers are held back a little (0-300 ms),
+    so some arrive after a concurrent re-login. Yields (url, SOAP calls by method)."""
+    upstream = vcsim.url.rsplit("/sdk", 1)[0]
+    calls: Counter[str] = Counter()
+    http = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
+
+    async def handle(request: web.Request) -> web.Response:
+        body = await request.read()
+        method = SOAP_METHOD.search(body)
+        calls[method.group(1).decode() if method else request.path] += 1
+        headers = {
+            k: v for k, v in request.headers.items() if k.lower() in ("cookie", "soapaction")
+        }
+        headers["Content-Type"] = request.headers.get("Content-Type", "text/xml")
+        async with http.request(
+            request.method, upstream + request.path_qs, data=body, headers=headers
+        ) as resp:
+            data = await resp.read()
+            out = web.Response(status=resp.status, body=data)
+            out.headers["Content-Type"] = resp.headers.get("Content-Type", "text/xml")
+            for cookie in resp.headers.getall("Set-Cookie", []):
+                out.headers.add("Set-Cookie", cookie)
+        if b"NotAuthenticated" in data:
+            out.headers.add("Set-Cookie", f"vmware_soap_session={secrets.token_hex(20)}")
+            await asyncio.sleep(random.uniform(0, 0.3))
+        return out
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    yield f"http://127.0.0.1:{runner.addresses[0][1]}/sdk", calls
+    await runner.cleanup()
+    await http.close()
+
+
+async def test_relogin_is_not_undone_by_cookies_of_late_answers(vcsim, vcenter_cookies):
+    """The session is ended on the server while forty calls run. Every call succeeds,
+    with one Login: cookies that late NotAuthenticated answers carry must not replace
+    the cookie the re-login got."""
+    url, calls = vcenter_cookies
+    async with Session(Endpoint(url), CREDS, keepalive_interval=0) as s:
+        vm = await first_vm(s)
+        mgr = s.content.sessionManager
+        key = (await s.properties(mgr, ["currentSession"]))["currentSession"].key
+        async with Session(Endpoint(vcsim.url), CREDS) as admin:
+            await admin.call(admin.content.sessionManager, "TerminateSession", sessionId=[key])
+        results = await asyncio.gather(
+            *(s.properties(vm, ["name"]) for _ in range(40)), return_exceptions=True
+        )
+        failed = [r for r in results if isinstance(r, BaseException)]
+        assert not failed, f"{len(failed)} of 40 calls failed, first: {failed[0]!r}"
+        assert s.logins == 2 and calls["Login"] == 2
+        # and the healed session stays healed
+        assert (await s.properties(vm, ["name"]))["name"] == results[0]["name"]
+        assert calls["Login"] == 2

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from watcher.events import VmAdded, VmChanged, VmMoved, VmRemoved, VmRenamed
-from watcher.tree import Change, InventoryTree, MoRef, ObjectUpdate, coalesce
+from watcher.tree import Change, InventoryTree, MoRef, ObjectUpdate, TreeUpdateError, coalesce
 
 VC = "vc-uuid"
 
@@ -221,3 +223,91 @@ def test_sync_to_matches_by_identity_even_when_morefs_change():
 def test_coalesce_keeps_an_object_that_enters_and_leaves_in_one_update_set():
     ups = [vm("vm-1", "a"), leave("VirtualMachine", "vm-1"), leave("VirtualMachine", "vm-2")]
     assert [(u.kind, u.obj.value) for u in coalesce(ups)] == [("enter", "vm-1"), ("leave", "vm-2")]
+
+
+CONFIG_UNSET = {
+    "config.instanceUuid": None,
+    "config.uuid": None,
+    "config.template": None,
+    "config.guestId": None,
+    "config.annotation": None,
+    "config.changeTrackingEnabled": None,
+}
+
+
+def test_momentarily_unset_config_keeps_the_identity_and_config_facts():
+    """vCenter leaves `config` unset during outages and while a VM is being created or
+    reconfigured. That must not flip the identity to "moref:..." (a remove/add pair
+    downstream) nor make a template look like a VM."""
+    t = InventoryTree(VC)
+    t.apply(
+        [
+            *skeleton(),
+            vm(
+                "vm-1",
+                "tmpl",
+                **{
+                    "config.template": True,
+                    "config.guestId": "otherGuest",
+                    "config.annotation": "golden image",
+                    "config.changeTrackingEnabled": True,
+                },
+            ),
+        ]
+    )
+    before = t.get_vm("vm-1")
+    assert t.apply(modify("VirtualMachine", "vm-1", **CONFIG_UNSET)) == []
+    assert t.get_vm("vm-1") == before
+    assert t.find_vm_by_identity(f"{VC}/iu-vm-1") == before
+    # Other changes still come through, under the same identity.
+    events = t.apply(modify("VirtualMachine", "vm-1", name="tmpl-2"))
+    assert [type(e) for e in events] == [VmRenamed]
+    assert events[0].vm.identity == before.identity and events[0].vm.template is True
+    # The config coming back (unchanged) is no event either.
+    back = {
+        "config.instanceUuid": "iu-vm-1",
+        "config.uuid": "bu-vm-1",
+        "config.template": True,
+        "config.guestId": "otherGuest",
+        "config.annotation": "golden image",
+        "config.changeTrackingEnabled": True,
+    }
+    assert t.apply(modify("VirtualMachine", "vm-1", **back)) == []
+    # A config that comes back *changed* is reported as such.
+    events = t.apply(modify("VirtualMachine", "vm-1", **{"config.annotation": "v2"}))
+    assert events[0].changes == {"annotation": ("golden image", "v2")}
+
+
+def test_resync_while_config_is_unset_keeps_identity_by_moref_and_name():
+    t = InventoryTree(VC)
+    t.apply([*skeleton(), vm("vm-1", "web-1"), vm("vm-2", "web-2")])
+    before = {v.moref: v for v in t.vms()}
+    fresh = InventoryTree(VC)
+    fresh.apply([*skeleton(), vm("vm-1", "web-1", **CONFIG_UNSET), vm("vm-2", "web-2")])
+    assert t.sync_to(fresh) == []
+    assert {v.moref: v for v in t.vms()} == before
+    # A different VM under a reused MoRef (another name) is not given the old identity.
+    other = InventoryTree(VC)
+    other.apply([*skeleton(), vm("vm-1", "someone-else", **CONFIG_UNSET), vm("vm-2", "web-2")])
+    events = t.sync_to(other)
+    assert sorted(type(e).__name__ for e in events) == ["VmAdded", "VmRemoved"]
+    assert t.get_vm("vm-1").identity == f"{VC}/moref:vm-1"
+
+
+def test_a_value_the_tree_cannot_use_leaves_the_vms_untouched():
+    t = InventoryTree(VC)
+    t.apply([*skeleton(), vm("vm-1", "web-1"), vm("vm-2", "web-2")])
+    before = sorted(t.vms(), key=lambda v: v.moref)
+    bad = modify("VirtualMachine", "vm-2", parent="group-v3")  # a string, not a MoRef
+    with pytest.raises(TreeUpdateError) as exc:
+        t.apply([modify("VirtualMachine", "vm-1", name="web-01"), bad])
+    assert exc.value.moref == "vm-2" and "VirtualMachine vm-2" in str(exc.value)
+    assert sorted(t.vms(), key=lambda v: v.moref) == before  # nothing half-applied
+    # A snapshot the tree cannot take is not taken at all.
+    broken = InventoryTree(VC)
+    broken.apply([*skeleton(), vm("vm-1", "web-1")])
+    broken._objs["vm-1"].props["parent"] = "group-v3"
+    with pytest.raises(TreeUpdateError):
+        t.sync_to(broken)
+    assert sorted(t.vms(), key=lambda v: v.moref) == before
+    assert t.find_vm_by_identity(before[0].identity) == before[0]

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import aiohttp
 import pytest
 from aiohttp import web
+from structlog.testing import capture_logs
 from watchkit import watching
 
 from watcher.events import VmChanged, VmRemoved, VmRenamed
@@ -248,3 +249,76 @@ def test_parser_reads_retrieve_results_faults_and_refuses_junk():
         parse_response("WaitForUpdatesEx", b"<html><body>login</body></html>")
     with pytest.raises(VsphereProtocolError, match="starts with '<\\?xml"):
         parse_response("WaitForUpdatesEx", PAGE1[:300])
+
+
+def _retyped(update: bytes, old: str, new: str) -> bytes:
+    assert old.encode() in update
+    return update.replace(old.encode(), new.encode())
+
+
+# vCenter-shaped but wrong inside: the name carries an int type its text cannot be.
+BAD_VALUE = _retyped(RENAME, 'xsi:type="xsd:string">web-01', 'xsi:type="xsd:int">web-01')
+# Well-formed XML, parses fine, but a VM's parent is a bare string instead of a MoRef:
+# only applying it to the tree trips over it.
+BAD_PARENT = update_set(
+    "3", obj("modify", "VirtualMachine", "vm-101", name="web-01", parent="group-v3")
+)
+# The full read of the resync that follows: web-1 renamed meanwhile, db-1 unchanged.
+RESYNCED = update_set(
+    "7",
+    vm("vm-101", "web-01", "group-v10"),
+    vm("vm-102", "db-1", "group-v3"),
+    obj("enter", "Folder", "group-d1", name="Datacenters"),
+    obj("enter", "Folder", "group-v10", name="prod", parent=("Folder", "group-v3")),
+    obj("enter", "Folder", "group-v3", name="vm", parent=("Datacenter", "datacenter-2")),
+    obj("enter", "Datacenter", "datacenter-2", name="DC0", parent=("Folder", "group-d1")),
+)
+
+
+async def test_malformed_value_is_a_bad_response_and_the_loop_goes_on(proxy):
+    """A value the parser cannot read is a protocol error: logged with the method and
+    retried with the same version (vCenter re-delivers), not the end of the watch."""
+    proxy.script = [(200, PAGE1), (200, PAGE2), (200, BAD_VALUE), (200, RENAME), (200, LEAVE)]
+    with capture_logs() as logs:
+        async with watching(_Target(proxy.url), backoff_base=0.01) as (w, col):
+            # (the script runs on at once: events may already be in before `ready`)
+            col._seen = 0
+            await col.expect(lambda e: isinstance(e, VmRemoved), "VmRemoved after the retry")
+            assert [type(e).__name__ for e in col.events] == [
+                "VmAdded",
+                "VmAdded",
+                "VmRenamed",
+                "VmRemoved",
+            ]
+            assert col.events[2].vm.path == "/DC0/vm/prod/web-01"
+            assert w.bad_responses == 1 and w.healthy and w.resyncs == 1
+            assert [v for v, _ in proxy.waits[:5]] == ["", "1", "2", "2", "3"]
+    bad = [e for e in logs if e["event"] == "watcher.bad_response"]
+    assert len(bad) == 1
+    assert "WaitForUpdatesEx" in bad[0]["error"] and "vm-101" in bad[0]["error"]
+    assert "name" in bad[0]["error"]
+
+
+async def test_update_the_tree_cannot_apply_is_logged_and_resynced(proxy):
+    """An exception while applying an update set is logged with the object and the
+    version, the tree is rebuilt from a full read, and the events are exactly the
+    difference: the rename, no remove/add storm."""
+    proxy.script = [(200, PAGE1), (200, PAGE2), (200, BAD_PARENT), (200, RESYNCED), (200, LEAVE)]
+    with capture_logs() as logs:
+        async with watching(_Target(proxy.url), backoff_base=0.01) as (w, col):
+            col._seen = 0
+            removed = await col.expect(lambda e: isinstance(e, VmRemoved), "VmRemoved")
+            assert removed.vm.moref == "vm-102"
+            assert [type(e).__name__ for e in col.events] == [
+                "VmAdded",
+                "VmAdded",
+                "VmRenamed",
+                "VmRemoved",
+            ]
+            assert col.events[2].vm.path == "/DC0/vm/prod/web-01"
+            assert w.resyncs == 2 and w.healthy
+            assert [vm.path for vm in w.tree.vms()] == ["/DC0/vm/prod/web-01"]
+            assert [v for v, _ in proxy.waits[:5]] == ["", "1", "2", "", "7"]
+    failed = [e for e in logs if e["event"] == "watcher.apply_failed"]
+    assert len(failed) == 1
+    assert failed[0]["moref"] == "vm-101" and failed[0]["version"] == "3"

@@ -7,9 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
+from aiohttp import web
 from pyVmomi import vim
 
 from protector.simulator import Simulator
@@ -118,3 +123,91 @@ def vm_spec(name: str) -> Any:
     return vim.vm.ConfigSpec(
         name=name, guestId="otherGuest", files=vim.vm.FileInfo(vmPathName="[LocalDS_0]")
     )
+
+
+SOAP_METHOD = re.compile(rb"<(?:\w+:)?Body[^>]*>\s*<(?:\w+:)?(\w+)")
+FAULT = (
+    '<?xml version="1.0" encoding="UTF-8"?>\n'
+    '<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" '
+    'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><soapenv:Body>'
+    "<soapenv:Fault><faultcode>ServerFaultCode</faultcode><faultstring>{message}</faultstring>"
+    '<detail><{kind}Fault xmlns="urn:vim25" xsi:type="{kind}"></{kind}Fault></detail>'
+    "</soapenv:Fault></soapenv:Body></soapenv:Envelope>"
+)
+
+
+def soap_fault(kind: str, message: str = "") -> web.Response:
+    body = FAULT.format(kind=kind, message=message or kind).encode()
+    return web.Response(status=500, body=body, content_type="text/xml")
+
+
+_FORWARDED_HEADERS = {"cookie", "soapaction", "authorization", "vmware-api-session-id"}
+# (SOAP method, request body) -> an answer of the test's own, or None to forward
+Intercept = Callable[[str, bytes], web.Response | None]
+# (SOAP method, upstream answer body) -> the body to pass on
+Rewrite = Callable[[str, bytes], bytes]
+
+
+@dataclass
+class SoapProxy:
+    """A forwarding proxy in front of a simulator, where a test can answer a call
+    itself (`intercept`) or bend the simulator's answer (`rewrite`). Looks like a
+    Simulator to `watching()` and `connector()`. Calls are named by their SOAP method,
+    REST calls (the tagging service) by their path."""
+
+    sim: Simulator
+    intercept: Intercept | None = None
+    rewrite: Rewrite | None = None
+    calls: Counter[str] = field(default_factory=Counter)
+    answers: list[tuple[str, bytes]] = field(default_factory=list)  # forwarded ones
+    url: str = ""
+    _runner: web.AppRunner | None = None
+    _http: aiohttp.ClientSession | None = None
+
+    @property
+    def user(self) -> str:
+        return self.sim.user
+
+    @property
+    def password(self) -> str:
+        return self.sim.password
+
+    async def __aenter__(self) -> SoapProxy:
+        self._http = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/sdk"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._http is not None:
+            await self._http.close()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        found = SOAP_METHOD.search(body)
+        method = found.group(1).decode() if found else request.path
+        self.calls[method] += 1
+        if self.intercept is not None:
+            mine = self.intercept(method, body)
+            if mine is not None:
+                return mine
+        headers = {k: v for k, v in request.headers.items() if k.lower() in _FORWARDED_HEADERS}
+        headers["Content-Type"] = request.headers.get("Content-Type", "text/xml")
+        assert self._http is not None
+        upstream = self.sim.url.rsplit("/sdk", 1)[0] + request.path_qs
+        async with self._http.request(request.method, upstream, data=body, headers=headers) as r:
+            data = await r.read()
+            if self.rewrite is not None:
+                data = self.rewrite(method, data)
+            self.answers.append((method, data))
+            out = web.Response(status=r.status, body=data)
+            out.headers["Content-Type"] = r.headers.get("Content-Type", "text/xml")
+            for cookie in r.headers.getall("Set-Cookie", []):
+                out.headers.add("Set-Cookie", cookie)
+            return out

@@ -1,0 +1,144 @@
+"""The update loop against a live simulator whose answers a proxy breaks: faults
+that force a new collector, and values the parser cannot read."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+from structlog.testing import capture_logs
+from watchkit import SoapProxy, run_task, soap_fault, watching
+
+from watcher.events import VmChanged, VmRenamed
+from watcher.soap import Endpoint, VsphereFault
+from watcher.tags import TagClient
+
+
+async def wait_until(pred, what: str, timeout: float = 10.0) -> None:
+    for _ in range(int(timeout / 0.05)):
+        if pred():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"not within {timeout} s: {what}")
+
+
+async def test_forced_resyncs_leave_no_filters_or_collectors_behind(vcsim_fresh):
+    """Each collector fault makes the loop build a new collector and filter; the old
+    ones are destroyed first, so the number of live filters stays at one."""
+    faults = 0
+
+    def intercept(method: str, body: bytes):
+        nonlocal faults
+        if method == "WaitForUpdatesEx" and faults > 0 and b">-</version>" in body:
+            faults -= 1
+            return soap_fault("InvalidCollectorVersion", "collector version is invalid")
+        return None
+
+    async with (
+        SoapProxy(vcsim_fresh, intercept=intercept) as proxy,
+        watching(proxy, max_wait_seconds=1, backoff_base=0.01) as (w, col),
+    ):
+        session = w._session
+        for round_ in range(1, 4):
+            faults, target = 1, 1 + round_
+            await wait_until(lambda: w.resyncs == target and w.healthy, "a resync")  # noqa: B023
+        assert w._session is session  # a collector fault keeps the session
+        collectors = {
+            m.group(1).decode()
+            for method, data in proxy.answers
+            if method == "CreatePropertyCollector"
+            for m in [re.search(rb"<returnval[^>]*>([^<]+)</returnval>", data)]
+        }
+        assert len(collectors) == 4
+        live = 0
+        for value in collectors:
+            pc = session.moref("PropertyCollector", value)
+            try:
+                filters = (await session.properties(pc, ["filter"])).get("filter") or []
+            except VsphereFault as exc:
+                assert exc.fault_type == "ManagedObjectNotFound"
+                continue
+            live += len(filters)
+        assert live == 1, f"{live} filters alive after 3 forced resyncs"
+        # and the loop still follows changes
+        vm = w.tree.vms()[0]
+        await run_task(
+            session, session.moref("VirtualMachine", vm.moref), "Rename_Task", newName="after"
+        )
+        await col.expect(lambda e: isinstance(e, VmRenamed), "VmRenamed")
+        assert not [e for e in col.events[len(col.initial) :] if not isinstance(e, VmRenamed)]
+
+
+async def test_unreadable_value_in_a_live_answer_is_retried_and_reconciled(vcsim_fresh):
+    """One WaitForUpdatesEx answer carries a value that contradicts its xsi:type. The
+    loop logs it and goes on (the next rename is seen at once), and the change that
+    answer carried comes back through the reconcile (the simulator, unlike vCenter,
+    does not re-deliver it)."""
+    broken = 0
+
+    def rewrite(method: str, data: bytes) -> bytes:
+        nonlocal broken
+        if method == "WaitForUpdatesEx" and b">lost-rename<" in data and not broken:
+            broken += 1
+            return re.sub(
+                rb':type="xsd:string">lost-rename<', b':type="xsd:int">lost-rename<', data
+            )
+        return data
+
+    async with (
+        SoapProxy(vcsim_fresh, rewrite=rewrite) as proxy,
+        watching(proxy, max_wait_seconds=1, reconcile_interval=3, backoff_base=0.01) as (
+            w,
+            col,
+        ),
+    ):
+        session = w._session
+        first, second = sorted(w.tree.vms(), key=lambda v: v.name)[:2]
+        await run_task(
+            session,
+            session.moref("VirtualMachine", first.moref),
+            "Rename_Task",
+            newName="lost-rename",
+        )
+        await wait_until(lambda: w.bad_responses == 1, "the bad answer")
+        assert broken == 1 and w.tree.get_vm(first.moref).name == first.name
+        await run_task(
+            session, session.moref("VirtualMachine", second.moref), "Rename_Task", newName="seen"
+        )
+        ev = await col.expect(lambda e: isinstance(e, VmRenamed), "the next rename")
+        assert ev.vm.moref == second.moref
+        ev = await col.expect(lambda e: isinstance(e, VmRenamed), "the reconciled rename")
+        assert (ev.vm.moref, ev.new_name) == (first.moref, "lost-rename")
+        assert w.missed_updates == 1 and w.healthy and w.resyncs == 1
+
+
+async def test_tag_service_answers_of_the_wrong_shape_do_not_stop_the_watch(vcsim_fresh):
+    """The tagging service answers JSON of an unexpected shape. The inventory is
+    synced without tags (logged), and tags are picked up once the answers are sane."""
+    sim = vcsim_fresh
+    admin_tags = TagClient(Endpoint(sim.url), sim.user, sim.password)
+    breaking = True
+
+    def rewrite(method: str, data: bytes) -> bytes:
+        if breaking and method.startswith("/rest/com/vmware/cis/tagging/tag/id:"):
+            return b'{"value": ["not", "a", "tag"]}'
+        return data
+
+    try:
+        tag = await admin_tags.create_tag(await admin_tags.create_category("backup"), "gold")
+        async with SoapProxy(sim, rewrite=rewrite) as proxy:
+            with capture_logs() as logs:
+                async with watching(proxy, tag_interval=0.5) as (w, col):
+                    assert len(w.tree) > 0 and w.healthy
+                    vm = w.tree.vms()[0]
+                    await admin_tags.attach(tag, vm.moref)
+                    await asyncio.sleep(1.2)  # two polls, both unreadable
+                    assert w.tree.get_vm(vm.moref).tags == frozenset()
+                    breaking = False
+                    ev = await col.expect(lambda e: isinstance(e, VmChanged), "tags", 2.5)
+                    assert ev.changes == {"tags": (frozenset(), frozenset({"backup:gold"}))}
+            unreadable = [e for e in logs if e["event"] == "watcher.tags_unreadable"]
+            assert len(unreadable) >= 2
+            assert "tagging service" in unreadable[0]["error"]
+    finally:
+        await admin_tags.close()
