@@ -111,6 +111,20 @@ class DaemonConfig:
     prune_at: str = "07:00"
     retry_attempts: int = 3
     retry_backoff: float = 60.0
+    # After the last retry a VM waits retry_backoff doubled per consecutive failure, at most
+    # this long (or its RPO, whichever is smaller) before it is tried again.
+    failure_cooldown_max: float = 3600.0
+    # How long the daily prune may hold back new backups so its chunk sweep gets the lock.
+    prune_max_pause: float = 900.0
+
+
+def parse_hhmm(value: str) -> tuple[int, int] | None:
+    """(hour, minute) of a 24-hour "HH:MM", or None when it is not one."""
+    hh, sep, mm = value.partition(":")
+    if not sep or not (hh.isdigit() and mm.isdigit()) or len(hh) > 2 or len(mm) != 2:
+        return None
+    h, m = int(hh), int(mm)
+    return (h, m) if h < 24 and m < 60 else None
 
 
 @dataclass(frozen=True)
@@ -163,6 +177,8 @@ _SCHEMA: dict[str, dict[str, tuple[Any, bool]]] = {
         "prune_at": (str, False),
         "retry_attempts": (int, False),
         "retry_backoff": ((int, float), False),
+        "failure_cooldown_max": ((int, float), False),
+        "prune_max_pause": ((int, float), False),
     },
 }
 _REQUIRED_SECTIONS = ("vcenter", "repository", "policies")
@@ -299,6 +315,17 @@ def parse_config(doc: dict[str, Any], path: str) -> Config:
                     f"daemon.status_listen: {listen} is reachable from the network; set "
                     "daemon.status_token_env so the status page requires a bearer token"
                 )
+
+    prune_at = d.get("prune_at")
+    if prune_at is not None and parse_hhmm(prune_at) is None:
+        problems.append(
+            f'daemon.prune_at: must be a 24-hour time "HH:MM" such as "07:00", got {prune_at!r}'
+        )
+    if d.get("retry_attempts", 1) < 1:
+        problems.append(f"daemon.retry_attempts: must be at least 1, got {d['retry_attempts']}")
+    for key in ("retry_backoff", "failure_cooldown_max", "prune_max_pause"):
+        if key in d and d[key] <= 0:
+            problems.append(f"daemon.{key}: must be more than 0 seconds, got {d[key]}")
 
     p = values.get("policies", {})
     if "path" in p:

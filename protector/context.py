@@ -27,10 +27,18 @@ class Context:
 
     @classmethod
     def create(
-        cls, cfg: Config, session: Session, repo: Repository, catalog: Catalog | None
+        cls,
+        cfg: Config,
+        session: Session,
+        repo: Repository,
+        catalog: Catalog | None,
+        *,
+        io_limiter: anyio.CapacityLimiter | None = None,
     ) -> Context:
+        """`io_limiter`: share one across concurrent jobs (the daemon) so the process as a
+        whole runs at most `limits.io_threads` disk I/O threads; default, one of its own."""
         n = cfg.limits.io_threads
-        return cls(cfg, session, repo, catalog, n, anyio.CapacityLimiter(n))
+        return cls(cfg, session, repo, catalog, n, io_limiter or anyio.CapacityLimiter(n))
 
     async def record_point(self, point_id: str) -> None:
         """Mirror a committed point into the catalog (the manifest is the truth)."""

@@ -30,6 +30,7 @@ from policies.model import Policy
 from policies.reload import PolicyStore, ReloadOutcome
 from policies.schedule import in_window, next_run
 from repository import Repository, prune
+from repository.prune import PruneResult
 from watcher.events import VmAdded, VmChanged, VmEvent, VmMoved, VmRemoved, VmRenamed
 from watcher.session import Session
 from watcher.soap import VsphereError
@@ -37,16 +38,17 @@ from watcher.traversal import inventory_filter_spec
 from watcher.updates import Watcher
 
 from .backup import backup_vm
-from .config import Config
+from .config import Config, parse_hhmm
 from .connect import make_session
 from .context import Context
 from .errors import UserError
 from .jobs import JobRecord, JobRequest, JobRunner, Limits
 from .metrics import Metrics
-from .policyaccess import options_of, retention_rules, vm_facts
+from .policyaccess import PruneScope, options_of, retention_rules, vm_facts
 from .repoaccess import open_catalog, open_repository
 from .snapshots import SNAPSHOT_NAME, is_leftover, remove_snapshot, walk_snapshots
 from .status import StatusServer
+from .vmlock import VmBusyError
 
 log = structlog.get_logger(__name__)
 
@@ -71,6 +73,10 @@ def format_age(seconds: float | None) -> str:
     return f"{s // 86400}d"
 
 
+def _iso(ts: float | None) -> str | None:
+    return datetime.fromtimestamp(ts, UTC).isoformat() if ts is not None else None
+
+
 @dataclass
 class VmState:
     newest_good: datetime | None = None
@@ -86,6 +92,7 @@ class DaemonStats:
     triggered: int = 0
     scheduled: int = 0
     orphaned: int = 0
+    prune_failures: int = 0
 
 
 class Daemon:
@@ -112,12 +119,41 @@ class Daemon:
         self.status: StatusServer | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._bg: set[asyncio.Task[Any]] = set()
-        self._last_prune: datetime | None = None
+        self.crashed: str | None = None  # the internal task whose crash stopped the daemon
+        self.last_prune: dict[str, Any] | None = None
+        self._io_limiter: anyio.CapacityLimiter | None = None  # one for every job
 
     # -- lifecycle ---------------------------------------------------------------------
 
+    def _preflight(self) -> str:
+        """Refuse settings that would silently weaken security; returns the status token."""
+        cfg = self.cfg
+        token = ""
+        env = cfg.daemon.status_token_env
+        if env:
+            token = os.environ.get(env, "")
+            if not token:
+                # Starting anyway would serve the status page to anyone, unauthenticated.
+                raise UserError(
+                    f"{cfg.path}: daemon.status_token_env names the environment variable "
+                    f"{env}, which is unset or empty; set it to the bearer token in the "
+                    "daemon's environment (e.g. systemd EnvironmentFile=), or remove "
+                    "daemon.status_token_env to serve the status page without a token"
+                )
+        vc = cfg.vcenter
+        if not vc.verify_tls and not vc.thumbprint and vc.url.startswith("https:"):
+            log.warning(
+                "daemon.tls_unverified",
+                vcenter=vc.url,
+                risk="anyone on the path can impersonate vCenter and read the password",
+                next_step="pin the certificate with vcenter.thumbprint (SHA-256) or set "
+                "vcenter.verify_tls = true",
+            )
+        return token
+
     async def run(self, *, install_signals: bool = True) -> int:
         cfg = self.cfg
+        token = self._preflight()
         try:
             self.policies = PolicyStore(cfg.policies_path, inventory=self._all_facts)
         except PolicyLoadError as exc:
@@ -136,10 +172,9 @@ class Daemon:
             Limits(lim.concurrent_backups, lim.per_host, lim.per_datastore),
             retry_attempts=cfg.daemon.retry_attempts,
             retry_backoff=cfg.daemon.retry_backoff,
+            cooldown_max=cfg.daemon.failure_cooldown_max,
+            retry_later=(VmBusyError,),  # a restore elsewhere holds the VM: not a failure
             on_finish=self._job_finished,
-        )
-        token = (
-            os.environ.get(cfg.daemon.status_token_env, "") if cfg.daemon.status_token_env else ""
         )
         self.status = StatusServer(
             self.status_data,
@@ -169,6 +204,10 @@ class Daemon:
             await self.stopping.wait()
         finally:
             await self._shutdown()
+        if self.crashed is not None:
+            # Exit 1 so the service manager sees a failure and restarts us.
+            log.error("daemon.exit_after_crash", task=self.crashed)
+            return 1
         return 0
 
     def _spawn(self, coro: Any, name: str) -> None:
@@ -181,8 +220,9 @@ class Daemon:
             return
         exc = task.exception()
         if exc is not None:
-            log.error("daemon.task_crashed", task=task.get_name(), error=repr(exc))
+            log.error("daemon.task_crashed", task=task.get_name(), error=repr(exc), exc_info=exc)
             self.errors.append(f"internal task {task.get_name()} crashed: {exc!r}")
+            self.crashed = self.crashed or task.get_name()
             self.stopping.set()
 
     def _background(self, coro: Any) -> None:
@@ -289,7 +329,13 @@ class Daemon:
             now or datetime.now(UTC),
             tz=self.tz,
         )
-        self.due[key] = nr.start
+        start = nr.start
+        # A VM whose retries are used up waits out its cooldown, or the scheduler would find
+        # it due at once and fail it again in a tight loop.
+        until = self.runner.cooldown_until.get(key) if self.runner else None
+        if until is not None:
+            start = max(start, datetime.fromtimestamp(until, UTC))
+        self.due[key] = start
 
     # -- events ------------------------------------------------------------------------
 
@@ -365,24 +411,37 @@ class Daemon:
         elif isinstance(ev, VmChanged) and "power_state" in ev.changes:
             _, now_state = ev.changes["power_state"]
             if now_state == "poweredOff" and policy.trigger.on_power_off:
-                self._submit(node, policy, "guest powered off", immediate=True)
+                self._trigger_if_due(node, policy, "guest powered off")
         self._wake.set()
 
     def _maybe_trigger(self, node: Any, policy: Policy, reason: str) -> None:
-        if policy.trigger.on_match != "immediate":
-            return
+        if policy.trigger.on_match == "immediate":
+            self._trigger_if_due(node, policy, reason)
+
+    def _trigger_if_due(self, node: Any, policy: Policy, reason: str) -> None:
+        """An event-triggered backup, unless the VM has a fresh point or the policy's window
+        is closed (the scheduler then takes it in the window)."""
         now = datetime.now(UTC)
         if self._fresh(node.identity, policy, now):
-            log.info("daemon.trigger_skipped", vm=node.path, reason="a good point within the RPO")
+            log.info(
+                "daemon.trigger_skipped",
+                vm=node.path,
+                trigger=reason,
+                why="a good point within the RPO",
+            )
             return
         window = policy.schedule.window
         if window and not policy.trigger.outside_window:
             if not in_window(window, now.astimezone(self.tz).time()):
-                log.info("daemon.trigger_deferred", vm=node.path, until="the backup window")
+                log.info(
+                    "daemon.trigger_deferred", vm=node.path, trigger=reason, until="the window"
+                )
                 return
         self._submit(node, policy, reason, immediate=True)
 
-    def _submit(self, node: Any, policy: Policy, reason: str, *, immediate: bool) -> bool:
+    def _submit(
+        self, node: Any, policy: Policy, reason: str, *, immediate: bool, manual: bool = False
+    ) -> bool:
         assert self.runner is not None
         key = node.identity
         st = self.state.get(key)
@@ -400,6 +459,8 @@ class Daemon:
                 reason=reason,
                 deadline=time.time() if immediate else deadline,
                 policy=policy.name,
+                manual=manual,
+                cooldown_cap=policy.schedule.rpo.total_seconds(),
             )
         )
         if ok:
@@ -415,7 +476,7 @@ class Daemon:
         policy = self._policy(self.winners.get(node.identity)) if node else None
         if node is None or policy is None:
             raise LookupError(f"{moref} is not a VM that a policy protects")
-        return self._submit(node, policy, reason, immediate=True)
+        return self._submit(node, policy, reason, immediate=True, manual=True)
 
     # -- policies ----------------------------------------------------------------------
 
@@ -468,6 +529,10 @@ class Daemon:
                     continue
                 if self.runner.busy(key):
                     continue
+                if self.runner.in_cooldown(key):
+                    self._reschedule(key, now)  # due again when the cooldown ends
+                    soonest = min(soonest, self.due.get(key, soonest))
+                    continue
                 node = self.watcher.tree.find_vm_by_identity(key)
                 policy = self._policy(self.winners.get(key))
                 if node is None or policy is None:
@@ -490,7 +555,7 @@ class Daemon:
             raise RuntimeError(f"VM {req.vm_name} is no longer in the inventory")
         policy = self._policy(self.winners.get(req.vm_key)) or self._policy(req.policy)
         session = await self.session()
-        ctx = Context.create(self.cfg, session, self.repo, self.catalog)
+        ctx = self._job_context(session)
         vm = session.moref("VirtualMachine", node.moref)
         result = await backup_vm(
             ctx, vm, options_of(policy, full=req.full), path=node.path, job_id=f"job-{rec.id}"
@@ -509,6 +574,14 @@ class Daemon:
             (result.finished_at - result.started_at).total_seconds()
         )
 
+    def _job_context(self, session: Session) -> Context:
+        """A job's context; all jobs share one I/O limiter, so concurrent backups together
+        use at most limits.io_threads threads (made here: it needs the running loop)."""
+        if self._io_limiter is None:
+            self._io_limiter = anyio.CapacityLimiter(self.cfg.limits.io_threads)
+        repo: Any = self.repo  # set by run() before any job
+        return Context.create(self.cfg, session, repo, self.catalog, io_limiter=self._io_limiter)
+
     def _job_finished(self, req: JobRequest, rec: JobRecord) -> None:
         self.metrics.jobs.labels(rec.outcome).inc()
         if rec.outcome == "failed":
@@ -517,7 +590,7 @@ class Daemon:
             self.errors.append(f"{req.vm_name}: backup attempt {rec.attempt} failed: {rec.error}")
         self._reschedule(req.vm_key)
         self._wake.set()
-        if self.catalog is not None and rec.outcome != "running":
+        if self.catalog is not None:  # on_finish only ever sees a finished record
             self._background(self._record_job(rec))
 
     async def _record_job(self, rec: JobRecord) -> None:
@@ -555,31 +628,100 @@ class Daemon:
 
     async def _pruner(self) -> None:
         await self.ready.wait()
-        hh, _, mm = self.cfg.daemon.prune_at.partition(":")
+        hhmm = parse_hhmm(self.cfg.daemon.prune_at)
+        assert hhmm is not None, "validated by load_config"
         while not self.stopping.is_set():
             now = datetime.now(self.tz)
-            at = now.replace(hour=int(hh), minute=int(mm or 0), second=0, microsecond=0)
+            at = now.replace(hour=hhmm[0], minute=hhmm[1], second=0, microsecond=0)
             if at <= now:
                 at += timedelta(days=1)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), (at - now).total_seconds())
+            await self._wait_in_sync()
             if not self.stopping.is_set():
-                await self.prune_now()
+                await self._scheduled_prune()
 
-    async def prune_now(self, *, dry_run: bool = False) -> Any:
-        assert self.repo is not None and self.policies is not None
-        rule_for = retention_rules(self.policies.current, dict(self.winners), self.tz)
-        result = await anyio.to_thread.run_sync(
-            lambda: prune(
-                self.repo,
-                rule_for,
-                dry_run=dry_run,
-                orphan_keep_days=self.cfg.repository.orphan_keep_days,
+    async def _scheduled_prune(self) -> None:
+        """The daily prune; a failure is logged and counted and tomorrow's run goes ahead."""
+        try:
+            await self.prune_now()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.stats.prune_failures += 1
+            log.error("daemon.prune_failed", error=repr(exc), exc_info=exc)
+            self.errors.append(f"prune failed (next try tomorrow): {exc!r}")
+            self.last_prune = {
+                "at": datetime.now(UTC).isoformat(),
+                "outcome": "failed",
+                "error": repr(exc),
+            }
+
+    def in_sync(self) -> bool:
+        """Whether the inventory is live and complete: only then can prune tell an orphan
+        from a VM it merely cannot see."""
+        return self.ready.is_set() and self.healthy()
+
+    async def _wait_in_sync(self) -> None:
+        if self.in_sync():
+            return
+        log.warning("daemon.prune_waiting", until="the vCenter inventory is live and in sync")
+        while not self.in_sync() and not self.stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), 5)
+
+    def _prune_scope(self) -> PruneScope:
+        """Evaluated afresh from the tree, not from events that may still be queued."""
+        assert self.watcher is not None and self.policies is not None
+        compiled = self.policies.compiled
+        return PruneScope.of(self.watcher.tree.vms(), lambda f: evaluate_one(compiled, f))
+
+    async def prune_now(self, *, dry_run: bool = False) -> PruneResult | None:
+        """Apply retention and sweep; None when deferred because the inventory is not in
+        sync (every VM would look like an orphan)."""
+        assert self.repo is not None and self.policies is not None and self.runner is not None
+        started = datetime.now(UTC)
+        if not self.in_sync():
+            reason = "the vCenter inventory is not live and in sync; orphans cannot be told"
+            log.warning("daemon.prune_deferred", reason=reason)
+            self.last_prune = {"at": started.isoformat(), "outcome": "deferred", "reason": reason}
+            return None
+        rule_for = retention_rules(self.policies.current, self._prune_scope(), self.tz)
+        max_pause = self.cfg.daemon.prune_max_pause
+        if not dry_run:
+            # Backups hold the repository lock shared; with new ones starting all the time
+            # the sweep would never get it exclusive. Hold them back, for a bounded time.
+            self.runner.pause("prune: chunk sweep")
+        try:
+            if not dry_run:
+                await self.runner.wait_idle_running(max_pause)
+            left = max(5.0, max_pause - (datetime.now(UTC) - started).total_seconds())
+            result = await anyio.to_thread.run_sync(
+                lambda: prune(
+                    self.repo,
+                    rule_for,
+                    dry_run=dry_run,
+                    orphan_keep_days=self.cfg.repository.orphan_keep_days,
+                    lock_timeout=left,
+                )
             )
-        )
+        finally:
+            self.runner.resume()
         for line in result.lines()[-2:]:
             log.info("daemon.prune", result=line)
-        self._last_prune = datetime.now(UTC)
+        self.last_prune = {
+            "at": started.isoformat(),
+            "outcome": "done",
+            "dry_run": dry_run,
+            "seconds": round((datetime.now(UTC) - started).total_seconds(), 1),
+            "points_deleted": len(result.deleted_points),
+            "indexes_deleted": result.indexes_deleted,
+            "chunks_deleted": result.chunks_deleted,
+            "bytes_freed": result.bytes_freed,
+            "sweep_deferred": result.sweep_deferred,
+        }
+        if result.sweep_deferred:
+            self.errors.append(f"prune: chunk sweep deferred: {result.sweep_deferred}")
         return result
 
     # -- status ------------------------------------------------------------------------
@@ -594,22 +736,10 @@ class Daemon:
             policy = self._policy(self.winners.get(key))
             st = self.state.get(key)
             age = (now - st.newest_good).total_seconds() if st and st.newest_good else None
-            if key in self.runner.running:
-                state = "running"
-            elif key in self.runner.queued or key in self.runner.retry_timers:
-                state = "queued"
-            elif key in self.runner.failures:
-                state = "failing"
-            elif key in self.conflicts:
-                state = "conflict"
-            elif policy is None:
-                state = "unprotected"
-            elif age is None or age > policy.schedule.rpo.total_seconds():
-                state = "breached"
-            elif age > 0.9 * policy.schedule.rpo.total_seconds():
-                state = "due"
-            else:
-                state = "ok"
+            breached = policy is not None and (
+                age is None or age > policy.schedule.rpo.total_seconds()
+            )
+            state = self._state_of(key, policy, age, breached)
             rpo = policy.schedule.rpo.total_seconds() if policy else None
             out.append(
                 {
@@ -629,10 +759,31 @@ class Daemon:
                     "rpo_seconds": rpo,
                     "rpo_text": format_age(rpo),
                     "next_run": self.due[key].isoformat() if key in self.due else None,
+                    "breached": breached,
                     "last_error": st.last_error if st else "",
+                    "consecutive_failures": self.runner.consecutive_failures.get(key, 0),
+                    "retry_at": _iso(self.runner.cooldown_until.get(key)),
                 }
             )
         return out
+
+    def _state_of(self, key: str, policy: Policy | None, age: float | None, breached: bool) -> str:
+        """One word per VM; an RPO breach is also a flag of its own, whatever the state."""
+        assert self.runner is not None
+        if key in self.runner.running:
+            return "running"
+        if key in self.runner.failures:
+            return "failing"  # retries used up; cooling down or trying again
+        if key in self.runner.queued or key in self.runner.retry_timers:
+            return "queued"
+        if key in self.conflicts:
+            return "conflict"
+        if policy is None:
+            return "unprotected"
+        if breached:
+            return "breached"
+        assert age is not None
+        return "due" if age > 0.9 * policy.schedule.rpo.total_seconds() else "ok"
 
     def status_data(self) -> dict[str, Any]:
         vms = self.vm_status()
@@ -646,6 +797,7 @@ class Daemon:
             "healthy": self.healthy(),
             "inventory_lag_seconds": self.watcher.lag_seconds if self.watcher else None,
             "counts": counts,
+            "breached": sum(1 for v in vms if v["breached"]),
             "vms": vms,
             "jobs": {
                 "running": [r.as_dict() for _, r, _ in runner.running.values()] if runner else [],
@@ -657,6 +809,8 @@ class Daemon:
                 "outcomes": dict(runner.outcomes) if runner else {},
                 "coalesced": runner.coalesced if runner else 0,
             },
+            "prune": self.last_prune,
+            "dispatch_paused": runner.paused if runner else None,
             "errors": list(self.errors),
             "policy_errors": [str(e) for e in self.policies.errors] if self.policies else [],
             "stats": dict(self.stats.__dict__),
@@ -675,7 +829,7 @@ class Daemon:
             "unprotected",
         ):
             self.metrics.vms.labels(state).set(sum(1 for v in vms if v["state"] == state))
-        self.metrics.rpo_breaches.set(sum(1 for v in vms if v["state"] == "breached"))
+        self.metrics.rpo_breaches.set(sum(1 for v in vms if v["breached"]))
         lag = self.watcher.lag_seconds if self.watcher else None
         self.metrics.update_lag.set(lag if lag is not None else float("nan"))
         self.metrics.policy_errors.set(len(self.policies.errors) if self.policies else 0)

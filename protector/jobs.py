@@ -3,7 +3,9 @@
 Queued jobs start earliest deadline first; a job whose host or datastore is at its limit
 is passed over (not waited on), so one busy host never holds up VMs elsewhere. Failures
 are retried with exponential back-off off the queue, so a VM that keeps failing never
-blocks the others; after the last attempt the failure stays visible in `failures`.
+blocks the others; after the last attempt the failure stays visible in `failures` and the
+VM cools down (capped exponential in its consecutive failures) before anything but a
+person may queue it again — otherwise the scheduler would find it due at once and loop.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ class JobRequest:
     policy: str = ""
     full: bool = False
     attempt: int = 1
-    payload: Any = None  # whatever the run callable needs (the VM node, the policy)
+    manual: bool = False  # asked for by a person: not held back by a failure cooldown
+    cooldown_cap: float = 0.0  # seconds; caps the failure cooldown (the RPO), 0 = none
     submitted: float = field(default_factory=time.time)
 
 
@@ -51,7 +54,7 @@ class JobRecord:
     attempt: int
     started: float
     finished: float | None = None
-    outcome: str = "running"  # running, success, failed, cancelled
+    outcome: str = "running"  # running, success, failed, busy (retried later), cancelled
     error: str = ""
     point_id: str = ""
     read_bytes: int = 0
@@ -68,8 +71,10 @@ class Limits:
     per_datastore: int = 2
 
 
-class TransientError(Exception):
-    """A failure worth retrying (vCenter unreachable, a busy datastore, a lock)."""
+def failure_cooldown(consecutive: int, base: float, cap: float) -> float:
+    """Seconds to wait after a VM's retries are used up: base doubled per consecutive
+    failed attempt, at most `cap`."""
+    return min(cap, base * 2 ** max(0, consecutive - 1))
 
 
 RunFn = Callable[[JobRequest, JobRecord], Awaitable[None]]
@@ -83,6 +88,8 @@ class JobRunner:
         *,
         retry_attempts: int = 3,
         retry_backoff: float = 60.0,
+        cooldown_max: float = 3600.0,
+        retry_later: tuple[type[BaseException], ...] = (),
         history_size: int = 500,
         on_finish: Callable[[JobRequest, JobRecord], None] | None = None,
     ) -> None:
@@ -90,18 +97,25 @@ class JobRunner:
         self.limits = limits
         self.retry_attempts = retry_attempts
         self.retry_backoff = retry_backoff
+        self.cooldown_max = cooldown_max
+        # Errors meaning "not now" (another process holds the VM): retried after
+        # retry_backoff, never counted as a failed attempt.
+        self.retry_later = retry_later
         self.on_finish = on_finish
         self.queued: dict[str, JobRequest] = {}
         self.running: dict[str, tuple[JobRequest, JobRecord, asyncio.Task[None]]] = {}
         self.retry_timers: dict[str, asyncio.TimerHandle] = {}
         self.history: deque[JobRecord] = deque(maxlen=history_size)
         self.failures: dict[str, JobRecord] = {}  # vm_key → last failure after all retries
+        self.consecutive_failures: Counter[str] = Counter()  # failed attempts since a success
+        self.cooldown_until: dict[str, float] = {}  # vm_key → time.time() it may run again
         self.outcomes: Counter[str] = Counter()
         self.coalesced = 0
         self._ids = itertools.count(1)
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()  # set whenever a job finishes or a retry is queued
         self._accepting = True
+        self.paused: str | None = None  # why dispatch is held back (the prune's chunk sweep)
         self._host_load: Counter[str] = Counter()
         self._ds_load: Counter[str] = Counter()
 
@@ -110,9 +124,16 @@ class JobRunner:
     def busy(self, vm_key: str) -> bool:
         return vm_key in self.running or vm_key in self.queued or vm_key in self.retry_timers
 
+    def in_cooldown(self, vm_key: str, now: float | None = None) -> bool:
+        until = self.cooldown_until.get(vm_key)
+        return until is not None and (now or time.time()) < until
+
     def submit(self, req: JobRequest) -> bool:
         """Queue a backup; coalesced into a queued or running job of the same VM."""
         if not self._accepting:
+            return False
+        if not req.manual and self.in_cooldown(req.vm_key):
+            log.debug("job.cooling_down", vm=req.vm_name, reason=req.reason)
             return False
         if req.vm_key in self.running or req.vm_key in self.retry_timers:
             self.coalesced += 1
@@ -123,7 +144,6 @@ class JobRunner:
             self.coalesced += 1
             queued.deadline = min(queued.deadline, req.deadline)
             queued.full = queued.full or req.full
-            queued.payload = req.payload  # newest view of the VM
             return False
         self.queued[req.vm_key] = req
         log.info("job.queued", vm=req.vm_name, reason=req.reason, policy=req.policy)
@@ -139,7 +159,32 @@ class JobRunner:
             return False
         return all(self._ds_load[d] < self.limits.per_datastore for d in req.datastores)
 
+    def pause(self, reason: str) -> None:
+        """Start no new jobs (queued ones wait; running ones go on) until resume()."""
+        self.paused = reason
+        log.info("job.dispatch_paused", reason=reason)
+
+    def resume(self) -> None:
+        if self.paused is not None:
+            self.paused = None
+            log.info("job.dispatch_resumed")
+            self._wake.set()
+
+    async def wait_idle_running(self, timeout: float) -> bool:
+        """Wait up to `timeout` s until no job runs; whether none does."""
+        deadline = time.monotonic() + timeout
+        while self.running:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self._idle.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), left)
+        return True
+
     def _dispatch(self) -> None:
+        if self.paused is not None:
+            return
         for req in sorted(self.queued.values(), key=lambda r: (r.deadline, r.submitted)):
             if len(self.running) >= self.limits.concurrent:
                 return
@@ -174,6 +219,10 @@ class JobRunner:
             rec.outcome = "cancelled"
             rec.error = "cancelled (shutdown)"
             raise
+        except self.retry_later as exc:
+            rec.outcome = "busy"
+            rec.error = str(exc) or type(exc).__name__
+            log.info("job.busy", vm=req.vm_name, job=rec.id, error=rec.error)
         except Exception as exc:
             rec.outcome = "failed"
             rec.error = str(exc) or type(exc).__name__
@@ -195,7 +244,17 @@ class JobRunner:
     def _after(self, req: JobRequest, rec: JobRecord) -> None:
         if rec.outcome == "success":
             self.failures.pop(req.vm_key, None)
+            self.consecutive_failures.pop(req.vm_key, None)
+            self.cooldown_until.pop(req.vm_key, None)
+        elif rec.outcome == "busy" and self._accepting:
+            # The same attempt again later; the holder (a restore, say) may take a while.
+            again = JobRequest(**{**req.__dict__})
+            loop = asyncio.get_running_loop()
+            self.retry_timers[req.vm_key] = loop.call_later(
+                self.retry_backoff, self._requeue, again
+            )
         elif rec.outcome == "failed":
+            self.consecutive_failures[req.vm_key] += 1
             if req.attempt < self.retry_attempts and self._accepting:
                 delay = self.retry_backoff * (2 ** (req.attempt - 1))
                 retry = JobRequest(**{**req.__dict__, "attempt": req.attempt + 1})
@@ -205,8 +264,21 @@ class JobRunner:
                 log.info("job.retry_scheduled", vm=req.vm_name, in_seconds=delay)
             else:
                 self.failures[req.vm_key] = rec
+                self._cool_down(req)
         if self.on_finish:
             self.on_finish(req, rec)
+
+    def _cool_down(self, req: JobRequest) -> None:
+        cap = min(self.cooldown_max, req.cooldown_cap or self.cooldown_max)
+        n = self.consecutive_failures[req.vm_key]
+        delay = failure_cooldown(n, self.retry_backoff, cap)
+        self.cooldown_until[req.vm_key] = time.time() + delay
+        log.warning(
+            "job.cooling_down",
+            vm=req.vm_name,
+            consecutive_failures=n,
+            retry_in_seconds=round(delay, 1),
+        )
 
     def _requeue(self, req: JobRequest) -> None:
         self.retry_timers.pop(req.vm_key, None)

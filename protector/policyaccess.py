@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import tzinfo
 from typing import Any
 
@@ -94,17 +95,78 @@ class GfsRule:
         )
 
 
+class KeepAll:
+    """Keep every point of a VM prune cannot give one policy right now; deleting by a
+    guessed rule, or as an orphan, would lose points nobody chose to lose."""
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+    def keep(self, points: Sequence[Manifest]) -> set[str]:
+        return {m.point_id for m in points}
+
+    def __str__(self) -> str:
+        return f"keep everything ({self.why})"
+
+
+@dataclass
+class PruneScope:
+    """What prune needs from the inventory: the policy protecting each VM now (by identity),
+    and the VMs whose points must all be kept, with why."""
+
+    protected_by: dict[str, str | None] = field(default_factory=dict)
+    hold: dict[str, str] = field(default_factory=dict)  # identity → why
+    # A VM whose instance UUID is not known yet has an identity no manifest carries: its
+    # points are found by vCenter and MoRef instead.
+    hold_moref: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    def add(self, node: Any, winner: str | None, conflict: tuple[str, ...]) -> None:
+        self.protected_by[node.identity] = winner
+        if conflict:
+            self.hold[node.identity] = (
+                f"in scope of {', '.join(conflict)} with equal priority, a conflict; "
+                "kept until it is resolved"
+            )
+        if (winner or conflict) and node.instance_uuid is None:
+            vcenter = node.identity.split("/", 1)[0]
+            self.hold_moref[(vcenter, node.moref)] = (
+                f"in scope of {winner or ', '.join(conflict)} but its instance UUID is "
+                "unknown right now"
+            )
+
+    @classmethod
+    def of(cls, nodes: Any, evaluate: Callable[[VmFacts], Any]) -> PruneScope:
+        """The scope of every VM in `nodes`; `evaluate` gives the engine's VmResult."""
+        scope = cls()
+        for node in nodes:
+            res = evaluate(vm_facts(node))
+            scope.add(node, res.winner, tuple(res.conflict))
+        return scope
+
+    def held(self, vm: VmIdentity) -> str | None:
+        return self.hold.get(f"{vm.vcenter_uuid}/{vm.instance_uuid}") or (
+            self.hold_moref.get((vm.vcenter_uuid, vm.moref)) if vm.moref else None
+        )
+
+
 def retention_rules(
     policies: PolicySet,
-    protected_by: dict[str, str | None],
+    scope: PruneScope | Mapping[str, str | None],
     tz: tzinfo,
 ) -> Callable[[VmIdentity, str | None], KeepRule | None]:
-    """rule_for(vm, policy named in its newest point) for prune: the policy that protects the
-    VM now (by identity), else None — an orphan, kept for orphan_keep_days."""
+    """rule_for(vm, policy named in its newest point) for prune: keep everything of a VM in
+    scope without a single policy; else the policy that protects the VM now (by identity);
+    else None — an orphan, kept for orphan_keep_days."""
+    if not isinstance(scope, PruneScope):
+        scope = PruneScope(protected_by=dict(scope))
     by_name = {p.name: p for p in policies}
 
     def rule_for(vm: VmIdentity, _point_policy: str | None) -> KeepRule | None:
-        name = protected_by.get(f"{vm.vcenter_uuid}/{vm.instance_uuid}")
+        why = scope.held(vm)
+        if why is not None:
+            log.warning("prune.keep_all", vm=vm.name or vm.instance_uuid, why=why)
+            return KeepAll(why)
+        name = scope.protected_by.get(f"{vm.vcenter_uuid}/{vm.instance_uuid}")
         policy = by_name.get(name) if name else None
         return GfsRule(policy, tz) if policy else None
 

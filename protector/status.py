@@ -33,9 +33,15 @@ def render_html(status: dict[str, Any]) -> str:
 
     def row(vm: dict[str, Any]) -> str:
         colour = STATE_COLOURS.get(vm["state"], "#000")
+        # A breach shows whatever the VM is doing (queued, running, failing).
+        breach = (
+            f" <span style='color:{STATE_COLOURS['breached']}'>· RPO breached</span>"
+            if vm.get("breached") and vm["state"] != "breached"
+            else ""
+        )
         return (
             f"<tr><td>{esc(vm['path'])}</td><td>{esc(vm.get('policy') or '—')}</td>"
-            f"<td style='color:{colour};font-weight:bold'>{esc(vm['state'])}</td>"
+            f"<td style='color:{colour};font-weight:bold'>{esc(vm['state'])}{breach}</td>"
             f"<td>{esc(vm.get('newest_point') or '—')}</td>"
             f"<td>{esc(vm.get('age_text') or '—')}</td><td>{esc(vm.get('rpo_text') or '—')}</td>"
             f"<td>{esc(vm.get('last_error') or '')}</td></tr>"
@@ -53,6 +59,7 @@ def render_html(status: dict[str, Any]) -> str:
     policy_errors = "".join(f"<li>{esc(e)}</li>" for e in status["policy_errors"])
     errors = "".join(f"<li>{esc(e)}</li>" for e in status["errors"][-20:])
     health = "live" if status["healthy"] else "NOT CONNECTED"
+    prune = _prune_line(status.get("prune"), status.get("dispatch_paused"))
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><meta http-equiv="refresh" content="10">
 <title>vigil status</title>
@@ -62,6 +69,7 @@ h2{{margin-top:1.2em}}</style></head><body>
 <h1>vigil</h1>
 <p>vCenter {esc(status["vcenter"])}: <b>{health}</b> · generated {esc(status["generated_at"])}</p>
 <p>{esc(counts)}</p>
+{f"<p>{esc(prune)}</p>" if prune else ""}
 {
         "<h2>Policy errors (last good policies still in force)</h2><ul>" + policy_errors + "</ul>"
         if policy_errors
@@ -76,6 +84,25 @@ h2{{margin-top:1.2em}}</style></head><body>
 {job_rows(status["jobs"]["recent"][-20:])}</table>
 {"<h2>Recent errors</h2><ul>" + errors + "</ul>" if errors else ""}
 </body></html>"""
+
+
+def _prune_line(prune: dict[str, Any] | None, paused: str | None) -> str:
+    parts = []
+    if prune:
+        line = f"last prune {prune.get('at', '?')}: {prune.get('outcome', '?')}"
+        if prune.get("outcome") == "done":
+            line += (
+                f", {prune.get('points_deleted', 0)} points and "
+                f"{prune.get('chunks_deleted', 0)} chunks deleted"
+            )
+        if prune.get("sweep_deferred"):
+            line += f"; chunk sweep deferred: {prune['sweep_deferred']}"
+        if prune.get("reason") or prune.get("error"):
+            line += f" ({prune.get('reason') or prune.get('error')})"
+        parts.append(line)
+    if paused:
+        parts.append(f"new backups held back: {paused}")
+    return " · ".join(parts)
 
 
 class StatusServer:

@@ -8,6 +8,7 @@ from typing import Any
 
 import anyio
 
+from policies.engine import evaluate_one
 from policies.errors import PolicyLoadError
 from policies.loader import load_policies
 from repository import prune
@@ -15,7 +16,7 @@ from repository import prune
 from ..cli import _load, print_json
 from ..connect import open_session
 from ..errors import UserError
-from ..policyaccess import retention_rules, winning_policy
+from ..policyaccess import PruneScope, retention_rules
 from ..repoaccess import open_repository
 
 
@@ -33,9 +34,21 @@ def register(sub: Any) -> None:
     p.set_defaults(handler=run)
 
 
-async def run(args: argparse.Namespace) -> int:
+async def _inventory_with_tags(session: Any) -> Any:
+    """The inventory with every VM's tags: without them a VM that a tag policy protects
+    would look like an orphan and lose its old points. A tag read failure stops the prune."""
     from watcher.inventory import read_inventory
+    from watcher.tags import TagClient
 
+    creds = session.credentials
+    tags = TagClient(session.endpoint, creds.user, creds.password)
+    try:
+        return await read_inventory(session, tags=tags)
+    finally:
+        await tags.close()
+
+
+async def run(args: argparse.Namespace) -> int:
     cfg = _load(args)
     try:
         policies = load_policies(cfg.policies_path)
@@ -44,16 +57,14 @@ async def run(args: argparse.Namespace) -> int:
     repo = await open_repository(cfg)
     session = await open_session(cfg)
     try:
-        tree = await read_inventory(session)
+        tree = await _inventory_with_tags(session)
     finally:
         await session.close()
-    protected_by: dict[str, str | None] = {}
-    for node in tree.vms():
-        pol = winning_policy(policies, node)
-        protected_by[node.identity] = pol.name if pol else None
+    # A conflicted VM, or one whose identity is unknown yet, keeps all its points.
+    scope = PruneScope.of(tree.vms(), lambda facts: evaluate_one(policies, facts))
     tz = datetime.now().astimezone().tzinfo
     assert tz is not None
-    rule_for = retention_rules(policies, protected_by, tz)
+    rule_for = retention_rules(policies, scope, tz)
     result = await anyio.to_thread.run_sync(
         lambda: prune(
             repo, rule_for, dry_run=args.dry_run, orphan_keep_days=cfg.repository.orphan_keep_days

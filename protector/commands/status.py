@@ -34,7 +34,7 @@ def render(status: dict[str, Any]) -> str:
     lines.append(f"{'VM':<{width}}  {'STATE':<11}  {'POLICY':<16}  {'AGE':>8}  {'RPO':>6}")
     for v in status["vms"]:
         lines.append(
-            f"{v['path']:<{width}}  {v['state']:<11}  {(v.get('policy') or '-'):<16}  "
+            f"{v['path']:<{width}}  {_state(v):<11}  {(v.get('policy') or '-'):<16}  "
             f"{(v.get('age_text') or '-'):>8}  {(v.get('rpo_text') or '-'):>6}"
             + (f"  {v['last_error']}" if v.get("last_error") else "")
         )
@@ -45,6 +45,13 @@ def render(status: dict[str, Any]) -> str:
     if queued:
         lines.append("queued: " + ", ".join(j["vm_name"] for j in queued))
     return "\n".join(lines)
+
+
+def _state(vm: dict[str, Any]) -> str:
+    """The state word, with the RPO breach flag when the state itself does not say it."""
+    if vm.get("breached") and vm["state"] != "breached":
+        return f"{vm['state']}+breach"
+    return str(vm["state"])
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -72,5 +79,6 @@ async def run(args: argparse.Namespace) -> int:
         print_json(status)
     else:
         print(render(status))
-    bad = status["counts"].get("breached", 0) + status["counts"].get("failing", 0)
+    breached = status.get("breached", status["counts"].get("breached", 0))
+    bad = breached + status["counts"].get("failing", 0)
     return 1 if bad else 0

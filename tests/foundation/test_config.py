@@ -100,3 +100,22 @@ def test_status_page_off_loopback_needs_a_token(tmp_path):
         load_config(write(tmp_path, open_listen))
     cfg = load_config(write(tmp_path, open_listen + 'status_token_env = "VIGIL_TOKEN"\n'))
     assert cfg.daemon.status_listen == "0.0.0.0:9273"
+
+
+@pytest.mark.parametrize("value", ["7", "7:0", "24:00", "07:60", "seven", "07:00:00", ""])
+def test_prune_at_must_be_hh_mm(tmp_path, value):
+    p = write(tmp_path, GOOD + f'[daemon]\nprune_at = "{value}"\n')
+    with pytest.raises(ConfigError) as exc:
+        load_config(p)
+    assert f'{p}: daemon.prune_at: must be a 24-hour time "HH:MM"' in str(exc.value)
+    assert repr(value) in str(exc.value)
+
+
+def test_prune_at_and_failure_cooldown_accepted(tmp_path):
+    text = GOOD + '[daemon]\nprune_at = "7:05"\nfailure_cooldown_max = 600\nprune_max_pause = 60\n'
+    cfg = load_config(write(tmp_path, text))
+    assert cfg.daemon.prune_at == "7:05"
+    assert cfg.daemon.failure_cooldown_max == 600
+    assert cfg.daemon.prune_max_pause == 60
+    with pytest.raises(ConfigError, match=r"daemon\.failure_cooldown_max: must be more than 0"):
+        load_config(write(tmp_path, GOOD + "[daemon]\nfailure_cooldown_max = 0\n"))

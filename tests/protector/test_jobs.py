@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 
 from protector.jobs import JobRecord, JobRequest, JobRunner, Limits
 
@@ -137,3 +138,131 @@ async def test_stop_cancels_running_jobs_and_lets_them_clean_up():
     assert cleaned.is_set()
     assert runner.history[-1].outcome == "cancelled"
     assert not runner.submit(JobRequest("w", "w", "h", (), "t")), "no new jobs after stop"
+
+
+async def test_after_the_last_retry_the_vm_cools_down_instead_of_failing_in_a_loop():
+    attempts = {"n": 0}
+    healthy = {"ok": False}
+
+    async def run(req: JobRequest, rec: JobRecord) -> None:
+        attempts["n"] += 1
+        if not healthy["ok"]:
+            raise RuntimeError("datastore unreachable")
+
+    runner = JobRunner(run, Limits(), retry_attempts=2, retry_backoff=0.05, cooldown_max=0.25)
+    loop = asyncio.create_task(runner.run())
+    try:
+        assert runner.submit(JobRequest("bad", "bad", "h", (), "t"))
+        await asyncio.wait_for(runner.drain(), 5)
+        assert attempts["n"] == 2
+        assert runner.consecutive_failures["bad"] == 2
+        first = runner.cooldown_until["bad"] - time.time()
+        assert 0 < first <= 0.1 + 0.01, "backoff doubles per consecutive failure: 0.05 * 2"
+        # A scheduler or an event asking again during the cooldown is refused, not run.
+        assert not runner.submit(JobRequest("bad", "bad", "h", (), "RPO due"))
+        await asyncio.sleep(0.05)
+        assert attempts["n"] == 2
+        # Asked for by a person: runs anyway.
+        await asyncio.sleep(first)
+        assert runner.submit(JobRequest("bad", "bad", "h", (), "again"))
+        await asyncio.wait_for(runner.drain(), 5)
+        assert attempts["n"] == 4 and runner.consecutive_failures["bad"] == 4
+        second = runner.cooldown_until["bad"] - time.time()
+        assert 0.2 < second <= 0.25 + 0.01, "0.05 * 2**3 = 0.4, capped at cooldown_max"
+        # A per-request cap (the policy's RPO) is smaller still.
+        await asyncio.sleep(second)
+        runner.submit(JobRequest("bad", "bad", "h", (), "again", cooldown_cap=0.08))
+        await asyncio.wait_for(runner.drain(), 5)
+        assert runner.cooldown_until["bad"] - time.time() <= 0.08 + 0.01
+        # Success clears the failure streak.
+        await asyncio.sleep(0.1)
+        healthy["ok"] = True
+        assert runner.submit(JobRequest("bad", "bad", "h", (), "again"))
+        await asyncio.wait_for(runner.drain(), 5)
+        assert "bad" not in runner.failures and "bad" not in runner.cooldown_until
+        assert "bad" not in runner.consecutive_failures
+    finally:
+        loop.cancel()
+
+
+async def test_manual_request_bypasses_the_cooldown():
+    calls = 0
+
+    async def run(req: JobRequest, rec: JobRecord) -> None:
+        nonlocal calls
+        calls += 1
+        raise RuntimeError("boom")
+
+    runner = JobRunner(run, Limits(), retry_attempts=1, retry_backoff=30)
+    loop = asyncio.create_task(runner.run())
+    try:
+        runner.submit(JobRequest("v", "v", "h", (), "t"))
+        await asyncio.wait_for(runner.drain(), 5)
+        assert runner.in_cooldown("v")
+        assert not runner.submit(JobRequest("v", "v", "h", (), "RPO due"))
+        assert runner.submit(JobRequest("v", "v", "h", (), "requested", manual=True))
+        await asyncio.wait_for(runner.drain(), 5)
+        assert calls == 2
+    finally:
+        loop.cancel()
+
+
+async def test_pause_holds_back_new_jobs_but_lets_running_ones_finish():
+    gate = asyncio.Event()
+    started: list[str] = []
+
+    async def run(req: JobRequest, rec: JobRecord) -> None:
+        started.append(req.vm_name)
+        if req.vm_name == "a":
+            await gate.wait()
+
+    runner = JobRunner(run, Limits(concurrent=4))
+    loop = asyncio.create_task(runner.run())
+    try:
+        runner.submit(JobRequest("a", "a", "h1", (), "t"))
+        await asyncio.sleep(0.02)
+        runner.pause("prune sweep")
+        assert runner.paused == "prune sweep"
+        runner.submit(JobRequest("b", "b", "h2", (), "t"))
+        await asyncio.sleep(0.05)
+        assert started == ["a"], "nothing new starts while paused"
+        gate.set()
+        await runner.wait_idle_running(timeout=1)
+        assert not runner.running and "b" in runner.queued
+        runner.resume()
+        await asyncio.wait_for(runner.drain(), 5)
+        assert started == ["a", "b"] and runner.paused is None
+    finally:
+        loop.cancel()
+
+
+class VmBusyError(Exception):
+    """Stands for protector.vmlock.VmBusyError: another process holds the VM."""
+
+
+async def test_a_busy_vm_is_retried_later_without_counting_as_a_failure():
+    busy = {"left": 4}
+    calls = 0
+
+    async def run(req: JobRequest, rec: JobRecord) -> None:
+        nonlocal calls
+        calls += 1
+        if busy["left"]:
+            busy["left"] -= 1
+            raise VmBusyError("VM v is busy: restore by process 12")
+
+    runner = JobRunner(
+        run, Limits(), retry_attempts=2, retry_backoff=0.02, retry_later=(VmBusyError,)
+    )
+    loop = asyncio.create_task(runner.run())
+    try:
+        runner.submit(JobRequest("v", "v", "h", (), "t"))
+        await asyncio.wait_for(runner.drain(), 5)
+    finally:
+        loop.cancel()
+    # Four busy answers would have used up two attempts; busy is not a failure.
+    assert calls == 5 and runner.history[-1].outcome == "success"
+    assert [r.outcome for r in runner.history][:4] == ["busy"] * 4
+    assert all(r.attempt == 1 for r in runner.history)
+    assert "v" not in runner.failures and not runner.consecutive_failures
+    assert runner.outcomes["failed"] == 0 and runner.outcomes["busy"] == 4

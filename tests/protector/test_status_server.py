@@ -31,9 +31,27 @@ STATUS = {
             "rpo_text": "24h",
             "last_error": "boom",
         },
+        {
+            "path": "/DC0/vm/prod/app-1",
+            "state": "failing",
+            "breached": True,
+            "policy": "gold",
+            "newest_point": None,
+            "age_text": "",
+            "rpo_text": "24h",
+            "last_error": "datastore unreachable",
+        },
     ],
     "jobs": {"running": [], "queued": [], "recent": []},
     "errors": [],
+    "prune": {
+        "at": "2026-11-25T07:00:00+00:00",
+        "outcome": "done",
+        "points_deleted": 3,
+        "chunks_deleted": 40,
+        "sweep_deferred": "backups are running (could not take the exclusive lock)",
+    },
+    "dispatch_paused": None,
     "policy_errors": ['prod.toml:3: policy "gold": select.nmes: unknown key'],
 }
 
@@ -68,5 +86,9 @@ async def test_token_health_metrics_and_pages():
                 assert "db-&lt;1&gt;" in page, "names are escaped"
                 assert "select.nmes: unknown key" in page
                 assert "last good policies still in force" in page
+                app = page[page.index("app-1") :].split("</tr>")[0]
+                assert "failing" in app and "RPO breached" in app, app
+                assert "datastore unreachable" in app
+                assert "chunk sweep deferred: backups are running" in page
     finally:
         await srv.stop()
