@@ -152,6 +152,11 @@ class PolicySet:
         ordered = tuple(sorted(self.policies, key=lambda p: p.name))
         object.__setattr__(self, "policies", ordered)
 
+    @property
+    def selects_by_tag(self) -> bool:
+        """Whether any policy's scope depends on tags (then a reader must fetch them)."""
+        return any(p.select.tags or p.exclude.tags for p in self.policies)
+
     def __iter__(self) -> Iterator[Policy]:
         return iter(self.policies)
 

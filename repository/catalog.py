@@ -82,7 +82,7 @@ jobs = sa.Table(
     sa.Column("kind", sa.String, nullable=False),  # backup | restore | verify | prune
     sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("finished_at", sa.DateTime(timezone=True)),
-    sa.Column("outcome", sa.String),  # success | failed | cancelled | partial
+    sa.Column("outcome", sa.String),  # success | failed | cancelled | partial | busy
     sa.Column("message", sa.String),
     sa.Column("point_id", sa.String),
 )

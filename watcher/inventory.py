@@ -50,4 +50,28 @@ async def read_inventory(session: Session, *, tags: TagClient | None = None) -> 
     return tree
 
 
-__all__ = ["read_field_names", "read_inventory", "read_snapshot"]
+async def read_inventory_with_tags(session: Session, *, required: bool) -> InventoryTree:
+    """The inventory with every VM's tags, read with the session's own credentials.
+
+    Policies can select by tag, so a reader that skips tags sees tag-protected VMs as
+    uncovered. `required`: a tag read failure is an error (prune: an uncovered VM loses
+    points); otherwise a warning, and the tree comes back without tags."""
+    tree = await read_snapshot(session)
+    creds = session.credentials
+    tags = TagClient(session.endpoint, creds.user, creds.password)
+    try:
+        tree.set_tags(await tags.vm_tags())
+    except VsphereError as exc:
+        if required:
+            raise
+        log.warning(
+            "inventory.tags_unreadable",
+            error=str(exc),
+            effect="policies that select by tag match no VM in this read",
+        )
+    finally:
+        await tags.close()
+    return tree
+
+
+__all__ = ["read_field_names", "read_inventory", "read_inventory_with_tags", "read_snapshot"]

@@ -56,7 +56,7 @@ def render_tree(vms: list[Any]) -> str:
 
 
 async def run(args: argparse.Namespace) -> int:
-    from watcher.inventory import read_inventory
+    from watcher.inventory import read_inventory_with_tags
 
     from ..cli import _load
 
@@ -65,7 +65,7 @@ async def run(args: argparse.Namespace) -> int:
         return await _watch(cfg, args.json)
     session = await open_session(cfg)
     try:
-        tree = await read_inventory(session)
+        tree = await read_inventory_with_tags(session, required=False)
     finally:
         await session.close()
     vms = tree.vms()

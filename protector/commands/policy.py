@@ -34,11 +34,11 @@ def register(sub: Any) -> None:
 
 
 async def _facts(cfg: Any) -> list[Any]:
-    from watcher.inventory import read_inventory
+    from watcher.inventory import read_inventory_with_tags
 
     session = await open_session(cfg)
     try:
-        tree = await read_inventory(session)
+        tree = await read_inventory_with_tags(session, required=False)
     finally:
         await session.close()
     return [vm_facts(v) for v in tree.vms()]

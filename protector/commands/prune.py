@@ -12,6 +12,7 @@ from policies.engine import evaluate_one
 from policies.errors import PolicyLoadError
 from policies.loader import load_policies
 from repository import prune
+from watcher.inventory import read_inventory_with_tags
 
 from ..cli import _load, print_json
 from ..connect import open_session
@@ -34,20 +35,6 @@ def register(sub: Any) -> None:
     p.set_defaults(handler=run)
 
 
-async def _inventory_with_tags(session: Any) -> Any:
-    """The inventory with every VM's tags: without them a VM that a tag policy protects
-    would look like an orphan and lose its old points. A tag read failure stops the prune."""
-    from watcher.inventory import read_inventory
-    from watcher.tags import TagClient
-
-    creds = session.credentials
-    tags = TagClient(session.endpoint, creds.user, creds.password)
-    try:
-        return await read_inventory(session, tags=tags)
-    finally:
-        await tags.close()
-
-
 async def run(args: argparse.Namespace) -> int:
     cfg = _load(args)
     try:
@@ -57,7 +44,9 @@ async def run(args: argparse.Namespace) -> int:
     repo = await open_repository(cfg)
     session = await open_session(cfg)
     try:
-        tree = await _inventory_with_tags(session)
+        # A tag read failure stops the prune: VMs a tag policy protects would look like
+        # orphans and lose their old points.
+        tree = await read_inventory_with_tags(session, required=policies.selects_by_tag)
     finally:
         await session.close()
     # A conflicted VM, or one whose identity is unknown yet, keeps all its points.

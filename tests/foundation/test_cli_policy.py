@@ -71,3 +71,41 @@ def test_policy_diff_previews_an_edit(tmp_path, vcsim):
     assert d["changed"] == [{"vm": "/DC0/vm/DC0_H0_VM0", "from": "hosts", "to": "vm0s"}]
     assert d["protected"] == [] and d["unprotected"] == []
     assert d["policies"]["modified"] == ["hosts"]
+
+
+GOLD = """
+[[policy]]
+name = "gold"
+priority = 10
+[policy.select]
+tags = ["Backup:Gold"]
+[policy.schedule]
+rpo = "24h"
+[policy.retention]
+keep_last = 3
+"""
+
+
+async def test_policy_check_sees_vms_a_tag_policy_covers(tmp_path, vcsim_fresh):
+    """Policies select by tag, so `policy check` must read tags: without them a tagged VM
+    shows as unprotected (and prune would treat it as an orphan)."""
+    from watcher.soap import Endpoint
+    from watcher.tags import TagClient
+
+    sim = vcsim_fresh
+    cfg = setup(tmp_path, sim.url, GOLD)
+    listed = vigil(cfg, "inventory", "--json")
+    assert listed.returncode == 0, listed.stderr
+    moref = next(v["moref"] for v in json.loads(listed.stdout) if v["name"] == "DC0_H0_VM1")
+    tags = TagClient(Endpoint(sim.url), sim.user, sim.password)
+    try:
+        cat = await tags.create_category("Backup")
+        tag = await tags.create_tag(cat, "Gold")
+        await tags.attach(tag, moref)
+    finally:
+        await tags.close()
+    r = vigil(cfg, "policy", "check", "--json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["policies"] == [{"name": "gold", "vms": ["/DC0/vm/DC0_H0_VM1"]}]
+    assert "/DC0/vm/DC0_H0_VM1" not in report["unprotected"]
