@@ -719,9 +719,12 @@ class Daemon:
             "chunks_deleted": result.chunks_deleted,
             "bytes_freed": result.bytes_freed,
             "sweep_deferred": result.sweep_deferred,
+            "sweep_limited": result.sweep_limited,
         }
         if result.sweep_deferred:
             self.errors.append(f"prune: chunk sweep deferred: {result.sweep_deferred}")
+        if result.sweep_limited:
+            self.errors.append(f"prune: chunk sweep limited: {result.sweep_limited}")
         return result
 
     # -- status ------------------------------------------------------------------------

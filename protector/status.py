@@ -97,6 +97,8 @@ def _prune_line(prune: dict[str, Any] | None, paused: str | None) -> str:
             )
         if prune.get("sweep_deferred"):
             line += f"; chunk sweep deferred: {prune['sweep_deferred']}"
+        if prune.get("sweep_limited"):
+            line += f"; chunk sweep limited: {prune['sweep_limited']}"
         if prune.get("reason") or prune.get("error"):
             line += f" ({prune.get('reason') or prune.get('error')})"
         parts.append(line)

@@ -75,8 +75,10 @@ async def run(args: argparse.Namespace) -> int:
                 "chunks_deleted": result.chunks_deleted,
                 "bytes_freed": result.bytes_freed,
                 "sweep_deferred": result.sweep_deferred,
+                "sweep_limited": result.sweep_limited,
             }
         )
     else:
         print("\n".join(result.lines()))
-    return 0
+    # Unreadable manifests are damage the admin must look at (`vigil verify` names them).
+    return 1 if result.sweep_limited else 0
