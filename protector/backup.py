@@ -37,9 +37,10 @@ from .diskaccess import (
     open_disk_for_read,
     snapshot_dir,
 )
-from .parallel import map_bounded
+from .parallel import in_thread_shielded, map_bounded
 from .snapshots import backup_snapshot, remove_leftovers, snapshot_description
 from .vmconfig import DiskInfo, disk_summaries, serialize_config
+from .vmlock import vm_lock
 
 log = structlog.get_logger(__name__)
 
@@ -143,6 +144,31 @@ async def backup_vm(
     job_id = job_id or uuid.uuid4().hex[:12]
     started = datetime.now(UTC)
     ident, props = await vm_identity(ctx, vm, path)
+    # One backup or restore of a VM at a time, across processes (VmBusyError otherwise).
+    with vm_lock(
+        ctx.repo.root,
+        ident.vcenter_uuid,
+        ident.instance_uuid,
+        ident.name or vm._moId,
+        f"backup job {job_id}",
+    ):
+        return await _backup_locked(
+            ctx, vm, opts, ident, props, job_id, started, progress=progress, group=group
+        )
+
+
+async def _backup_locked(
+    ctx: Context,
+    vm: Any,
+    opts: BackupOptions,
+    ident: VmIdentity,
+    props: dict[str, Any],
+    job_id: str,
+    started: datetime,
+    *,
+    progress: Progress | None,
+    group: dict[str, Any] | None,
+) -> BackupResult:
     bound = log.bind(vm=ident.name, moref=vm._moId, job=job_id)
     leftovers = await remove_leftovers(ctx.session, vm)
     cbt_now = False
@@ -224,8 +250,7 @@ async def backup_vm(
             )
         )
     finally:
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(writer.close)
+        await in_thread_shielded(writer.close)
     result = BackupResult(
         point_id=point_id,
         vm=ident,
@@ -398,8 +423,7 @@ async def _backup_disk(
         metadata = await anyio.to_thread.run_sync(reader.metadata)
         transport = reader.transport
     finally:
-        with anyio.CancelScope(shield=True):  # closed by whoever opened it, even on cancel
-            await anyio.to_thread.run_sync(reader.close)
+        await in_thread_shielded(reader.close)  # closed by whoever opened it, even on cancel
     stats = index.stats
     record = DiskRecord.for_index(
         key,

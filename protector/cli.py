@@ -11,9 +11,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import ssl
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
+
+import aiohttp
+
+from disk_io.errors import DiskIoError
+from repository.errors import RepositoryError
+from watcher.soap import VsphereConnectionError, VsphereError
 
 from . import logs
 from .config import Config, ConfigError, load_config, resolve_path
@@ -71,15 +78,61 @@ def main(argv: list[str] | None = None) -> int:
     handler: Handler = args.handler
     try:
         return asyncio.run(handler(args))
-    except ConfigError as exc:
-        print(f"vigil: configuration error:\n{exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except UserError as exc:
-        print(f"vigil: {exc}", file=sys.stderr)
-        return exc.exit_code
     except KeyboardInterrupt:
         print("vigil: interrupted", file=sys.stderr)
         return 130
+    except (ConfigError, UserError, VsphereError, RepositoryError, DiskIoError, OSError) as exc:
+        return report_error(exc, json_output=bool(getattr(args, "json", False)))
+    except aiohttp.ClientError as exc:
+        return report_error(exc, json_output=bool(getattr(args, "json", False)))
+
+
+# Failures to reach vCenter at all (refused, DNS, TLS, timeouts): the command could not run.
+CONNECTION_ERRORS = (VsphereConnectionError, ConnectionError, ssl.SSLError, aiohttp.ClientError)
+
+
+def describe_error(exc: BaseException) -> tuple[str, int, str]:
+    """(one-line message, exit code, kind) for an error that ends a command."""
+    if isinstance(exc, ConfigError):
+        return f"configuration error:\n{exc}", EXIT_USAGE, "config"
+    if isinstance(exc, UserError):
+        return str(exc), exc.exit_code, "user"
+    if isinstance(exc, CONNECTION_ERRORS):
+        return (
+            f"cannot reach vCenter: {_oneline(exc)}; check vcenter.url, the network and TLS "
+            "settings (vcenter.ca_file / vcenter.thumbprint)",
+            EXIT_USAGE,
+            "connection",
+        )
+    if isinstance(exc, VsphereError):
+        return f"vCenter: {_oneline(exc)}", EXIT_PROBLEM, "vsphere"
+    if isinstance(exc, RepositoryError):
+        return f"repository: {_oneline(exc)}", EXIT_PROBLEM, "repository"
+    if isinstance(exc, DiskIoError):
+        return f"disk I/O: {_oneline(exc)}", EXIT_PROBLEM, "disk"
+    if isinstance(exc, OSError):
+        return _describe_os_error(exc), EXIT_PROBLEM, "os"
+    return f"{type(exc).__name__}: {_oneline(exc)}", EXIT_PROBLEM, "internal"
+
+
+def _describe_os_error(exc: OSError) -> str:
+    names = [str(n) for n in (exc.filename, exc.filename2) if n is not None]
+    what = exc.strerror or _oneline(exc)
+    return f"{' → '.join(names)}: {what}" if names else what
+
+
+def _oneline(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def report_error(exc: BaseException, *, json_output: bool) -> int:
+    """Print the error as one line on stderr (and as a JSON object on stdout for --json, so
+    scripts parse one format); returns the exit code."""
+    message, code, kind = describe_error(exc)
+    print(f"vigil: {message}", file=sys.stderr)
+    if json_output:
+        print_json({"error": {"type": kind, "message": message, "exit_code": code}})
+    return code
 
 
 def print_json(data: Any) -> None:

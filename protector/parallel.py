@@ -1,4 +1,5 @@
-"""Running a blocking function over many items in the I/O pool, a bounded number at a time."""
+"""Running a blocking function over many items in the I/O pool, a bounded number at a time;
+and running cleanup to its end even while the caller is being cancelled."""
 
 from __future__ import annotations
 
@@ -6,9 +7,12 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import anyio
+import structlog
+
+log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -163,3 +167,40 @@ async def map_ordered(
         for _ in range(max(1, workers)):
             tg.start_soon(produce)
         tg.start_soon(drain)
+
+
+async def shielded(aw: Awaitable[R]) -> R:
+    """Await `aw` to its end even while the caller is being cancelled, then let the
+    cancellation through. For cleanup that must not be abandoned halfway (closing disk
+    handles, releasing locks, removing a snapshot or a half-built VM).
+
+    An anyio CancelScope(shield=True) alone keeps out anyio cancellations but not a plain
+    Task.cancel() (as the job runner sends): that one would abandon the awaited thread
+    mid-cleanup. So the work runs as a task of its own, awaited through asyncio.shield in a
+    loop; a cancellation seen meanwhile is raised again once the work is done (its own error,
+    if any, is then only logged)."""
+    work: asyncio.Future[R] = asyncio.ensure_future(aw)
+    cancelled = False
+    with anyio.CancelScope(shield=True):
+        while not work.done():
+            try:
+                await asyncio.shield(work)
+            except asyncio.CancelledError:
+                cancelled = True
+            except BaseException:
+                break  # the work's own error: raised (or logged) below
+    if cancelled:
+        if not work.cancelled() and work.exception() is not None:
+            _log_cleanup_error(work.exception())
+        raise asyncio.CancelledError()
+    return work.result()
+
+
+def _log_cleanup_error(exc: BaseException | None) -> None:
+    log.error("cleanup_failed_during_cancel", error=repr(exc))
+
+
+async def in_thread_shielded(fn: Callable[..., R], *args: Any) -> R:
+    """`fn(*args)` in a worker thread, awaited to its end even under cancellation (see
+    shielded): a disk handle or lock closed this way is closed before the caller goes on."""
+    return await shielded(anyio.to_thread.run_sync(fn, *args))

@@ -14,28 +14,30 @@ power on. `verify` re-reads every written chunk and compares its hash.
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 import structlog
+from pyVmomi import vim
 
 from disk_io.errors import DiskOpenError, InvalidChangedAreas
 from disk_io.extents import chunk_slots
-from repository import DiskRecord, Manifest
+from repository import DiskIndex, DiskRecord, Manifest
 from repository.codec import ZERO_ID
-from watcher.soap import VsphereFault
+from repository.errors import CorruptChunkError, CorruptObjectError, ObjectNotFoundError
+from watcher.soap import VsphereError, VsphereFault
 from watcher.tasks import wait_for_task
 
 from .changeplan import tracking_uuid
 from .configspec import build_config_spec, video_card_edit_spec
 from .context import Context
 from .diskaccess import changed_areas, open_disk_for_write
-from .errors import UserError
-from .parallel import map_bounded, map_ordered
+from .errors import RestoreFailedError, UserError
+from .parallel import in_thread_shielded, map_bounded, map_ordered, shielded
 from .vmconfig import DiskInfo, deserialize_config, disk_summaries
+from .vmlock import vm_lock
 
 log = structlog.get_logger(__name__)
 
@@ -106,14 +108,16 @@ def saved_config(manifest: Manifest) -> Any:
 
 
 def match_disks(
-    manifest: Manifest, saved: list[DiskInfo], current: list[DiskInfo]
+    records: Sequence[DiskRecord], saved: list[DiskInfo], current: list[DiskInfo]
 ) -> dict[str, DiskInfo]:
-    """Saved disk key → the target VM's disk: same device key, else same controller address."""
+    """Saved disk key → the target VM's disk: same device key, else same controller address.
+    The mapping must be one-to-one: two saved disks written onto one target disk would leave
+    it holding whichever came last."""
     by_key = {str(d.key): d for d in current}
     by_addr = {d.address: d for d in current if d.address}
     saved_addr = {str(d.key): d.address for d in saved}
     out: dict[str, DiskInfo] = {}
-    for rec in manifest.disks:
+    for rec in records:
         target = by_key.get(rec.key) or by_addr.get(saved_addr.get(rec.key))
         if target is None:
             raise UserError(
@@ -129,7 +133,61 @@ def match_disks(
                 1,
             )
         out[rec.key] = target
+    _require_one_to_one(out, saved_addr)
     return out
+
+
+def _require_one_to_one(mapping: dict[str, DiskInfo], saved_addr: dict[str, str | None]) -> None:
+    claimed: dict[int, list[str]] = {}
+    for key, target in mapping.items():
+        claimed.setdefault(target.key, []).append(key)
+    clashes = {k: keys for k, keys in claimed.items() if len(keys) > 1}
+    if not clashes:
+        return
+    by_key = {t.key: t for t in mapping.values()}
+    lines = [
+        f"target disk {by_key[k].address or k} (key {k}, {by_key[k].file_name}) ← saved disks "
+        + ", ".join(f"{s} (at {saved_addr.get(s) or '?'})" for s in keys)
+        for k, keys in sorted(clashes.items())
+    ]
+    raise UserError(
+        "the restore point's disks do not map one-to-one onto the target VM's disks (matched "
+        "by device key, then by controller address): "
+        + "; ".join(lines)
+        + "; restore as a new VM instead",
+        1,
+    )
+
+
+async def find_original_vm(ctx: Context, manifest: Manifest) -> Any:
+    """The VM a point was taken from: by its saved instanceUuid (it survives re-registration,
+    which gives the VM a new MoRef), else by the saved MoRef when that VM still has the same
+    instanceUuid. A UserError when it is gone."""
+    want = manifest.vm.instance_uuid.lower()
+    if want:
+        ref = await ctx.session.call(
+            ctx.session.content.searchIndex,
+            "FindByUuid",
+            uuid=manifest.vm.instance_uuid,
+            vmSearch=True,
+            instanceUuid=True,
+        )
+        if ref is not None:
+            return ctx.session.client.bind(ref)
+    if manifest.vm.moref:
+        vm = ctx.session.moref("VirtualMachine", manifest.vm.moref)
+        try:
+            props = await ctx.session.properties(vm, ["config.instanceUuid"])
+        except VsphereFault:  # ManagedObjectNotFound: the MoRef is gone
+            props = {}
+        if (props.get("config.instanceUuid") or "").lower() == want:
+            return vm
+    raise UserError(
+        f"the VM restore point {manifest.point_id} came from ({manifest.vm.name}, instanceUuid "
+        f"{manifest.vm.instance_uuid}, was {manifest.vm.moref}) no longer exists; restore with "
+        "--new-name instead",
+        1,
+    )
 
 
 async def _power_off(ctx: Context, vm: Any, allow: bool, name: str) -> None:
@@ -234,6 +292,33 @@ def _no_in_place_write(ctx: Context, why: str) -> WritePlan:
     )
 
 
+async def _reset_cbt(ctx: Context, vm: Any, name: str, config: Any, result: RestoreResult) -> None:
+    """Turn Changed Block Tracking off and on again after writing onto the VM's disks (the
+    seed): the restore's writes are not in CBT's record, so an incremental based on the old
+    changeIds would miss them. The reset gives the changeIds a new UUID part, which makes
+    the next backup read each disk in full. With CBT off there is nothing to reset: the next
+    backup that enables it starts a new record anyway."""
+    if not config.changeTrackingEnabled:
+        return
+    try:
+        for on in (False, True):
+            spec = vim.vm.ConfigSpec(changeTrackingEnabled=on)
+            task = await ctx.session.call(vm, "ReconfigVM_Task", spec=spec)
+            await wait_for_task(
+                ctx.session, task, description=f"{'enable' if on else 'disable'} CBT on {name}"
+            )
+    except VsphereFault as exc:
+        raise UserError(
+            f"the disks of VM {name} were restored, but resetting its changed block tracking "
+            f"failed ({exc}): the next incremental backup could miss the restored blocks; "
+            f"take the next backup with `vigil backup {name} --full`",
+            1,
+        ) from exc
+    result.notes.append(
+        "changed block tracking was reset (off, then on): the next backup reads the disks in full"
+    )
+
+
 async def _power_on(ctx: Context, vm: Any, name: str) -> None:
     task = await ctx.session.call(vm, "PowerOnVM_Task")
     await wait_for_task(ctx.session, task, description=f"power on {name}")
@@ -256,8 +341,44 @@ async def restore_to_existing(
     props = await ctx.session.properties(vm, ["name", "config"])
     name = props.get("name", vm._moId)
     config = props["config"]
+    # Never while a backup (the daemon's, say) reads this VM: VmBusyError names it.
+    with vm_lock(
+        ctx.repo.root,
+        ctx.session.vcenter_uuid,
+        config.instanceUuid or config.uuid or vm._moId,
+        name,
+        f"restore of point {point_id}",
+    ):
+        return await _restore_locked(
+            ctx,
+            manifest,
+            vm,
+            name,
+            config,
+            power_off=power_off,
+            power_on=power_on,
+            changed_only=changed_only,
+            verify=verify,
+            progress=progress,
+        )
+
+
+async def _restore_locked(
+    ctx: Context,
+    manifest: Manifest,
+    vm: Any,
+    name: str,
+    config: Any,
+    *,
+    power_off: bool,
+    power_on: bool,
+    changed_only: bool,
+    verify: bool,
+    progress: Progress | None,
+) -> RestoreResult:
+    point_id = manifest.point_id
     saved = disk_summaries(saved_config(manifest)) if manifest.config_info else []
-    targets = match_disks(manifest, saved, disk_summaries(config))
+    targets = match_disks(manifest.disks, saved, disk_summaries(config))
     await _power_off(ctx, vm, power_off, name)
     result = RestoreResult(point_id, vm._moId, name, "existing")
     # Every disk's changed areas are asked for before the first write (the seed: once a
@@ -284,44 +405,40 @@ async def restore_to_existing(
         for rec in manifest.disks
     )
     done = [0]
-    for rec in manifest.disks:
-        plan = plans[rec.key]
-        out = None
-        if plan.slots is not None:
+
+    async def write(key: str, slots: list[int] | None) -> RestoredDisk:
+        return await _write_disk(
+            ctx,
+            manifest,
+            key,
+            vm,
+            targets[key],
+            fresh=False,
+            verify=verify,
+            progress=progress,
+            done=done,
+            total=total,
+            only_slots=slots,
+            modes=in_place if slots is not None else None,
+        )
+
+    try:
+        for rec in manifest.disks:
+            plan = plans[rec.key]
             try:
-                out = await _write_disk(
-                    ctx,
-                    manifest,
-                    rec.key,
-                    vm,
-                    targets[rec.key],
-                    fresh=False,
-                    verify=verify,
-                    progress=progress,
-                    done=done,
-                    total=total,
-                    only_slots=plan.slots,
-                    modes=in_place,
-                )
+                out = await write(rec.key, plan.slots)
             except DiskOpenError as exc:  # raised before anything is written
+                if plan.slots is None:
+                    raise
                 plan = _no_in_place_write(ctx, f"none could open the disk ({exc})")
                 _note_full_write(result, rec.key, plan)
-        if out is None:
-            out = await _write_disk(
-                ctx,
-                manifest,
-                rec.key,
-                vm,
-                targets[rec.key],
-                fresh=False,
-                verify=verify,
-                progress=progress,
-                done=done,
-                total=total,
-            )
-        out.mode = "full" if plan.slots is None else "changed"
-        out.reason = plan.reason
-        result.disks.append(out)
+                out = await write(rec.key, None)
+            out.mode = "full" if plan.slots is None else "changed"
+            out.reason = plan.reason
+            result.disks.append(out)
+    finally:
+        # Also after a failure midway: whatever was written is not in CBT's record either.
+        await shielded(_reset_cbt(ctx, vm, name, config, result))
     if power_on:
         await _power_on(ctx, vm, name)
         result.powered_on = True
@@ -345,11 +462,25 @@ class Placement:
     host: str | None = None  # inventory path or host name
 
 
+# What each placement option must name, and the vSphere types that qualify.
+PLACEMENT_KINDS: dict[str, tuple[type, ...]] = {
+    "folder": (vim.Folder,),
+    "resource pool": (vim.ResourcePool,),
+    "host": (vim.HostSystem,),
+}
+
+
 async def _find_by_path(ctx: Context, path: str, what: str) -> Any:
     idx = ctx.session.content.searchIndex
     ref = await ctx.session.call(idx, "FindByInventoryPath", inventoryPath=path.strip("/"))
     if ref is None:
         raise UserError(f"{what} {path!r} not found; `vigil inventory` shows the paths", 2)
+    kinds = PLACEMENT_KINDS.get(what)
+    if kinds and not isinstance(ref, kinds):
+        found = type(ref).__name__.rsplit(".", 1)[-1]
+        raise UserError(
+            f"{path!r} is a {found}, not a {what}; give the inventory path of a {what}", 2
+        )
     return ctx.session.client.bind(ref)
 
 
@@ -398,7 +529,10 @@ async def restore_as_new(
     power_on: bool = False,
     verify: bool = False,
     progress: Progress | None = None,
+    keep_failed: bool = False,
 ) -> RestoreResult:
+    """Create a VM from the point's saved configuration and write its disks. Should anything
+    fail once the VM exists, it is destroyed (kept with `keep_failed`) and the error says so."""
     manifest = await load_point(ctx, point_id)
     config = saved_config(manifest)
     defaults = await _default_placement(ctx, manifest, config)
@@ -419,19 +553,46 @@ async def restore_as_new(
     ds_name = placement.datastore or await _datastore_name(ctx, config)
 
     rebuilt = build_config_spec(config, name=placement.name, datastore_name=ds_name)
-    left_out = set(map(str, rebuilt.left_out_disks))
     task = await ctx.session.call(
         folder, "CreateVM_Task", config=rebuilt.spec, pool=pool, host=host
     )
     new_ref = await wait_for_task(ctx.session, task, description=f"create VM {placement.name}")
     new_vm = ctx.session.client.bind(new_ref)
+    try:
+        result = await _fill_new_vm(
+            ctx, manifest, config, rebuilt, new_vm, placement.name, verify, progress
+        )
+    except BaseException as exc:
+        await _discard_half_built(ctx, new_vm, placement.name, point_id, exc, keep_failed)
+        raise
+    if power_on:
+        await _power_on(ctx, new_vm, placement.name)
+        result.powered_on = True
+    log.info(
+        "restore.done", point=point_id, vm=placement.name, mode="new", bytes=result.written_bytes
+    )
+    return result
+
+
+async def _fill_new_vm(
+    ctx: Context,
+    manifest: Manifest,
+    config: Any,
+    rebuilt: Any,
+    new_vm: Any,
+    name: str,
+    verify: bool,
+    progress: Progress | None,
+) -> RestoreResult:
+    """Everything after CreateVM_Task: video card settings, then every saved disk's data."""
     props = await ctx.session.properties(new_vm, ["config"])
     new_config = props["config"]
     edit = video_card_edit_spec(config, list(new_config.hardware.device))
     if edit is not None:
         t = await ctx.session.call(new_vm, "ReconfigVM_Task", spec=edit)
         await wait_for_task(ctx.session, t, description="video card settings")
-    result = RestoreResult(point_id, new_vm._moId, placement.name, "new", notes=list(rebuilt.notes))
+    result = RestoreResult(manifest.point_id, new_vm._moId, name, "new", notes=list(rebuilt.notes))
+    left_out = set(map(str, rebuilt.left_out_disks))
     saved = disk_summaries(config)
     current = disk_summaries(new_config)
     records = [r for r in manifest.disks if r.key not in left_out]
@@ -443,7 +604,7 @@ async def restore_as_new(
         disk = by_addr.get(saved_addr.get(rec.key))
         if disk is None or disk.capacity_bytes != rec.capacity:
             raise UserError(
-                f"new VM {placement.name} has no disk at {saved_addr.get(rec.key)} with "
+                f"new VM {name} has no disk at {saved_addr.get(rec.key)} with "
                 f"{rec.capacity} bytes for saved disk {rec.key}",
                 1,
             )
@@ -461,13 +622,45 @@ async def restore_as_new(
                 total=total,
             )
         )
-    if power_on:
-        await _power_on(ctx, new_vm, placement.name)
-        result.powered_on = True
-    log.info(
-        "restore.done", point=point_id, vm=placement.name, mode="new", bytes=result.written_bytes
-    )
     return result
+
+
+async def _discard_half_built(
+    ctx: Context, vm: Any, name: str, point_id: str, exc: BaseException, keep: bool
+) -> None:
+    """After a restore as a new VM failed: destroy the VM it created (a half-written VM must
+    not pass for a restored one), unless the admin keeps it for inspection. A cancellation
+    goes on as it is, after the destroy; any other error becomes a RestoreFailedError that
+    names the VM and what became of it."""
+    where = f"{name} ({vm._moId})"
+    if keep:
+        fate, kept = (
+            f"the half-built VM {where} was kept (--keep-failed); delete it when done",
+            True,
+        )
+    else:
+        try:
+            await shielded(_destroy(ctx, vm, name))
+            fate, kept = f"the half-built VM {where} was destroyed", False
+        except VsphereError as derr:
+            fate, kept = (
+                f"destroying the half-built VM {where} failed too ({derr}): delete it by hand",
+                True,
+            )
+    log.error("restore.new_vm_failed", point=point_id, vm=name, error=str(exc), outcome=fate)
+    if isinstance(exc, Exception):
+        why = str(exc) or type(exc).__name__
+        raise RestoreFailedError(
+            f"restore of point {point_id} as new VM {name} failed: {why}; {fate}",
+            name,
+            vm._moId,
+            kept,
+        ) from exc
+
+
+async def _destroy(ctx: Context, vm: Any, name: str) -> None:
+    task = await ctx.session.call(vm, "Destroy_Task")
+    await wait_for_task(ctx.session, task, description=f"destroy half-built VM {name}")
 
 
 async def _write_disk(
@@ -498,7 +691,7 @@ async def _write_disk(
     try:
         if rec.metadata:
             await anyio.to_thread.run_sync(writer.write_metadata, dict(rec.metadata))
-        fetch = ctx.repo._fetcher(manifest.point_id, key, index)
+        fetch = _slot_loader(ctx, manifest.point_id, key, index)
         # A fresh disk reads as zeros: its zero chunks need no write at all.
         if only_slots is not None:
             slots = sorted(set(only_slots))
@@ -514,9 +707,7 @@ async def _write_disk(
             # ascending offsets, one at a time (a streamed PUT, one VDDK handle).
             if index.ids[slot] == ZERO_ID:
                 return zero[: index.slot_length(slot)]
-            _offset, data = fetch(slot)
-            assert data is not None
-            return data
+            return fetch(slot)
 
         async def store(slot: int, data: bytes) -> None:
             nonlocal written
@@ -532,8 +723,7 @@ async def _write_disk(
         await anyio.to_thread.run_sync(writer.flush)
         out.written_bytes, out.skipped_zero_bytes = written, skipped
     finally:
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(writer.close)
+        await in_thread_shielded(writer.close)
     if verify:
         out.verified = await _verify_disk(ctx, manifest, key, vm, disk, index)
         if not out.verified:
@@ -545,6 +735,25 @@ async def _write_disk(
     return out
 
 
+def _slot_loader(ctx: Context, point_id: str, key: str, index: DiskIndex) -> Callable[[int], bytes]:
+    """The bytes of one non-zero chunk slot of a saved disk, through the repository's public
+    load_chunk (which checks the chunk's id, so the data is what was backed up); a missing
+    or damaged chunk raises CorruptChunkError naming the point and disk."""
+
+    def load(slot: int) -> bytes:
+        cid = index.ids[slot]
+        try:
+            data = ctx.repo.load_chunk(cid)
+        except (CorruptObjectError, ObjectNotFoundError) as exc:
+            raise CorruptChunkError(cid.hex(), point_id, key, str(exc)) from exc
+        if len(data) != index.slot_length(slot):
+            why = f"length {len(data)}, slot {slot} needs {index.slot_length(slot)}"
+            raise CorruptChunkError(cid.hex(), point_id, key, why)
+        return data
+
+    return load
+
+
 async def _verify_disk(
     ctx: Context, manifest: Manifest, key: str, vm: Any, disk: DiskInfo, index: Any
 ) -> bool:
@@ -552,7 +761,7 @@ async def _verify_disk(
     from .diskaccess import open_disk_for_read
 
     reader = await open_disk_for_read(ctx, vm, None, disk, None)
-    fetch = ctx.repo._fetcher(manifest.point_id, key, index)
+    fetch = _slot_loader(ctx, manifest.point_id, key, index)
     try:
 
         def same(slot: int) -> bool:
@@ -561,8 +770,7 @@ async def _verify_disk(
             got = reader.read(offset, length)
             if index.ids[slot] == ZERO_ID:
                 return got == bytes(length)
-            _, want = fetch(slot)
-            return hashlib.blake2b(got).digest() == hashlib.blake2b(want).digest()
+            return got == fetch(slot)
 
         bad: list[int] = []
 
@@ -581,5 +789,4 @@ async def _verify_disk(
             log.error("restore.verify_mismatch", disk=disk.file_name, slot=slot)
         return not bad
     finally:
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(reader.close)
+        await in_thread_shielded(reader.close)

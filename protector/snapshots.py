@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import anyio
 import structlog
 
 from watcher.session import Session
 from watcher.soap import VsphereError, VsphereFault
 from watcher.tasks import wait_for_task
+
+from .parallel import shielded
 
 log = structlog.get_logger(__name__)
 
@@ -184,11 +185,16 @@ async def _snapshot(session: Session, vm: Any, description: str, *, quiesce: boo
             cancelled = True
         except VsphereError:
             break
-    ref = session.client.bind(waiter.result())  # raises the task's fault, if any
     if cancelled:
-        await _remove_surely(session, vm, ref)
+        # Cancelled while the task ran: whatever became of it, the cancellation goes on (a
+        # fault here must not reach the quiesce retry / fallback, which would carry on).
+        fault = waiter.exception()
+        if fault is None:
+            await _remove_surely(session, vm, session.client.bind(waiter.result()))
+        else:
+            log.info("backup.snapshot_failed_while_cancelled", vm=vm._moId, error=str(fault))
         raise asyncio.CancelledError()
-    return ref
+    return session.client.bind(waiter.result())  # raises the task's fault, if any
 
 
 @contextlib.asynccontextmanager
@@ -206,31 +212,21 @@ async def backup_snapshot(
 
 
 async def _remove_surely(session: Session, vm: Any, snapshot: Any) -> None:
-    """Remove the snapshot even while the caller is being cancelled.
+    """Remove the snapshot even while the caller is being cancelled (parallel.shielded: an
+    anyio cancel scope or a plain Task.cancel(), as the job runner sends, repeated or not);
+    a cancellation seen meanwhile is raised again afterwards. A removal vCenter refuses is
+    logged, not raised: the next backup of the VM removes the leftover."""
 
-    The removal runs as a task of its own, awaited under a shielded anyio scope (anyio
-    cancel scopes) and through asyncio.shield in a loop (a plain Task.cancel(), as the
-    job runner sends); a cancellation seen meanwhile is raised again afterwards."""
-    removal = asyncio.ensure_future(remove_snapshot(session, snapshot))
-    cancelled = False
-    with anyio.CancelScope(shield=True):
-        while not removal.done():
-            try:
-                await asyncio.shield(removal)
-            except asyncio.CancelledError:
-                cancelled = True
-            except VsphereError:
-                break
-    exc = removal.exception() if not removal.cancelled() else None
-    if exc is not None:
-        if not isinstance(exc, VsphereError):
-            raise exc
-        log.error(
-            "backup.snapshot_remove_failed",
-            vm=vm._moId,
-            snapshot=snapshot._moId,
-            error=str(exc),
-            next_step="the next backup of this VM removes it",
-        )
-    if cancelled:
-        raise asyncio.CancelledError()
+    async def remove() -> None:
+        try:
+            await remove_snapshot(session, snapshot)
+        except VsphereError as exc:
+            log.error(
+                "backup.snapshot_remove_failed",
+                vm=vm._moId,
+                snapshot=snapshot._moId,
+                error=str(exc),
+                next_step="the next backup of this VM removes it",
+            )
+
+    await shielded(remove())

@@ -6,7 +6,6 @@ import argparse
 from typing import Any
 
 from ..cli import _load, print_json
-from ..errors import UserError
 from ..repoaccess import all_manifests, matches_vm, open_repository, point_summary
 
 
@@ -39,9 +38,9 @@ async def run(args: argparse.Namespace) -> int:
     repo = await open_repository(cfg)
     manifests = await all_manifests(repo)
     if args.vm:
+        # A VM without points (or unknown) is an empty listing, not a failure: scripts
+        # iterate over the result.
         manifests = [m for m in manifests if matches_vm(m, args.vm)]
-        if not manifests:
-            raise UserError(f"no restore points for VM {args.vm!r}", 1)
     records = sorted(
         (point_summary(m) for m in manifests), key=lambda r: r["created_at"], reverse=True
     )
@@ -49,7 +48,7 @@ async def run(args: argparse.Namespace) -> int:
         print_json(records)
         return 0
     if not records:
-        print("no restore points yet")
+        print(f"no restore points of VM {args.vm!r}" if args.vm else "no restore points yet")
         return 0
     for r in records:
         read = sum(d["read_bytes"] or 0 for d in r["disks"])

@@ -35,6 +35,11 @@ def register(sub: Any) -> None:
         "Block Tracking on the VM can tell (else everything, and the reason is shown)",
     )
     p.add_argument("--verify", action="store_true", help="re-read and compare what was written")
+    p.add_argument(
+        "--keep-failed",
+        action="store_true",
+        help="with --new-name: keep the new VM when the restore fails (default: destroy it)",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(handler=run)
 
@@ -43,10 +48,18 @@ async def run(args: argparse.Namespace) -> int:
     from ..connect import open_session
     from ..context import Context
     from ..repoaccess import open_repository
-    from ..restore import Placement, load_point, restore_as_new, restore_to_existing
+    from ..restore import (
+        Placement,
+        find_original_vm,
+        load_point,
+        restore_as_new,
+        restore_to_existing,
+    )
 
     if args.to_existing and (args.folder or args.pool or args.datastore or args.host):
         raise UserError("--folder/--pool/--datastore/--host apply to --new-name only")
+    if args.keep_failed and args.to_existing:
+        raise UserError("--keep-failed applies to --new-name only (it keeps a half-built new VM)")
     if args.changed_only and not args.to_existing:
         raise UserError("--changed-only applies to --to-existing only (a new VM gets every chunk)")
     cfg = _load(args)
@@ -57,13 +70,7 @@ async def run(args: argparse.Namespace) -> int:
         progress = ProgressLine(f"restore {args.point}")
         if args.to_existing:
             manifest = await load_point(ctx, args.point)
-            vm = session.moref("VirtualMachine", manifest.vm.moref)
-            props = await _identity(session, vm)
-            if (props or "").lower() != manifest.vm.instance_uuid.lower():
-                raise UserError(
-                    f"the VM that restore point {args.point} came from ({manifest.vm.name}, "
-                    f"{manifest.vm.moref}) no longer exists; restore with --new-name instead"
-                )
+            vm = await find_original_vm(ctx, manifest)
             result = await restore_to_existing(
                 ctx,
                 args.point,
@@ -83,6 +90,7 @@ async def run(args: argparse.Namespace) -> int:
                 power_on=args.power_on,
                 verify=args.verify,
                 progress=progress,
+                keep_failed=args.keep_failed,
             )
         progress.finish()
     finally:
@@ -102,13 +110,3 @@ async def run(args: argparse.Namespace) -> int:
         for note in result.notes:
             print(f"  note: {note}")
     return 0
-
-
-async def _identity(session: Any, vm: Any) -> str | None:
-    from watcher.soap import VsphereFault
-
-    try:
-        props = await session.properties(vm, ["config.instanceUuid"])
-    except VsphereFault:
-        return None
-    return props.get("config.instanceUuid")

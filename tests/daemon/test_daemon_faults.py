@@ -224,3 +224,18 @@ async def test_a_vm_held_by_another_process_is_backed_up_once_it_is_free(tmp_pat
 
 def busy_recs(daemon) -> list:
     return [r for r in recs_of(daemon) if r.outcome == "busy"]
+
+
+async def test_a_watcher_reconnect_does_not_break_a_running_backup(tmp_path, make_vcsim):
+    """The watcher drops and replaces its session on any update-loop error; a backup in
+    flight must not lose its session with it (the jobs have their own)."""
+    sim = make_vcsim(args=["-task-delay", "CreateSnapshot_Task=2000"])
+    cfg = write_config(tmp_path, sim, policy("one", 'names = ["DC0_H0_VM0"]'))
+    async with running(cfg) as daemon:
+        assert daemon.runner is not None and daemon.watcher is not None
+        await wait_for(lambda: daemon.runner.running, 30, "a running backup")
+        await asyncio.sleep(0.3)  # the snapshot task is under way
+        await daemon.watcher._drop_session()  # what the loop does after a transport error
+        await wait_for(lambda: daemon.runner.history, 60, "the backup to finish")
+        rec = daemon.runner.history[0]
+        assert (rec.outcome, rec.attempt) == ("success", 1), rec.error

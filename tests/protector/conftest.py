@@ -220,3 +220,59 @@ async def file_rig(
         )
     finally:
         await session.close()
+
+
+@pytest.fixture(scope="session")
+def fake_vddk(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A VDDK distribution directory with the fake VixDiskLib (built with gcc)."""
+    import shutil
+
+    from disk_io.vddk.fake import build
+
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is needed to build the fake VixDiskLib")
+    distrib = tmp_path_factory.mktemp("vddk-distrib")
+    build(distrib)
+    return distrib
+
+
+@pytest.fixture
+async def vddk_rig(
+    vcsim_fresh: Simulator, fake_vddk: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Rig]:
+    """A rig whose only transport is VDDK, the fake VixDiskLib reading the simulator's
+    datastore directory ($FAKEVDDK_ROOT/LocalDS_0 links to it); the fake counts open
+    handles (FakeVixDiskLib_OpenHandles)."""
+    root = tmp_path / "fakevddk"
+    root.mkdir()
+    (root / "LocalDS_0").symlink_to(datastore_dir(vcsim_fresh))
+    monkeypatch.setenv("FAKEVDDK_ROOT", str(root))
+    for var in ("FAKEVDDK_FAIL_OPEN", "FAKEVDDK_FAIL_READ_SECTOR", "FAKEVDDK_SLOW_READ_US"):
+        monkeypatch.delenv(var, raising=False)
+    toml = tmp_path / "vigil.toml"
+    text = config_toml(vcsim_fresh, modes=("vddk",))
+    text = text.replace("[transport]\n", f'[transport]\nvddk_libdir = "{fake_vddk}"\n')
+    toml.write_text(text)
+    (tmp_path / "policies").mkdir()
+    cfg = parse_config(tomllib.loads(toml.read_text()), str(toml))
+    repo = Repository.init(cfg.repository.path)
+    session = Session(
+        Endpoint(vcsim_fresh.url), Credentials(vcsim_fresh.user, vcsim_fresh.password)
+    )
+    await session.connect()
+    try:
+        yield Rig(
+            vcsim_fresh, cfg, session, repo, Context.create(cfg, session, repo, None), tmp_path
+        )
+    finally:
+        await session.close()
+
+
+def vddk_open_handles(distrib: Path) -> int:
+    """How many disk handles the fake VixDiskLib has open in this process."""
+    from cffi import FFI
+
+    ffi = FFI()
+    ffi.cdef("int FakeVixDiskLib_OpenHandles(void);")
+    lib = ffi.dlopen(str(distrib / "lib64" / "libvixDiskLib.so.8"))
+    return int(lib.FakeVixDiskLib_OpenHandles())

@@ -356,3 +356,35 @@ async def test_vapp_is_backed_up_as_one_job_with_linked_points(vapp_rig: Rig) ->
         out = rig.tmp / f"{r.vm.moref}.img"
         rig.repo.export_raw(r.point_id, r.disks[0].key, out)
         assert out.read_bytes() == data
+
+
+async def test_grown_disk_gets_a_full_read_and_restores_byte_for_byte(rig: Rig) -> None:
+    """Regression: growing a disk between two backups failed every later backup (the old,
+    smaller index cannot seed an incremental); now the grown disk is read in full."""
+    small, big = 4 * MIB, 8 * MIB
+    old = patterned(small, seed=30)
+    vm = await rig.prepare(small, old)
+    first = await rig.backup(vm)
+    assert first.disks[0].capacity_bytes == small
+
+    await rig.grow(vm, big)  # ReconfigVM_Task, device edit with a larger capacityInKB
+    flat = rig.flat(await rig.disk(vm))
+    # The simulator reports the new capacity but leaves the -flat file as it was: the new
+    # part reads as zeros (as a freshly grown thin disk does).
+    assert flat.stat().st_size == small
+    second = await rig.backup(vm)
+    [d] = second.disks
+    assert d.capacity_bytes == big and second.type == "full" and d.mode != "changed", d.reason
+    assert await rig.snapshots(vm) == []
+    assert await restore_new_and_read(rig, second.point_id, "grown", big) == old + bytes(small)
+
+    # The guest fills the new space; the next backup is an incremental on the grown index.
+    grown = patterned(big, seed=31)
+    await rig.put_flat(vm, grown)
+    third = await rig.backup(vm)
+    assert third.type == "incremental" and third.disks[0].capacity_bytes == big
+    assert await restore_new_and_read(rig, third.point_id, "grown2", big) == grown
+    # The point from before the growth still restores the small disk.
+    out = rig.tmp / "small.img"
+    rig.repo.export_raw(first.point_id, d.key, out)
+    assert out.read_bytes() == old
