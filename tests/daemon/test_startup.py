@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -30,7 +31,8 @@ async def test_status_token_env_unset_or_empty_refuses_to_start(tmp_path, monkey
         monkeypatch.setenv("VIGIL_TEST_STATUS_TOKEN", value)
     cfg = load(config(tmp_path, daemon='status_token_env = "VIGIL_TEST_STATUS_TOKEN"'))
     with pytest.raises(UserError) as exc:
-        await Daemon(cfg).run(install_signals=False)
+        # Bounded: were the check missing, the daemon would retry the unreachable vCenter.
+        await asyncio.wait_for(Daemon(cfg).run(install_signals=False), 20)
     msg = str(exc.value)
     assert "daemon.status_token_env" in msg and "VIGIL_TEST_STATUS_TOKEN" in msg
     assert "unset or empty" in msg
