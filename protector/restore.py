@@ -36,6 +36,7 @@ from .context import Context
 from .diskaccess import changed_areas, open_disk_for_write
 from .errors import RestoreFailedError, UserError
 from .parallel import in_thread_shielded, map_bounded, map_ordered, shielded
+from .placement import default_folder_and_pool, find_datastore
 from .vmconfig import DiskInfo, deserialize_config, disk_summaries
 from .vmlock import vm_lock
 
@@ -508,19 +509,6 @@ async def _datastore_name(ctx: Context, config: Any) -> str:
     raise UserError("cannot tell the original datastore; pass --datastore", 2)
 
 
-async def _first_pool_and_folder(ctx: Context) -> tuple[Any, Any]:
-    from watcher.inventory import read_inventory
-
-    tree = await read_inventory(ctx.session)
-    vms = tree.vms()
-    if not vms:
-        raise UserError("no VM to take a default folder and pool from; pass --folder and --pool")
-    v = vms[0]
-    folder = await _find_by_path(ctx, v.folder, "folder")
-    pool = await _find_by_path(ctx, v.resource_pool, "resource pool") if v.resource_pool else None
-    return folder, pool
-
-
 async def restore_as_new(
     ctx: Context,
     point_id: str,
@@ -546,11 +534,13 @@ async def restore_as_new(
         if placement.pool
         else defaults.get("pool")
     )
-    if folder is None or pool is None:
-        f, p = await _first_pool_and_folder(ctx)
-        folder, pool = folder or f, pool or p
     host = await _find_by_path(ctx, placement.host, "host") if placement.host else None
     ds_name = placement.datastore or await _datastore_name(ctx, config)
+    # Checked first: CreateVM_Task with an unknown datastore fails obscurely, or worse.
+    datastore = await find_datastore(ctx.session, ds_name)
+    if folder is None or pool is None:
+        f, p = await default_folder_and_pool(ctx.session, datastore, host)
+        folder, pool = folder or f, pool or p
 
     rebuilt = build_config_spec(config, name=placement.name, datastore_name=ds_name)
     task = await ctx.session.call(

@@ -136,3 +136,35 @@ async def test_failed_restore_as_new_destroys_the_half_built_vm(rig: Rig, keep: 
     else:
         assert "half" not in await vm_names(rig)
         assert "destroyed" in message
+
+
+async def test_an_unknown_datastore_is_refused_before_anything_is_created(rig: Rig) -> None:
+    """CreateVM_Task with a datastore that does not exist fails deep in vCenter (the
+    simulator even drops the connection): name the datastore and list the real ones."""
+    _vm, point, _ = await backed_up(rig)
+    rc, out, err = await vigil(
+        rig, "restore", point, "--new-name", "nods", "--datastore", "NoSuchDS", "--json"
+    )
+    assert rc == EXIT_USAGE, (out, err)
+    line = one_line_error(err)
+    assert "NoSuchDS" in line and "LocalDS_0" in line
+    assert "nods" not in await vm_names(rig)
+
+
+async def test_without_placement_options_the_vm_goes_where_its_datastore_is(rig: Rig) -> None:
+    """The original VM is gone: the new one goes into the datastore's datacenter, in the
+    pool of a host that can reach that datastore (not next to an arbitrary VM)."""
+    vm, point, data = await backed_up(rig)
+    await rig.power(vm, False)
+    await rig.run(vm, "Destroy_Task")
+    rc, out, err = await vigil(rig, "restore", point, "--new-name", "placed", "--json")
+    assert rc == 0, (out, err)
+    new = json.loads(out)["vm"]
+    props = await rig.session.properties(
+        rig.session.moref("VirtualMachine", new["moref"]), ["datastore", "runtime.host"]
+    )
+    ds_hosts = await rig.session.properties(props["datastore"][0], ["host", "name"])
+    assert ds_hosts["name"] == "LocalDS_0"
+    assert props["runtime.host"]._moId in {m.key._moId for m in ds_hosts["host"]}
+    new_vm = rig.session.moref("VirtualMachine", new["moref"])
+    assert await rig.read_flat(new_vm, len(data)) == data
