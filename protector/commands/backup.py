@@ -71,7 +71,7 @@ async def run(args: argparse.Namespace) -> int:
         raise UserError("name one VM, or a vApp with --vapp PATH (not both)")
     if args.vapp is not None:
         return await run_vapp(args)
-    from watcher.inventory import read_inventory
+    from watcher.inventory import read_inventory_with_tags
 
     from ..backup import backup_vm
     from ..connect import open_session
@@ -85,7 +85,7 @@ async def run(args: argparse.Namespace) -> int:
     session = await open_session(cfg)
     catalog = await open_catalog(repo)
     try:
-        tree = await read_inventory(session)
+        tree = await read_inventory_with_tags(session, required=False)  # policies use tags
         node = find_vm(tree.vms(), args.vm)
         opts = backup_options_for(cfg, tree, node, full=args.full)
         ctx = Context.create(cfg, session, repo, catalog)
@@ -114,7 +114,7 @@ async def run(args: argparse.Namespace) -> int:
 
 
 async def run_vapp(args: argparse.Namespace) -> int:
-    from watcher.inventory import read_inventory
+    from watcher.inventory import read_inventory_with_tags
 
     from ..backup import backup_vapp
     from ..connect import open_session
@@ -137,7 +137,7 @@ async def run_vapp(args: argparse.Namespace) -> int:
                 2,
             )
         vapp = session.client.bind(ref)
-        tree = await read_inventory(session)
+        tree = await read_inventory_with_tags(session, required=False)  # policies use tags
         members = [v for v in tree.vms() if v.vapp == path]
         # One job, one set of options: the members' policy when they share one.
         choices = {backup_options_for(cfg, tree, v, full=args.full) for v in members}
