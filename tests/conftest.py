@@ -18,6 +18,21 @@ def vcsim_binary() -> Path:
 
 
 @pytest.fixture(scope="session")
+def fake_distrib(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A VDDK-like distribution directory holding our fake lib64/libvixDiskLib.so.8.
+    One per test session: VixDiskLib is loaded once per process, from one directory."""
+    import shutil
+
+    from disk_io.vddk.fake import build as build_fake
+
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is needed to build the fake VixDiskLib")
+    distrib = tmp_path_factory.mktemp("vddk-distrib")
+    build_fake(distrib)
+    return distrib
+
+
+@pytest.fixture(scope="session")
 def vcsim(vcsim_binary: Path) -> Iterator[Simulator]:
     """A session-wide simulator on the default model: for tests that only read."""
     with Simulator(binary=vcsim_binary) as sim:

@@ -62,8 +62,9 @@ async def test_vm_created_or_moved_into_protected_folder_is_backed_up_unasked(
         assert daemon.status_data()["counts"].get("unprotected") == 4
         await create_vm(s, "/DC0/vm/prod", "web-1")
         await wait_for(lambda: points_of(daemon, "web-1"), 20, "web-1's first restore point")
-        st = vm_state(daemon, "web-1")
-        assert st["state"] == "ok" and st["policy"] == "prod"
+        # The point is committed a moment before the job ends (catalog record, cleanup).
+        await wait_for(lambda: vm_state(daemon, "web-1")["state"] == "ok", 10, "job finished")
+        assert vm_state(daemon, "web-1")["policy"] == "prod"
         rec = next(r for r in daemon.runner.history if r.vm_name == "web-1")
         assert "came into scope of prod" in rec.reason
 

@@ -2,25 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from disk_io.vddk.fake import build
-
 HERE = Path(__file__).resolve().parent
-
-
-@pytest.fixture(scope="session")
-def fake_distrib(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A VDDK-like distribution directory holding our fake lib64/libvixDiskLib.so.8."""
-    if shutil.which("gcc") is None:
-        pytest.skip("gcc is needed to build the fake VixDiskLib")
-    distrib = tmp_path_factory.mktemp("vddk-distrib")
-    build(distrib)
-    return distrib
 
 
 @pytest.fixture

@@ -223,17 +223,9 @@ async def file_rig(
 
 
 @pytest.fixture(scope="session")
-def fake_vddk(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A VDDK distribution directory with the fake VixDiskLib (built with gcc)."""
-    import shutil
-
-    from disk_io.vddk.fake import build
-
-    if shutil.which("gcc") is None:
-        pytest.skip("gcc is needed to build the fake VixDiskLib")
-    distrib = tmp_path_factory.mktemp("vddk-distrib")
-    build(distrib)
-    return distrib
+def fake_vddk(fake_distrib: Path) -> Path:
+    """The session's fake VDDK distribution (tests/conftest.py)."""
+    return fake_distrib
 
 
 @pytest.fixture
@@ -266,13 +258,3 @@ async def vddk_rig(
         )
     finally:
         await session.close()
-
-
-def vddk_open_handles(distrib: Path) -> int:
-    """How many disk handles the fake VixDiskLib has open in this process."""
-    from cffi import FFI
-
-    ffi = FFI()
-    ffi.cdef("int FakeVixDiskLib_OpenHandles(void);")
-    lib = ffi.dlopen(str(distrib / "lib64" / "libvixDiskLib.so.8"))
-    return int(lib.FakeVixDiskLib_OpenHandles())

@@ -60,7 +60,7 @@ async def test_cancel_mid_read_closes_handles_before_returning(
     """Cancelled mid-read, and cancelled again and again while cleaning up (a job runner
     stopping a job, then the daemon shutting down): when the backup returns, the VDDK handle
     is closed, the repository lock released, the snapshot removed and no point committed."""
-    from conftest import vddk_open_handles
+    from protector_helpers import vddk_open_handles
 
     rig = vddk_rig
     size = 16 * MIB
