@@ -10,6 +10,8 @@ Public API (see docs/repository-format.md for the on-disk format):
         index = w.finish()
         point_id = pw.commit(disks=[DiskRecord.for_index(disk_key, index, ...)], ...)
     repo.read_disk(point_id, disk_key) -> iterator of (offset, bytes | None)  # holds the lock
+    _m, index = repo.disk_index(point_id, disk_key)
+    fetch = repo.slot_fetcher(point_id, disk_key, index)  # slot -> verified bytes | None (hole)
     with repo.reading(): ...                    # shared lock for other readers of chunks
     verify(repo, read_data=True) / prune(repo, rule_for) / Catalog
 """

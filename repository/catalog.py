@@ -2,28 +2,32 @@
 aiosqlite by default at <repository>/catalog.db).
 
 Manifests stay the source of truth; rebuild() recreates everything but the job history
-from the repository. The schema is versioned: MIGRATIONS[i] moves version i to i+1.
+from the repository. The schema is managed by Alembic (repository/migrations): opening a
+catalog upgrades it to the newest revision.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import anyio
 import sqlalchemy as sa
+from alembic import command as alembic_command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from repository.errors import RepositoryError
 from repository.manifest import Manifest, Tombstone, VmIdentity
 from repository.repo import Repository
 
 metadata = sa.MetaData()
 
-schema_version = sa.Table(
-    "schema_version", metadata, sa.Column("version", sa.Integer, nullable=False)
-)
 vms = sa.Table(
     "vms",
     metadata,
@@ -88,25 +92,49 @@ jobs = sa.Table(
 )
 
 
-def _v1(conn: sa.Connection) -> None:
-    metadata.create_all(conn, tables=[vms, vm_names, points, disks, jobs])
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+HEAD_REVISION = "0001"  # the newest file in migrations/versions; a test keeps them in step
 
 
-MIGRATIONS: list[Callable[[sa.Connection], None]] = [_v1]
-SCHEMA_VERSION = len(MIGRATIONS)
+def _alembic_config(conn: sa.Connection) -> AlembicConfig:
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.attributes["connection"] = conn
+    return cfg
 
 
-def _migrate(conn: sa.Connection) -> None:
-    schema_version.create(conn, checkfirst=True)
-    current = conn.execute(sa.select(schema_version.c.version)).scalar()
-    if current is None:
-        conn.execute(schema_version.insert().values(version=0))
-        current = 0
-    if current > SCHEMA_VERSION:
-        raise RuntimeError(f"catalog schema {current} is newer than this vigil ({SCHEMA_VERSION})")
-    for step in MIGRATIONS[current:]:
-        step(conn)
-    conn.execute(schema_version.update().values(version=SCHEMA_VERSION))
+def _migrate(conn: sa.Connection, where: str) -> None:
+    """Bring the schema to the newest Alembic revision. A catalog from before Alembic
+    (a `schema_version` table at 1, the same tables as revision 0001) is stamped, not
+    recreated; one from a newer vigil is refused rather than guessed at."""
+    cfg = _alembic_config(conn)
+    tables = set(sa.inspect(conn).get_table_names())
+    if "schema_version" in tables and "alembic_version" not in tables:
+        legacy = conn.execute(sa.text("select version from schema_version")).scalar()
+        if legacy != 1:
+            raise RepositoryError(
+                f"catalog {where} has unknown schema version {legacy}: move it aside and run "
+                "`vigil catalog rebuild`"
+            )
+        alembic_command.stamp(cfg, "0001")
+        conn.execute(sa.text("drop table schema_version"))
+    current = MigrationContext.configure(conn).get_current_revision()
+    known = {s.revision for s in ScriptDirectory.from_config(cfg).walk_revisions()}
+    if current is not None and current not in known:
+        raise RepositoryError(
+            f"catalog {where} was written by a newer vigil (schema revision {current}, this "
+            f"vigil knows up to {HEAD_REVISION}): upgrade vigil, or move the catalog aside and "
+            "run `vigil catalog rebuild`"
+        )
+    alembic_command.upgrade(cfg, "head")
+
+
+def _create_private(path: str) -> None:
+    """Create the SQLite file 0600 before SQLite opens it (SQLite would use the umask,
+    and its journal files copy the database file's mode)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    os.close(fd)
+    os.chmod(path, 0o600)  # an existing file from an older vigil may be wider
 
 
 class Catalog:
@@ -118,11 +146,16 @@ class Catalog:
         """A path means SQLite via aiosqlite; a string containing '://' is an SQLAlchemy URL."""
         s = str(url_or_path)
         url = s if "://" in s else f"sqlite+aiosqlite:///{s}"
-        engine = create_async_engine(url)
-        async with engine.begin() as conn:
-            await conn.run_sync(_migrate)
         if "://" not in s:
-            await anyio.Path(s).chmod(0o600)
+            await anyio.to_thread.run_sync(_create_private, s)
+        engine = create_async_engine(url)
+        where = s if "://" not in s else engine.url.render_as_string(hide_password=True)
+        try:
+            async with engine.begin() as conn:
+                await conn.run_sync(_migrate, where)
+        except BaseException:
+            await engine.dispose()
+            raise
         return cls(engine)
 
     @classmethod
@@ -185,6 +218,10 @@ class Catalog:
             return repo.manifests(), repo.tombstones()
 
         manifests, tombs = await anyio.to_thread.run_sync(load)
+        # A delete interrupted between its tombstone and the manifest's removal leaves both:
+        # the tombstone records the decision (the next prune finishes it), so it wins.
+        gone = {t.point_id for t in tombs}
+        manifests = [m for m in manifests if m.point_id not in gone]
         async with self.engine.begin() as conn:
             for t in (disks, points, vm_names, vms):
                 await conn.execute(t.delete())

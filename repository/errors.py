@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 
 class RepositoryError(Exception):
     """Base class for every repository failure."""
@@ -71,7 +73,13 @@ class BackendError(RepositoryError):
     """The storage backend failed (I/O error, disk full); the key names the object."""
 
     def __init__(self, key: str, cause: BaseException) -> None:
-        super().__init__(f"storage backend failed on {key}: {cause}")
+        hint = ""
+        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+            hint = (
+                "; the repository's filesystem is full: earlier restore points are intact, "
+                "free space (or run `vigil prune`) and run the backup again"
+            )
+        super().__init__(f"storage backend failed on {key}: {cause}{hint}")
         self.key = key
         self.cause = cause
 

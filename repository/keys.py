@@ -6,7 +6,7 @@ import hashlib
 import hmac
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from argon2.low_level import Type, hash_secret_raw
 from cryptography.exceptions import InvalidTag
@@ -30,9 +30,11 @@ class KdfParams:
 class KeySet:
     """Subkeys used by the format. `enc_key` is None for an unencrypted repository."""
 
-    id_key: bytes
-    mac_key: bytes
-    enc_key: bytes | None
+    # Kept out of repr: a KeySet (or a Repository) in a log line or traceback must not
+    # print the keys.
+    id_key: bytes = field(repr=False)
+    mac_key: bytes = field(repr=False)
+    enc_key: bytes | None = field(repr=False)
 
 
 def hkdf(master: bytes, info: bytes) -> bytes:
@@ -99,7 +101,7 @@ def wrap_master(
 
 @dataclass(frozen=True, slots=True)
 class Unwrapped:
-    master: bytes
+    master: bytes = field(repr=False)
     config_mac: bytes | None  # None in slots written before the config was authenticated
 
 

@@ -27,6 +27,7 @@ from repository import codec
 from repository.backend import Backend, LocalBackend
 from repository.codec import ZERO_ID, ObjectType, chunk_key
 from repository.errors import (
+    BackendError,
     ConfigTamperedError,
     CorruptChunkError,
     CorruptObjectError,
@@ -224,6 +225,9 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], threads: int) -> Itera
 class Repository:
     """A vigil repository. Thread-safe: every method may be called from any thread."""
 
+    def __repr__(self) -> str:
+        return f"Repository({str(self.root)!r}, encrypted={self.encrypted})"
+
     def __init__(
         self,
         root: Path,
@@ -404,10 +408,13 @@ class Repository:
         iid = codec.object_id(self.keys, plain)
         blob = codec.encode(self.keys, ObjectType.INDEX, iid, plain)
         key = index_key(iid)
-        if not self.backend.put_if_absent(key, blob) and not self._intact(
-            key, ObjectType.INDEX, iid
-        ):
-            self._heal(key, blob)
+        if not self.backend.put_if_absent(key, blob):
+            if self._intact(key, ObjectType.INDEX, iid):
+                # Reused (e.g. an old orphan with the same content): like a reused chunk,
+                # it must count as new for a sweep's grace period until our commit.
+                self.backend.touch(key)
+            else:
+                self._heal(key, blob)
         return replace(index, index_id=iid)
 
     def _intact(self, key: str, otype: ObjectType, oid: bytes) -> bool:
@@ -620,17 +627,24 @@ class Repository:
         fetch = self._fetcher(point_id, disk_key, index)
         return _LockedStream(ordered_map(fetch, range(len(index.ids)), threads), lock)
 
-    def _fetcher(
+    def slot_fetcher(
         self, point_id: str, disk_key: str, index: DiskIndex
-    ) -> Callable[[int], tuple[int, bytes | None]]:
-        def fetch(slot: int) -> tuple[int, bytes | None]:
+    ) -> Callable[[int], bytes | None]:
+        """A function slot -> that slot's bytes of the disk (`index` from disk_index), None
+        for an all-zero slot (a hole). Each chunk is read, decrypted, decompressed and
+        re-hashed against its id; a missing, damaged or wrongly sized one raises
+        CorruptChunkError naming the chunk, point and disk, so wrong bytes never come out.
+        Thread-safe: call it from a pool. Hold reading() around its use so a prune sweep
+        cannot remove chunks of a point deleted meanwhile."""
+
+        def fetch(slot: int) -> bytes | None:
             cid = index.ids[slot]
-            offset = slot * index.chunk_size
             if cid == ZERO_ID:
-                return offset, None
+                return None
             try:
                 data = self.load_chunk(cid)
-            except (CorruptObjectError, ObjectNotFoundError) as exc:
+            except (CorruptObjectError, ObjectNotFoundError, BackendError) as exc:
+                # An I/O error on the chunk's file (a bad sector) is damage of this chunk.
                 raise CorruptChunkError(cid.hex(), point_id, disk_key, str(exc)) from exc
             if len(data) != index.slot_length(slot):
                 raise CorruptChunkError(
@@ -639,9 +653,15 @@ class Repository:
                     disk_key,
                     f"length {len(data)}, slot {slot} needs {index.slot_length(slot)}",
                 )
-            return offset, data
+            return data
 
         return fetch
+
+    def _fetcher(
+        self, point_id: str, disk_key: str, index: DiskIndex
+    ) -> Callable[[int], tuple[int, bytes | None]]:
+        fetch = self.slot_fetcher(point_id, disk_key, index)
+        return lambda slot: (slot * index.chunk_size, fetch(slot))
 
     def export_raw(
         self,

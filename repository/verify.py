@@ -15,6 +15,7 @@ from repository import codec
 from repository.backend import Backend
 from repository.codec import chunk_key
 from repository.errors import (
+    BackendError,
     CorruptObjectError,
     ManifestError,
     ObjectNotFoundError,
@@ -103,7 +104,7 @@ def verify(
             if point_ids is not None:
                 raise
             continue  # deleted (by prune) since the listing: gone, not damaged
-        except ManifestError as exc:
+        except (ManifestError, BackendError) as exc:
             report.bad_manifests.append(BadObject(f"manifests/{pid}", str(exc), ((pid, "*"),)))
     report.points_checked = len(selected)
     if point_ids is None:
@@ -117,7 +118,7 @@ def verify(
     for index_id, affects in sorted(index_users.items()):
         try:
             index = repo.load_index(index_id)
-        except (CorruptObjectError, ObjectNotFoundError) as exc:
+        except (CorruptObjectError, ObjectNotFoundError, BackendError) as exc:
             report.bad_indexes.append(BadObject(f"indexes/{index_id}", str(exc), tuple(affects)))
             continue
         for cid in index.referenced():
@@ -139,8 +140,12 @@ def verify(
         try:
             repo.load_chunk(cid)
             return cid, None
-        except (CorruptObjectError, ObjectNotFoundError) as exc:
-            return cid, exc.reason if isinstance(exc, CorruptObjectError) else "missing"
+        except CorruptObjectError as exc:
+            return cid, exc.reason
+        except ObjectNotFoundError:
+            return cid, "missing"
+        except BackendError as exc:  # e.g. EIO from a bad sector: this chunk, not the run
+            return cid, f"unreadable: {exc.cause}"
 
     with ThreadPoolExecutor(threads, thread_name_prefix="verify") as pool:
         for cid, reason in pool.map(check, to_read):

@@ -71,7 +71,10 @@ class TagClient:
         json: Any = None,
         auth: dict[str, str] | None = None,
         login: bool = False,
+        missing_ok: bool = False,
     ) -> Any:
+        """The answer's `value`. `missing_ok`: a 404 gives None (an object deleted since
+        it was listed) instead of an error."""
         if not self._token and not login:
             await self.login()
         for attempt in (0, 1):
@@ -85,6 +88,8 @@ class TagClient:
                         await self.login()  # the vAPI session expired
                         continue
                     body = await resp.read()
+                    if resp.status == 404 and missing_ok:
+                        return None
                     if resp.status >= 400:
                         raise TagServiceError(
                             f"{method} {BASE}{path}: HTTP {resp.status}: {body[:200]!r}"
@@ -118,11 +123,13 @@ class TagClient:
         tag_ids = await self._request("GET", "/tagging/tag") or []
         if not tag_ids:
             return {}
+        # A tag or category deleted between the listing and its GET is skipped: one
+        # admin's cleanup must not fail the whole poll (and stall every tag change).
         cats = await asyncio.gather(
-            *(self._request("GET", f"/tagging/category/id:{c}") for c in cat_ids)
+            *(self._request("GET", f"/tagging/category/id:{c}", missing_ok=True) for c in cat_ids)
         )
         tags = await asyncio.gather(
-            *(self._request("GET", f"/tagging/tag/id:{t}") for t in tag_ids)
+            *(self._request("GET", f"/tagging/tag/id:{t}", missing_ok=True) for t in tag_ids)
         )
         cat_names = {c["id"]: c.get("name", c["id"]) for c in cats if c}
         labels = {

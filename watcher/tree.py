@@ -240,6 +240,8 @@ class InventoryTree:
             self._field_names = dict(other._field_names)
         if take_tags:
             self._tags = dict(other._tags)
+        else:
+            self._tags = self._tags_following_identity(other)
         self._vms = {}
         self._by_identity = {}
         try:
@@ -256,6 +258,22 @@ class InventoryTree:
             ) = saved
             raise
         return diff_by_identity(old, self._vms)
+
+    def _tags_following_identity(self, other: InventoryTree) -> dict[str, frozenset[str]]:
+        """Our tags re-keyed to `other`'s MoRefs, VM by VM through the identity: a rebuilt
+        vCenter may give a VM's old MoRef to another VM, which must not inherit its tags."""
+        out: dict[str, frozenset[str]] = {}
+        for key, node in other._vms.items():
+            old_key = self._by_identity.get(node.identity)
+            if old_key is None and node.instance_uuid is None and node.bios_uuid is None:
+                # config unset in the fresh read: _refresh keeps the identity of the same
+                # MoRef and name, so the tags go the same way.
+                last = self._vms.get(key)
+                old_key = key if last is not None and last.name == node.name else None
+            tags = self._tags.get(old_key) if old_key is not None else None
+            if tags:
+                out[key] = tags
+        return out
 
     # -- internals ---------------------------------------------------------------
 

@@ -1,5 +1,6 @@
-"""Child process for test_crash: writes restore points until killed, printing each
-committed point id (flushed) so the parent knows what must survive."""
+"""Child process for test_crash and test_concurrency: writes restore points until killed
+(or, with a fourth argument, that many points), printing each committed point id (flushed)
+so the parent knows what must survive."""
 
 from __future__ import annotations
 
@@ -17,8 +18,10 @@ def main() -> None:
     repo = Repository.open(sys.argv[1], sys.argv[2])
     rnd = random.Random(int(sys.argv[3]))
     vms = [VmIdentity("vc", f"vm-{i}", f"vm{i}") for i in range(2)]
+    limit = int(sys.argv[4]) if len(sys.argv) > 4 else None
     print("ready", flush=True)
-    while True:
+    done = 0
+    while limit is None or done < limit:
         vm = rnd.choice(vms)
         with repo.begin_point(vm) as pw:
             records = []
@@ -31,6 +34,7 @@ def main() -> None:
                 records.append(DiskRecord.for_index(disk, w.finish()))
             point = pw.commit(disks=records, started_at=datetime.now(UTC))
         print(point, flush=True)
+        done += 1
 
 
 if __name__ == "__main__":

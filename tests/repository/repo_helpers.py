@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import random
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
 from repository import DiskRecord, KdfParams, Repository, VmIdentity
 
 CHUNK = 64 << 10
+ROOT = Path(__file__).resolve().parents[2]
+WRITER = Path(__file__).with_name("crash_writer.py")  # a writer process for crash tests
+POINT_ID = re.compile(r"[0-9a-f]{16}-\d{8}T\d{6}Z-\d{6}")
 FAST_KDF = KdfParams(time_cost=1, memory_kib=1024, parallelism=1)
 PASSPHRASE = "correct horse battery staple"
 

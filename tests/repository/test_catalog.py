@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime, timedelta
 
-from repo_helpers import CHUNK, make_disk, vm, write_point
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from repo_helpers import CHUNK, PASSPHRASE, make_disk, vm, write_point
 
 from repository import Catalog, KeepLast, Repository, SkippedDisk, VmIdentity, prune
-from repository.catalog import SCHEMA_VERSION
+from repository.catalog import HEAD_REVISION, _alembic_config, metadata
 from repository.cli import catalog_rebuild_cmd
+from repository.errors import RepositoryError
 
 
 async def test_rebuild_recreates_points_disks_and_name_history(repo: Repository) -> None:
@@ -47,11 +53,84 @@ async def test_rebuild_recreates_points_disks_and_name_history(repo: Repository)
         await catalog.close()
 
 
-async def test_schema_is_versioned_and_reopens(repo: Repository) -> None:
+async def test_schema_is_managed_by_alembic_and_reopens(repo: Repository) -> None:
     for _ in range(2):
         catalog = await Catalog.for_repository(repo)
         async with catalog.engine.connect() as conn:
-            version = (await conn.exec_driver_sql("select version from schema_version")).scalar()
+            rev = (await conn.exec_driver_sql("select version_num from alembic_version")).scalar()
+            drift = await conn.run_sync(
+                lambda c: compare_metadata(MigrationContext.configure(c), metadata)
+            )
         await catalog.close()
-        assert version == SCHEMA_VERSION
-    assert (repo.root / "catalog.db").stat().st_mode & 0o777 == 0o600
+        assert rev == HEAD_REVISION
+        # The migrations build exactly the tables the code queries.
+        assert drift == []
+    script = ScriptDirectory.from_config(_alembic_config(None))  # type: ignore[arg-type]
+    assert script.get_current_head() == HEAD_REVISION
+
+
+async def test_a_catalog_from_before_alembic_is_adopted_without_losing_rows(
+    repo: Repository,
+) -> None:
+    p = write_point(repo, vm(1), {"d": make_disk(CHUNK, 1)})
+    catalog = await Catalog.for_repository(repo)
+    await catalog.record_point(repo.load_manifest(p))
+    async with catalog.engine.begin() as conn:  # what the pre-Alembic code left behind
+        await conn.exec_driver_sql("drop table alembic_version")
+        await conn.exec_driver_sql("create table schema_version (version integer not null)")
+        await conn.exec_driver_sql("insert into schema_version values (1)")
+    await catalog.close()
+
+    catalog = await Catalog.for_repository(repo)
+    try:
+        assert [r["point_id"] for r in await catalog.points()] == [p]
+        async with catalog.engine.connect() as conn:
+            rev = (await conn.exec_driver_sql("select version_num from alembic_version")).scalar()
+        assert rev == HEAD_REVISION
+    finally:
+        await catalog.close()
+
+
+async def test_a_catalog_from_a_newer_vigil_is_refused_clearly(repo: Repository) -> None:
+    catalog = await Catalog.for_repository(repo)
+    async with catalog.engine.begin() as conn:
+        await conn.exec_driver_sql("update alembic_version set version_num = 'fffffffff999'")
+    await catalog.close()
+    with pytest.raises(RepositoryError, match=r"catalog.db.*newer vigil.*fffffffff999"):
+        await Catalog.for_repository(repo)
+
+
+async def test_catalog_files_are_private_from_creation(repo: Repository) -> None:
+    old = os.umask(0o022)
+    try:
+        catalog = await Catalog.for_repository(repo)
+        await catalog.record_job("j1", "backup", datetime.now(UTC))
+        await catalog.close()
+    finally:
+        os.umask(old)
+    files = [p for p in repo.root.iterdir() if p.name.startswith("catalog.db")]
+    assert files
+    for f in files:
+        assert f.stat().st_mode & 0o777 == 0o600, f
+
+
+async def test_rebuild_after_a_delete_interrupted_between_tombstone_and_manifest(
+    repo: Repository,
+) -> None:
+    p1 = write_point(repo, vm(1), {"d": make_disk(CHUNK, 1)})
+    p2 = write_point(repo, vm(1), {"d": make_disk(CHUNK, 2)})
+    m1 = repo.load_manifest(p1)
+    # kill -9 after the tombstone landed, before the manifest was removed: both exist.
+    manifest_bytes = (repo.root / "manifests" / p1).read_bytes()
+    repo.delete_point(m1, "keep-last 1")
+    (repo.root / "manifests" / p1).write_bytes(manifest_bytes)
+    os.chmod(repo.root / "manifests" / p1, 0o600)
+
+    outcome = await catalog_rebuild_cmd(repo.root, PASSPHRASE)
+    assert outcome.exit_code == 0
+    catalog = await Catalog.for_repository(repo)
+    try:
+        assert [r["point_id"] for r in await catalog.points(vm(1).key)] == [p2]
+        assert [r["point_id"] for r in await catalog.points(vm(1).key, status="pruned")] == [p1]
+    finally:
+        await catalog.close()

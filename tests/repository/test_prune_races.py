@@ -11,7 +11,7 @@ from pathlib import Path
 
 from repo_helpers import CHUNK, chunk_files, make_disk, read_back, vm, write_point
 
-from repository import DiskRecord, KeepLast, Repository, prune, verify
+from repository import DiskIndex, DiskRecord, KeepLast, PointWriter, Repository, prune, verify
 from repository.backend import LocalBackend, ObjectInfo
 from repository.codec import chunk_key
 
@@ -115,3 +115,33 @@ def test_a_restore_in_progress_keeps_its_chunks_while_prune_deletes_its_point(
         out += data if data is not None else bytes(CHUNK)
     assert out == disk
     assert prune(repo, lambda _v, _p: KeepLast(0), grace=timedelta(0)).chunks_deleted == 4
+
+
+def test_a_reused_old_index_is_protected_by_the_grace_period_too(
+    repo: Repository, tmp_path: Path
+) -> None:
+    """The same for an index: a crashed backup that got as far as its index leaves an
+    orphan index; an identical later backup on another host reuses it by id."""
+    disk = make_disk(2 * CHUNK, 4)
+
+    def back_up(r: Repository) -> tuple[PointWriter, DiskIndex]:
+        pw = r.begin_point(vm())
+        w = pw.disk_writer(len(disk))
+        for s in range(2):
+            w.put(s, bytes(disk[s * CHUNK : (s + 1) * CHUNK]))
+        return pw, w.finish()
+
+    crashed, index = back_up(repo)
+    crashed.close()
+    two_hours_ago = time.time() - 7200
+    for path in repo.root.rglob("*"):
+        if path.is_file() and {"indexes", "chunks"} & set(path.relative_to(repo.root).parts):
+            os.utime(path, (two_hours_ago, two_hours_ago))
+
+    pw, again = back_up(_other_host(repo, tmp_path))
+    assert again.index_id == index.index_id
+    prune(repo, lambda _v, _p: KeepLast(1))  # default grace: 1 hour
+    p = pw.commit(disks=[DiskRecord.for_index("d", again)], started_at=datetime.now(UTC))
+    pw.close()
+    assert verify(repo, read_data=True).ok
+    assert read_back(repo, p, "d") == disk

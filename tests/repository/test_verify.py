@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from repo_helpers import CHUNK, PASSPHRASE, make_disk, read_back, vm, write_poin
 from repository import CorruptChunkError, Repository, scrub, verify
 from repository.cli import export_cmd, verify_cmd
 from repository.codec import chunk_key
+from repository.errors import BackendError
 
 
 def _flip(path: Path, at: int | None = None) -> None:
@@ -105,3 +107,41 @@ def test_verify_output_is_machine_readable_enough(repo: Repository) -> None:
     outcome = verify_cmd(repo.root, PASSPHRASE)
     assert outcome.exit_code == 0 and outcome.lines[-1] == "OK"
     json.dumps(outcome.data.affected())
+
+
+def test_an_unreadable_chunk_file_is_named_not_fatal(
+    repo: Repository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A bad sector under one chunk (EIO) must show as that chunk's damage, with the points
+    # it breaks, while verify goes on checking the rest.
+    (p1, p2, _p3), bad = _setup(repo)
+    real_get = repo.backend.get
+
+    def get(key: str) -> bytes:
+        if key == chunk_key(bad):
+            raise BackendError(key, OSError(errno.EIO, "Input/output error"))
+        return real_get(key)
+
+    monkeypatch.setattr(repo.backend, "get", get)
+    report = verify(repo, read_data=True)
+    assert [b.key for b in report.bad_chunks] == [chunk_key(bad)]
+    assert "Input/output error" in report.bad_chunks[0].reason
+    assert report.affected() == {p1: {"disk0"}, p2: {"disk0"}}
+    assert report.chunks_read == report.chunks_referenced
+
+
+def test_restoring_over_an_unreadable_chunk_names_point_and_disk(
+    repo: Repository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (_p1, p2, _p3), bad = _setup(repo)
+    real_get = repo.backend.get
+
+    def get(key: str) -> bytes:
+        if key == chunk_key(bad):
+            raise BackendError(key, OSError(errno.EIO, "Input/output error"))
+        return real_get(key)
+
+    monkeypatch.setattr(repo.backend, "get", get)
+    with pytest.raises(CorruptChunkError, match="Input/output error") as err:
+        read_back(repo, p2, "disk0")
+    assert (err.value.chunk_id, err.value.point_id, err.value.disk_key) == (bad.hex(), p2, "disk0")

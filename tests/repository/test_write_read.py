@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -21,14 +21,19 @@ from repo_helpers import (
 )
 
 from repository import (
+    Catalog,
+    CorruptChunkError,
     CorruptObjectError,
     DiskRecord,
+    KeepLast,
     PassphraseRequiredError,
     Repository,
+    RepositoryError,
     SkippedDisk,
     WrongPassphraseError,
+    prune,
 )
-from repository.codec import ZERO_ID, check_crc
+from repository.codec import ZERO_ID, check_crc, chunk_key
 
 
 def test_full_then_incremental_round_trip(repo: Repository) -> None:
@@ -102,9 +107,21 @@ def test_unencrypted_repository_round_trip(tmp_path: Path) -> None:
     assert read_back(Repository.open(tmp_path / "plain"), p, "d") == disk
 
 
-def test_objects_are_encrypted_and_private(repo: Repository) -> None:
+async def test_objects_are_encrypted_and_private(repo: Repository) -> None:
     text = b"secret guest data " * (CHUNK // 18) + b"x" * (CHUNK % 18)
-    write_point(repo, vm(), {"d": text})
+    old_umask = os.umask(0o022)  # a usual umask must not widen anything
+    try:
+        p = write_point(repo, vm(), {"d": text})
+        write_point(repo, vm(), {"d": text})
+        catalog = await Catalog.for_repository(repo)
+        await catalog.record_point(repo.load_manifest(p))
+        await catalog.close()
+        prune(repo, lambda _v, _p: KeepLast(1), grace=timedelta(0))  # tombstones/
+    finally:
+        os.umask(old_umask)
+    kinds = {p.relative_to(repo.root).parts[0] for p in repo.root.rglob("*")}
+    assert {"chunks", "indexes", "manifests", "tombstones", "keys", "locks"} <= kinds
+    assert "catalog.db" in kinds
     for path in repo.root.rglob("*"):
         mode = path.stat().st_mode & 0o777
         assert mode == (0o700 if path.is_dir() else 0o600), path
@@ -160,3 +177,57 @@ def test_transports_hand_over_mutable_buffers(tmp_path: Path, encrypted: bool) -
             disks=[DiskRecord.for_index("d", w.finish())], started_at=datetime.now(UTC)
         )
     assert read_back(repo, point, "d") == bytes(data)
+
+
+def test_slot_fetcher_returns_verified_slots_and_holes(repo: Repository) -> None:
+    disk = make_disk(4 * CHUNK + 100, 11, zero_slots=(1,))
+    p = write_point(repo, vm(), {"d": disk})
+    _m, index = repo.disk_index(p, "d")
+    fetch = repo.slot_fetcher(p, "d", index)
+    assert fetch(1) is None  # a hole: nothing to write on a fresh thin disk
+    assert fetch(0) == disk[:CHUNK]
+    assert fetch(4) == disk[4 * CHUNK :]  # the short last slot
+    (repo.root / chunk_key(index.ids[2])).unlink()
+    with pytest.raises(CorruptChunkError) as err:
+        fetch(2)
+    assert (err.value.chunk_id, err.value.point_id, err.value.disk_key) == (
+        index.ids[2].hex(),
+        p,
+        "d",
+    )
+
+
+def test_export_is_sparse_and_byte_exact(repo: Repository, tmp_path: Path) -> None:
+    size = 64 * CHUNK
+    disk = bytearray(size)
+    disk[5 * CHUNK : 6 * CHUNK] = make_disk(CHUNK, 12)
+    disk[-100:] = b"z" * 100
+    p = write_point(repo, vm(), {"d": disk})
+    out = tmp_path / "d.img"
+    written = repo.export_raw(p, "d", out)
+    assert out.read_bytes() == disk
+    assert written == 2 * CHUNK
+    assert out.stat().st_blocks * 512 <= 4 * CHUNK  # the 62 zero chunks are holes
+    assert out.stat().st_mode & 0o777 == 0o600
+    with pytest.raises(RepositoryError, match="exists"):
+        repo.export_raw(p, "d", out)
+    assert out.read_bytes() == disk  # refused, not clobbered
+
+
+def test_chunk_ids_are_keyed_per_repository(tmp_path: Path) -> None:
+    # Same data, different repositories (encrypted or not): different ids, so a chunk id
+    # reveals nothing about the content to someone without the id key.
+    data = {"d": make_disk(CHUNK, 13)}
+    ids = []
+    for name, passphrase in (("a", None), ("b", None), ("c", PASSPHRASE)):
+        r = new_repo(tmp_path / name, passphrase=passphrase)
+        ids.append(r.disk_index(write_point(r, vm(), data), "d")[1].ids[0])
+    assert len(set(ids)) == 3
+
+
+def test_keys_never_show_in_reprs(repo: Repository) -> None:
+    # Reprs end up in log lines and tracebacks; key bytes must not.
+    shown = repr(repo) + repr(repo.keys) + repr(vars(repo))
+    for key in (repo.keys.id_key, repo.keys.mac_key, repo.keys.enc_key):
+        assert key is not None
+        assert repr(key)[2:-1] not in shown and key.hex() not in shown

@@ -220,6 +220,37 @@ def test_sync_to_matches_by_identity_even_when_morefs_change():
     assert old.get_vm("vm-11").name == "web-1" and old.get_vm("vm-1") is None
 
 
+def test_resync_without_fresh_tags_keeps_each_vms_tags_across_changed_morefs():
+    """A rebuilt vCenter can hand a VM's old MoRef to another VM. When the tag service
+    cannot be read during the resync, the tags carried over must follow the VMs (by
+    identity), not the MoRefs: else one VM silently gains another's backup tag."""
+    old = InventoryTree(VC)
+    old.apply([*skeleton(), vm("vm-1", "db"), vm("vm-2", "web")])
+    old.set_tags({"vm-1": frozenset({"Backup:Gold"})})
+    new = InventoryTree(VC)
+    new.apply(
+        [
+            *skeleton(),  # the two VMs swapped MoRefs
+            vm("vm-2", "db", **{"config.instanceUuid": "iu-vm-1", "config.uuid": "bu-vm-1"}),
+            vm("vm-1", "web", **{"config.instanceUuid": "iu-vm-2", "config.uuid": "bu-vm-2"}),
+        ]
+    )
+    events = old.sync_to(new, take_tags=False)
+    assert old.get_vm("vm-2").name == "db"
+    assert old.get_vm("vm-2").tags == frozenset({"Backup:Gold"})
+    assert old.get_vm("vm-1").tags == frozenset()
+    assert all("tags" not in getattr(e, "changes", {}) for e in events), events
+    assert sorted(old.tags) == ["vm-2"]
+    # A VM whose config is unset in the fresh read keeps its identity, and its tags.
+    again = InventoryTree(VC)
+    web = {"config.instanceUuid": "iu-vm-2", "config.uuid": "bu-vm-2"}
+    again.apply([*skeleton(), vm("vm-2", "db", **CONFIG_UNSET), vm("vm-1", "web", **web)])
+    events = old.sync_to(again, take_tags=False)
+    assert old.get_vm("vm-2").tags == frozenset({"Backup:Gold"})
+    assert old.get_vm("vm-1").tags == frozenset()
+    assert all("tags" not in getattr(e, "changes", {}) for e in events), events
+
+
 def test_coalesce_keeps_an_object_that_enters_and_leaves_in_one_update_set():
     ups = [vm("vm-1", "a"), leave("VirtualMachine", "vm-1"), leave("VirtualMachine", "vm-2")]
     assert [(u.kind, u.obj.value) for u in coalesce(ups)] == [("enter", "vm-1"), ("leave", "vm-2")]

@@ -4,6 +4,7 @@ that force a new collector, and values the parser cannot read."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 
 from structlog.testing import capture_logs
@@ -140,5 +141,34 @@ async def test_tag_service_answers_of_the_wrong_shape_do_not_stop_the_watch(vcsi
             unreadable = [e for e in logs if e["event"] == "watcher.tags_unreadable"]
             assert len(unreadable) >= 2
             assert "tagging service" in unreadable[0]["error"]
+    finally:
+        await admin_tags.close()
+
+
+async def test_a_tag_deleted_during_a_poll_does_not_fail_the_poll(vcsim_fresh):
+    """Between listing the tags and reading each one, an admin deletes one: its GET is a
+    404. The poll must still return every other tag (else all tag changes stall)."""
+    sim = vcsim_fresh
+    admin_tags = TagClient(Endpoint(sim.url), sim.user, sim.password)
+
+    def rewrite(method: str, data: bytes) -> bytes:
+        if method in ("/rest/com/vmware/cis/tagging/tag", "/rest/com/vmware/cis/tagging/category"):
+            listed = json.loads(data)
+            listed["value"].append("urn:vmomi:InventoryServiceTag:deleted-meanwhile:GLOBAL")
+            return json.dumps(listed).encode()
+        return data
+
+    try:
+        tag = await admin_tags.create_tag(await admin_tags.create_category("backup"), "gold")
+        async with SoapProxy(sim, rewrite=rewrite) as proxy:
+            async with watching(proxy) as (w, _col):
+                vm = w.tree.vms()[0]
+            await admin_tags.attach(tag, vm.moref)
+            reader = TagClient(Endpoint(proxy.url), sim.user, sim.password)
+            try:
+                assert await reader.vm_tags() == {vm.moref: frozenset({"backup:gold"})}
+            finally:
+                await reader.close()
+            assert any("deleted-meanwhile" in m for m, _ in proxy.answers)
     finally:
         await admin_tags.close()

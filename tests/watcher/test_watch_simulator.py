@@ -165,6 +165,9 @@ async def test_close_cancels_the_pending_wait_promptly(vcsim):
         await asyncio.wait_for(run, 1.0)
         assert time.monotonic() - start < 1.0
         assert not w.healthy
+        # Ended by CancelWaitForUpdates answering the parked call, not by close()'s
+        # fallback of cancelling the task (which would leave the wait running on vCenter).
+        assert not run.cancelled()
 
 
 def _pool_moref(w, vm) -> str:
@@ -209,3 +212,25 @@ async def test_fast_parser_agrees_with_pyvmomi(vcsim):
         )
     assert len(fast) == len(slow) > 0
     assert sorted(fast.vms(), key=lambda v: v.moref) == sorted(slow.vms(), key=lambda v: v.moref)
+
+
+async def test_destroying_a_folder_removes_the_vms_inside(vcsim_fresh, admin):
+    s = admin
+    vm_folder = s.moref("Folder", "folder-3")
+    async with watching(vcsim_fresh) as (w, col):
+        some = w.tree.vms()[0]
+        pool = s.moref("ResourcePool", _pool_moref(w, some))
+        team = s.client.bind(await s.call(vm_folder, "CreateFolder", name="team"))
+        inner = s.client.bind(await s.call(team, "CreateFolder", name="inner"))
+        vm = await run_task(s, inner, "CreateVM_Task", config=vm_spec("doomed"), pool=pool)
+        ev = await col.expect(lambda e: isinstance(e, VmAdded), "VmAdded")
+        assert ev.vm.path == "/DC0/vm/team/inner/doomed"
+        assert w.tree.path_of(inner._moId) == "/DC0/vm/team/inner"
+
+        await run_task(s, team, "Destroy_Task")  # the folder, its subfolder and the VM
+        ev = await col.expect(lambda e: isinstance(e, VmRemoved), "VmRemoved")
+        assert (ev.vm.moref, ev.vm.path) == (vm._moId, "/DC0/vm/team/inner/doomed")
+        assert w.tree.get_vm(vm._moId) is None
+        assert w.tree.path_of(team._moId) is None and w.tree.path_of(inner._moId) is None
+        assert await col.quiet(0.6) == []
+        assert len(w.tree) == 4
