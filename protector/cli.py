@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import ssl
 import sys
 from collections.abc import Callable, Coroutine
@@ -77,14 +78,48 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     handler: Handler = args.handler
     try:
-        return asyncio.run(handler(args))
+        if args.command == "watch":  # the daemon handles its signals itself
+            return asyncio.run(handler(args))
+        return asyncio.run(_stoppable(handler, args))
     except KeyboardInterrupt:
         print("vigil: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("vigil: terminated (SIGTERM)", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except (ConfigError, UserError, VsphereError, RepositoryError, DiskIoError, OSError) as exc:
         return report_error(exc, json_output=bool(getattr(args, "json", False)))
     except aiohttp.ClientError as exc:
         return report_error(exc, json_output=bool(getattr(args, "json", False)))
+
+
+class Terminated(Exception):
+    """The command was stopped by SIGTERM, after its cleanup ran."""
+
+
+async def _stoppable(handler: Handler, args: argparse.Namespace) -> int:
+    """Run a command so that SIGTERM (systemd stopping a timer job, `timeout`, kill) cancels
+    it as Ctrl-C does: the cleanup runs (a backup's snapshot is removed, a half-built VM
+    destroyed) before the process exits. Without this, SIGTERM ends Python on the spot."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    stopped = False
+
+    def on_term() -> None:
+        nonlocal stopped
+        stopped = True
+        task.cancel()
+
+    loop.add_signal_handler(signal.SIGTERM, on_term)
+    try:
+        return await handler(args)
+    except asyncio.CancelledError:
+        if stopped:
+            raise Terminated() from None
+        raise
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
 
 
 # Failures to reach vCenter at all (refused, DNS, TLS, timeouts): the command could not run.

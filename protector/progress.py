@@ -15,6 +15,13 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
+def clock(seconds: float) -> str:
+    """3725.2 → '1:02:05'; 65 → '1:05'."""
+    m, s = divmod(round(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
 class ProgressLine:
     def __init__(self, label: str, stream: TextIO | None = None, min_interval: float = 0.2) -> None:
         self.label = label
@@ -23,6 +30,7 @@ class ProgressLine:
         self.start = time.monotonic()
         self.last = 0.0
         self.min_interval = min_interval
+        self.width = 0  # of the last line drawn: a shorter one must blank what it leaves
 
     def __call__(self, done: int, total: int) -> None:
         if not self.enabled:
@@ -35,10 +43,12 @@ class ProgressLine:
         rate = done / elapsed
         pct = 100.0 * done / total if total else 100.0
         eta = (total - done) / rate if rate > 0 and total > done else 0
-        self.stream.write(
-            f"\r{self.label}: {pct:5.1f}%  {human_bytes(done)} / {human_bytes(total)}  "
-            f"{human_bytes(rate)}/s  ETA {eta:4.0f} s "
+        text = (
+            f"{self.label}: {pct:5.1f}%  {human_bytes(done)} / {human_bytes(total)}  "
+            f"{human_bytes(rate)}/s  ETA {clock(eta)}"
         )
+        self.stream.write("\r" + text.ljust(self.width))
+        self.width = len(text)
         self.stream.flush()
 
     def finish(self) -> None:

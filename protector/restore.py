@@ -14,6 +14,7 @@ power on. `verify` re-reads every written chunk and compares its hash.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +26,7 @@ from pyVmomi import vim
 from disk_io.errors import DiskOpenError, InvalidChangedAreas
 from disk_io.extents import chunk_slots
 from repository import DiskIndex, DiskRecord, Manifest
-from repository.codec import ZERO_ID
+from repository.codec import ZERO_ID, object_id
 from repository.errors import CorruptChunkError, CorruptObjectError, ObjectNotFoundError
 from watcher.soap import VsphereError, VsphereFault
 from watcher.tasks import wait_for_task
@@ -437,6 +438,9 @@ async def _restore_locked(
             out.mode = "full" if plan.slots is None else "changed"
             out.reason = plan.reason
             result.disks.append(out)
+    except BaseException as exc:
+        _half_written(point_id, name, done[0], exc)
+        raise
     finally:
         # Also after a failure midway: whatever was written is not in CBT's record either.
         await shielded(_reset_cbt(ctx, vm, name, config, result))
@@ -452,6 +456,24 @@ async def _restore_locked(
         changed_only=changed_only,
     )
     return result
+
+
+def _half_written(point_id: str, name: str, written: int, exc: BaseException) -> None:
+    """A restore onto the VM stopped midway (error or cancellation): its disks are now neither
+    the point nor what they were. Say so, and what to do; an error becomes a UserError that
+    keeps its cause, a cancellation goes on after the log line."""
+    advice = (
+        f"after {written} bytes were written: the disks of VM {name} may now hold part of the "
+        "point and part of what was there before; do not power it on — restore again (this "
+        "point once its damage is repaired, or another point), or restore as a new VM"
+    )
+    log.error("restore.existing_failed", point=point_id, vm=name, error=str(exc), advice=advice)
+    if isinstance(exc, UserError) or not isinstance(exc, Exception):
+        return  # already phrased for the admin (e.g. verification), or a cancellation
+    why = " ".join(str(exc).split()) or type(exc).__name__
+    raise UserError(
+        f"restore of point {point_id} onto VM {name} failed {advice}. Cause: {why}", 1
+    ) from exc
 
 
 @dataclass(frozen=True)
@@ -509,6 +531,21 @@ async def _datastore_name(ctx: Context, config: Any) -> str:
     raise UserError("cannot tell the original datastore; pass --datastore", 2)
 
 
+async def _refuse_taken_name(ctx: Context, folder: Any, name: str, asked: str | None) -> None:
+    """vCenter names are unique per folder: a clash is refused up front, before anything is
+    created (a failed CreateVM_Task would read as a restore failure; some setups accept the
+    duplicate, and then two VMs answer to one name)."""
+    idx = ctx.session.content.searchIndex
+    if await ctx.session.call(idx, "FindChild", entity=folder, name=name) is None:
+        return
+    where = f"folder {asked!r}" if asked else "the folder the VM is restored into"
+    raise UserError(
+        f"a VM or folder named {name!r} already exists in {where}; choose another --new-name "
+        "(or another --folder)",
+        2,
+    )
+
+
 async def restore_as_new(
     ctx: Context,
     point_id: str,
@@ -542,12 +579,9 @@ async def restore_as_new(
         f, p = await default_folder_and_pool(ctx.session, datastore, host)
         folder, pool = folder or f, pool or p
 
+    await _refuse_taken_name(ctx, folder, placement.name, placement.folder)
     rebuilt = build_config_spec(config, name=placement.name, datastore_name=ds_name)
-    task = await ctx.session.call(
-        folder, "CreateVM_Task", config=rebuilt.spec, pool=pool, host=host
-    )
-    new_ref = await wait_for_task(ctx.session, task, description=f"create VM {placement.name}")
-    new_vm = ctx.session.client.bind(new_ref)
+    new_vm = await _create_vm(ctx, folder, rebuilt.spec, pool, host, placement.name)
     try:
         result = await _fill_new_vm(
             ctx, manifest, config, rebuilt, new_vm, placement.name, verify, progress
@@ -562,6 +596,39 @@ async def restore_as_new(
         "restore.done", point=point_id, vm=placement.name, mode="new", bytes=result.written_bytes
     )
     return result
+
+
+async def _create_vm(ctx: Context, folder: Any, spec: Any, pool: Any, host: Any, name: str) -> Any:
+    """CreateVM_Task. Cancelled while vCenter still creates the VM, the VM would be made
+    anyway and stay behind, empty: wait for the task regardless, destroy what it made, then
+    let the cancellation through."""
+    task = await ctx.session.call(folder, "CreateVM_Task", config=spec, pool=pool, host=host)
+    waiter = asyncio.ensure_future(
+        wait_for_task(ctx.session, task, description=f"create VM {name}")
+    )
+    cancelled = False
+    while not waiter.done():
+        try:
+            await asyncio.shield(waiter)
+        except asyncio.CancelledError:
+            cancelled = True
+        except VsphereError:
+            break
+    if cancelled:
+        if waiter.exception() is None:
+            vm = ctx.session.client.bind(waiter.result())
+            try:
+                await shielded(_destroy(ctx, vm, name))
+            except VsphereError as exc:
+                log.error(
+                    "restore.cancelled_vm_not_destroyed",
+                    vm=name,
+                    moref=vm._moId,
+                    error=str(exc),
+                    next_step="delete the empty VM by hand",
+                )
+        raise asyncio.CancelledError()
+    return ctx.session.client.bind(waiter.result())  # raises the task's fault, if any
 
 
 async def _fill_new_vm(
@@ -715,13 +782,10 @@ async def _write_disk(
     finally:
         await in_thread_shielded(writer.close)
     if verify:
-        out.verified = await _verify_disk(ctx, manifest, key, vm, disk, index)
-        if not out.verified:
-            raise UserError(
-                f"verification failed: disk {disk.file_name} does not read back as restore point "
-                f"{manifest.point_id} disk {key}",
-                1,
-            )
+        bad = await _verify_disk(ctx, vm, disk, index)
+        out.verified = not bad
+        if bad:
+            raise UserError(_verify_failure(manifest.point_id, key, disk, index, bad), 1)
     return out
 
 
@@ -744,23 +808,37 @@ def _slot_loader(ctx: Context, point_id: str, key: str, index: DiskIndex) -> Cal
     return load
 
 
-async def _verify_disk(
-    ctx: Context, manifest: Manifest, key: str, vm: Any, disk: DiskInfo, index: Any
-) -> bool:
-    """Re-read the written disk and compare every chunk with the restore point's."""
+def _verify_failure(point_id: str, key: str, disk: DiskInfo, index: Any, bad: list[int]) -> str:
+    """The admin's message for a disk that does not read back as the point: where it differs."""
+    shown = ", ".join(
+        f"chunk {s} (bytes {s * index.chunk_size}+{index.slot_length(s)})" for s in bad[:5]
+    )
+    more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+    return (
+        f"verification failed: disk {disk.file_name} does not read back as restore point "
+        f"{point_id} disk {key}: {len(bad)} of {len(index.ids)} chunks differ ({shown}{more}); "
+        "the datastore did not keep what was written — check it, then restore again"
+    )
+
+
+async def _verify_disk(ctx: Context, vm: Any, disk: DiskInfo, index: Any) -> list[int]:
+    """Re-read the written disk and compare each chunk's hash (the repository's keyed chunk
+    id) with the one the restore point holds; returns the slots that differ. Hashing what
+    was read needs no chunk from the repository, so this checks the disk, not the repo."""
     from .diskaccess import open_disk_for_read
 
     reader = await open_disk_for_read(ctx, vm, None, disk, None)
-    fetch = _slot_loader(ctx, manifest.point_id, key, index)
+    keys = ctx.repo.keys
     try:
 
         def same(slot: int) -> bool:
-            offset = slot * index.chunk_size
             length = index.slot_length(slot)
-            got = reader.read(offset, length)
+            got = reader.read(slot * index.chunk_size, length)
+            if len(got) != length:
+                return False
             if index.ids[slot] == ZERO_ID:
                 return got == bytes(length)
-            return got == fetch(slot)
+            return object_id(keys, got) == index.ids[slot]
 
         bad: list[int] = []
 
@@ -775,8 +853,9 @@ async def _verify_disk(
             limiter=ctx.io_limiter,
             on_result=check,
         )
-        for slot in sorted(bad)[:10]:
+        bad.sort()
+        for slot in bad[:10]:
             log.error("restore.verify_mismatch", disk=disk.file_name, slot=slot)
-        return not bad
+        return bad
     finally:
         await in_thread_shielded(reader.close)

@@ -199,6 +199,26 @@ async def quiesce_rig(
 
 
 @pytest.fixture
+async def rdm_rig(
+    make_vcsim: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Rig]:
+    """A rig whose simulator lists a physical-mode RDM (key 2099, scsi0:1) in every snapshot
+    of DC0_H0_VM0 (vcsim `-snapshot-rdm`), as ESXi does for a VM with a pass-through LUN."""
+    sim = make_vcsim(args=["-snapshot-rdm", VM_NAME])
+    monkeypatch.setenv(PASSWORD_ENV, sim.password)
+    async with open_rig(sim, tmp_path) as r:
+        yield r
+
+
+@pytest.fixture
+async def slow_create_rig(make_vcsim: Any, tmp_path: Path) -> AsyncIterator[Rig]:
+    """A rig whose CreateVM_Task stays "running" for 1.5 s (vcsim `-task-delay`), as a real
+    one does for a while: time to be cancelled in."""
+    async with open_rig(make_vcsim(args=["-task-delay", "CreateVM_Task=1500"]), tmp_path) as r:
+        yield r
+
+
+@pytest.fixture
 async def file_rig(
     vcsim_fresh: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[Rig]:
@@ -235,6 +255,7 @@ async def vddk_rig(
     """A rig whose only transport is VDDK, the fake VixDiskLib reading the simulator's
     datastore directory ($FAKEVDDK_ROOT/LocalDS_0 links to it); the fake counts open
     handles (FakeVixDiskLib_OpenHandles)."""
+    monkeypatch.setenv(PASSWORD_ENV, vcsim_fresh.password)  # for `vigil` subprocesses
     root = tmp_path / "fakevddk"
     root.mkdir()
     (root / "LocalDS_0").symlink_to(datastore_dir(vcsim_fresh))

@@ -388,3 +388,32 @@ async def test_grown_disk_gets_a_full_read_and_restores_byte_for_byte(rig: Rig) 
     out = rig.tmp / "small.img"
     rig.repo.export_raw(first.point_id, d.key, out)
     assert out.read_bytes() == old
+
+
+async def test_physical_rdm_is_skipped_with_its_reason_and_listed(rdm_rig: Rig) -> None:
+    """A VM with a pass-through LUN: the snapshot lists the physical-mode RDM, whose data no
+    snapshot holds. The backup skips it with the reason (never the whole VM, never silently),
+    `vigil list` shows it, and the point restores as a new VM without it."""
+    rig = rdm_rig
+    size = 4 * MIB
+    data = patterned(size, seed=12)
+    vm = await rig.prepare(size, data)
+    result = await rig.backup(vm)
+    by_key = {d.key: d for d in result.disks}
+    assert set(by_key) == {"2099", result.disks[0].key}
+    rdm = by_key["2099"]
+    assert rdm.address == "scsi0:1" and rdm.read_bytes == 0
+    assert rdm.skipped_reason == "physical-mode RDM cannot be snapshotted"
+    [backed] = [d for d in result.disks if d.key != "2099"]
+    assert backed.read_bytes == size and backed.skipped_reason is None
+    assert await rig.snapshots(vm) == []
+
+    [p] = await vigil(rig, "list", "--json")
+    [listed] = [d for d in p["disks"] if d["key"] == "2099"]
+    assert listed["skipped_reason"] == "physical-mode RDM cannot be snapshotted"
+    assert listed["capacity_bytes"] == MIB and listed["read_bytes"] == 0
+
+    res = await restore_as_new(rig.ctx, result.point_id, Placement("no-rdm"), verify=True)
+    assert [d.key for d in res.disks] == [backed.key]
+    assert any("physical-mode RDM left out" in n for n in res.notes), res.notes
+    assert await rig.read_flat(await rig.vm("no-rdm"), size) == data
