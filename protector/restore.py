@@ -25,9 +25,8 @@ from pyVmomi import vim
 
 from disk_io.errors import DiskOpenError, InvalidChangedAreas
 from disk_io.extents import chunk_slots
-from repository import DiskIndex, DiskRecord, Manifest
+from repository import DiskRecord, Manifest
 from repository.codec import ZERO_ID, object_id
-from repository.errors import CorruptChunkError, CorruptObjectError, ObjectNotFoundError
 from watcher.soap import VsphereError, VsphereFault
 from watcher.tasks import wait_for_task
 
@@ -738,6 +737,44 @@ async def _write_disk(
     """Write a saved disk onto `disk`. A fresh disk reads as zeros, so zero chunks are skipped;
     an existing one gets zeros written where the point has them. `only_slots` limits the
     writes to those chunk slots (an incremental restore)."""
+    # Shared repository lock for the whole write: a prune sweep then cannot remove chunks
+    # of this point, should the point be deleted while it is being restored.
+    reading = ctx.repo.reading()
+    await anyio.to_thread.run_sync(reading.__enter__)  # may wait for a running sweep
+    try:
+        return await _write_disk_locked(
+            ctx,
+            manifest,
+            key,
+            vm,
+            disk,
+            fresh=fresh,
+            verify=verify,
+            progress=progress,
+            done=done,
+            total=total,
+            only_slots=only_slots,
+            modes=modes,
+        )
+    finally:
+        reading.__exit__(None, None, None)
+
+
+async def _write_disk_locked(
+    ctx: Context,
+    manifest: Manifest,
+    key: str,
+    vm: Any,
+    disk: DiskInfo,
+    *,
+    fresh: bool,
+    verify: bool,
+    progress: Progress | None,
+    done: list[int],
+    total: int,
+    only_slots: list[int] | None,
+    modes: tuple[str, ...] | None,
+) -> RestoredDisk:
     _m, index = await anyio.to_thread.run_sync(ctx.repo.disk_index, manifest.point_id, key)
     rec = manifest.disk(key)
     assert rec is not None
@@ -748,7 +785,7 @@ async def _write_disk(
     try:
         if rec.metadata:
             await anyio.to_thread.run_sync(writer.write_metadata, dict(rec.metadata))
-        fetch = _slot_loader(ctx, manifest.point_id, key, index)
+        fetch = ctx.repo.slot_fetcher(manifest.point_id, key, index)
         # A fresh disk reads as zeros: its zero chunks need no write at all.
         if only_slots is not None:
             slots = sorted(set(only_slots))
@@ -762,9 +799,8 @@ async def _write_disk(
         def load(slot: int) -> bytes:
             # Fetching (read, decrypt, decompress, re-hash) runs in parallel; writes go in
             # ascending offsets, one at a time (a streamed PUT, one VDDK handle).
-            if index.ids[slot] == ZERO_ID:
-                return zero[: index.slot_length(slot)]
-            return fetch(slot)
+            data = fetch(slot)
+            return zero[: index.slot_length(slot)] if data is None else data
 
         async def store(slot: int, data: bytes) -> None:
             nonlocal written
@@ -787,25 +823,6 @@ async def _write_disk(
         if bad:
             raise UserError(_verify_failure(manifest.point_id, key, disk, index, bad), 1)
     return out
-
-
-def _slot_loader(ctx: Context, point_id: str, key: str, index: DiskIndex) -> Callable[[int], bytes]:
-    """The bytes of one non-zero chunk slot of a saved disk, through the repository's public
-    load_chunk (which checks the chunk's id, so the data is what was backed up); a missing
-    or damaged chunk raises CorruptChunkError naming the point and disk."""
-
-    def load(slot: int) -> bytes:
-        cid = index.ids[slot]
-        try:
-            data = ctx.repo.load_chunk(cid)
-        except (CorruptObjectError, ObjectNotFoundError) as exc:
-            raise CorruptChunkError(cid.hex(), point_id, key, str(exc)) from exc
-        if len(data) != index.slot_length(slot):
-            why = f"length {len(data)}, slot {slot} needs {index.slot_length(slot)}"
-            raise CorruptChunkError(cid.hex(), point_id, key, why)
-        return data
-
-    return load
 
 
 def _verify_failure(point_id: str, key: str, disk: DiskInfo, index: Any, bad: list[int]) -> str:
