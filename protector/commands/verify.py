@@ -56,13 +56,26 @@ async def run(args: argparse.Namespace) -> int:
                 "points_checked": report.points_checked,
                 "chunks_referenced": report.chunks_referenced,
                 "chunks_read": report.chunks_read,
-                "bad_chunks": [
-                    {"chunk": b.key, "reason": b.reason, "affects": b.affects}
-                    for b in report.bad_chunks
-                ],
+                "bad_chunks": _bad(report.bad_chunks, "chunk"),
+                "bad_indexes": _bad(report.bad_indexes, "index"),
+                "bad_manifests": _bad(report.bad_manifests, "manifest"),
+                "chain_problems": list(report.chain_problems),
+                # point id -> disk keys that cannot be restored intact
+                "affected": {p: sorted(d) for p, d in sorted(report.affected().items())},
                 "problems": report.lines()[1:],
             }
         )
     else:
         print("\n".join(report.lines()))
     return report.exit_code
+
+
+def _bad(objects: list[Any], what: str) -> list[dict[str, Any]]:
+    return [
+        {
+            what: b.key,
+            "reason": b.reason,
+            "affects": [{"point": p, "disk": d} for p, d in b.affects],
+        }
+        for b in objects
+    ]
