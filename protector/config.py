@@ -305,8 +305,11 @@ def parse_config(doc: dict[str, Any], path: str) -> Config:
     listen = d.get("status_listen")
     if listen is not None:
         host, _, port = listen.rpartition(":")
-        if not host or not port.isdigit():
-            problems.append(f"daemon.status_listen: must be HOST:PORT, got {listen!r}")
+        if not host or not port.isdigit() or int(port) > 65535:
+            problems.append(
+                "daemon.status_listen: must be HOST:PORT with a port 0-65535 (0: any free "
+                f'one), like "127.0.0.1:9273", got {listen!r}'
+            )
         else:
             from watcher.soap import is_loopback
 
@@ -323,7 +326,8 @@ def parse_config(doc: dict[str, Any], path: str) -> Config:
         )
     if d.get("retry_attempts", 1) < 1:
         problems.append(f"daemon.retry_attempts: must be at least 1, got {d['retry_attempts']}")
-    for key in ("retry_backoff", "failure_cooldown_max", "prune_max_pause"):
+    intervals = ("tag_interval", "reconcile_interval")
+    for key in ("retry_backoff", "failure_cooldown_max", "prune_max_pause", *intervals):
         if key in d and d[key] <= 0:
             problems.append(f"daemon.{key}: must be more than 0 seconds, got {d[key]}")
 

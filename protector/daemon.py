@@ -17,7 +17,7 @@ import os
 import signal
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
@@ -28,16 +28,16 @@ from policies.engine import CompiledSet, evaluate_one
 from policies.errors import PolicyLoadError
 from policies.model import Policy
 from policies.reload import PolicyStore, ReloadOutcome
-from policies.schedule import in_window, next_run
+from policies.schedule import DEFAULT_MARGIN, in_window, next_run
 from repository import Repository, prune
 from repository.prune import PruneResult
 from watcher.events import VmAdded, VmChanged, VmEvent, VmMoved, VmRemoved, VmRenamed
 from watcher.session import Session
-from watcher.soap import VsphereError
+from watcher.soap import VsphereError, VsphereFault
 from watcher.traversal import inventory_filter_spec
 from watcher.updates import Watcher
 
-from .backup import backup_vm
+from .backup import BackupOptions, backup_vm
 from .config import Config, parse_hhmm
 from .connect import make_session
 from .context import Context
@@ -53,6 +53,13 @@ from .vmlock import VmBusyError
 log = structlog.get_logger(__name__)
 
 SCHEDULER_TICK = 30.0  # seconds between scheduler scans when nothing wakes it
+
+
+def planning_margin(rpo: timedelta) -> timedelta:
+    """How long before the RPO runs out a scheduled backup should start: the usual margin,
+    but at most a quarter of the RPO — a 30 min margin on a 15 min RPO would make every
+    point due the moment it is taken, and the VM would be backed up in a loop."""
+    return min(DEFAULT_MARGIN, rpo / 4)
 
 
 def identity_key(vcenter_uuid: str, instance_uuid: str) -> str:
@@ -75,6 +82,10 @@ def format_age(seconds: float | None) -> str:
 
 def _iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat() if ts is not None else None
+
+
+class VmGone(Exception):
+    """The VM a job was for no longer exists: nothing to retry, nothing failing."""
 
 
 @dataclass
@@ -122,6 +133,7 @@ class Daemon:
         self.crashed: str | None = None  # the internal task whose crash stopped the daemon
         self.last_prune: dict[str, Any] | None = None
         self._io_limiter: anyio.CapacityLimiter | None = None  # one for every job
+        self._ran_with: dict[str, BackupOptions] = {}  # vm key → options of its running job
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -174,6 +186,7 @@ class Daemon:
             retry_backoff=cfg.daemon.retry_backoff,
             cooldown_max=cfg.daemon.failure_cooldown_max,
             retry_later=(VmBusyError,),  # a restore elsewhere holds the VM: not a failure
+            give_up=(VmGone,),
             on_finish=self._job_finished,
         )
         self.status = StatusServer(
@@ -183,7 +196,15 @@ class Daemon:
             token=token,
             before_metrics=self._refresh_metrics,
         )
-        await self.status.start(cfg.daemon.status_listen)
+        try:
+            await self.status.start(cfg.daemon.status_listen)
+        except OSError as exc:
+            await self.catalog.close()
+            raise UserError(
+                f"{cfg.path}: daemon.status_listen {cfg.daemon.status_listen}: cannot serve "
+                f"the status page ({exc.strerror or exc}); is another `vigil watch` running "
+                "with this configuration? Stop it, or choose another port"
+            ) from None
         log.info(
             "daemon.started",
             status=f"http://{cfg.daemon.status_listen.rpartition(':')[0]}:{self.status.port}/status",
@@ -328,6 +349,7 @@ class Daemon:
             policy.schedule.window,
             now or datetime.now(UTC),
             tz=self.tz,
+            margin=planning_margin(policy.schedule.rpo),
         )
         start = nr.start
         # A VM whose retries are used up waits out its cooldown, or the scheduler would find
@@ -381,6 +403,8 @@ class Daemon:
                     vm=node.path,
                     note="its restore points are kept (orphan retention)",
                 )
+            assert self.runner is not None
+            self.runner.forget(key)
             self.due.pop(key, None)
             self.conflicts.pop(key, None)
             return
@@ -398,8 +422,7 @@ class Daemon:
             why = "changed " + ", ".join(sorted(ev.changes))
         if new is None:
             if old is not None:
-                self.stats.orphaned += 1
-                log.warning("daemon.vm_left_policies", vm=node.path, policy=old, why=why)
+                self._left_policies(node, old, why)
             self.due.pop(key, None)
             return
         policy = self._policy(new)
@@ -414,15 +437,19 @@ class Daemon:
                 self._trigger_if_due(node, policy, "guest powered off")
         self._wake.set()
 
-    def _maybe_trigger(self, node: Any, policy: Policy, reason: str) -> None:
+    def _maybe_trigger(
+        self, node: Any, policy: Policy, reason: str, *, even_if_fresh: bool = False
+    ) -> None:
         if policy.trigger.on_match == "immediate":
-            self._trigger_if_due(node, policy, reason)
+            self._trigger_if_due(node, policy, reason, even_if_fresh=even_if_fresh)
 
-    def _trigger_if_due(self, node: Any, policy: Policy, reason: str) -> None:
+    def _trigger_if_due(
+        self, node: Any, policy: Policy, reason: str, *, even_if_fresh: bool = False
+    ) -> None:
         """An event-triggered backup, unless the VM has a fresh point or the policy's window
         is closed (the scheduler then takes it in the window)."""
         now = datetime.now(UTC)
-        if self._fresh(node.identity, policy, now):
+        if not even_if_fresh and self._fresh(node.identity, policy, now):
             log.info(
                 "daemon.trigger_skipped",
                 vm=node.path,
@@ -511,9 +538,22 @@ class Daemon:
                 assert policy is not None
                 self._maybe_trigger(node, policy, f"policy edit: now covered by {new}")
             elif old and not new:
-                self.stats.orphaned += 1
-                log.warning("daemon.vm_left_policies", vm=node.path, policy=old, why="policy edit")
+                self._left_policies(node, old, "policy edit")
         self._wake.set()
+
+    def _left_policies(self, node: Any, old: str, why: str) -> None:
+        """Counted and logged; a job still queued for it is dropped (nothing protects it
+        now), a running one finishes and its point is kept like the others."""
+        self.stats.orphaned += 1
+        log.warning(
+            "daemon.vm_left_policies",
+            vm=node.path,
+            policy=old,
+            why=why,
+            note="its restore points are kept (orphan retention)",
+        )
+        if self.runner is not None:
+            self.runner.forget(node.identity)
 
     # -- scheduling --------------------------------------------------------------------
 
@@ -552,14 +592,24 @@ class Daemon:
         assert self.watcher is not None and self.repo is not None
         node = self.watcher.tree.find_vm_by_identity(req.vm_key)
         if node is None:
-            raise RuntimeError(f"VM {req.vm_name} is no longer in the inventory")
+            raise VmGone(f"VM {req.vm_name} was deleted from vCenter; nothing to back up")
+        # The policy covering the VM now: it may have changed since the job was queued.
         policy = self._policy(self.winners.get(req.vm_key)) or self._policy(req.policy)
+        rec.policy = policy.name if policy else req.policy
+        opts = options_of(policy, full=req.full)
+        self._ran_with[req.vm_key] = opts
         session = await self.session()
         ctx = self._job_context(session)
         vm = session.moref("VirtualMachine", node.moref)
-        result = await backup_vm(
-            ctx, vm, options_of(policy, full=req.full), path=node.path, job_id=f"job-{rec.id}"
-        )
+        try:
+            result = await backup_vm(ctx, vm, opts, path=node.path, job_id=f"job-{rec.id}")
+        except Exception as exc:
+            if await self._deleted(session, vm):
+                raise VmGone(
+                    f"VM {req.vm_name} ({node.moref}) was deleted from vCenter during its "
+                    f"backup ({exc}); its earlier points are kept"
+                ) from exc
+            raise
         rec.point_id = result.point_id
         rec.read_bytes = result.read_bytes
         rec.stored_bytes = result.stored_bytes
@@ -574,6 +624,18 @@ class Daemon:
             (result.finished_at - result.started_at).total_seconds()
         )
 
+    @staticmethod
+    async def _deleted(session: Session, vm: Any) -> bool:
+        """Whether vCenter no longer knows the VM (a failed backup's likeliest cause then);
+        any other answer, or none, leaves the failure a failure."""
+        try:
+            await session.properties(vm, ["name"])
+        except VsphereFault as exc:
+            return exc.fault_type == "ManagedObjectNotFound"
+        except VsphereError:
+            return False
+        return False
+
     def _job_context(self, session: Session) -> Context:
         """A job's context; all jobs share one I/O limiter, so concurrent backups together
         use at most limits.io_threads threads (made here: it needs the running loop)."""
@@ -584,14 +646,46 @@ class Daemon:
 
     def _job_finished(self, req: JobRequest, rec: JobRecord) -> None:
         self.metrics.jobs.labels(rec.outcome).inc()
+        ran_with = self._ran_with.pop(req.vm_key, None)
+        if rec.outcome == "success" and ran_with is not None:
+            self._policy_changed_during(req, rec, ran_with)
         if rec.outcome == "failed":
             st = self.state.setdefault(req.vm_key, VmState())
             st.last_error = rec.error
             self.errors.append(f"{req.vm_name}: backup attempt {rec.attempt} failed: {rec.error}")
-        self._reschedule(req.vm_key)
+        if rec.outcome == "gone":
+            # vCenter said so before the watcher's VmRemoved came: nothing to schedule.
+            self.due.pop(req.vm_key, None)
+        else:
+            self._reschedule(req.vm_key)
         self._wake.set()
         if self.catalog is not None:  # on_finish only ever sees a finished record
             self._background(self._record_job(rec))
+
+    def _policy_changed_during(self, req: JobRequest, rec: JobRecord, ran: BackupOptions) -> None:
+        """The VM moved to another policy while its backup ran: the event's trigger was
+        coalesced into that job, whose point was taken with the old policy's options. When
+        the new policy backs up differently, it gets a backup of its own now."""
+        node = self.watcher.tree.find_vm_by_identity(req.vm_key) if self.watcher else None
+        policy = self._policy(self.winners.get(req.vm_key))
+        if node is None or policy is None or policy.name == rec.policy:
+            return
+        wanted = options_of(policy, full=ran.full)
+        if replace(wanted, policy=None) == replace(ran, policy=None):
+            return
+        log.info(
+            "daemon.policy_changed_during_backup",
+            vm=node.path,
+            ran_under=rec.policy,
+            now=policy.name,
+        )
+        self._maybe_trigger(
+            node,
+            policy,
+            f"policy edit: now covered by {policy.name} (the backup under {rec.policy} "
+            "used its options)",
+            even_if_fresh=True,
+        )
 
     async def _record_job(self, rec: JobRecord) -> None:
         with contextlib.suppress(Exception):

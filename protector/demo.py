@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import os
 import random
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +26,7 @@ from watcher.soap import Endpoint
 
 from .config import load_config
 from .daemon import Daemon
+from .errors import UserError
 from .progress import human_bytes
 from .simtools import create_folder, create_vm, move_vm
 from .simulator import Simulator
@@ -98,11 +100,13 @@ async def get_disk(session: Session, url: str) -> bytes:
         return await r.read()
 
 
-async def wait_until(cond: Any, timeout: float) -> float:
+async def wait_until(cond: Any, timeout: float, what: str) -> float:
     start = time.monotonic()
     while not cond():
         if time.monotonic() - start > timeout:
-            raise TimeoutError
+            raise UserError(
+                f"demo: {what} did not happen within {timeout:.0f} s; the log above says why"
+            )
         await asyncio.sleep(0.05)
     return time.monotonic() - start
 
@@ -112,8 +116,11 @@ async def tour(keep: bool) -> int:
     step(1, "Starting the bundled vCenter simulator (govmomi vcsim + CBT emulation)")
     sim = Simulator().start()
     workdir = Path(tempfile.mkdtemp(prefix="vigil-demo-"))
+    daemon: Daemon | None = None
+    task: asyncio.Task[int] | None = None
+    session: Session | None = None
     try:
-        say(f"   vCenter SDK at {sim.url}; demo files in {workdir}")
+        say(f"   vCenter SDK at {sim.url}; demo files in {workdir} (removed at the end)")
         step(2, "Writing vigil.toml and one policy: everything under /DC0/vm/protected, RPO 1h")
         (workdir / "policies.d").mkdir()
         (workdir / "policies.d" / "demo.toml").write_text(POLICY)
@@ -133,7 +140,9 @@ async def tour(keep: bool) -> int:
         step(3, "Starting the daemon (vigil watch)")
         daemon = Daemon(cfg)
         task = asyncio.create_task(daemon.run(install_signals=False))
-        await wait_until(lambda: daemon.ready.is_set() or task.done(), 60)
+        await wait_until(
+            lambda: daemon.ready.is_set() or task.done(), 60, "the daemon's inventory sync"
+        )
         if task.done():
             task.result()
         assert daemon.status is not None and daemon.runner is not None
@@ -163,7 +172,7 @@ async def tour(keep: bool) -> int:
                 raise RuntimeError(f"backup of app-1 failed: {failed[-1].error}")
             return [r for r in recs if r.outcome == "success"]
 
-        await wait_until(lambda: len(jobs()) >= 1, 60)
+        await wait_until(lambda: len(jobs()) >= 1, 60, "app-1's first backup")
         rec = jobs()[0]
         say(
             f"   protected {time.monotonic() - moved:.1f} s after the move "
@@ -179,7 +188,7 @@ async def tour(keep: bool) -> int:
             changed[off : off + 65536] = rng.randbytes(65536)
         await put_disk(session, url, bytes(changed))
         daemon.backup_now(vm._moId, "demo: back up now")
-        await wait_until(lambda: len(jobs()) >= 2, 60)
+        await wait_until(lambda: len(jobs()) >= 2, 60, "app-1's incremental backup")
         rec2 = jobs()[1]
         say(
             f"   incremental {rec2.point_id}: read {human_bytes(rec2.read_bytes)} of "
@@ -217,7 +226,15 @@ async def tour(keep: bool) -> int:
                 await asyncio.Event().wait()
         daemon.request_stop()
         await asyncio.wait_for(task, 60)
-        await session.close()
         return 0 if same else 1
     finally:
+        # Also when a step failed: stop the daemon before its vCenter and files go away.
+        if daemon is not None and task is not None and not task.done():
+            daemon.request_stop()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(task, 60)
+        if session is not None:
+            with contextlib.suppress(Exception):
+                await session.close()
         sim.stop()
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import re
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
@@ -22,6 +23,8 @@ from typing import Any
 import structlog
 
 log = structlog.get_logger(__name__)
+
+_RETRY_PREFIX = re.compile(r"^retry \d+/\d+: ")
 
 
 @dataclass
@@ -54,7 +57,8 @@ class JobRecord:
     attempt: int
     started: float
     finished: float | None = None
-    outcome: str = "running"  # running, success, failed, busy (retried later), cancelled
+    # running, success, failed, busy (retried later), gone (the VM no longer exists), cancelled
+    outcome: str = "running"
     error: str = ""
     point_id: str = ""
     read_bytes: int = 0
@@ -90,6 +94,7 @@ class JobRunner:
         retry_backoff: float = 60.0,
         cooldown_max: float = 3600.0,
         retry_later: tuple[type[BaseException], ...] = (),
+        give_up: tuple[type[BaseException], ...] = (),
         history_size: int = 500,
         on_finish: Callable[[JobRequest, JobRecord], None] | None = None,
     ) -> None:
@@ -101,6 +106,9 @@ class JobRunner:
         # Errors meaning "not now" (another process holds the VM): retried after
         # retry_backoff, never counted as a failed attempt.
         self.retry_later = retry_later
+        # Errors meaning "there is nothing left to back up" (the VM was deleted): never
+        # retried, never counted as a failure.
+        self.give_up = give_up
         self.on_finish = on_finish
         self.queued: dict[str, JobRequest] = {}
         self.running: dict[str, tuple[JobRequest, JobRecord, asyncio.Task[None]]] = {}
@@ -127,6 +135,18 @@ class JobRunner:
     def in_cooldown(self, vm_key: str, now: float | None = None) -> bool:
         until = self.cooldown_until.get(vm_key)
         return until is not None and (now or time.time()) < until
+
+    def forget(self, vm_key: str) -> None:
+        """Drop everything pending for a VM that was deleted or left every policy: its queued
+        job, its retry, its failure and cooldown. A running job goes on (its point is kept)."""
+        self.queued.pop(vm_key, None)
+        timer = self.retry_timers.pop(vm_key, None)
+        if timer is not None:
+            timer.cancel()
+            self._idle.set()  # drain() may be waiting for exactly this retry
+        self.failures.pop(vm_key, None)
+        self.consecutive_failures.pop(vm_key, None)
+        self.cooldown_until.pop(vm_key, None)
 
     def submit(self, req: JobRequest) -> bool:
         """Queue a backup; coalesced into a queued or running job of the same VM."""
@@ -219,6 +239,10 @@ class JobRunner:
             rec.outcome = "cancelled"
             rec.error = "cancelled (shutdown)"
             raise
+        except self.give_up as exc:
+            rec.outcome = "gone"
+            rec.error = str(exc) or type(exc).__name__
+            log.warning("job.gone", vm=req.vm_name, job=rec.id, error=rec.error)
         except self.retry_later as exc:
             rec.outcome = "busy"
             rec.error = str(exc) or type(exc).__name__
@@ -242,7 +266,7 @@ class JobRunner:
             self._idle.set()
 
     def _after(self, req: JobRequest, rec: JobRecord) -> None:
-        if rec.outcome == "success":
+        if rec.outcome in ("success", "gone"):
             self.failures.pop(req.vm_key, None)
             self.consecutive_failures.pop(req.vm_key, None)
             self.cooldown_until.pop(req.vm_key, None)
@@ -258,7 +282,8 @@ class JobRunner:
             if req.attempt < self.retry_attempts and self._accepting:
                 delay = self.retry_backoff * (2 ** (req.attempt - 1))
                 retry = JobRequest(**{**req.__dict__, "attempt": req.attempt + 1})
-                retry.reason = f"retry {req.attempt + 1}/{self.retry_attempts}: {req.reason}"
+                first = _RETRY_PREFIX.sub("", req.reason)  # "retry 3/3: why", not nested
+                retry.reason = f"retry {req.attempt + 1}/{self.retry_attempts}: {first}"
                 loop = asyncio.get_running_loop()
                 self.retry_timers[req.vm_key] = loop.call_later(delay, self._requeue, retry)
                 log.info("job.retry_scheduled", vm=req.vm_name, in_seconds=delay)

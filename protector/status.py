@@ -28,6 +28,17 @@ STATE_COLOURS = {
 }
 
 
+def age_colour(vm: dict[str, Any]) -> str:
+    """The newest point's age against the RPO: green well within, amber in the last tenth,
+    red past it (or no point at all); grey when no policy sets an RPO."""
+    rpo, age = vm.get("rpo_seconds"), vm.get("age_seconds")
+    if not rpo:
+        return STATE_COLOURS["unprotected"]
+    if age is None or age > rpo:
+        return STATE_COLOURS["breached"]
+    return STATE_COLOURS["due"] if age > 0.9 * rpo else STATE_COLOURS["ok"]
+
+
 def render_html(status: dict[str, Any]) -> str:
     esc = html.escape
 
@@ -43,7 +54,9 @@ def render_html(status: dict[str, Any]) -> str:
             f"<tr><td>{esc(vm['path'])}</td><td>{esc(vm.get('policy') or '—')}</td>"
             f"<td style='color:{colour};font-weight:bold'>{esc(vm['state'])}{breach}</td>"
             f"<td>{esc(vm.get('newest_point') or '—')}</td>"
-            f"<td>{esc(vm.get('age_text') or '—')}</td><td>{esc(vm.get('rpo_text') or '—')}</td>"
+            f"<td class='age' style='color:{age_colour(vm)};font-weight:bold'>"
+            f"{esc(vm.get('age_text') or ('none' if vm.get('rpo_seconds') else '—'))}</td>"
+            f"<td>{esc(vm.get('rpo_text') or '—')}</td>"
             f"<td>{esc(vm.get('last_error') or '')}</td></tr>"
         )
 
@@ -54,6 +67,11 @@ def render_html(status: dict[str, Any]) -> str:
             f"<td>{esc(str(j.get('error', '')))}</td></tr>"
             for j in jobs
         )
+
+    jobs = status["jobs"]
+    active = job_rows(jobs["running"]) + job_rows(jobs["queued"])
+    if not active:
+        active = "<tr><td colspan='4'>none</td></tr>"
 
     counts = " · ".join(f"{k}: {v}" for k, v in sorted(status["counts"].items()))
     policy_errors = "".join(f"<li>{esc(e)}</li>" for e in status["policy_errors"])
@@ -78,11 +96,12 @@ h2{{margin-top:1.2em}}</style></head><body>
 <h2>Virtual machines</h2>
 <table><tr><th>VM</th><th>policy</th><th>state</th><th>newest good point</th><th>age</th>
 <th>RPO</th><th>last error</th></tr>{"".join(row(v) for v in status["vms"])}</table>
-<h2>Jobs</h2>
-<table><tr><th>VM</th><th>reason</th><th>state</th><th>error</th></tr>
-{job_rows(status["jobs"]["running"])}{job_rows(status["jobs"]["queued"])}
-{job_rows(status["jobs"]["recent"][-20:])}</table>
 {"<h2>Recent errors</h2><ul>" + errors + "</ul>" if errors else ""}
+<h2>Running and queued jobs ({len(jobs["running"])} running, {len(jobs["queued"])} queued)</h2>
+<table><tr><th>VM</th><th>reason</th><th>state</th><th>error</th></tr>{active}</table>
+<h2>Recent jobs</h2>
+<table><tr><th>VM</th><th>reason</th><th>outcome</th><th>error</th></tr>
+{job_rows(list(reversed(jobs["recent"][-20:])))}</table>
 </body></html>"""
 
 

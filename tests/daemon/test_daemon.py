@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from protector.daemon import Daemon
+from protector.demo import flat_url, put_disk
 
 from .helpers import (
     create_folder,
@@ -69,13 +70,47 @@ async def test_vm_created_or_moved_into_protected_folder_is_backed_up_unasked(
         assert "came into scope of prod" in rec.reason
 
         vm = await create_vm(s, "/DC0/vm/staging", "db-1")
+        await put_disk(s, await flat_url(s, vm), b"db-1 data\n" * 100_000)  # ~1 MB
         await asyncio.sleep(1.5)
         assert not points_of(daemon, "db-1"), "out of scope: no backup"
         await move_vm(s, vm, "/DC0/vm/prod")
         await wait_for(lambda: points_of(daemon, "db-1"), 20, "db-1 backed up after the move")
         # A point within the RPO: no second backup of web-1 meanwhile.
         assert len(points_of(daemon, "web-1")) == 1
+        await wait_for(lambda: vm_state(daemon, "db-1")["state"] == "ok", 10, "db-1's job")
+        await assert_every_metric_served(daemon)
     await s.close()
+
+
+async def assert_every_metric_served(daemon: Daemon) -> None:
+    """/metrics over HTTP carries each metric the daemon promises, with live values."""
+    import aiohttp
+    from prometheus_client.parser import text_string_to_metric_families
+
+    assert daemon.status is not None
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"http://127.0.0.1:{daemon.status.port}/metrics") as r,
+    ):
+        assert r.status == 200
+        text = await r.text()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
+
+    def value(name: str, **labels: str) -> float:
+        return samples[(name, tuple(sorted(labels.items())))]
+
+    assert value("vigil_vms", state="ok") == 2 and value("vigil_vms", state="unprotected") == 4
+    assert value("vigil_rpo_breaches") == 0
+    assert value("vigil_jobs_total", outcome="success") == 2
+    assert value("vigil_read_bytes_total") > 0 and value("vigil_stored_bytes_total") > 0
+    assert value("vigil_backup_duration_seconds_count") == 2
+    assert 0 <= value("vigil_inventory_update_lag_seconds") < 60
+    assert value("vigil_policy_reload_errors_total") == 0
+    assert value("vigil_policy_errors") == 0
 
 
 async def test_tag_brings_vm_into_scope_within_poll_interval(tmp_path, vcsim_fresh):
@@ -178,8 +213,10 @@ async def test_simulator_restart_recovers_without_duplicate_jobs(tmp_path, vcsim
             first.proc.kill()  # vCenter gone without a goodbye
             first.stop()
             await wait_for(lambda: not daemon.healthy(), 30, "/healthz to report the outage")
+            assert await healthz(daemon) == 503
             second = Simulator(args=listen, binary=vcsim_binary).start()
             await wait_for(daemon.healthy, 60, "the daemon to reconnect")
+            assert await healthz(daemon) == 200
             await asyncio.sleep(3)  # time for any wrongly triggered job to show up
             assert len(daemon.runner.history) == jobs_before, [
                 (r.vm_name, r.reason) for r in list(daemon.runner.history)[jobs_before:]
@@ -190,3 +227,14 @@ async def test_simulator_restart_recovers_without_duplicate_jobs(tmp_path, vcsim
         first.stop()
         if second is not None:
             second.stop()
+
+
+async def healthz(daemon: Daemon) -> int:
+    import aiohttp
+
+    assert daemon.status is not None
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"http://127.0.0.1:{daemon.status.port}/healthz") as r,
+    ):
+        return r.status

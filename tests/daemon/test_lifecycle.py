@@ -85,15 +85,25 @@ async def snapshots_of(sim: Any, name: str) -> list[Any]:
         await s.close()
 
 
-async def test_sigterm_during_backup_removes_snapshot_and_exits_zero(tmp_path, make_vcsim):
+async def wait_for_snapshot(sim: Any, name: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not await snapshots_of(sim, name):
+        assert time.monotonic() < deadline, f"no backup snapshot of {name} after {timeout} s"
+        await asyncio.sleep(0.1)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_sigterm_during_backup_removes_snapshot_and_exits_zero(tmp_path, make_vcsim, sig):
     # The snapshot task stays "running" for 4 s: the backup is mid-flight when we signal.
     sim = make_vcsim(args=["-task-delay", "CreateSnapshot_Task=4000"])
     port = free_port()
     d = DaemonProcess(config(tmp_path, sim, port), port)
     try:
         await wait_for(lambda: running_job(d.status()), 30, "a running backup")
+        # Signalled while vCenter holds our snapshot, so there is something to clean up.
+        await wait_for_snapshot(sim, "DC0_H0_VM0", 3)
         start = time.monotonic()
-        d.proc.send_signal(signal.SIGTERM)
+        d.proc.send_signal(sig)
         rc = await asyncio.to_thread(d.proc.wait, 60)
         assert rc == 0, d.output()[-3000:]
         assert time.monotonic() - start < 60
@@ -122,6 +132,12 @@ async def test_kill_9_during_backup_then_restart_cleans_up_and_backs_up(tmp_path
             lambda: (s := d2.status()) and s["counts"].get("ok") == 1, 60, "the VM protected"
         )
         assert await snapshots_of(sim, "DC0_H0_VM0") == []
+        assert "daemon.leftover_snapshot" in d2.output()
+        # SIGHUP reloads the policies and the daemon goes on.
+        d2.proc.send_signal(signal.SIGHUP)
+        await wait_for(lambda: "daemon.sighup_reload" in d2.output(), 10, "the SIGHUP reload")
+        await asyncio.sleep(0.5)
+        assert d2.proc.poll() is None and d2.status() is not None
     finally:
         d2.stop()
     assert PASSWORD_ENV in os.environ

@@ -72,3 +72,19 @@ async def test_all_jobs_share_one_io_limiter_of_io_threads(tmp_path):
     assert first is not second
     assert first.io_limiter is second.io_limiter, "total I/O threads = io_threads, not x jobs"
     assert first.io_limiter.total_tokens == 3 and first.io_threads == 3
+
+
+async def test_a_status_port_in_use_is_a_one_line_error_naming_the_setting(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cfg = config(tmp_path, daemon="")
+        cfg.write_text(cfg.read_text().replace("127.0.0.1:0", f"127.0.0.1:{port}"))
+        with pytest.raises(UserError) as exc:
+            await asyncio.wait_for(Daemon(load(cfg)).run(install_signals=False), 20)
+    msg = str(exc.value)
+    assert f"daemon.status_listen 127.0.0.1:{port}" in msg and "in use" in msg
+    assert "another `vigil watch`" in msg

@@ -119,3 +119,20 @@ def test_prune_at_and_failure_cooldown_accepted(tmp_path):
     assert cfg.daemon.prune_max_pause == 60
     with pytest.raises(ConfigError, match=r"daemon\.failure_cooldown_max: must be more than 0"):
         load_config(write(tmp_path, GOOD + "[daemon]\nfailure_cooldown_max = 0\n"))
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:65536", "127.0.0.1:99999", "127.0.0.1:"])
+def test_status_listen_port_must_be_a_tcp_port(tmp_path, listen):
+    p = write(tmp_path, GOOD + f'[daemon]\nstatus_listen = "{listen}"\n')
+    with pytest.raises(ConfigError) as exc:
+        load_config(p)
+    assert f"{p}: daemon.status_listen: must be HOST:PORT" in str(exc.value)
+    assert "0-65535" in str(exc.value)
+
+
+@pytest.mark.parametrize("key", ["tag_interval", "reconcile_interval"])
+def test_poll_intervals_must_be_positive(tmp_path, key):
+    # 0 would poll vCenter in a tight loop; negative makes no sense.
+    p = write(tmp_path, GOOD + f"[daemon]\n{key} = 0\n")
+    with pytest.raises(ConfigError, match=rf"daemon\.{key}: must be more than 0 seconds, got 0"):
+        load_config(p)

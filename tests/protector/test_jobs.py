@@ -117,6 +117,8 @@ async def test_failures_retry_with_backoff_then_stay_visible_without_blocking_ot
     assert runner.failures["bad"].error == "datastore unreachable"
     assert runner.failures["bad"].attempt == 3
     assert runner.outcomes["failed"] == 3 and runner.outcomes["success"] == 1
+    reasons = [r.reason for r in runner.history if r.vm_name == "bad"]
+    assert reasons == ["t", "retry 2/3: t", "retry 3/3: t"], "retry prefixes never nest"
 
 
 async def test_stop_cancels_running_jobs_and_lets_them_clean_up():
@@ -266,3 +268,82 @@ async def test_a_busy_vm_is_retried_later_without_counting_as_a_failure():
     assert all(r.attempt == 1 for r in runner.history)
     assert "v" not in runner.failures and not runner.consecutive_failures
     assert runner.outcomes["failed"] == 0 and runner.outcomes["busy"] == 4
+
+
+class VmGone(Exception):
+    """Stands for protector.daemon.VmGone: the VM was deleted."""
+
+
+async def test_a_deleted_vm_is_given_up_not_retried_nor_counted_as_failing():
+    calls = 0
+
+    async def run(req: JobRequest, rec: JobRecord) -> None:
+        nonlocal calls
+        calls += 1
+        raise VmGone("VM v was deleted from vCenter")
+
+    runner = JobRunner(run, Limits(), retry_attempts=3, retry_backoff=0.02, give_up=(VmGone,))
+    loop = asyncio.create_task(runner.run())
+    try:
+        runner.submit(JobRequest("v", "v", "h", (), "t"))
+        await asyncio.wait_for(runner.drain(), 5)
+    finally:
+        loop.cancel()
+    assert calls == 1
+    assert runner.history[-1].outcome == "gone" and "deleted" in runner.history[-1].error
+    assert not runner.failures and not runner.consecutive_failures and not runner.cooldown_until
+
+
+async def test_forget_drops_a_vms_queued_job_retry_and_cooldown():
+    gate = asyncio.Event()
+
+    async def run(req: JobRequest, rec: JobRecord) -> None:
+        if req.vm_name == "blocker":
+            await gate.wait()
+            return
+        raise RuntimeError("datastore unreachable")
+
+    runner = JobRunner(run, Limits(concurrent=1), retry_attempts=3, retry_backoff=0.05)
+    loop = asyncio.create_task(runner.run())
+    try:
+        runner.submit(JobRequest("bad", "bad", "h", (), "t", deadline=0))
+        await asyncio.sleep(0.01)
+        assert "bad" in runner.retry_timers
+        runner.forget("bad")
+        runner.submit(JobRequest("blocker", "blocker", "h", (), "t", deadline=0))
+        runner.submit(JobRequest("queued", "queued", "h", (), "t", deadline=1))
+        await asyncio.sleep(0.01)
+        runner.forget("queued")
+        assert not runner.busy("bad") and not runner.busy("queued")
+        gate.set()
+        await asyncio.wait_for(runner.drain(), 5)
+        await asyncio.sleep(0.2)  # the cancelled retry would have run by now
+    finally:
+        loop.cancel()
+    assert [r.vm_name for r in runner.history] == ["bad", "blocker"]
+    assert not runner.consecutive_failures and not runner.failures
+
+
+async def test_queued_jobs_start_earliest_deadline_first():
+    gate = asyncio.Event()
+    order: list[str] = []
+
+    async def run(req: JobRequest, rec: JobRecord) -> None:
+        order.append(req.vm_name)
+        if req.vm_name == "first":
+            await gate.wait()
+
+    runner = JobRunner(run, Limits(concurrent=1))
+    loop = asyncio.create_task(runner.run())
+    try:
+        runner.submit(JobRequest("first", "first", "h", (), "t", deadline=0))
+        await asyncio.sleep(0.01)
+        for name, deadline in [("late", 300.0), ("soon", 100.0), ("mid", 200.0)]:
+            runner.submit(JobRequest(name, name, "h", (), "t", deadline=deadline))
+        # An event for "late" brings its deadline forward (coalesced, not queued twice).
+        runner.submit(JobRequest("late", "late", "h", (), "came into scope", deadline=50.0))
+        gate.set()
+        await asyncio.wait_for(runner.drain(), 5)
+    finally:
+        loop.cancel()
+    assert order == ["first", "late", "soon", "mid"]

@@ -18,7 +18,20 @@ STATUS = {
             "state": "ok",
             "policy": "gold",
             "newest_point": "p1",
+            "age_seconds": 7200.0,
             "age_text": "2h",
+            "rpo_seconds": 86400.0,
+            "rpo_text": "24h",
+            "last_error": "",
+        },
+        {
+            "path": "/DC0/vm/prod/web-2",
+            "state": "due",
+            "policy": "gold",
+            "newest_point": "p2",
+            "age_seconds": 82800.0,
+            "age_text": "23h",
+            "rpo_seconds": 86400.0,
             "rpo_text": "24h",
             "last_error": "",
         },
@@ -27,7 +40,9 @@ STATUS = {
             "state": "breached",
             "policy": "gold",
             "newest_point": None,
+            "age_seconds": None,
             "age_text": "",
+            "rpo_seconds": 86400.0,
             "rpo_text": "24h",
             "last_error": "boom",
         },
@@ -42,8 +57,12 @@ STATUS = {
             "last_error": "datastore unreachable",
         },
     ],
-    "jobs": {"running": [], "queued": [], "recent": []},
-    "errors": [],
+    "jobs": {
+        "running": [{"vm_name": "db-2", "reason": "RPO due", "outcome": "running", "error": ""}],
+        "queued": [{"vm_name": "db-3", "reason": "no restore point yet", "state": "queued"}],
+        "recent": [{"vm_name": "web-1", "reason": "RPO due", "outcome": "success", "error": ""}],
+    },
+    "errors": ["app-1: backup attempt 3 failed: datastore unreachable"],
     "prune": {
         "at": "2026-11-25T07:00:00+00:00",
         "outcome": "done",
@@ -90,5 +109,22 @@ async def test_token_health_metrics_and_pages():
                 assert "failing" in app and "RPO breached" in app, app
                 assert "datastore unreachable" in app
                 assert "chunk sweep deferred: backups are running" in page
+                assert "<h2>Recent errors</h2><ul><li>app-1: backup attempt 3 failed" in page
+                jobs = page[page.index("Running and queued jobs (1 running, 1 queued)") :]
+                jobs = jobs[: jobs.index("</table>")]
+                assert "db-2" in jobs and "RPO due" in jobs and "running" in jobs
+                assert "db-3" in jobs and "queued" in jobs
+                assert "web-1" not in jobs, "finished jobs are listed apart"
+                assert age_cell(page, "web-1") == ("#1a7f37", "2h"), "within the RPO: green"
+                assert age_cell(page, "web-2") == ("#9a6700", "23h"), "last tenth: amber"
+                assert age_cell(page, "db-&lt;1&gt;") == ("#cf222e", "none"), "no point: red"
     finally:
         await srv.stop()
+
+
+def age_cell(page: str, vm: str) -> tuple[str, str]:
+    """(colour, text) of the age column in a VM's row of the status page."""
+    row = page[page.index(f"<td>/DC0/vm/prod/{vm}</td>") :].split("</tr>")[0]
+    cell = row[row.index("class='age'") :]
+    colour = cell.split("color:")[1].split(";")[0]
+    return colour, cell.split(">")[1].split("<")[0]
