@@ -33,7 +33,7 @@ from repository import Repository, prune
 from repository.prune import PruneResult
 from watcher.events import VmAdded, VmChanged, VmEvent, VmMoved, VmRemoved, VmRenamed
 from watcher.session import Session
-from watcher.soap import VsphereError, VsphereFault
+from watcher.soap import VsphereConnectionError, VsphereError, VsphereFault
 from watcher.traversal import inventory_filter_spec
 from watcher.updates import Watcher
 
@@ -120,8 +120,8 @@ class Daemon:
         self.stopping = asyncio.Event()
         self.ready = asyncio.Event()
         self._wake = asyncio.Event()
-        self._session: Session | None = None
-        self._session_ready = asyncio.Event()
+        self._job_session: Session | None = None
+        self._job_session_lock = asyncio.Lock()
         self.repo: Repository | None = None
         self.catalog: Any = None
         self.policies: PolicyStore | None = None
@@ -274,28 +274,43 @@ class Daemon:
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
+        if self._job_session is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._job_session.close(), 5)
         if self.status:
             await self.status.stop()
         if self.catalog:
             await self.catalog.close()
         log.info("daemon.stopped")
 
-    # -- vCenter session (the watcher's, shared with the jobs) -------------------------
+    # -- vCenter sessions ----------------------------------------------------------------
+    # The watcher has its own and logs it out whenever its update loop fails; the jobs
+    # share a second one, whose cookie the disk readers (datastore HTTP, VDDK) carry for
+    # the whole read, so a watcher hiccup never cuts a backup off mid-disk.
 
     async def _connect(self) -> Session:
         session = make_session(self.cfg)
         await session.connect()
-        self._session = session
-        self._session_ready.set()
         return session
 
     async def session(self) -> Session:
-        while True:
-            s = self._session
-            if s is not None and s.client.cookie:
-                return s
-            self._session_ready.clear()
-            await self._session_ready.wait()
+        """The jobs' session: logged in on first use, re-logged in by Session itself when
+        it expires. While vCenter is unreachable this keeps trying with backoff (the job
+        waits, it does not fail for an outage)."""
+        async with self._job_session_lock:
+            delay = 1.0
+            while self._job_session is None:
+                session = make_session(self.cfg)
+                try:
+                    await session.connect()
+                except VsphereConnectionError as exc:
+                    await session.close()
+                    log.info("daemon.jobs_session_waiting", error=str(exc), retry_in=delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 30.0)
+                    continue
+                self._job_session = session
+            return self._job_session
 
     def healthy(self) -> bool:
         return bool(self.watcher and self.watcher.healthy)
@@ -716,7 +731,21 @@ class Daemon:
                 for node in walk_snapshots(prop.val.rootSnapshotList):
                     if node.name == SNAPSHOT_NAME and is_leftover(node, now):
                         log.warning("daemon.leftover_snapshot", vm=oc.obj._moId)
-                        await remove_snapshot(session, session.client.bind(node.snapshot))
+                        try:
+                            await remove_snapshot(session, session.client.bind(node.snapshot))
+                        except VsphereError as exc:
+                            # One stuck snapshot must not keep the others; the VM's next
+                            # backup tries again (it removes leftovers first).
+                            log.error(
+                                "daemon.leftover_snapshot_not_removed",
+                                vm=oc.obj._moId,
+                                error=str(exc),
+                                next_step="the VM's next backup retries; else remove it "
+                                "in the vSphere client",
+                            )
+                            self.errors.append(
+                                f"leftover snapshot on {oc.obj._moId} not removed: {exc}"
+                            )
 
     # -- prune -------------------------------------------------------------------------
 

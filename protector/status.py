@@ -1,7 +1,8 @@
 """The status HTTP server: /healthz, /metrics, /status (HTML) and /status.json.
 
-Bound to loopback by default; with a token configured every request must carry
-`Authorization: Bearer <token>` (compared in constant time).
+Bound to loopback by default; with a token configured every request but /healthz must
+carry `Authorization: Bearer <token>` (compared in constant time). /healthz answers only
+"ok" or "unhealthy", so liveness probes that cannot send a token still work.
 """
 
 from __future__ import annotations
@@ -155,7 +156,7 @@ class StatusServer:
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        if self._token:
+        if self._token and request.path != "/healthz":
             given = request.headers.get("Authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {self._token}".encode()):
                 return web.Response(status=401, text="bearer token required\n")

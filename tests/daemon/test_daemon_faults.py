@@ -239,3 +239,45 @@ async def test_a_watcher_reconnect_does_not_break_a_running_backup(tmp_path, mak
         await wait_for(lambda: daemon.runner.history, 60, "the backup to finish")
         rec = daemon.runner.history[0]
         assert (rec.outcome, rec.attempt) == ("success", 1), rec.error
+
+
+async def test_jobs_have_a_session_of_their_own_that_a_watcher_reconnect_keeps(
+    tmp_path, vcsim_fresh
+):
+    """Disk reads (datastore HTTP, VDDK) carry the session cookie taken when the disk was
+    opened. The watcher logs its session out whenever its update loop fails; were the jobs
+    sharing it, every backup reading at that moment would lose its session mid-disk."""
+    sim = vcsim_fresh
+    cfg = write_config(tmp_path, sim, policy("none", 'names = ["no-such-vm"]'))
+    async with running(cfg) as daemon:
+        assert daemon.watcher is not None
+        jobs = await daemon.session()
+        cookie = jobs.session_cookie
+        await daemon.watcher._drop_session()  # what the loop does after a transport error
+        await wait_for(lambda: daemon.watcher.healthy, 20, "the watcher back")
+        # A raw call (no transparent re-login) with the cookie the disk reader holds.
+        sm = jobs.content.sessionManager
+        current = await jobs.client.call(
+            jobs.content.propertyCollector,
+            "RetrievePropertiesEx",
+            specSet=[_spec(sm, "currentSession")],
+            options=_opts(),
+        )
+        assert current is not None and current.objects[0].propSet, "logged out"
+        assert jobs.session_cookie == cookie
+
+
+def _spec(mo: Any, prop: str) -> Any:
+    from pyVmomi import vmodl
+
+    pc = vmodl.query.PropertyCollector
+    return pc.FilterSpec(
+        objectSet=[pc.ObjectSpec(obj=mo, skip=False)],
+        propSet=[pc.PropertySpec(type=type(mo), pathSet=[prop], all=False)],
+    )
+
+
+def _opts() -> Any:
+    from pyVmomi import vmodl
+
+    return vmodl.query.PropertyCollector.RetrieveOptions(maxObjects=10)

@@ -87,8 +87,11 @@ async def test_token_health_metrics_and_pages():
         async with aiohttp.ClientSession() as http:
             async with http.get(f"{base}/status.json") as r:
                 assert r.status == 401
-            async with http.get(f"{base}/healthz", headers={"Authorization": "Bearer nope"}) as r:
+            async with http.get(f"{base}/metrics", headers={"Authorization": "Bearer nope"}) as r:
                 assert r.status == 401
+            # Liveness says only ok/unhealthy: probes (systemd, load balancers) need no token.
+            async with http.get(f"{base}/healthz") as r:
+                assert r.status == 200 and await r.text() == "ok\n"
             async with http.get(f"{base}/healthz", headers=auth) as r:
                 assert r.status == 200
             health["ok"] = False
