@@ -11,6 +11,7 @@ and `flush()` completes the upload. `close()` without `flush()` aborts it.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import http.client
 import re
 import ssl
@@ -34,19 +35,30 @@ Buffer = bytes | bytearray | memoryview
 
 
 def normalize_thumbprint(value: str) -> str:
-    return value.replace(":", "").replace(" ", "").lower()
+    return value.strip().lower().removeprefix("sha256:").replace(":", "").replace(" ", "")
 
 
-def check_thumbprint(der: bytes, expected: str) -> None:
+def colon_hex(digest: bytes) -> str:
+    """`AB:CD:...`: the form vcenter.thumbprint is written in."""
+    return ":".join(f"{b:02X}" for b in digest)
+
+
+def check_thumbprint(der: bytes, expected: str, host: str = "the server") -> None:
+    """The pin is the full SHA-256 of the leaf certificate, compared in constant time
+    (a SHA-1 or truncated pin would let a forged certificate through more cheaply)."""
     want = normalize_thumbprint(expected)
-    algo = {40: hashlib.sha1, 64: hashlib.sha256}.get(len(want))
-    if algo is None:
+    if not re.fullmatch(r"[0-9a-f]{64}", want):
         raise ThumbprintMismatch(
-            f"thumbprint {expected!r} is neither a SHA-1 nor a SHA-256 fingerprint"
+            f"pinned thumbprint {expected!r} is not a SHA-256 fingerprint (64 hex digits); "
+            "set vcenter.thumbprint to the SHA-256 of the vCenter certificate"
         )
-    got = algo(der).hexdigest()
-    if got != want:
-        raise ThumbprintMismatch(f"server certificate thumbprint {got} is not the pinned {want}")
+    got = hashlib.sha256(der).digest()
+    if not hmac.compare_digest(got, bytes.fromhex(want)):
+        raise ThumbprintMismatch(
+            f"TLS certificate of {host} is not the pinned thumbprint: expected {expected}, "
+            f"got {colon_hex(got)}; if the certificate was replaced on purpose, update "
+            "vcenter.thumbprint"
+        )
 
 
 def _ssl_context(access: VcenterAccess) -> ssl.SSLContext:
@@ -63,6 +75,55 @@ def _ssl_context(access: VcenterAccess) -> ssl.SSLContext:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
     return ctx
+
+
+def connect(
+    access: VcenterAccess, ctx: ssl.SSLContext | None, timeout: float
+) -> http.client.HTTPConnection:
+    """A connection to vCenter whose certificate passed verification (CA or pin) before
+    anything, the session cookie least of all, is sent over it."""
+    a = access
+    conn: http.client.HTTPConnection
+    if ctx is not None:
+        conn = http.client.HTTPSConnection(a.host, a.port, timeout=timeout, context=ctx)
+    else:
+        conn = http.client.HTTPConnection(a.host, a.port, timeout=timeout)
+    try:
+        conn.connect()
+    except ssl.SSLCertVerificationError as exc:
+        conn.close()
+        raise DiskIoError(
+            f"TLS certificate of {a.host}:{a.port} is not trusted ({exc}); set "
+            "vcenter.ca_file to the CA that signed it, or pin it with vcenter.thumbprint"
+        ) from None
+    if ctx is not None and a.thumbprint:
+        try:
+            check_thumbprint(_peer_der(conn), a.thumbprint, f"{a.host}:{a.port}")
+        except ThumbprintMismatch:
+            conn.close()
+            raise
+    return conn
+
+
+def _peer_der(conn: http.client.HTTPConnection) -> bytes:
+    sock = conn.sock
+    der = sock.getpeercert(binary_form=True) if isinstance(sock, ssl.SSLSocket) else None
+    if not der:
+        raise ThumbprintMismatch(f"{conn.host}: no server certificate to check")
+    return der
+
+
+def server_thumbprint(access: VcenterAccess, timeout: float = 30.0) -> str:
+    """The SHA-256 thumbprint (`AB:CD:..`) of vCenter's certificate, read over a connection
+    verified as the http transport verifies it. For VDDK, which trusts a certificate by
+    thumbprint only: handing it the one vigil verified keeps VDDK's connection verified."""
+    if access.scheme != "https":
+        return ""
+    conn = connect(access, _ssl_context(access), timeout)
+    try:
+        return colon_hex(hashlib.sha256(_peer_der(conn)).digest())
+    finally:
+        conn.close()
 
 
 def folder_url(location: DiskLocation, rel_path: str) -> str:
@@ -122,27 +183,7 @@ class HttpDisk:
     # -- connections ----------------------------------------------------------------------
 
     def _connect(self) -> http.client.HTTPConnection:
-        a = self.access
-        conn: http.client.HTTPConnection
-        if self._ctx is not None:
-            conn = http.client.HTTPSConnection(
-                a.host, a.port, timeout=self.timeout, context=self._ctx
-            )
-        else:
-            conn = http.client.HTTPConnection(a.host, a.port, timeout=self.timeout)
-        conn.connect()
-        if self._ctx is not None and a.thumbprint:
-            sock = conn.sock
-            der = sock.getpeercert(binary_form=True) if isinstance(sock, ssl.SSLSocket) else None
-            if not der:
-                conn.close()
-                raise ThumbprintMismatch(f"{a.host}: no server certificate to check the pin")
-            try:
-                check_thumbprint(der, a.thumbprint)
-            except ThumbprintMismatch:
-                conn.close()
-                raise
-        return conn
+        return connect(self.access, self._ctx, self.timeout)
 
     def _acquire(self) -> http.client.HTTPConnection:
         with self._lock:
@@ -161,6 +202,14 @@ class HttpDisk:
 
     def _fail_status(self, resp: http.client.HTTPResponse, what: str) -> DiskIoError:
         body = resp.read(512)
+        if 300 <= resp.status < 400:
+            # http.client never follows: the cookie must not go to a host we did not pick.
+            target = resp.getheader("Location") or "(no Location header)"
+            return DiskIoError(
+                f"{what}: HTTP {resp.status} redirect to {target}; the http transport does "
+                "not follow redirects (the session cookie would go along): set vcenter.url to "
+                "the address vCenter itself answers on, or use another transport"
+            )
         if resp.status in (401, 403):
             return DiskIoError(
                 f"{what}: HTTP {resp.status}: the session cookie was rejected (log in again)"

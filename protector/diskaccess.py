@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import posixpath
 from typing import Any
 from urllib.parse import quote
@@ -11,10 +12,11 @@ import anyio
 from pyVmomi import vim
 
 from disk_io.extents import collect_changed_areas
+from disk_io.httpdisk import server_thumbprint
 from disk_io.model import DiskLocation, Extent, VcenterAccess
 from disk_io.transport import DiskTransport, TransportSettings, open_disk
 from watcher.session import Session
-from watcher.soap import COOKIE_NAME, VsphereProtocolError
+from watcher.soap import COOKIE_NAME, VsphereProtocolError, redirect_error
 
 from .config import Config
 from .context import Context
@@ -87,16 +89,31 @@ async def location(ctx: Context, vm: Any, snap: Any | None, disk: DiskInfo) -> D
     )
 
 
+def pinned_for_vddk(
+    access: VcenterAccess, settings: TransportSettings, modes: tuple[str, ...] | None
+) -> VcenterAccess:
+    """VDDK trusts vCenter's certificate by thumbprint only: without a pin it would get
+    none (and connect unverified, or not at all). When VDDK may serve the disk and TLS
+    is verified, pin the certificate that just passed CA verification. Blocking."""
+    order = modes if modes is not None else settings.modes
+    if "vddk" not in order or not settings.vddk_libdir:
+        return access
+    if access.thumbprint or not access.verify or access.scheme != "https":
+        return access
+    return dataclasses.replace(access, thumbprint=server_thumbprint(access))
+
+
 async def _open(
     ctx: Context, loc: DiskLocation, writable: bool, modes: tuple[str, ...] | None
 ) -> DiskTransport:
     settings = transport_settings(ctx.cfg)
     access = vcenter_access(ctx.session)
-    opened = await anyio.to_thread.run_sync(
-        lambda: open_disk(loc, access, settings, writable=writable, modes=modes),
-        limiter=ctx.io_limiter,
-    )
-    return opened.disk
+
+    def open_it() -> DiskTransport:
+        pinned = pinned_for_vddk(access, settings, modes)
+        return open_disk(loc, pinned, settings, writable=writable, modes=modes).disk
+
+    return await anyio.to_thread.run_sync(open_it, limiter=ctx.io_limiter)
 
 
 async def open_disk_for_read(
@@ -162,8 +179,14 @@ async def fetch_datastore_file(
     params = {"dcPath": await datacenter_path(ctx, vm), "dsName": ds}
     headers = {"Cookie": f"{COOKIE_NAME}={ctx.session.session_cookie}"}
     async with client.http.get(
-        url, params=params, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
+        url,
+        params=params,
+        headers=headers,
+        timeout=aiohttp.ClientTimeout(total=timeout),
+        allow_redirects=False,  # the session cookie must not follow to another host
     ) as resp:
+        if 300 <= resp.status < 400:
+            raise redirect_error(f"GET {ds_path} over datastore HTTP", resp)
         if resp.status == 404:
             return None
         if resp.status != 200:

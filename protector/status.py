@@ -15,6 +15,9 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from watcher.soap import is_loopback
+
+from .logs import redact_value
 from .metrics import Metrics
 
 STATE_COLOURS = {
@@ -173,13 +176,26 @@ class StatusServer:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def status_json(self, _: web.Request) -> web.Response:
-        return web.json_response(self._status(), dumps=_dumps)
+        return web.json_response(self._redacted_status(), dumps=_dumps)
 
     async def status_html(self, _: web.Request) -> web.Response:
-        return web.Response(text=render_html(self._status()), content_type="text/html")
+        page = render_html(self._redacted_status())
+        return web.Response(text=page, content_type="text/html")
+
+    def _redacted_status(self) -> dict[str, Any]:
+        # Error texts come from any library's exceptions: blank secrets quoted in them.
+        return redact_value(self._status())  # type: ignore[no-any-return]
 
     async def start(self, listen: str) -> None:
         host, _, port = listen.rpartition(":")
+        if not self._token and not is_loopback(host.strip("[]")):
+            # The page names every VM, its policy and errors: not for anyone on the network.
+            # (An empty host means every interface.)
+            raise ValueError(
+                f"status server: refusing to listen on {listen} without a bearer token, it "
+                "would be reachable from the network; set daemon.status_token_env or listen "
+                "on 127.0.0.1"
+            )
         self._runner = web.AppRunner(self.app(), access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host.strip("[]"), int(port))

@@ -8,6 +8,7 @@ import json
 import os
 from dataclasses import dataclass, field
 
+from argon2.exceptions import HashingError
 from argon2.low_level import Type, hash_secret_raw
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -24,6 +25,34 @@ class KdfParams:
     time_cost: int = 3
     memory_kib: int = 64 * 1024
     parallelism: int = 2
+
+
+# What a slot may ask for. Slots are read from the repository, so their costs are
+# untrusted input: an edited slot must not make vigil allocate terabytes or hash for days.
+MAX_TIME_COST = 64
+MAX_MEMORY_KIB = 4 * 1024 * 1024  # 4 GiB
+MAX_PARALLELISM = 64
+
+
+def _check_slot(d: dict[str, object], slot_name: str) -> KdfParams:
+    if d.get("kdf") != "argon2id" or d.get("cipher") != "aes-256-gcm":
+        raise ValueError(
+            f"key slot {slot_name}: kdf {d.get('kdf')!r} / cipher {d.get('cipher')!r} are not "
+            "argon2id / aes-256-gcm; the slot was edited or damaged"
+        )
+    params = KdfParams(d["time_cost"], d["memory_kib"], d["parallelism"])  # type: ignore[arg-type]
+    limits = {
+        "time_cost": (params.time_cost, 1, MAX_TIME_COST),
+        "parallelism": (params.parallelism, 1, MAX_PARALLELISM),
+        "memory_kib": (params.memory_kib, 8 * max(1, params.parallelism), MAX_MEMORY_KIB),
+    }
+    for name, (value, low, high) in limits.items():
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise ValueError(
+                f"key slot {slot_name}: {name} {value!r} is outside {low}..{high}; the slot "
+                "was edited or damaged (restore it from a copy of keys/)"
+            )
+    return params
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,10 +138,19 @@ def unwrap_master(slot: bytes, passphrase: str, repo_id: str, slot_name: str) ->
     """The master key (and the sealed config MAC) if `passphrase` opens this slot."""
     try:
         d = json.loads(slot)
-        params = KdfParams(d["time_cost"], d["memory_kib"], d["parallelism"])
-        kek = _kek(passphrase, bytes.fromhex(d["salt"]), params)
+        if not isinstance(d, dict):
+            raise ValueError("not a JSON object")
+        salt = bytes.fromhex(d["salt"])
         nonce, wrapped = bytes.fromhex(d["nonce"]), bytes.fromhex(d["wrapped_key"])
     except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"key slot {slot_name} is malformed: {exc!r}") from exc
+    try:
+        params = _check_slot(d, slot_name)
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"key slot {slot_name} is malformed: {exc!r}") from exc
+    try:
+        kek = _kek(passphrase, salt, params)
+    except HashingError as exc:  # e.g. a salt too short for Argon2
         raise ValueError(f"key slot {slot_name} is malformed: {exc}") from exc
     try:
         secret = AESGCM(kek).decrypt(nonce, wrapped, _slot_aad(repo_id))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import hmac
 import ipaddress
 import re
 import ssl
@@ -61,6 +62,30 @@ class VsphereProtocolError(VsphereError):
 class TlsPinError(VsphereConnectionError):
     """The server's certificate does not match the pinned thumbprint."""
 
+    @classmethod
+    def mismatch(
+        cls, host: str, expected: str, exc: aiohttp.ServerFingerprintMismatch
+    ) -> TlsPinError:
+        return cls(
+            f"TLS certificate of {host} does not match the pinned thumbprint: "
+            f"expected {expected}, got {':'.join(f'{b:02X}' for b in exc.got)}; "
+            "if the certificate was replaced on purpose, update vcenter.thumbprint"
+        )
+
+
+class PinnedFingerprint(aiohttp.Fingerprint):
+    """aiohttp's SHA-256 pin, compared in constant time (aiohttp itself uses `!=`)."""
+
+    def check(self, transport: asyncio.Transport) -> None:
+        if not transport.get_extra_info("sslcontext"):
+            return
+        sslobj = transport.get_extra_info("ssl_object")
+        der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
+        got = hashlib.sha256(der or b"").digest()
+        if not der or not hmac.compare_digest(got, self.fingerprint):
+            host, port, *_ = transport.get_extra_info("peername")
+            raise aiohttp.ServerFingerprintMismatch(self.fingerprint, got, host, port)
+
 
 def normalize_thumbprint(thumbprint: str) -> bytes:
     """Accept `AB:CD:..`, `abcd..` or `sha256:..` forms of a SHA-256 fingerprint."""
@@ -95,6 +120,12 @@ class Endpoint:
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.url)
+        if parts.username is not None or parts.password is not None:
+            # The url is logged and quoted in errors; never repeat it here.
+            raise ValueError(
+                "vCenter url must not contain a user or password (https://HOST[/sdk]); set "
+                "vcenter.user, and vcenter.password_env or vcenter.password_file"
+            )
         if parts.scheme not in ("https", "http") or not parts.hostname:
             raise ValueError(f"vCenter url must be https://HOST[/sdk], got {self.url!r}")
         if parts.scheme == "http" and not is_loopback(parts.hostname):
@@ -126,7 +157,7 @@ class Endpoint:
             return False
         if self.thumbprint:
             # A pin replaces CA validation: the admin vouched for this exact certificate.
-            return aiohttp.Fingerprint(normalize_thumbprint(self.thumbprint))
+            return PinnedFingerprint(normalize_thumbprint(self.thumbprint))
         if not self.verify_tls:
             return False
         ctx = ssl.create_default_context(cafile=self.ca_file or None)
@@ -229,7 +260,9 @@ class SoapClient:
     async def get_bytes(self, path: str) -> bytes:
         url = self.endpoint.base_url + path
         try:
-            async with self.http.get(url, headers=self._headers()) as resp:
+            async with self.http.get(url, headers=self._headers(), allow_redirects=False) as resp:
+                if 300 <= resp.status < 400:
+                    raise redirect_error(f"GET {url}", resp)
                 if resp.status != 200:
                     raise VsphereProtocolError(f"GET {path}: HTTP {resp.status}")
                 return await resp.read()
@@ -265,12 +298,7 @@ class SoapClient:
         return f"cannot reach vCenter at {self.endpoint.sdk_url}: {exc or type(exc).__name__}"
 
     def _pin_error(self, exc: aiohttp.ServerFingerprintMismatch) -> TlsPinError:
-        return TlsPinError(
-            f"TLS certificate of {self.endpoint.host} does not match the pinned thumbprint: "
-            f"expected {self.endpoint.thumbprint}, "
-            f"got {':'.join(f'{b:02X}' for b in exc.got)}; "
-            "if the certificate was replaced on purpose, update vcenter.thumbprint"
-        )
+        return TlsPinError.mismatch(self.endpoint.host, self.endpoint.thumbprint, exc)
 
     def _serialize(self, mo: Any, method: str, kwargs: dict[str, Any]) -> tuple[Any, bytes]:
         info = method_info(type(mo), method)
@@ -335,12 +363,17 @@ class SoapClient:
         try:
             async with asyncio.timeout(t):
                 async with self.http.post(
-                    self.endpoint.sdk_url, data=body, headers=self._headers(cookie)
+                    self.endpoint.sdk_url,
+                    data=body,
+                    headers=self._headers(cookie),
+                    allow_redirects=False,  # the cookie must not follow to another host
                 ) as resp:
                     new_cookie = ""
                     for morsel in resp.cookies.values():
                         if morsel.key == COOKIE_NAME:
                             new_cookie = morsel.value
+                    if 300 <= resp.status < 400:
+                        raise redirect_error(f"{method} at {self.endpoint.sdk_url}", resp)
                     if resp.status not in (200, 500):
                         text = (await resp.read())[:200]
                         raise VsphereProtocolError(
@@ -387,6 +420,17 @@ class SoapClient:
             self._http = None
 
 
+def redirect_error(what: str, resp: aiohttp.ClientResponse) -> VsphereProtocolError:
+    """vigil never follows a redirect with credentials attached: the session cookie (or
+    vAPI token) would go to a host the admin did not configure."""
+    target = resp.headers.get("Location", "(no Location header)")
+    return VsphereProtocolError(
+        f"{what}: HTTP {resp.status} redirect to {target}; vigil does not follow "
+        "redirects (its session credentials would go along): set vcenter.url to the "
+        "address vCenter itself answers on"
+    )
+
+
 def _raise_if_unauthenticated(result: Any, method: str) -> None:
     """Some servers (govmomi's simulator) answer an unauthenticated RetrieveProperties*
     with per-object NotAuthenticated faults instead of a SOAP fault; treat both alike
@@ -425,6 +469,7 @@ def fault_from(obj: Any, method: str = "") -> VsphereFault:
 
 __all__ = [
     "Endpoint",
+    "PinnedFingerprint",
     "SoapClient",
     "TlsPinError",
     "VsphereConnectionError",

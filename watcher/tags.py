@@ -15,7 +15,14 @@ from typing import Any
 import aiohttp
 import structlog
 
-from .soap import Endpoint, VsphereConnectionError, VsphereError, VsphereProtocolError
+from .soap import (
+    Endpoint,
+    TlsPinError,
+    VsphereConnectionError,
+    VsphereError,
+    VsphereProtocolError,
+    redirect_error,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -83,7 +90,11 @@ class TagClient:
                 headers.update(auth)
             url = self.endpoint.base_url + BASE + path
             try:
-                async with self.http.request(method, url, json=json, headers=headers) as resp:
+                async with self.http.request(
+                    method, url, json=json, headers=headers, allow_redirects=False
+                ) as resp:
+                    if 300 <= resp.status < 400:
+                        raise redirect_error(f"tagging service {method} {url}", resp)
                     if resp.status == 401 and not login and attempt == 0:
                         await self.login()  # the vAPI session expired
                         continue
@@ -102,6 +113,10 @@ class TagClient:
                         raise VsphereProtocolError(
                             f"{method} {BASE}{path}: not JSON: {body[:200]!r}"
                         ) from exc
+            except aiohttp.ServerFingerprintMismatch as exc:
+                raise TlsPinError.mismatch(
+                    self.endpoint.host, self.endpoint.thumbprint, exc
+                ) from None
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 raise VsphereConnectionError(f"tagging service at {url}: {exc}") from exc
         raise TagServiceError(f"{method} {BASE}{path}: not authorized after re-login")
