@@ -70,7 +70,7 @@ class VcenterAccess:
     url: str  # the SDK URL, e.g. "https://vc.example.com/sdk"
     session_cookie: str = field(repr=False)  # vmware_soap_session value (or the whole cookie)
     user: str = ""
-    thumbprint: str = ""  # "AB:CD:..." SHA-256 (or SHA-1) of the server certificate
+    thumbprint: str = ""  # "AB:CD:..." SHA-256 of the server certificate (pinned or verified)
     verify: bool = True
     ssl_context: ssl.SSLContext | None = field(default=None, repr=False, compare=False)
 
