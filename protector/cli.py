@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import ssl
 import sys
@@ -36,8 +37,75 @@ def _load(args: argparse.Namespace) -> Config:
     return load_config(resolve_path(args.config))
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Wraps prose paragraphs but keeps indented blocks (examples) exactly as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        out = []
+        for para in text.strip("\n").split("\n\n"):
+            if para.startswith("  "):
+                out.append("\n".join(indent + ln for ln in para.splitlines()))
+            else:
+                out.append(super()._fill_text(para, width, indent))
+        return "\n\n".join(out)
+
+
+class Parser(argparse.ArgumentParser):
+    """Every `vigil` parser: the same help layout; sub-parsers inherit it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+EXIT_CODES = (
+    "Exit codes: 0 ok; 1 the command ran and found a problem (damage, a failed backup, an "
+    "RPO breach); 2 it could not run (configuration, policies, login, connection, a VM or "
+    "point that does not exist). Errors are one line on stderr; with --json also a "
+    '{"error": {...}} object on stdout.'
+)
+
+
+def _add_global_options(p: argparse.ArgumentParser, *, top: bool) -> None:
+    """--config and the log options, accepted before or after the command. Below the top
+    level their default is SUPPRESS, so a value given before the command is not reset."""
+    default = (lambda v: v) if top else (lambda v: argparse.SUPPRESS)
+    g = p.add_argument_group("global options") if not top else p
+    g.add_argument(
+        "--config",
+        metavar="PATH",
+        default=default(None),
+        help="configuration file (default: $VIGIL_CONFIG, else ./vigil.toml)",
+    )
+    g.add_argument(
+        "--log-level",
+        metavar="LEVEL",
+        default=default(None),
+        choices=("debug", "info", "warning", "error"),
+        help="debug, info, warning or error (default: warning). Logs go to stderr, never "
+        "into the output; `watch` logs to stdout at info",
+    )
+    g.add_argument(
+        "--log-json",
+        action="store_true",
+        default=default(False),
+        help="log JSON lines (the default when stderr is not a terminal)",
+    )
+
+
+def _subparsers(p: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every parser below `p`, depth first."""
+    found: list[argparse.ArgumentParser] = []
+    for action in p._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                found.append(child)
+                found.extend(_subparsers(child))
+    return found
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="vigil",
         description=(
             "vigil keeps every VM your policies cover backed up: it watches vCenter, starts a "
@@ -45,33 +113,37 @@ def build_parser() -> argparse.ArgumentParser:
             "byte for byte to the same VM or a new one."
         ),
         epilog=(
-            "Configuration: --config PATH, else $VIGIL_CONFIG, else ./vigil.toml "
-            "(see config.example.toml). Start with `vigil inventory`, then `vigil policy check`, "
-            "then run `vigil watch` as a service."
+            "Configuration: --config PATH, else $VIGIL_CONFIG, else ./vigil.toml (start from "
+            "config.example.toml; policies: docs/policies.md). `vigil COMMAND --help` explains "
+            "each command.\n\n"
+            "First steps:\n\n"
+            "  export VIGIL_CONFIG=/etc/vigil/vigil.toml VIGIL_VCENTER_PASSWORD=...\n"
+            "  vigil inventory            # can vigil log in, what does it see?\n"
+            "  vigil policy check         # what each policy covers, what nobody covers\n"
+            "  vigil backup web-1         # one backup now\n"
+            "  vigil watch                # the daemon (contrib/vigil.service)\n"
+            "  vigil status               # protection at a glance\n\n" + EXIT_CODES
         ),
     )
-    p.add_argument("--config", metavar="PATH", help="configuration file (default: ./vigil.toml)")
-    p.add_argument("--log-level", default="warning", help="debug, info, warning (default) or error")
-    p.add_argument(
-        "--log-json", action="store_true", help="log JSON lines (default when not a terminal)"
-    )
+    _add_global_options(p, top=True)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     from . import commands
 
     commands.register(sub)
+    for child in _subparsers(p):
+        _add_global_options(child, top=False)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    log_level = args.log_level
+    log_level = args.log_level or "warning"
     stream = sys.stderr  # stdout carries command output (and --json)
     if args.command == "watch":
         stream = sys.stdout  # a daemon's log is its output: JSON lines for the journal
-        if log_level == "warning":
-            log_level = "info"
+        log_level = args.log_level or "info"
     try:
         logs.configure(log_level, json=True if args.log_json else None, stream=stream)
     except ValueError as exc:
@@ -81,6 +153,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "watch":  # the daemon handles its signals itself
             return asyncio.run(handler(args))
         return asyncio.run(_stoppable(handler, args))
+    except BrokenPipeError:
+        # The reader went away (`vigil list --json | head`): nothing to report, and Python
+        # must not complain again when it flushes stdout at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except KeyboardInterrupt:
         print("vigil: interrupted", file=sys.stderr)
         return 130
@@ -129,7 +207,7 @@ CONNECTION_ERRORS = (VsphereConnectionError, ConnectionError, ssl.SSLError, aioh
 def describe_error(exc: BaseException) -> tuple[str, int, str]:
     """(one-line message, exit code, kind) for an error that ends a command."""
     if isinstance(exc, ConfigError):
-        return f"configuration error:\n{exc}", EXIT_USAGE, "config"
+        return str(exc), EXIT_USAGE, "config"  # one line per problem: file:line: key: what
     if isinstance(exc, UserError):
         return str(exc), exc.exit_code, "user"
     if isinstance(exc, CONNECTION_ERRORS):
@@ -164,7 +242,8 @@ def report_error(exc: BaseException, *, json_output: bool) -> int:
     """Print the error as one line on stderr (and as a JSON object on stdout for --json, so
     scripts parse one format); returns the exit code."""
     message, code, kind = describe_error(exc)
-    print(f"vigil: {message}", file=sys.stderr)
+    for line in message.splitlines() or [""]:
+        print(f"vigil: {line}", file=sys.stderr)
     if json_output:
         print_json({"error": {"type": kind, "message": message, "exit_code": code}})
     return code

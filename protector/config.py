@@ -8,7 +8,9 @@ and never from the command line.
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,12 +21,63 @@ TRANSPORT_MODES = ("vddk", "http", "file")
 
 
 class ConfigError(Exception):
-    """The configuration is invalid; the message names the file and keys."""
+    """The configuration is invalid; one line per problem, each naming the file, the line
+    (when known) and the key."""
 
-    def __init__(self, path: str, problems: list[str]) -> None:
+    def __init__(
+        self, path: str, problems: list[str], lines: list[int | None] | None = None
+    ) -> None:
         self.path = path
         self.problems = problems
-        super().__init__("\n".join(f"{path}: {p}" for p in problems))
+        self.lines = lines or [None] * len(problems)
+        super().__init__(
+            "\n".join(
+                f"{path}:{ln}: {p}" if ln else f"{path}: {p}"
+                for p, ln in zip(problems, self.lines, strict=True)
+            )
+        )
+
+
+class KeyLines:
+    """Best-effort line numbers of keys and tables in a TOML source (tomllib gives lines only
+    for syntax errors), so an error points at the line to edit."""
+
+    _header = re.compile(r"^\s*\[\[?\s*([A-Za-z0-9_.\- \"]+?)\s*\]\]?\s*(#.*)?$")
+    _key = re.compile(r"^\s*([A-Za-z0-9_\-\"]+(?:\s*\.\s*[A-Za-z0-9_\-\"]+)*)\s*=")
+
+    def __init__(self, text: str) -> None:
+        self.where: dict[str, int] = {}
+        table = ""
+        for n, line in enumerate(text.splitlines(), 1):
+            if m := self._header.match(line):
+                table = self._norm(m.group(1))
+                self.where.setdefault(table, n)
+            elif m := self._key.match(line):
+                key = self._norm(m.group(1))
+                self.where.setdefault(f"{table}.{key}" if table else key, n)
+
+    @staticmethod
+    def _norm(dotted: str) -> str:
+        return ".".join(part.strip().strip('"') for part in dotted.split("."))
+
+    def line(self, keypath: str) -> int | None:
+        """The line of `keypath`, else of the nearest enclosing table that is written."""
+        parts = keypath.strip("[]").split(".")
+        while parts:
+            found = self.where.get(".".join(parts))
+            if found:
+                return found
+            parts.pop()
+        return None
+
+    def locate(self, problems: list[str]) -> list[int | None]:
+        """Problems start with the key path they are about ("limits.per_host: ...")."""
+        return [self.line(p.split(":", 1)[0].split(" ", 1)[0]) for p in problems]
+
+
+def _did_you_mean(key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else ""
 
 
 @dataclass(frozen=True)
@@ -37,6 +90,8 @@ class VcenterConfig:
     thumbprint: str = ""
     ca_file: str = ""
     connect_timeout: float = 10.0
+    # The file these settings came from, so a secret that cannot be read is reported there.
+    config_path: str = field(default="vcenter", compare=False)
 
     def password(self) -> str:
         """Read the secret now (never stored on this object)."""
@@ -44,15 +99,22 @@ class VcenterConfig:
             value = os.environ.get(self.password_env)
             if value is None:
                 raise ConfigError(
-                    "vcenter",
-                    [f"vcenter.password_env: environment variable {self.password_env} is not set"],
+                    self.config_path,
+                    [
+                        f"vcenter.password_env: environment variable {self.password_env} is "
+                        f"not set; export {self.password_env}=… (or set vcenter.password_file)"
+                    ],
                 )
             return value
         try:
             return Path(self.password_file).read_text().rstrip("\r\n")
         except OSError as exc:
             raise ConfigError(
-                "vcenter", [f"vcenter.password_file: cannot read {self.password_file}: {exc}"]
+                self.config_path,
+                [
+                    f"vcenter.password_file: cannot read {self.password_file}: "
+                    f"{exc.strerror or exc}; create it (mode 0600) holding the password"
+                ],
             ) from None
 
 
@@ -63,16 +125,18 @@ class RepositoryConfig:
     passphrase_file: str = ""
     chunk_size: int = 1 << 20
     orphan_keep_days: int = 30
+    config_path: str = field(default="repository", compare=False)
 
     def passphrase(self) -> str | None:
         if self.passphrase_env:
             value = os.environ.get(self.passphrase_env)
             if value is None:
                 raise ConfigError(
-                    "repository",
+                    self.config_path,
                     [
                         f"repository.passphrase_env: environment variable "
-                        f"{self.passphrase_env} is not set"
+                        f"{self.passphrase_env} is not set; export {self.passphrase_env}=… "
+                        "(or set repository.passphrase_file)"
                     ],
                 )
             return value
@@ -81,8 +145,11 @@ class RepositoryConfig:
                 return Path(self.passphrase_file).read_text().rstrip("\r\n")
             except OSError as exc:
                 raise ConfigError(
-                    "repository",
-                    [f"repository.passphrase_file: cannot read {self.passphrase_file}: {exc}"],
+                    self.config_path,
+                    [
+                        f"repository.passphrase_file: cannot read {self.passphrase_file}: "
+                        f"{exc.strerror or exc}"
+                    ],
                 ) from None
         return None
 
@@ -195,30 +262,70 @@ def resolve_path(cli_path: str | None) -> str:
     return cli_path or os.environ.get("VIGIL_CONFIG") or DEFAULT_PATH
 
 
+_TOML_AT = re.compile(r"\s*\(at line (\d+), column \d+\)")
+
+
 def load_config(path: str | os.PathLike[str]) -> Config:
     path = str(path)
     try:
         raw = Path(path).read_bytes()
     except FileNotFoundError:
         raise ConfigError(
-            path, ["file not found (pass --config PATH or set VIGIL_CONFIG)"]
+            str(Path(path).absolute()),
+            [
+                "configuration file not found; pass --config PATH or set VIGIL_CONFIG, or "
+                "start from config.example.toml"
+            ],
         ) from None
     except OSError as exc:
         raise ConfigError(path, [f"cannot read: {exc.strerror}"]) from None
     try:
-        doc = tomllib.loads(raw.decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(path, [f"not valid TOML: {exc}"]) from None
-    return parse_config(doc, path)
+        text = raw.decode("utf-8")
+        doc = tomllib.loads(text)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(path, [f"not valid TOML: not UTF-8 text ({exc.reason})"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        m = _TOML_AT.search(str(exc))
+        msg = _TOML_AT.sub("", str(exc))
+        line = [int(m.group(1))] if m else None
+        raise ConfigError(path, [f"not valid TOML: {msg}"], line) from None
+    return parse_config(doc, path, text)
 
 
-def parse_config(doc: dict[str, Any], path: str) -> Config:
+def _thumbprint_problem(url: str, thumbprint: str, exc: ValueError) -> str:
+    from urllib.parse import urlsplit
+
+    digits = thumbprint.replace(":", "").replace(" ", "")
+    if len(digits) == 40 and all(c in "0123456789abcdefABCDEF" for c in digits):
+        parts = urlsplit(url)
+        host = f"{parts.hostname or 'VCENTER'}:{parts.port or 443}"
+        return (
+            "vcenter.thumbprint: this is a SHA-1 thumbprint (40 hex digits, what the vSphere "
+            f"Client shows by default); vigil pins SHA-256: `openssl s_client -connect {host} "
+            "</dev/null | openssl x509 -noout -fingerprint -sha256` prints it"
+        )
+    return f"vcenter.thumbprint: {exc}"
+
+
+def parse_config(doc: dict[str, Any], path: str, text: str = "") -> Config:
+    try:
+        return _parse_config(doc, path)
+    except ConfigError as exc:
+        if not text:
+            raise
+        raise ConfigError(exc.path, exc.problems, KeyLines(text).locate(exc.problems)) from None
+
+
+def _parse_config(doc: dict[str, Any], path: str) -> Config:
     problems: list[str] = []
     base = Path(path).resolve().parent
 
     for section in doc:
         if section not in _SCHEMA:
-            problems.append(f"{section}: unknown section (known: {', '.join(_SCHEMA)})")
+            problems.append(
+                f"{section}: unknown section (known: {', '.join(_SCHEMA)})"
+                + _did_you_mean(section, list(_SCHEMA))
+            )
     for section in _REQUIRED_SECTIONS:
         if section not in doc:
             problems.append(f"[{section}]: required section is missing")
@@ -234,6 +341,7 @@ def parse_config(doc: dict[str, Any], path: str) -> Config:
             if key not in schema:
                 problems.append(
                     f"{section}.{key}: unknown key (known: {', '.join(sorted(schema))})"
+                    + _did_you_mean(key, list(schema))
                 )
                 continue
             typ = schema[key][0]
@@ -264,10 +372,19 @@ def parse_config(doc: dict[str, Any], path: str) -> Config:
             try:
                 Endpoint(v["url"], thumbprint=v.get("thumbprint", ""))
             except ValueError as exc:
-                key = "thumbprint" if "thumbprint" in str(exc) else "url"
-                problems.append(f"vcenter.{key}: {exc}")
+                if "thumbprint" in str(exc):
+                    problems.append(_thumbprint_problem(v["url"], v.get("thumbprint", ""), exc))
+                else:
+                    problems.append(f"vcenter.url: {exc}")
         if v.get("password_file"):
             v["password_file"] = str(base / v["password_file"])
+        if v.get("ca_file"):
+            v["ca_file"] = str(base / v["ca_file"])
+            if not Path(v["ca_file"]).is_file():
+                problems.append(
+                    f"vcenter.ca_file: {v['ca_file']} does not exist; put the vCenter CA "
+                    "certificate (PEM) there, or pin vcenter.thumbprint instead"
+                )
     r = values.get("repository", {})
     if "path" in r:
         r["path"] = str(base / r["path"])
@@ -340,8 +457,8 @@ def parse_config(doc: dict[str, Any], path: str) -> Config:
 
     return Config(
         path=path,
-        vcenter=VcenterConfig(**v),
-        repository=RepositoryConfig(**r),
+        vcenter=VcenterConfig(**v, config_path=path),
+        repository=RepositoryConfig(**r, config_path=path),
         policies_path=p["path"],
         transport=TransportConfig(
             modes=tuple(modes) if modes else TransportConfig.modes,

@@ -18,17 +18,32 @@ def register(sub: Any) -> None:
         description="Snapshot the VM, read its disks (only the changed blocks when a previous "
         "restore point and Changed Block Tracking allow), store them deduplicated and remove the "
         "snapshot. The VM's policy (if one covers it) supplies the options. VM may be a name, "
-        "inventory path, MoRef or instance UUID.",
+        "inventory path, MoRef or instance UUID. Progress is shown on a terminal (stderr).",
+        epilog="Examples:\n\n"
+        "  vigil backup web-1\n"
+        "  vigil backup /DC0/vm/prod/web-1 --full\n"
+        "  vigil backup --vapp /DC0/host/C0/Resources/shop --json",
     )
-    p.add_argument("vm", metavar="VM", nargs="?")
+    p.add_argument(
+        "vm",
+        metavar="VM",
+        nargs="?",
+        help="name, inventory path (/DC0/vm/...), MoRef (vm-42) or instance UUID",
+    )
     p.add_argument(
         "--vapp",
         metavar="PATH",
         help="back up every VM of this vApp (inventory path, e.g. /DC0/host/C0/Resources/APP0) "
         "as one job; each VM gets its own restore point, linked to the others",
     )
-    p.add_argument("--full", action="store_true", help="read every allocated block")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help="read every allocated block, not only the blocks CBT says changed",
+    )
+    p.add_argument(
+        "--json", action="store_true", help="print the new restore point as JSON (see `list`)"
+    )
     p.set_defaults(handler=run)
 
 
@@ -77,8 +92,8 @@ async def run(args: argparse.Namespace) -> int:
     from ..connect import open_session
     from ..context import Context
     from ..policyaccess import backup_options_for
-    from ..repoaccess import open_catalog, open_repository
-    from ..vmlookup import find_vm
+    from ..repoaccess import open_catalog
+    from .common import find_vm, open_repository
 
     cfg = _load(args)
     repo = await open_repository(cfg, create=True)
@@ -120,7 +135,8 @@ async def run_vapp(args: argparse.Namespace) -> int:
     from ..connect import open_session
     from ..context import Context
     from ..policyaccess import backup_options_for
-    from ..repoaccess import open_catalog, open_repository
+    from ..repoaccess import open_catalog
+    from .common import open_repository
 
     cfg = _load(args)
     path = "/" + args.vapp.strip("/")

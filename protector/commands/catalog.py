@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..cli import _load
-from ..repoaccess import open_catalog, open_repository
+from ..cli import _load, print_json
+from ..repoaccess import open_catalog
+from .common import open_repository
 
 
 def register(sub: Any) -> None:
@@ -17,7 +18,13 @@ def register(sub: Any) -> None:
         "are the truth. `rebuild` recreates it from them (after loss or corruption).",
     )
     sp = p.add_subparsers(dest="catalog_command", required=True, metavar="ACTION")
-    r = sp.add_parser("rebuild", help="recreate the catalog from the repository")
+    r = sp.add_parser(
+        "rebuild",
+        help="recreate the catalog from the repository",
+        description="Recreate the catalog database (repository.path/catalog.db) from the "
+        "restore-point manifests, after it was lost or damaged. Safe to run any time.",
+    )
+    r.add_argument("--json", action="store_true", help="print the number of points indexed as JSON")
     r.set_defaults(handler=run)
 
 
@@ -29,5 +36,8 @@ async def run(args: argparse.Namespace) -> int:
         live, pruned = await catalog.rebuild(repo)
     finally:
         await catalog.close()
-    print(f"catalog rebuilt: {live} restore points, {pruned} pruned")
+    if args.json:
+        print_json({"restore_points": live, "pruned": pruned})
+    else:
+        print(f"catalog rebuilt: {live} restore points, {pruned} pruned")
     return 0

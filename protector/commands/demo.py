@@ -14,7 +14,11 @@ def register(sub: Any) -> None:
         "get protected with no manual step, take a CBT incremental, restore it as a new VM and "
         "compare the bytes. Needs no configuration; everything lives in a temporary directory.",
     )
-    p.add_argument("--keep", action="store_true", help="keep running until Ctrl-C afterwards")
+    p.add_argument(
+        "--keep",
+        action="store_true",
+        help="afterwards keep the simulator and daemon running (status page) until Ctrl-C",
+    )
     p.set_defaults(handler=run)
 
 

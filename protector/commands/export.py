@@ -9,9 +9,9 @@ import anyio
 
 from repository.errors import CorruptChunkError, RepositoryError
 
-from ..cli import _load
+from ..cli import _load, print_json
 from ..errors import UserError
-from ..repoaccess import open_repository
+from .common import open_repository, require_point
 
 
 def register(sub: Any) -> None:
@@ -19,16 +19,29 @@ def register(sub: Any) -> None:
         "export",
         help="write a restore point's disk to a sparse raw image file",
         description="Write one disk of a restore point to FILE as a sparse raw image (zero "
-        "chunks become holes). Every chunk is verified; on damage the file is removed.",
+        "chunks become holes). Every chunk is verified; on damage the file is removed. Needs "
+        "no vCenter.",
+        epilog="Examples:\n\n"
+        "  vigil export POINT -o web-1.raw\n"
+        "  vigil export POINT --disk 2001 -o data.raw && qemu-img convert -O qcow2 data.raw "
+        "data.qcow2\n"
+        "  vigil export POINT --vss-manifest -o vss-manifest.zip",
     )
-    p.add_argument("point", metavar="POINT")
-    p.add_argument("--disk", metavar="KEY", help="disk key (default: the point's only disk)")
-    p.add_argument("-o", "--output", required=True, metavar="FILE")
+    p.add_argument("point", metavar="POINT", help="restore point id, from `vigil list`")
+    p.add_argument(
+        "--disk",
+        metavar="KEY",
+        help="disk key, as `vigil list --json` shows it (default: the point's only disk)",
+    )
+    p.add_argument("-o", "--output", required=True, metavar="FILE", help="the file to write")
     p.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
     p.add_argument(
         "--vss-manifest",
         action="store_true",
         help="write the point's vss-manifest.zip (Windows VSS writer metadata) instead of a disk",
+    )
+    p.add_argument(
+        "--json", action="store_true", help="print what was written (file, bytes) as JSON"
     )
     p.set_defaults(handler=run)
 
@@ -36,6 +49,7 @@ def register(sub: Any) -> None:
 async def run(args: argparse.Namespace) -> int:
     cfg = _load(args)
     repo = await open_repository(cfg)
+    await require_point(repo, args.point)
     from repository.errors import PointNotFoundError
 
     try:
@@ -43,7 +57,7 @@ async def run(args: argparse.Namespace) -> int:
     except PointNotFoundError:
         raise UserError(f"no restore point {args.point!r}; `vigil list` shows them") from None
     if args.vss_manifest:
-        return _export_vss(m, args.output, args.force)
+        return _export_vss(m, args.output, args.force, args.json)
     disk = args.disk
     if disk is None:
         if len(m.disks) != 1:
@@ -58,11 +72,14 @@ async def run(args: argparse.Namespace) -> int:
         raise UserError(f"export failed and {args.output} was removed: {exc}", 1) from None
     except RepositoryError as exc:
         raise UserError(str(exc)) from None
-    print(f"exported {args.point} disk {disk} to {args.output} ({written} data bytes)")
+    if args.json:
+        print_json({"point": args.point, "disk": disk, "file": args.output, "data_bytes": written})
+    else:
+        print(f"exported {args.point} disk {disk} to {args.output} ({written} data bytes)")
     return 0
 
 
-def _export_vss(manifest: Any, output: str, force: bool) -> int:
+def _export_vss(manifest: Any, output: str, force: bool, as_json: bool = False) -> int:
     import os
 
     data = manifest.vss_manifest
@@ -79,5 +96,8 @@ def _export_vss(manifest: Any, output: str, force: bool) -> int:
         raise UserError(f"{output} exists; pass --force to overwrite it") from None
     with os.fdopen(fd, "wb") as f:
         f.write(data)
-    print(f"wrote vss-manifest.zip of {manifest.point_id} to {output} ({len(data)} bytes)")
+    if as_json:
+        print_json({"point": manifest.point_id, "file": output, "bytes": len(data)})
+    else:
+        print(f"wrote vss-manifest.zip of {manifest.point_id} to {output} ({len(data)} bytes)")
     return 0

@@ -17,10 +17,23 @@ def register(sub: Any) -> None:
         "inventory",
         help="show the vCenter VM inventory (or follow it live with --watch)",
         description="Log in to vCenter and print every VM with its inventory path and power "
-        "state. --watch keeps running and prints one line per inventory event.",
+        "state: the first thing to run, it proves the URL, the certificate and the "
+        "credentials in the configuration work. --watch keeps running and prints one line per "
+        "inventory event (added, removed, renamed, moved, tagged, ...).",
+        epilog="Examples:\n\n"
+        "  vigil inventory\n"
+        "  vigil inventory --json | jq -r '.[].path'\n"
+        "  vigil inventory --watch --json      # one JSON object per line, per event",
     )
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--watch", action="store_true", help="follow changes until interrupted")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print a JSON list of VMs (path, name, moref, instance_uuid, power_state, "
+        "template); with --watch one JSON object per event and line",
+    )
+    p.add_argument(
+        "--watch", action="store_true", help="follow inventory changes until Ctrl-C/SIGTERM"
+    )
     p.set_defaults(handler=run)
 
 
@@ -80,12 +93,18 @@ async def _watch(cfg: Any, as_json: bool) -> int:
     from watcher.events import event_to_json
     from watcher.updates import Watcher
 
-    from ..connect import make_session
+    from ..connect import connect_session
+
+    # The first login is checked here, so a wrong password or an untrusted certificate ends
+    # the command with one line instead of being retried forever.
+    first: Any = await open_session(cfg)
 
     async def connect() -> Any:
-        s = make_session(cfg)
-        await s.connect()
-        return s
+        nonlocal first
+        if first is not None:
+            session, first = first, None
+            return session
+        return await connect_session(cfg)
 
     watcher = Watcher(
         connect,
@@ -105,4 +124,6 @@ async def _watch(cfg: Any, as_json: bool) -> int:
     finally:
         await watcher.close()
         runner.cancel()
+        if first is not None:
+            await first.close()
     return 0

@@ -6,7 +6,8 @@ import argparse
 from typing import Any
 
 from ..cli import _load, print_json
-from ..repoaccess import all_manifests, matches_vm, open_repository, point_summary
+from ..repoaccess import all_manifests, matches_vm, point_summary
+from .common import did_you_mean, open_repository
 
 
 def register(sub: Any) -> None:
@@ -15,10 +16,24 @@ def register(sub: Any) -> None:
         help="list restore points (of one VM, or all)",
         description="List committed restore points from the repository (the manifests are the "
         "source of truth, so this works without the catalog). VM may be a name, inventory path, "
-        "MoRef or instance UUID.",
+        "MoRef or instance UUID. Needs no vCenter. A VM without points prints an empty list.",
+        epilog="Examples:\n\n"
+        "  vigil list\n"
+        "  vigil list web-1\n"
+        "  vigil list web-1 --json | jq -r '.[0].id'      # the newest point's id",
     )
-    p.add_argument("vm", nargs="?", metavar="VM", help="only this VM's points")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument(
+        "vm",
+        nargs="?",
+        metavar="VM",
+        help="only this VM's points: name, inventory path, MoRef or instance UUID",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print a JSON list of points (id, vm, created_at, type, policy, consistency, "
+        "disks), newest first",
+    )
     p.set_defaults(handler=run)
 
 
@@ -36,7 +51,7 @@ def human_size(n: int | None) -> str:
 async def run(args: argparse.Namespace) -> int:
     cfg = _load(args)
     repo = await open_repository(cfg)
-    manifests = await all_manifests(repo)
+    manifests = all_points = await all_manifests(repo)
     if args.vm:
         # A VM without points (or unknown) is an empty listing, not a failure: scripts
         # iterate over the result.
@@ -48,7 +63,14 @@ async def run(args: argparse.Namespace) -> int:
         print_json(records)
         return 0
     if not records:
-        print(f"no restore points of VM {args.vm!r}" if args.vm else "no restore points yet")
+        if args.vm:
+            # Still exit 0 (scripts iterate over the result), but a typo deserves a hint.
+            by_path = args.vm.strip().startswith("/")
+            names = {m.vm.path if by_path else m.vm.name for m in all_points} - {""}
+            hint = did_you_mean(args.vm.strip(), names)
+            print(f"no restore points of VM {args.vm!r}{hint}")
+        else:
+            print("no restore points yet")
         return 0
     for r in records:
         read = sum(d["read_bytes"] or 0 for d in r["disks"])

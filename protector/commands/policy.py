@@ -12,6 +12,7 @@ from policies.errors import PolicyLoadError
 from ..cli import _load, print_json
 from ..connect import open_session
 from ..policyaccess import vm_facts
+from .common import require_policies_path
 
 
 def register(sub: Any) -> None:
@@ -24,12 +25,36 @@ def register(sub: Any) -> None:
         "Exit 0 when valid, 2 when not.",
     )
     sp = p.add_subparsers(dest="policy_command", required=True, metavar="ACTION")
-    c = sp.add_parser("check", help="validate and show coverage")
-    c.add_argument("--json", action="store_true", help="machine-readable output")
+    c = sp.add_parser(
+        "check",
+        help="validate and show coverage",
+        description="Validate the policies in policies.path (every error with file, line, "
+        "policy and key), read the live inventory and print per policy the VMs it protects, "
+        "the overlaps (who wins) and every VM no policy covers. Exit 0 when valid, 2 on "
+        "loading errors or equal-priority conflicts.",
+        epilog="Examples:\n\n  vigil policy check\n  vigil policy check --json | jq '.unprotected'",
+    )
+    c.add_argument(
+        "--json",
+        action="store_true",
+        help='print {"policies": [...], "overlaps": [...], "unprotected": [...]}',
+    )
     c.set_defaults(handler=run_check)
-    d = sp.add_parser("diff", help="preview replacing the policies with NEW_PATH")
-    d.add_argument("new_path", metavar="NEW_PATH", help="a policy file or directory")
-    d.add_argument("--json", action="store_true", help="machine-readable output")
+    d = sp.add_parser(
+        "diff",
+        help="preview replacing the policies with NEW_PATH",
+        description="A dry run of a policy edit: which VMs would become protected (+), no "
+        "longer protected (-) or protected by another policy (~), which policies are added, "
+        "removed or changed, and conflicts under the new set. Nothing is changed. Exit 2 when "
+        "NEW_PATH is invalid or has conflicts.",
+        epilog="Example:\n\n"
+        "  cp -r /etc/vigil/policies.d /tmp/new && $EDITOR /tmp/new/10-prod.toml\n"
+        "  vigil policy diff /tmp/new && cp /tmp/new/*.toml /etc/vigil/policies.d/",
+    )
+    d.add_argument(
+        "new_path", metavar="NEW_PATH", help="a policy file, or a directory of *.toml files"
+    )
+    d.add_argument("--json", action="store_true", help="print the changes as JSON")
     d.set_defaults(handler=run_diff)
 
 
@@ -53,6 +78,7 @@ async def run_check(args: argparse.Namespace) -> int:
     cfg = _load(args)
     from policies.loader import load_policies
 
+    require_policies_path(cfg)
     try:
         load_policies(cfg.policies_path)  # fail before logging in
     except PolicyLoadError as exc:
@@ -75,6 +101,7 @@ async def run_diff(args: argparse.Namespace) -> int:
     cfg = _load(args)
     from policies.loader import load_policies
 
+    require_policies_path(cfg)
     try:
         load_policies(cfg.policies_path)
         load_policies(args.new_path)

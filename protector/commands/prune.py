@@ -18,7 +18,7 @@ from ..cli import _load, print_json
 from ..connect import open_session
 from ..errors import UserError
 from ..policyaccess import PruneScope, retention_rules
-from ..repoaccess import open_repository
+from .common import open_repository, require_policies_path
 
 
 def register(sub: Any) -> None:
@@ -28,15 +28,24 @@ def register(sub: Any) -> None:
         description="Apply each policy's retention (keep_last, daily, weekly, monthly, yearly) to "
         "the points of the VMs it covers now; points of VMs no policy covers are kept for "
         "repository.orphan_keep_days. Manifests go first, then chunks nothing references any "
-        "more. --dry-run lists what would go and why.",
+        "more. --dry-run lists what would go and why. The daemon runs this daily "
+        "(daemon.prune_at).",
+        epilog="Examples:\n\n  vigil prune --dry-run\n  vigil prune --json | jq '.bytes_freed'",
     )
-    p.add_argument("--dry-run", action="store_true", help="change nothing, list the decisions")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument(
+        "--dry-run", action="store_true", help="change nothing; list each point kept or deleted"
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the decisions (point, vm, delete, reason) and what was freed as JSON",
+    )
     p.set_defaults(handler=run)
 
 
 async def run(args: argparse.Namespace) -> int:
     cfg = _load(args)
+    require_policies_path(cfg)
     try:
         policies = load_policies(cfg.policies_path)
     except PolicyLoadError as exc:

@@ -16,17 +16,41 @@ def register(sub: Any) -> None:
         help="restore a point onto its VM (--to-existing) or as a new VM (--new-name)",
         description="--to-existing writes the saved disks onto the VM they came from (it must be "
         "powered off, or pass --power-off). --new-name creates a new VM from the saved "
-        "configuration, by default where the original lived, and writes its disks.",
+        "configuration, by default where the original lived, and writes its disks. Progress "
+        "is shown on a terminal (stderr).",
+        epilog="Examples:\n\n"
+        "  vigil restore POINT --new-name web-1-restored --verify\n"
+        "  vigil restore POINT --new-name web-1-test --folder /DC0/vm/test --datastore ds2\n"
+        "  vigil restore POINT --to-existing --power-off --changed-only --power-on\n\n"
+        "POINT is an id from `vigil list VM`.",
     )
-    p.add_argument("point", metavar="POINT")
+    p.add_argument("point", metavar="POINT", help="restore point id, from `vigil list`")
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--to-existing", action="store_true", help="overwrite the original VM")
     target.add_argument("--new-name", metavar="NAME", help="create a new VM with this name")
-    p.add_argument("--folder", metavar="PATH", help="inventory path of the new VM's folder")
-    p.add_argument("--pool", metavar="PATH", help="inventory path of the resource pool")
-    p.add_argument("--datastore", metavar="NAME", help="datastore for the new VM's files")
-    p.add_argument("--host", metavar="PATH", help="inventory path of the host")
-    p.add_argument("--power-off", action="store_true", help="power the target off first")
+    p.add_argument(
+        "--folder",
+        metavar="PATH",
+        help="with --new-name: inventory path of the VM folder (default: the original's)",
+    )
+    p.add_argument(
+        "--pool",
+        metavar="PATH",
+        help="with --new-name: inventory path of the resource pool (default: the original's)",
+    )
+    p.add_argument(
+        "--datastore",
+        metavar="NAME",
+        help="with --new-name: datastore for the new VM's files (default: the original's)",
+    )
+    p.add_argument(
+        "--host", metavar="PATH", help="with --new-name: inventory path of the host to use"
+    )
+    p.add_argument(
+        "--power-off",
+        action="store_true",
+        help="with --to-existing: power the VM off first (else a powered-on VM is refused)",
+    )
     p.add_argument("--power-on", action="store_true", help="power the VM on afterwards")
     p.add_argument(
         "--changed-only",
@@ -34,20 +58,23 @@ def register(sub: Any) -> None:
         help="with --to-existing: write only the chunks changed since the point, when Changed "
         "Block Tracking on the VM can tell (else everything, and the reason is shown)",
     )
-    p.add_argument("--verify", action="store_true", help="re-read and compare what was written")
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="re-read what was written and compare it with the restore point",
+    )
     p.add_argument(
         "--keep-failed",
         action="store_true",
         help="with --new-name: keep the new VM when the restore fails (default: destroy it)",
     )
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--json", action="store_true", help="print the restored VM and disks as JSON")
     p.set_defaults(handler=run)
 
 
 async def run(args: argparse.Namespace) -> int:
     from ..connect import open_session
     from ..context import Context
-    from ..repoaccess import open_repository
     from ..restore import (
         Placement,
         find_original_vm,
@@ -55,6 +82,7 @@ async def run(args: argparse.Namespace) -> int:
         restore_as_new,
         restore_to_existing,
     )
+    from .common import open_repository, require_point
 
     if args.to_existing and (args.folder or args.pool or args.datastore or args.host):
         raise UserError("--folder/--pool/--datastore/--host apply to --new-name only")
@@ -64,6 +92,7 @@ async def run(args: argparse.Namespace) -> int:
         raise UserError("--changed-only applies to --to-existing only (a new VM gets every chunk)")
     cfg = _load(args)
     repo = await open_repository(cfg)
+    await require_point(repo, args.point)  # before logging in: a typo needs no vCenter
     session = await open_session(cfg)
     try:
         ctx = Context.create(cfg, session, repo, None)

@@ -17,9 +17,14 @@ def register(sub: Any) -> None:
         "status",
         help="protection state of every VM, from the running daemon",
         description="Fetch /status.json from the `vigil watch` daemon (daemon.status_listen) "
-        "and print every VM's policy, newest good restore point and its age against the RPO.",
+        "and print every VM's policy, newest good restore point and its age against the RPO. "
+        "Exit 1 when a VM is failing or has breached its RPO (a monitoring check), 2 when no "
+        "daemon answers.",
+        epilog="Examples:\n\n"
+        "  vigil status\n"
+        "  vigil status --json | jq '.vms[] | select(.breached)'",
     )
-    p.add_argument("--json", action="store_true", help="print the daemon's status JSON")
+    p.add_argument("--json", action="store_true", help="print the daemon's /status.json")
     p.set_defaults(handler=run)
 
 
@@ -47,6 +52,14 @@ def render(status: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, aiohttp.ClientConnectorError) and exc.os_error.errno:
+        return os.strerror(exc.os_error.errno) if exc.os_error.errno > 0 else str(exc.os_error)
+    if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
+        return "no answer in 10 s"
+    return str(exc) or type(exc).__name__
+
+
 def _state(vm: dict[str, Any]) -> str:
     """The state word, with the RPO breach flag when the state itself does not say it."""
     if vm.get("breached") and vm["state"] != "breached":
@@ -72,8 +85,8 @@ async def run(args: argparse.Namespace) -> int:
             status = await resp.json()
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         raise UserError(
-            f"no vigil daemon answers at {url} ({exc or type(exc).__name__}); "
-            "is `vigil watch` running with this configuration?"
+            f"no vigil daemon answers at {url} ({_reason(exc)}); is `vigil watch` running "
+            f"with this configuration ({cfg.path}, daemon.status_listen)?"
         ) from None
     if args.json:
         print_json(status)

@@ -10,7 +10,8 @@ import anyio
 from repository import verify
 
 from ..cli import _load, print_json
-from ..repoaccess import open_catalog, open_repository
+from ..repoaccess import open_catalog
+from .common import open_repository, require_point
 
 
 def register(sub: Any) -> None:
@@ -20,20 +21,36 @@ def register(sub: Any) -> None:
         description="Check that every chunk the restore points reference exists and that the "
         "manifests' authenticated chain is intact. --read-data also decrypts, decompresses and "
         "re-hashes the chunks. Damage is reported chunk by chunk with the points and disks it "
-        "breaks; the exit code is 1 on any damage.",
+        "breaks; the exit code is 1 on any damage. Needs no vCenter.",
+        epilog="Examples:\n\n"
+        "  vigil verify                              # structure of every point, fast\n"
+        "  vigil verify --read-data --subset 5       # and 5 % of the data (cron)\n"
+        "  vigil verify POINT --read-data --json",
     )
     p.add_argument("point", nargs="?", metavar="POINT", help="only this restore point")
-    p.add_argument("--read-data", action="store_true", help="read and re-hash every chunk")
     p.add_argument(
-        "--subset", type=float, default=100.0, metavar="PCT", help="with --read-data: read PCT %%"
+        "--read-data", action="store_true", help="also read, decrypt and re-hash the chunks"
     )
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument(
+        "--subset",
+        type=float,
+        default=100.0,
+        metavar="PCT",
+        help="with --read-data: read a random PCT %% of the chunks (default 100)",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the report (ok, bad chunks/indexes/manifests, affected points) as JSON",
+    )
     p.set_defaults(handler=run)
 
 
 async def run(args: argparse.Namespace) -> int:
     cfg = _load(args)
     repo = await open_repository(cfg)
+    if args.point:
+        await require_point(repo, args.point)
     heads = None
     catalog = await open_catalog(repo)
     try:
