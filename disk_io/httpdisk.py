@@ -172,7 +172,7 @@ class HttpDisk:
                 f"capacity {self.capacity}"
             )
         if self.file_size < self.capacity:
-            log.warning(
+            log.info(  # normal for sparse files on some NAS datastores and the simulator
                 "http.short_flat_file",
                 disk=str(location),
                 file_size=self.file_size,

@@ -106,16 +106,32 @@ class VcenterConfig:
                     ],
                 )
             return value
-        try:
-            return Path(self.password_file).read_text().rstrip("\r\n")
-        except OSError as exc:
-            raise ConfigError(
-                self.config_path,
-                [
-                    f"vcenter.password_file: cannot read {self.password_file}: "
-                    f"{exc.strerror or exc}; create it (mode 0600) holding the password"
-                ],
-            ) from None
+        return read_secret_file(self.password_file, "vcenter.password_file", self.config_path)
+
+
+def read_secret_file(path: str, key: str, config_path: str) -> str:
+    """A password or passphrase from its file, refused (as ssh refuses a private key) when
+    group or others may read it: the secret would already be out of our hands."""
+    try:
+        with open(path, "rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            if mode & 0o077:
+                raise ConfigError(
+                    config_path,
+                    [
+                        f"{key}: {path} is readable by others (mode {mode & 0o777:04o}); "
+                        f"run `chmod 600 {path}` (and consider changing the secret)"
+                    ],
+                )
+            return f.read().decode().rstrip("\r\n")
+    except OSError as exc:
+        raise ConfigError(
+            config_path,
+            [
+                f"{key}: cannot read {path}: {exc.strerror or exc}; create it (mode 0600) "
+                "holding the secret"
+            ],
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -141,16 +157,9 @@ class RepositoryConfig:
                 )
             return value
         if self.passphrase_file:
-            try:
-                return Path(self.passphrase_file).read_text().rstrip("\r\n")
-            except OSError as exc:
-                raise ConfigError(
-                    self.config_path,
-                    [
-                        f"repository.passphrase_file: cannot read {self.passphrase_file}: "
-                        f"{exc.strerror or exc}"
-                    ],
-                ) from None
+            return read_secret_file(
+                self.passphrase_file, "repository.passphrase_file", self.config_path
+            )
         return None
 
 

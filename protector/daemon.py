@@ -39,7 +39,7 @@ from watcher.updates import Watcher
 
 from .backup import BackupOptions, backup_vm
 from .config import Config, parse_hhmm
-from .connect import make_session
+from .connect import connect_session
 from .context import Context
 from .errors import UserError
 from .jobs import JobRecord, JobRequest, JobRunner, Limits
@@ -289,9 +289,9 @@ class Daemon:
     # the whole read, so a watcher hiccup never cuts a backup off mid-disk.
 
     async def _connect(self) -> Session:
-        session = make_session(self.cfg)
-        await session.connect()
-        return session
+        # connect_session closes the HTTP client of a failed attempt: the watcher retries
+        # for as long as vCenter is away, and each attempt would otherwise leak one.
+        return await connect_session(self.cfg)
 
     async def session(self) -> Session:
         """The jobs' session: logged in on first use, re-logged in by Session itself when
@@ -300,11 +300,9 @@ class Daemon:
         async with self._job_session_lock:
             delay = 1.0
             while self._job_session is None:
-                session = make_session(self.cfg)
                 try:
-                    await session.connect()
+                    session = await connect_session(self.cfg)
                 except VsphereConnectionError as exc:
-                    await session.close()
                     log.info("daemon.jobs_session_waiting", error=str(exc), retry_in=delay)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 30.0)

@@ -76,10 +76,29 @@ def test_password_from_env_and_file(tmp_path, monkeypatch):
     monkeypatch.setenv("VIGIL_TEST_PW", "s3cret")
     assert cfg.vcenter.password() == "s3cret"
     (tmp_path / "pw").write_text("from-file\n")
+    (tmp_path / "pw").chmod(0o600)
     cfg2 = load_config(
         write(tmp_path, GOOD.replace('password_env = "VIGIL_TEST_PW"', 'password_file = "pw"'))
     )
     assert cfg2.vcenter.password() == "from-file"
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604])
+def test_a_secret_file_others_can_read_is_refused(tmp_path, mode):
+    """Like ssh with a private key: a password or passphrase file that group or others can
+    read is refused, naming the key, the file and the chmod that fixes it."""
+    text = GOOD.replace('password_env = "VIGIL_TEST_PW"', 'password_file = "pw"')
+    pw = tmp_path / "pw"
+    pw.write_text("hunter2\n")
+    pw.chmod(mode)
+    cfg = load_config(write(tmp_path, text))
+    with pytest.raises(ConfigError) as exc:
+        cfg.vcenter.password()
+    msg = str(exc.value)
+    assert "vcenter.password_file" in msg and f"chmod 600 {pw}" in msg
+    assert "hunter2" not in msg
+    pw.chmod(0o600)
+    assert cfg.vcenter.password() == "hunter2"
 
 
 def test_invalid_toml_names_the_file_and_line(tmp_path):
