@@ -19,7 +19,7 @@ from typing import Any
 import structlog
 
 from watcher.session import Session
-from watcher.soap import VsphereError, VsphereFault
+from watcher.soap import VsphereConnectionError, VsphereError, VsphereFault
 from watcher.tasks import wait_for_task
 
 from .parallel import shielded
@@ -125,9 +125,85 @@ async def remove_leftovers(session: Session, vm: Any) -> int:
     removed = 0
     for snap in await leftover_snapshots(session, vm):
         log.warning("backup.leftover_snapshot_removed", vm=vm._moId, snapshot=snap._moId)
-        await remove_snapshot(session, snap)
+        try:
+            await remove_snapshot(session, snap)
+        except VsphereFault as exc:
+            # Gone meanwhile (a background retry of its own run removed it): that is the goal.
+            if exc.fault_type != "ManagedObjectNotFound":
+                raise
         removed += 1
     return removed
+
+
+# Removals that failed because vCenter could not be reached, retried in the background
+# (strong references: the event loop keeps only weak ones to tasks).
+_retries: set[asyncio.Task[None]] = set()
+RETRY_FIRST_DELAY = 1.0
+RETRY_MAX_DELAY = 30.0
+RETRY_GIVE_UP = 24 * 3600.0  # then the VM's next backup (or a daemon restart) removes it
+
+
+def remove_when_reachable(session: Session, vm: Any, snapshot: Any) -> None:
+    """Keep trying to remove `snapshot` until vCenter answers: a snapshot whose removal met
+    an outage must not wait for the VM's next backup, a whole RPO away, while its delta
+    grows on the datastore. Lives as long as the event loop (the daemon); a process that
+    ends first (the CLI) leaves it to the next run, which removes leftovers first."""
+    task = asyncio.get_running_loop().create_task(_remove_with_retries(session, vm, snapshot))
+    _retries.add(task)
+    task.add_done_callback(_retries.discard)
+
+
+async def _remove_with_retries(session: Session, vm: Any, snapshot: Any) -> None:
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + RETRY_GIVE_UP
+    delay = RETRY_FIRST_DELAY
+    attempt = 0
+    while True:
+        await asyncio.sleep(delay)
+        attempt += 1
+        try:
+            await remove_snapshot(session, snapshot)
+        except VsphereConnectionError as exc:
+            if loop.time() < give_up:
+                delay = min(delay * 2, RETRY_MAX_DELAY)
+                continue
+            log.error(
+                "backup.snapshot_remove_failed",
+                vm=vm._moId,
+                snapshot=snapshot._moId,
+                error=str(exc),
+                attempts=attempt,
+                next_step="the next backup of this VM removes it",
+            )
+            return
+        except VsphereFault as exc:
+            if exc.fault_type == "ManagedObjectNotFound":
+                return  # removed meanwhile: by vCenter finishing our first try, or a backup
+            log.error(
+                "backup.snapshot_remove_failed",
+                vm=vm._moId,
+                snapshot=snapshot._moId,
+                error=str(exc),
+                next_step="the next backup of this VM removes it",
+            )
+            return
+        except Exception as exc:  # e.g. the session was closed: the next run takes over
+            log.warning(
+                "backup.snapshot_remove_retry_stopped",
+                vm=vm._moId,
+                snapshot=snapshot._moId,
+                error=repr(exc),
+                next_step="the next backup of this VM removes it",
+            )
+            return
+        log.warning(
+            "backup.snapshot_removed_late",
+            vm=vm._moId,
+            snapshot=snapshot._moId,
+            attempts=attempt,
+            reason="vCenter was unreachable when the backup ended",
+        )
+        return
 
 
 async def create_snapshot(
@@ -214,19 +290,25 @@ async def backup_snapshot(
 async def _remove_surely(session: Session, vm: Any, snapshot: Any) -> None:
     """Remove the snapshot even while the caller is being cancelled (parallel.shielded: an
     anyio cancel scope or a plain Task.cancel(), as the job runner sends, repeated or not);
-    a cancellation seen meanwhile is raised again afterwards. A removal vCenter refuses is
-    logged, not raised: the next backup of the VM removes the leftover."""
+    a cancellation seen meanwhile is raised again afterwards. A removal that fails is
+    logged, not raised: when vCenter was unreachable it is retried in the background until
+    vCenter is back; when vCenter refused it, the next backup of the VM removes it."""
 
     async def remove() -> None:
         try:
             await remove_snapshot(session, snapshot)
         except VsphereError as exc:
+            unreachable = isinstance(exc, VsphereConnectionError)
             log.error(
                 "backup.snapshot_remove_failed",
                 vm=vm._moId,
                 snapshot=snapshot._moId,
                 error=str(exc),
-                next_step="the next backup of this VM removes it",
+                next_step="retried until vCenter answers"
+                if unreachable
+                else "the next backup of this VM removes it",
             )
+            if unreachable:
+                remove_when_reachable(session, vm, snapshot)
 
     await shielded(remove())

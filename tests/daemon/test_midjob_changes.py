@@ -66,6 +66,8 @@ async def test_a_vm_moved_to_another_policy_mid_backup_gets_that_policys_backup(
         assert vm_state(daemon, "DC0_H0_VM0")["policy"] == "gold"
         assert daemon.runner.running, "the edit must land while bronze's backup runs"
         await wait_for(lambda: len(points_of(daemon, "DC0_H0_VM0")) >= 2, 30, "gold's backup")
+        # The point is committed a moment before its job's record is (cleanup comes between).
+        await wait_for(lambda: len(recs_of(daemon, "DC0_H0_VM0")) >= 2, 10, "gold's job record")
         recs = recs_of(daemon, "DC0_H0_VM0")
         assert [r.policy for r in recs[:2]] == ["bronze", "gold"], [
             (r.policy, r.reason) for r in recs
