@@ -212,8 +212,10 @@ def describe_error(exc: BaseException) -> tuple[str, int, str]:
         return str(exc), exc.exit_code, "user"
     if isinstance(exc, CONNECTION_ERRORS):
         return (
-            f"cannot reach vCenter: {_oneline(exc)}; check vcenter.url, the network and TLS "
-            "settings (vcenter.ca_file / vcenter.thumbprint)",
+            f"cannot reach vCenter: {_oneline(exc)}; if vCenter is down or restarting, run the "
+            "command again once it is back (a snapshot left behind is removed then); otherwise "
+            "check vcenter.url, the network and TLS settings (vcenter.ca_file / "
+            "vcenter.thumbprint)",
             EXIT_USAGE,
             "connection",
         )

@@ -79,6 +79,14 @@ class BackendError(RepositoryError):
                 "; the repository's filesystem is full: earlier restore points are intact, "
                 "free space (or run `vigil prune`) and run the backup again"
             )
+        elif isinstance(cause, OSError) and cause.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            hint = (
+                "; vigil cannot write there: earlier restore points are intact; check the "
+                "repository directory's owner and permissions (vigil runs as the user that "
+                "owns it) or whether its filesystem is mounted read-only"
+            )
+        elif isinstance(cause, OSError) and cause.errno == errno.EIO:
+            hint = "; the storage reports an I/O error: check its health, then `vigil verify`"
         super().__init__(f"storage backend failed on {key}: {cause}{hint}")
         self.key = key
         self.cause = cause

@@ -160,6 +160,7 @@ async def test_repository_turning_read_only_mid_backup(make_vcsim: Any, tmp_path
         )
         assert rc == 1, out
         assert "Permission denied" in out, out
+        assert "earlier restore points are intact" in out and "permissions" in out, out
         # vCenter was fine all along: the failing process removed its own snapshot.
         assert await snapshots_left(sim, [VM]) == {}
         check_points(repo_root, disk, expected, tmp_path)
