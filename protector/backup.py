@@ -87,6 +87,7 @@ class BackupResult:
     disks: list[DiskResult] = field(default_factory=list)
     leftovers_removed: int = 0
     cbt_enabled_now: bool = False
+    snapshot_left: str = ""  # why our snapshot is still on the VM ("" when removed)
 
     @property
     def read_bytes(self) -> int:
@@ -261,6 +262,7 @@ async def _backup_locked(
         disks=results,
         leftovers_removed=leftovers,
         cbt_enabled_now=cbt_now,
+        snapshot_left=snap.left_behind,
     )
     await ctx.record_point(point_id)
     bound.info(

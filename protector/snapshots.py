@@ -38,11 +38,14 @@ QUIESCE_FAULTS = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass
 class Snapshot:
     ref: Any
     consistency: str  # "quiesced" or "crash"
     quiesce_error: str = ""
+    # Why the snapshot is still on the VM after the backup ("" once removed): the admin is
+    # told, and the next backup (or the retry once vCenter answers) removes it.
+    left_behind: str = ""
 
 
 def walk_snapshots(tree: list[Any] | None) -> Iterator[Any]:
@@ -284,19 +287,20 @@ async def backup_snapshot(
     try:
         yield snap
     finally:
-        await _remove_surely(session, vm, snap.ref)
+        snap.left_behind = await _remove_surely(session, vm, snap.ref)
 
 
-async def _remove_surely(session: Session, vm: Any, snapshot: Any) -> None:
+async def _remove_surely(session: Session, vm: Any, snapshot: Any) -> str:
     """Remove the snapshot even while the caller is being cancelled (parallel.shielded: an
     anyio cancel scope or a plain Task.cancel(), as the job runner sends, repeated or not);
     a cancellation seen meanwhile is raised again afterwards. A removal that fails is
     logged, not raised: when vCenter was unreachable it is retried in the background until
     vCenter is back; when vCenter refused it, the next backup of the VM removes it."""
 
-    async def remove() -> None:
+    async def remove() -> str:
         try:
             await remove_snapshot(session, snapshot)
+            return ""
         except VsphereError as exc:
             unreachable = isinstance(exc, VsphereConnectionError)
             log.error(
@@ -310,5 +314,6 @@ async def _remove_surely(session: Session, vm: Any, snapshot: Any) -> None:
             )
             if unreachable:
                 remove_when_reachable(session, vm, snapshot)
+            return str(exc)
 
-    await shielded(remove())
+    return await shielded(remove())

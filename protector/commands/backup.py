@@ -78,6 +78,8 @@ def result_record(r: Any) -> dict[str, Any]:
             }
             for d in r.disks
         ],
+        # Why vigil's snapshot is still on the VM (null when it was removed).
+        "snapshot_left": r.snapshot_left or None,
     }
 
 
@@ -125,6 +127,11 @@ async def run(args: argparse.Namespace) -> int:
                 print(f"  {d.address or d.key}: skipped — {d.skipped_reason}")
             else:
                 print(f"  {d.address}: {d.mode} via {d.transport} ({d.reason})")
+    if result.snapshot_left:
+        print(
+            f"  note: the point is good, but vigil's snapshot is still on {node.name} "
+            f"({result.snapshot_left}); the next backup of this VM removes it",
+        )
     return 0
 
 

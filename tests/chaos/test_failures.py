@@ -372,6 +372,7 @@ async def test_vcenter_gone_at_snapshot_removal_cli(make_vcsim: Any, tmp_path: P
         assert r.returncode == 0, r.stdout + r.stderr[-3000:]
         assert proxy.refused == 1
         assert "snapshot_remove_failed" in r.stderr, r.stderr
+        assert "snapshot is still on" in r.stdout and "next backup" in r.stdout, r.stdout
         assert "Task was destroyed" not in r.stderr and "Traceback" not in r.stderr, r.stderr
         assert await snapshots_left(sim, [VM]) == {VM: 1}
         expected = {r.stdout.split(":", 1)[0]: 0}
