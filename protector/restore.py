@@ -15,7 +15,8 @@ power on. `verify` re-reads every written chunk and compares its hash.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -719,6 +720,18 @@ async def _destroy(ctx: Context, vm: Any, name: str) -> None:
     await wait_for_task(ctx.session, task, description=f"destroy half-built VM {name}")
 
 
+@contextlib.asynccontextmanager
+async def _reading(repo: Any) -> AsyncIterator[None]:
+    """repo.reading() (the shared repository lock), taken in a worker thread: it may wait
+    for a running prune sweep."""
+    cm = repo.reading()
+    await anyio.to_thread.run_sync(cm.__enter__)
+    try:
+        yield
+    finally:
+        cm.__exit__(None, None, None)
+
+
 async def _write_disk(
     ctx: Context,
     manifest: Manifest,
@@ -739,90 +752,55 @@ async def _write_disk(
     writes to those chunk slots (an incremental restore)."""
     # Shared repository lock for the whole write: a prune sweep then cannot remove chunks
     # of this point, should the point be deleted while it is being restored.
-    reading = ctx.repo.reading()
-    await anyio.to_thread.run_sync(reading.__enter__)  # may wait for a running sweep
-    try:
-        return await _write_disk_locked(
-            ctx,
-            manifest,
-            key,
-            vm,
-            disk,
-            fresh=fresh,
-            verify=verify,
-            progress=progress,
-            done=done,
-            total=total,
-            only_slots=only_slots,
-            modes=modes,
-        )
-    finally:
-        reading.__exit__(None, None, None)
+    async with _reading(ctx.repo):
+        _m, index = await anyio.to_thread.run_sync(ctx.repo.disk_index, manifest.point_id, key)
+        rec = manifest.disk(key)
+        assert rec is not None
+        writer = await open_disk_for_write(ctx, vm, disk, modes)
+        out = RestoredDisk(key, disk.file_name, disk.capacity_bytes, transport=writer.transport)
+        chunk = index.chunk_size
+        zero = bytes(chunk)
+        try:
+            if rec.metadata:
+                await anyio.to_thread.run_sync(writer.write_metadata, dict(rec.metadata))
+            fetch = ctx.repo.slot_fetcher(manifest.point_id, key, index)
+            # A fresh disk reads as zeros: its zero chunks need no write at all.
+            if only_slots is not None:
+                slots = sorted(set(only_slots))
+            else:
+                slots = [s for s, cid in enumerate(index.ids) if not (fresh and cid == ZERO_ID)]
+            written = 0
+            skipped = sum(index.slot_length(s) for s, cid in enumerate(index.ids) if cid == ZERO_ID)
+            skipped = skipped if fresh and only_slots is None else 0
+            done[0] += skipped
 
+            def load(slot: int) -> bytes:
+                # Fetching (read, decrypt, decompress, re-hash) runs in parallel; writes go in
+                # ascending offsets, one at a time (a streamed PUT, one VDDK handle).
+                data = fetch(slot)
+                return zero[: index.slot_length(slot)] if data is None else data
 
-async def _write_disk_locked(
-    ctx: Context,
-    manifest: Manifest,
-    key: str,
-    vm: Any,
-    disk: DiskInfo,
-    *,
-    fresh: bool,
-    verify: bool,
-    progress: Progress | None,
-    done: list[int],
-    total: int,
-    only_slots: list[int] | None,
-    modes: tuple[str, ...] | None,
-) -> RestoredDisk:
-    _m, index = await anyio.to_thread.run_sync(ctx.repo.disk_index, manifest.point_id, key)
-    rec = manifest.disk(key)
-    assert rec is not None
-    writer = await open_disk_for_write(ctx, vm, disk, modes)
-    out = RestoredDisk(key, disk.file_name, disk.capacity_bytes, transport=writer.transport)
-    chunk = index.chunk_size
-    zero = bytes(chunk)
-    try:
-        if rec.metadata:
-            await anyio.to_thread.run_sync(writer.write_metadata, dict(rec.metadata))
-        fetch = ctx.repo.slot_fetcher(manifest.point_id, key, index)
-        # A fresh disk reads as zeros: its zero chunks need no write at all.
-        if only_slots is not None:
-            slots = sorted(set(only_slots))
-        else:
-            slots = [s for s, cid in enumerate(index.ids) if not (fresh and cid == ZERO_ID)]
-        written = 0
-        skipped = sum(index.slot_length(s) for s, cid in enumerate(index.ids) if cid == ZERO_ID)
-        skipped = skipped if fresh and only_slots is None else 0
-        done[0] += skipped
+            async def store(slot: int, data: bytes) -> None:
+                nonlocal written
+                await anyio.to_thread.run_sync(writer.write, slot * chunk, data)
+                written += len(data)
+                done[0] += len(data)
+                if progress:
+                    progress(done[0], total)
 
-        def load(slot: int) -> bytes:
-            # Fetching (read, decrypt, decompress, re-hash) runs in parallel; writes go in
-            # ascending offsets, one at a time (a streamed PUT, one VDDK handle).
-            data = fetch(slot)
-            return zero[: index.slot_length(slot)] if data is None else data
-
-        async def store(slot: int, data: bytes) -> None:
-            nonlocal written
-            await anyio.to_thread.run_sync(writer.write, slot * chunk, data)
-            written += len(data)
-            done[0] += len(data)
-            if progress:
-                progress(done[0], total)
-
-        await map_ordered(
-            load, slots, workers=ctx.io_threads, limiter=ctx.io_limiter, consume=store
-        )
-        await anyio.to_thread.run_sync(writer.flush)
-        out.written_bytes, out.skipped_zero_bytes = written, skipped
-    finally:
-        await in_thread_shielded(writer.close)
-    if verify:
-        bad = await _verify_disk(ctx, vm, disk, index)
-        out.verified = not bad
-        if bad:
-            raise UserError(_verify_failure(manifest.point_id, key, disk, index, bad), 1)
-    return out
+            await map_ordered(
+                load, slots, workers=ctx.io_threads, limiter=ctx.io_limiter, consume=store
+            )
+            await anyio.to_thread.run_sync(writer.flush)
+            out.written_bytes, out.skipped_zero_bytes = written, skipped
+        finally:
+            await in_thread_shielded(writer.close)
+        if verify:
+            bad = await _verify_disk(ctx, vm, disk, index)
+            out.verified = not bad
+            if bad:
+                raise UserError(_verify_failure(manifest.point_id, key, disk, index, bad), 1)
+        return out
 
 
 def _verify_failure(point_id: str, key: str, disk: DiskInfo, index: Any, bad: list[int]) -> str:
