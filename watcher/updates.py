@@ -99,6 +99,7 @@ class Watcher:
         self._version = ""
         self._next_reconcile = 0.0
         self._run_task: asyncio.Task[None] | None = None
+        self.stopped_by_cancel = False  # close() had to cancel run() (its wait outlived it)
         self._tag_task: asyncio.Task[None] | None = None
 
     # -- public ------------------------------------------------------------------
@@ -161,6 +162,15 @@ class Watcher:
                     await self._discard_collector(session)
                 await self._backoff(attempt)
                 attempt += 1
+        except asyncio.CancelledError:
+            if not self._closing.is_set():
+                raise
+            # close() cut short a wait that started just as it sent CancelWaitForUpdates:
+            # the stop it asked for, not an error for whoever awaits run().
+            self.stopped_by_cancel = True
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
         finally:
             self.healthy = False
             self._queue.put_nowait(_STOP)

@@ -172,3 +172,27 @@ async def test_a_tag_deleted_during_a_poll_does_not_fail_the_poll(vcsim_fresh):
             assert any("deleted-meanwhile" in m for m, _ in proxy.answers)
     finally:
         await admin_tags.close()
+
+
+async def test_close_ends_run_cleanly_when_the_wait_outlives_the_cancel(vcsim_fresh):
+    """A wait that starts just as close() sends CancelWaitForUpdates (or a vCenter that
+    ignores the cancel) makes close() cancel run() itself: that is the requested stop, and
+    whoever awaits run() must not get a CancelledError for it."""
+
+    def intercept(method: str, body: bytes):
+        if method == "CancelWaitForUpdates":
+            return soap_fault("InvalidState", "nothing to cancel")  # the cancel does not land
+        return None
+
+    async with SoapProxy(vcsim_fresh, intercept=intercept) as proxy:
+        from watchkit import connector
+
+        from watcher.updates import Watcher
+
+        w = Watcher(connector(proxy), tag_interval=0, max_wait_seconds=30)
+        run = asyncio.create_task(w.run())
+        await asyncio.wait_for(w.ready.wait(), 20)
+        await asyncio.sleep(0.3)  # parked in WaitForUpdatesEx
+        await w.close()
+        await asyncio.wait_for(run, 5)  # raises CancelledError if the stop leaked out
+        assert w.stopped_by_cancel and not run.cancelled()
