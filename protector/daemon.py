@@ -116,6 +116,9 @@ class Daemon:
         self.winners: dict[str, str | None] = {}  # identity key → winning policy
         self.conflicts: dict[str, tuple[str, ...]] = {}
         self.due: dict[str, datetime] = {}  # identity key → next scheduled start
+        # Triggers that asked for a backup now but met a closed window: the VM is due at
+        # the window's first moment, even when it has a point within its RPO.
+        self.deferred: dict[str, str] = {}
         self.errors: deque[str] = deque(maxlen=100)
         self.stopping = asyncio.Event()
         self.ready = asyncio.Event()
@@ -357,7 +360,7 @@ class Daemon:
             return
         st = self.state.get(key)
         nr = next_run(
-            st.newest_good if st else None,
+            None if key in self.deferred else (st.newest_good if st else None),
             policy.schedule.rpo,
             policy.schedule.window,
             now or datetime.now(UTC),
@@ -476,6 +479,9 @@ class Daemon:
                 log.info(
                     "daemon.trigger_deferred", vm=node.path, trigger=reason, until="the window"
                 )
+                self.deferred[node.identity] = reason
+                self._reschedule(node.identity, now)
+                self._wake.set()
                 return
         self._submit(node, policy, reason, immediate=True)
 
@@ -593,6 +599,8 @@ class Daemon:
                     continue
                 st = self.state.get(key)
                 reason = "RPO due" if st and st.newest_good else "no restore point yet"
+                if key in self.deferred:
+                    reason = f"{self.deferred[key]} (deferred to the window)"
                 self._submit(node, policy, reason, immediate=False)
             self._wake.clear()
             delay = max(0.05, (soonest - datetime.now(UTC)).total_seconds())
@@ -660,6 +668,8 @@ class Daemon:
     def _job_finished(self, req: JobRequest, rec: JobRecord) -> None:
         self.metrics.jobs.labels(rec.outcome).inc()
         ran_with = self._ran_with.pop(req.vm_key, None)
+        if rec.outcome == "success":
+            self.deferred.pop(req.vm_key, None)
         if rec.outcome == "success" and ran_with is not None:
             self._policy_changed_during(req, rec, ran_with)
         if rec.outcome == "failed":

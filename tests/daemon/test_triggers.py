@@ -134,3 +134,30 @@ async def test_a_restarted_daemon_does_not_repeat_backups_within_the_rpo(tmp_pat
         await asyncio.sleep(2)
         assert not again.runner.history and not again.runner.queued
         assert again.stats.triggered == again.stats.scheduled == 0
+
+
+async def test_a_trigger_deferred_by_the_window_runs_when_the_window_opens(tmp_path, vcsim_fresh):
+    """A backup wanted now despite a fresh point (a policy change mid-job that backs up
+    differently) but held back by a closed window must run when the window opens — not
+    a whole RPO later, when the scheduler would otherwise next look at the VM."""
+    window = closed_window()
+    text = policy(
+        "nightly",
+        'names = ["DC0_H0_VM1"]',
+        extra="[policy.trigger]\noutside_window = false",
+    ).replace('rpo = "24h"', f'rpo = "72h"\nwindow = "{window}"')
+    cfg = write_config(tmp_path, vcsim_fresh, text)
+    async with running(cfg) as daemon:
+        from protector.daemon import VmState
+
+        node = next(v for v in daemon.watcher.tree.vms() if v.name == "DC0_H0_VM1")
+        now = datetime.now().astimezone()
+        daemon.state[node.identity] = VmState(newest_good=now)  # a point within the RPO
+        daemon._reschedule(node.identity)
+        # RPO-driven: the latest window that keeps the 72 h RPO, two days from now.
+        assert daemon.due[node.identity] > now + timedelta(hours=40)
+        daemon._trigger_if_due(node, daemon._policy("nightly"), "test", even_if_fresh=True)
+        # Deferred: today's window, which opens in two hours.
+        due = daemon.due[node.identity]
+        assert now + timedelta(minutes=118) <= due <= now + timedelta(hours=3), (due, now)
+        assert not daemon.runner.history  # nothing ran outside the window
