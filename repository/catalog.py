@@ -23,6 +23,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from repository.errors import RepositoryError
+from repository.locks import FileLock
 from repository.manifest import Manifest, Tombstone, VmIdentity
 from repository.repo import Repository
 
@@ -150,9 +151,19 @@ class Catalog:
             await anyio.to_thread.run_sync(_create_private, s)
         engine = create_async_engine(url)
         where = s if "://" not in s else engine.url.render_as_string(hide_password=True)
+        # Several vigil processes may open a new catalog at once (two backups started
+        # together): the schema migration must run in one of them only, or the others fail
+        # with "table already exists". SQLite's own locking does not cover DDL checks.
+        lock = FileLock(Path(s + ".migrate-lock"), exclusive=True) if "://" not in s else None
         try:
-            async with engine.begin() as conn:
-                await conn.run_sync(_migrate, where)
+            if lock is not None:
+                await anyio.to_thread.run_sync(lock.acquire, 120.0)
+            try:
+                async with engine.begin() as conn:
+                    await conn.run_sync(_migrate, where)
+            finally:
+                if lock is not None:
+                    lock.release()
         except BaseException:
             await engine.dispose()
             raise

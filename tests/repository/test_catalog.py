@@ -134,3 +134,33 @@ async def test_rebuild_after_a_delete_interrupted_between_tombstone_and_manifest
         assert [r["point_id"] for r in await catalog.points(vm(1).key, status="pruned")] == [p1]
     finally:
         await catalog.close()
+
+
+def _open_catalog_at(path: str, barrier: object) -> None:
+    import asyncio as _asyncio
+
+    from repository.catalog import Catalog as _Catalog
+
+    async def go() -> None:
+        barrier.wait()  # type: ignore[attr-defined]
+        cat = await _Catalog.open(path)
+        await cat.close()
+
+    _asyncio.run(go())
+
+
+def test_processes_creating_the_catalog_at_once_all_succeed(tmp_path) -> None:
+    """Two `vigil backup` runs started together on a new repository both create the
+    catalog: its schema migration must not run twice ("table vms already exists")."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    for round_ in range(6):
+        path = str(tmp_path / f"catalog-{round_}.db")
+        barrier = ctx.Barrier(4)
+        procs = [ctx.Process(target=_open_catalog_at, args=(path, barrier)) for _ in range(4)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+        assert [p.exitcode for p in procs] == [0, 0, 0, 0], f"round {round_}"
