@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"fmt"
-	"io"
 	"log"
 	"net/http"
 	"path"
@@ -62,18 +61,10 @@ var (
 )
 
 func (c *cbt) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodPost || !strings.HasPrefix(r.URL.Path, "/sdk") {
-		c.next.ServeHTTP(w, r)
+	body, ok := peekSOAP(w, r)
+	if !ok {
 		return
 	}
-	body, err := io.ReadAll(r.Body)
-	_ = r.Body.Close()
-	if err != nil {
-		http.Error(w, "vcsim: reading request: "+err.Error(), http.StatusBadRequest)
-		return
-	}
-	r.Body = io.NopCloser(bytes.NewReader(body))
-	r.ContentLength = int64(len(body))
 	if !containsAny(body, interceptMarkers) {
 		c.next.ServeHTTP(w, r)
 		return

@@ -39,29 +39,12 @@ type createSnapshotBody struct {
 }
 
 func (q *quiesceFault) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodPost || !strings.HasPrefix(r.URL.Path, "/sdk") {
-		q.next.ServeHTTP(w, r)
+	body, ok := peekSOAP(w, r)
+	if !ok {
 		return
 	}
-	body, err := io.ReadAll(r.Body)
-	_ = r.Body.Close()
-	if err != nil {
-		http.Error(w, "vcsim: reading request: "+err.Error(), http.StatusBadRequest)
-		return
-	}
-	r.Body = io.NopCloser(bytes.NewReader(body))
-	r.ContentLength = int64(len(body))
-	if !bytes.Contains(body, []byte("CreateSnapshot_Task")) {
-		q.next.ServeHTTP(w, r)
-		return
-	}
-	method, err := decodeRequest(body)
-	if err != nil {
-		q.next.ServeHTTP(w, r)
-		return
-	}
-	req, ok := method.Body.(*types.CreateSnapshot_Task)
-	if !ok || !req.Quiesce {
+	req := createSnapshotCall(body)
+	if req == nil || !req.Quiesce {
 		q.next.ServeHTTP(w, r)
 		return
 	}

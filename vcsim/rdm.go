@@ -1,8 +1,6 @@
 package main
 
 import (
-	"bytes"
-	"io"
 	"net/http"
 	"path"
 	"strings"
@@ -37,29 +35,12 @@ func newSnapshotRDM(next http.Handler, glob string) http.Handler {
 }
 
 func (s *snapshotRDM) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodPost || !strings.HasPrefix(r.URL.Path, "/sdk") {
-		s.next.ServeHTTP(w, r)
-		return
-	}
-	body, err := io.ReadAll(r.Body)
-	_ = r.Body.Close()
-	if err != nil {
-		http.Error(w, "vcsim: reading request: "+err.Error(), http.StatusBadRequest)
-		return
-	}
-	r.Body = io.NopCloser(bytes.NewReader(body))
-	r.ContentLength = int64(len(body))
-	if !bytes.Contains(body, []byte("CreateSnapshot_Task")) {
-		s.next.ServeHTTP(w, r)
-		return
-	}
-	method, err := decodeRequest(body)
-	if err != nil {
-		s.next.ServeHTTP(w, r)
-		return
-	}
-	req, ok := method.Body.(*types.CreateSnapshot_Task)
+	body, ok := peekSOAP(w, r)
 	if !ok {
+		return
+	}
+	req := createSnapshotCall(body)
+	if req == nil {
 		s.next.ServeHTTP(w, r)
 		return
 	}

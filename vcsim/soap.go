@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/xml"
+	"io"
 	"net/http"
 	"reflect"
 	"strings"
@@ -149,4 +150,35 @@ func (r *recorder) returnval() (types.ManagedObjectReference, bool) {
 func (r *recorder) isFault(kind string) bool {
 	return r.status == http.StatusInternalServerError &&
 		bytes.Contains(r.body.Bytes(), []byte("<"+kind+"Fault "))
+}
+
+// peekSOAP returns the body of a SOAP call (a POST to /sdk), left readable for the
+// next handler, or nil for any other request (pass it through). A body that cannot
+// be read is answered here: ok is then false and the caller stops.
+func peekSOAP(w http.ResponseWriter, r *http.Request) (body []byte, ok bool) {
+	if r.Method != http.MethodPost || !strings.HasPrefix(r.URL.Path, "/sdk") {
+		return nil, true
+	}
+	body, err := io.ReadAll(r.Body)
+	_ = r.Body.Close()
+	if err != nil {
+		http.Error(w, "vcsim: reading request: "+err.Error(), http.StatusBadRequest)
+		return nil, false
+	}
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	r.ContentLength = int64(len(body))
+	return body, true
+}
+
+// createSnapshotCall is the CreateSnapshot_Task request in body, or nil.
+func createSnapshotCall(body []byte) *types.CreateSnapshot_Task {
+	if !bytes.Contains(body, []byte("CreateSnapshot_Task")) {
+		return nil
+	}
+	method, err := decodeRequest(body)
+	if err != nil {
+		return nil
+	}
+	req, _ := method.Body.(*types.CreateSnapshot_Task)
+	return req
 }
