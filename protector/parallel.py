@@ -169,6 +169,23 @@ async def map_ordered(
         tg.start_soon(drain)
 
 
+async def to_the_end(aw: Awaitable[R]) -> tuple[asyncio.Future[R], bool]:
+    """Await `aw` until it is done even while the caller is being cancelled: the finished
+    future, and whether a cancellation came meanwhile (the caller then undoes what the
+    work made, e.g. a snapshot or VM vCenter created after we stopped caring, and raises
+    CancelledError itself)."""
+    work: asyncio.Future[R] = asyncio.ensure_future(aw)
+    cancelled = False
+    while not work.done():
+        try:
+            await asyncio.shield(work)
+        except asyncio.CancelledError:
+            cancelled = True
+        except BaseException:
+            break  # the work's own error: the caller reads it from the future
+    return work, cancelled
+
+
 async def shielded(aw: Awaitable[R]) -> R:
     """Await `aw` to its end even while the caller is being cancelled, then let the
     cancellation through. For cleanup that must not be abandoned halfway (closing disk
@@ -179,16 +196,8 @@ async def shielded(aw: Awaitable[R]) -> R:
     mid-cleanup. So the work runs as a task of its own, awaited through asyncio.shield in a
     loop; a cancellation seen meanwhile is raised again once the work is done (its own error,
     if any, is then only logged)."""
-    work: asyncio.Future[R] = asyncio.ensure_future(aw)
-    cancelled = False
     with anyio.CancelScope(shield=True):
-        while not work.done():
-            try:
-                await asyncio.shield(work)
-            except asyncio.CancelledError:
-                cancelled = True
-            except BaseException:
-                break  # the work's own error: raised (or logged) below
+        work, cancelled = await to_the_end(aw)
     if cancelled:
         if not work.cancelled() and work.exception() is not None:
             _log_cleanup_error(work.exception())

@@ -36,7 +36,7 @@ from .configspec import build_config_spec, video_card_edit_spec
 from .context import Context
 from .diskaccess import changed_areas, open_disk_for_write
 from .errors import RestoreFailedError, UserError
-from .parallel import in_thread_shielded, map_bounded, map_ordered, shielded
+from .parallel import in_thread_shielded, map_bounded, map_ordered, shielded, to_the_end
 from .placement import default_folder_and_pool, find_datastore
 from .vmconfig import DiskInfo, deserialize_config, disk_summaries
 from .vmlock import vm_lock
@@ -603,17 +603,9 @@ async def _create_vm(ctx: Context, folder: Any, spec: Any, pool: Any, host: Any,
     anyway and stay behind, empty: wait for the task regardless, destroy what it made, then
     let the cancellation through."""
     task = await ctx.session.call(folder, "CreateVM_Task", config=spec, pool=pool, host=host)
-    waiter = asyncio.ensure_future(
+    waiter, cancelled = await to_the_end(
         wait_for_task(ctx.session, task, description=f"create VM {name}")
     )
-    cancelled = False
-    while not waiter.done():
-        try:
-            await asyncio.shield(waiter)
-        except asyncio.CancelledError:
-            cancelled = True
-        except VsphereError:
-            break
     if cancelled:
         if waiter.exception() is None:
             vm = ctx.session.client.bind(waiter.result())

@@ -22,7 +22,7 @@ from watcher.session import Session
 from watcher.soap import VsphereConnectionError, VsphereError, VsphereFault
 from watcher.tasks import wait_for_task
 
-from .parallel import shielded
+from .parallel import shielded, to_the_end
 
 log = structlog.get_logger(__name__)
 
@@ -253,17 +253,9 @@ async def _snapshot(session: Session, vm: Any, description: str, *, quiesce: boo
     )
     # Cancelled while vCenter still creates it, the snapshot would outlive us: wait for the
     # task to end regardless, then remove what it made, then let the cancellation through.
-    waiter = asyncio.ensure_future(
+    waiter, cancelled = await to_the_end(
         wait_for_task(session, task, timeout=3600, description=f"snapshot {vm._moId}")
     )
-    cancelled = False
-    while not waiter.done():
-        try:
-            await asyncio.shield(waiter)
-        except asyncio.CancelledError:
-            cancelled = True
-        except VsphereError:
-            break
     if cancelled:
         # Cancelled while the task ran: whatever became of it, the cancellation goes on (a
         # fault here must not reach the quiesce retry / fallback, which would carry on).

@@ -168,6 +168,24 @@ func (c *cbt) pass(r *http.Request) *recorder {
 
 // taskResult returns the result of the task a *_Task call answered with,
 // when it succeeded. 0.24.2 runs tasks to completion before answering.
+// createdSnapshot is the VM and its new snapshot, when the CreateSnapshot_Task the
+// simulator answered in rec succeeded.
+func createdSnapshot(
+	rec *recorder, req *types.CreateSnapshot_Task,
+) (*simulator.VirtualMachine, *simulator.VirtualMachineSnapshot, bool) {
+	res, ok := taskResult(rec)
+	if !ok {
+		return nil, nil, false
+	}
+	snapRef, ok := res.(types.ManagedObjectReference)
+	if !ok {
+		return nil, nil, false
+	}
+	vm, ok1 := simulator.Map.Get(req.This).(*simulator.VirtualMachine)
+	snap, ok2 := simulator.Map.Get(snapRef).(*simulator.VirtualMachineSnapshot)
+	return vm, snap, ok1 && ok2
+}
+
 func taskResult(rec *recorder) (types.AnyType, bool) {
 	if rec.status != http.StatusOK {
 		return nil, false
@@ -291,17 +309,8 @@ func isTrue(b *bool) bool { return b != nil && *b }
 func (c *cbt) createSnapshot(w http.ResponseWriter, r *http.Request, req *types.CreateSnapshot_Task) {
 	rec := c.pass(r)
 	defer rec.flush(w)
-	res, ok := taskResult(rec)
+	vm, snap, ok := createdSnapshot(rec, req)
 	if !ok {
-		return
-	}
-	snapRef, ok := res.(types.ManagedObjectReference)
-	if !ok {
-		return
-	}
-	vm, ok1 := simulator.Map.Get(req.This).(*simulator.VirtualMachine)
-	snap, ok2 := simulator.Map.Get(snapRef).(*simulator.VirtualMachineSnapshot)
-	if !ok1 || !ok2 {
 		return
 	}
 

@@ -47,17 +47,8 @@ func (s *snapshotRDM) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rec := newRecorder()
 	s.next.ServeHTTP(rec, r)
 	defer rec.flush(w)
-	res, ok := taskResult(rec)
+	vm, snap, ok := createdSnapshot(rec, req)
 	if !ok {
-		return
-	}
-	snapRef, ok := res.(types.ManagedObjectReference)
-	if !ok {
-		return
-	}
-	vm, ok1 := simulator.Map.Get(req.This).(*simulator.VirtualMachine)
-	snap, ok2 := simulator.Map.Get(snapRef).(*simulator.VirtualMachineSnapshot)
-	if !ok1 || !ok2 {
 		return
 	}
 	var name, dir string
