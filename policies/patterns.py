@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 import string
+import warnings
 from collections.abc import Callable
 from functools import lru_cache
 
@@ -35,27 +36,19 @@ _PUNCT = frozenset(string.punctuation)
 # `\Z` (Python's end of text) not itself escaped: RE2 spells it `\z`.
 _PY_END = re.compile(r"(?<!\\)((?:\\\\)*)\\Z")
 
-# Why RE2 refuses what Python accepts: the start of RE2's message → what to tell the admin.
-_UNSUPPORTED = (
-    ("invalid escape sequence: \\1", "backreferences are not supported"),
-    ("invalid escape sequence: \\2", "backreferences are not supported"),
-    ("invalid escape sequence: \\3", "backreferences are not supported"),
-    ("invalid escape sequence: \\4", "backreferences are not supported"),
-    ("invalid escape sequence: \\5", "backreferences are not supported"),
-    ("invalid escape sequence: \\6", "backreferences are not supported"),
-    ("invalid escape sequence: \\7", "backreferences are not supported"),
-    ("invalid escape sequence: \\8", "backreferences are not supported"),
-    ("invalid escape sequence: \\9", "backreferences are not supported"),
-    ("invalid perl operator: (?P", "named backreferences are not supported"),
-    ("invalid perl operator: (?=", "lookahead is not supported"),
-    ("invalid perl operator: (?!", "lookahead is not supported"),
-    ("invalid perl operator: (?<=", "lookbehind is not supported"),
-    ("invalid perl operator: (?<!", "lookbehind is not supported"),
-    ("invalid perl operator: (?>", "atomic groups are not supported"),
-    ("bad repetition operator: ++", "possessive repeats are not supported"),
-    ("bad repetition operator: *+", "possessive repeats are not supported"),
-    ("bad repetition operator: ?+", "possessive repeats are not supported"),
-    ("invalid perl operator: (?", "only the inline flags i, m, s and U are supported"),
+# Why RE2 refuses what Python accepts: RE2's message → what to tell the admin.
+_UNSUPPORTED = tuple(
+    (re.compile(rx), hint)
+    for rx, hint in (
+        (r"invalid escape sequence: \\[1-9]", "backreferences are not supported"),
+        (r"invalid perl operator: \(\?P$", "named backreferences are not supported"),
+        (r"invalid perl operator: \(\?[=!]$", "lookahead is not supported"),
+        (r"invalid perl operator: \(\?<[=!]$", "lookbehind is not supported"),
+        (r"invalid perl operator: \(\?>$", "atomic groups are not supported"),
+        (r"bad repetition operator: \S*\+$", "possessive repeats are not supported"),
+        (r"invalid perl operator: \(\?#$", "comments are not supported"),
+        (r"invalid perl operator: \(\?", "only the inline flags i, m, s and U are supported"),
+    )
 )
 
 
@@ -168,10 +161,12 @@ def re2_syntax(expr: str) -> str:
 
 def _refusal(expr: str, reason: str) -> PatternError:
     try:
-        re.compile(expr)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. FutureWarning about nested sets
+            re.compile(expr)
     except re.error as exc:  # invalid anywhere: Python's message says where
         return PatternError(f'invalid regular expression "{expr}": {exc}')
-    hint = next((h for prefix, h in _UNSUPPORTED if reason.startswith(prefix)), None)
+    hint = next((h for rx, h in _UNSUPPORTED if rx.match(reason)), None)
     why = f"{hint} ({reason})" if hint else reason
     return PatternError(
         f'unsupported regular expression "{expr}": {why}; patterns run on RE2, '
