@@ -111,7 +111,7 @@ def _translate_segment(seg: str, any_char: str, star: str) -> str:
             if negate:
                 body = body[1:]
             # Every character of the set is literal except "-" between two (a range), as
-            # in fnmatch: "[[:alpha:]]" is the set "[:alph" then "]", not a POSIX class.
+            # in fnmatch: "[[:alpha:]]" is the set "[:alpha:" then "]", not a POSIX class.
             inner = "".join(ch if ch == "-" else _escape(ch) for ch in body)
             out.append(f"[{'^' if negate else ''}{inner}]")
             i = j
