@@ -336,7 +336,7 @@ class Daemon:
     def _policy(self, name: str | None) -> Policy | None:
         if name is None or self.policies is None:
             return None
-        return next((p for p in self.policies.current if p.name == name), None)
+        return self.policies.policy(name)  # also a policy a VM is held on (policies/holds.py)
 
     def _evaluate(self, node: Any, compiled: CompiledSet) -> str | None:
         res = evaluate_one(compiled, vm_facts(node))
