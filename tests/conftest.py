@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from protector.simulator import Simulator, build
+from protector.devtools.simulator import Simulator, build
 
 
 @pytest.fixture(scope="session")

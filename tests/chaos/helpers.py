@@ -25,8 +25,8 @@ from typing import Any
 
 from pyVmomi import vim
 
-from protector.simulator import Simulator
-from protector.snapshots import our_snapshots
+from protector.devtools.simulator import Simulator
+from protector.vsphere.snapshots import our_snapshots
 from repository import Repository
 from watcher.session import Credentials, Session
 from watcher.soap import Endpoint

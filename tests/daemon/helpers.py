@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from protector.config import Config, load_config
-from protector.simtools import create_folder, create_vm, find, move_vm
+from protector.devtools.simtools import create_folder, create_vm, find, move_vm
 from watcher.session import Credentials, Session
 from watcher.soap import Endpoint
 

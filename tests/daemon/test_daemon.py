@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from protector.daemon import Daemon
-from protector.demo import flat_url, put_disk
+from protector.daemon.core import Daemon
+from protector.devtools.demo import flat_url, put_disk
 
 from .helpers import (
     create_folder,
@@ -193,7 +193,7 @@ def _metrics(daemon: Daemon) -> str:
 async def test_simulator_restart_recovers_without_duplicate_jobs(tmp_path, vcsim_binary):
     import socket
 
-    from protector.simulator import Simulator
+    from protector.devtools.simulator import Simulator
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from protector.daemon import Daemon
+from protector.daemon.core import Daemon
 
 from .helpers import load, policy, wait_for, write_config
 from .test_daemon import _metrics, points_of, running, vm_state

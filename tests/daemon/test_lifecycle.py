@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from protector.snapshots import our_snapshots
+from protector.vsphere.snapshots import our_snapshots
 
 from .helpers import PASSWORD_ENV, policy, session_for, wait_for, write_config
 

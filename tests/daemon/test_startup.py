@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 from structlog.testing import capture_logs
 
-from protector.daemon import Daemon
+from protector.daemon.core import Daemon
 from protector.errors import UserError
 
 from .helpers import load, policy, write_config

@@ -148,7 +148,7 @@ async def test_a_trigger_deferred_by_the_window_runs_when_the_window_opens(tmp_p
     ).replace('rpo = "24h"', f'rpo = "72h"\nwindow = "{window}"')
     cfg = write_config(tmp_path, vcsim_fresh, text)
     async with running(cfg) as daemon:
-        from protector.daemon import VmState
+        from protector.daemon.core import VmState
 
         node = next(v for v in daemon.watcher.tree.vms() if v.name == "DC0_H0_VM1")
         now = datetime.now().astimezone()

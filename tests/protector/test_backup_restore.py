@@ -13,8 +13,8 @@ import pytest
 from pyVmomi import vim
 
 from protector.errors import UserError
-from protector.restore import Placement, restore_as_new, restore_to_existing
-from protector.snapshots import SNAPSHOT_NAME
+from protector.restore.core import Placement, restore_as_new, restore_to_existing
+from protector.vsphere.snapshots import SNAPSHOT_NAME
 from repository import verify
 from repository.backend import LocalBackend
 
@@ -326,7 +326,7 @@ async def test_cli_backup_list_restore_export_json(rig: Rig) -> None:
 
 
 async def test_vapp_is_backed_up_as_one_job_with_linked_points(vapp_rig: Rig) -> None:
-    from protector.backup import BackupOptions, backup_vapp
+    from protector.backup.workflow import BackupOptions, backup_vapp
 
     rig = vapp_rig
     idx = rig.session.content.searchIndex

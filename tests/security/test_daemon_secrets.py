@@ -14,7 +14,7 @@ import pytest
 
 from protector import logs
 from protector.config import load_config
-from protector.daemon import Daemon
+from protector.daemon.core import Daemon
 
 pytestmark = pytest.mark.slow
 
