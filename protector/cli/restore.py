@@ -75,13 +75,13 @@ def register(sub: Any) -> None:
 async def run(args: argparse.Namespace) -> int:
     from protector.cli.common import open_repository, require_point
     from protector.context import Context
-    from protector.restore.core import (
+    from protector.restore import (
         Placement,
         find_original_vm,
-        load_point,
         restore_as_new,
         restore_to_existing,
     )
+    from protector.restore.points import load_point
     from protector.vsphere.connect import open_session
 
     if args.to_existing and (args.folder or args.pool or args.datastore or args.host):

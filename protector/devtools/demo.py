@@ -197,7 +197,7 @@ async def tour(keep: bool) -> int:
 
         step(7, "Restoring the incremental as a new VM app-1-restored, and comparing bytes")
         from protector.context import Context
-        from protector.restore.core import Placement, restore_as_new
+        from protector.restore import Placement, restore_as_new
 
         assert daemon.repo is not None
         ctx = Context.create(cfg, session, daemon.repo, None)

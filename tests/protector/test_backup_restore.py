@@ -13,7 +13,7 @@ import pytest
 from pyVmomi import vim
 
 from protector.errors import UserError
-from protector.restore.core import Placement, restore_as_new, restore_to_existing
+from protector.restore import Placement, restore_as_new, restore_to_existing
 from protector.vsphere.snapshots import SNAPSHOT_NAME
 from repository import verify
 from repository.backend import LocalBackend

@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 import pytest
 
-from protector.restore.core import Placement, restore_as_new, restore_to_existing
+from protector.restore import Placement, restore_as_new, restore_to_existing
 
 MIB = 1024 * 1024
 BLOCK = 64 * 1024

@@ -13,9 +13,9 @@ from typing import Any
 import anyio
 import pytest
 
-import protector.restore.core as restore_mod
+import protector.restore.diskwrite as restore_mod
 from protector.errors import UserError
-from protector.restore.core import Placement, restore_as_new, restore_to_existing
+from protector.restore import Placement, restore_as_new, restore_to_existing
 
 MIB = 1024 * 1024
 Rig = Any  # the rig fixtures of conftest.py

@@ -16,7 +16,7 @@ import pytest
 from pyVmomi import vim
 
 from protector.errors import UserError
-from protector.restore.core import find_original_vm, match_disks, restore_to_existing
+from protector.restore import find_original_vm, match_disks, restore_to_existing
 from protector.vsphere.vmconfig import DiskInfo
 from repository import DiskRecord
 

@@ -17,7 +17,7 @@ from typing import Any
 import anyio
 import pytest
 
-from protector.restore.core import restore_to_existing
+from protector.restore import restore_to_existing
 from protector.vmlock import VmBusyError, lock_path
 
 MIB = 1024 * 1024
