@@ -29,7 +29,7 @@ def register(sub: Any) -> None:
 
 async def run(args: argparse.Namespace) -> int:
     from protector.cli.common import check_repository_location, require_policies_path
-    from protector.daemon.core import Daemon
+    from protector.daemon.daemon import Daemon
 
     cfg = config_of(args)
     require_policies_path(cfg)

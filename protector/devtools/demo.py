@@ -23,7 +23,7 @@ from pyVmomi import vim
 
 from protector.cli.progress import human_bytes
 from protector.config import load_config
-from protector.daemon.core import Daemon
+from protector.daemon.daemon import Daemon
 from protector.devtools.simtools import create_folder, create_vm, move_vm
 from protector.devtools.simulator import Simulator
 from protector.errors import UserError

@@ -22,6 +22,7 @@ from protector.parallel import shielded, to_the_end
 from watcher.session import Session
 from watcher.soap import VsphereConnectionError, VsphereError, VsphereFault
 from watcher.tasks import wait_for_task
+from watcher.traversal import inventory_filter_spec
 
 log = structlog.get_logger(__name__)
 
@@ -102,17 +103,53 @@ async def our_snapshots(session: Session, vm: Any) -> list[Any]:
     return [n.snapshot for n in walk_snapshots(info.rootSnapshotList) if n.name == SNAPSHOT_NAME]
 
 
-async def leftover_snapshots(session: Session, vm: Any) -> list[Any]:
-    props = await session.properties(vm, ["snapshot"])
-    info = props.get("snapshot")
+def leftovers_in(info: Any, now: datetime) -> list[Any]:
+    """The leftovers in one VM's `snapshot` property (a VirtualMachineSnapshotInfo or None):
+    the one rule both the per-VM cleanup (before a backup) and the inventory-wide scan (at
+    daemon start) apply."""
     if info is None:
         return []
-    now = datetime.now(UTC)
     return [
         n.snapshot
         for n in walk_snapshots(info.rootSnapshotList)
         if n.name == SNAPSHOT_NAME and is_leftover(n, now)
     ]
+
+
+async def leftover_snapshots(session: Session, vm: Any) -> list[Any]:
+    props = await session.properties(vm, ["snapshot"])
+    return leftovers_in(props.get("snapshot"), datetime.now(UTC))
+
+
+async def remove_leftovers_everywhere(session: Session) -> list[str]:
+    """After a crash, our snapshots may still exist on VMs whose points are fresh (and so
+    get no job soon): find them all in one PropertyCollector read and remove them. Returns
+    one line per snapshot that could not be removed (one stuck snapshot does not keep the
+    others; the VM's next backup tries again, as it removes leftovers first)."""
+    spec = inventory_filter_spec(session.content.rootFolder)
+    for ps in spec.propSet:
+        ps.pathSet = ["snapshot"] if ps.type.__name__.endswith("VirtualMachine") else ["name"]
+    objs = await session.retrieve([spec])
+    now = datetime.now(UTC)
+    failed: list[str] = []
+    for oc in objs:
+        for prop in oc.propSet or []:
+            if prop.name != "snapshot":
+                continue
+            for snap in leftovers_in(prop.val, now):
+                log.warning("daemon.leftover_snapshot", vm=oc.obj._moId)
+                try:
+                    await remove_snapshot(session, session.client.bind(snap))
+                except VsphereError as exc:
+                    log.error(
+                        "daemon.leftover_snapshot_not_removed",
+                        vm=oc.obj._moId,
+                        error=str(exc),
+                        next_step="the VM's next backup retries; else remove it "
+                        "in the vSphere client",
+                    )
+                    failed.append(f"leftover snapshot on {oc.obj._moId} not removed: {exc}")
+    return failed
 
 
 async def remove_snapshot(session: Session, snapshot: Any) -> None:

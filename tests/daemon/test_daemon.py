@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from protector.daemon.core import Daemon
+from protector.daemon.daemon import Daemon
 from protector.devtools.demo import flat_url, put_disk
 
 from .helpers import (
@@ -186,7 +186,7 @@ async def test_broken_policy_edit_keeps_old_policies_and_shows_error(tmp_path, v
 def _metrics(daemon: Daemon) -> str:
     from prometheus_client import generate_latest
 
-    daemon._refresh_metrics()
+    daemon.refresh_metrics()
     return generate_latest(daemon.metrics.registry).decode()
 
 

@@ -148,16 +148,18 @@ async def test_a_trigger_deferred_by_the_window_runs_when_the_window_opens(tmp_p
     ).replace('rpo = "24h"', f'rpo = "72h"\nwindow = "{window}"')
     cfg = write_config(tmp_path, vcsim_fresh, text)
     async with running(cfg) as daemon:
-        from protector.daemon.core import VmState
+        from protector.daemon.state import VmState
 
         node = next(v for v in daemon.watcher.tree.vms() if v.name == "DC0_H0_VM1")
         now = datetime.now().astimezone()
         daemon.state[node.identity] = VmState(newest_good=now)  # a point within the RPO
-        daemon._reschedule(node.identity)
+        daemon.planner.reschedule(node.identity)
         # RPO-driven: the latest window that keeps the 72 h RPO, two days from now.
-        assert daemon.due[node.identity] > now + timedelta(hours=40)
-        daemon._trigger_if_due(node, daemon._policy("nightly"), "test", even_if_fresh=True)
+        assert daemon.planner.due[node.identity] > now + timedelta(hours=40)
+        daemon.planner.trigger_if_due(
+            node, daemon.planner.policy("nightly"), "test", even_if_fresh=True
+        )
         # Deferred: today's window, which opens in two hours.
-        due = daemon.due[node.identity]
+        due = daemon.planner.due[node.identity]
         assert now + timedelta(minutes=118) <= due <= now + timedelta(hours=3), (due, now)
         assert not daemon.runner.history  # nothing ran outside the window

@@ -271,7 +271,7 @@ async def test_a_busy_vm_is_retried_later_without_counting_as_a_failure():
 
 
 class VmGone(Exception):
-    """Stands for protector.daemon.core.VmGone: the VM was deleted."""
+    """Stands for protector.daemon.worker.VmGone: the VM was deleted."""
 
 
 async def test_a_deleted_vm_is_given_up_not_retried_nor_counted_as_failing():
