@@ -31,10 +31,10 @@ from protector.vsphere.disks import (
     VSS_MANIFEST,
     changed_areas,
     fetch_datastore_file,
-    join_datastore_path,
     open_disk_for_read,
     snapshot_dir,
 )
+from protector.vsphere.dspath import join_datastore_path
 from protector.vsphere.snapshots import backup_snapshot, remove_leftovers, snapshot_description
 from protector.vsphere.vmconfig import DiskInfo, disk_summaries, serialize_config
 from repository import DiskRecord, PointWriter, SkippedDisk, VmIdentity

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from protector.cli.common import config_of, print_json
+from protector.cli.common import config_of, json_option, print_json
 from protector.cli.progress import ProgressLine, human_bytes
 from protector.errors import UserError
 
@@ -41,9 +41,7 @@ def register(sub: Any) -> None:
         action="store_true",
         help="read every allocated block, not only the blocks CBT says changed",
     )
-    p.add_argument(
-        "--json", action="store_true", help="print the new restore point as JSON (see `list`)"
-    )
+    json_option(p, "print the new restore point as JSON (see `list`)")
     p.set_defaults(handler=run)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from protector.cli.common import config_of, open_repository, print_json
+from protector.cli.common import config_of, json_option, open_repository, print_json
 from protector.repoaccess import open_catalog
 
 
@@ -23,7 +23,7 @@ def register(sub: Any) -> None:
         description="Recreate the catalog database (repository.path/catalog.db) from the "
         "restore-point manifests, after it was lost or damaged. Safe to run any time.",
     )
-    r.add_argument("--json", action="store_true", help="print the number of points indexed as JSON")
+    json_option(r, "print the number of points indexed as JSON")
     r.set_defaults(handler=run)
 
 

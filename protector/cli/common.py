@@ -28,6 +28,11 @@ def print_json(data: Any) -> None:
     sys.stdout.write("\n")
 
 
+def json_option(p: argparse.ArgumentParser, help: str) -> None:
+    """--json: the command's result as JSON on stdout (logs and errors stay on stderr)."""
+    p.add_argument("--json", action="store_true", help=help)
+
+
 def did_you_mean(wanted: str, candidates: Iterable[str], n: int = 3, cutoff: float = 0.6) -> str:
     """A "; did you mean A or B?" hint with the closest candidates, or an empty string."""
     pool = sorted(set(candidates))
@@ -51,13 +56,12 @@ def require_policies_path(cfg: Config) -> None:
 
 def find_vm(vms: Sequence[Any], spec: str) -> Any:
     """vmlookup.find_vm, with the names closest to a mistyped one."""
+    from protector.vsphere.vmlookup import VmNotFound
     from protector.vsphere.vmlookup import find_vm as lookup
 
     try:
         return lookup(vms, spec)
-    except UserError as exc:
-        if not str(exc).startswith("no VM with"):
-            raise  # ambiguous: the message already lists the candidates
+    except VmNotFound as exc:  # (an ambiguous name's message already lists the candidates)
         key = spec.strip()
         names = [v.path for v in vms] if key.startswith("/") else [v.name for v in vms]
         hint = did_you_mean(key, names)

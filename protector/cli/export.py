@@ -7,7 +7,7 @@ from typing import Any
 
 import anyio
 
-from protector.cli.common import config_of, open_repository, print_json, require_point
+from protector.cli.common import config_of, json_option, open_repository, print_json, require_point
 from protector.errors import UserError
 from repository.errors import CorruptChunkError, RepositoryError
 
@@ -38,9 +38,7 @@ def register(sub: Any) -> None:
         action="store_true",
         help="write the point's vss-manifest.zip (Windows VSS writer metadata) instead of a disk",
     )
-    p.add_argument(
-        "--json", action="store_true", help="print what was written (file, bytes) as JSON"
-    )
+    json_option(p, "print what was written (file, bytes) as JSON")
     p.set_defaults(handler=run)
 
 

@@ -8,7 +8,7 @@ import json
 import sys
 from typing import Any
 
-from protector.cli.common import print_json
+from protector.cli.common import json_option, print_json
 from protector.vsphere.connect import open_session
 
 
@@ -25,10 +25,9 @@ def register(sub: Any) -> None:
         "  vigil inventory --json | jq -r '.[].path'\n"
         "  vigil inventory --watch --json      # one JSON object per line, per event",
     )
-    p.add_argument(
-        "--json",
-        action="store_true",
-        help="print a JSON list of VMs (path, name, moref, instance_uuid, power_state, "
+    json_option(
+        p,
+        "print a JSON list of VMs (path, name, moref, instance_uuid, power_state, "
         "template); with --watch one JSON object per event and line",
     )
     p.add_argument(

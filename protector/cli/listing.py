@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from protector.cli.common import config_of, did_you_mean, open_repository, print_json
+from protector.cli.common import config_of, did_you_mean, json_option, open_repository, print_json
 from protector.repoaccess import all_manifests, matches_vm, point_summary
 
 
@@ -27,10 +27,9 @@ def register(sub: Any) -> None:
         metavar="VM",
         help="only this VM's points: name, inventory path, MoRef or instance UUID",
     )
-    p.add_argument(
-        "--json",
-        action="store_true",
-        help="print a JSON list of points (id, vm, created_at, type, policy, consistency, "
+    json_option(
+        p,
+        "print a JSON list of points (id, vm, created_at, type, policy, consistency, "
         "disks), newest first",
     )
     p.set_defaults(handler=run)

@@ -8,7 +8,7 @@ from typing import Any
 
 from policies.cli import check_exit_code, check_report, diff_report, render_check, render_diff
 from policies.errors import PolicyLoadError
-from protector.cli.common import config_of, print_json, require_policies_path
+from protector.cli.common import config_of, json_option, print_json, require_policies_path
 from protector.policyaccess import vm_facts
 from protector.vsphere.connect import open_session
 
@@ -32,11 +32,7 @@ def register(sub: Any) -> None:
         "loading errors or equal-priority conflicts.",
         epilog="Examples:\n\n  vigil policy check\n  vigil policy check --json | jq '.unprotected'",
     )
-    c.add_argument(
-        "--json",
-        action="store_true",
-        help='print {"policies": [...], "overlaps": [...], "unprotected": [...]}',
-    )
+    json_option(c, 'print {"policies": [...], "overlaps": [...], "unprotected": [...]}')
     c.set_defaults(handler=run_check)
     d = sp.add_parser(
         "diff",
@@ -52,7 +48,7 @@ def register(sub: Any) -> None:
     d.add_argument(
         "new_path", metavar="NEW_PATH", help="a policy file, or a directory of *.toml files"
     )
-    d.add_argument("--json", action="store_true", help="print the changes as JSON")
+    json_option(d, "print the changes as JSON")
     d.set_defaults(handler=run_diff)
 
 

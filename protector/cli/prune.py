@@ -11,7 +11,13 @@ import anyio
 from policies.engine import evaluate_one
 from policies.errors import PolicyLoadError
 from policies.loader import load_policies
-from protector.cli.common import config_of, open_repository, print_json, require_policies_path
+from protector.cli.common import (
+    config_of,
+    json_option,
+    open_repository,
+    print_json,
+    require_policies_path,
+)
 from protector.errors import UserError
 from protector.policyaccess import PruneScope, retention_rules
 from protector.vsphere.connect import open_session
@@ -33,11 +39,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--dry-run", action="store_true", help="change nothing; list each point kept or deleted"
     )
-    p.add_argument(
-        "--json",
-        action="store_true",
-        help="print the decisions (point, vm, delete, reason) and what was freed as JSON",
-    )
+    json_option(p, "print the decisions (point, vm, delete, reason) and what was freed as JSON")
     p.set_defaults(handler=run)
 
 

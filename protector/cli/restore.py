@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from protector.cli.common import config_of, print_json
+from protector.cli.common import config_of, json_option, print_json
 from protector.cli.progress import ProgressLine, human_bytes
 from protector.errors import UserError
 
@@ -68,7 +68,7 @@ def register(sub: Any) -> None:
         action="store_true",
         help="with --new-name: keep the new VM when the restore fails (default: destroy it)",
     )
-    p.add_argument("--json", action="store_true", help="print the restored VM and disks as JSON")
+    json_option(p, "print the restored VM and disks as JSON")
     p.set_defaults(handler=run)
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import aiohttp
 
-from protector.cli.common import config_of, print_json
+from protector.cli.common import config_of, json_option, print_json
 from protector.errors import UserError
 
 
@@ -24,7 +24,7 @@ def register(sub: Any) -> None:
         "  vigil status\n"
         "  vigil status --json | jq '.vms[] | select(.breached)'",
     )
-    p.add_argument("--json", action="store_true", help="print the daemon's /status.json")
+    json_option(p, "print the daemon's /status.json")
     p.set_defaults(handler=run)
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import anyio
 
-from protector.cli.common import config_of, open_repository, print_json, require_point
+from protector.cli.common import config_of, json_option, open_repository, print_json, require_point
 from protector.repoaccess import open_catalog
 from repository import verify
 
@@ -36,11 +36,7 @@ def register(sub: Any) -> None:
         metavar="PCT",
         help="with --read-data: read a random PCT %% of the chunks (default 100)",
     )
-    p.add_argument(
-        "--json",
-        action="store_true",
-        help="print the report (ok, bad chunks/indexes/manifests, affected points) as JSON",
-    )
+    json_option(p, "print the report (ok, bad chunks/indexes/manifests, affected points) as JSON")
     p.set_defaults(handler=run)
 
 

@@ -20,6 +20,7 @@ from protector.restore.existing import power_on_vm
 from protector.restore.points import load_point, saved_config
 from protector.restore.result import Progress, RestoreResult
 from protector.vsphere.configspec import build_config_spec, video_card_edit_spec
+from protector.vsphere.dspath import split_datastore_path
 from protector.vsphere.placement import default_folder_and_pool, find_datastore
 from protector.vsphere.vmconfig import disk_summaries
 from repository import Manifest
@@ -78,10 +79,10 @@ async def _default_placement(ctx: Context, manifest: Manifest, config: Any) -> d
 
 
 async def _datastore_name(ctx: Context, config: Any) -> str:
-    path = config.files.vmPathName or ""
-    if path.startswith("[") and "]" in path:
-        return path[1 : path.index("]")]
-    raise UserError("cannot tell the original datastore; pass --datastore", 2)
+    try:
+        return split_datastore_path(config.files.vmPathName or "")[0]
+    except ValueError:
+        raise UserError("cannot tell the original datastore; pass --datastore", 2) from None
 
 
 async def _refuse_taken_name(ctx: Context, folder: Any, name: str, asked: str | None) -> None:

@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 from pyVmomi import vim
 
+from protector.vsphere.dspath import datastore_path
 from protector.vsphere.vmconfig import (
     backing_kind,
     devices_of,
@@ -176,10 +177,6 @@ def _default_controller_key(ctrl: Any) -> int | None:
         if isinstance(ctrl, cls):
             return None if base is None else base + int(ctrl.busNumber or 0)
     raise AssertionError(f"not a default controller: {type(ctrl).__name__}")
-
-
-def _datastore_path(datastore_name: str, path: str) -> str:
-    return path if path.startswith("[") else f"[{datastore_name}] {path}"
 
 
 def _new_disk_backing(
@@ -352,7 +349,7 @@ def build_config_spec(
             capacity = disk_capacity_bytes(old)
             if capacity <= 0:
                 raise ConfigSpecError(f"{_label(old)}: saved capacity is {capacity} bytes")
-            file_name = _datastore_path(
+            file_name = datastore_path(
                 datastore_name, disk_files.get(old.key, f"[{datastore_name}]")
             )
             dev.backing = _new_disk_backing(old.backing, kind, file_name)

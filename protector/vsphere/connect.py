@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import ssl
 from urllib.parse import urlsplit
 
@@ -51,7 +50,22 @@ def wont_heal(exc: VsphereError) -> bool:
     """Failures that retrying cannot fix (credentials, certificates), unlike an outage."""
     if isinstance(exc, (LoginError, TlsPinError)):
         return True
-    return isinstance(exc, VsphereConnectionError) and "CERTIFICATE_VERIFY_FAILED" in str(exc)
+    return isinstance(exc, VsphereConnectionError) and untrusted_certificate(exc) is not None
+
+
+def untrusted_certificate(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate verification failure a connection error comes from, if that is what
+    it was: found by type along the cause chain (the watcher raises `from` the aiohttp
+    error), not by the wording of a message."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return seen
+        if isinstance(seen, aiohttp.ClientConnectorCertificateError):
+            err = seen.certificate_error
+            return err if isinstance(err, ssl.SSLCertVerificationError) else None
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def password_source(cfg: Config) -> str:
@@ -73,8 +87,8 @@ async def explain_connect_error(cfg: Config, exc: VsphereError) -> str:
             f"(vcenter.connect_timeout); check vcenter.url in {cfg.path} and the network"
         )
     if isinstance(exc, VsphereConnectionError):
-        if "CERTIFICATE_VERIFY_FAILED" in str(exc):
-            return await _untrusted_certificate(cfg, exc)
+        if (cert_error := untrusted_certificate(exc)) is not None:
+            return await _untrusted_certificate(cfg, cert_error)
         return (
             f"cannot reach vCenter at {cfg.vcenter.url}: {_reason(exc)}; check vcenter.url in "
             f"{cfg.path} and that this host can reach it"
@@ -94,9 +108,8 @@ def _reason(exc: BaseException) -> str:
     return text.split(": ", 1)[1] if text.startswith("cannot reach vCenter at") else text
 
 
-async def _untrusted_certificate(cfg: Config, exc: VsphereError) -> str:
-    m = re.search(r"certificate verify failed: ([^(\]]+)", str(exc))
-    why = m.group(1).strip() if m else "not trusted"
+async def _untrusted_certificate(cfg: Config, exc: ssl.SSLCertVerificationError) -> str:
+    why = (exc.verify_message or "").strip() or "not trusted"
     parts = urlsplit(cfg.vcenter.url)
     thumbprint = await fetch_thumbprint(parts.hostname or "", parts.port or 443)
     pin = (

@@ -17,6 +17,7 @@ from disk_io.model import DiskLocation, Extent, VcenterAccess
 from disk_io.transport import DiskTransport, TransportSettings, open_disk
 from protector.config import Config
 from protector.context import Context
+from protector.vsphere.dspath import split_datastore_path
 from protector.vsphere.vmconfig import DiskInfo
 from watcher.session import Session
 from watcher.soap import COOKIE_NAME, VsphereProtocolError, redirect_error
@@ -40,14 +41,6 @@ def vcenter_access(session: Session) -> VcenterAccess:
         verify=ep.verify_tls,
         ssl_context=ep.ssl_context() if ep.ca_file else None,
     )
-
-
-def split_datastore_path(file_name: str) -> tuple[str, str]:
-    """'[LocalDS_0] vm/vm.vmdk' → ('LocalDS_0', 'vm/vm.vmdk')."""
-    if not file_name.startswith("[") or "]" not in file_name:
-        raise ValueError(f"not a datastore path: {file_name!r}")
-    ds, _, rest = file_name[1:].partition("]")
-    return ds, rest.strip()
 
 
 async def datacenter_path(ctx: Context, vm: Any) -> str:
@@ -160,11 +153,6 @@ def snapshot_dir(files: Any) -> str:
         return f"[{ds}] {rel.strip('/')}"
     ds, rel = split_datastore_path(files.vmPathName or "")
     return f"[{ds}] {posixpath.dirname(rel)}"
-
-
-def join_datastore_path(directory: str, name: str) -> str:
-    ds, rel = split_datastore_path(directory)
-    return f"[{ds}] {posixpath.join(rel, name) if rel else name}"
 
 
 async def fetch_datastore_file(

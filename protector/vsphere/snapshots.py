@@ -206,43 +206,36 @@ async def _remove_with_retries(session: Session, vm: Any, snapshot: Any) -> None
             if loop.time() < give_up:
                 delay = min(delay * 2, RETRY_MAX_DELAY)
                 continue
-            log.error(
-                "backup.snapshot_remove_failed",
-                vm=vm._moId,
-                snapshot=snapshot._moId,
-                error=str(exc),
-                attempts=attempt,
-                next_step="the next backup of this VM removes it",
-            )
-            return
+            _left_for_next_backup(log.error, "failed", vm, snapshot, str(exc), attempts=attempt)
         except VsphereFault as exc:
-            if exc.fault_type == "ManagedObjectNotFound":
-                return  # removed meanwhile: by vCenter finishing our first try, or a backup
-            log.error(
-                "backup.snapshot_remove_failed",
-                vm=vm._moId,
-                snapshot=snapshot._moId,
-                error=str(exc),
-                next_step="the next backup of this VM removes it",
-            )
-            return
+            # ManagedObjectNotFound: removed meanwhile, by vCenter finishing our first try
+            # or by a backup.
+            if exc.fault_type != "ManagedObjectNotFound":
+                _left_for_next_backup(log.error, "failed", vm, snapshot, str(exc))
         except Exception as exc:  # e.g. the session was closed: the next run takes over
+            _left_for_next_backup(log.warning, "retry_stopped", vm, snapshot, repr(exc))
+        else:
             log.warning(
-                "backup.snapshot_remove_retry_stopped",
+                "backup.snapshot_removed_late",
                 vm=vm._moId,
                 snapshot=snapshot._moId,
-                error=repr(exc),
-                next_step="the next backup of this VM removes it",
+                attempts=attempt,
+                reason="vCenter was unreachable when the backup ended",
             )
-            return
-        log.warning(
-            "backup.snapshot_removed_late",
-            vm=vm._moId,
-            snapshot=snapshot._moId,
-            attempts=attempt,
-            reason="vCenter was unreachable when the backup ended",
-        )
         return
+
+
+def _left_for_next_backup(
+    emit: Any, what: str, vm: Any, snapshot: Any, error: str, **extra: Any
+) -> None:
+    emit(
+        f"backup.snapshot_remove_{what}",
+        vm=vm._moId,
+        snapshot=snapshot._moId,
+        error=error,
+        **extra,
+        next_step="the next backup of this VM removes it",
+    )
 
 
 async def create_snapshot(

@@ -12,6 +12,14 @@ UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 MOREF_RE = re.compile(r"^vm-\d+$")
 
 
+class VmNotFound(UserError):
+    """No VM matches what was typed (the CLI adds the closest names)."""
+
+
+class VmAmbiguous(UserError):
+    """More than one VM matches; the message lists them."""
+
+
 def find_vm(vms: Sequence[Any], spec: str) -> Any:
     """The one VM `spec` names; a UserError listing candidates when it is ambiguous."""
     spec = spec.strip()
@@ -31,12 +39,12 @@ def find_vm(vms: Sequence[Any], spec: str) -> Any:
         matches = [v for v in vms if v.name == spec]
         what = "name"
     if not matches:
-        raise UserError(
+        raise VmNotFound(
             f"no VM with {what} {spec!r}; `vigil inventory` lists the VMs vigil can see"
         )
     if len(matches) > 1:
         listing = "\n".join(f"  {v.path}  ({v.moref}, {v.instance_uuid})" for v in matches)
-        raise UserError(
+        raise VmAmbiguous(
             f"{len(matches)} VMs have the {what} {spec!r}; name one by inventory path or "
             f"instance UUID:\n{listing}"
         )
