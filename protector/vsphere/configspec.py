@@ -58,7 +58,6 @@ _DEFAULT_CONTROLLER_KEY_BASE: dict[type, int | None] = {
     D.VirtualSIOController: 400,
     D.VirtualPCIController: None,
 }
-VIDEO_CARD_KEY = 500
 
 # Same name and type on ConfigInfo and ConfigSpec; copied as they are.
 COPIED_FIELDS = (

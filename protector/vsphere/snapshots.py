@@ -94,15 +94,6 @@ def is_leftover(tree_node: Any, now: datetime) -> bool:
     return created is None or now - created > FOREIGN_STALE_AFTER
 
 
-async def our_snapshots(session: Session, vm: Any) -> list[Any]:
-    """Every snapshot named like ours, whoever owns it."""
-    props = await session.properties(vm, ["snapshot"])
-    info = props.get("snapshot")
-    if info is None:
-        return []
-    return [n.snapshot for n in walk_snapshots(info.rootSnapshotList) if n.name == SNAPSHOT_NAME]
-
-
 def leftovers_in(info: Any, now: datetime) -> list[Any]:
     """The leftovers in one VM's `snapshot` property (a VirtualMachineSnapshotInfo or None):
     the one rule both the per-VM cleanup (before a backup) and the inventory-wide scan (at
