@@ -24,5 +24,10 @@ def register(sub: Any) -> None:
 
 async def run(args: argparse.Namespace) -> int:
     from protector.devtools.demo import tour
+    from protector.devtools.simulator import SimulatorError
+    from protector.errors import UserError
 
-    return await tour(args.keep)
+    try:
+        return await tour(args.keep)
+    except SimulatorError as exc:  # no Go, no govmomi, no sources: say what to install
+        raise UserError(f"demo: {exc}") from None

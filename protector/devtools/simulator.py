@@ -1,8 +1,11 @@
 """Build and run the bundled vCenter simulator (`vcsim/`), for the demo and the tests.
 
 The binary is built with Debian's Go against Debian's govmomi in GOPATH mode and
-cached under `build/` by a hash of the Go sources, so an edit rebuilds it and an
-unchanged tree never does.
+cached by a hash of the Go sources (under the checkout's `build/`, else the user's cache
+directory), so an edit rebuilds it and an unchanged tree never does. The sources are the
+checkout's `vcsim/`, else the copy an installed wheel ships (protector/devtools/vcsim,
+package data): `vigil demo` works from a wheel once Go and govmomi are installed, and
+says so when they are not.
 """
 
 from __future__ import annotations
@@ -17,13 +20,36 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-VCSIM_SRC = ROOT / "vcsim"
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]  # the checkout, when running from one
 GOPATH = "/usr/share/gocode"
+NEEDS = (
+    "the simulator is built from Go sources: install Go and govmomi "
+    "(Debian/Ubuntu: apt-get install golang-go golang-github-vmware-govmomi-dev; "
+    "in a checkout `make deps` does it)"
+)
 
 
 class SimulatorError(RuntimeError):
     pass
+
+
+def _sources() -> Path:
+    """The checkout's vcsim/ (tests, `make demo`), else the wheel's copy."""
+    for src in (ROOT / "vcsim", HERE / "vcsim"):
+        if (src / "main.go").is_file():
+            return src
+    return ROOT / "vcsim"  # build() then says what is missing
+
+
+VCSIM_SRC = _sources()
+
+
+def _cache_dir() -> Path:
+    if (ROOT / "vcsim").is_dir():
+        return ROOT / "build"
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "vigil"
 
 
 def source_hash(src: Path = VCSIM_SRC) -> str:
@@ -36,21 +62,23 @@ def source_hash(src: Path = VCSIM_SRC) -> str:
 
 def build(src: Path = VCSIM_SRC, out_dir: Path | None = None) -> Path:
     """Return a vcsim binary for the current sources, building it if needed."""
-    out_dir = out_dir or (ROOT / "build")
+    if not (src / "main.go").is_file():
+        raise SimulatorError(f"the simulator's Go sources are not at {src}; {NEEDS}")
+    out_dir = out_dir or _cache_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
     binary = out_dir / f"vcsim-{source_hash(src)}"
     if binary.exists():
         return binary
     go = shutil.which("go")
     if go is None:
-        raise SimulatorError("Go is not installed: run `make deps` (installs golang-go)")
+        raise SimulatorError(f"Go is not installed: {NEEDS}")
     env = dict(os.environ, GO111MODULE="off", GOPATH=GOPATH, GOFLAGS="")
     tmp = binary.with_suffix(f".tmp{os.getpid()}")
     proc = subprocess.run(
         [go, "build", "-o", str(tmp), "."], cwd=src, env=env, capture_output=True, text=True
     )
     if proc.returncode != 0:
-        raise SimulatorError(f"building vcsim failed:\n{proc.stderr}")
+        raise SimulatorError(f"building vcsim failed:\n{proc.stderr}\n({NEEDS})")
     tmp.rename(binary)
     return binary
 
