@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 from pyVmomi import vim  # noqa: E402
 
-from protector.backup.workflow import BackupOptions, backup_vm  # noqa: E402
+from protector.backup import BackupOptions, backup_vm  # noqa: E402
 from protector.config import parse_config  # noqa: E402
 from protector.context import Context  # noqa: E402
 from protector.devtools.simulator import Simulator  # noqa: E402

@@ -14,7 +14,7 @@ from policies.errors import PolicyLoadError
 from policies.loader import load_policies
 from policies.model import Policy, PolicySet, VmFacts
 from policies.retention import RetentionPoint, plan_retention
-from protector.backup.workflow import BackupOptions
+from protector.backup.model import BackupOptions
 from protector.config import Config
 from repository import KeepRule, Manifest, VmIdentity
 

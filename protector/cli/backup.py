@@ -86,7 +86,7 @@ async def run(args: argparse.Namespace) -> int:
         raise UserError("name one VM, or a vApp with --vapp PATH (not both)")
     if args.vapp is not None:
         return await run_vapp(args)
-    from protector.backup.workflow import backup_vm
+    from protector.backup import backup_vm
     from protector.cli.common import find_vm, open_repository
     from protector.context import Context
     from protector.policyaccess import backup_options_for
@@ -133,7 +133,7 @@ async def run(args: argparse.Namespace) -> int:
 
 
 async def run_vapp(args: argparse.Namespace) -> int:
-    from protector.backup.workflow import backup_vapp
+    from protector.backup import backup_vapp
     from protector.cli.common import open_repository
     from protector.context import Context
     from protector.policyaccess import backup_options_for
@@ -208,6 +208,6 @@ async def run_vapp(args: argparse.Namespace) -> int:
 
 
 def options_default(full: bool) -> Any:
-    from protector.backup.workflow import BackupOptions
+    from protector.backup import BackupOptions
 
     return BackupOptions(full=full)

@@ -26,7 +26,7 @@ from policies.engine import CompiledSet, evaluate_one
 from policies.model import Policy
 from policies.reload import PolicyStore
 from policies.schedule import DEFAULT_MARGIN, in_window, next_run
-from protector.backup.workflow import BackupOptions
+from protector.backup.model import BackupOptions
 from protector.daemon.jobs import JobRecord, JobRequest
 from protector.daemon.state import VmState
 from protector.policyaccess import options_of, vm_facts

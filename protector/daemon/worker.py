@@ -14,7 +14,7 @@ from typing import Any
 import anyio
 
 from policies.model import Policy
-from protector.backup.workflow import BackupOptions, backup_vm
+from protector.backup import BackupOptions, backup_vm
 from protector.config import Config
 from protector.context import Context
 from protector.daemon.jobs import JobRecord, JobRequest

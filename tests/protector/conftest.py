@@ -17,7 +17,7 @@ import anyio
 import pytest
 from pyVmomi import vim
 
-from protector.backup.workflow import BackupOptions, BackupResult, backup_vm
+from protector.backup import BackupOptions, BackupResult, backup_vm
 from protector.config import Config, parse_config
 from protector.context import Context
 from protector.devtools.simulator import Simulator

@@ -326,7 +326,7 @@ async def test_cli_backup_list_restore_export_json(rig: Rig) -> None:
 
 
 async def test_vapp_is_backed_up_as_one_job_with_linked_points(vapp_rig: Rig) -> None:
-    from protector.backup.workflow import BackupOptions, backup_vapp
+    from protector.backup import BackupOptions, backup_vapp
 
     rig = vapp_rig
     idx = rig.session.content.searchIndex

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from protector.backup.workflow import BackupOptions, backup_vm
+from protector.backup import BackupOptions, backup_vm
 from repository import verify
 from repository.locks import FileLock
 

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from protector.backup.workflow import BackupOptions, backup_vm
+from protector.backup import BackupOptions, backup_vm
 from protector.devtools.simulator import Simulator
 from watcher.soap import VsphereFault
 
