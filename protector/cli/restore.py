@@ -97,6 +97,11 @@ async def run(args: argparse.Namespace) -> int:
     try:
         ctx = Context.create(cfg, session, repo, None)
         progress = ProgressLine(f"restore {args.point}")
+        both: dict[str, Any] = {
+            "power_on": args.power_on,
+            "verify": args.verify,
+            "progress": progress,
+        }
         if args.to_existing:
             manifest = await load_point(ctx, args.point)
             vm = await find_original_vm(ctx, manifest)
@@ -105,10 +110,8 @@ async def run(args: argparse.Namespace) -> int:
                 args.point,
                 vm,
                 power_off=args.power_off,
-                power_on=args.power_on,
                 changed_only=args.changed_only,
-                verify=args.verify,
-                progress=progress,
+                **both,
             )
         else:
             placement = Placement(args.new_name, args.folder, args.pool, args.datastore, args.host)
@@ -116,10 +119,8 @@ async def run(args: argparse.Namespace) -> int:
                 ctx,
                 args.point,
                 placement,
-                power_on=args.power_on,
-                verify=args.verify,
-                progress=progress,
                 keep_failed=args.keep_failed,
+                **both,
             )
         progress.finish()
     finally:

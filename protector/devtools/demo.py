@@ -171,8 +171,11 @@ async def tour(keep: bool) -> int:
                 raise RuntimeError(f"backup of app-1 failed: {failed[-1].error}")
             return [r for r in recs if r.outcome == "success"]
 
-        await wait_until(lambda: len(jobs()) >= 1, 60, "app-1's first backup")
-        rec = jobs()[0]
+        async def nth_job(n: int, what: str) -> Any:
+            await wait_until(lambda: len(jobs()) >= n, 60, what)
+            return jobs()[n - 1]
+
+        rec = await nth_job(1, "app-1's first backup")
         say(
             f"   protected {time.monotonic() - moved:.1f} s after the move "
             f"(job reason: {rec.reason}); point {rec.point_id}, read "
@@ -187,8 +190,7 @@ async def tour(keep: bool) -> int:
             changed[off : off + 65536] = rng.randbytes(65536)
         await put_disk(session, url, bytes(changed))
         daemon.backup_now(vm._moId, "demo: back up now")
-        await wait_until(lambda: len(jobs()) >= 2, 60, "app-1's incremental backup")
-        rec2 = jobs()[1]
+        rec2 = await nth_job(2, "app-1's incremental backup")
         say(
             f"   incremental {rec2.point_id}: read {human_bytes(rec2.read_bytes)} of "
             f"{DISK_MIB} MiB ({100 * rec2.read_bytes / (DISK_MIB << 20):.1f} %), stored "
