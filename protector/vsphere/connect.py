@@ -59,11 +59,12 @@ def untrusted_certificate(exc: BaseException) -> ssl.SSLCertVerificationError | 
     error), not by the wording of a message."""
     seen: BaseException | None = exc
     while seen is not None:
-        if isinstance(seen, ssl.SSLCertVerificationError):
-            return seen
+        # aiohttp's error is itself an ssl.CertificateError: look inside it first.
         if isinstance(seen, aiohttp.ClientConnectorCertificateError):
             err = seen.certificate_error
             return err if isinstance(err, ssl.SSLCertVerificationError) else None
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return seen
         seen = seen.__cause__ or seen.__context__
     return None
 

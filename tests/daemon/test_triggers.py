@@ -74,7 +74,12 @@ async def test_a_vm_renamed_into_scope_is_backed_up(tmp_path, vcsim_fresh):
             vm = await find(s, "/DC0/vm/DC0_H0_VM1")
             task = await s.call(vm, "Rename_Task", newName="db-7")
             await wait_for_task(s, task, description="rename")
-            await wait_for(lambda: points_of(daemon, "db-7"), 20, "the renamed VM's point")
+            # The point is committed a moment before the job's record reaches the history.
+            await wait_for(
+                lambda: points_of(daemon, "db-7") and recs_of(daemon, "db-7"),
+                20,
+                "the renamed VM's point and finished job",
+            )
             assert "came into scope of db (renamed)" in recs_of(daemon, "db-7")[0].reason
     finally:
         await s.close()
