@@ -30,7 +30,7 @@ venv: $(STAMP)
 
 # Built (and cached by source hash) by the same code the tests and demo use.
 vcsim: apt venv
-	@$(BIN)/python -c "from protector.simulator import build; print('vcsim:', build())"
+	@$(BIN)/python -c "from protector.devtools.simulator import build; print('vcsim:', build())"
 
 deps: apt venv vcsim
 

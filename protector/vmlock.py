@@ -24,7 +24,7 @@ from typing import Any
 
 import structlog
 
-from .errors import UserError
+from protector.errors import UserError
 
 log = structlog.get_logger(__name__)
 

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from protector.cli import _subparsers, build_parser
+from protector.cli.app import _subparsers, build_parser
 
 from .clihelp import vigil, write_config
 
