@@ -30,6 +30,7 @@ import structlog
 from procrastinate import exceptions as pexc
 from procrastinate import jobs as pjobs
 from procrastinate.retry import RetryDecision, RetryStrategy
+from procrastinate.schema import SchemaManager
 
 from cluster import db, slots
 from cluster.fencing import StaleEpochError, check_epoch
@@ -202,7 +203,7 @@ async def prepare_database(url: str) -> None:
             cur = await conn.execute("SELECT to_regclass('procrastinate_jobs') IS NOT NULL")
             row = await cur.fetchone()
             if not (row and row[0]):
-                schema = procrastinate.SchemaManager.get_schema()
+                schema = SchemaManager.get_schema()
                 await conn.execute(schema)  # type: ignore[arg-type]
                 log.info("job queue schema created")
         await db.apply_schema(conn)
