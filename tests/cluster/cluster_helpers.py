@@ -80,9 +80,7 @@ def start_worker(start: Callable[..., Node], url: str, name: str, **opts: Any) -
     return start(*args)
 
 
-async def wait_for(
-    probe: Callable[[], T], timeout: float, what: str, interval: float = 0.2
-) -> T:
+async def wait_for(probe: Callable[[], T], timeout: float, what: str, interval: float = 0.2) -> T:
     """Poll `probe` until it returns something truthy; fail naming `what` after `timeout`
     (a bound on a broken system, not a timing assertion)."""
     deadline = time.monotonic() + timeout
@@ -119,8 +117,11 @@ async def defer(url: str, *jobs: BackupJob) -> list[int | None]:
 def job_status(url: str) -> dict[int, tuple[str, int]]:
     return {
         r[0]: (r[1], r[2])
-        for r in rows(url, "SELECT id, status, attempts FROM procrastinate_jobs WHERE task_name = %s",
-                      ("vigil.backup_vm",))
+        for r in rows(
+            url,
+            "SELECT id, status, attempts FROM procrastinate_jobs WHERE task_name = %s",
+            ("vigil.backup_vm",),
+        )
     }
 
 

@@ -60,8 +60,11 @@ async def test_one_job_per_vm_at_a_time(pg_url, tmp_path):
     with nodes(tmp_path) as start:
         start_worker(start, url, "w1", concurrency=2)
         start_worker(start, url, "w2", concurrency=2)
-        await wait_for(lambda: rows(url, "SELECT 1 FROM test_events WHERE kind='start'"), 60,
-                       "the first backup of vm-a to start")
+        await wait_for(
+            lambda: rows(url, "SELECT 1 FROM test_events WHERE kind='start'"),
+            60,
+            "the first backup of vm-a to start",
+        )
         # Running: one more may wait, and it must not start before the first ends,
         # although two idle workers could take it.
         queued, refused = await defer(url, job("vm-a", seconds=0.2), job("vm-a"))
@@ -99,7 +102,12 @@ async def test_failed_backup_is_retried_with_backoff(pg_url, tmp_path):
         await wait_for(_succeeded(url, 1), 60, "the backup to succeed on its third attempt")
     attempts = rows(url, "SELECT attempt, kind, at FROM test_events ORDER BY id")
     assert [(a, k) for a, k, _ in attempts] == [
-        (0, "start"), (0, "fail"), (1, "start"), (1, "fail"), (2, "start"), (2, "end"),
+        (0, "start"),
+        (0, "fail"),
+        (1, "start"),
+        (1, "fail"),
+        (2, "start"),
+        (2, "end"),
     ]
     # Backoff: wait 0 + 1 ** (attempts + 1) = 1 s before each retry.
     gaps = [(attempts[i + 1][2] - attempts[i][2]).total_seconds() for i in (1, 3)]
@@ -124,8 +132,10 @@ async def test_job_of_a_deposed_scheduler_is_refused(pg_url, tmp_path):
         )
         set_epoch(url, "vc-1", 8)  # a takeover while vm-mid runs
         await wait_for(
-            lambda: {job_status(url)[i][0] for i in (stale_start, stale_commit, current)}
-            <= {"failed", "succeeded"},
+            lambda: (
+                {job_status(url)[i][0] for i in (stale_start, stale_commit, current)}
+                <= {"failed", "succeeded"}
+            ),
             60,
             "all three jobs to end",
         )
@@ -142,8 +152,11 @@ async def test_sigterm_waits_for_running_backup(pg_url, tmp_path):
     (job_id,) = await defer(url, job("vm-t", seconds=2.0))
     with nodes(tmp_path) as start:
         w = start_worker(start, url, "w1", shutdown_timeout=30)
-        await wait_for(lambda: rows(url, "SELECT 1 FROM test_events WHERE kind='start'"), 60,
-                       "the backup to start")
+        await wait_for(
+            lambda: rows(url, "SELECT 1 FROM test_events WHERE kind='start'"),
+            60,
+            "the backup to start",
+        )
         assert w.stop(60) == 0
     assert "WORKER STOPPED" in w.text()
     assert job_status(url)[job_id][0] == "succeeded"
@@ -155,8 +168,11 @@ async def test_sigterm_past_the_timeout_aborts_and_the_job_is_retried(pg_url, tm
     (job_id,) = await defer(url, job("vm-long", seconds=30.0))
     with nodes(tmp_path) as start:
         w = start_worker(start, url, "w1", shutdown_timeout=1)
-        await wait_for(lambda: rows(url, "SELECT 1 FROM test_events WHERE kind='start'"), 60,
-                       "the backup to start")
+        await wait_for(
+            lambda: rows(url, "SELECT 1 FROM test_events WHERE kind='start'"),
+            60,
+            "the backup to start",
+        )
         assert w.stop(30) == 0
     status, attempts = job_status(url)[job_id]
     assert (status, attempts) == ("todo", 1)  # aborted at shutdown, waiting for a worker
