@@ -130,7 +130,7 @@ def max_overlap(url: str, group: str) -> dict[str, int]:
     recorded start and end/fail events (by the database's clock)."""
     events = rows(
         url,
-        f"SELECT {group}, job_id, attempt, kind, at FROM test_events ORDER BY at, id",  # noqa: S608
+        f"SELECT {group}, job_id, attempt, kind, at FROM test_events ORDER BY at, id",
     )
     running: dict[str, int] = {}
     peak: dict[str, int] = {}

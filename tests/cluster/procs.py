@@ -19,9 +19,9 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from cluster.election import LeaderElector  # noqa: E402
-from cluster.queue import BackupJob, JobRun  # noqa: E402
-from cluster.worker import WorkerSettings, run_worker  # noqa: E402
+from cluster.election import LeaderElector
+from cluster.queue import BackupJob, JobRun
+from cluster.worker import WorkerSettings, run_worker
 
 EVENTS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS test_events (

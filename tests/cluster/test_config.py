@@ -82,7 +82,7 @@ def test_url_from_a_private_file(tmp_path):
     path.write_text("postgresql://vigil:s3cret@db/vigil\n")
     cfg = parse_cluster({"node": "n", "database_url_file": str(path)})
     os.chmod(path, 0o644)
-    with pytest.raises(ClusterConfigError, match="readable by others.*chmod 600"):
+    with pytest.raises(ClusterConfigError, match=r"readable by others.*chmod 600"):
         database_url(cfg, {})
     os.chmod(path, 0o600)
     assert database_url(cfg, {}) == "postgresql://vigil:s3cret@db/vigil"
