@@ -19,7 +19,6 @@ this package never imports protector.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +33,7 @@ from procrastinate.schema import SchemaManager
 
 from cluster import db, slots
 from cluster.fencing import StaleEpochError, check_epoch
+from cluster.leases import LeasePool
 
 log = structlog.get_logger("vigil.cluster.queue")
 
@@ -113,6 +113,12 @@ class WorkerContext:
     stalled_after_s: float = 30.0
     max_attempts: int = 5
     lease_check_interval: float = 1.0
+    lease_keep: int = 4  # idle slot connections kept for the next jobs (= concurrency)
+    leases: LeasePool = field(init=False)
+
+    def __post_init__(self) -> None:
+        # One pool per worker run (its connections belong to that event loop).
+        object.__setattr__(self, "leases", LeasePool(self.url, self.node, keep=self.lease_keep))
 
 
 class BackupRetry(RetryStrategy):
@@ -179,19 +185,24 @@ def _worker_context(context: procrastinate.JobContext) -> WorkerContext:
 async def _run_backup(context: procrastinate.JobContext, job: BackupJob) -> None:
     ctx = _worker_context(context)
     assert context.job.id is not None
-    conn = await db.connect(ctx.url, f"vigil-job:{ctx.node}:{context.job.id}")
+    # A job planned by a deposed scheduler does no work at all (StaleEpochError: final).
+    conn = await ctx.leases.acquire(job.vcenter, job.epoch)
+    reusable = False
     try:
-        # A job planned by a deposed scheduler does no work at all.
-        await check_epoch(conn, job.vcenter, job.epoch)
         needs = slots.slot_needs(job.host, job.datastores, ctx.host_slots, ctx.datastore_slots)
         await slots.run_holding(conn, slots.take(conn, needs), check_interval=2.0)
         run = JobRun(context.job.id, context.job.attempts, ctx.node, conn, job)
         log.info("backup starts", vm=job.vm, job=run.job_id, attempt=run.attempt, node=ctx.node)
-        await slots.run_holding(conn, ctx.backup(job, run), check_interval=ctx.lease_check_interval)
+        try:
+            await slots.run_holding(
+                conn, ctx.backup(job, run), check_interval=ctx.lease_check_interval
+            )
+        except StaleEpochError:
+            reusable = True
+            raise
+        reusable = True
     finally:
-        # Ending the session gives the slots back (no unlock round trips needed).
-        with contextlib.suppress(Exception):
-            await conn.close()
+        await ctx.leases.release(conn, reusable=reusable)
 
 
 async def prepare_database(url: str) -> None:

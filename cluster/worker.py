@@ -101,6 +101,7 @@ async def run_worker(
         stalled_after_s=settings.stalled_after_s,
         max_attempts=settings.max_attempts,
         lease_check_interval=settings.lease_check_interval_s,
+        lease_keep=settings.concurrency,
     )
     backoff = 1.0
     try:
@@ -123,6 +124,7 @@ async def run_worker(
         stop.set()
         with contextlib.suppress(Exception):
             await beats
+        await context.leases.close()
         if install_signal_handlers:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)

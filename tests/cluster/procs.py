@@ -34,6 +34,7 @@ CREATE TABLE IF NOT EXISTS test_events (
     kind text NOT NULL,
     at timestamptz NOT NULL DEFAULT clock_timestamp()
 );
+CREATE TABLE IF NOT EXISTS test_gates (name text PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS test_points (
     vm text NOT NULL,
     job_id bigint NOT NULL,
@@ -41,6 +42,11 @@ CREATE TABLE IF NOT EXISTS test_points (
     epoch bigint NOT NULL
 );
 """
+
+
+def open_gate(url: str, name: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("INSERT INTO test_gates VALUES (%s) ON CONFLICT DO NOTHING", (name,))
 
 
 def create_test_tables(url: str) -> None:
@@ -56,9 +62,18 @@ async def _event(run: JobRun, kind: str) -> None:
     )
 
 
+async def _wait_gate(run: JobRun, gate: str) -> None:
+    while True:
+        cur = await run.conn.execute("SELECT 1 FROM test_gates WHERE name = %s", (gate,))
+        if await cur.fetchone():
+            return
+        await asyncio.sleep(0.1)
+
+
 async def recording_backup(job: BackupJob, run: JobRun) -> None:
-    """payload: seconds (how long the 'backup' takes), fail_attempts (fail that many
-    first attempts), noop (record nothing: for the benchmark), t (defer time, bench)."""
+    """payload: seconds (how long the 'backup' takes), gate (then wait until the test
+    opens that gate: a row in test_gates), fail_attempts (fail that many first attempts),
+    noop (record nothing: for the benchmark), t (defer time, bench)."""
     if job.payload.get("noop"):
         if "t" in job.payload:
             lat = time.time() - float(job.payload["t"])
@@ -68,6 +83,8 @@ async def recording_backup(job: BackupJob, run: JobRun) -> None:
         return
     await _event(run, "start")
     await asyncio.sleep(float(job.payload.get("seconds", 0.5)))
+    if gate := job.payload.get("gate"):
+        await _wait_gate(run, str(gate))
     if run.attempt < int(job.payload.get("fail_attempts", 0)):
         await _event(run, "fail")
         raise RuntimeError("planned failure")

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 from cluster_helpers import defer, job_status, nodes, rows, set_epoch, start_worker, wait_for
-from procs import create_test_tables
+from procs import create_test_tables, open_gate
 
 from cluster.election import LeaderElector
 from cluster.queue import BackupJob, prepare_database
@@ -23,7 +23,9 @@ async def test_database_restart_mid_run(pg_private, tmp_path):
     elector = LeaderElector(url, "vc-1", "sched")
     running = asyncio.create_task(elector.run())
     assert await asyncio.wait_for(elector.wait_elected(), 30) == 1
-    (first,) = await defer(url, BackupJob("vc-2", "vm-1", "h", ("ds",), 1, {"seconds": 3.0}))
+    (first,) = await defer(
+        url, BackupJob("vc-2", "vm-1", "h", ("ds",), 1, {"seconds": 0, "gate": "g"})
+    )
     with nodes(tmp_path) as start:
         worker = start_worker(start, url, "w1", concurrency=1)
         await wait_for(lambda: rows(url, "SELECT 1 FROM test_events"), 60, "vm-1 to start")
@@ -32,6 +34,7 @@ async def test_database_restart_mid_run(pg_private, tmp_path):
 
         # The elector noticed (its term ended) and leads again under a new epoch.
         assert await asyncio.wait_for(_new_term(elector, 1), 60) >= 2
+        open_gate(url, "g")
         (second,) = await defer(url, BackupJob("vc-2", "vm-2", "h", ("ds",), 1, {"seconds": 0.1}))
         await wait_for(
             lambda: {job_status(url)[first][0], job_status(url)[second][0]} == {"succeeded"},

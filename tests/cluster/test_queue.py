@@ -4,6 +4,9 @@ graceful SIGTERM."""
 
 from __future__ import annotations
 
+import asyncio
+import signal
+
 import pytest
 from cluster_helpers import (
     defer,
@@ -15,7 +18,7 @@ from cluster_helpers import (
     start_worker,
     wait_for,
 )
-from procs import create_test_tables
+from procs import create_test_tables, open_gate
 
 from cluster.queue import BackupJob, prepare_database
 
@@ -39,10 +42,15 @@ def _succeeded(url: str, n: int):
 async def test_two_workers_share_jobs_and_per_host_limit_holds_cluster_wide(pg_url, tmp_path):
     await _setup(url := pg_url)
     # 8 VMs on one host, 2 host slots, 2 workers × 3 concurrency = capacity 6 > limit 2.
-    await defer(url, *[job(f"vm-{i}", seconds=1.0) for i in range(8)])
     with nodes(tmp_path) as start:
         for name in ("w1", "w2"):
             start_worker(start, url, name, concurrency=3, host_slots=2)
+        await wait_for(
+            lambda: len(rows(url, "SELECT node FROM vigil_cluster_nodes")) == 2,
+            60,
+            "both workers to be up",
+        )
+        await defer(url, *[job(f"vm-{i}", seconds=1.0) for i in range(8)])
         await wait_for(_succeeded(url, 8), 90, "8 backups to succeed")
     assert max_overlap(url, "host") == {"host-1": 2}
     points = rows(url, "SELECT vm, count(*) FROM test_points GROUP BY vm")
@@ -53,7 +61,9 @@ async def test_two_workers_share_jobs_and_per_host_limit_holds_cluster_wide(pg_u
 
 async def test_one_job_per_vm_at_a_time(pg_url, tmp_path):
     await _setup(url := pg_url)
-    first, second, third = await defer(url, job("vm-a", seconds=1.0), job("vm-a"), job("vm-a"))
+    first, second, third = await defer(
+        url, job("vm-a", seconds=0, gate="a1"), job("vm-a"), job("vm-a")
+    )
     assert first is not None
     # One may wait per VM: the second defer is turned away while the first is waiting.
     assert second is None and third is None
@@ -69,6 +79,8 @@ async def test_one_job_per_vm_at_a_time(pg_url, tmp_path):
         # although two idle workers could take it.
         queued, refused = await defer(url, job("vm-a", seconds=0.2), job("vm-a"))
         assert queued is not None and refused is None
+        await asyncio.sleep(2.0)  # room for a wrong start; max_overlap below would see it
+        open_gate(url, "a1")
         await wait_for(_succeeded(url, 2), 60, "both backups of vm-a")
     assert max_overlap(url, "vm") == {"vm-a": 1}
 
@@ -77,7 +89,7 @@ async def test_killed_worker_job_is_requeued_and_done_by_the_other(pg_url, tmp_p
     await _setup(url := pg_url)
     with nodes(tmp_path) as start:
         victim = start_worker(start, url, "victim", concurrency=1, host_slots=1)
-        (job_id,) = await defer(url, job("vm-k", seconds=4.0))
+        (job_id,) = await defer(url, job("vm-k", seconds=0, gate="k"))
         await wait_for(
             lambda: rows(url, "SELECT 1 FROM test_events WHERE node='victim' AND kind='start'"),
             60,
@@ -85,6 +97,7 @@ async def test_killed_worker_job_is_requeued_and_done_by_the_other(pg_url, tmp_p
         )
         rescuer = start_worker(start, url, "rescuer", concurrency=1, host_slots=1)
         victim.kill9()
+        open_gate(url, "k")  # the victim can never finish it now
         await wait_for(_succeeded(url, 1), 60, "the stalled job to be requeued and done")
         assert rescuer.proc.poll() is None
     ends = rows(url, "SELECT node, attempt FROM test_events WHERE kind='end'")
@@ -120,17 +133,21 @@ async def test_job_of_a_deposed_scheduler_is_refused(pg_url, tmp_path):
     stale_start, stale_commit, current = await defer(
         url,
         job("vm-old", epoch=6),  # deferred by the leader of epoch 6: never starts
-        job("vm-mid", epoch=7, seconds=3.0),  # current when it starts, not when it commits
+        job("vm-mid", epoch=7, seconds=0, gate="mid"),  # current at start, not at commit
         job("vm-new", epoch=7, seconds=0.1),
     )
     with nodes(tmp_path) as start:
         start_worker(start, url, "w1", concurrency=3)
         await wait_for(
-            lambda: rows(url, "SELECT 1 FROM test_events WHERE vm='vm-mid' AND kind='start'"),
+            lambda: (
+                rows(url, "SELECT 1 FROM test_events WHERE vm='vm-mid' AND kind='start'")
+                and job_status(url)[current][0] == "succeeded"
+            ),
             60,
-            "vm-mid to start",
+            "vm-mid to start and vm-new to succeed",
         )
         set_epoch(url, "vc-1", 8)  # a takeover while vm-mid runs
+        open_gate(url, "mid")
         await wait_for(
             lambda: (
                 {job_status(url)[i][0] for i in (stale_start, stale_commit, current)}
@@ -149,7 +166,7 @@ async def test_job_of_a_deposed_scheduler_is_refused(pg_url, tmp_path):
 
 async def test_sigterm_waits_for_running_backup(pg_url, tmp_path):
     await _setup(url := pg_url)
-    (job_id,) = await defer(url, job("vm-t", seconds=2.0))
+    (job_id,) = await defer(url, job("vm-t", seconds=0, gate="t"))
     with nodes(tmp_path) as start:
         w = start_worker(start, url, "w1", shutdown_timeout=30)
         await wait_for(
@@ -157,6 +174,10 @@ async def test_sigterm_waits_for_running_backup(pg_url, tmp_path):
             60,
             "the backup to start",
         )
+        w.proc.send_signal(signal.SIGTERM)
+        await asyncio.sleep(1.0)
+        assert w.proc.poll() is None  # still waiting for the running backup
+        open_gate(url, "t")
         assert w.stop(60) == 0
     assert "WORKER STOPPED" in w.text()
     assert job_status(url)[job_id][0] == "succeeded"
