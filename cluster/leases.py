@@ -16,7 +16,26 @@ import contextlib
 import psycopg
 
 from cluster import db
-from cluster.fencing import check_epoch
+from cluster.fencing import verify_epoch
+
+JOB_APP_PREFIX = "vigil-job:"
+IDLE_APP_NAME = "vigil-job-idle"
+
+# The job's first statement names the session after the job (so pg_stat_activity shows,
+# on any node, which jobs run where: see nodes.running_jobs) and checks its epoch.
+_CLAIM = (
+    "SELECT set_config('application_name', %(name)s, false), "
+    "(SELECT epoch FROM vigil_cluster_epochs WHERE vcenter = %(vc)s FOR SHARE)"
+)
+
+
+async def _claim(
+    conn: psycopg.AsyncConnection, job_id: int, node: str, vcenter: str, epoch: int
+) -> None:
+    name = f"{JOB_APP_PREFIX}{job_id}:{node}"[:63]
+    cur = await conn.execute(_CLAIM, {"name": name, "vc": vcenter})
+    row = await cur.fetchone()
+    verify_epoch(vcenter, epoch, row[1] if row else None)
 
 
 class LeasePool:
@@ -29,16 +48,16 @@ class LeasePool:
 
     async def _fresh(self) -> psycopg.AsyncConnection:
         self.opened += 1
-        return await db.connect(self.url, f"vigil-job:{self.node}")
+        return await db.connect(self.url, IDLE_APP_NAME)
 
-    async def acquire(self, vcenter: str, epoch: int) -> psycopg.AsyncConnection:
+    async def acquire(self, job_id: int, vcenter: str, epoch: int) -> psycopg.AsyncConnection:
         """A connection for a job, after checking the job's epoch on it (the job's first
         query doubles as the liveness check of a reused connection). Raises
         StaleEpochError for a job of a deposed scheduler."""
         while self._idle:
             conn = self._idle.pop()
             try:
-                await check_epoch(conn, vcenter, epoch)
+                await _claim(conn, job_id, self.node, vcenter, epoch)
             except psycopg.OperationalError:
                 await _close(conn)
                 continue
@@ -48,7 +67,7 @@ class LeasePool:
             return conn
         conn = await self._fresh()
         try:
-            await check_epoch(conn, vcenter, epoch)
+            await _claim(conn, job_id, self.node, vcenter, epoch)
         except BaseException:
             await _close(conn)
             raise
@@ -59,7 +78,10 @@ class LeasePool:
         when the connection is kept for the next job."""
         if reusable and len(self._idle) < self.keep and not conn.closed:
             try:
-                await conn.execute("SELECT pg_advisory_unlock_all()")
+                await conn.execute(
+                    "SELECT pg_advisory_unlock_all(), set_config('application_name', %s, false)",
+                    (IDLE_APP_NAME,),
+                )
             except psycopg.Error:
                 await _close(conn)
                 return

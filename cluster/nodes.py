@@ -54,6 +54,27 @@ async def list_nodes(conn: psycopg.AsyncConnection) -> list[NodeRow]:
     return [NodeRow(r[0], r[1], r[2], r[3], r[4], float(r[5])) for r in await cur.fetchall()]
 
 
+@dataclass(frozen=True)
+class RunningJob:
+    job_id: int
+    node: str
+
+
+async def running_jobs(conn: psycopg.AsyncConnection) -> list[RunningJob]:
+    """The backup jobs running now and on which node, from the sessions that hold their
+    slots: a job whose worker died has no session, so this never lists a dead job."""
+    cur = await conn.execute(
+        "SELECT application_name FROM pg_stat_activity "
+        "WHERE application_name LIKE 'vigil-job:%%:%%'"
+    )
+    out = []
+    for (name,) in await cur.fetchall():
+        job_id, _, node = name.removeprefix("vigil-job:").partition(":")
+        if job_id.isdigit():
+            out.append(RunningJob(int(job_id), node))
+    return sorted(out, key=lambda r: r.job_id)
+
+
 async def forget_stale(conn: psycopg.AsyncConnection, older_than: timedelta) -> int:
     cur = await conn.execute(
         "DELETE FROM vigil_cluster_nodes WHERE last_seen < now() - %s", (older_than,)

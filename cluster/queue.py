@@ -186,7 +186,7 @@ async def _run_backup(context: procrastinate.JobContext, job: BackupJob) -> None
     ctx = _worker_context(context)
     assert context.job.id is not None
     # A job planned by a deposed scheduler does no work at all (StaleEpochError: final).
-    conn = await ctx.leases.acquire(job.vcenter, job.epoch)
+    conn = await ctx.leases.acquire(context.job.id, job.vcenter, job.epoch)
     reusable = False
     try:
         needs = slots.slot_needs(job.host, job.datastores, ctx.host_slots, ctx.datastore_slots)

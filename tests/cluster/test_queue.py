@@ -20,6 +20,8 @@ from cluster_helpers import (
 )
 from procs import create_test_tables, open_gate
 
+from cluster import db
+from cluster.nodes import running_jobs
 from cluster.queue import BackupJob, prepare_database
 
 pytestmark = pytest.mark.timeout(180)
@@ -33,6 +35,11 @@ async def _setup(url: str, epoch: int = 1) -> None:
     await prepare_database(url)
     create_test_tables(url)
     set_epoch(url, "vc-1", epoch)
+
+
+async def _running(url: str) -> list[tuple[int, str]]:
+    async with await db.connect(url, "test") as conn:
+        return [(r.job_id, r.node) for r in await running_jobs(conn)]
 
 
 def _succeeded(url: str, n: int):
@@ -95,11 +102,13 @@ async def test_killed_worker_job_is_requeued_and_done_by_the_other(pg_url, tmp_p
             60,
             "the victim to start the backup",
         )
+        assert await _running(url) == [(job_id, "victim")]
         rescuer = start_worker(start, url, "rescuer", concurrency=1, host_slots=1)
         victim.kill9()
         open_gate(url, "k")  # the victim can never finish it now
         await wait_for(_succeeded(url, 1), 60, "the stalled job to be requeued and done")
         assert rescuer.proc.poll() is None
+        assert await _running(url) == []  # a dead worker's job is never shown as running
     ends = rows(url, "SELECT node, attempt FROM test_events WHERE kind='end'")
     # host_slots=1: the rescuer could only run it because the dead worker's slot was freed.
     assert ends == [("rescuer", 1)]
