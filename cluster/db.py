@@ -22,8 +22,13 @@ KEEPALIVE_INTERVAL_S = 2
 KEEPALIVE_COUNT = 3
 CONNECT_TIMEOUT_S = 5
 
-# Session options sent with every connection (libpq `options`): server-side keepalives, and
-# no statement may hang a node forever on a lock.
+# A lease connection (the leader's, a running job's) pings every second; the server ends
+# it after this long without a statement. So a leader or worker that is alive for the
+# kernel but frozen (SIGSTOP, a blocked event loop, a VM paused by its hypervisor) loses its
+# locks too: keepalives alone would keep them for ever. PostgreSQL >= 14.
+LEASE_IDLE_TIMEOUT_S = 10
+
+# Session options sent with every connection (libpq `options`): server-side keepalives.
 _SERVER_OPTIONS = (
     f"-c tcp_keepalives_idle={KEEPALIVE_IDLE_S} "
     f"-c tcp_keepalives_interval={KEEPALIVE_INTERVAL_S} "
@@ -31,8 +36,12 @@ _SERVER_OPTIONS = (
 )
 
 
-def connect_kwargs(application_name: str) -> dict[str, object]:
-    """libpq parameters for every cluster connection (merged with the URL's own)."""
+def connect_kwargs(application_name: str, *, lease: bool = False) -> dict[str, object]:
+    """libpq parameters for every cluster connection (merged with the URL's own); `lease`
+    for a connection whose session-level locks must die with a frozen holder."""
+    options = _SERVER_OPTIONS
+    if lease:
+        options += f" -c idle_session_timeout={LEASE_IDLE_TIMEOUT_S * 1000}"
     return {
         "connect_timeout": CONNECT_TIMEOUT_S,
         "application_name": application_name[:63],
@@ -42,16 +51,18 @@ def connect_kwargs(application_name: str) -> dict[str, object]:
         "keepalives_count": KEEPALIVE_COUNT,
         # Unacknowledged data (a query sent into a dead network) fails after this long.
         "tcp_user_timeout": 10_000,
-        "options": _SERVER_OPTIONS,
+        "options": options,
     }
 
 
-async def connect(url: str, application_name: str) -> psycopg.AsyncConnection:
+async def connect(
+    url: str, application_name: str, *, lease: bool = False
+) -> psycopg.AsyncConnection:
     """A dedicated autocommit connection. Errors are re-raised without the URL's password
     (libpq messages quote host and port, never the password, but we say so explicitly)."""
     try:
         return await psycopg.AsyncConnection.connect(
-            url, autocommit=True, **connect_kwargs(application_name)
+            url, autocommit=True, **connect_kwargs(application_name, lease=lease)
         )
     except psycopg.OperationalError as exc:
         raise psycopg.OperationalError(

@@ -3,9 +3,11 @@ connection, plus an epoch (see fencing.py).
 
 PostgreSQL releases a session-level advisory lock when the session ends ("Advisory Locks"
 in the PostgreSQL manual): a leader killed with kill -9 loses it as soon as the kernel
-closes its socket, a vanished host when TCP keepalives give up (db.py: 11 s). Standbys try
+closes its socket, a vanished host when TCP keepalives give up (db.py: 11 s), and a frozen
+one (SIGSTOP, a paused VM) when its session has been idle for `idle_session_timeout`
+(db.LEASE_IDLE_TIMEOUT_S = 10 s: a live leader pings every second). Standbys try
 `pg_try_advisory_lock` every `retry_interval` (1 s), so a standby leads within ~1 s of a
-process death and ~12 s of a host death.
+process death and ~11–12 s of a host death or freeze.
 
 The leader pings its connection every `check_interval` with a `check_timeout`; the first
 failure ends its term at once (is_leader False, the term's work cancelled) — within
@@ -49,6 +51,8 @@ class LeaderElector:
         self.node = node
         self.key = db.lock_key("leader", vcenter)
         self.retry_interval = retry_interval
+        if not check_interval * 2 <= db.LEASE_IDLE_TIMEOUT_S:
+            raise ValueError("check_interval must be at most half of db.LEASE_IDLE_TIMEOUT_S")
         self.check_interval = check_interval
         self.check_timeout = check_timeout
         self.epoch: int | None = None
@@ -75,7 +79,7 @@ class LeaderElector:
         backoff = self.retry_interval
         while not self._stop.is_set():
             try:
-                conn = await db.connect(self.url, f"vigil-leader:{self.node}")
+                conn = await db.connect(self.url, f"vigil-leader:{self.node}", lease=True)
             except psycopg.Error as exc:
                 log.warning("cannot reach the database", vcenter=self.vcenter, error=str(exc))
                 await self._sleep(backoff)

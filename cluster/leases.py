@@ -48,7 +48,7 @@ class LeasePool:
 
     async def _fresh(self) -> psycopg.AsyncConnection:
         self.opened += 1
-        return await db.connect(self.url, IDLE_APP_NAME)
+        return await db.connect(self.url, IDLE_APP_NAME, lease=True)
 
     async def acquire(self, job_id: int, vcenter: str, epoch: int) -> psycopg.AsyncConnection:
         """A connection for a job, after checking the job's epoch on it (the job's first

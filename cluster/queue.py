@@ -189,7 +189,12 @@ async def _run_backup(context: procrastinate.JobContext, job: BackupJob) -> None
     conn = await ctx.leases.acquire(context.job.id, job.vcenter, job.epoch)
     reusable = False
     try:
-        needs = slots.slot_needs(job.host, job.datastores, ctx.host_slots, ctx.datastore_slots)
+        # The VM's own mutex first: procrastinate's `lock` keeps two jobs of a VM from
+        # running at once as long as its bookkeeping is right; this one holds even when a
+        # live but silent worker's job was requeued, because it lives and dies with the
+        # session that runs the backup.
+        needs = [slots.SlotNeed("vm", job.vm, 1)]
+        needs += slots.slot_needs(job.host, job.datastores, ctx.host_slots, ctx.datastore_slots)
         await slots.run_holding(conn, slots.take(conn, needs), check_interval=2.0)
         run = JobRun(context.job.id, context.job.attempts, ctx.node, conn, job)
         log.info("backup starts", vm=job.vm, job=run.job_id, attempt=run.attempt, node=ctx.node)

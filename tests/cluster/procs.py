@@ -101,7 +101,10 @@ async def _elector(url: str, vcenter: str, node: str) -> None:
 
     async def term(epoch: int) -> None:
         print(f"LEADER {epoch} {time.time():.3f}", flush=True)
-        await asyncio.Event().wait()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            print(f"LOST {epoch} {time.time():.3f}", flush=True)
 
     runner = asyncio.create_task(elector.run())
     await elector.lead(term)

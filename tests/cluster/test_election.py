@@ -4,7 +4,9 @@ kill -9 within 15 s, a deposed leader's work fenced."""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import signal
 import time
 
 import psycopg
@@ -108,3 +110,28 @@ def _app_connected(url: str, name: str) -> bool:
                 "SELECT 1 FROM pg_stat_activity WHERE application_name = %s", (name,)
             ).fetchone()
         )
+
+
+async def test_failover_from_a_frozen_leader_and_it_steps_down_when_it_wakes(pg_url, tmp_path):
+    """SIGSTOP: the process lives, the kernel keeps its connection open and answers TCP
+    keepalives, so only the server's idle_session_timeout on the lease ends the term."""
+    with nodes(tmp_path) as start:
+        first = start("elector", pg_url, "node-a")
+        await wait_for(lambda: "LEADER" in first.text(), 60, "node-a to lead")
+        second = start("elector", pg_url, "node-b")
+        await wait_for(
+            lambda: _app_connected(pg_url, "vigil-leader:node-b"), 60, "node-b to campaign"
+        )
+        frozen_at = time.time()
+        os.kill(first.pid, signal.SIGSTOP)
+        try:
+            line = await wait_for(
+                lambda: re.search(r"LEADER (\d+) ([\d.]+)", second.text()), 30, "node-b to lead"
+            )
+        finally:
+            os.kill(first.pid, signal.SIGCONT)
+        assert int(line.group(1)) == 2
+        assert float(line.group(2)) - frozen_at < 15.0
+        # Awake again, node-a finds its session gone and ends its term.
+        await wait_for(lambda: "LOST 1" in first.text(), 30, "node-a to step down")
+        assert "LEADER 2" not in first.text()

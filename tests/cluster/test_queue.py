@@ -22,7 +22,7 @@ from procs import create_test_tables, open_gate
 
 from cluster import db
 from cluster.nodes import running_jobs
-from cluster.queue import BackupJob, prepare_database
+from cluster.queue import BackupJob, make_app, prepare_database
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -207,3 +207,33 @@ async def test_sigterm_past_the_timeout_aborts_and_the_job_is_retried(pg_url, tm
     status, attempts = job_status(url)[job_id]
     assert (status, attempts) == ("todo", 1)  # aborted at shutdown, waiting for a worker
     assert not rows(url, "SELECT 1 FROM test_points")
+
+
+async def test_vm_mutex_holds_even_if_a_running_job_is_wrongly_requeued(pg_url, tmp_path):
+    """procrastinate's `lock` relies on the job's status; if a live worker's job is put
+    back to `todo` (a heartbeat late past stalled_after_s), the VM's advisory-lock mutex,
+    held by the session that runs the backup, still keeps the two runs apart."""
+    await _setup(url := pg_url)
+    (job_id,) = await defer(url, job("vm-x", seconds=0, gate="x"))
+    with nodes(tmp_path) as start:
+        start_worker(start, url, "w1", concurrency=2)
+        start_worker(start, url, "w2", concurrency=2)
+        await wait_for(
+            lambda: rows(url, "SELECT 1 FROM test_events WHERE kind='start'"),
+            60,
+            "the first run to start",
+        )
+        app = make_app(url)
+        async with app.open_async():
+            (running,) = await app.job_manager.list_jobs_async(id=job_id)
+            await app.job_manager.retry_job(running)
+        await wait_for(lambda: job_status(url)[job_id][0] == "doing", 60, "a second fetch")
+        await asyncio.sleep(2.0)  # room for a wrong second start
+        assert len(rows(url, "SELECT 1 FROM test_events WHERE kind='start'")) == 1
+        open_gate(url, "x")
+        await wait_for(
+            lambda: len(rows(url, "SELECT 1 FROM test_events WHERE kind='end'")) == 2,
+            60,
+            "both runs to end, one after the other",
+        )
+    assert max_overlap(url, "vm") == {"vm-x": 1}
