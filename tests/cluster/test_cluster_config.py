@@ -105,3 +105,16 @@ def test_url_from_a_private_file(tmp_path):
 )
 def test_redact_url(url, shown):
     assert redact_url(url) == shown
+
+
+async def test_connection_errors_never_show_the_password():
+    import psycopg
+    from pg_server import free_port
+
+    from cluster import db
+
+    url = f"postgresql://vigil:s3cret-pw@127.0.0.1:{free_port()}/vigil"  # nothing listens
+    with pytest.raises(psycopg.OperationalError) as err:
+        await db.connect(url, "test")
+    assert "s3cret-pw" not in str(err.value)
+    assert "vigil:<redacted>@127.0.0.1" in str(err.value)
