@@ -60,6 +60,8 @@ class LeaderElector:
         self._stop = asyncio.Event()
         self._elected = asyncio.Event()
         self._ended = asyncio.Event()
+        self._resign = asyncio.Event()
+        self.resign_pause = 5.0  # after resigning, let a standby win before campaigning
 
     @property
     def is_leader(self) -> bool:
@@ -67,6 +69,12 @@ class LeaderElector:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def resign(self) -> None:
+        """End the current term (its lock is released) and campaign again after
+        `resign_pause`, so that a healthy standby takes over."""
+        if self.is_leader:
+            self._resign.set()
 
     async def wait_elected(self) -> int:
         """The epoch of the next (or current) term."""
@@ -102,7 +110,10 @@ class LeaderElector:
                 # has it); never let a dead socket hold the loop.
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(conn.close(), 2.0)
-            if not self._stop.is_set():
+            if self._resign.is_set():
+                self._resign.clear()
+                await self._sleep(self.resign_pause)
+            elif not self._stop.is_set():
                 await self._sleep(self.retry_interval)
 
     async def _campaign(self, conn: psycopg.AsyncConnection) -> None:
@@ -123,8 +134,9 @@ class LeaderElector:
         self._ended.clear()
         self._elected.set()
         log.info("leader", vcenter=self.vcenter, node=self.node, epoch=epoch)
-        while not self._stop.is_set():
-            await self._sleep(self.check_interval)
+        while not self._stop.is_set() and not self._resign.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._resign.wait(), self.check_interval)
             await asyncio.wait_for(conn.execute("SELECT 1"), self.check_timeout)
 
     def _step_down(self) -> None:
@@ -141,7 +153,8 @@ class LeaderElector:
     async def lead(self, work: Callable[[int], Awaitable[None]]) -> None:
         """Run `work(epoch)` in every term until `stop()`; the term's work is cancelled the
         moment the term ends (the scheduler's watcher, planner and pruner go there). Work
-        that returns early simply waits for the term to end."""
+        that returns early simply waits for the term to end; work that fails resigns the
+        term, so a standby whose scheduler works can lead instead of a broken one."""
         stop = asyncio.create_task(self._stop.wait())
         try:
             while not self._stop.is_set():
@@ -153,10 +166,21 @@ class LeaderElector:
                 epoch = elected.result()
                 task = asyncio.create_task(work(epoch), name=f"leader-term-{epoch}")
                 ended = asyncio.create_task(self._ended.wait())
-                await asyncio.wait({ended, stop}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait({ended, stop, task}, return_when=asyncio.FIRST_COMPLETED)
+                if task.done() and not task.cancelled() and task.exception() is not None:
+                    log.error(
+                        "the leader's work failed: resigning",
+                        vcenter=self.vcenter,
+                        epoch=epoch,
+                        exc_info=task.exception(),
+                    )
+                    self.resign()
+                if not ended.done() and not stop.done():
+                    await asyncio.wait({ended, stop}, return_when=asyncio.FIRST_COMPLETED)
                 ended.cancel()
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
+                # Its failure, if any, was logged above.
+                with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
         finally:
             stop.cancel()

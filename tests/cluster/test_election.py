@@ -135,3 +135,25 @@ async def test_failover_from_a_frozen_leader_and_it_steps_down_when_it_wakes(pg_
         # Awake again, node-a finds its session gone and ends its term.
         await wait_for(lambda: "LOST 1" in first.text(), 30, "node-a to step down")
         assert "LEADER 2" not in first.text()
+
+
+async def test_leader_whose_work_fails_resigns_and_a_standby_leads(pg_url):
+    a = LeaderElector(pg_url, "vc-1", "node-a")
+    b = LeaderElector(pg_url, "vc-1", "node-b")
+    a.resign_pause = 30.0  # long enough that only b can win the next term
+
+    async def broken(epoch: int) -> None:
+        raise RuntimeError("the watcher cannot log in")
+
+    async def healthy(epoch: int) -> None:
+        await asyncio.Event().wait()
+
+    runners = [await _run(a)]
+    assert await asyncio.wait_for(a.wait_elected(), 30) == 1
+    runners.append(await _run(b))
+    leading = [asyncio.create_task(a.lead(broken)), asyncio.create_task(b.lead(healthy))]
+    assert await asyncio.wait_for(b.wait_elected(), 30) == 2
+    assert not a.is_leader
+    for e in (a, b):
+        e.stop()
+    await asyncio.gather(*runners, *leading)
