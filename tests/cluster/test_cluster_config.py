@@ -118,3 +118,14 @@ async def test_connection_errors_never_show_the_password():
         await db.connect(url, "test")
     assert "s3cret-pw" not in str(err.value)
     assert "vigil:<redacted>@127.0.0.1" in str(err.value)
+
+
+def test_worker_settings_follow_the_config():
+    from cluster.worker import WorkerSettings
+
+    cfg = parse_cluster({"node": "p1", "worker_concurrency": 3, "stalled_after_s": 12})
+    settings = WorkerSettings.from_config(cfg)
+    assert (settings.node, settings.concurrency, settings.stalled_after_s) == ("p1", 3, 12.0)
+    # Three missed beats make a worker stalled.
+    assert settings.heartbeat_interval_s == 4.0
+    assert WorkerSettings.from_config(parse_cluster({"node": "p1"})).heartbeat_interval_s == 10.0
