@@ -5,7 +5,7 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := golang-go golang-github-vmware-govmomi-dev gcc libc6-dev python3-venv
+APT_PACKAGES := golang-go golang-github-vmware-govmomi-dev gcc libc6-dev python3-venv postgresql
 BENCH_APT_PACKAGES := restic borgbackup
 STAMP := $(VENV)/.installed
 
