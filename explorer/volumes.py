@@ -42,9 +42,7 @@ def detect_fs(head: bytes) -> str | None:
         return "btrfs"
     if head[0x438:0x43A] == b"\x53\xef":
         return "ext"
-    if head[510:512] == b"\x55\xaa" and (
-        head[0x36:0x39] == b"FAT" or head[0x52:0x57] == b"FAT32"
-    ):
+    if head[510:512] == b"\x55\xaa" and (head[0x36:0x39] == b"FAT" or head[0x52:0x57] == b"FAT32"):
         return "fat"
     return None
 

@@ -131,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     from . import commands
 
     commands.register(sub)
+    from explorer.cli import add_commands as add_file_commands
+
+    add_file_commands(sub, open_repository=lambda a: commands.common.open_repository(_load(a)))
     for child in _subparsers(p):
         _add_global_options(child, top=False)
     return p
