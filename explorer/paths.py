@@ -1,10 +1,9 @@
 """Pure path logic: splitting `/VOLUME/dir/file`, joining, globbing, and the check that a
-name taken from a (possibly hostile) filesystem stays inside the extraction directory."""
+name taken from a (possibly hostile) filesystem is one plain path component."""
 
 from __future__ import annotations
 
 import fnmatch
-import posixpath
 
 
 def split_point_path(path: str) -> tuple[str, list[str]]:
@@ -25,17 +24,6 @@ def safe_name(name: str) -> bool:
     """Whether a directory entry's name can be created as one path component in DIR: no
     separators, no `.`/`..`, no NUL, not empty. A filesystem image is untrusted input."""
     return bool(name) and name not in (".", "..") and "/" not in name and "\0" not in name
-
-
-def link_stays_inside(link_path: str, target: str, root: str) -> bool:
-    """Whether symlink `link_path` (relative to root, e.g. "a/b/link") pointing at
-    `target` resolves lexically to a place inside root. Absolute targets never do: they
-    name the guest's root, not DIR."""
-    if target.startswith("/") or "\0" in target:
-        return False
-    base = posixpath.dirname(link_path)
-    resolved = posixpath.normpath(posixpath.join(base, target))
-    return resolved != ".." and not resolved.startswith("../") and not resolved.startswith("/")
 
 
 def glob_matches(pattern: str, path: str, name: str) -> bool:

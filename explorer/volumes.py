@@ -162,7 +162,15 @@ def _partitions(whole: Slice) -> list[tuple[int, int, int, Any]]:
         d = Disk(whole)
     except DiskError:
         return []  # no partition table: an empty or unformatted disk
-    return [(p.number, p.offset, p.size, p.type) for p in d.partitions if p.size > 0]
+    parts = []
+    for p in d.partitions:
+        size = p.size
+        if p.raw is not None and hasattr(p.raw, "last_lba"):
+            # GPT's last LBA is inclusive; dissect.volume 3.18 leaves out that last sector.
+            size = (p.raw.last_lba - p.raw.first_lba + 1) * d.sector_size
+        if size > 0:
+            parts.append((p.number, p.offset, size, p.type))
+    return parts
 
 
 def _lvm_volumes(pvs: list[tuple[int, Slice]]) -> list[Volume]:

@@ -1,0 +1,109 @@
+"""Each filesystem Dissect reads, built by its own tools inside GPT and MBR tables, stored
+in a repository as a restore point: `files ls`, `get` and `find` must give back the exact
+tree (names, types, bytes, modes, mtimes, link targets, hard links, holes)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from explorer_images import (
+    MIB,
+    add_ntfs_stream,
+    build_disk,
+    build_fs,
+    describe,
+    make_tree,
+    need_tools,
+    store_disks,
+)
+
+from explorer.cli import Progress, files_find, files_get, files_ls
+from repository import Repository
+
+FS_SIZE = {"ext4": 64, "btrfs": 160, "xfs": 320, "fat": 64, "ntfs": 64}
+FS_NAME = {"ext4": "ext4", "btrfs": "btrfs", "xfs": "xfs", "fat": "fat32", "ntfs": "ntfs"}
+CASES = [
+    ("ext4", "gpt"),
+    ("xfs", "dos"),
+    ("btrfs", "gpt"),
+    ("fat", "dos"),
+    ("ntfs", "gpt"),
+]
+
+
+def without_mtime_of_dirs(tree: dict, kind: str) -> dict:
+    # mcopy and ntfscp keep files' mtimes, not directories'.
+    if kind in ("ext4", "btrfs"):
+        return tree
+    return {k: v[:4] + ((None,) if v[0] == "dir" else v[4:]) for k, v in tree.items()}
+
+
+@pytest.mark.parametrize(("kind", "table"), CASES)
+def test_point_gives_back_the_exact_tree(kind: str, table: str, tmp_path: Path) -> None:
+    need_tools(kind)
+    src = tmp_path / "src"
+    make_tree(src, kind, big=6 * MIB + 12345)
+    fs_img = tmp_path / "fs.img"
+    build_fs(kind, src, fs_img, FS_SIZE[kind] * MIB, label="TESTLBL")
+    if kind == "ntfs":
+        stream = tmp_path / "stream"
+        stream.write_bytes(b"zone identifier\n")
+        add_ntfs_stream(fs_img, stream, "readme.txt", "Zone.Identifier")
+    fs_size = fs_img.stat().st_size  # mkfs.btrfs --rootdir may grow it
+    disk = tmp_path / "disk.img"
+    build_disk(disk, (FS_SIZE[kind] + 4) * MIB, [(kind, fs_img)], table)
+    repo = Repository.init(tmp_path / "repo")
+    point = store_disks(repo, [disk])
+    fs_img.unlink()
+    disk.unlink()
+
+    vols = files_ls(repo, point, None, None)
+    assert vols == [
+        {
+            "volume": "disk0p1",
+            "disk": 0,
+            "partition": 1,
+            "fs": FS_NAME[kind],
+            "label": "TESTLBL",
+            "size": fs_size,
+        }
+    ]
+
+    out = tmp_path / "out"
+    res = files_get(repo, point, ["/disk0p1"], str(out), Progress(False))
+    assert res["errors"] == []
+    got = out / "disk0p1"
+    if kind == "ext4":
+        shutil.rmtree(got / "lost+found")
+    if kind == "ntfs":  # the alternate data stream, beside its file
+        assert res["streams"] == 1
+        ads = got / "readme.txt:Zone.Identifier"
+        assert ads.read_bytes() == b"zone identifier\n"
+        ads.unlink()
+    want_tree = without_mtime_of_dirs(describe(src, kind=kind), kind)
+    assert without_mtime_of_dirs(describe(got, kind=kind), kind) == want_tree
+    if kind in ("ext4", "btrfs"):
+        assert res["hardlinks"] == 1
+        assert (got / "hardlink to notes").stat().st_ino == (got / "docs/notes.txt").stat().st_ino
+    if kind in ("ext4", "xfs", "btrfs"):
+        sparse = got / "sparse.img"
+        assert sparse.stat().st_size == 64 * MIB
+        assert sparse.stat().st_blocks * 512 <= 4 * MIB  # holes stayed holes
+
+    names = {r["path"] for r in files_find(repo, point, "*.TXT")}
+    want = {"/disk0p1/" + k for k, v in describe(src, kind=kind).items() if k.endswith(".txt")}
+    assert names == want
+
+    listing = files_ls(repo, point, "/disk0p1", None)
+    top = {r["name"]: r for r in listing if r["name"] != "lost+found"}
+    assert set(top) == {p.name for p in src.iterdir()}
+    big = top["big.bin"]
+    assert big["type"] == "file" and big["size"] == 6 * MIB + 12345
+    assert big["path"] == "/disk0p1/big.bin"
+    if kind in ("ext4", "btrfs", "xfs"):
+        link = top["link_to_notes" if kind == "xfs" else "link to notes"]
+        assert link["type"] == "symlink" and link["target"] == "docs/notes.txt"
+        assert top["docs"]["mode"] == f"{os.stat(src / 'docs').st_mode & 0o7777:04o}"
