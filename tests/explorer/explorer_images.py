@@ -47,7 +47,6 @@ def rand_bytes(n: int, seed: int) -> bytes:
 def make_tree(root: Path, kind: str, *, big: int, seed: int = 1) -> None:
     """A test tree with what each filesystem (and its build tool) can hold."""
     root.mkdir(parents=True)
-    posix = kind in ("ext4", "xfs", "btrfs")
     if kind == "xfs":  # a protofile separates its fields by blanks: no spaces in names
         return make_tree_named(root, kind, big, seed, lambda s: s.replace(" ", "_"))
     return make_tree_named(root, kind, big, seed, lambda s: s)
@@ -57,7 +56,7 @@ def make_tree_named(root: Path, kind: str, big: int, seed: int, nm: Any) -> None
     posix = kind in ("ext4", "xfs", "btrfs")
     files: dict[str, bytes] = {
         "big.bin": rand_bytes(big, seed),
-        nm("résumé ✓ long name.txt"): "unicode\n".encode() * 3,
+        nm("résumé ✓ long name.txt"): b"unicode\n" * 3,
         "日本語の名前.txt": b"nihongo\n",
         "readme.txt": b"read me\n",
     }
