@@ -24,6 +24,7 @@ from repository.index import DiskIndex
 
 DEFAULT_CACHE_BYTES = 256 * 1024 * 1024
 READ_AHEAD_SLOTS = 4
+_ZEROS = bytes(1 << 20)
 
 
 class DamagedDiskError(OSError):
@@ -174,11 +175,22 @@ class RepoDisk(io.RawIOBase):
             data = self._slot(slot)
             dst = out[pos - offset : pos - offset + take]
             if data is None:
-                dst[:] = bytes(take)
+                dst[:] = _ZEROS[:take] if take <= len(_ZEROS) else bytes(take)
             else:
-                dst[:] = data[within : within + take]
+                dst[:] = memoryview(data)[within : within + take]
             pos += take
         return end - offset
+
+    def chunk_bytes(self, offset: int, length: int) -> bytes | None:
+        """The `length` bytes at `offset`, which must lie within one chunk slot, without
+        copying when they are the whole slot; None when the slot is a hole (all zeros)."""
+        slot, within = divmod(offset, self.index.chunk_size)
+        if within + length > self.index.slot_length(slot):
+            raise ValueError(f"bytes {offset}+{length} cross a chunk boundary")
+        data = self._slot(slot)
+        if data is None or (within == 0 and length == len(data)):
+            return data
+        return data[within : within + length]
 
     def _slot(self, slot: int) -> bytes | None:
         cid = self.index.ids[slot]

@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 # Enough of a volume's start to see every superblock magic below (btrfs: 64 KiB + 0x48).
 PROBE_BYTES = 0x10000 + 0x1000
 
+FS_BUFFER = 64 * 1024
+
 # MBR entries that only hold other partitions (extended containers) have no filesystem.
 MBR_CONTAINER_TYPES = {0x05, 0x0F, 0x85}
 
@@ -89,6 +91,12 @@ class Slice(io.RawIOBase):
     def pread_into(self, out: memoryview, offset: int) -> int:
         want = max(0, min(len(out), self.size - offset))
         return self.disk.pread_into(out[:want], self.offset + offset) if want else 0
+
+    def chunk_bytes(self, offset: int, length: int) -> bytes | None:
+        """RepoDisk.chunk_bytes at this slice's offset (the range must be inside it)."""
+        if offset < 0 or offset + length > self.size:
+            raise ValueError(f"bytes {offset}+{length} are outside the volume")
+        return self.disk.chunk_bytes(self.offset + offset, length)  # type: ignore[attr-defined]
 
 
 @dataclass
@@ -242,8 +250,11 @@ def open_volume(name: str, disk: int, partition: int | None, stream: Any, head: 
     if kind is None:
         return vol
     vol.kind = kind
+    # Filesystem readers make many small reads close together (inodes, directory blocks):
+    # a buffer serves them without a chunk-cache lookup each; seeks inside it are free.
+    buffered = io.BufferedReader(stream, buffer_size=FS_BUFFER)
     try:
-        vol.handle, vol.fs, vol.label = _open_fs(kind, stream)
+        vol.handle, vol.fs, vol.label = _open_fs(kind, buffered)
     except OSError:
         raise  # damaged chunks under the superblock: the caller reports them
     except Exception as exc:  # the library rejected what the magic promised
