@@ -22,7 +22,7 @@ from typing import Any
 
 import anyio
 
-from repository import Repository
+from repository import Repository, RepositoryError
 
 from .disk import ChunkCache
 from .point import ExplorerError, OpenPoint, entry_record, open_point
@@ -124,6 +124,12 @@ def _guarded(
             if exc.errno != errno.EIO:
                 raise
             return report(exc.strerror or str(exc), EXIT_PROBLEM, "damaged", args)
+        except RepositoryError:
+            raise  # vigil's own handler phrases these
+        except Exception as exc:
+            # A filesystem structure the reader could not parse (a damaged or unusual image).
+            msg = f"cannot read the filesystem: {type(exc).__name__}: {exc}"
+            return report(msg, EXIT_PROBLEM, "filesystem", args)
 
     return handler
 

@@ -207,6 +207,8 @@ class Extractor:
             if exc.errno != errno.EIO:  # a local problem: name the local file
                 what = f"{os.path.join(self.dest, rel)}: {what}"
             self._error(src, what)
+        except Exception as exc:  # a damaged filesystem structure, as the reader found it
+            self._error(src, f"cannot be read: {type(exc).__name__}: {exc}")
 
     def _dir(self, dir_fd: int, rel: str, name: str, src: str, node: Node) -> None:
         try:

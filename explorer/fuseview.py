@@ -19,7 +19,10 @@ log = logging.getLogger(__name__)
 def _oserror(exc: OSError) -> Exception:
     import mfusepy
 
-    return mfusepy.FuseOSError(exc.errno or errno.EIO)
+    if exc.errno is None:  # raised without an errno: take it from the exception's type
+        exc_errno = errno.ENOENT if isinstance(exc, FileNotFoundError) else errno.EIO
+        return mfusepy.FuseOSError(exc_errno)
+    return mfusepy.FuseOSError(exc.errno)
 
 
 def make_operations(tree: MountTree) -> Any:
@@ -33,6 +36,10 @@ def make_operations(tree: MountTree) -> Any:
         def __init__(self) -> None:
             self._handles: dict[int, Any] = {}
             self._next = itertools.count(1)
+            self.mounted = False
+
+        def init(self, path: str) -> None:
+            self.mounted = True
 
         def _call(self, fn: Any, *args: Any) -> Any:
             try:
@@ -75,6 +82,12 @@ def make_operations(tree: MountTree) -> Any:
         def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
             return bytes(self._call(tree.getxattr, path, name))
 
+        def _read_only(self, *args: Any, **kwargs: Any) -> Any:
+            raise mfusepy.FuseOSError(errno.EROFS)
+
+        create = mkdir = mknod = unlink = rmdir = rename = symlink = link = _read_only
+        chmod = chown = truncate = write = utimens = setxattr = removexattr = _read_only
+
         def statfs(self, path: str) -> dict[str, int]:
             return {"f_bsize": 4096, "f_frsize": 4096, "f_namemax": 255}
 
@@ -88,9 +101,10 @@ def run_mount(tree: MountTree, mountpoint: str) -> None:
     # libfuse installs its unmount-on-signal handlers only where the default handler is in
     # place; asyncio (and `vigil`'s SIGTERM handling) installed others.
     saved = {s: signal.signal(s, signal.SIG_DFL) for s in (signal.SIGTERM, signal.SIGHUP)}
+    ops = make_operations(tree)
     try:
         mfusepy.FUSE(
-            make_operations(tree),
+            ops,
             mountpoint,
             foreground=True,
             nothreads=True,
@@ -99,6 +113,11 @@ def run_mount(tree: MountTree, mountpoint: str) -> None:
             subtype="vigil",
             default_permissions=True,
         )
+    except RuntimeError:
+        # libfuse 3 ends its loop with status 8 when a signal unmounted the view, which
+        # mfusepy raises: the normal way to stop, once the view was up.
+        if not ops.mounted:
+            raise
     finally:
         for s, h in saved.items():
             signal.signal(s, h)

@@ -8,6 +8,7 @@ metafiles and 8.3 short names, FAT's local-time timestamps, btrfs's (name, inode
 
 from __future__ import annotations
 
+import errno
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -60,7 +61,7 @@ class Node:
         """The entry `name` of this directory: exact match first, then (NTFS, FAT, which
         ignore case) a case-insensitive one. FileNotFoundError when there is none."""
         if self.kind != DIR:
-            raise NotADirectoryError(f"{self.name or '/'} is not a directory")
+            raise NotADirectoryError(errno.ENOTDIR, f"{self.name or '/'} is not a directory")
         if self.fs == "ntfs":
             entries = list(_ntfs_entries(self.raw))
             match = [s for n, s in entries if n == name] or [
@@ -78,7 +79,7 @@ class Node:
                 for node in kids:
                     if node.name.casefold() == name.casefold():
                         return node
-        raise FileNotFoundError(name)
+        raise FileNotFoundError(errno.ENOENT, f"no entry {name!r}", name)
 
     def open(self) -> BinaryIO:
         return _open(self, "")

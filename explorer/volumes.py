@@ -94,8 +94,8 @@ class Slice(io.RawIOBase):
 
     def chunk_bytes(self, offset: int, length: int) -> bytes | None:
         """RepoDisk.chunk_bytes at this slice's offset (the range must be inside it)."""
-        if offset < 0 or offset + length > self.size:
-            raise ValueError(f"bytes {offset}+{length} are outside the volume")
+        if offset < 0 or offset + length > self.size:  # a damaged run list
+            raise OSError(errno.EIO, f"bytes {offset}+{length} are outside the volume")
         return self.disk.chunk_bytes(self.offset + offset, length)  # type: ignore[attr-defined]
 
 
