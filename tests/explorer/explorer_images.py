@@ -30,7 +30,8 @@ GPT_TYPE = {
     "ntfs": "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7",
     "fat": "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7",
 }
-MBR_TYPE = {"ntfs": "7", "fat": "c"}
+MBR_TYPE = {"ntfs": "7", "fat": "c", "lvm": "8e"}
+GPT_TYPE["lvm"] = "E6D6D379-F507-44C2-A23C-238F2A3DF928"
 FIXED_MTIME = 1_700_000_000  # 2023-11-14: mtimes the tools keep must come back exactly
 
 

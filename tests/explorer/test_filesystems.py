@@ -107,3 +107,40 @@ def test_point_gives_back_the_exact_tree(kind: str, table: str, tmp_path: Path) 
         link = top["link_to_notes" if kind == "xfs" else "link to notes"]
         assert link["type"] == "symlink" and link["target"] == "docs/notes.txt"
         assert top["docs"]["mode"] == f"{os.stat(src / 'docs').st_mode & 0o7777:04o}"
+
+
+def test_lvm_logical_volumes_are_found_by_vg_and_lv_name(tmp_path: Path) -> None:
+    """An ext4 filesystem inside LVM logical volume testvg/data, the physical volume being
+    the disk's second MBR partition (samples/README.md tells how the PV was made)."""
+    import zstandard
+
+    need_tools("ext4")
+    src = tmp_path / "src"
+    make_tree(src, "ext4", big=MIB)
+    lv = tmp_path / "lv.img"
+    build_fs("ext4", src, lv, 32 * MIB)
+    pv = tmp_path / "pv.img"
+    head = zstandard.ZstdDecompressor().decompress(
+        (Path(__file__).parent / "samples" / "lvm-pv-head.bin.zst").read_bytes()
+    )
+    with open(pv, "wb") as f:
+        f.write(head)
+        f.write(lv.read_bytes())
+        f.truncate(64 * MIB)
+    boot = tmp_path / "boot.img"
+    build_fs("ext4", src / "docs", boot, 8 * MIB, label="boot")
+    disk = tmp_path / "disk.img"
+    build_disk(disk, 0, [("ext4", boot), ("lvm", pv)], "dos")
+    repo = Repository.init(tmp_path / "repo")
+    point = store_disks(repo, [disk])
+
+    vols = files_ls(repo, point, None, None)
+    assert [(v["volume"], v["fs"], v["size"]) for v in vols] == [
+        ("disk0p1", "ext4", 8 * MIB),
+        ("testvg-data", "ext4", 32 * MIB),
+    ]
+    out = tmp_path / "out"
+    res = files_get(repo, point, ["/testvg-data"], str(out), Progress(False))
+    assert res["errors"] == []
+    shutil.rmtree(out / "testvg-data" / "lost+found")
+    assert describe(out / "testvg-data", kind="ext4") == describe(src, kind="ext4")
