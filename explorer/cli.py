@@ -51,7 +51,14 @@ def add_commands(sub: Any, *, open_repository: OpenRepo) -> None:
     fsub = files.add_subparsers(dest="files_command", metavar="SUBCOMMAND", required=True)
     wrap = functools.partial(_guarded, open_repository=open_repository)
 
-    p = fsub.add_parser("ls", help="list the volumes, or a directory's entries")
+    p = fsub.add_parser(
+        "ls",
+        help="list the volumes, or a directory's entries",
+        description="Without PATH, the volumes found on the point's disks (diskNpM for a "
+        "partition, diskN for a filesystem on a whole disk, vg-lv for LVM) with their "
+        "filesystem, label and size. With PATH (/VOLUME/dir), that directory's entries: "
+        "name, type, size, mtime, mode and symlink target.",
+    )
     p.add_argument("point", metavar="POINT", help="restore point id, from `vigil list`")
     p.add_argument("path", nargs="?", metavar="PATH", help="/VOLUME/dir (default: the volumes)")
     p.add_argument("--disk", type=int, metavar="N", help="only the volumes of disk N (0, 1 ...)")
@@ -105,6 +112,11 @@ def add_commands(sub: Any, *, open_repository: OpenRepo) -> None:
         "disk as <vm>/<point>/disks/diskN.img (loop devices, ntfs-3g, qemu-img can read it). "
         "VM limits it to one VM's points, POINT to one point; without either, every point. "
         "Runs until unmounted (fusermount3 -u MOUNTPOINT), Ctrl-C or SIGTERM.",
+        epilog="Examples:\n\n"
+        "  vigil mount web-1 /mnt/vigil &\n"
+        "  ls /mnt/vigil/web-1/                     # its restore points\n"
+        "  cp /mnt/vigil/web-1/POINT/disk0p1/etc/fstab .\n"
+        "  qemu-img convert -O qcow2 /mnt/vigil/web-1/POINT/disks/disk0.img web-1.qcow2",
     )
     p.add_argument("target", nargs="?", metavar="VM|POINT", help="a VM or a restore point id")
     p.add_argument("mountpoint", metavar="MOUNTPOINT", help="an empty directory")
