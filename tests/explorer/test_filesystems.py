@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -144,3 +145,62 @@ def test_lvm_logical_volumes_are_found_by_vg_and_lv_name(tmp_path: Path) -> None
     assert res["errors"] == []
     shutil.rmtree(out / "testvg-data" / "lost+found")
     assert describe(out / "testvg-data", kind="ext4") == describe(src, kind="ext4")
+
+
+def ntfs3g_usable() -> str | None:
+    if shutil.which("ntfs-3g") is None or shutil.which("fusermount3") is None:
+        return "ntfs-3g or fusermount3 missing"
+    if not os.path.exists("/dev/fuse"):
+        return "no /dev/fuse"
+    return None
+
+
+def test_ntfs_directories_hard_links_streams_and_holes(tmp_path: Path) -> None:
+    """ntfscp cannot make directories: this NTFS is filled by ntfs-3g (userspace, through
+    FUSE) with nested and large directories (an index of 600 entries spans many index
+    blocks), a hard link, a sparse file and an alternate data stream."""
+    why = ntfs3g_usable()
+    if why:
+        pytest.skip(why)
+    need_tools("ntfs")
+    src = tmp_path / "src"
+    make_tree(src, "fat", big=2 * MIB + 1)  # directories, deep and unicode paths, empty dir
+    many = src / "many"
+    many.mkdir()
+    for i in range(600):
+        (many / f"entry {i:04d} ünïcode.txt").write_bytes(b"%d\n" % i)
+    with open(src / "sparse.bin", "wb") as f:
+        f.seek(16 * MIB)
+        f.write(b"tail")
+    os.link(src / "docs" / "notes.txt", src / "notes hardlink.txt")
+    for p in [*src.rglob("*"), src]:
+        os.utime(p, (1_700_000_000, 1_700_000_000))
+    img = tmp_path / "ntfs.img"
+    with open(img, "wb") as f:
+        f.truncate(96 * MIB)
+    subprocess.run(["mkntfs", "-q", "-F", "-Q", "-L", "TESTLBL", str(img)], check=True,
+                   capture_output=True)  # fmt: skip
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    subprocess.run(["ntfs-3g", str(img), str(mnt), "-o", "streams_interface=xattr"], check=True)
+    try:
+        subprocess.run(["cp", "-a", f"{src}/.", str(mnt)], check=True)
+        os.setxattr(mnt / "readme.txt", "user.Zone.Identifier", b"ZoneId=3\n")
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mnt)], check=True)
+    disk = tmp_path / "disk.img"
+    build_disk(disk, 0, [("ntfs", img)], "gpt")
+    repo = Repository.init(tmp_path / "repo")
+    point = store_disks(repo, [disk])
+
+    out = tmp_path / "out"
+    res = files_get(repo, point, ["/disk0p1"], str(out), Progress(False))
+    assert res["errors"] == [] and res["hardlinks"] == 1 and res["streams"] == 1
+    got = out / "disk0p1"
+    assert (got / "readme.txt:Zone.Identifier").read_bytes() == b"ZoneId=3\n"
+    (got / "readme.txt:Zone.Identifier").unlink()
+    assert describe(got, kind="ntfs") == describe(src, kind="ntfs")
+    assert (got / "notes hardlink.txt").stat().st_ino == (got / "docs/notes.txt").stat().st_ino
+    assert (got / "sparse.bin").stat().st_blocks * 512 < MIB
+    listing = files_ls(repo, point, "/disk0p1/many", None)
+    assert sorted(r["name"] for r in listing) == sorted(p.name for p in many.iterdir())
