@@ -23,6 +23,7 @@ from .nodes import DIR, FILE, SYMLINK, Node
 from .point import ExplorerError, OpenPoint
 
 DISKS_DIR = "disks"
+NODE_CACHE_ENTRIES = 100_000  # looked-up entries kept (a few hundred bytes each)
 
 
 def vm_dir_name(name: str, key: str) -> str:
@@ -111,10 +112,19 @@ class MountTree:
                 raise FileNotFoundError(errno.ENOENT, "/".join(parts)) from None
             except NotADirectoryError:
                 raise FileNotFoundError(errno.ENOTDIR, "/".join(parts)) from None
-            self._nodes[key] = node
-            if len(self._nodes) > 100_000:
-                self._nodes.popitem(last=False)
+            self._remember(key, node)
             return node
+
+    def _remember(self, key: str, node: Node) -> None:
+        self._nodes[key] = node
+        self._nodes.move_to_end(key)
+        if len(self._nodes) > NODE_CACHE_ENTRIES:
+            self._nodes.popitem(last=False)
+
+    def _key_of(self, path: str) -> str:
+        """The node-cache key of a path below a point: `<point id>/<volume>/...`."""
+        parts = self._split(path)
+        return f"{parts[1]}/" + "/".join(parts[2:])
 
     def getattr(self, path: str) -> dict[str, Any]:
         what, obj = self.lookup(path)
@@ -148,7 +158,15 @@ class MountTree:
         if what == "disks":
             return [f"disk{n}.img" for n in range(len(obj.disks))]
         if what == "node" and obj.kind == DIR:
-            return sorted(c.name for c in obj.children())
+            # Remember the children: `ls -l` asks for each one's attributes next, and
+            # finding a name again would read the whole directory per entry.
+            prefix = self._key_of(path)
+            names = []
+            with self._lock:
+                for child in obj.children():
+                    names.append(child.name)
+                    self._remember(f"{prefix}/{child.name}", child)
+            return sorted(names)
         raise NotADirectoryError(errno.ENOTDIR, path)
 
     def readlink(self, path: str) -> str:
