@@ -9,6 +9,7 @@ metafiles and 8.3 short names, FAT's local-time timestamps, btrfs's (name, inode
 from __future__ import annotations
 
 import errno
+import io
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -225,5 +226,58 @@ def fat_name(entry: Any) -> str:
 
 def _open(n: Node, stream: str) -> BinaryIO:
     if n.fs == "ntfs":
-        return n.raw.open(stream)  # type: ignore[no-any-return]
+        data = n.raw.open(stream)
+        valid = ntfs_valid_length(n.raw, stream)
+        size = int(n.raw.size(stream))
+        return data if valid is None or valid >= size else ZeroTail(data, valid, size)
     return n.raw.open()  # type: ignore[no-any-return]
+
+
+def ntfs_valid_length(record: Any, stream: str) -> int | None:
+    """An NTFS stream's valid data length: Windows reads everything past it as zeros (the
+    clusters there were allocated by SetEndOfFile but never written, and still hold what a
+    deleted file left). None for resident data, which has no such gap."""
+    from dissect.ntfs.c_ntfs import ATTRIBUTE_TYPE_CODE
+
+    for attr in record.attributes.find(stream, ATTRIBUTE_TYPE_CODE.DATA):
+        header = attr.header
+        if not header.resident and header.lowest_vcn == 0:
+            return int(header.header.Form.Nonresident.ValidDataLength)
+    return None
+
+
+class ZeroTail(io.RawIOBase):
+    """A stream whose bytes from `valid` to `size` read as zeros."""
+
+    def __init__(self, inner: BinaryIO, valid: int, size: int) -> None:
+        super().__init__()
+        self.inner, self.valid, self.size = inner, valid, size
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buf: Any) -> int:
+        view = memoryview(buf).cast("B")
+        n = max(0, min(len(view), self.size - self._pos))
+        head = max(0, min(n, self.valid - self._pos))
+        if head:
+            self.inner.seek(self._pos)
+            data = self.inner.read(head)
+            view[: len(data)] = data
+            if len(data) != head:
+                raise OSError(errno.EIO, f"stream ends at byte {self._pos + len(data)}")
+        view[head:n] = bytes(n - head)
+        self._pos += n
+        return n

@@ -18,6 +18,7 @@ from explorer_images import (
     describe,
     make_tree,
     need_tools,
+    rand_bytes,
     store_disks,
 )
 
@@ -204,3 +205,38 @@ def test_ntfs_directories_hard_links_streams_and_holes(tmp_path: Path) -> None:
     assert (got / "sparse.bin").stat().st_blocks * 512 < MIB
     listing = files_ls(repo, point, "/disk0p1/many", None)
     assert sorted(r["name"] for r in listing) == sorted(p.name for p in many.iterdir())
+
+
+def test_ntfs_bytes_past_the_valid_data_length_read_as_zeros(tmp_path: Path) -> None:
+    """A file extended by SetEndOfFile but written only partly keeps stale clusters past
+    its valid data length; Windows reads zeros there, and so must a restore. ntfscp cannot
+    make such a file, so the image's MFT record is patched (ValidDataLength = 1 MiB)."""
+    from dissect.ntfs import NTFS
+
+    need_tools("ntfs")
+    src = tmp_path / "src"
+    src.mkdir()
+    data = rand_bytes(3 * MIB, 11)
+    (src / "prealloc.db").write_bytes(data)
+    img = tmp_path / "ntfs.img"
+    build_fs("ntfs", src, img, 32 * MIB)
+    with open(img, "r+b") as f:
+        fs = NTFS(f)
+        rec = fs.mft.get("prealloc.db")
+        [attr] = [a for a in rec.attributes[0x80] if not a.header.resident]
+        at = fs.boot_sector.MftStartLcn * fs.cluster_size + rec.segment * fs._record_size
+        f.seek(at)
+        assert f.read(4) == b"FILE"
+        field = at + attr.header.offset + 56  # Form.Nonresident.ValidDataLength
+        assert field % 512 < 504  # not under an update-sequence fixup
+        f.seek(field)
+        assert int.from_bytes(f.read(8), "little") == len(data)
+        f.seek(field)
+        f.write(MIB.to_bytes(8, "little"))
+    repo = Repository.init(tmp_path / "repo")
+    point = store_disks(repo, [img])
+    out = tmp_path / "out"
+    res = files_get(repo, point, ["/disk0/prealloc.db"], str(out), Progress(False))
+    assert res["errors"] == []
+    got = (out / "prealloc.db").read_bytes()
+    assert got == data[:MIB] + bytes(2 * MIB)
