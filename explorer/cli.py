@@ -14,7 +14,6 @@ import argparse
 import errno
 import functools
 import json
-import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -367,53 +366,9 @@ async def cmd_files_diff(args: argparse.Namespace, repo: Repository) -> int:
 # -- mount ------------------------------------------------------------------------------------
 
 
-def mount_points(repo: Repository, target: str | None) -> list[Any]:
-    from .mounttree import PointRef, vm_dir_name
-
-    manifests = repo.manifests()
-    if target:
-        t = target.strip()
-        chosen = [m for m in manifests if m.point_id == t]
-        if not chosen:
-            chosen = [
-                m
-                for m in manifests
-                if t in (m.vm.name, m.vm.path, m.vm.moref)
-                or t.lower() == m.vm.instance_uuid.lower()
-            ]
-        if not chosen:
-            raise ExplorerError(
-                f"no restore point or VM {target!r} (`vigil list` shows points and VMs)"
-            )
-        manifests = chosen
-    return [
-        PointRef(vm_dir_name(m.vm.name, m.vm.key), m.point_id, m.committed_at.timestamp())
-        for m in manifests
-    ]
-
-
-def mount_view(repo: Repository, target: str | None, mountpoint: str) -> None:
-    """Serve the view until it is unmounted or signalled (blocks: call it from the main
-    thread, where libfuse handles the signals that unmount the view)."""
-    from .fuseview import run_mount
-    from .mounttree import MountTree
-
-    if not os.path.isdir(mountpoint):
-        raise ExplorerError(f"mount point {mountpoint} is not a directory")
-    if not os.path.exists("/dev/fuse"):
-        raise ExplorerError("/dev/fuse is missing: FUSE is not available on this host")
-    refs = mount_points(repo, target)
-    cache = ChunkCache()
-    tree = MountTree(refs, lambda pid: open_point(repo, pid, cache))
-    try:
-        run_mount(tree, mountpoint)
-    except RuntimeError as exc:  # mfusepy: "fuse_main failed" and friends
-        raise ExplorerError(f"cannot mount at {mountpoint}: {exc}") from None
-    finally:
-        tree.close()
-        cache.close()
-
-
 async def cmd_mount(args: argparse.Namespace, repo: Repository) -> int:
+    from .fuseview import mount_view
+
+    # In the main thread, blocking: libfuse handles the signals that unmount the view.
     mount_view(repo, args.target, args.mountpoint)
     return EXIT_OK

@@ -121,3 +121,26 @@ def run_mount(tree: MountTree, mountpoint: str) -> None:
     finally:
         for s, h in saved.items():
             signal.signal(s, h)
+
+
+def mount_view(repo: Any, target: str | None, mountpoint: str) -> None:
+    """`vigil mount`: serve the points `target` names at `mountpoint` until unmounted or
+    signalled (blocks; call it from the main thread)."""
+    from .disk import ChunkCache
+    from .mounttree import points_for
+    from .point import ExplorerError, open_point
+
+    if not os.path.isdir(mountpoint):
+        raise ExplorerError(f"mount point {mountpoint} is not a directory")
+    if not os.path.exists("/dev/fuse"):
+        raise ExplorerError("/dev/fuse is missing: FUSE is not available on this host")
+    refs = points_for(repo.manifests(), target)
+    cache = ChunkCache()  # one cache for every point the view opens
+    tree = MountTree(refs, lambda pid: open_point(repo, pid, cache))
+    try:
+        run_mount(tree, mountpoint)
+    except RuntimeError as exc:  # mfusepy: "fuse_main failed" and friends
+        raise ExplorerError(f"cannot mount at {mountpoint}: {exc}") from None
+    finally:
+        tree.close()
+        cache.close()

@@ -214,3 +214,27 @@ def _attrs(mode: int, size: int, mtime_ns: int, nlink: int) -> dict[str, Any]:
         "st_gid": 0,
         "st_blocks": (size + 511) // 512,
     }
+
+
+def points_for(manifests: list[Any], target: str | None) -> list[PointRef]:
+    """The points a mount shows: all, one point (by id) or one VM's (by name, inventory
+    path, MoRef or instance UUID)."""
+    if target:
+        t = target.strip()
+        chosen = [m for m in manifests if m.point_id == t]
+        if not chosen:
+            chosen = [
+                m
+                for m in manifests
+                if t in (m.vm.name, m.vm.path, m.vm.moref)
+                or t.lower() == m.vm.instance_uuid.lower()
+            ]
+        if not chosen:
+            raise ExplorerError(
+                f"no restore point or VM {target!r} (`vigil list` shows points and VMs)"
+            )
+        manifests = chosen
+    return [
+        PointRef(vm_dir_name(m.vm.name, m.vm.key), m.point_id, m.committed_at.timestamp())
+        for m in manifests
+    ]

@@ -87,3 +87,25 @@ def test_fat_short_names_keep_the_case_windows_recorded() -> None:
     assert fat_name(entry("README.TXT", 0)) == "README.TXT"
     assert fat_name(entry("MAKEFILE", 0x08)) == "makefile"
     assert fat_name(entry("LONGNA~1.TXT", 0x18, "Long Name.txt")) == "Long Name.txt"
+
+
+def test_a_mount_shows_all_points_one_vm_or_one_point() -> None:
+    from datetime import UTC, datetime
+
+    from explorer.mounttree import points_for
+    from explorer.point import ExplorerError
+
+    def m(pid: str, name: str, uuid: str) -> SimpleNamespace:
+        vm = SimpleNamespace(name=name, path=f"/DC0/vm/{name}", moref="vm-1",
+                             instance_uuid=uuid, key="k" + uuid)  # fmt: skip
+        return SimpleNamespace(point_id=pid, vm=vm, committed_at=datetime(2026, 1, 1, tzinfo=UTC))
+
+    ms = [m("p1", "web/1", "U1"), m("p2", "web/1", "U1"), m("p3", "db", "U2")]
+    assert [(r.vm, r.point_id) for r in points_for(ms, None)] == [
+        ("web_1", "p1"), ("web_1", "p2"), ("db", "p3"),
+    ]  # fmt: skip
+    assert [r.point_id for r in points_for(ms, "/DC0/vm/db")] == ["p3"]
+    assert [r.point_id for r in points_for(ms, "u1")] == ["p1", "p2"]
+    assert [r.point_id for r in points_for(ms, "p2")] == ["p2"]
+    with pytest.raises(ExplorerError, match="no restore point or VM 'nope'"):
+        points_for(ms, "nope")
