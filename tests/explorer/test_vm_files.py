@@ -9,11 +9,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 from explorer_images import (
     MIB,
     add_ntfs_stream,
@@ -24,10 +26,12 @@ from explorer_images import (
     make_tree,
     need_tools,
 )
+from test_mount import fuse_usable, wait_mounted
 
 from repository.codec import chunk_key
 
 ROOT = Path(__file__).resolve().parents[2]
+VM_NAME = "DC0_H0_VM0"
 Rig = Any
 BIG = 200 * MIB  # the issue's large file
 
@@ -84,6 +88,37 @@ def vigil_bytes(rig: Rig, *args: str) -> subprocess.CompletedProcess[bytes]:
     )
 
 
+def check_mount(rig: Rig, p1: str, p2: str, ext_src: Path, ntfs_src: Path, flat: Path) -> None:
+    """Both points under <vm>/<point>/: the unchanged NTFS volume, a directory of the first
+    and the second point's whole disk as a raw image, byte for byte."""
+    mnt = rig.tmp / "mnt"
+    mnt.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "protector.cli", "--config", str(rig.tmp / "vigil.toml"),
+         "mount", VM_NAME, str(mnt)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        wait_mounted(mnt, proc)
+        assert sorted(os.listdir(mnt / VM_NAME)) == sorted([p1, p2])
+        ntfs = mnt / VM_NAME / p2 / "disk0p2"
+        assert os.getxattr(ntfs / "readme.txt", "user.Zone.Identifier") == (
+            b"[ZoneTransfer]\nZoneId=3\n"
+        )
+        assert describe(ntfs, kind="ntfs") == describe(ntfs_src, kind="ntfs")
+        docs = mnt / VM_NAME / p1 / "disk0p1" / "docs"
+        ro = {k: (*v[:3], v[3] & 0o555 if v[3] else v[3], v[4])
+              for k, v in describe(ext_src / "docs", kind="ext4").items()}  # fmt: skip
+        assert describe(docs, kind="ext4") == ro  # the view drops write bits
+        assert sha(mnt / VM_NAME / p2 / "disks" / "disk0.img") == sha(flat)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=60)
+        if os.path.ismount(mnt):
+            subprocess.run(["fusermount3", "-u", str(mnt)], check=False)
+    assert rc == 0 and not os.path.ismount(mnt)
+
+
 def find_in(path: Path, start: int, sample: bytes) -> int:
     with open(path, "rb") as f:
         f.seek(start)
@@ -100,6 +135,7 @@ def sha(path: Path) -> str:
     return h.hexdigest()
 
 
+@pytest.mark.slow
 async def test_browse_extract_search_diff_and_damage(vm_rig: Rig) -> None:
     rig = vm_rig
     need_tools("ext4")
@@ -195,6 +231,10 @@ async def test_browse_extract_search_diff_and_damage(vm_rig: Rig) -> None:
     assert (new / "readme.txt").read_bytes() == (tmp / "readme.new").read_bytes()
     assert (new / "docs" / "added.txt").read_bytes() == b"a new file\n"
     assert not (new / "docs" / "notes.txt").exists()
+
+    # -- the same points through `vigil mount` (where FUSE works) ---------------------------
+    if fuse_usable() is None:
+        check_mount(rig, p1, p2, ext_src, ntfs_src, flat)
 
     # -- a flipped chunk under big.bin: that file fails by name, the others still read ------
     sample = (ext_src / "big.bin").read_bytes()[100 * MIB : 100 * MIB + 4096]
