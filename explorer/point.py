@@ -91,7 +91,17 @@ class OpenPoint:
 
 
 def open_point(repo: Repository, point_id: str, cache: ChunkCache | None = None) -> OpenPoint:
-    return OpenPoint(repo, point_id, cache or ChunkCache())
+    """Open a point; without a shared `cache` it gets its own, closed with the point."""
+    if cache is not None:
+        return OpenPoint(repo, point_id, cache)
+    own = ChunkCache()
+    try:
+        point = OpenPoint(repo, point_id, own)
+    except BaseException:
+        own.close()
+        raise
+    point._stack.callback(own.close)
+    return point
 
 
 def entry_record(path: str, node: Node) -> dict[str, Any]:
