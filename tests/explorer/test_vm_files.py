@@ -21,7 +21,6 @@ from explorer_images import (
     add_ntfs_stream,
     build_disk,
     build_fs,
-    copy_into,
     describe,
     make_tree,
     need_tools,
@@ -59,20 +58,17 @@ def debugfs(flat: Path, offset: int, commands: list[str]) -> None:
     )  # fmt: skip
 
 
-def write_flat(flat: Path, image: Path) -> None:
-    with open(flat, "r+b") as f:
-        f.truncate(0)
-        f.truncate(image.stat().st_size)
-    copy_into(image, flat, 0)
-
-
 async def put_disk(rig: Rig, image: Path) -> Any:
-    """The VM's disk grown to the image's size and holding its bytes, written into the
-    disk's -flat.vmdk in the datastore directory."""
+    """The VM's disk grown to the image's size and holding its bytes, uploaded into its
+    -flat.vmdk through the datastore's HTTP interface (PUT /folder/...)."""
     vm = await rig.vm()
     await rig.grow(vm, size_of(image))
-    write_flat(rig.flat(await rig.disk(vm)), image)
+    await rig.put_flat(vm, read_all(image))
     return vm
+
+
+def read_all(path: Path) -> bytes:
+    return path.read_bytes()
 
 
 def size_of(path: Path) -> int:
