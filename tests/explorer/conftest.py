@@ -1,5 +1,5 @@
-"""A backup rig whose VM disk is written through the datastore's directory (file transport),
-borrowed from the protector tests."""
+"""A backup rig (the protector tests' Rig) reading disks with the file transport, so a test
+can also change the guest's bytes in the datastore between backups, as the guest would."""
 
 from __future__ import annotations
 
