@@ -5,7 +5,9 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := golang-go golang-github-vmware-govmomi-dev gcc libc6-dev python3-venv postgresql
+APT_PACKAGES := golang-go golang-github-vmware-govmomi-dev gcc libc6-dev python3-venv \
+	e2fsprogs dosfstools mtools ntfs-3g xfsprogs btrfs-progs fdisk fuse3 \
+	postgresql
 BENCH_APT_PACKAGES := restic borgbackup
 STAMP := $(VENV)/.installed
 
