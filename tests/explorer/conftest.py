@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from protector.simulator import Simulator
 
 from protector.config import parse_config
 from protector.context import Context
+from protector.devtools.simulator import Simulator
 from repository import Repository
 from tests.protector.conftest import PASSWORD_ENV, Rig, config_toml
 from watcher.session import Credentials, Session
