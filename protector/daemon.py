@@ -967,3 +967,5 @@ class Daemon:
         lag = self.watcher.lag_seconds if self.watcher else None
         self.metrics.update_lag.set(lag if lag is not None else float("nan"))
         self.metrics.policy_errors.set(len(self.policies.errors) if self.policies else 0)
+        self.metrics.connected.set(1 if self.healthy() else 0)
+        self.metrics.set_vms(vms)

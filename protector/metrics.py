@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# Every state `vigil status` shows; each VM gets one 0/1 series per state (the Prometheus
+# "StateSet" pattern), so alerts can match `vigil_vm_state{state="failing"} == 1`.
+VM_STATES = ("ok", "due", "running", "queued", "breached", "failing", "conflict", "unprotected")
 
 
 class Metrics:
@@ -38,3 +46,44 @@ class Metrics:
             "vigil_policy_errors", "Errors in the policy files currently on disk", registry=r
         )
         self.events = Counter("vigil_inventory_events", "Inventory events", ["kind"], registry=r)
+        self.connected = Gauge(
+            "vigil_vcenter_connected",
+            "1 while the daemon's session to vCenter is live and its inventory current",
+            registry=r,
+        )
+        # Per VM, for alerting: label `vm` is the inventory path (unique, readable), `policy`
+        # the winning policy ("" when none).
+        per_vm = ["vm", "policy"]
+        self.vm_last_success = Gauge(
+            "vigil_vm_last_success_timestamp_seconds",
+            "Commit time of the VM's newest good restore point (absent: none yet)",
+            per_vm,
+            registry=r,
+        )
+        self.vm_rpo = Gauge(
+            "vigil_vm_rpo_seconds",
+            "The RPO of the VM's policy (protected VMs only)",
+            per_vm,
+            registry=r,
+        )
+        self.vm_state = Gauge(
+            "vigil_vm_state",
+            "1 for the VM's current state, 0 for the others",
+            [*per_vm, "state"],
+            registry=r,
+        )
+
+    def set_vms(self, vms: Iterable[Mapping[str, Any]]) -> None:
+        """Replace every per-VM series with those of `vms` (the daemon's vm_status()), so a
+        VM that is gone or changed policy leaves no stale series behind."""
+        for gauge in (self.vm_last_success, self.vm_rpo, self.vm_state):
+            gauge.clear()
+        for v in vms:
+            labels = (v["path"], v["policy"] or "")
+            if v.get("newest_point_at"):
+                at = datetime.fromisoformat(v["newest_point_at"]).timestamp()
+                self.vm_last_success.labels(*labels).set(at)
+            if v.get("rpo_seconds") is not None:
+                self.vm_rpo.labels(*labels).set(v["rpo_seconds"])
+            for state in VM_STATES:
+                self.vm_state.labels(*labels, state).set(1 if v["state"] == state else 0)
