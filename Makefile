@@ -5,7 +5,10 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := golang-go golang-github-vmware-govmomi-dev gcc libc6-dev python3-venv
+# prometheus: only for promtool (Debian 12 has no smaller package with it); systemd: for
+# `systemd-analyze security` on contrib/vigil.service (tests/install).
+APT_PACKAGES := golang-go golang-github-vmware-govmomi-dev gcc libc6-dev python3-venv \
+	prometheus systemd
 BENCH_APT_PACKAGES := restic borgbackup
 STAMP := $(VENV)/.installed
 
