@@ -94,11 +94,13 @@ if [ -n "$DESTDIR" ]; then
     "$venv/bin/python" -m compileall -q -f -s "$DESTDIR" -p / "$venv/lib" >/dev/null
 fi
 say "installed vigil into $PREFIX/venv"
+install -d -m 0755 "$DESTDIR$PREFIX/doc"
+install -m 0644 "$SRC/README.md" "$SRC/docs/install.md" "$SRC/docs/policies.md" "$DESTDIR$PREFIX/doc/"
 
 # -- the unit, pointing at what was installed above ---------------------------------------
 unit=$DESTDIR$UNITDIR/vigil.service
 install -d -m 0755 "$DESTDIR$UNITDIR"
-sed -e "s|/opt/vigil/venv|$PREFIX/venv|g" -e "s|/etc/vigil|$SYSCONFDIR|g" \
+sed -e "s|/opt/vigil/|$PREFIX/|g" -e "s|/etc/vigil|$SYSCONFDIR|g" \
     -e "s|/var/lib/vigil|$STATEDIR|g" -e "s|^User=vigil$|User=$SERVICE_USER|" \
     -e "s|^Group=vigil$|Group=$SERVICE_USER|" \
     -e "s|^StateDirectory=vigil$|StateDirectory=${STATEDIR#/var/lib/}|" \

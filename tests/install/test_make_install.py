@@ -121,6 +121,8 @@ def test_unit_runs_what_the_install_put_in_place(installed):
     exec_start = re.search(r"^ExecStart=(\S+) --config (\S+) ", unit, re.M)
     assert exec_start, unit
     program, config = exec_start.groups()
+    doc = re.search(r"^Documentation=file://(\S+)$", unit, re.M)
+    assert doc and (dest / doc.group(1).lstrip("/")).is_file()
     assert program == f"{PREFIX}/venv/bin/vigil"
     assert (dest / config.lstrip("/")).is_file()
     staged = dest / program.lstrip("/")
