@@ -6,6 +6,7 @@ exposure (≤ 2.0, also with the HotAdd drop-in)."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pwd
 import re
@@ -245,3 +246,50 @@ def test_vddk_log_callbacks_need_write_execute_memory():
     assert "ffi.callback(" in (ROOT / "disk_io" / "vddk" / "library.py").read_text()
     unit = (ROOT / "contrib" / "vigil.service").read_text()
     assert "\nMemoryDenyWriteExecute=no\n" in unit
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="runs vigil as the service user")
+def test_installed_vigil_as_the_service_user_with_a_root_one_off_between(installed, vcsim_fresh):
+    """The installed venv, run as the service user, backs up into the state directory; a
+    one-off backup as root in between leaves the repository usable by the service."""
+    dest, user = installed["dest"], installed["user"]
+    pw = pwd.getpwnam(user)
+    etc, state = dest / SYSCONF.lstrip("/"), dest / STATE.lstrip("/")
+    cfg = etc / "service-test.toml"
+    cfg.write_text(
+        f'[vcenter]\nurl = "{vcsim_fresh.url}"\nuser = "user"\npassword_env = "VIGIL_TEST_PW"\n'
+        f'[repository]\npath = "{state}/repo"\n'
+        f'[policies]\npath = "{etc}/service-test-policies"\n[transport]\nmodes = ["http"]\n'
+    )
+    (etc / "service-test-policies").mkdir(mode=0o750)
+    (etc / "service-test-policies" / "p.toml").write_text(
+        '[[policy]]\nname = "p"\npriority = 10\n[policy.select]\nnames = ["DC0_H0_VM0"]\n'
+        '[policy.schedule]\nrpo = "24h"\n[policy.retention]\nkeep_last = 5\n'
+    )
+    for path in (cfg, etc / "service-test-policies", etc / "service-test-policies" / "p.toml"):
+        os.chown(path, 0, pw.pw_gid)
+        path.chmod(0o750 if path.is_dir() else 0o640)
+    venv_bin = dest / PREFIX.lstrip("/") / "venv" / "bin"
+
+    def vigil(*args: str, as_service: bool) -> subprocess.CompletedProcess[str]:
+        who: dict[str, Any] = (
+            {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []} if as_service else {}
+        )
+        return subprocess.run(
+            [str(venv_bin / "python"), str(venv_bin / "vigil"), "--config", str(cfg), *args],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            cwd="/",
+            env={"PATH": "/usr/bin:/bin", "HOME": str(state), "VIGIL_TEST_PW": "pass"},
+            **who,
+        )
+
+    for as_service in (True, False, True):
+        res = vigil("backup", "DC0_H0_VM0", "--json", as_service=as_service)
+        assert res.returncode == 0, f"as {'service' if as_service else 'root'}: {res.stderr}"
+    listed = vigil("list", "DC0_H0_VM0", "--json", as_service=True)
+    assert listed.returncode == 0, listed.stderr
+    assert len(json.loads(listed.stdout)) == 3
+    verify = vigil("verify", as_service=True)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
