@@ -32,9 +32,9 @@ from policies.schedule import DEFAULT_MARGIN, in_window, next_run
 from repository import Repository, prune
 from repository.prune import PruneResult
 from watcher.events import VmAdded, VmChanged, VmEvent, VmMoved, VmRemoved, VmRenamed
+from watcher.inventory import retrieve_objects
 from watcher.session import Session
 from watcher.soap import VsphereConnectionError, VsphereError, VsphereFault
-from watcher.traversal import inventory_filter_spec
 from watcher.updates import Watcher
 
 from .backup import BackupOptions, backup_vm
@@ -726,11 +726,10 @@ class Daemon:
     async def _remove_leftover_snapshots(self) -> None:
         """After a crash, our snapshots may still exist on VMs whose points are fresh (and so
         get no job soon): find them all in one PropertyCollector read and remove them."""
+        from pyVmomi import vim
+
         session = await self.session()
-        spec = inventory_filter_spec(session.content.rootFolder)
-        for ps in spec.propSet:
-            ps.pathSet = ["snapshot"] if ps.type.__name__.endswith("VirtualMachine") else ["name"]
-        objs = await session.retrieve([spec])
+        objs = await retrieve_objects(session, {vim.VirtualMachine: ["snapshot"]})
         now = datetime.now(UTC)
         for oc in objs:
             for prop in oc.propSet or []:

@@ -97,6 +97,8 @@ func main() {
 	srv.Server.Config.Handler = newSlowTasks(srv.Server.Config.Handler, *taskDelay)
 	srv.Server.Config.Handler = newQuiesceFault(srv.Server.Config.Handler, *quiesceGlob)
 	srv.Server.Config.Handler = newSnapshotRDM(srv.Server.Config.Handler, *rdmGlob)
+	srv.Server.Config.Handler = newInPlaceMoves(srv.Server.Config.Handler)
+	srv.Server.Config.Handler = newPoolViews(srv.Server.Config.Handler)
 
 	u := *srv.URL
 	u.User = nil

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import structlog
@@ -10,7 +11,7 @@ from .rawcall import retrieve_parsed
 from .session import Session
 from .soap import VsphereError
 from .tags import TagClient
-from .traversal import inventory_filter_spec
+from .traversal import inventory_filter_spec, inventory_view, view_filter_spec
 from .tree import InventoryTree
 
 log = structlog.get_logger(__name__)
@@ -30,16 +31,38 @@ async def read_field_names(session: Session) -> dict[int, str]:
 
 
 async def read_snapshot(
-    session: Session, *, collector: Any = None, field_names: dict[int, str] | None = None
+    session: Session,
+    *,
+    collector: Any = None,
+    field_names: dict[int, str] | None = None,
+    view: Any = None,
 ) -> InventoryTree:
-    """The whole VM inventory via RetrievePropertiesEx, as a fresh tree."""
+    """The whole VM inventory via RetrievePropertiesEx, as a fresh tree.
+
+    `view`: an inventory view to read through (the watcher's own); without one, a
+    view is made for this read and destroyed after it."""
     pc = collector or session.content.propertyCollector
     if field_names is None:
         field_names = await read_field_names(session)
-    result = await retrieve_parsed(session, pc, [inventory_filter_spec(session.content.rootFolder)])
+    root = session.content.rootFolder
+    if view is not None:
+        result = await retrieve_parsed(session, pc, [inventory_filter_spec(root, view)])
+    else:
+        async with inventory_view(session) as own:
+            result = await retrieve_parsed(session, pc, [inventory_filter_spec(root, own)])
     tree = InventoryTree(session.vcenter_uuid, field_names)
     tree.apply(result.objects)
     return tree
+
+
+async def retrieve_objects(session: Session, type_props: Mapping[type, Sequence[str]]) -> list[Any]:
+    """Some properties of every inventory object of the given types (pyvmomi
+    ObjectContents), read through a view made and destroyed for this read. Types
+    outside the inventory view (hosts, datastores) are not reached."""
+    async with inventory_view(session) as view:
+        return await session.retrieve(
+            [view_filter_spec(session.content.rootFolder, view, type_props)]
+        )
 
 
 async def read_inventory(session: Session, *, tags: TagClient | None = None) -> InventoryTree:
@@ -74,4 +97,10 @@ async def read_inventory_with_tags(session: Session, *, required: bool) -> Inven
     return tree
 
 
-__all__ = ["read_field_names", "read_inventory", "read_inventory_with_tags", "read_snapshot"]
+__all__ = [
+    "read_field_names",
+    "read_inventory",
+    "read_inventory_with_tags",
+    "read_snapshot",
+    "retrieve_objects",
+]

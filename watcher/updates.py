@@ -1,9 +1,9 @@
 """The watcher: a live InventoryTree fed by WaitForUpdatesEx, with typed events.
 
 Lifecycle: `run()` connects (via the `connect` callable), creates its own
-PropertyCollector (a private one, so other callers' filters never mix in), creates
-the inventory filter, reads the whole inventory (WaitForUpdatesEx from version "",
-all `truncated` pages), then waits for changes with `maxWaitSeconds`, applying each
+PropertyCollector (a private one, so other callers' filters never mix in), a
+recursive ContainerView of the inventory and the filter over it (traversal.py), reads
+the whole inventory (WaitForUpdatesEx from version "", all `truncated` pages), waits for changes with `maxWaitSeconds`, applying each
 update set (truncated pages are gathered and applied as one batch).
 
 Failures:
@@ -17,8 +17,9 @@ Failures:
 - an update the tree cannot apply, or any other unexpected exception: logged with the
   object and the update version, then a new collector and filter and a full resync
   (with backoff), so one odd object never ends the watch;
-- before every new collector the old one and its filter are destroyed (best effort),
-  so repeated faults never pile up filters on vCenter;
+- before every new collector the old one, its filter and the view are destroyed (best
+  effort), so repeated faults never pile up filters or views on vCenter; close()
+  destroys them too;
 - session expiry: healed inside the call (single-flight re-login).
 
 Every `reconcile_interval` a RetrievePropertiesEx snapshot is diffed against the
@@ -47,7 +48,7 @@ from .rawcall import call_parsed
 from .session import Credentials, Session
 from .soap import VsphereConnectionError, VsphereError, VsphereFault, VsphereProtocolError
 from .tags import TagClient
-from .traversal import inventory_filter_spec
+from .traversal import create_inventory_view, inventory_filter_spec
 from .tree import InventoryTree, ObjectUpdate, TreeUpdateError, coalesce
 
 log = structlog.get_logger(__name__)
@@ -94,6 +95,7 @@ class Watcher:
         self._session: Session | None = None
         self._collector: Any = None
         self._filter: Any = None
+        self._view: Any = None
         self._resync_requested = False  # set by the tag poller when the tree failed
         self._tags: TagClient | None = None
         self._version = ""
@@ -232,12 +234,17 @@ class Watcher:
             await asyncio.wait_for(session.close(), 5)
 
     async def _discard_collector(self, session: Session | None) -> None:
-        """Destroy our filter and collector (best effort: they may be gone already)."""
+        """Destroy our filter, view and collector (best effort: they may be gone already)."""
         collector, self._collector = self._collector, None
         flt, self._filter = self._filter, None
+        view, self._view = self._view, None
         if session is None:
             return
-        for mo, method in ((flt, "DestroyPropertyFilter"), (collector, "DestroyPropertyCollector")):
+        for mo, method in (
+            (flt, "DestroyPropertyFilter"),
+            (view, "DestroyView"),
+            (collector, "DestroyPropertyCollector"),
+        ):
             if mo is None:
                 continue
             try:
@@ -264,11 +271,12 @@ class Watcher:
         self._collector = session.client.bind(
             await session.call(session.content.propertyCollector, "CreatePropertyCollector")
         )
+        self._view = await create_inventory_view(session)
         self._filter = session.client.bind(
             await session.call(
                 self._collector,
                 "CreateFilter",
-                spec=inventory_filter_spec(session.content.rootFolder),
+                spec=inventory_filter_spec(session.content.rootFolder, self._view),
                 partialUpdates=False,
             )
         )
@@ -368,7 +376,7 @@ class Watcher:
         if updates:
             self._apply(updates, version)
         self._version = version
-        snapshot = await read_snapshot(session)
+        snapshot = await read_snapshot(session, view=self._view)
         try:
             events = self.tree.sync_to(snapshot)
         except Exception as exc:
