@@ -69,7 +69,7 @@ async def read_inventory(session: Session, *, tags: TagClient | None = None) -> 
     """One-shot full read of the VM inventory; with `tags`, VM tags are read too."""
     tree = await read_snapshot(session)
     if tags is not None:
-        tree.set_tags(await tags.vm_tags())
+        tree.set_tags(await tags.vm_tags(vm.moref for vm in tree.vms()))
     return tree
 
 
@@ -83,7 +83,7 @@ async def read_inventory_with_tags(session: Session, *, required: bool) -> Inven
     creds = session.credentials
     tags = TagClient(session.endpoint, creds.user, creds.password)
     try:
-        tree.set_tags(await tags.vm_tags())
+        tree.set_tags(await tags.vm_tags(vm.moref for vm in tree.vms()))
     except VsphereError as exc:
         if required:
             raise

@@ -3,8 +3,9 @@
 Lifecycle: `run()` connects (via the `connect` callable), creates its own
 PropertyCollector (a private one, so other callers' filters never mix in), a
 recursive ContainerView of the inventory and the filter over it (traversal.py), reads
-the whole inventory (WaitForUpdatesEx from version "", all `truncated` pages), waits for changes with `maxWaitSeconds`, applying each
-update set (truncated pages are gathered and applied as one batch).
+the whole inventory (WaitForUpdatesEx from version "", all `truncated` pages), then
+waits for changes with `maxWaitSeconds`, applying each update set (truncated pages
+are gathered and applied as one batch).
 
 Failures:
 - connection lost / vCenter restarted: exponential backoff (0.5 s doubling, cap 30 s,
@@ -281,14 +282,10 @@ class Watcher:
             )
         )
         fresh = InventoryTree(session.vcenter_uuid, await read_field_names(session))
-        tags_read = asyncio.create_task(self._read_tags())
-        try:
-            updates, version = await self._wait(session, "", 0)
-        except BaseException:
-            tags_read.cancel()
-            raise
+        updates, version = await self._wait(session, "", 0)
         fresh.apply(updates)
-        tags = await tags_read
+        # After the tree: tags are read for its VMs (list-attached-tags-on-objects).
+        tags = await self._read_tags(fresh)
         if tags is not None:
             fresh.set_tags(tags)
         events = self.tree.sync_to(fresh, take_tags=tags is not None)
@@ -399,11 +396,11 @@ class Watcher:
 
     # -- tags ----------------------------------------------------------------------
 
-    async def _read_tags(self) -> dict[str, frozenset[str]] | None:
+    async def _read_tags(self, tree: InventoryTree) -> dict[str, frozenset[str]] | None:
         if self._tags is None:
             return None
         try:
-            return await self._tags.vm_tags()
+            return await self._tags.vm_tags(vm.moref for vm in tree.vms())
         except VsphereError as exc:
             log.warning("watcher.tags_unreadable", error=str(exc))
             return None
@@ -422,7 +419,7 @@ class Watcher:
             if self._closing.is_set() or session is None or not self.healthy:
                 continue
             try:
-                tags = await self._read_tags()
+                tags = await self._read_tags(self.tree)
                 if tags is not None and self._session is session:
                     self._emit(self.tree.set_tags(tags))
                 names = await read_field_names(session)
