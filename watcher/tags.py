@@ -75,7 +75,9 @@ class TagClient:
         self.requests = 0  # HTTP requests sent (bench/, tests)
         self._tag_cache: dict[str, tuple[str, str]] = {}  # id -> (name, category id)
         self._cat_cache: dict[str, str] = {}  # id -> name
-        self._age: OrderedDict[tuple[str, str], None] = OrderedDict()  # oldest read first
+        # (kind, id) -> the poll that last read it; oldest read first
+        self._age: OrderedDict[tuple[str, str], int] = OrderedDict()
+        self._poll = 0
 
     @property
     def flavor(self) -> str:
@@ -200,6 +202,7 @@ class TagClient:
     async def _vm_tags(self, vms: list[str] | None) -> dict[str, frozenset[str]]:
         if not self._token:
             await self.login()
+        self._poll += 1
         attached = await (self._attached_to(vms) if vms is not None else self._attached_all())
         used = {t for ids in attached.values() for t in ids}
         await self._read_missing_tags(used)
@@ -255,9 +258,9 @@ class TagClient:
         cats = {self._tag_cache[t][1] for t in used if t in self._tag_cache}
         due: dict[str, list[str]] = {"tag": [], "category": []}
         count = 0
-        for kind, ident in self._age:  # oldest first
-            if count >= self.refresh_budget:
-                break
+        for (kind, ident), poll in self._age.items():  # oldest first
+            if count >= self.refresh_budget or poll == self._poll:
+                break  # the rest were read in this poll already
             if ident in (used if kind == "tag" else cats):
                 due[kind].append(ident)
                 count += 1
@@ -271,7 +274,7 @@ class TagClient:
         for ident, obj in zip(ids, answers, strict=True):
             self._age.pop((kind, ident), None)
             if obj:
-                self._age[(kind, ident)] = None
+                self._age[(kind, ident)] = self._poll
                 if kind == "tag":
                     self._tag_cache[ident] = (str(obj["name"]), str(obj["category_id"]))
                 else:
