@@ -121,8 +121,8 @@ async def test_tag_service_answers_of_the_wrong_shape_do_not_stop_the_watch(vcsi
     breaking = True
 
     def rewrite(method: str, data: bytes) -> bytes:
-        if breaking and method.startswith("/rest/com/vmware/cis/tagging/tag/id:"):
-            return b'{"value": ["not", "a", "tag"]}'
+        if breaking and method.startswith("/api/cis/tagging/tag/"):
+            return b'["not", "a", "tag"]'
         return data
 
     try:
@@ -155,13 +155,12 @@ async def test_a_tag_deleted_during_a_poll_does_not_fail_the_poll(vcsim_fresh):
 
     def rewrite(method: str, data: bytes) -> bytes:
         if method.endswith("/tagging/tag-association") and b"tag_id" in data:
-            listed = json.loads(data)
-            for entry in listed["value"]:
+            listed = json.loads(data)  # /api: not wrapped in {"value": ...}
+            for entry in listed:
                 if "object_id" in entry:  # list-attached-tags-on-objects
                     entry["tag_ids"] = [*(entry.get("tag_ids") or []), gone]
-            if listed["value"] and "tag_id" in listed["value"][0]:  # ...-objects-on-tags
-                objects = listed["value"][0]["object_ids"]
-                listed["value"].append({"tag_id": gone, "object_ids": objects})
+            if listed and "tag_id" in listed[0]:  # list-attached-objects-on-tags
+                listed.append({"tag_id": gone, "object_ids": listed[0]["object_ids"]})
             return json.dumps(listed).encode()
         return data
 
