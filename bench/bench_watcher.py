@@ -12,6 +12,8 @@ datastores on /dev/shm. Measured in one run against the same warm simulator, eac
  (a) `vigil inventory --json`, whole process (interpreter start to exit, output read);
  (b) the baseline: stock pyVmomi, whole process, a lean read of the VMs (the same VM
      properties) through a ContainerView of VirtualMachine, printed as JSON;
+ (a') the start-up floor of (a): a process that only imports protector.cli, and the
+     read itself in this process (read_inventory_with_tags: view, tree, tags);
  (c) in this process: RetrievePropertiesEx + parse of the whole inventory through the
      view filter (watcher.traversal) and through the seed's traversal specs;
  (d) the watcher in a fresh process, start (login, collector, view, filter) to its
@@ -206,7 +208,7 @@ def write_config(tmp: Path, url: str) -> Path:
     cfg.write_text(
         f'[vcenter]\nurl = "{url}"\nuser = "user"\npassword_env = "VIGIL_VCENTER_PASSWORD"\n'
         f'[repository]\npath = "{tmp / "repo"}"\n[policies]\npath = "{tmp / "pol"}"\n'
-        '[transport]\nmodes = ["http"]\n[daemon]\ntag_interval = 0\n'
+        '[transport]\nmodes = ["http"]\n'
     )
     return cfg
 
@@ -238,7 +240,14 @@ def watch(code: Path, sim: object, changes: int) -> dict[str, float]:
     return json.loads(out.strip().splitlines()[-1])
 
 
+def import_floor(code: Path, password: str) -> float:
+    """A process that only imports the CLI: the start-up part of (a)."""
+    cmd = [sys.executable, "-c", "import protector.cli"]
+    return run_timed(cmd, env_for(code, password))[0]
+
+
 async def in_process_reads(sim: object, repeat: int) -> dict[str, float]:
+    from watcher.inventory import read_inventory_with_tags
     from watcher.rawcall import retrieve_parsed
     from watcher.session import Credentials, Session
     from watcher.soap import Endpoint
@@ -247,9 +256,13 @@ async def in_process_reads(sim: object, repeat: int) -> dict[str, float]:
     creds = Credentials(sim.user, sim.password)  # type: ignore[attr-defined]
     view_s: list[float] = []
     trav_s: list[float] = []
+    inv_s: list[float] = []
     async with Session(Endpoint(sim.url), creds) as s:  # type: ignore[attr-defined]
         pc, root = s.content.propertyCollector, s.content.rootFolder
         for _ in range(repeat):
+            t0 = time.perf_counter()
+            await read_inventory_with_tags(s, required=False)
+            inv_s.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             async with inventory_view(s) as view:
                 got = await retrieve_parsed(s, pc, [inventory_filter_spec(root, view)])
@@ -260,6 +273,7 @@ async def in_process_reads(sim: object, repeat: int) -> dict[str, float]:
             trav_s.append(time.perf_counter() - t0)
             assert len(got.objects) <= n_view, (len(got.objects), n_view)
     return {
+        "c_inventory_with_tags_s": statistics.median(inv_s),
         "c_view_read_s": statistics.median(view_s),
         "c_traversal_read_s": statistics.median(trav_s),
         "c_objects": n_view,
@@ -328,6 +342,8 @@ def main() -> None:
             results["b_pyvmomi_s"] = statistics.median(b)
             results["a_runs"], results["b_runs"] = a, b
             results.update(asyncio.run(in_process_reads(sim, args.repeat)))
+            floor = [import_floor(ROOT, sim.password) for _ in range(args.repeat)]
+            results["a_import_floor_s"] = statistics.median(floor)
             w = watch(ROOT, sim, args.changes)
             results.update({f"d_{k}": v for k, v in w.items()})
             print(f"watcher: {w}", flush=True)
@@ -345,6 +361,10 @@ def main() -> None:
     print(f"VMs                                        {results['vms']:>8}")
     print(f"(a) vigil inventory --json, whole process  {a_s:>8.2f} s  = {a_s / b_s:.2f} x (b)")  # type: ignore[operator]
     print(f"(b) pyVmomi lean ContainerView read        {b_s:>8.2f} s")
+    print(
+        f"    of which `import protector.cli` alone {results['a_import_floor_s']:.2f} s; "
+        f"the read with tags in process {results['c_inventory_with_tags_s']:.2f} s"
+    )
     print(
         f"(c) view read {results['c_view_read_s']:.2f} s, "
         f"traversal-spec read {results['c_traversal_read_s']:.2f} s (in process)"
