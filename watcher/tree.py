@@ -440,9 +440,11 @@ class InventoryTree:
 def coalesce(updates: list[ObjectUpdate]) -> list[ObjectUpdate]:
     """Normalize one UpdateSet: drop a `leave` for an object that also `enter`s in it.
 
-    vCenter sends at most one ObjectUpdate per object per update set. govmomi's
-    simulator, on a move between folders, sends the object's `enter` and `leave` in
-    one set and in scrambled order (enter first); the object is present afterwards.
+    vCenter sends at most one ObjectUpdate per object per update set (a move is one
+    `modify` of `parent`). govmomi's own simulator, on a move between folders, sends
+    the object's `enter` and `leave` in one set and in scrambled order (enter first);
+    the object is present afterwards. (The bundled vcsim moves in place, as vCenter
+    does: vcsim/move.go; this stays for other servers of that kind.)
     Apply this per response, never across responses (enter-then-leave across two
     versions is a real create-then-destroy).
     """
