@@ -20,7 +20,8 @@ datastores on /dev/shm. Measured in one run against the same warm simulator, eac
      first complete tree, and its peak RSS;
  (e) change -> event: Rename_Task issued -> VmRenamed seen, p50/p99 over `--changes`
      renames (includes the task and the simulator's own delay: its 250 ms batching tick
-     and one re-collect of the whole filter per queued update).
+     and one re-collect of the whole filter per queued update); (e0) the simulator alone:
+     stock pyVmomi with the same view filter, Rename_Task issued -> the update received.
 With `--before-rev REV`, (a) and (d)/(e) also run the code of git revision REV (the seed's
 traversal filter before this change; `--before-changes` renames, they take ~45 s each
 at 10,000 VMs). Goals (issue 18, 10,000 VMs): (a) <= 0.8 x (b); (d) <= 1.0 x (b);
@@ -114,6 +115,63 @@ def child_pyvmomi(url: str, user: str, password: str) -> None:
     view.DestroyView()
     Disconnect(si)
     print(json.dumps(vms))
+
+
+def child_rawwait(url: str, user: str, password: str, changes: int) -> None:
+    """(e0): the simulator alone. Stock pyVmomi, the same view filter (VM properties
+    only), Rename_Task then WaitForUpdatesEx until the new name arrives."""
+    from urllib.parse import urlsplit
+
+    from pyVim.connect import Disconnect, SmartConnect
+    from pyVim.task import WaitForTask
+    from pyVmomi import vim, vmodl
+
+    pc_ = vmodl.query.PropertyCollector
+    parts = urlsplit(url)
+    si = SmartConnect(
+        protocol=parts.scheme, host=parts.hostname, port=parts.port, user=user, pwd=password
+    )
+    content = si.RetrieveContent()
+    view = content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True)
+    pc = content.propertyCollector.CreatePropertyCollector()
+    pc.CreateFilter(
+        pc_.FilterSpec(
+            objectSet=[
+                pc_.ObjectSpec(
+                    obj=view,
+                    skip=True,
+                    selectSet=[pc_.TraversalSpec(type=vim.view.ContainerView, path="view")],
+                )
+            ],
+            propSet=[pc_.PropertySpec(type=vim.VirtualMachine, pathSet=VM_PROPS)],
+        ),
+        partialUpdates=False,
+    )
+    result = pc.WaitForUpdatesEx("", pc_.WaitOptions(maxWaitSeconds=0))
+    version = result.version
+    vms = sorted((o.obj for f in result.filterSet for o in f.objectSet), key=lambda v: v._moId)
+    latencies: list[float] = []
+    for i in range(changes):
+        name = f"raw-{os.getpid()}-{i}"
+        t0 = time.perf_counter()
+        WaitForTask(vms[(i * 7 + 3) % len(vms)].Rename_Task(name))
+        found = False
+        while not found:
+            result = pc.WaitForUpdatesEx(version, pc_.WaitOptions(maxWaitSeconds=60))
+            if result is None:
+                continue
+            version = result.version
+            found = any(
+                c.name == "name" and c.val == name
+                for f in result.filterSet
+                for o in f.objectSet
+                for c in o.changeSet or []
+            )
+        latencies.append(time.perf_counter() - t0)
+    pc.DestroyPropertyCollector()
+    view.DestroyView()
+    Disconnect(si)
+    print(json.dumps({"raw_change_p50_s": statistics.median(latencies)}))
 
 
 async def child_watch(url: str, user: str, password: str, changes: int) -> None:
@@ -297,9 +355,13 @@ def main() -> None:
     ap.add_argument("--before-changes", type=int, default=3)
     ap.add_argument("--child-pyvmomi", nargs=3, help=argparse.SUPPRESS)
     ap.add_argument("--child-watch", nargs=3, help=argparse.SUPPRESS)
+    ap.add_argument("--child-rawwait", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child_pyvmomi:
         child_pyvmomi(*args.child_pyvmomi)
+        return
+    if args.child_rawwait:
+        child_rawwait(*args.child_rawwait, args.changes)
         return
     if args.child_watch:
         asyncio.run(child_watch(*args.child_watch, args.changes))
@@ -344,6 +406,10 @@ def main() -> None:
             results.update(asyncio.run(in_process_reads(sim, args.repeat)))
             floor = [import_floor(ROOT, sim.password) for _ in range(args.repeat)]
             results["a_import_floor_s"] = statistics.median(floor)
+            cmd = [sys.executable, __file__, "--child-rawwait", sim.url, sim.user, sim.password]
+            cmd += ["--changes", str(max(3, args.changes // 2))]
+            raw = json.loads(run_timed(cmd, env_for(ROOT, sim.password))[1].splitlines()[-1])
+            results["e0_simulator_alone_p50_s"] = raw["raw_change_p50_s"]
             w = watch(ROOT, sim, args.changes)
             results.update({f"d_{k}": v for k, v in w.items()})
             print(f"watcher: {w}", flush=True)
@@ -375,7 +441,9 @@ def main() -> None:
     )
     print(
         f"(e) rename -> event p50 {results['d_change_p50_s']:.2f} s, "
-        f"p99 {results['d_change_p99_s']:.2f} s over {results['d_changes']} renames"
+        f"p99 {results['d_change_p99_s']:.2f} s over {results['d_changes']} renames; "
+        f"the simulator alone (pyVmomi, rename -> update) p50 "
+        f"{results['e0_simulator_alone_p50_s']:.2f} s"
     )
     if "before_rev" in results:
         print(
