@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -42,17 +44,28 @@ async def read_snapshot(
     `view`: an inventory view to read through (the watcher's own); without one, a
     view is made for this read and destroyed after it."""
     pc = collector or session.content.propertyCollector
-    if field_names is None:
-        field_names = await read_field_names(session)
+    names = asyncio.ensure_future(
+        read_field_names(session) if field_names is None else _value(field_names)
+    )
     root = session.content.rootFolder
-    if view is not None:
-        result = await retrieve_parsed(session, pc, [inventory_filter_spec(root, view)])
-    else:
-        async with inventory_view(session) as own:
-            result = await retrieve_parsed(session, pc, [inventory_filter_spec(root, own)])
-    tree = InventoryTree(session.vcenter_uuid, field_names)
+    try:
+        if view is not None:
+            result = await retrieve_parsed(session, pc, [inventory_filter_spec(root, view)])
+        else:
+            async with inventory_view(session) as own:
+                result = await retrieve_parsed(session, pc, [inventory_filter_spec(root, own)])
+    except BaseException:
+        names.cancel()
+        with contextlib.suppress(BaseException):
+            await names
+        raise
+    tree = InventoryTree(session.vcenter_uuid, await names)
     tree.apply(result.objects)
     return tree
+
+
+async def _value(value: dict[int, str]) -> dict[int, str]:
+    return value
 
 
 async def retrieve_objects(session: Session, type_props: Mapping[type, Sequence[str]]) -> list[Any]:
@@ -79,10 +92,20 @@ async def read_inventory_with_tags(session: Session, *, required: bool) -> Inven
     Policies can select by tag, so a reader that skips tags sees tag-protected VMs as
     uncovered. `required`: a tag read failure is an error (prune: an uncovered VM loses
     points); otherwise a warning, and the tree comes back without tags."""
-    tree = await read_snapshot(session)
     creds = session.credentials
     tags = TagClient(session.endpoint, creds.user, creds.password)
+    # The vAPI login (one or two requests) runs while the inventory is read.
+    login = asyncio.ensure_future(tags.login())
     try:
+        tree = await read_snapshot(session)
+    except BaseException:
+        login.cancel()
+        with contextlib.suppress(BaseException):
+            await login
+        await tags.close()
+        raise
+    try:
+        await login
         tree.set_tags(await tags.vm_tags(vm.moref for vm in tree.vms()))
     except VsphereError as exc:
         if required:

@@ -269,10 +269,21 @@ class Watcher:
         self.healthy = False
         self._resync_requested = False
         await self._discard_collector(session)
-        self._collector = session.client.bind(
-            await session.call(session.content.propertyCollector, "CreatePropertyCollector")
+        # Three independent calls at once (one round trip, not three); whatever was
+        # made is kept for _discard_collector even when another of them failed.
+        collector, view, names = await asyncio.gather(
+            session.call(session.content.propertyCollector, "CreatePropertyCollector"),
+            create_inventory_view(session),
+            read_field_names(session),
+            return_exceptions=True,
         )
-        self._view = await create_inventory_view(session)
+        if not isinstance(collector, BaseException):
+            self._collector = session.client.bind(collector)
+        if not isinstance(view, BaseException):
+            self._view = view
+        for outcome in (collector, view, names):
+            if isinstance(outcome, BaseException):
+                raise outcome
         self._filter = session.client.bind(
             await session.call(
                 self._collector,
@@ -281,7 +292,7 @@ class Watcher:
                 partialUpdates=False,
             )
         )
-        fresh = InventoryTree(session.vcenter_uuid, await read_field_names(session))
+        fresh = InventoryTree(session.vcenter_uuid, names)  # type: ignore[arg-type]
         updates, version = await self._wait(session, "", 0)
         fresh.apply(updates)
         # After the tree: tags are read for its VMs (list-attached-tags-on-objects).
