@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from repository.config import DEFAULT_CHUNK_SIZE, chunk_size_problem
+
 DEFAULT_PATH = "vigil.toml"
 TRANSPORT_MODES = ("vddk", "http", "file")
 
@@ -139,7 +141,7 @@ class RepositoryConfig:
     path: str
     passphrase_env: str = ""
     passphrase_file: str = ""
-    chunk_size: int = 1 << 20
+    chunk_size: int = DEFAULT_CHUNK_SIZE
     orphan_keep_days: int = 30
     config_path: str = field(default="repository", compare=False)
 
@@ -399,8 +401,8 @@ def _parse_config(doc: dict[str, Any], path: str) -> Config:
         r["path"] = str(base / r["path"])
     if r.get("passphrase_file"):
         r["passphrase_file"] = str(base / r["passphrase_file"])
-    if "chunk_size" in r and (r["chunk_size"] < 65536 or r["chunk_size"] & (r["chunk_size"] - 1)):
-        problems.append("repository.chunk_size: must be a power of two of at least 65536")
+    if "chunk_size" in r and (problem := chunk_size_problem(r["chunk_size"])):
+        problems.append(f"repository.chunk_size: {problem}")
 
     t = values.get("transport", {})
     modes = t.get("modes")

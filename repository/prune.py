@@ -25,7 +25,9 @@ from repository.errors import (
 )
 from repository.locks import locked
 from repository.manifest import Manifest, VmIdentity
-from repository.repo import DamagedObject, Repository, index_key, warn_damaged
+from repository.objects import index_key
+from repository.points import DamagedObject, warn_damaged
+from repository.repo import Repository
 
 log = structlog.get_logger(__name__)
 

@@ -22,7 +22,8 @@ from repository.errors import (
     PointNotFoundError,
 )
 from repository.manifest import Manifest, Tombstone
-from repository.repo import Repository, vm_key_of
+from repository.points import vm_key_of
+from repository.repo import Repository
 
 log = structlog.get_logger(__name__)
 
