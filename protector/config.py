@@ -214,6 +214,7 @@ class Config:
     transport: TransportConfig = TransportConfig()
     limits: LimitsConfig = LimitsConfig()
     daemon: DaemonConfig = DaemonConfig()
+    state_dir: str = ""  # [state] dir; "" = $VIGIL_STATE_DIR or /var/lib/vigil/state
 
 
 # Each section: key -> (type(s), required, default)
@@ -236,6 +237,7 @@ _SCHEMA: dict[str, dict[str, tuple[Any, bool]]] = {
         "orphan_keep_days": (int, False),
     },
     "policies": {"path": (str, True)},
+    "state": {"dir": (str, False)},
     "transport": {
         "modes": (list, False),
         "vddk_libdir": (str, False),
@@ -478,6 +480,7 @@ def _parse_config(doc: dict[str, Any], path: str) -> Config:
         ),
         limits=LimitsConfig(**lim),
         daemon=DaemonConfig(**d),
+        state_dir=str(base / values["state"]["dir"]) if "dir" in values.get("state", {}) else "",
     )
 
 

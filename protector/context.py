@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import anyio
 import structlog
 
-from repository import Catalog, Repository
+from repository import LocalState, Repository
 from watcher.session import Session
 
 from .config import Config
@@ -20,7 +20,7 @@ class Context:
     cfg: Config
     session: Session
     repo: Repository
-    catalog: Catalog | None = None
+    catalog: LocalState | None = None
     io_threads: int = 8
     io_limiter: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(8))
     datacenter_of: dict[str, str] = field(default_factory=dict)  # datastore moref → dc path
@@ -31,7 +31,7 @@ class Context:
         cfg: Config,
         session: Session,
         repo: Repository,
-        catalog: Catalog | None,
+        catalog: LocalState | None,
         *,
         io_limiter: anyio.CapacityLimiter | None = None,
     ) -> Context:

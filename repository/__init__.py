@@ -13,10 +13,10 @@ Public API (see docs/repository-format.md for the on-disk format):
     _m, index = repo.disk_index(point_id, disk_key)
     fetch = repo.slot_fetcher(point_id, disk_key, index)  # slot -> verified bytes | None (hole)
     with repo.reading(): ...                    # shared lock for other readers of chunks
-    verify(repo, read_data=True) / prune(repo, rule_for) / Catalog
+    verify(repo, read_data=True) / prune(repo, rule_for)
+    repo.state: LocalState  # this machine's heads, locks and job journal, outside the repo
 """
 
-from repository.catalog import Catalog
 from repository.errors import (
     ConfigTamperedError,
     CorruptChunkError,
@@ -33,11 +33,11 @@ from repository.keys import KdfParams
 from repository.manifest import DiskRecord, Manifest, SkippedDisk, VmIdentity
 from repository.prune import KeepLast, KeepRule, PruneResult, prune
 from repository.repo import DEFAULT_CHUNK_SIZE, DiskWriter, PointWriter, Repository
+from repository.state import LocalState
 from repository.verify import VerifyReport, scrub, verify
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
-    "Catalog",
     "ConfigTamperedError",
     "CorruptChunkError",
     "CorruptObjectError",
@@ -47,6 +47,7 @@ __all__ = [
     "KdfParams",
     "KeepLast",
     "KeepRule",
+    "LocalState",
     "Manifest",
     "ManifestError",
     "PassphraseRequiredError",

@@ -15,6 +15,7 @@ from repository.errors import ManifestError, ObjectNotFoundError, PointNotFoundE
 from repository.locks import locked
 from repository.manifest import Manifest, Tombstone
 from repository.objects import ObjectStore, manifest_key, tombstone_key
+from repository.state import LocalState
 
 log = structlog.get_logger(__name__)
 
@@ -50,10 +51,10 @@ def warn_damaged(bad: Iterable[DamagedObject]) -> None:
 
 
 class PointStore:
-    def __init__(self, objects: ObjectStore, where: Path, lock_dir: Path) -> None:
+    def __init__(self, objects: ObjectStore, where: Path, state: LocalState) -> None:
         self.objects = objects
         self.where = where  # for messages
-        self.lock_dir = lock_dir
+        self.state = state
 
     def list_points(self, vm_key: str | None = None) -> list[str]:
         prefix = "manifests/" + (f"{vm_key}-" if vm_key else "")
@@ -117,7 +118,7 @@ class PointStore:
         return best
 
     def vm_lock_path(self, vm_key: str) -> Path:
-        return self.lock_dir / f"vm-{vm_key}.lock"
+        return self.state.ensure() / "locks" / f"vm-{vm_key}.lock"
 
     def delete_point(self, manifest: Manifest, reason: str) -> None:
         """Tombstone first (keeps the hash chain checkable), then drop the manifest. Holds

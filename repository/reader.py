@@ -100,7 +100,7 @@ def read_lock(repo: Repository) -> FileLock | None:
     lock = FileLock(repo.repo_lock_path, exclusive=False)
     try:
         lock.acquire()
-    except OSError as exc:
+    except (OSError, RepositoryError) as exc:
         # A read-only copy (no locks/ possible) cannot be pruned under us either.
         log.debug("repository.read_unlocked", path=str(repo.root), reason=str(exc))
         return None

@@ -8,7 +8,7 @@ protector uses. The work lives in small modules:
 
 Layout under the backend (see docs/repository-format.md):
     config, keys/<slot>, chunks/<ab>/<id>, indexes/<id>, manifests/<point>, tombstones/<point>
-Local-only beside it: locks/ (flock files).
+Local to this machine, in the state directory (state.py): locks, heads, job journal.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from repository.keys import KdfParams, KeySet
 from repository.manifest import Manifest, Tombstone, VmIdentity
 from repository.objects import ObjectStore, index_key, manifest_key, tombstone_key
 from repository.points import DamagedObject, PointStore, seq_of, vm_key_of, warn_damaged
+from repository.state import LocalState, default_state_dir
 from repository.writer import DiskWriter, PointWriter
 
 __all__ = [
@@ -65,6 +66,7 @@ class Repository:
         keys: KeySet,
         slot: str | None = None,
         master: bytes | None = None,
+        state_dir: Path | None = None,
     ) -> None:
         self.root = root
         self.backend = backend
@@ -73,7 +75,9 @@ class Repository:
         self._slot = slot
         self._master = master
         self.objects = ObjectStore(self.backend, self.keys)
-        self.points = PointStore(self.objects, self.root, self.root / "locks")
+        # What is local to this machine (locks, heads) lives outside the repository.
+        self.state = LocalState(state_dir or default_state_dir(), config.repo_id)
+        self.points = PointStore(self.objects, self.root, self.state)
 
     def __repr__(self) -> str:
         return f"Repository({str(self.root)!r}, encrypted={self.encrypted})"
@@ -87,6 +91,7 @@ class Repository:
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         passphrase: str | None = None,
         kdf: KdfParams | None = None,
+        state_dir: Path | None = None,
     ) -> Repository:
         """Create a repository. If `path` already holds one — typically because another
         process created it a moment ago — open that one with the same passphrase instead
@@ -95,9 +100,9 @@ class Repository:
         if not (root / "config").exists():
             made = opening.create(root, chunk_size, passphrase, kdf)
             if made is not None:
-                return cls._of(made)
+                return cls._of(made, state_dir)
         try:
-            repo = cls.open(root, passphrase)
+            repo = cls.open(root, passphrase, state_dir)
         except (WrongPassphraseError, PassphraseRequiredError, ConfigTamperedError) as exc:
             raise RepositoryExistsError(
                 f"{root} already holds a vigil repository (perhaps created a moment ago by "
@@ -114,12 +119,16 @@ class Repository:
         return repo
 
     @classmethod
-    def open(cls, path: Path | str, passphrase: str | None = None) -> Repository:
-        return cls._of(opening.open_existing(Path(path), passphrase))
+    def open(
+        cls, path: Path | str, passphrase: str | None = None, state_dir: Path | None = None
+    ) -> Repository:
+        """`state_dir`: where this machine's state goes (default: $VIGIL_STATE_DIR, else
+        /var/lib/vigil/state); one subdirectory per repository id."""
+        return cls._of(opening.open_existing(Path(path), passphrase), state_dir)
 
     @classmethod
-    def _of(cls, o: opening.Opened) -> Repository:
-        return cls(o.root, o.backend, o.config, o.keys, o.slot, o.master)
+    def _of(cls, o: opening.Opened, state_dir: Path | None) -> Repository:
+        return cls(o.root, o.backend, o.config, o.keys, o.slot, o.master, state_dir)
 
     @property
     def encrypted(self) -> bool:
@@ -214,7 +223,7 @@ class Repository:
 
     @property
     def repo_lock_path(self) -> Path:
-        return self.root / "locks" / "repository.lock"
+        return self.state.ensure() / "locks" / "repository.lock"
 
     # -- reading ----------------------------------------------------------------------------
 

@@ -129,6 +129,10 @@ class PointWriter:
                 manifest_key(point_id), point_id, "manifest", ObjectType.MANIFEST, m.body()
             )
         self.committed = point_id
+        try:
+            self.repo.state.raise_head(self.vm.key, seq, point_id, m.hash)
+        except (OSError, RepositoryError) as exc:  # the point is committed all the same
+            log.warning("repository.state_not_updated", point=point_id, reason=str(exc))
         log.info("repository.point_committed", point=point_id, disks=len(disks))
         return point_id
 
@@ -144,7 +148,11 @@ class PointWriter:
             if t.seq > best[0]:
                 best = (t.seq, t.point_id, t.manifest_hash)
         high, pid = self.repo.high_water(self.vm.key)
-        return (high, pid, None) if high > best[0] else best
+        if high > best[0]:
+            best = (high, pid, None)
+        # This machine's record: a newest point deleted with all its objects still counts.
+        local = self.repo.state.head(self.vm.key)
+        return local if local[0] > best[0] else best
 
 
 class DiskWriter:

@@ -36,7 +36,9 @@ def _with_backend(repo: Repository, backend: LocalBackend) -> Repository:
 
 def _other_host(repo: Repository, tmp_path: Path) -> Repository:
     """The same storage seen from another machine: its locks are not ours."""
-    return Repository(tmp_path / "host-b", repo.backend, repo.config, repo.keys)
+    return Repository(
+        repo.root, repo.backend, repo.config, repo.keys, state_dir=tmp_path / "host-b-state"
+    )
 
 
 def test_a_manifest_deleted_while_prune_runs_is_already_gone(
