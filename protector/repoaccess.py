@@ -8,6 +8,7 @@ from typing import Any
 import anyio
 
 from repository import LocalState, Manifest, Repository
+from repository.admin import MISSING
 from repository.errors import (
     ConfigTamperedError,
     PassphraseRequiredError,
@@ -46,15 +47,9 @@ def _open_or_init(cfg: Config, path: Path, create: bool) -> Repository:
     try:
         return Repository.open(path, passphrase, state_dir)
     except RepositoryNotFoundError:
-        if not create:
-            raise UserError(
-                f"no repository at {path} (repository.path); `vigil backup` or `vigil watch` "
-                "creates it"
-            ) from None
-    # Two vigil processes may get here at once: init arbitrates, the loser joins the winner.
-    return Repository.init(
-        path, chunk_size=cfg.repository.chunk_size, passphrase=passphrase, state_dir=state_dir
-    )
+        # Only `vigil init` creates one: a typo in repository.path must not start backups
+        # into a fresh repository somewhere else.
+        raise UserError(f"{MISSING.format(path=path)} (repository.path in {cfg.path})") from None
 
 
 async def open_repository(cfg: Config, *, create: bool = False) -> Repository:

@@ -49,6 +49,11 @@ class Opened:
     master: bytes | None = None
 
 
+def refuse_empty(passphrase: str | None) -> None:
+    if passphrase is not None and not passphrase.strip():
+        raise RepositoryError("an empty passphrase is refused: it would protect nothing")
+
+
 def create(
     root: Path, chunk_size: int, passphrase: str | None, kdf: KdfParams | None
 ) -> Opened | None:
@@ -57,6 +62,7 @@ def create(
     problem = chunk_size_problem(chunk_size)
     if problem:
         raise ValueError(problem)
+    refuse_empty(passphrase)
     check_initialisable(root)
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(root, 0o700)
@@ -118,6 +124,7 @@ def add_slot(
     backend: Backend, config: RepoConfig, master: bytes, passphrase: str, kdf: KdfParams | None
 ) -> str:
     """A new key slot wrapping `master`; returns its name (without `keys/`)."""
+    refuse_empty(passphrase)
     slot = secrets.token_hex(8)
     blob = wrap_master(master, passphrase, config.repo_id, kdf or KdfParams(), config.canonical())
     backend.put_if_absent(f"keys/{slot}", blob)

@@ -138,11 +138,22 @@ class Repository:
     def chunk_size(self) -> int:
         return self.config.chunk_size
 
+    @property
+    def key_slot(self) -> str | None:
+        """The key slot (name under keys/) the passphrase opened; None if unencrypted."""
+        return self._slot
+
+    def add_key(self, passphrase: str, kdf: KdfParams | None = None) -> str:
+        """A new key slot for another passphrase; returns its name."""
+        if self._master is None:
+            raise RepositoryError(f"repository {self.root} is not encrypted: it has no keys")
+        slot = opening.add_slot(self.backend, self.config, self._master, passphrase, kdf)
+        log.info("repository.key_added", path=str(self.root), slot=slot)
+        return slot
+
     def change_passphrase(self, new_passphrase: str, kdf: KdfParams | None = None) -> None:
         """Add a slot for the new passphrase, then drop the slot the current one opened."""
-        if self._master is None or self._slot is None:
-            raise RepositoryError(f"repository {self.root} is not encrypted")
-        slot = opening.add_slot(self.backend, self.config, self._master, new_passphrase, kdf)
+        slot = self.add_key(new_passphrase, kdf)
         self.backend.delete(f"keys/{self._slot}")
         self._slot = slot
         log.info("repository.passphrase_changed", path=str(self.root))

@@ -7,6 +7,8 @@ import importlib
 
 # Order is the order of `vigil --help`.
 MODULES = [
+    "init",
+    "key",
     "inventory",
     "policy",
     "backup",

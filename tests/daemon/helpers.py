@@ -11,6 +11,7 @@ from typing import Any
 
 from protector.config import Config, load_config
 from protector.simtools import create_folder, create_vm, find, move_vm
+from repository import Repository
 from watcher.session import Credentials, Session
 from watcher.soap import Endpoint
 
@@ -51,6 +52,7 @@ retry_backoff = 0.5
 """
     )
     os.environ[PASSWORD_ENV] = sim.password
+    Repository.init(root / "repo")  # as `vigil init --encryption none`
     return cfg
 
 

@@ -41,6 +41,8 @@ def backed_up(tmp_path: Path, vcsim_fresh) -> Path:  # type: ignore[no-untyped-d
         '[repository]\npath = "repo"\npassphrase_env = "VIGIL_SEC_PP"\n'
         '[policies]\npath = "pol"\n[transport]\nmodes = ["http"]\n[state]\ndir = "state"\n'
     )
+    init = vigil(cfg, "init")
+    assert init.returncode == 0, init.stderr
     # Real data, so chunks are written too.
     flat = next(d for d in vcsim_fresh.datastore_dirs if (d / "DC0_H0_VM0").is_dir())
     (flat / "DC0_H0_VM0" / "disk1-flat.vmdk").write_bytes(os.urandom(1 << 20))
