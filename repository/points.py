@@ -11,7 +11,12 @@ from pathlib import Path
 import structlog
 
 from repository.codec import ObjectType
-from repository.errors import ManifestError, ObjectNotFoundError, PointNotFoundError
+from repository.errors import (
+    BackendError,
+    ManifestError,
+    ObjectNotFoundError,
+    PointNotFoundError,
+)
 from repository.locks import locked
 from repository.manifest import Manifest, Tombstone
 from repository.objects import ObjectStore, manifest_key, tombstone_key
@@ -84,7 +89,9 @@ class PointStore:
                 good.append(self.load_manifest(pid))
             except PointNotFoundError:
                 continue
-            except ManifestError as exc:
+            except (ManifestError, BackendError) as exc:
+                # Unreadable (EACCES, EIO, a planted link) is damage of this one object: it
+                # must not stop backups or prune of every other VM.
                 bad.append(DamagedObject(manifest_key(pid), pid, str(exc)))
         return good, bad
 
@@ -101,7 +108,7 @@ class PointStore:
                 good.append(Tombstone.from_body(body))
             except ObjectNotFoundError:
                 continue
-            except ManifestError as exc:
+            except (ManifestError, BackendError) as exc:
                 bad.append(DamagedObject(info.key, pid, str(exc)))
             except (KeyError, TypeError, ValueError) as exc:
                 bad.append(DamagedObject(info.key, pid, f"{info.key}: malformed: {exc}"))

@@ -126,7 +126,11 @@ def verify(
             users[cid].extend(affects)
     report.chunks_referenced = len(users)
 
-    present = {info.key for info in repo.backend.list("chunks/")}
+    try:
+        present = {info.key for info in repo.backend.list("chunks/")}
+    except BackendError as exc:  # e.g. chunks/ replaced by a link: every chunk unreachable
+        report.bad_chunks.append(BadObject("chunks/", str(exc), ()))
+        present = set()
     to_read: list[bytes] = []
     for cid in sorted(users):
         if chunk_key(cid) not in present:
