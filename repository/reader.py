@@ -24,8 +24,8 @@ from repository.errors import (
     RepositoryError,
 )
 from repository.index import DiskIndex
-from repository.locks import FileLock
 from repository.manifest import Manifest
+from repository.repolock import RepoLock
 
 if TYPE_CHECKING:
     from repository.repo import Repository
@@ -56,7 +56,7 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], threads: int) -> Itera
 class LockedStream(Iterator[T]):
     """An iterator that releases a lock when exhausted, failed, closed or collected."""
 
-    def __init__(self, inner: Iterator[T], lock: FileLock | None) -> None:
+    def __init__(self, inner: Iterator[T], lock: RepoLock | None) -> None:
         self._inner = inner
         self._lock = lock
 
@@ -96,15 +96,13 @@ def disk_index(repo: Repository, point_id: str, disk_key: str) -> tuple[Manifest
         raise RepositoryError(f"restore point {point_id} disk {disk_key!r}: {exc}") from exc
 
 
-def read_lock(repo: Repository) -> FileLock | None:
-    lock = FileLock(repo.repo_lock_path, exclusive=False)
+def read_lock(repo: Repository) -> RepoLock | None:
     try:
-        lock.acquire()
+        return repo.lock(False, None, "reading restore points")
     except (OSError, RepositoryError) as exc:
-        # A read-only copy (no locks/ possible) cannot be pruned under us either.
+        # A read-only copy (no lock object possible) cannot be pruned under us either.
         log.debug("repository.read_unlocked", path=str(repo.root), reason=str(exc))
         return None
-    return lock
 
 
 @contextlib.contextmanager

@@ -34,6 +34,7 @@ from repository.keys import KdfParams, KeySet
 from repository.manifest import Manifest, Tombstone, VmIdentity
 from repository.objects import ObjectStore, index_key, manifest_key, tombstone_key
 from repository.points import DamagedObject, PointStore, seq_of, vm_key_of, warn_damaged
+from repository.repolock import RepoLock
 from repository.state import LocalState, default_state_dir
 from repository.writer import DiskWriter, PointWriter
 
@@ -77,6 +78,7 @@ class Repository:
         self.objects = ObjectStore(self.backend, self.keys)
         # What is local to this machine (locks, heads) lives outside the repository.
         self.state = LocalState(state_dir or default_state_dir(), config.repo_id)
+        self.lock_timing: dict[str, float] = {}  # stale_after / refresh_every (tests)
         self.points = PointStore(self.objects, self.root, self.state)
 
     def __repr__(self) -> str:
@@ -232,9 +234,13 @@ class Repository:
         commit() abandons the point, its new chunks become orphans that prune removes)."""
         return PointWriter(self, vm, lock_timeout)
 
-    @property
-    def repo_lock_path(self) -> Path:
-        return self.state.ensure() / "locks" / "repository.lock"
+    def lock(
+        self, exclusive: bool = False, timeout: float | None = None, purpose: str = ""
+    ) -> RepoLock:
+        """Take a repository lock object (shared: writers and readers; exclusive: prune's
+        sweep), refreshed until released; RepositoryBusyError after `timeout` seconds."""
+        host = self.state.host_id()
+        return RepoLock(self.backend, host, exclusive, purpose, **self.lock_timing).acquire(timeout)
 
     # -- reading ----------------------------------------------------------------------------
 

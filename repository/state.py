@@ -85,6 +85,13 @@ class LocalState:
             ) from exc
         return self.dir
 
+    def host_id(self) -> str:
+        """This machine's id for repository lock objects (state dir/host-id)."""
+        from repository.repolock import host_id
+
+        self.ensure()
+        return host_id(self.base)
+
     @property
     def lock_dir(self) -> Path:
         return self.dir / "locks"

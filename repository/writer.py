@@ -15,7 +15,7 @@ from repository import codec
 from repository.codec import ZERO_ID, ObjectType
 from repository.errors import CorruptObjectError, ObjectNotFoundError, RepositoryError
 from repository.index import DiskIndex, WriteStats, slot_count
-from repository.locks import FileLock, locked
+from repository.locks import locked
 from repository.manifest import DiskRecord, Manifest, SkippedDisk, VmIdentity
 from repository.objects import index_key, manifest_key
 
@@ -31,8 +31,7 @@ class PointWriter:
     def __init__(self, repo: Repository, vm: VmIdentity, lock_timeout: float | None) -> None:
         self.repo = repo
         self.vm = vm
-        self._lock = FileLock(repo.repo_lock_path, exclusive=False)
-        self._lock.acquire(lock_timeout)
+        self._lock = repo.lock(False, lock_timeout, f"backup of {vm.name or vm.key}")
         try:
             # Read after the lock: a sweep cannot remove this base's chunks while we run.
             self.previous = repo.latest_point(vm.key)

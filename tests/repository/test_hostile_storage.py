@@ -98,13 +98,15 @@ def test_planted_links_at_local_files_are_not_truncated_or_chmodded(
         "print(asyncio.run(catalog_rebuild_cmd(sys.argv[1], sys.argv[2])).exit_code)\n"
         "print(verify_cmd(sys.argv[1], sys.argv[2]).exit_code)\n"
     )
-    write_point(repo, vm(), {"d": make_disk(CHUNK, 4)})
+    with pytest.raises(BackendError, match=r"locks/.*symbolic link"):
+        write_point(repo, vm(), {"d": make_disk(CHUNK, 4)})  # lock objects: not through it
     done = subprocess.run(
         [sys.executable, "-c", script, str(repo.root), PASSPHRASE],
         env=env, cwd=ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    prune(repo, lambda _v, _p: KeepLast(1), grace=timedelta(0))
+    with pytest.raises(BackendError, match=r"locks/.*symbolic link"):
+        prune(repo, lambda _v, _p: KeepLast(1), grace=timedelta(0))
     assert target.read_text() == "root:x:0:0\n"
     assert stat.S_IMODE(target.stat().st_mode) == 0o644
     assert (locks / "repository.lock").read_text() == "keep"

@@ -70,9 +70,10 @@ def test_new_chunks_of_a_commit_in_progress_survive_a_sweep(
         for s in range(3):
             w.put(s, bytes(disk[s * CHUNK : (s + 1) * CHUNK]))
         index = w.finish()
-        # Our prune cannot see host B's backup: only the grace period protects it.
-        result = prune(repo, lambda _v, _p: KeepLast(0))
-        assert result.deleted_points == [old] and result.sweep_deferred is None
+        # Host B's backup holds a shared lock object in the repository: our sweep waits.
+        result = prune(repo, lambda _v, _p: KeepLast(0), grace=timedelta(0), lock_timeout=0.3)
+        assert result.deleted_points == [old] and result.sweep_deferred
+        assert "backup of vm1" in result.sweep_deferred
         p = pw.commit(disks=[DiskRecord.for_index("d", index)], started_at=datetime.now(UTC))
     assert verify(repo, read_data=True).ok
     assert read_back(repo, p, "d") == disk
@@ -98,6 +99,7 @@ def test_a_reused_old_chunk_is_protected_by_the_grace_period_too(
             w.put(s, bytes(disk[s * CHUNK : (s + 1) * CHUNK]))
         index = w.finish()
         assert index.stats is not None and index.stats.dedup_chunks == 2
+        pw._lock.release()  # say its lock went stale (paused for long): the grace must hold
         prune(repo, lambda _v, _p: KeepLast(1))  # default grace: 1 hour
         p = pw.commit(disks=[DiskRecord.for_index("d", index)], started_at=datetime.now(UTC))
     assert verify(repo, read_data=True).ok
@@ -142,6 +144,7 @@ def test_a_reused_old_index_is_protected_by_the_grace_period_too(
 
     pw, again = back_up(_other_host(repo, tmp_path))
     assert again.index_id == index.index_id
+    pw._lock.release()  # say its lock went stale (paused for long): the grace must hold
     prune(repo, lambda _v, _p: KeepLast(1))  # default grace: 1 hour
     p = pw.commit(disks=[DiskRecord.for_index("d", again)], started_at=datetime.now(UTC))
     pw.close()
