@@ -42,6 +42,7 @@ class ObjectType(IntEnum):
     INDEX = 2
     MANIFEST = 3
     TOMBSTONE = 4
+    HEAD = 5
 
 
 _local = threading.local()

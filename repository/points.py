@@ -114,15 +114,42 @@ class PointStore:
                 bad.append(DamagedObject(info.key, pid, f"{info.key}: malformed: {exc}"))
         return sorted(good, key=lambda t: t.seq), bad
 
-    def high_water(self, vm_key: str) -> tuple[int, str | None]:
-        """(seq, point id) of the highest seq the VM ever used, from the object names of
-        its manifests and tombstones: unreadable ones count too, so no seq is reused."""
-        best: tuple[int, str | None] = (0, None)
-        for kind in ("manifests/", "tombstones/"):
-            for info in self.objects.backend.list(f"{kind}{vm_key}-"):
-                if seq_of(info.key) > best[0]:
-                    best = (seq_of(info.key), info.key.removeprefix(kind))
+    def high_waters(self, vm_key: str | None = None) -> dict[str, tuple[int, str]]:
+        """vm key -> (seq, point id) of the highest seq the VM ever used, from the object
+        names of its manifests, tombstones and head objects (heads/<point id>, written at
+        each commit and never removed with the manifest): unreadable ones count too, and
+        deleting a manifest does not lower it, so no seq is reused."""
+        best: dict[str, tuple[int, str]] = {}
+        for kind in ("manifests/", "tombstones/", "heads/"):
+            for info in self.objects.backend.list(kind + (f"{vm_key}-" if vm_key else "")):
+                pid = info.key.removeprefix(kind)
+                vm, seq = vm_key_of(pid), seq_of(pid)
+                if seq > best.get(vm, (0, ""))[0]:
+                    best[vm] = (seq, pid)
         return best
+
+    def high_water(self, vm_key: str) -> tuple[int, str | None]:
+        seq, pid = self.high_waters(vm_key).get(vm_key, (0, None))
+        return seq, pid
+
+    def record_head(self, m: Manifest) -> None:
+        """The commit's head object: its name is the record; its sealed body repeats the
+        point's seq and hash for a human or a future reader."""
+        body = {"point_id": m.point_id, "seq": m.seq, "manifest_hash": m.hash}
+        self.objects.put_sealed(
+            f"heads/{m.point_id}", m.point_id, "head", ObjectType.HEAD, body, exist_ok=True
+        )
+
+    def drop_old_heads(self) -> int:
+        """Keep only each VM's newest head object (prune); returns how many went."""
+        newest = self.high_waters()
+        gone = 0
+        for info in self.objects.backend.list("heads/"):
+            pid = info.key.removeprefix("heads/")
+            if newest.get(vm_key_of(pid), (0, ""))[1] != pid:
+                self.objects.backend.delete(info.key)
+                gone += 1
+        return gone
 
     def vm_lock_path(self, vm_key: str) -> Path:
         return self.state.ensure() / "locks" / f"vm-{vm_key}.lock"

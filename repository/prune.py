@@ -145,6 +145,7 @@ def prune(
         for m in manifests:
             if m.point_id in doomed:
                 repo.delete_point(m, reasons[m.point_id])
+        repo.points.drop_old_heads()
     try:
         # A dry run only reads: it shares the lock with backups instead of waiting for them.
         with _sweep_lock(repo, dry_run, lock_timeout):

@@ -221,6 +221,9 @@ class Repository:
     def high_water(self, vm_key: str) -> tuple[int, str | None]:
         return self.points.high_water(vm_key)
 
+    def high_waters(self) -> dict[str, tuple[int, str]]:
+        return self.points.high_waters()
+
     def vm_lock_path(self, vm_key: str) -> Path:
         return self.points.vm_lock_path(vm_key)
 

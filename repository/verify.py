@@ -22,7 +22,7 @@ from repository.errors import (
     PointNotFoundError,
 )
 from repository.manifest import Manifest, Tombstone
-from repository.points import vm_key_of
+from repository.points import seq_of, vm_key_of
 from repository.repo import Repository
 
 log = structlog.get_logger(__name__)
@@ -187,9 +187,24 @@ def _check_chains(
         if m.seq in by_vm[m.vm.key] and by_vm[m.vm.key][m.seq].point_id != m.point_id:
             report.chain_problems.append(f"{m.point_id}: seq {m.seq} used twice")
         by_vm[m.vm.key][m.seq] = m
-    for vm_key in sorted(set(by_vm) | set(known_heads)):
+    highs = repo.high_waters()  # names: manifests, tombstones and head objects
+    head_ids: dict[str, dict[int, str]] = defaultdict(dict)
+    for info in repo.backend.list("heads/"):
+        pid = info.key.removeprefix("heads/")
+        head_ids[vm_key_of(pid)][seq_of(pid)] = pid
+    for vm_key in sorted(set(by_vm) | set(known_heads) | set(highs)):
         entries = by_vm.get(vm_key, {})
-        head = max(entries, default=0)
+        high_seq, high_pid = highs.get(vm_key, (0, ""))
+        head = max(max(entries, default=0), high_seq)
+        names = (
+            head_ids[vm_key]
+            | {high_seq: high_pid}
+            | {
+                e.seq - 1: e.prev_point_id
+                for e in entries.values()
+                if isinstance(e, Manifest) and e.prev_point_id
+            }
+        )
         if known_heads.get(vm_key, 0) > head:
             report.chain_problems.append(
                 f"VM {vm_key}: newest point is seq {head} but seq {known_heads[vm_key]} was "
@@ -198,7 +213,10 @@ def _check_chains(
         for seq in range(1, head + 1):
             e = entries.get(seq)
             if e is None:
-                report.chain_problems.append(f"VM {vm_key}: point seq {seq} missing, no tombstone")
+                report.chain_problems.append(
+                    f"VM {vm_key}: point {names.get(seq, '?')} (seq {seq}) is missing: no "
+                    "manifest and no tombstone (deleted without prune); restore it from a copy"
+                )
                 continue
             if not isinstance(e, Manifest):
                 continue
@@ -225,7 +243,7 @@ def _check_chains(
 def scrub(backend: Backend) -> list[BadObject]:
     """CRC check of every stored object; needs no key (finds bit rot on any repository)."""
     bad = []
-    for prefix in ("chunks/", "indexes/", "manifests/", "tombstones/"):
+    for prefix in ("chunks/", "indexes/", "manifests/", "tombstones/", "heads/"):
         for info in backend.list(prefix):
             try:
                 codec.check_crc(info.key, backend.get(info.key))

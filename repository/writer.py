@@ -128,10 +128,14 @@ class PointWriter:
                 manifest_key(point_id), point_id, "manifest", ObjectType.MANIFEST, m.body()
             )
         self.committed = point_id
+        # The high-water mark, where deleting the manifest cannot lower it: a head object
+        # in the repository (after the manifest: a crash between them leaves no false gap)
+        # and this machine's state. Failing either leaves the point committed.
         try:
+            self.repo.points.record_head(m)
             self.repo.state.raise_head(self.vm.key, seq, point_id, m.hash)
-        except (OSError, RepositoryError) as exc:  # the point is committed all the same
-            log.warning("repository.state_not_updated", point=point_id, reason=str(exc))
+        except (OSError, RepositoryError) as exc:
+            log.warning("repository.head_not_recorded", point=point_id, reason=str(exc))
         log.info("repository.point_committed", point=point_id, disks=len(disks))
         return point_id
 
