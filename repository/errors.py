@@ -81,7 +81,7 @@ class BackendError(RepositoryError):
             )
         elif isinstance(cause, OSError) and cause.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             hint = (
-                "; vigil cannot write there: earlier restore points are intact; check the "
+                "; vigil cannot read or write there: earlier restore points are intact; check the "
                 "repository directory's owner and permissions (vigil runs as the user that "
                 "owns it) or whether its filesystem is mounted read-only"
             )

@@ -202,7 +202,7 @@ def _live_indexes(repo: Repository, doomed: set[str], result: PruneResult) -> se
             live.update(d.index_id for d in repo.load_manifest(pid).disks)
         except PointNotFoundError:
             continue
-        except ManifestError:
+        except (ManifestError, BackendError):  # unreadable (EACCES, EIO) counts as damaged
             damaged.append(pid)
     if damaged:
         # Which indexes an unreadable manifest uses is unknown, so every stored index stays
