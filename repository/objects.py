@@ -17,11 +17,13 @@ from repository.errors import (
     ObjectNotFoundError,
     RepositoryError,
 )
-from repository.index import DiskIndex
+from repository.index import HEADER_SIZE as INDEX_HEADER
+from repository.index import DiskIndex, slot_count
 from repository.keys import KeySet
 from repository.manifest import seal, unseal
 
 log = structlog.get_logger(__name__)
+MAX_DISK = 62 << 40  # the largest virtual disk vSphere supports (62 TB VMDK)
 
 
 def index_key(index_id: bytes | str) -> str:
@@ -39,15 +41,20 @@ def tombstone_key(point_id: str) -> str:
 class ObjectStore:
     """Typed objects over a backend. Thread-safe (the backend and codec are)."""
 
-    def __init__(self, backend: Backend, keys: KeySet) -> None:
+    def __init__(self, backend: Backend, keys: KeySet, chunk_size: int) -> None:
         self.backend = backend
         self.keys = keys
+        self.chunk_size = chunk_size
+
+    def index_limit(self, capacity: int | None) -> int:
+        """The most an index may inflate to: its disk's slots (the largest VMDK, 62 TiB,
+        when the disk is not known)."""
+        return INDEX_HEADER + 32 * slot_count(capacity or MAX_DISK, self.chunk_size)
 
     def load_chunk(self, chunk_id: bytes) -> bytes:
         key = chunk_key(chunk_id)
-        return codec.decode(
-            self.keys, key, self.backend.get(key), ObjectType.CHUNK, chunk_id, verify_id=True
-        )
+        blob = self.backend.get(key)
+        return codec.decode(self.keys, key, blob, ObjectType.CHUNK, chunk_id, True, self.chunk_size)
 
     def put_chunk(
         self, chunk_id: bytes, data: bytes | bytearray | memoryview, verify_existing: bool
@@ -84,10 +91,12 @@ class ObjectStore:
                 self.heal(key, blob)
         return replace(index, index_id=iid)
 
-    def load_index(self, index_id: str) -> DiskIndex:
+    def load_index(self, index_id: str, capacity: int | None = None) -> DiskIndex:
+        """`capacity`: the disk's, from its manifest; bounds what the index may inflate to."""
         key, iid = index_key(index_id), bytes.fromhex(index_id)
+        limit = self.index_limit(capacity)
         plain = codec.decode(
-            self.keys, key, self.backend.get(key), ObjectType.INDEX, iid, verify_id=True
+            self.keys, key, self.backend.get(key), ObjectType.INDEX, iid, True, limit
         )
         try:
             return DiskIndex.from_bytes(plain, key, iid)
@@ -96,8 +105,9 @@ class ObjectStore:
 
     def intact(self, key: str, otype: ObjectType, oid: bytes) -> bool:
         """Whether the stored object decodes to content matching its id."""
+        limit = self.chunk_size if otype == ObjectType.CHUNK else self.index_limit(None)
         try:
-            codec.decode(self.keys, key, self.backend.get(key), otype, oid, verify_id=True)
+            codec.decode(self.keys, key, self.backend.get(key), otype, oid, True, limit)
         except (CorruptObjectError, ObjectNotFoundError):
             return False
         return True

@@ -26,6 +26,7 @@ from repository.errors import (
     WrongPassphraseError,
 )
 from repository.keys import (
+    MAX_SLOTS_TRIED,
     KdfParams,
     KeySet,
     keyset_from_master,
@@ -106,7 +107,15 @@ def open_existing(root: Path, passphrase: str | None) -> Opened:
     if passphrase is None:
         raise PassphraseRequiredError(f"repository {root} is encrypted: a passphrase is needed")
     malformed: list[str] = []
-    for key in slots:
+    if len(slots) > MAX_SLOTS_TRIED:
+        log.warning(
+            "repository.too_many_key_slots",
+            path=str(root),
+            slots=len(slots),
+            tried=MAX_SLOTS_TRIED,
+            fix="remove key slots you do not know (`vigil key list`, `vigil key remove`)",
+        )
+    for key in slots[:MAX_SLOTS_TRIED]:
         try:
             got = unwrap_master(backend.get(key), passphrase, config.repo_id, key)
         except (ValueError, ObjectNotFoundError) as exc:
@@ -117,6 +126,11 @@ def open_existing(root: Path, passphrase: str | None) -> Opened:
             keys = keyset_from_master(got.master)
             return Opened(root, backend, config, keys, key.removeprefix("keys/"), got.master)
     extra = f" (unreadable key slots: {'; '.join(malformed)})" if malformed else ""
+    if len(slots) > MAX_SLOTS_TRIED:
+        extra += (
+            f" (tried {MAX_SLOTS_TRIED} of {len(slots)} key slots, the most one open tries: "
+            f"remove slots nobody uses from {root / 'keys'})"
+        )
     raise WrongPassphraseError(f"wrong passphrase for repository {root}{extra}")
 
 

@@ -91,9 +91,19 @@ def disk_index(repo: Repository, point_id: str, disk_key: str) -> tuple[Manifest
             f"restore point {point_id} has no disk {disk_key!r} (disks: {names})"
         )
     try:
-        return m, repo.load_index(rec.index_id)
+        index = repo.load_index(rec.index_id, rec.capacity)
     except (CorruptObjectError, ObjectNotFoundError) as exc:
         raise RepositoryError(f"restore point {point_id} disk {disk_key!r}: {exc}") from exc
+    # Checked before a restore writes anything: an index that does not describe the disk
+    # the manifest names would write past it, or leave part of it unwritten.
+    if (index.capacity, index.chunk_size) != (rec.capacity, repo.chunk_size):
+        raise RepositoryError(
+            f"restore point {point_id} disk {disk_key!r}: index {rec.index_id} describes "
+            f"{index.capacity} bytes in {index.chunk_size}-byte chunks, but the manifest says "
+            f"{rec.capacity} bytes and the repository's chunk size is {repo.chunk_size}: "
+            "damaged or forged; run `vigil verify`"
+        )
+    return m, index
 
 
 def read_lock(repo: Repository) -> RepoLock | None:

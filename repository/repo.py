@@ -75,7 +75,7 @@ class Repository:
         self.keys = keys
         self._slot = slot
         self._master = master
-        self.objects = ObjectStore(self.backend, self.keys)
+        self.objects = ObjectStore(self.backend, self.keys, config.chunk_size)
         # What is local to this machine (locks, heads) lives outside the repository.
         self.state = LocalState(state_dir or default_state_dir(), config.repo_id)
         self.lock_timing: dict[str, float] = {}  # stale_after / refresh_every (tests)
@@ -180,8 +180,8 @@ class Repository:
     def store_index(self, index: DiskIndex) -> DiskIndex:
         return self.objects.store_index(index)
 
-    def load_index(self, index_id: str) -> DiskIndex:
-        return self.objects.load_index(index_id)
+    def load_index(self, index_id: str, capacity: int | None = None) -> DiskIndex:
+        return self.objects.load_index(index_id, capacity)
 
     # -- restore points ---------------------------------------------------------------------
 

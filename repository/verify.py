@@ -113,12 +113,20 @@ def verify(
 
     users: dict[bytes, list[Affected]] = defaultdict(list)
     index_users: dict[str, list[Affected]] = defaultdict(list)
+    capacity: dict[str, int] = {}
     for m in manifests:
         for d in m.disks:
             index_users[d.index_id].append((m.point_id, d.key))
+            capacity[d.index_id] = d.capacity
     for index_id, affects in sorted(index_users.items()):
         try:
-            index = repo.load_index(index_id)
+            index = repo.load_index(index_id, capacity[index_id])
+            if index.capacity != capacity[index_id] or index.chunk_size != repo.chunk_size:
+                raise CorruptObjectError(
+                    f"indexes/{index_id}",
+                    f"describes {index.capacity} bytes in {index.chunk_size}-byte chunks, the "
+                    f"manifest {capacity[index_id]} bytes in {repo.chunk_size}-byte chunks",
+                )
         except (CorruptObjectError, ObjectNotFoundError, BackendError) as exc:
             report.bad_indexes.append(BadObject(f"indexes/{index_id}", str(exc), tuple(affects)))
             continue

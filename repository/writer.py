@@ -57,7 +57,7 @@ class PointWriter:
         if rec is None:
             return None
         try:
-            return self.repo.load_index(rec.index_id)
+            return self.repo.load_index(rec.index_id, rec.capacity)
         except (CorruptObjectError, ObjectNotFoundError) as exc:
             # A damaged base must not stop backups: read this disk in full instead.
             log.warning(
