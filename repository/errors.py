@@ -74,10 +74,12 @@ class BackendError(RepositoryError):
 
     def __init__(self, key: str, cause: BaseException) -> None:
         hint = ""
-        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+        self.full = isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT)
+        if self.full:
             hint = (
-                "; the repository's filesystem is full: earlier restore points are intact, "
-                "free space (or run `vigil prune`) and run the backup again"
+                "; the repository's filesystem is full: earlier restore points are intact; "
+                "free space (add storage, or lower retention and run `vigil prune`), then run "
+                "the backup again"
             )
         elif isinstance(cause, OSError) and cause.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             hint = (

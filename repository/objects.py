@@ -57,32 +57,43 @@ class ObjectStore:
         return codec.decode(self.keys, key, blob, ObjectType.CHUNK, chunk_id, True, self.chunk_size)
 
     def put_chunk(
-        self, chunk_id: bytes, data: bytes | bytearray | memoryview, verify_existing: bool
+        self,
+        chunk_id: bytes,
+        data: bytes | bytearray | memoryview,
+        verify_existing: bool,
+        created: set[str] | None = None,
     ) -> int:
-        """See Repository.put_chunk."""
+        """See Repository.put_chunk; `created` collects the keys of objects this call
+        brought into being (not reused, not healed)."""
         key = chunk_key(chunk_id)
         if not verify_existing:
             if self.backend.touch(key):
                 return 0
             blob = codec.encode(self.keys, ObjectType.CHUNK, chunk_id, data)
-            return len(blob) if self.backend.put_if_absent(key, blob) else 0
+            return len(blob) if self._put_new(key, blob, created) else 0
         if self.intact(key, ObjectType.CHUNK, chunk_id):
             self.backend.touch(key)
             return 0
         blob = codec.encode(self.keys, ObjectType.CHUNK, chunk_id, data)
-        if self.backend.put_if_absent(key, blob):
+        if self._put_new(key, blob, created):
             return len(blob)
         if self.intact(key, ObjectType.CHUNK, chunk_id):
             return 0  # another writer stored it a moment ago
         self.heal(key, blob)
         return len(blob)
 
-    def store_index(self, index: DiskIndex) -> DiskIndex:
+    def _put_new(self, key: str, blob: bytes, created: set[str] | None) -> bool:
+        new = self.backend.put_if_absent(key, blob)
+        if new and created is not None:
+            created.add(key)
+        return new
+
+    def store_index(self, index: DiskIndex, created: set[str] | None = None) -> DiskIndex:
         plain = index.to_bytes()
         iid = codec.object_id(self.keys, plain)
         blob = codec.encode(self.keys, ObjectType.INDEX, iid, plain)
         key = index_key(iid)
-        if not self.backend.put_if_absent(key, blob):
+        if not self._put_new(key, blob, created):
             if self.intact(key, ObjectType.INDEX, iid):
                 # Reused (e.g. an old orphan with the same content): like a reused chunk,
                 # it must count as new for a sweep's grace period until our commit.

@@ -170,15 +170,16 @@ class Repository:
         chunk_id: bytes,
         data: bytes | bytearray | memoryview,
         verify_existing: bool = False,
+        created: set[str] | None = None,
     ) -> int:
         """Store one chunk (`chunk_id` = codec.object_id of `data`); returns the bytes
         written, 0 when the object was already there. A reused object is touched so that
         a sweep's grace period protects it until our commit. With `verify_existing` a
         stored object is decoded first and, if damaged, atomically replaced (healed)."""
-        return self.objects.put_chunk(chunk_id, data, verify_existing)
+        return self.objects.put_chunk(chunk_id, data, verify_existing, created)
 
-    def store_index(self, index: DiskIndex) -> DiskIndex:
-        return self.objects.store_index(index)
+    def store_index(self, index: DiskIndex, created: set[str] | None = None) -> DiskIndex:
+        return self.objects.store_index(index, created)
 
     def load_index(self, index_id: str, capacity: int | None = None) -> DiskIndex:
         return self.objects.load_index(index_id, capacity)

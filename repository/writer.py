@@ -6,14 +6,21 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import fields
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from repository import codec
-from repository.codec import ZERO_ID, ObjectType
-from repository.errors import CorruptObjectError, ObjectNotFoundError, RepositoryError
+from repository.codec import ZERO_ID, ObjectType, chunk_key
+from repository.errors import (
+    BackendError,
+    CorruptObjectError,
+    ManifestError,
+    ObjectNotFoundError,
+    RepositoryBusyError,
+    RepositoryError,
+)
 from repository.index import DiskIndex, WriteStats, slot_count
 from repository.locks import locked
 from repository.manifest import DiskRecord, Manifest, SkippedDisk, VmIdentity
@@ -23,6 +30,15 @@ if TYPE_CHECKING:
     from repository.repo import Repository
 
 log = structlog.get_logger(__name__)
+# Points committed up to this long before an abandoned point started count as possible
+# users of its objects (clock differences between hosts).
+ABANDON_SLACK = timedelta(hours=1)
+
+
+def _point_time(point_id: str) -> datetime:
+    """The commit time in a point id (`<vm key>-<YYYYmmddTHHMMSS>Z-<seq>`)."""
+    stamp = point_id.split("-")[1]
+    return datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
 
 
 class PointWriter:
@@ -39,6 +55,9 @@ class PointWriter:
             self._lock.release()
             raise
         self.committed: str | None = None
+        self.started = datetime.now(UTC)
+        self.created: set[str] = set()  # chunks and indexes this point brought into being
+        self.failures: list[BackendError] = []  # storage errors its disk writers hit
 
     def __enter__(self) -> PointWriter:
         return self
@@ -46,8 +65,55 @@ class PointWriter:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def close(self) -> None:
+    def close(self) -> int | None:
+        """Release the lock; an abandoned point removes what it wrote (see abandon()).
+        Returns how many objects went (None when nothing was to be removed)."""
         self._lock.release()
+        if self.committed or not self.created:
+            return None
+        removed = self.abandon()
+        for exc in self.failures:
+            if exc.full:
+                # The space matters now: the error says what became of this run's objects.
+                note = (
+                    f"; the objects this run wrote were removed ({removed})"
+                    if removed
+                    else "; the objects this run wrote stay until `vigil prune` (another "
+                    "backup or restore is running)"
+                )
+                exc.args = (str(exc) + note, *exc.args[1:])
+        return removed
+
+    def abandon(self) -> int:
+        """Remove the chunks and indexes this uncommitted point stored, unless a point
+        committed since it started references them (a concurrent writer deduplicated
+        against them). Needs the exclusive lock, so no writer is mid-run anywhere; when
+        another holds a lock, the objects are left for prune's sweep. After a full disk
+        this gives the space back at once instead of after the grace period."""
+        try:
+            with self.repo.lock(True, 0, "removing an abandoned point's objects"):
+                keep = self._referenced_since(self.started - ABANDON_SLACK)
+                gone = sorted(self.created - keep)
+                for key in gone:
+                    self.repo.backend.delete(key)
+        except (RepositoryBusyError, BackendError, ManifestError, CorruptObjectError) as exc:
+            log.info("repository.abandoned_left_for_prune", objects=len(self.created), why=str(exc))
+            return 0
+        log.info("repository.abandoned_removed", objects=len(gone), kept=len(self.created & keep))
+        self.created.clear()
+        return len(gone)
+
+    def _referenced_since(self, since: datetime) -> set[str]:
+        refs: set[str] = set()
+        for pid in self.repo.list_points():
+            if _point_time(pid) < since:
+                continue
+            m = self.repo.load_manifest(pid)  # unreadable: raises, nothing is removed
+            for d in m.disks:
+                refs.add(index_key(d.index_id))
+                index = self.repo.load_index(d.index_id, d.capacity)
+                refs.update(chunk_key(c) for c in index.referenced())
+        return refs
 
     def previous_index(self, disk_key: str) -> DiskIndex | None:
         """The same disk's index in the VM's latest point, if it can seed an incremental."""
@@ -79,7 +145,9 @@ class PointWriter:
     ) -> DiskWriter:
         """`verify_existing` (default: True for a full backup, i.e. no base) decodes each
         chunk that is already stored and replaces it if it is damaged."""
-        return DiskWriter(self.repo, capacity, base, verify_existing)
+        w = DiskWriter(self.repo, capacity, base, verify_existing, self.created)
+        w.failures = self.failures
+        return w
 
     def commit(
         self,
@@ -167,10 +235,13 @@ class DiskWriter:
         capacity: int,
         base: DiskIndex | None,
         verify_existing: bool | None = None,
+        created: set[str] | None = None,
     ) -> None:
         if capacity <= 0:
             raise ValueError(f"disk capacity {capacity} must be positive")
         self.repo = repo
+        self._created = created  # shared with the point writer (set.add is thread-safe)
+        self.failures: list[BackendError] = []
         self.capacity = capacity
         self.chunk_size = repo.chunk_size
         n = slot_count(capacity, self.chunk_size)
@@ -213,10 +284,12 @@ class DiskWriter:
         with self._lock:
             known = cid in self._known
         try:
-            written = 0 if known else self.repo.put_chunk(cid, data, self._verify)
+            written = 0 if known else self.repo.put_chunk(cid, data, self._verify, self._created)
         except BaseException as exc:
             # The slot now holds neither old nor new data: this disk cannot be finished.
             self._failed = f"slot {slot}: {exc}"
+            if isinstance(exc, BackendError):
+                self.failures.append(exc)
             raise
         self._ids[slot] = cid
         with self._lock:
@@ -234,4 +307,4 @@ class DiskWriter:
         index = DiskIndex(
             self.chunk_size, self.capacity, tuple(self._ids), stats=WriteStats(**self._stats)
         )
-        return self.repo.store_index(index)
+        return self.repo.store_index(index, self._created)

@@ -85,10 +85,11 @@ def test_a_reused_old_chunk_is_protected_by_the_grace_period_too(
     """Dedup against an old unreferenced chunk (here left by a crashed backup) must make
     it young again, or the sweep deletes a chunk the new point is about to reference."""
     disk = make_disk(2 * CHUNK, 3)
-    with repo.begin_point(vm()) as pw:  # crashed: chunks stored, never committed
-        w = pw.disk_writer(len(disk))
-        for s in range(2):
-            w.put(s, bytes(disk[s * CHUNK : (s + 1) * CHUNK]))
+    crashed = repo.begin_point(vm())  # chunks stored, never committed, no cleanup ran
+    w = crashed.disk_writer(len(disk))
+    for s in range(2):
+        w.put(s, bytes(disk[s * CHUNK : (s + 1) * CHUNK]))
+    crashed._lock.release()
     two_hours_ago = time.time() - 7200
     for name in chunk_files(repo.root):
         os.utime(repo.root / chunk_key(bytes.fromhex(name)), (two_hours_ago, two_hours_ago))
@@ -136,7 +137,7 @@ def test_a_reused_old_index_is_protected_by_the_grace_period_too(
         return pw, w.finish()
 
     crashed, index = back_up(repo)
-    crashed.close()
+    crashed._lock.release()  # crashed: no cleanup ran
     two_hours_ago = time.time() - 7200
     for path in repo.root.rglob("*"):
         if path.is_file() and {"indexes", "chunks"} & set(path.relative_to(repo.root).parts):
