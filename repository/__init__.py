@@ -1,5 +1,12 @@
 """vigil repository: deduplicated, compressed, encrypted storage of disk images.
 
+Owns the repository format (config, keys, chunks, indexes, manifests, tombstones, heads,
+lock objects), creating and opening repositories, writing and reading restore points,
+verify, prune, and this machine's local state about a repository (state.py). Imports none
+of watcher, policies, disk_io or protector. Modules: config, opening, keys, codec, backend,
+objects, points, writer, reader, repolock, state, verify, prune, admin (init/key commands),
+cli (verify/prune/export/catalog commands); repo.Repository is the façade over them.
+
 Public API (see docs/repository-format.md for the on-disk format):
 
     repo = Repository.init(path, chunk_size=1 << 20, passphrase=None)  # or joins one
