@@ -25,9 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from protector.config import load_config  # noqa: E402
-from protector.daemon import Daemon  # noqa: E402
-from protector.simtools import create_folder, create_vm, move_vm  # noqa: E402
-from protector.simulator import Simulator  # noqa: E402
+from protector.daemon.daemon import Daemon  # noqa: E402
+from protector.devtools.simtools import create_folder, create_vm, move_vm  # noqa: E402
+from protector.devtools.simulator import Simulator  # noqa: E402
 from tests.daemon.helpers import policy, session_for, write_config  # noqa: E402
 
 

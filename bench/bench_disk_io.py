@@ -37,7 +37,7 @@ from pyVim.connect import SmartConnect  # noqa: E402
 from disk_io import DiskLocation, IoPool, VcenterAccess  # noqa: E402
 from disk_io.filedisk import FileDisk  # noqa: E402
 from disk_io.httpdisk import HttpDisk  # noqa: E402
-from protector.simulator import Simulator  # noqa: E402
+from protector.devtools.simulator import Simulator  # noqa: E402
 
 GIB = 1 << 30
 MIB = 1 << 20

@@ -42,12 +42,12 @@ sys.path.insert(0, str(ROOT))
 
 from pyVmomi import vim  # noqa: E402
 
-from protector import snapshots  # noqa: E402
 from protector.backup import BackupOptions, backup_vm  # noqa: E402
 from protector.config import parse_config  # noqa: E402
 from protector.context import Context  # noqa: E402
+from protector.devtools.simulator import Simulator  # noqa: E402
 from protector.logs import configure  # noqa: E402
-from protector.simulator import Simulator  # noqa: E402
+from protector.vsphere import snapshots  # noqa: E402
 from repository import DiskRecord, KdfParams, Repository, VmIdentity  # noqa: E402
 from watcher.session import Credentials, Session  # noqa: E402
 from watcher.soap import Endpoint  # noqa: E402

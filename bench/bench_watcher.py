@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from pyVmomi import vim, vmodl  # noqa: E402
 
-from protector.simulator import Simulator  # noqa: E402
+from protector.devtools.simulator import Simulator  # noqa: E402
 from watcher.events import VmAdded, VmRenamed  # noqa: E402
 from watcher.session import Credentials, Session  # noqa: E402
 from watcher.soap import Endpoint, method_info  # noqa: E402

@@ -1,6 +1,6 @@
-"""Protection policies: the model, strict TOML loading, matching, overlaps, retention,
-schedules, hot reload and the dry-run diff. Pure logic; the only I/O is reading policy files.
-See docs/policies.md."""
+"""Protection policies: the model, strict TOML loading, linear-time matching, overlaps and
+holds through conflicting edits, retention, schedules, hot reload and the dry-run diff.
+Pure logic; the only I/O is reading policy files. See docs/policies.md."""
 
 from .cli import (
     check_exit_code,
@@ -22,6 +22,7 @@ from .engine import (
     evaluate_one,
 )
 from .errors import PolicyError, PolicyLoadError
+from .holds import keep_through_conflicts
 from .loader import load_policies, parse_duration, parse_window
 from .model import (
     BackupOptions,
@@ -69,6 +70,7 @@ __all__ = [
     "evaluate",
     "evaluate_one",
     "in_window",
+    "keep_through_conflicts",
     "load_policies",
     "local_zone",
     "next_run",

@@ -6,7 +6,9 @@ Pure and deterministic. Resolution for one VM:
 * of the policies that match, the one with the highest `priority` wins;
 * two or more matching policies sharing the highest priority are a *conflict*: the VM gets no
   winner (it is reported unprotected and as a conflict, loudly) until an admin resolves it.
-  Guessing a winner would silently apply a retention or schedule nobody chose.
+  Guessing a winner would silently apply a retention or schedule nobody chose;
+* except when a live edit created the conflict: a VM an earlier set protected keeps that
+  policy (a *hold*, see holds.py) and is reported as held and in conflict, not unprotected.
 
 The full evaluation indexes the inventory once: each field's distinct values map to a bit
 mask of the VMs holding them, so a pattern is tried once per distinct value rather than once
@@ -16,8 +18,10 @@ fields (names, annotations) are tried VM by VM when the candidates left are fewe
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from .matching import VALUE_GETTERS, CompiledPolicy, Criterion
 from .model import Policy, PolicySet, VmFacts
@@ -30,6 +34,7 @@ class VmResult:
     winner: str | None
     matches: tuple[str, ...]  # every matching policy, highest priority first, then by name
     conflict: tuple[str, ...] = ()  # the policies sharing the top priority, when more than one
+    held: bool = False  # in conflict, but the winner is kept from an earlier set (a hold)
 
     @property
     def protected(self) -> bool:
@@ -59,7 +64,13 @@ class Evaluation:
 
     @property
     def conflicts(self) -> tuple[VmResult, ...]:
+        """Every VM in conflict, held ones included."""
         return self._sorted(lambda r: bool(r.conflict))
+
+    @property
+    def held(self) -> tuple[VmResult, ...]:
+        """VMs in conflict that keep the policy an earlier set gave them."""
+        return self._sorted(lambda r: r.held)
 
     def members(self, policy: str) -> tuple[VmResult, ...]:
         """VMs the policy wins."""
@@ -76,6 +87,7 @@ class DiffEntry:
     path: str
     old: str | None  # winning policy before
     new: str | None  # winning policy after
+    conflict: tuple[str, ...] = ()  # for a held VM: the policies tied under the new set
 
 
 @dataclass(frozen=True)
@@ -83,6 +95,9 @@ class PolicyDiff:
     protected: tuple[DiffEntry, ...] = ()  # + no winner before, one now
     unprotected: tuple[DiffEntry, ...] = ()  # − a winner before, none now
     changed: tuple[DiffEntry, ...] = ()  # ~ another policy wins now
+    # = in conflict under the new set, kept on the policy that protected them (old == new);
+    # not a change of winner, so left out of `empty` and len()
+    held: tuple[DiffEntry, ...] = ()
 
     @property
     def empty(self) -> bool:
@@ -93,13 +108,31 @@ class PolicyDiff:
 
 
 class CompiledSet:
-    """A policy set with its patterns compiled, in resolution order; build once per load."""
+    """A policy set with its patterns compiled, in resolution order; build once per load.
+
+    `holds` maps a VM key to the policy it keeps while this set leaves it in conflict (set by
+    holds.keep_through_conflicts when a live edit replaces a set; empty otherwise)."""
+
+    holds: Mapping[str, CompiledPolicy] = MappingProxyType({})
 
     def __init__(self, policies: PolicySet | Iterable[Policy]) -> None:
         enabled = [p for p in policies if p.enabled]
         enabled.sort(key=lambda p: (-p.priority, p.name))
         self.compiled: tuple[CompiledPolicy, ...] = tuple(CompiledPolicy.of(p) for p in enabled)
         self.names = tuple(sorted(p.name for p in enabled))
+
+    def with_holds(self, holds: Mapping[str, CompiledPolicy]) -> CompiledSet:
+        """The same set, with these holds (the patterns are not compiled again)."""
+        cs = copy.copy(self)
+        cs.holds = MappingProxyType(dict(holds))
+        return cs
+
+    def compiled_policy(self, name: str) -> CompiledPolicy | None:
+        """An enabled policy of the set, or one a VM is held on, by name."""
+        for cp in self.compiled:
+            if cp.policy.name == name:
+                return cp
+        return next((cp for cp in self.holds.values() if cp.policy.name == name), None)
 
 
 _compiled_cache: dict[int, tuple[object, CompiledSet]] = {}
@@ -121,7 +154,9 @@ def compile_set(policies: PolicySet | CompiledSet | Iterable[Policy]) -> Compile
     return CompiledSet(policies)
 
 
-def _resolve(vm: VmFacts, matched: Sequence[Policy]) -> VmResult:
+def _resolve(
+    vm: VmFacts, matched: Sequence[Policy], holds: Mapping[str, CompiledPolicy]
+) -> VmResult:
     """`matched` is in resolution order (priority descending, then name)."""
     if not matched:
         return VmResult(vm.key, vm.path, None, ())
@@ -129,6 +164,11 @@ def _resolve(vm: VmFacts, matched: Sequence[Policy]) -> VmResult:
     top = matched[0].priority
     if len(matched) > 1 and matched[1].priority == top:
         tied = tuple(p.name for p in matched if p.priority == top)
+        kept = holds.get(vm.key)
+        # Held while the policy it keeps still covers it: a VM that moves out of that
+        # policy's scope is not protected by a guess.
+        if kept is not None and kept.matches(vm):
+            return VmResult(vm.key, vm.path, kept.policy.name, names, tied, held=True)
         return VmResult(vm.key, vm.path, None, names, tied)
     return VmResult(vm.key, vm.path, names[0], names)
 
@@ -136,7 +176,7 @@ def _resolve(vm: VmFacts, matched: Sequence[Policy]) -> VmResult:
 def evaluate_one(policies: PolicySet | CompiledSet | Iterable[Policy], vm: VmFacts) -> VmResult:
     """Evaluate one VM, e.g. after an event about it."""
     cs = compile_set(policies)
-    return _resolve(vm, [cp.policy for cp in cs.compiled if cp.matches(vm)])
+    return _resolve(vm, [cp.policy for cp in cs.compiled if cp.matches(vm)], cs.holds)
 
 
 # --- full evaluation ------------------------------------------------------------------------
@@ -267,7 +307,8 @@ def evaluate(
     for cp in cs.compiled:  # resolution order, so each list comes out sorted
         for i in _bit_indexes(index.members(cp)):
             matched[i].append(cp.policy)
-    results = {vm.key: _resolve(vm, m) for vm, m in zip(vm_list, matched, strict=True)}
+    holds = cs.holds
+    results = {vm.key: _resolve(vm, m, holds) for vm, m in zip(vm_list, matched, strict=True)}
     return Evaluation(results, cs.names)
 
 
@@ -280,9 +321,12 @@ def diff(old: Evaluation, new: Evaluation) -> PolicyDiff:
     plus: list[DiffEntry] = []
     minus: list[DiffEntry] = []
     changed: list[DiffEntry] = []
+    held: list[DiffEntry] = []
     for key, r in new.results.items():
         before = old.results.get(key)
         was = before.winner if before is not None else None
+        if r.held and was == r.winner:
+            held.append(DiffEntry(key, r.path, was, r.winner, r.conflict))
         if was == r.winner:
             continue
         e = DiffEntry(key, r.path, was, r.winner)
@@ -296,4 +340,4 @@ def diff(old: Evaluation, new: Evaluation) -> PolicyDiff:
     def order(es: list[DiffEntry]) -> tuple[DiffEntry, ...]:
         return tuple(sorted(es, key=lambda e: (e.path, e.key)))
 
-    return PolicyDiff(order(plus), order(minus), order(changed))
+    return PolicyDiff(order(plus), order(minus), order(changed), order(held))

@@ -2,7 +2,10 @@
 
 A valid new set replaces the old one in a single assignment (readers on the event loop see
 either the old or the new set, never a mix); an invalid set is rejected and the old one stays
-in force, its errors kept in `store.errors` for the status page and metrics.
+in force, its errors kept in `store.errors` for the status page and metrics. When the store
+knows the inventory, a VM the new set leaves in an equal-priority conflict keeps the policy
+that protected it (holds.py): `store.compiled` carries those holds, and `store.policy(name)`
+finds a kept policy the edit removed.
 """
 
 from __future__ import annotations
@@ -13,15 +16,17 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NamedTuple
 
 import anyio.to_thread
 import structlog
 import watchfiles
 
-from .engine import CompiledSet, PolicyDiff, compile_set, diff, evaluate
+from .engine import CompiledSet, DiffEntry, Evaluation, PolicyDiff, compile_set, diff, evaluate
 from .errors import PolicyError, PolicyLoadError
+from .holds import keep_through_conflicts
 from .loader import load_policies
-from .model import PolicySet, VmFacts
+from .model import Policy, PolicySet, VmFacts
 
 log = structlog.get_logger(__name__)
 
@@ -36,6 +41,7 @@ class ReloadOutcome:
     previous: PolicySet
     errors: tuple[PolicyError, ...] = ()  # why a set was rejected
     diff: PolicyDiff | None = None  # per-VM effect, when the store knows the inventory
+    evaluation: Evaluation | None = None  # the new set on that inventory, holds included
 
 
 class PolicyStore:
@@ -68,7 +74,17 @@ class PolicyStore:
 
     @property
     def compiled(self) -> CompiledSet:
+        """The set in force, compiled, with the VMs held through a conflict (holds.py)."""
         return self._compiled
+
+    def policy(self, name: str) -> Policy | None:
+        """The policy of that name in force: in the current set, else one a VM is held on
+        (an edit removed or renamed it but left the VM in conflict)."""
+        p = self._set.get(name)
+        if p is None:
+            cp = self._compiled.compiled_policy(name)
+            p = cp.policy if cp is not None else None
+        return p
 
     def subscribe(self, callback: Callable[[ReloadOutcome], None]) -> None:
         """Call `callback` with every outcome of a reload that changed something."""
@@ -76,27 +92,22 @@ class PolicyStore:
 
     # -- reloading --------------------------------------------------------------------------
 
-    def _prepare(
-        self, vms: list[VmFacts] | None
-    ) -> tuple[PolicySet | None, CompiledSet | None, PolicyDiff | None, tuple[PolicyError, ...]]:
+    def _prepare(self, vms: list[VmFacts] | None) -> _Prepared:
         """The blocking part: read, validate, compile, evaluate (safe in a worker thread)."""
         try:
             new = load_policies(self.path)
         except PolicyLoadError as exc:
-            return None, None, None, tuple(exc.errors)
+            return _Prepared(None, None, None, None, tuple(exc.errors))
         compiled = compile_set(new)
-        d = None
-        if vms is not None and new != self._set:
-            d = diff(evaluate(self._compiled, vms), evaluate(compiled, vms))
-        return new, compiled, d, ()
+        if vms is None or new == self._set:
+            return _Prepared(new, compiled, None, None, ())
+        in_force = self._compiled
+        before = evaluate(in_force, vms)
+        compiled, after = keep_through_conflicts(in_force, before, compiled, vms)
+        return _Prepared(new, compiled, diff(before, after), after, ())
 
-    def _commit(
-        self,
-        new: PolicySet | None,
-        compiled: CompiledSet | None,
-        d: PolicyDiff | None,
-        errors: tuple[PolicyError, ...],
-    ) -> ReloadOutcome:
+    def _commit(self, prepared: _Prepared) -> ReloadOutcome:
+        new, compiled, d, after, errors = prepared
         old = self._set
         if new is None:
             self.errors = errors
@@ -122,15 +133,21 @@ class PolicyStore:
                 log.info(
                     "policies.reloaded",
                     path=str(self.path),
-                    policies=len(new),
                     generation=self.generation,
-                    protected=len(d.protected) if d else None,
-                    unprotected=len(d.unprotected) if d else None,
-                    changed=len(d.changed) if d else None,
+                    **reload_counts(new, compiled, d, after),
                 )
+                if d is not None and d.held:
+                    log.warning(
+                        "policies.conflict_kept_previous",
+                        path=str(self.path),
+                        vms=len(d.held),
+                        held=[_held_line(e) for e in d.held[:HELD_LOGGED]],
+                        note="the new set gives these VMs equal-priority policies; each keeps "
+                        "the policy that protected it until a priority resolves the conflict",
+                    )
             elif had_errors:
                 log.info("policies.errors_cleared", path=str(self.path))
-            outcome = ReloadOutcome(True, changed, self._set, old, (), d)
+            outcome = ReloadOutcome(True, changed, self._set, old, (), d, after)
         return outcome
 
     def _notify(self, outcome: ReloadOutcome, report: bool) -> None:
@@ -144,7 +161,7 @@ class PolicyStore:
     def reload_now(self) -> ReloadOutcome:
         """Reload at once (e.g. on SIGHUP), blocking; returns what happened."""
         had_errors = bool(self.errors)
-        outcome = self._commit(*self._prepare(self._inventory()))
+        outcome = self._commit(self._prepare(self._inventory()))
         self._notify(outcome, _worth_reporting(outcome, had_errors))
         return outcome
 
@@ -153,7 +170,7 @@ class PolicyStore:
         had_errors = bool(self.errors)
         vms = self._inventory()  # snapshot taken on the loop, where the tree lives
         prepared = await anyio.to_thread.run_sync(self._prepare, vms)
-        outcome = self._commit(*prepared)
+        outcome = self._commit(prepared)
         self._notify(outcome, _worth_reporting(outcome, had_errors))
         return outcome
 
@@ -179,6 +196,41 @@ class PolicyStore:
             outcome = await self.reload()
             if _worth_reporting(outcome, had_errors):
                 yield outcome
+
+
+HELD_LOGGED = 20  # VMs named in the log line; the count is always whole
+
+
+class _Prepared(NamedTuple):
+    new: PolicySet | None
+    compiled: CompiledSet | None
+    diff: PolicyDiff | None
+    evaluation: Evaluation | None
+    errors: tuple[PolicyError, ...]
+
+
+def reload_counts(
+    new: PolicySet, compiled: CompiledSet, d: PolicyDiff | None, after: Evaluation | None
+) -> dict[str, int]:
+    """What a reload log line reports: the set, and when the inventory is known, the state of
+    every VM under it and what the reload changed (0 is a count, never left out)."""
+    counts = {"policies": len(new), "enabled": len(compiled.names)}
+    if after is not None and d is not None:
+        counts.update(
+            vms=len(after.results),
+            protected=sum(1 for r in after.results.values() if r.winner is not None),
+            unprotected=sum(1 for r in after.results.values() if r.winner is None),
+            conflicts=sum(1 for r in after.results.values() if r.conflict),
+            held=len(d.held),
+            newly_protected=len(d.protected),
+            no_longer_protected=len(d.unprotected),
+            changed_policy=len(d.changed),
+        )
+    return counts
+
+
+def _held_line(e: DiffEntry) -> str:
+    return f"{e.path}: keeps {e.new} (tied: {', '.join(e.conflict)})"
 
 
 def _worth_reporting(outcome: ReloadOutcome, had_errors: bool) -> bool:

@@ -7,10 +7,9 @@ from dataclasses import dataclass, field
 import anyio
 import structlog
 
+from protector.config import Config
 from repository import LocalState, Repository
 from watcher.session import Session
-
-from .config import Config
 
 log = structlog.get_logger(__name__)
 

@@ -14,10 +14,9 @@ from policies.errors import PolicyLoadError
 from policies.loader import load_policies
 from policies.model import Policy, PolicySet, VmFacts
 from policies.retention import RetentionPoint, plan_retention
+from protector.backup.model import BackupOptions
+from protector.config import Config
 from repository import KeepRule, Manifest, VmIdentity
-
-from .backup import BackupOptions
-from .config import Config
 
 log = structlog.get_logger(__name__)
 

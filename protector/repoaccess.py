@@ -7,6 +7,8 @@ from typing import Any
 
 import anyio
 
+from protector.config import Config
+from protector.errors import UserError
 from repository import LocalState, Manifest, Repository
 from repository.admin import MISSING
 from repository.errors import (
@@ -16,9 +18,6 @@ from repository.errors import (
     RepositoryNotFoundError,
     WrongPassphraseError,
 )
-
-from .config import Config
-from .errors import UserError
 
 
 def _open(cfg: Config, create: bool) -> Repository:

@@ -55,6 +55,23 @@ class Backend(Protocol):
         """Drop debris of interrupted uploads older than `older_than` (epoch seconds)."""
 
 
+def owner_to_match(path: Path) -> tuple[int, int] | None:
+    """The (uid, gid) a file or directory created at `path` must be given: those of the
+    nearest existing directory above it when we run as root and another user owns that
+    directory. A one-off `vigil backup` as root in the service user's repository must leave
+    files (0600) and directories (0700) the service can still open. None (keep our ids)
+    when not root or the directory is root's."""
+    if os.geteuid() != 0:
+        return None
+    for parent in path.parents:
+        try:
+            st = os.stat(parent)
+        except FileNotFoundError:
+            continue
+        return None if st.st_uid == 0 and st.st_gid == 0 else (st.st_uid, st.st_gid)
+    return None
+
+
 # The only keys a repository holds (docs/repository-format.md, Layout): anything else in
 # the directory is not ours, and is neither listed, read, written nor deleted.
 _KEY_SHAPES = re.compile(
@@ -83,6 +100,16 @@ class LocalBackend:
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(os.path.realpath(root))
+        self._owner: tuple[int, int] | None = None
+        self._owner_known = False
+
+    def _new_owner(self) -> tuple[int, int] | None:
+        """Who must own what we create (owner_to_match: root writing into the service
+        user's repository), looked up once the root exists."""
+        if not self._owner_known:
+            self._owner = owner_to_match(self.root / "_")
+            self._owner_known = self.root.is_dir()
+        return self._owner
 
     @contextlib.contextmanager
     def _dir(self, parts: Sequence[str], create: bool = False) -> Iterator[int]:
@@ -97,6 +124,8 @@ class LocalBackend:
                         raise
                     with contextlib.suppress(FileExistsError):
                         os.mkdir(name, 0o700, dir_fd=fd)
+                        if owner := self._new_owner():
+                            os.chown(name, *owner, dir_fd=fd, follow_symlinks=False)
                         _fsync_fd(fd)
                     nxt = os.open(name, _DIR, dir_fd=fd)
                 os.close(fd)
@@ -115,6 +144,8 @@ class LocalBackend:
         tmp = f"{_TMP_PREFIX}{name}.{os.getpid()}.{os.urandom(4).hex()}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=dfd)
         try:
+            if owner := self._new_owner():
+                os.fchown(fd, *owner)  # link/replace keep the inode, hence its owner
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]

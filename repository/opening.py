@@ -9,7 +9,7 @@ from pathlib import Path
 
 import structlog
 
-from repository.backend import Backend, LocalBackend
+from repository.backend import Backend, LocalBackend, owner_to_match
 from repository.config import (
     CONFIG_KEY,
     RepoConfig,
@@ -65,8 +65,11 @@ def create(
         raise ValueError(problem)
     refuse_empty(passphrase)
     check_initialisable(root)
+    owner = owner_to_match(root)  # root creating it in the service user's directory
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(root, 0o700)
+    if owner:
+        os.chown(root, *owner)
     backend = LocalBackend(root)
     repo_id = secrets.token_hex(16)
     if passphrase is None:

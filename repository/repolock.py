@@ -34,7 +34,7 @@ from typing import Any
 
 import structlog
 
-from repository.backend import Backend
+from repository.backend import Backend, owner_to_match
 from repository.errors import BackendError, ObjectNotFoundError, RepositoryBusyError
 
 log = structlog.get_logger(__name__)
@@ -68,6 +68,8 @@ def host_id(state_base: Path) -> str:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     except FileExistsError:
         return host_id(state_base)  # another process created it a moment ago
+    if owner := owner_to_match(path):
+        os.fchown(fd, *owner)
     with os.fdopen(fd, "w") as f:
         f.write(hid)
     return hid

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import structlog
 
+from repository.backend import owner_to_match
 from repository.errors import RepositoryError
 from repository.locks import locked
 from repository.manifest import Manifest
@@ -53,6 +54,8 @@ def _write_private(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}.{threading.get_ident()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     try:
+        if owner := owner_to_match(path):
+            os.fchown(fd, *owner)
         os.write(fd, data)
         os.fsync(fd)
     finally:
@@ -75,7 +78,11 @@ class LocalState:
                         f"state directory {d} is a symbolic link; vigil refuses to follow it "
                         "(remove the link, or set [state] dir to a real directory)"
                     )
-                d.mkdir(mode=0o700, parents=True, exist_ok=True)
+                if not d.is_dir():
+                    owner = owner_to_match(d)  # root in the service user's directory
+                    d.mkdir(mode=0o700, parents=True, exist_ok=True)
+                    if owner:
+                        os.chown(d, *owner)
             os.chmod(self.base, 0o700)
         except OSError as exc:
             raise RepositoryError(
@@ -158,6 +165,8 @@ class LocalState:
                     os.replace(path, path.with_name("jobs.jsonl.1"))
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
             try:
+                if owner := owner_to_match(path):
+                    os.fchown(fd, *owner)
                 os.write(fd, data)
             finally:
                 os.close(fd)

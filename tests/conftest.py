@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from protector.simulator import Simulator, build
+from protector.devtools.simulator import Simulator, build
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -38,7 +38,7 @@ def fake_distrib(tmp_path_factory: pytest.TempPathFactory) -> Path:
     One per test session: VixDiskLib is loaded once per process, from one directory."""
     import shutil
 
-    from disk_io.vddk.fake import build as build_fake
+    from vddk_fake import build as build_fake
 
     if shutil.which("gcc") is None:
         pytest.skip("gcc is needed to build the fake VixDiskLib")

@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from daemon.helpers import our_snapshots  # tests/ is on sys.path (rootdir)
 from pyVmomi import vim
 
-from protector.simulator import Simulator
-from protector.snapshots import our_snapshots
+from protector.devtools.simulator import Simulator
 from repository import KdfParams, Repository
 from watcher.session import Credentials, Session
 from watcher.soap import Endpoint

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from protector.config import Config, load_config
-from protector.simtools import create_folder, create_vm, find, move_vm
+from protector.devtools.simtools import create_folder, create_vm, find, move_vm
+from protector.vsphere.snapshots import SNAPSHOT_NAME, walk_snapshots
 from repository import Repository
 from watcher.session import Credentials, Session
 from watcher.soap import Endpoint
@@ -91,3 +92,13 @@ async def session_for(sim: Any) -> Session:
 
 
 __all__ = ["create_folder", "create_vm", "find", "move_vm"]
+
+
+async def our_snapshots(session: Any, vm: Any) -> list[Any]:
+    """Every snapshot on `vm` named like vigil's, whoever owns it (what the tests check is
+    gone after a backup, a crash or a restart)."""
+    props = await session.properties(vm, ["snapshot"])
+    info = props.get("snapshot")
+    if info is None:
+        return []
+    return [n.snapshot for n in walk_snapshots(info.rootSnapshotList) if n.name == SNAPSHOT_NAME]

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from protector.daemon import Daemon
-from protector.demo import flat_url, put_disk
+from protector.daemon.daemon import Daemon
+from protector.devtools.demo import flat_url, put_disk
 
 from .helpers import (
     create_folder,
@@ -186,14 +186,14 @@ async def test_broken_policy_edit_keeps_old_policies_and_shows_error(tmp_path, v
 def _metrics(daemon: Daemon) -> str:
     from prometheus_client import generate_latest
 
-    daemon._refresh_metrics()
+    daemon.refresh_metrics()
     return generate_latest(daemon.metrics.registry).decode()
 
 
 async def test_simulator_restart_recovers_without_duplicate_jobs(tmp_path, vcsim_binary):
     import socket
 
-    from protector.simulator import Simulator
+    from protector.devtools.simulator import Simulator
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

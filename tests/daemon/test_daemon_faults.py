@@ -9,7 +9,9 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from protector.daemon import Daemon
+from protector.daemon.daemon import Daemon
+from protector.daemon.planner import Planner
+from protector.daemon.pruner import Pruner
 
 from .helpers import load, policy, wait_for, write_config
 from .test_daemon import _metrics, points_of, running, vm_state
@@ -55,10 +57,16 @@ def recs_of(daemon, name: str = "DC0_H0_VM0") -> list:
     return [r for r in daemon.runner.history if r.vm_name == name]
 
 
-class CrashingScheduler(Daemon):
-    async def _scheduler(self) -> None:
-        await self.ready.wait()
+class CrashingPlanner(Planner):
+    async def run(self, ready: asyncio.Event, stopping: asyncio.Event) -> None:
+        await ready.wait()
         raise RuntimeError("scheduler bug")
+
+
+class CrashingScheduler(Daemon):
+    def __init__(self, cfg: Any) -> None:
+        super().__init__(cfg)
+        self.planner.__class__ = CrashingPlanner  # the scheduler part, crashing once ready
 
 
 async def test_a_crashed_internal_task_stops_the_daemon_with_exit_1(tmp_path, vcsim):
@@ -70,20 +78,26 @@ async def test_a_crashed_internal_task_stops_the_daemon_with_exit_1(tmp_path, vc
     assert crash["task"] == "scheduler" and "scheduler bug" in crash["error"]
 
 
-class FailingPrune(Daemon):
+class FailingPruner(Pruner):
     async def prune_now(self, *, dry_run: bool = False) -> Any:
         raise OSError(28, "No space left on device")
+
+
+class FailingPrune(Daemon):
+    def __init__(self, cfg: Any) -> None:
+        super().__init__(cfg)
+        self.pruner.__class__ = FailingPruner
 
 
 async def test_a_failed_daily_prune_is_logged_and_counted_and_the_pruner_goes_on(tmp_path, vcsim):
     daemon = FailingPrune(load(write_config(tmp_path, vcsim, policy("p", 'names = ["x"]'))))
     with capture_logs() as logs:
-        await daemon._scheduled_prune()
-        await daemon._scheduled_prune()
+        await daemon.pruner.scheduled_prune()
+        await daemon.pruner.scheduled_prune()
     assert daemon.stats.prune_failures == 2
     assert any("No space left on device" in e for e in daemon.errors)
     assert [e["event"] for e in logs].count("daemon.prune_failed") == 2
-    assert daemon.last_prune is not None and daemon.last_prune["outcome"] == "failed"
+    assert daemon.pruner.last_prune is not None and daemon.pruner.last_prune["outcome"] == "failed"
 
 
 async def test_prune_keeps_conflicted_vms_and_waits_out_a_vcenter_outage(tmp_path, vcsim_fresh):
@@ -108,7 +122,7 @@ async def test_prune_keeps_conflicted_vms_and_waits_out_a_vcenter_outage(tmp_pat
             policy("b", f'names = ["{vm[0]}"]'),
             policy("c", f'names = ["{vm[2]}"]'),
         )
-        await wait_for(lambda: daemon.conflicts, 15, "the conflict")
+        await wait_for(lambda: daemon.planner.conflicts, 15, "the conflict")
         result = await daemon.prune_now()
         assert result is not None and not result.sweep_deferred
         assert points_of(daemon, vm[0]), "a conflicted VM keeps every point"

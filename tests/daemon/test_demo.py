@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from protector.demo import tour
+from protector.devtools.demo import tour
 
 pytestmark = pytest.mark.slow
 

@@ -16,9 +16,7 @@ from typing import Any
 
 import pytest
 
-from protector.snapshots import our_snapshots
-
-from .helpers import PASSWORD_ENV, policy, session_for, wait_for, write_config
+from .helpers import PASSWORD_ENV, our_snapshots, policy, session_for, wait_for, write_config
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]

@@ -62,7 +62,7 @@ async def test_a_vm_moved_to_another_policy_mid_backup_gets_that_policys_backup(
             policy("gold", 'names = ["DC0_H0_VM0"]', priority=20)
         )
         # As SIGHUP does: the edit lands now, not whenever the file watcher notices it.
-        await daemon._reload()
+        await daemon.reload()
         assert vm_state(daemon, "DC0_H0_VM0")["policy"] == "gold"
         assert daemon.runner.running, "the edit must land while bronze's backup runs"
         await wait_for(lambda: len(points_of(daemon, "DC0_H0_VM0")) >= 2, 30, "gold's backup")

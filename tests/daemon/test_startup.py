@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 from structlog.testing import capture_logs
 
-from protector.daemon import Daemon
+from protector.daemon.daemon import Daemon
 from protector.errors import UserError
 
 from .helpers import load, policy, write_config
@@ -69,8 +69,8 @@ def test_unverified_tls_without_a_pin_is_warned_about(tmp_path):
 async def test_all_jobs_share_one_io_limiter_of_io_threads(tmp_path):
     cfg = write_config(tmp_path, FAKE_VC, policy("p", 'names = ["x"]'), limits="io_threads = 3")
     daemon = Daemon(load(cfg))
-    first = daemon._job_context(None)  # type: ignore[arg-type]
-    second = daemon._job_context(None)  # type: ignore[arg-type]
+    first = daemon.worker.context(None)  # type: ignore[arg-type]
+    second = daemon.worker.context(None)  # type: ignore[arg-type]
     assert first is not second
     assert first.io_limiter is second.io_limiter, "total I/O threads = io_threads, not x jobs"
     assert first.io_limiter.total_tokens == 3 and first.io_threads == 3

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from protector.cli import build_parser
+from protector.cli.app import build_parser
+from protector.daemon.metrics import Metrics
+from protector.daemon.status_server import StatusServer
 from protector.errors import UserError
-from protector.metrics import Metrics
-from protector.status import StatusServer
 
 from .helpers import policy, write_config
 

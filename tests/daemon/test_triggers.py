@@ -74,7 +74,12 @@ async def test_a_vm_renamed_into_scope_is_backed_up(tmp_path, vcsim_fresh):
             vm = await find(s, "/DC0/vm/DC0_H0_VM1")
             task = await s.call(vm, "Rename_Task", newName="db-7")
             await wait_for_task(s, task, description="rename")
-            await wait_for(lambda: points_of(daemon, "db-7"), 20, "the renamed VM's point")
+            # The point is committed a moment before the job's record reaches the history.
+            await wait_for(
+                lambda: points_of(daemon, "db-7") and recs_of(daemon, "db-7"),
+                20,
+                "the renamed VM's point and finished job",
+            )
             assert "came into scope of db (renamed)" in recs_of(daemon, "db-7")[0].reason
     finally:
         await s.close()
@@ -148,16 +153,18 @@ async def test_a_trigger_deferred_by_the_window_runs_when_the_window_opens(tmp_p
     ).replace('rpo = "24h"', f'rpo = "72h"\nwindow = "{window}"')
     cfg = write_config(tmp_path, vcsim_fresh, text)
     async with running(cfg) as daemon:
-        from protector.daemon import VmState
+        from protector.daemon.state import VmState
 
         node = next(v for v in daemon.watcher.tree.vms() if v.name == "DC0_H0_VM1")
         now = datetime.now().astimezone()
         daemon.state[node.identity] = VmState(newest_good=now)  # a point within the RPO
-        daemon._reschedule(node.identity)
+        daemon.planner.reschedule(node.identity)
         # RPO-driven: the latest window that keeps the 72 h RPO, two days from now.
-        assert daemon.due[node.identity] > now + timedelta(hours=40)
-        daemon._trigger_if_due(node, daemon._policy("nightly"), "test", even_if_fresh=True)
+        assert daemon.planner.due[node.identity] > now + timedelta(hours=40)
+        daemon.planner.trigger_if_due(
+            node, daemon.planner.policy("nightly"), "test", even_if_fresh=True
+        )
         # Deferred: today's window, which opens in two hours.
-        due = daemon.due[node.identity]
+        due = daemon.planner.due[node.identity]
         assert now + timedelta(minutes=118) <= due <= now + timedelta(hours=3), (due, now)
         assert not daemon.runner.history  # nothing ran outside the window

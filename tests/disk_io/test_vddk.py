@@ -14,10 +14,10 @@ import pytest
 import structlog
 from cffi import FFI
 from disk_io_helpers import make_disk
+from vddk_fake import build
 
 from disk_io import DiskIoError, DiskLocation, VcenterAccess, VddkError, VddkUnavailable
 from disk_io.vddk import VddkDisk, VddkLibrary, get_library
-from disk_io.vddk.fake import build
 
 HERE = Path(__file__).resolve().parent
 MIB = 1024 * 1024

@@ -20,8 +20,8 @@ from pyVmomi import vim
 from protector.backup import BackupOptions, BackupResult, backup_vm
 from protector.config import Config, parse_config
 from protector.context import Context
-from protector.simulator import Simulator
-from protector.snapshots import walk_snapshots
+from protector.devtools.simulator import Simulator
+from protector.vsphere.snapshots import walk_snapshots
 from repository import Repository
 from watcher.session import Credentials, Session
 from watcher.soap import Endpoint

@@ -14,7 +14,7 @@ from pyVmomi import vim
 
 from protector.errors import UserError
 from protector.restore import Placement, restore_as_new, restore_to_existing
-from protector.snapshots import SNAPSHOT_NAME
+from protector.vsphere.snapshots import SNAPSHOT_NAME
 from repository import verify
 from repository.backend import LocalBackend
 

@@ -1,4 +1,4 @@
-from protector.changeplan import ReadMode, after_query_fault, plan_read, tracking_uuid
+from protector.backup.changeplan import ReadMode, after_query_fault, plan_read, tracking_uuid
 
 
 def test_first_backup_reads_allocated_areas_via_star():

@@ -14,7 +14,7 @@ from typing import Any
 import anyio
 import pytest
 
-from protector.cli import EXIT_PROBLEM, EXIT_USAGE
+from protector.cli.app import EXIT_PROBLEM, EXIT_USAGE
 from repository.errors import CorruptObjectError
 from watcher.soap import TlsPinError, VsphereConnectionError, VsphereFault
 
@@ -101,7 +101,7 @@ async def test_placement_of_the_wrong_kind_is_refused(rig: Rig) -> None:
 
 
 def test_connection_errors_exit_2_and_other_errors_exit_1() -> None:
-    from protector.cli import describe_error
+    from protector.cli.app import describe_error
 
     assert describe_error(VsphereConnectionError("POST https://vc/sdk: refused"))[1] == EXIT_USAGE
     assert describe_error(TlsPinError("certificate of vc does not match"))[1] == EXIT_USAGE

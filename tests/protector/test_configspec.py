@@ -16,7 +16,8 @@ from pyVim.connect import Disconnect, SmartConnect
 from pyVim.task import WaitForTask
 from pyVmomi import vim
 
-from protector.configspec import (
+from protector.devtools.simulator import Simulator
+from protector.vsphere.configspec import (
     COPIED_FIELDS,
     DEFAULT_DEVICE_TYPES,
     ConfigSpecError,
@@ -24,8 +25,7 @@ from protector.configspec import (
     build_config_spec,
     video_card_edit_spec,
 )
-from protector.simulator import Simulator
-from protector.vmconfig import (
+from protector.vsphere.vmconfig import (
     SKIP_INDEPENDENT,
     SKIP_PHYSICAL_RDM,
     ConfigFormatError,

@@ -6,7 +6,7 @@ import asyncio
 import random
 import time
 
-from protector.jobs import JobRecord, JobRequest, JobRunner, Limits
+from protector.daemon.jobs import JobRecord, JobRequest, JobRunner, Limits
 
 
 def max_overlap(records: list[JobRecord], key) -> int:
@@ -271,7 +271,7 @@ async def test_a_busy_vm_is_retried_later_without_counting_as_a_failure():
 
 
 class VmGone(Exception):
-    """Stands for protector.daemon.VmGone: the VM was deleted."""
+    """Stands for protector.daemon.worker.VmGone: the VM was deleted."""
 
 
 async def test_a_deleted_vm_is_given_up_not_retried_nor_counted_as_failing():

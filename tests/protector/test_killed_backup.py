@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 import pytest
 
-from protector.snapshots import SNAPSHOT_NAME, walk_snapshots
+from protector.vsphere.snapshots import SNAPSHOT_NAME, walk_snapshots
 
 MIB = 1024 * 1024
 Rig = Any  # the rig fixtures of conftest.py

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from protector import progress as progress_mod
+from protector.cli import progress as progress_mod
+from protector.cli.progress import ProgressLine
 from protector.errors import UserError
-from protector.progress import ProgressLine
-from protector.vmlookup import find_vm
+from protector.vsphere.vmlookup import find_vm
 
 MIB = 1024 * 1024
 

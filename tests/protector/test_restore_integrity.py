@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 import pytest
 
-import protector.restore as restore_mod
+import protector.restore.diskwrite as restore_mod
 from protector.errors import UserError
 from protector.restore import Placement, restore_as_new, restore_to_existing
 

@@ -17,7 +17,7 @@ from pyVmomi import vim
 
 from protector.errors import UserError
 from protector.restore import find_original_vm, match_disks, restore_to_existing
-from protector.vmconfig import DiskInfo
+from protector.vsphere.vmconfig import DiskInfo
 from repository import DiskRecord
 
 MIB = 1024 * 1024

@@ -7,7 +7,7 @@ import socket
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
-from protector.snapshots import is_leftover, snapshot_description
+from protector.vsphere.snapshots import is_leftover, snapshot_description
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 HOST = socket.gethostname()

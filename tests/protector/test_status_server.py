@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import aiohttp
 
-from protector.metrics import Metrics
-from protector.status import StatusServer
+from protector.daemon.metrics import Metrics
+from protector.daemon.status_server import StatusServer
 
 STATUS = {
     "generated_at": "2026-11-25T12:00:00+00:00",

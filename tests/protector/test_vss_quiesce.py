@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from protector.backup import BackupOptions, backup_vm
-from protector.simulator import Simulator
+from protector.devtools.simulator import Simulator
 from watcher.soap import VsphereFault
 
 MIB = 1024 * 1024
@@ -101,7 +101,7 @@ async def test_vss_manifest_is_saved_with_the_point(rig: Rig) -> None:
     assert m.vss_manifest == manifest_zip
     assert m.config_info["backup"]["vss_manifest"] is True
     # `vigil export POINT --vss-manifest -o FILE` hands it back for the guest agent.
-    from protector.commands.export import _export_vss
+    from protector.cli.export import _export_vss
 
     out = rig.tmp / "vss-manifest.zip"
     assert _export_vss(m, str(out), False) == 0

@@ -11,7 +11,7 @@ import pytest
 
 from disk_io import DiskIoError, DiskLocation, VcenterAccess
 from disk_io.httpdisk import HttpDisk
-from protector.diskaccess import fetch_datastore_file
+from protector.vsphere.disks import fetch_datastore_file
 from watcher.soap import Endpoint, SoapClient, VsphereError
 from watcher.tags import TagClient
 

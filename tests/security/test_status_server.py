@@ -8,8 +8,8 @@ import hmac
 import aiohttp
 import pytest
 
-from protector.metrics import Metrics
-from protector.status import StatusServer
+from protector.daemon.metrics import Metrics
+from protector.daemon.status_server import StatusServer
 
 TOKEN = "status-token-8d2e-distinct"
 STATUS = {

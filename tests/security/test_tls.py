@@ -15,7 +15,7 @@ import pytest
 
 from disk_io import DiskIoError, DiskLocation, ThumbprintMismatch
 from disk_io.httpdisk import HttpDisk, check_thumbprint
-from protector.diskaccess import vcenter_access
+from protector.vsphere.disks import vcenter_access
 from watcher.session import Credentials, Session
 from watcher.soap import Endpoint, TlsPinError, VsphereConnectionError
 from watcher.tags import TagClient
@@ -188,7 +188,7 @@ async def test_vddk_gets_the_thumbprint_of_the_ca_verified_certificate(tls_sim, 
     hands it the thumbprint of the certificate it verified itself (and refuses an
     untrusted one), so VDDK's connection is never the unverified one."""
     from disk_io.transport import TransportSettings
-    from protector.diskaccess import pinned_for_vddk
+    from protector.vsphere.disks import pinned_for_vddk
 
     vddk = TransportSettings(modes=("vddk", "http"), vddk_libdir="/opt/vmware-vix-disklib")
     session, verified, _ = await _access(tls_sim, ca_file=str(sim_ca_file))

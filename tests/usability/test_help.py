@@ -8,12 +8,12 @@ import json
 
 import pytest
 
-from protector.cli import _subparsers, build_parser
+from protector.cli.app import _subparsers, build_parser
 
 from .clihelp import vigil, write_config
 
 # Commands that run a process or a tour rather than print a result.
-NO_RESULT = {"watch", "demo", "policy", "catalog", "key"}
+NO_RESULT = {"watch", "demo", "policy", "catalog", "files", "mount", "key"}
 
 
 def all_commands() -> dict[str, argparse.ArgumentParser]:

@@ -23,8 +23,8 @@ def vm_with_data(vcsim_fresh) -> str:
     """A VM `app-1` whose disk holds DISK_MIB MiB of data, so a backup has bytes to show."""
     import asyncio
 
-    from protector.demo import flat_url, guest_data, put_disk
-    from protector.simtools import create_vm
+    from protector.devtools.demo import flat_url, guest_data, put_disk
+    from protector.devtools.simtools import create_vm
     from watcher.session import Credentials, Session
     from watcher.soap import Endpoint
 

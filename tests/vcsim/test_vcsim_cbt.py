@@ -18,7 +18,7 @@ from pyVim.connect import Disconnect, SmartConnect
 from pyVim.task import WaitForTask
 from pyVmomi import SoapStubAdapter, vim, vmodl
 
-from protector.simulator import Simulator
+from protector.devtools.simulator import Simulator
 
 BLOCK = 64 * 1024
 MIB = 1024 * 1024

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from protector.simulator import Simulator
+from protector.devtools.simulator import Simulator
 from watcher.session import Credentials, Session
 from watcher.soap import Endpoint
 

@@ -7,7 +7,7 @@ import socket
 
 from watchkit import run_task, watching
 
-from protector.simulator import Simulator
+from protector.devtools.simulator import Simulator
 from watcher.events import VmAdded, VmChanged, VmRemoved, VmRenamed
 from watcher.inventory import read_inventory
 from watcher.session import Credentials, Session

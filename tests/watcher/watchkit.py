@@ -17,7 +17,7 @@ import aiohttp
 from aiohttp import web
 from pyVmomi import vim
 
-from protector.simulator import Simulator
+from protector.devtools.simulator import Simulator
 from watcher.events import VmEvent
 from watcher.session import Credentials, Session
 from watcher.soap import Endpoint

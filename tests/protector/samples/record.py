@@ -3,7 +3,7 @@
 `sim_vm0.xml` is the simulator's DC0_H0_VM0 as read over SOAP. The other shapes start
 from that same object and are edited here the way real vCenter configurations look
 (several controllers, RDMs, independent disks, ISO CD-ROM, cpuFeatureMask), then saved
-with protector.vmconfig.serialize_config. The simulator's datastore MoRef embeds its
+with protector.vsphere.vmconfig.serialize_config. The simulator's datastore MoRef embeds its
 temporary directory, so it is replaced by a stable value to keep the files reproducible.
 """
 
@@ -18,8 +18,8 @@ from urllib.parse import urlparse
 from pyVim.connect import Disconnect, SmartConnect
 from pyVmomi import vim
 
-from protector.simulator import Simulator
-from protector.vmconfig import deserialize_config, serialize_config
+from protector.devtools.simulator import Simulator
+from protector.vsphere.vmconfig import deserialize_config, serialize_config
 
 HERE = Path(__file__).resolve().parent
 DS_MOREF = "datastore-localds0"

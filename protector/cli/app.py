@@ -1,0 +1,265 @@
+"""The `vigil` command line.
+
+Exit codes: 0 success; 1 the operation ran and found a problem (damage, a failed
+backup); 2 the operation could not run (bad config or policies, login refused,
+vCenter unreachable, bad arguments). Expected failures print one clear line to
+stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import os
+import signal
+import ssl
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import aiohttp
+
+from disk_io.errors import DiskIoError
+from protector import logs
+from protector.cli.common import print_json
+from protector.config import ConfigError
+from protector.errors import UserError
+from repository.errors import RepositoryError
+from watcher.soap import VsphereConnectionError, VsphereError
+
+EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
+
+# One module per command, each with `register(subparsers)`; this order is `vigil --help`'s.
+COMMANDS = (
+    "init",
+    "key",
+    "inventory",
+    "policy",
+    "backup",
+    "listing",
+    "restore",
+    "export",
+    "files",
+    "verify",
+    "prune",
+    "catalog",
+    "watch",
+    "status",
+    "demo",
+)
+
+Handler = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Wraps prose paragraphs but keeps indented blocks (examples) exactly as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        out = []
+        for para in text.strip("\n").split("\n\n"):
+            if para.startswith("  "):
+                out.append("\n".join(indent + ln for ln in para.splitlines()))
+            else:
+                out.append(super()._fill_text(para, width, indent))
+        return "\n\n".join(out)
+
+
+class Parser(argparse.ArgumentParser):
+    """Every `vigil` parser: the same help layout; sub-parsers inherit it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+EXIT_CODES = (
+    "Exit codes: 0 ok; 1 the command ran and found a problem (damage, a failed backup, an "
+    "RPO breach); 2 it could not run (configuration, policies, login, connection, a VM or "
+    "point that does not exist). Errors are one line on stderr; with --json also a "
+    '{"error": {...}} object on stdout.'
+)
+
+
+def _add_global_options(p: argparse.ArgumentParser, *, top: bool) -> None:
+    """--config and the log options, accepted before or after the command. Below the top
+    level their default is SUPPRESS, so a value given before the command is not reset."""
+    default = (lambda v: v) if top else (lambda v: argparse.SUPPRESS)
+    g = p.add_argument_group("global options") if not top else p
+    g.add_argument(
+        "--config",
+        metavar="PATH",
+        default=default(None),
+        help="configuration file (default: $VIGIL_CONFIG, else ./vigil.toml)",
+    )
+    g.add_argument(
+        "--log-level",
+        metavar="LEVEL",
+        default=default(None),
+        choices=("debug", "info", "warning", "error"),
+        help="debug, info, warning or error (default: warning). Logs go to stderr, never "
+        "into the output; `watch` logs to stdout at info",
+    )
+    g.add_argument(
+        "--log-json",
+        action="store_true",
+        default=default(False),
+        help="log JSON lines (the default when stderr is not a terminal)",
+    )
+
+
+def _subparsers(p: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every parser below `p`, depth first."""
+    found: list[argparse.ArgumentParser] = []
+    for action in p._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                found.append(child)
+                found.extend(_subparsers(child))
+    return found
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(
+        prog="vigil",
+        description=(
+            "vigil keeps every VM your policies cover backed up: it watches vCenter, starts a "
+            "backup the moment a VM comes into scope and whenever its RPO is due, and restores "
+            "byte for byte to the same VM or a new one."
+        ),
+        epilog=(
+            "Configuration: --config PATH, else $VIGIL_CONFIG, else ./vigil.toml (start from "
+            "config.example.toml; policies: docs/policies.md). `vigil COMMAND --help` explains "
+            "each command.\n\n"
+            "First steps:\n\n"
+            "  export VIGIL_CONFIG=/etc/vigil/vigil.toml VIGIL_VCENTER_PASSWORD=...\n"
+            "  vigil inventory            # can vigil log in, what does it see?\n"
+            "  vigil policy check         # what each policy covers, what nobody covers\n"
+            "  vigil backup web-1         # one backup now\n"
+            "  vigil watch                # the daemon (contrib/vigil.service)\n"
+            "  vigil status               # protection at a glance\n\n" + EXIT_CODES
+        ),
+    )
+    _add_global_options(p, top=True)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    for name in COMMANDS:
+        importlib.import_module(f"protector.cli.{name}").register(sub)
+    for child in _subparsers(p):
+        _add_global_options(child, top=False)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    log_level = args.log_level or "warning"
+    stream = sys.stderr  # stdout carries command output (and --json)
+    if args.command == "watch":
+        stream = sys.stdout  # a daemon's log is its output: JSON lines for the journal
+        log_level = args.log_level or "info"
+    try:
+        logs.configure(log_level, json=True if args.log_json else None, stream=stream)
+    except ValueError as exc:
+        parser.error(str(exc))
+    handler: Handler = args.handler
+    try:
+        if args.command == "watch":  # the daemon handles its signals itself
+            return asyncio.run(handler(args))
+        return asyncio.run(_stoppable(handler, args))
+    except BrokenPipeError:
+        # The reader went away (`vigil list --json | head`): nothing to report, and Python
+        # must not complain again when it flushes stdout at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+    except KeyboardInterrupt:
+        print("vigil: interrupted", file=sys.stderr)
+        return 130
+    except Terminated:
+        print("vigil: terminated (SIGTERM)", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    except (ConfigError, UserError, VsphereError, RepositoryError, DiskIoError, OSError) as exc:
+        return report_error(exc, json_output=bool(getattr(args, "json", False)))
+    except aiohttp.ClientError as exc:
+        return report_error(exc, json_output=bool(getattr(args, "json", False)))
+
+
+class Terminated(Exception):
+    """The command was stopped by SIGTERM, after its cleanup ran."""
+
+
+async def _stoppable(handler: Handler, args: argparse.Namespace) -> int:
+    """Run a command so that SIGTERM (systemd stopping a timer job, `timeout`, kill) cancels
+    it as Ctrl-C does: the cleanup runs (a backup's snapshot is removed, a half-built VM
+    destroyed) before the process exits. Without this, SIGTERM ends Python on the spot."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    stopped = False
+
+    def on_term() -> None:
+        nonlocal stopped
+        stopped = True
+        task.cancel()
+
+    loop.add_signal_handler(signal.SIGTERM, on_term)
+    try:
+        return await handler(args)
+    except asyncio.CancelledError:
+        if stopped:
+            raise Terminated() from None
+        raise
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+
+
+# Failures to reach vCenter at all (refused, DNS, TLS, timeouts): the command could not run.
+CONNECTION_ERRORS = (VsphereConnectionError, ConnectionError, ssl.SSLError, aiohttp.ClientError)
+
+
+def describe_error(exc: BaseException) -> tuple[str, int, str]:
+    """(one-line message, exit code, kind) for an error that ends a command."""
+    if isinstance(exc, ConfigError):
+        return str(exc), EXIT_USAGE, "config"  # one line per problem: file:line: key: what
+    if isinstance(exc, UserError):
+        return str(exc), exc.exit_code, "user"
+    if isinstance(exc, CONNECTION_ERRORS):
+        return (
+            f"cannot reach vCenter: {_oneline(exc)}; if vCenter is down or restarting, run the "
+            "command again once it is back (a snapshot left behind is removed then); otherwise "
+            "check vcenter.url, the network and TLS settings (vcenter.ca_file / "
+            "vcenter.thumbprint)",
+            EXIT_USAGE,
+            "connection",
+        )
+    if isinstance(exc, VsphereError):
+        return f"vCenter: {_oneline(exc)}", EXIT_PROBLEM, "vsphere"
+    if isinstance(exc, RepositoryError):
+        return f"repository: {_oneline(exc)}", EXIT_PROBLEM, "repository"
+    if isinstance(exc, DiskIoError):
+        return f"disk I/O: {_oneline(exc)}", EXIT_PROBLEM, "disk"
+    if isinstance(exc, OSError):
+        return _describe_os_error(exc), EXIT_PROBLEM, "os"
+    return f"{type(exc).__name__}: {_oneline(exc)}", EXIT_PROBLEM, "internal"
+
+
+def _describe_os_error(exc: OSError) -> str:
+    names = [str(n) for n in (exc.filename, exc.filename2) if n is not None]
+    what = exc.strerror or _oneline(exc)
+    return f"{' → '.join(names)}: {what}" if names else what
+
+
+def _oneline(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def report_error(exc: BaseException, *, json_output: bool) -> int:
+    """Print the error as one line on stderr (and as a JSON object on stdout for --json, so
+    scripts parse one format); returns the exit code."""
+    message, code, kind = describe_error(exc)
+    for line in message.splitlines() or [""]:
+        print(f"vigil: {line}", file=sys.stderr)
+    if json_output:
+        print_json({"error": {"type": kind, "message": message, "exit_code": code}})
+    return code

@@ -1,0 +1,109 @@
+"""`vigil policy check|diff`: what the policies cover, before they protect anything."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from policies.cli import check_exit_code, check_report, diff_report, render_check, render_diff
+from policies.errors import PolicyLoadError
+from protector.cli.common import config_of, json_option, print_json, require_policies_path
+from protector.policyaccess import vm_facts
+from protector.vsphere.connect import open_session
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "policy",
+        help="validate policies against the live inventory, or preview an edit",
+        description="check: validate the policies in force (policies.path), read the live "
+        "inventory and show per policy the VMs it covers, the overlaps and every VM no policy "
+        "covers. diff NEW_PATH: what would change if NEW_PATH replaced them (a dry run). "
+        "Exit 0 when valid, 2 when not.",
+    )
+    sp = p.add_subparsers(dest="policy_command", required=True, metavar="ACTION")
+    c = sp.add_parser(
+        "check",
+        help="validate and show coverage",
+        description="Validate the policies in policies.path (every error with file, line, "
+        "policy and key), read the live inventory and print per policy the VMs it protects, "
+        "the overlaps (who wins) and every VM no policy covers. Exit 0 when valid, 2 on "
+        "loading errors or equal-priority conflicts.",
+        epilog="Examples:\n\n  vigil policy check\n  vigil policy check --json | jq '.unprotected'",
+    )
+    json_option(c, 'print {"policies": [...], "overlaps": [...], "unprotected": [...]}')
+    c.set_defaults(handler=run_check)
+    d = sp.add_parser(
+        "diff",
+        help="preview replacing the policies with NEW_PATH",
+        description="A dry run of a policy edit: which VMs would become protected (+), no "
+        "longer protected (-) or protected by another policy (~), which policies are added, "
+        "removed or changed, and conflicts under the new set. Nothing is changed. Exit 2 when "
+        "NEW_PATH is invalid or has conflicts.",
+        epilog="Example:\n\n"
+        "  cp -r /etc/vigil/policies.d /tmp/new && $EDITOR /tmp/new/10-prod.toml\n"
+        "  vigil policy diff /tmp/new && cp /tmp/new/*.toml /etc/vigil/policies.d/",
+    )
+    d.add_argument(
+        "new_path", metavar="NEW_PATH", help="a policy file, or a directory of *.toml files"
+    )
+    json_option(d, "print the changes as JSON")
+    d.set_defaults(handler=run_diff)
+
+
+async def _facts(cfg: Any) -> list[Any]:
+    from watcher.inventory import read_inventory_with_tags
+
+    session = await open_session(cfg)
+    try:
+        tree = await read_inventory_with_tags(session, required=False)
+    finally:
+        await session.close()
+    return [vm_facts(v) for v in tree.vms()]
+
+
+def _errors(exc: PolicyLoadError) -> int:
+    print(str(exc), file=sys.stderr)
+    return 2
+
+
+async def run_check(args: argparse.Namespace) -> int:
+    cfg = config_of(args)
+    from policies.loader import load_policies
+
+    require_policies_path(cfg)
+    try:
+        load_policies(cfg.policies_path)  # fail before logging in
+    except PolicyLoadError as exc:
+        return _errors(exc)
+    report = check_report(cfg.policies_path, await _facts(cfg))
+    if args.json:
+        print_json(report)
+    else:
+        sys.stdout.write(render_check(report))
+    code = check_exit_code(report)
+    if code:
+        from policies.cli import report_errors
+
+        for line in report_errors(report):
+            print(line, file=sys.stderr)
+    return code
+
+
+async def run_diff(args: argparse.Namespace) -> int:
+    cfg = config_of(args)
+    from policies.loader import load_policies
+
+    require_policies_path(cfg)
+    try:
+        load_policies(cfg.policies_path)
+        load_policies(args.new_path)
+    except PolicyLoadError as exc:
+        return _errors(exc)
+    report = diff_report(cfg.policies_path, args.new_path, await _facts(cfg))
+    if args.json:
+        print_json(report)
+    else:
+        sys.stdout.write(render_diff(report))
+    return 2 if report["conflicts"] else 0

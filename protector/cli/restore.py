@@ -1,0 +1,142 @@
+"""`vigil restore POINT`: onto the VM it came from, or as a new VM."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from protector.cli.common import config_of, json_option, print_json
+from protector.cli.progress import ProgressLine, human_bytes
+from protector.errors import UserError
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "restore",
+        help="restore a point onto its VM (--to-existing) or as a new VM (--new-name)",
+        description="--to-existing writes the saved disks onto the VM they came from (it must be "
+        "powered off, or pass --power-off). --new-name creates a new VM from the saved "
+        "configuration, by default where the original lived, and writes its disks. Progress "
+        "is shown on a terminal (stderr).",
+        epilog="Examples:\n\n"
+        "  vigil restore POINT --new-name web-1-restored --verify\n"
+        "  vigil restore POINT --new-name web-1-test --folder /DC0/vm/test --datastore ds2\n"
+        "  vigil restore POINT --to-existing --power-off --changed-only --power-on\n\n"
+        "POINT is an id from `vigil list VM`.",
+    )
+    p.add_argument("point", metavar="POINT", help="restore point id, from `vigil list`")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--to-existing", action="store_true", help="overwrite the original VM")
+    target.add_argument("--new-name", metavar="NAME", help="create a new VM with this name")
+    p.add_argument(
+        "--folder",
+        metavar="PATH",
+        help="with --new-name: inventory path of the VM folder (default: the original's)",
+    )
+    p.add_argument(
+        "--pool",
+        metavar="PATH",
+        help="with --new-name: inventory path of the resource pool (default: the original's)",
+    )
+    p.add_argument(
+        "--datastore",
+        metavar="NAME",
+        help="with --new-name: datastore for the new VM's files (default: the original's)",
+    )
+    p.add_argument(
+        "--host", metavar="PATH", help="with --new-name: inventory path of the host to use"
+    )
+    p.add_argument(
+        "--power-off",
+        action="store_true",
+        help="with --to-existing: power the VM off first (else a powered-on VM is refused)",
+    )
+    p.add_argument("--power-on", action="store_true", help="power the VM on afterwards")
+    p.add_argument(
+        "--changed-only",
+        action="store_true",
+        help="with --to-existing: write only the chunks changed since the point, when Changed "
+        "Block Tracking on the VM can tell (else everything, and the reason is shown)",
+    )
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="re-read what was written and compare it with the restore point",
+    )
+    p.add_argument(
+        "--keep-failed",
+        action="store_true",
+        help="with --new-name: keep the new VM when the restore fails (default: destroy it)",
+    )
+    json_option(p, "print the restored VM and disks as JSON")
+    p.set_defaults(handler=run)
+
+
+async def run(args: argparse.Namespace) -> int:
+    from protector.cli.common import open_repository, require_point
+    from protector.context import Context
+    from protector.restore import (
+        Placement,
+        find_original_vm,
+        restore_as_new,
+        restore_to_existing,
+    )
+    from protector.restore.points import load_point
+    from protector.vsphere.connect import open_session
+
+    if args.to_existing and (args.folder or args.pool or args.datastore or args.host):
+        raise UserError("--folder/--pool/--datastore/--host apply to --new-name only")
+    if args.keep_failed and args.to_existing:
+        raise UserError("--keep-failed applies to --new-name only (it keeps a half-built new VM)")
+    if args.changed_only and not args.to_existing:
+        raise UserError("--changed-only applies to --to-existing only (a new VM gets every chunk)")
+    cfg = config_of(args)
+    repo = await open_repository(cfg)
+    await require_point(repo, args.point)  # before logging in: a typo needs no vCenter
+    session = await open_session(cfg)
+    try:
+        ctx = Context.create(cfg, session, repo, None)
+        progress = ProgressLine(f"restore {args.point}")
+        both: dict[str, Any] = {
+            "power_on": args.power_on,
+            "verify": args.verify,
+            "progress": progress,
+        }
+        if args.to_existing:
+            manifest = await load_point(ctx, args.point)
+            vm = await find_original_vm(ctx, manifest)
+            result = await restore_to_existing(
+                ctx,
+                args.point,
+                vm,
+                power_off=args.power_off,
+                changed_only=args.changed_only,
+                **both,
+            )
+        else:
+            placement = Placement(args.new_name, args.folder, args.pool, args.datastore, args.host)
+            result = await restore_as_new(
+                ctx,
+                args.point,
+                placement,
+                keep_failed=args.keep_failed,
+                **both,
+            )
+        progress.finish()
+    finally:
+        await session.close()
+    if args.json:
+        print_json(result.as_dict())
+    else:
+        print(
+            f"restored {args.point} to {result.vm_name} ({result.vm_moref}): "
+            f"{human_bytes(result.written_bytes)} written"
+            + (", verified" if args.verify else "")
+            + (", powered on" if result.powered_on else "")
+        )
+        for d in result.disks:
+            if d.mode == "changed":
+                print(f"  {d.target}: {human_bytes(d.written_bytes)} written ({d.reason})")
+        for note in result.notes:
+            print(f"  note: {note}")
+    return 0

@@ -1,0 +1,347 @@
+"""`vigil watch`: the Daemon composes the parts, each with one job and able to run without
+the others (the seam for the cluster roles: a scheduler runs the planner, a worker the job
+runner and BackupWorker):
+
+- supervisor.py: long-running tasks, crash → stop (exit 1), signals;
+- sessions.py: the jobs' vCenter session (the watcher has its own);
+- state.py: each VM's newest good point, rebuilt from the manifests at start;
+- planner.py: which policy covers a VM, triggers, RPO and windows, the scheduler loop;
+- jobs.py + worker.py: the job queue (limits, retries) and running one backup;
+- pruner.py: the daily prune; views.py, status_server.py, metrics.py: status and metrics.
+
+A VM that comes into a policy's scope is backed up at once when the policy says
+`on_match = "immediate"` and it has no good point younger than its RPO; every protected VM
+is queued again before its RPO runs out. A restart never repeats a backup that is still
+within its RPO.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, tzinfo
+from typing import Any
+
+import anyio
+import structlog
+
+from policies.errors import PolicyLoadError
+from policies.reload import PolicyStore, ReloadOutcome
+from protector.config import Config
+from protector.daemon import views
+from protector.daemon.jobs import JobRecord, JobRequest, JobRunner, Limits
+from protector.daemon.metrics import Metrics
+from protector.daemon.planner import Planner
+from protector.daemon.pruner import Pruner
+from protector.daemon.sessions import JobSessions
+from protector.daemon.state import VmState, states_from
+from protector.daemon.status_server import StatusServer
+from protector.daemon.supervisor import Supervisor
+from protector.daemon.worker import BackupWorker, VmGone
+from protector.errors import UserError
+from protector.policyaccess import vm_facts
+from protector.repoaccess import open_catalog, open_repository
+from protector.vmlock import VmBusyError
+from protector.vsphere.snapshots import remove_leftovers_everywhere
+from repository import Repository
+from repository.prune import PruneResult
+from watcher.session import Session
+from watcher.soap import VsphereError
+from watcher.updates import Watcher
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class DaemonStats:
+    started_at: float = field(default_factory=time.time)
+    events: int = 0
+    triggered: int = 0
+    scheduled: int = 0
+    orphaned: int = 0
+    prune_failures: int = 0
+
+
+class Daemon:
+    def __init__(self, cfg: Config, *, tz: tzinfo | None = None) -> None:
+        self.cfg = cfg
+        self.tz = tz or datetime.now().astimezone().tzinfo or UTC
+        self.metrics = Metrics()
+        self.stats = DaemonStats()
+        self.errors: deque[str] = deque(maxlen=100)
+        self.state: dict[str, VmState] = {}
+        self.supervisor = Supervisor(self.errors)
+        self.stopping = self.supervisor.stopping
+        self.ready = asyncio.Event()
+        self.sessions = JobSessions(cfg)
+        self.planner = Planner(self.state, self.stats, self.tz)
+        self.planner.find_node = self._find_node
+        self.worker = BackupWorker(
+            cfg,
+            self.sessions,
+            self.state,
+            self.metrics,
+            find_node=self._find_node,
+            policy_for=lambda req: (
+                self.planner.policy_of(req.vm_key) or self.planner.policy(req.policy)
+            ),
+        )
+        self.pruner = Pruner(cfg, self.tz, self.stats, self.errors, self.stopping, self.in_sync)
+        self.pruner.vms = lambda: self.watcher.tree.vms() if self.watcher else []
+        self.repo: Repository | None = None
+        self.catalog: Any = None
+        self.policies: PolicyStore | None = None
+        self.watcher: Watcher | None = None
+        self.runner: JobRunner | None = None
+        self.status: StatusServer | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def _preflight(self) -> str:
+        """Refuse settings that would silently weaken security; returns the status token."""
+        cfg = self.cfg
+        token = ""
+        env = cfg.daemon.status_token_env
+        if env:
+            token = os.environ.get(env, "")
+            if not token:
+                # Starting anyway would serve the status page to anyone, unauthenticated.
+                raise UserError(
+                    f"{cfg.path}: daemon.status_token_env names the environment variable "
+                    f"{env}, which is unset or empty; set it to the bearer token in the "
+                    "daemon's environment (e.g. systemd EnvironmentFile=), or remove "
+                    "daemon.status_token_env to serve the status page without a token"
+                )
+        vc = cfg.vcenter
+        if not vc.verify_tls and not vc.thumbprint and vc.url.startswith("https:"):
+            log.warning(
+                "daemon.tls_unverified",
+                vcenter=vc.url,
+                risk="anyone on the path can impersonate vCenter and read the password",
+                next_step="pin the certificate with vcenter.thumbprint (SHA-256) or set "
+                "vcenter.verify_tls = true",
+            )
+        return token
+
+    async def run(self, *, install_signals: bool = True) -> int:
+        cfg = self.cfg
+        token = self._preflight()
+        try:
+            self.policies = PolicyStore(cfg.policies_path, inventory=self._all_facts)
+        except PolicyLoadError as exc:
+            raise UserError(f"policies are invalid, nothing started:\n{exc}") from None
+        self.repo = await open_repository(cfg, create=True)
+        self.catalog = await open_catalog(self.repo)
+        manifests = await anyio.to_thread.run_sync(self.repo.manifests)
+        self.state.update(states_from(manifests))
+        self.watcher = Watcher(
+            self.sessions.connect,
+            tag_interval=cfg.daemon.tag_interval,
+            reconcile_interval=cfg.daemon.reconcile_interval,
+        )
+        lim = cfg.limits
+        self.runner = JobRunner(
+            self.worker.run_job,
+            Limits(lim.concurrent_backups, lim.per_host, lim.per_datastore),
+            retry_attempts=cfg.daemon.retry_attempts,
+            retry_backoff=cfg.daemon.retry_backoff,
+            cooldown_max=cfg.daemon.failure_cooldown_max,
+            retry_later=(VmBusyError,),  # a restore elsewhere holds the VM: not a failure
+            give_up=(VmGone,),
+            on_finish=self._job_finished,
+        )
+        self.planner.policies = self.pruner.policies = self.policies
+        self.planner.jobs = self.pruner.runner = self.runner
+        self.worker.repo = self.pruner.repo = self.repo
+        self.worker.catalog = self.catalog
+        self.status = StatusServer(
+            self.status_data,
+            self.healthy,
+            self.metrics,
+            token=token,
+            before_metrics=self.refresh_metrics,
+        )
+        try:
+            await self.status.start(cfg.daemon.status_listen)
+        except OSError as exc:
+            await self.catalog.close()
+            raise UserError(
+                f"{cfg.path}: daemon.status_listen {cfg.daemon.status_listen}: cannot serve "
+                f"the status page ({exc.strerror or exc}); is another `vigil watch` running "
+                "with this configuration? Stop it, or choose another port"
+            ) from None
+        log.info(
+            "daemon.started",
+            status=f"http://{cfg.daemon.status_listen.rpartition(':')[0]}:{self.status.port}/status",
+            policies=len(self.policies.current),
+            known_vms=len(self.state),
+        )
+        if install_signals:
+            self._install_signals()
+        spawn = self.supervisor.spawn
+        spawn(self.watcher.run(), "watcher")
+        spawn(self.runner.run(), "job-runner")
+        spawn(self._consume_events(), "events")
+        spawn(self._initial_sync(), "initial-sync")
+        spawn(self._watch_policies(), "policy-reload")
+        spawn(self.planner.run(self.ready, self.stopping), "scheduler")
+        spawn(self.pruner.run(self.ready), "pruner")
+        try:
+            await self.stopping.wait()
+        finally:
+            await self._shutdown()
+        if self.supervisor.crashed is not None:
+            # Exit 1 so the service manager sees a failure and restarts us.
+            log.error("daemon.exit_after_crash", task=self.supervisor.crashed)
+            return 1
+        return 0
+
+    def request_stop(self) -> None:
+        self.supervisor.request_stop()
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop)
+        loop.add_signal_handler(signal.SIGINT, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, lambda: self.supervisor.background(self.reload()))
+
+    async def _shutdown(self) -> None:
+        # No new jobs; running ones are cancelled and remove their snapshots first.
+        if self.runner:
+            await self.runner.stop(timeout=50)
+        if self.watcher:
+            await self.watcher.close()
+        await self.supervisor.cancel_all()
+        await self.sessions.close()
+        if self.status:
+            await self.status.stop()
+        if self.catalog:
+            await self.catalog.close()
+        log.info("daemon.stopped")
+
+    async def session(self) -> Session:
+        """The jobs' vCenter session (sessions.py)."""
+        return await self.sessions.session()
+
+    def healthy(self) -> bool:
+        return bool(self.watcher and self.watcher.healthy)
+
+    def in_sync(self) -> bool:
+        """Whether the inventory is live and complete: only then can prune tell an orphan
+        from a VM it merely cannot see."""
+        return self.ready.is_set() and self.healthy()
+
+    def _find_node(self, key: str) -> Any:
+        return self.watcher.tree.find_vm_by_identity(key) if self.watcher else None
+
+    def _all_facts(self) -> list[Any]:
+        tree = self.watcher.tree if self.watcher else None
+        return [vm_facts(v) for v in tree.vms()] if tree else []
+
+    # -- inventory events and policy edits → the planner ---------------------------------
+
+    async def _consume_events(self) -> None:
+        assert self.watcher is not None
+        async for ev in self.watcher.events():
+            self.stats.events += 1
+            self.metrics.events.labels(type(ev).__name__).inc()
+            # Until the first complete tree, _initial_sync evaluates everything at once.
+            self.planner.on_event(ev, initial=not self.ready.is_set())
+
+    async def _initial_sync(self) -> None:
+        """Once the first tree is complete: clean leftovers, evaluate all, start scheduling."""
+        assert self.watcher is not None and self.policies is not None
+        await self.watcher.ready.wait()
+        # Before any job can start: a job's own fresh snapshot must never look like a leftover.
+        try:
+            self.errors.extend(await remove_leftovers_everywhere(await self.session()))
+        except VsphereError as exc:
+            log.warning("daemon.leftover_scan_failed", error=str(exc))
+        self.planner.evaluate_all(self.watcher.tree.vms())
+        self.ready.set()
+        log.info(
+            "daemon.inventory_ready",
+            vms=len(self.watcher.tree.vms()),
+            protected=sum(1 for w in self.planner.winners.values() if w),
+        )
+
+    async def _watch_policies(self) -> None:
+        assert self.policies is not None
+        async for outcome in self.policies.watch(self.stopping):
+            self._on_policies(outcome)
+
+    async def reload(self) -> None:
+        """Reload the policies now (SIGHUP)."""
+        if self.policies is not None:
+            log.info("daemon.sighup_reload")
+            outcome = await self.policies.reload()
+            self._on_policies(outcome)
+
+    def _on_policies(self, outcome: ReloadOutcome) -> None:
+        if not outcome.accepted:
+            self.metrics.policy_reload_errors.inc()
+            for e in outcome.errors:
+                self.errors.append(f"policy error (old policies kept): {e}")
+            return
+        if not outcome.changed or not self.ready.is_set() or self.watcher is None:
+            return
+        self.planner.policies_changed(self.watcher.tree.vms())
+
+    def backup_now(self, moref: str, reason: str = "requested") -> bool:
+        """Queue a backup of a protected VM now (coalesced with a running or queued one)."""
+        node = self.watcher.tree.get_vm(moref) if self.watcher else None
+        policy = self.planner.policy_of(node.identity) if node else None
+        if node is None or policy is None:
+            raise LookupError(f"{moref} is not a VM that a policy protects")
+        return self.planner.submit(node, policy, reason, immediate=True, manual=True)
+
+    def _job_finished(self, req: JobRequest, rec: JobRecord) -> None:
+        ran_with = self.worker.finished(req, rec)
+        if rec.outcome == "failed":
+            self.errors.append(f"{req.vm_name}: backup attempt {rec.attempt} failed: {rec.error}")
+        self.planner.job_finished(req, rec, ran_with)
+        if self.catalog is not None:  # on_finish only ever sees a finished record
+            self.supervisor.background(self.worker.record(rec))
+
+    async def prune_now(self, *, dry_run: bool = False) -> PruneResult | None:
+        """Apply retention and sweep now (pruner.py); None when deferred."""
+        return await self.pruner.prune_now(dry_run=dry_run)
+
+    # -- status ------------------------------------------------------------------------
+
+    def vm_status(self) -> list[dict[str, Any]]:
+        if self.watcher is None or self.runner is None:
+            return []
+        return views.vm_status(self.watcher.tree.vms(), self.planner, self.runner)
+
+    def status_data(self) -> dict[str, Any]:
+        vms = self.vm_status()
+        runner = self.runner
+        return {
+            "generated_at": datetime.now(UTC).isoformat(),
+            "vcenter": self.cfg.vcenter.url,
+            "healthy": self.healthy(),
+            "inventory_lag_seconds": self.watcher.lag_seconds if self.watcher else None,
+            "counts": views.state_counts(vms),
+            "breached": sum(1 for v in vms if v["breached"]),
+            "vms": vms,
+            "jobs": views.jobs_view(runner),
+            "prune": self.pruner.last_prune,
+            "dispatch_paused": runner.paused if runner else None,
+            "errors": list(self.errors),
+            "policy_errors": [str(e) for e in self.policies.errors] if self.policies else [],
+            "stats": dict(self.stats.__dict__),
+        }
+
+    def refresh_metrics(self) -> None:
+        views.refresh_metrics(
+            self.metrics,
+            self.vm_status(),
+            self.watcher.lag_seconds if self.watcher else None,
+            len(self.policies.errors) if self.policies else 0,
+            self.healthy(),
+        )

@@ -1,0 +1,148 @@
+"""The daily prune: retention from the policies, then the chunk sweep, at daemon.prune_at.
+Only while the inventory is live and in sync (else every VM would look like an orphan);
+backups are held back, for a bounded time, so the sweep can take the repository lock; a
+failure is logged and counted, and tomorrow's run goes ahead. Needs the repository, the
+policies, the inventory tree and the job queue's pause — not the planner."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta, tzinfo
+from typing import Any
+
+import anyio
+import structlog
+
+from policies.engine import evaluate_one
+from policies.reload import PolicyStore
+from protector.config import Config, parse_hhmm
+from protector.policyaccess import PruneScope, retention_rules
+from repository import prune
+from repository.prune import PruneResult
+
+log = structlog.get_logger(__name__)
+
+
+def next_prune_at(now: datetime, hhmm: tuple[int, int]) -> datetime:
+    """The next HH:MM after `now` (in now's time zone)."""
+    at = now.replace(hour=hhmm[0], minute=hhmm[1], second=0, microsecond=0)
+    return at + timedelta(days=1) if at <= now else at
+
+
+class Pruner:
+    def __init__(
+        self,
+        cfg: Config,
+        tz: tzinfo,
+        stats: Any,
+        errors: Any,
+        stopping: asyncio.Event,
+        in_sync: Callable[[], bool],
+    ) -> None:
+        self.cfg = cfg
+        self.tz = tz
+        self.stats = stats  # its prune_failures count is kept here
+        self.errors = errors  # a deque of lines for the status page
+        self.stopping = stopping
+        self.in_sync = in_sync
+        self.repo: Any = None
+        self.policies: PolicyStore | None = None
+        self.vms: Callable[[], list[Any]] = list  # the inventory tree's VMs now
+        self.runner: Any = None  # pause / wait_idle_running / resume
+        self.last_prune: dict[str, Any] | None = None
+
+    async def run(self, ready: asyncio.Event) -> None:
+        await ready.wait()
+        hhmm = parse_hhmm(self.cfg.daemon.prune_at)
+        assert hhmm is not None, "validated by load_config"
+        while not self.stopping.is_set():
+            now = datetime.now(self.tz)
+            at = next_prune_at(now, hhmm)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), (at - now).total_seconds())
+            await self._wait_in_sync()
+            if not self.stopping.is_set():
+                await self.scheduled_prune()
+
+    async def scheduled_prune(self) -> None:
+        """The daily prune; a failure is logged and counted and tomorrow's run goes ahead."""
+        try:
+            await self.prune_now()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.stats.prune_failures += 1
+            log.error("daemon.prune_failed", error=repr(exc), exc_info=exc)
+            self.errors.append(f"prune failed (next try tomorrow): {exc!r}")
+            self.last_prune = {
+                "at": datetime.now(UTC).isoformat(),
+                "outcome": "failed",
+                "error": repr(exc),
+            }
+
+    async def _wait_in_sync(self) -> None:
+        if self.in_sync():
+            return
+        log.warning("daemon.prune_waiting", until="the vCenter inventory is live and in sync")
+        while not self.in_sync() and not self.stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), 5)
+
+    def _scope(self) -> PruneScope:
+        """Evaluated afresh from the tree, not from events that may still be queued."""
+        assert self.policies is not None
+        compiled = self.policies.compiled
+        return PruneScope.of(self.vms(), lambda f: evaluate_one(compiled, f))
+
+    async def prune_now(self, *, dry_run: bool = False) -> PruneResult | None:
+        """Apply retention and sweep; None when deferred because the inventory is not in
+        sync (every VM would look like an orphan)."""
+        assert self.repo is not None and self.policies is not None and self.runner is not None
+        started = datetime.now(UTC)
+        if not self.in_sync():
+            reason = "the vCenter inventory is not live and in sync; orphans cannot be told"
+            log.warning("daemon.prune_deferred", reason=reason)
+            self.last_prune = {"at": started.isoformat(), "outcome": "deferred", "reason": reason}
+            return None
+        rule_for = retention_rules(self.policies.current, self._scope(), self.tz)
+        max_pause = self.cfg.daemon.prune_max_pause
+        if not dry_run:
+            # Backups hold the repository lock shared; with new ones starting all the time
+            # the sweep would never get it exclusive. Hold them back, for a bounded time.
+            self.runner.pause("prune: chunk sweep")
+        try:
+            if not dry_run:
+                await self.runner.wait_idle_running(max_pause)
+            left = max(5.0, max_pause - (datetime.now(UTC) - started).total_seconds())
+            result = await anyio.to_thread.run_sync(
+                lambda: prune(
+                    self.repo,
+                    rule_for,
+                    dry_run=dry_run,
+                    orphan_keep_days=self.cfg.repository.orphan_keep_days,
+                    lock_timeout=left,
+                )
+            )
+        finally:
+            self.runner.resume()
+        for line in result.lines()[-2:]:
+            log.info("daemon.prune", result=line)
+        self.last_prune = {
+            "at": started.isoformat(),
+            "outcome": "done",
+            "dry_run": dry_run,
+            "seconds": round((datetime.now(UTC) - started).total_seconds(), 1),
+            "points_deleted": len(result.deleted_points),
+            "indexes_deleted": result.indexes_deleted,
+            "chunks_deleted": result.chunks_deleted,
+            "bytes_freed": result.bytes_freed,
+            "sweep_deferred": result.sweep_deferred,
+            "sweep_limited": result.sweep_limited,
+        }
+        if result.sweep_deferred:
+            self.errors.append(f"prune: chunk sweep deferred: {result.sweep_deferred}")
+        if result.sweep_limited:
+            self.errors.append(f"prune: chunk sweep limited: {result.sweep_limited}")
+        return result

@@ -1,0 +1,133 @@
+"""Job runner glue, the worker's side: run one queued backup (the policy covering the VM
+now, the jobs' session, one I/O limiter for all jobs), tell a deleted VM from a failure,
+update the VM's state and the metrics, and record the finished job in the catalog. Needs
+no planner: a worker role can run it against any queue of JobRequests."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+
+from policies.model import Policy
+from protector.backup import BackupOptions, backup_vm
+from protector.config import Config
+from protector.context import Context
+from protector.daemon.jobs import JobRecord, JobRequest
+from protector.daemon.metrics import Metrics
+from protector.daemon.sessions import JobSessions
+from protector.daemon.state import VmState
+from protector.policyaccess import options_of
+from watcher.session import Session
+from watcher.soap import VsphereError, VsphereFault
+
+
+class VmGone(Exception):
+    """The VM a job was for no longer exists: nothing to retry, nothing failing."""
+
+
+class BackupWorker:
+    def __init__(
+        self,
+        cfg: Config,
+        sessions: JobSessions,
+        state: dict[str, VmState],
+        metrics: Metrics,
+        *,
+        find_node: Callable[[str], Any],
+        policy_for: Callable[[JobRequest], Policy | None],
+    ) -> None:
+        self.cfg = cfg
+        self.sessions = sessions
+        self.state = state
+        self.metrics = metrics
+        self.find_node = find_node
+        self.policy_for = policy_for  # the policy covering the VM now, else the job's
+        self.repo: Any = None  # set before any job runs
+        self.catalog: Any = None
+        self.ran_with: dict[str, BackupOptions] = {}  # vm key → options of its running job
+        self._io_limiter: anyio.CapacityLimiter | None = None
+
+    async def run_job(self, req: JobRequest, rec: JobRecord) -> None:
+        assert self.repo is not None
+        node = self.find_node(req.vm_key)
+        if node is None:
+            raise VmGone(f"VM {req.vm_name} was deleted from vCenter; nothing to back up")
+        # The policy covering the VM now: it may have changed since the job was queued.
+        policy = self.policy_for(req)
+        rec.policy = policy.name if policy else req.policy
+        opts = options_of(policy, full=req.full)
+        self.ran_with[req.vm_key] = opts
+        session = await self.sessions.session()
+        ctx = self.context(session)
+        vm = session.moref("VirtualMachine", node.moref)
+        try:
+            result = await backup_vm(ctx, vm, opts, path=node.path, job_id=f"job-{rec.id}")
+        except Exception as exc:
+            if await vm_deleted(session, vm):
+                raise VmGone(
+                    f"VM {req.vm_name} ({node.moref}) was deleted from vCenter during its "
+                    f"backup ({exc}); its earlier points are kept"
+                ) from exc
+            raise
+        rec.point_id = result.point_id
+        rec.read_bytes = result.read_bytes
+        rec.stored_bytes = result.stored_bytes
+        st = self.state.setdefault(req.vm_key, VmState())
+        st.newest_good = result.finished_at
+        st.newest_point = result.point_id
+        st.points += 1
+        st.last_error = ""
+        self.metrics.bytes_read.inc(result.read_bytes)
+        self.metrics.bytes_stored.inc(result.stored_bytes)
+        self.metrics.backup_duration.observe(
+            (result.finished_at - result.started_at).total_seconds()
+        )
+
+    def context(self, session: Session) -> Context:
+        """A job's context; all jobs share one I/O limiter, so concurrent backups together
+        use at most limits.io_threads threads (made here: it needs the running loop)."""
+        if self._io_limiter is None:
+            self._io_limiter = anyio.CapacityLimiter(self.cfg.limits.io_threads)
+        return Context.create(
+            self.cfg, session, self.repo, self.catalog, io_limiter=self._io_limiter
+        )
+
+    def finished(self, req: JobRequest, rec: JobRecord) -> BackupOptions | None:
+        """Book a finished job; returns the options it ran with (None if it never started)."""
+        self.metrics.jobs.labels(rec.outcome).inc()
+        if rec.outcome == "failed":
+            self.state.setdefault(req.vm_key, VmState()).last_error = rec.error
+        return self.ran_with.pop(req.vm_key, None)
+
+    async def record(self, rec: JobRecord) -> None:
+        """The finished job into the catalog (best effort: the catalog is an index)."""
+        if self.catalog is None:
+            return
+        with contextlib.suppress(Exception):
+            await self.catalog.record_job(
+                f"job-{rec.id}-{int(rec.started)}",
+                "backup",
+                datetime.fromtimestamp(rec.started, UTC),
+                vm_key=rec.vm_key,
+                finished_at=datetime.fromtimestamp(rec.finished or time.time(), UTC),
+                outcome=rec.outcome,
+                error=rec.error or None,
+                point_id=rec.point_id or None,
+            )
+
+
+async def vm_deleted(session: Session, vm: Any) -> bool:
+    """Whether vCenter no longer knows the VM (a failed backup's likeliest cause then);
+    any other answer, or none, leaves the failure a failure."""
+    try:
+        await session.properties(vm, ["name"])
+    except VsphereFault as exc:
+        return exc.fault_type == "ManagedObjectNotFound"
+    except VsphereError:
+        return False
+    return False

@@ -1,0 +1,266 @@
+"""Restoring as a new VM: a ConfigSpec rebuilt from the saved ConfigInfo
+(vsphere.configspec), placed where the admin says (or where the VM was), CreateVM_Task,
+then every disk written; should anything fail once the VM exists, it is destroyed (or kept
+with --keep-failed) and the error says which."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from pyVmomi import vim
+
+from protector.context import Context
+from protector.errors import RestoreFailedError, UserError
+from protector.parallel import shielded, to_the_end
+from protector.restore.diskwrite import write_disk
+from protector.restore.existing import power_on_vm
+from protector.restore.points import load_point, saved_config
+from protector.restore.result import Progress, RestoreResult
+from protector.vsphere.configspec import build_config_spec, video_card_edit_spec
+from protector.vsphere.dspath import split_datastore_path
+from protector.vsphere.placement import default_folder_and_pool, find_datastore
+from protector.vsphere.vmconfig import disk_summaries
+from repository import Manifest
+from watcher.soap import VsphereError
+from watcher.tasks import wait_for_task
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Placement:
+    name: str
+    folder: str | None = None  # inventory path
+    pool: str | None = None
+    datastore: str | None = None  # datastore name
+    host: str | None = None  # inventory path or host name
+
+
+# What each placement option must name, and the vSphere types that qualify.
+PLACEMENT_KINDS: dict[str, tuple[type, ...]] = {
+    "folder": (vim.Folder,),
+    "resource pool": (vim.ResourcePool,),
+    "host": (vim.HostSystem,),
+}
+
+
+async def _find_by_path(ctx: Context, path: str, what: str) -> Any:
+    idx = ctx.session.content.searchIndex
+    ref = await ctx.session.call(idx, "FindByInventoryPath", inventoryPath=path.strip("/"))
+    if ref is None:
+        raise UserError(f"{what} {path!r} not found; `vigil inventory` shows the paths", 2)
+    kinds = PLACEMENT_KINDS.get(what)
+    if kinds and not isinstance(ref, kinds):
+        found = type(ref).__name__.rsplit(".", 1)[-1]
+        raise UserError(
+            f"{path!r} is a {found}, not a {what}; give the inventory path of a {what}", 2
+        )
+    return ctx.session.client.bind(ref)
+
+
+async def _default_placement(ctx: Context, manifest: Manifest, config: Any) -> dict[str, Any]:
+    """Where the original VM lived, if it still exists: its folder, pool and datastore."""
+    vm = ctx.session.moref("VirtualMachine", manifest.vm.moref) if manifest.vm.moref else None
+    if vm is not None:
+        try:
+            props = await ctx.session.properties(
+                vm, ["parent", "resourcePool", "config.instanceUuid"]
+            )
+            if (
+                props.get("config.instanceUuid") or ""
+            ).lower() == manifest.vm.instance_uuid.lower():
+                return {"folder": props.get("parent"), "pool": props.get("resourcePool")}
+        except Exception:  # the original is gone: fall back to the first datacenter
+            pass
+    return {}
+
+
+async def _datastore_name(ctx: Context, config: Any) -> str:
+    try:
+        return split_datastore_path(config.files.vmPathName or "")[0]
+    except ValueError:
+        raise UserError("cannot tell the original datastore; pass --datastore", 2) from None
+
+
+async def _refuse_taken_name(ctx: Context, folder: Any, name: str, asked: str | None) -> None:
+    """vCenter names are unique per folder: a clash is refused up front, before anything is
+    created (a failed CreateVM_Task would read as a restore failure; some setups accept the
+    duplicate, and then two VMs answer to one name)."""
+    idx = ctx.session.content.searchIndex
+    if await ctx.session.call(idx, "FindChild", entity=folder, name=name) is None:
+        return
+    where = f"folder {asked!r}" if asked else "the folder the VM is restored into"
+    raise UserError(
+        f"a VM or folder named {name!r} already exists in {where}; choose another --new-name "
+        "(or another --folder)",
+        2,
+    )
+
+
+async def restore_as_new(
+    ctx: Context,
+    point_id: str,
+    placement: Placement,
+    *,
+    power_on: bool = False,
+    verify: bool = False,
+    progress: Progress | None = None,
+    keep_failed: bool = False,
+) -> RestoreResult:
+    """Create a VM from the point's saved configuration and write its disks. Should anything
+    fail once the VM exists, it is destroyed (kept with `keep_failed`) and the error says so."""
+    manifest = await load_point(ctx, point_id)
+    config = saved_config(manifest)
+    defaults = await _default_placement(ctx, manifest, config)
+    folder = (
+        await _find_by_path(ctx, placement.folder, "folder")
+        if placement.folder
+        else defaults.get("folder")
+    )
+    pool = (
+        await _find_by_path(ctx, placement.pool, "resource pool")
+        if placement.pool
+        else defaults.get("pool")
+    )
+    host = await _find_by_path(ctx, placement.host, "host") if placement.host else None
+    ds_name = placement.datastore or await _datastore_name(ctx, config)
+    # Checked first: CreateVM_Task with an unknown datastore fails obscurely, or worse.
+    datastore = await find_datastore(ctx.session, ds_name)
+    if folder is None or pool is None:
+        f, p = await default_folder_and_pool(ctx.session, datastore, host)
+        folder, pool = folder or f, pool or p
+
+    await _refuse_taken_name(ctx, folder, placement.name, placement.folder)
+    rebuilt = build_config_spec(config, name=placement.name, datastore_name=ds_name)
+    new_vm = await _create_vm(ctx, folder, rebuilt.spec, pool, host, placement.name)
+    try:
+        result = await _fill_new_vm(
+            ctx, manifest, config, rebuilt, new_vm, placement.name, verify, progress
+        )
+    except BaseException as exc:
+        await _discard_half_built(ctx, new_vm, placement.name, point_id, exc, keep_failed)
+        raise
+    if power_on:
+        await power_on_vm(ctx, new_vm, placement.name)
+        result.powered_on = True
+    log.info(
+        "restore.done", point=point_id, vm=placement.name, mode="new", bytes=result.written_bytes
+    )
+    return result
+
+
+async def _create_vm(ctx: Context, folder: Any, spec: Any, pool: Any, host: Any, name: str) -> Any:
+    """CreateVM_Task. Cancelled while vCenter still creates the VM, the VM would be made
+    anyway and stay behind, empty: wait for the task regardless, destroy what it made, then
+    let the cancellation through."""
+    task = await ctx.session.call(folder, "CreateVM_Task", config=spec, pool=pool, host=host)
+    waiter, cancelled = await to_the_end(
+        wait_for_task(ctx.session, task, description=f"create VM {name}")
+    )
+    if cancelled:
+        if waiter.exception() is None:
+            vm = ctx.session.client.bind(waiter.result())
+            try:
+                await shielded(_destroy(ctx, vm, name))
+            except VsphereError as exc:
+                log.error(
+                    "restore.cancelled_vm_not_destroyed",
+                    vm=name,
+                    moref=vm._moId,
+                    error=str(exc),
+                    next_step="delete the empty VM by hand",
+                )
+        raise asyncio.CancelledError()
+    return ctx.session.client.bind(waiter.result())  # raises the task's fault, if any
+
+
+async def _fill_new_vm(
+    ctx: Context,
+    manifest: Manifest,
+    config: Any,
+    rebuilt: Any,
+    new_vm: Any,
+    name: str,
+    verify: bool,
+    progress: Progress | None,
+) -> RestoreResult:
+    """Everything after CreateVM_Task: video card settings, then every saved disk's data."""
+    props = await ctx.session.properties(new_vm, ["config"])
+    new_config = props["config"]
+    edit = video_card_edit_spec(config, list(new_config.hardware.device))
+    if edit is not None:
+        t = await ctx.session.call(new_vm, "ReconfigVM_Task", spec=edit)
+        await wait_for_task(ctx.session, t, description="video card settings")
+    result = RestoreResult(manifest.point_id, new_vm._moId, name, "new", notes=list(rebuilt.notes))
+    left_out = set(map(str, rebuilt.left_out_disks))
+    saved = disk_summaries(config)
+    current = disk_summaries(new_config)
+    records = [r for r in manifest.disks if r.key not in left_out]
+    by_addr = {d.address: d for d in current if d.address}
+    saved_addr = {str(d.key): d.address for d in saved}
+    total = sum(r.capacity for r in records)
+    done = [0]
+    for rec in records:
+        disk = by_addr.get(saved_addr.get(rec.key))
+        if disk is None or disk.capacity_bytes != rec.capacity:
+            raise UserError(
+                f"new VM {name} has no disk at {saved_addr.get(rec.key)} with "
+                f"{rec.capacity} bytes for saved disk {rec.key}",
+                1,
+            )
+        result.disks.append(
+            await write_disk(
+                ctx,
+                manifest,
+                rec.key,
+                new_vm,
+                disk,
+                fresh=True,
+                verify=verify,
+                progress=progress,
+                done=done,
+                total=total,
+            )
+        )
+    return result
+
+
+async def _discard_half_built(
+    ctx: Context, vm: Any, name: str, point_id: str, exc: BaseException, keep: bool
+) -> None:
+    """After a restore as a new VM failed: destroy the VM it created (a half-written VM must
+    not pass for a restored one), unless the admin keeps it for inspection. A cancellation
+    goes on as it is, after the destroy; any other error becomes a RestoreFailedError that
+    names the VM and what became of it."""
+    where = f"{name} ({vm._moId})"
+    if keep:
+        fate, kept = (
+            f"the half-built VM {where} was kept (--keep-failed); delete it when done",
+            True,
+        )
+    else:
+        try:
+            await shielded(_destroy(ctx, vm, name))
+            fate, kept = f"the half-built VM {where} was destroyed", False
+        except VsphereError as derr:
+            fate, kept = (
+                f"destroying the half-built VM {where} failed too ({derr}): delete it by hand",
+                True,
+            )
+    log.error("restore.new_vm_failed", point=point_id, vm=name, error=str(exc), outcome=fate)
+    if isinstance(exc, Exception):
+        why = str(exc) or type(exc).__name__
+        raise RestoreFailedError(
+            f"restore of point {point_id} as new VM {name} failed: {why}; {fate}",
+            name,
+            vm._moId,
+            kept,
+        ) from exc
+
+
+async def _destroy(ctx: Context, vm: Any, name: str) -> None:
+    task = await ctx.session.call(vm, "Destroy_Task")
+    await wait_for_task(ctx.session, task, description=f"destroy half-built VM {name}")
