@@ -11,14 +11,15 @@ import errno
 import os
 import re
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from repository.errors import BackendError, ObjectNotFoundError
 
 _TMP_PREFIX = ".tmp-"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,43 +194,52 @@ class LocalBackend:
         except OSError as exc:
             raise BackendError(key, exc) from exc
 
-    def get(self, key: str) -> bytes:
+    def _at(self, key: str, op: Callable[[str, int], T]) -> T:
+        """op(name, directory handle) for the object's name, never through a link;
+        FileNotFoundError when absent, BackendError (naming the key) on other failures."""
         dirs, name = self._split(key)
         try:
             with self._dir(dirs) as dfd:
-                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+                return op(name, dfd)
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise BackendError(key, _explain(exc)) from exc
+
+    def _open(self, key: str) -> int:
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+        return self._at(key, lambda name, dfd: os.open(name, flags, dir_fd=dfd))
+
+    def get(self, key: str) -> bytes:
+        try:
+            fd = self._open(key)
+        except FileNotFoundError:
+            raise ObjectNotFoundError(key) from None
+        try:
             with os.fdopen(fd, "rb") as f:
                 if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
                     raise OSError(errno.EINVAL, "not a regular file")
                 return f.read()
-        except FileNotFoundError:
-            raise ObjectNotFoundError(key) from None
         except OSError as exc:
             raise BackendError(key, _explain(exc)) from exc
 
     def exists(self, key: str) -> bool:
-        dirs, name = self._split(key)
         try:
-            with self._dir(dirs) as dfd:
-                return _lexists(name, dfd)
+            return self._at(key, _lexists)
         except FileNotFoundError:
             return False
-        except OSError as exc:
-            raise BackendError(key, _explain(exc)) from exc
 
     def touch(self, key: str) -> bool:
-        dirs, name = self._split(key)
         try:
-            with self._dir(dirs) as dfd:
-                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
-            try:
-                os.utime(fd)
-            finally:
-                os.close(fd)
+            fd = self._open(key)
         except FileNotFoundError:
             return False
+        try:
+            os.utime(fd)
         except OSError as exc:
-            raise BackendError(key, _explain(exc)) from exc
+            raise BackendError(key, exc) from exc
+        finally:
+            os.close(fd)
         return True
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
