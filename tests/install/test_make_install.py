@@ -260,6 +260,7 @@ def test_installed_vigil_as_the_service_user_with_a_root_one_off_between(install
         f'[vcenter]\nurl = "{vcsim_fresh.url}"\nuser = "user"\npassword_env = "VIGIL_TEST_PW"\n'
         f'[repository]\npath = "{state}/repo"\n'
         f'[policies]\npath = "{etc}/service-test-policies"\n[transport]\nmodes = ["http"]\n'
+        f'[state]\ndir = "{state}/state"\n'
     )
     (etc / "service-test-policies").mkdir(mode=0o750)
     (etc / "service-test-policies" / "p.toml").write_text(
@@ -285,6 +286,8 @@ def test_installed_vigil_as_the_service_user_with_a_root_one_off_between(install
             **who,
         )
 
+    init = vigil("init", "--encryption", "none", as_service=True)
+    assert init.returncode == 0, init.stderr
     for as_service in (True, False, True):
         res = vigil("backup", "DC0_H0_VM0", "--json", as_service=as_service)
         assert res.returncode == 0, f"as {'service' if as_service else 'root'}: {res.stderr}"

@@ -1,7 +1,8 @@
 """A one-off `vigil backup` run as root in the service user's state directory leaves a
-repository the service user can still use: every file and directory vigil creates (objects,
-locks, the catalog and its journal) belongs to the owner of the directory it was created
-in, not to root. Run as root only (the machine and CI are)."""
+repository and local state the service user can still use: every file and directory vigil
+creates (objects, lock objects, this machine's state: heads, flock files, the job journal)
+belongs to the owner of the directory it was created in, not to root. Run as root only
+(the machine and CI are)."""
 
 from __future__ import annotations
 
@@ -33,12 +34,11 @@ rpo = "24h"
 keep_last = 5
 """
 
-# Run as the service user: read every file, take every lock, write the catalog and create
-# a file in every directory, as the daemon does.
+# Run as the service user: read every file, take every lock and create a file in every
+# directory, as the daemon does.
 AS_SERVICE = """
-import fcntl, os, sqlite3, sys
-repo = sys.argv[1]
-for dirpath, dirnames, filenames in os.walk(repo):
+import fcntl, os, sys
+for dirpath, dirnames, filenames in [w for top in sys.argv[1:] for w in os.walk(top)]:
     probe = os.path.join(dirpath, ".probe")
     os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     os.unlink(probe)
@@ -51,11 +51,6 @@ for dirpath, dirnames, filenames in os.walk(repo):
         else:
             with open(path, "rb") as f:
                 f.read()
-db = sqlite3.connect(os.path.join(repo, "catalog.db"))
-db.execute("BEGIN IMMEDIATE")
-db.execute("CREATE TABLE service_probe (x)")
-db.rollback()
-db.close()
 print("ok")
 """
 
@@ -111,26 +106,28 @@ def test_root_one_off_backup_leaves_files_the_service_user_owns(service_dir, vcs
             'password_env = "VIGIL_TEST_PW"\n'
             f'[repository]\npath = "{state / "repo"}"\n[policies]\npath = "pol"\n'
             '[transport]\nmodes = ["http"]\n'
+            f'[state]\ndir = "{state / "local"}"\n'
         )
         (cfg_dir / "pol").mkdir()
         (cfg_dir / "pol" / "p.toml").write_text(POLICY)
 
-        # The first one-off creates the repository, the second writes into it.
-        for _ in range(2):
-            r = vigil(cfg, "backup", "DC0_H0_VM0", "--json")
+        # init creates the repository, the one-offs write into it and the local state.
+        for args in (["init", "--encryption", "none"], *[["backup", "DC0_H0_VM0"]] * 2):
+            r = vigil(cfg, *args)
             assert r.returncode == 0, r.stderr
-        repo = state / "repo"
-        assert (repo / "catalog.db").is_file() and (repo / "locks").is_dir()
-        assert not not_owned_by(repo, uid), "created as root: " + ", ".join(
-            not_owned_by(repo, uid)[:10]
-        )
-        for path in repo.rglob("*"):
+        repo, local = state / "repo", state / "local"
+        assert (repo / "locks").is_dir() and list(local.rglob("heads/*.json"))
+        for top in (repo, local):
+            assert not not_owned_by(top, uid), "created as root: " + ", ".join(
+                not_owned_by(top, uid)[:10]
+            )
+        for path in [*repo.rglob("*"), *local.rglob("*")]:
             mode = path.stat().st_mode & 0o777
             assert mode == (0o700 if path.is_dir() else 0o600), f"{path}: {oct(mode)}"
 
         # And the service user can really use it.
         res = subprocess.run(
-            [SYSTEM_PYTHON, "-c", AS_SERVICE, str(repo)],
+            [SYSTEM_PYTHON, "-c", AS_SERVICE, str(repo), str(local)],
             user=uid,
             group=uid,
             extra_groups=[],
