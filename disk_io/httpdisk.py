@@ -113,6 +113,19 @@ def _peer_der(conn: http.client.HTTPConnection) -> bytes:
     return der
 
 
+def server_certificate(access: VcenterAccess, timeout: float = 30.0) -> bytes | None:
+    """The DER certificate of vCenter, read over a connection verified as the http transport
+    verifies it (the pin, else the CA unless verification is off); None over plain http.
+    A pin mismatch raises ThumbprintMismatch."""
+    if access.scheme != "https":
+        return None
+    conn = connect(access, _ssl_context(access), timeout)
+    try:
+        return _peer_der(conn)
+    finally:
+        conn.close()
+
+
 def server_thumbprint(access: VcenterAccess, timeout: float = 30.0) -> str:
     """The SHA-256 thumbprint (`AB:CD:..`) of vCenter's certificate, read over a connection
     verified as the http transport verifies it. For VDDK, which trusts a certificate by
@@ -135,6 +148,7 @@ class HttpDisk:
     """A disk's flat extent through the datastore HTTP service. Blocking; thread-safe."""
 
     transport = "http"
+    transport_mode = ""  # one way only: /folder
 
     def __init__(
         self,

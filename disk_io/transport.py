@@ -1,7 +1,10 @@
 """The one small interface every transport implements, and the per-disk opener.
 
 `open_disk` tries the configured modes in order and records which one served the disk
-and why the others did not; a transport that is unavailable or fails to open is skipped.
+and why the others did not; a transport that is unavailable or fails to open is skipped —
+except for a TLS pin mismatch, which fails at once: another transport would talk to the
+same impostor. A VDDK failure is a warning carrying the library's own text
+(VixDiskLib_GetErrorText).
 """
 
 from __future__ import annotations
@@ -9,11 +12,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import structlog
 
-from .errors import DiskIoError, DiskOpenError
+from .errors import DiskIoError, DiskOpenError, ThumbprintMismatch, VddkError
 from .model import DiskLocation, Extent, VcenterAccess
 
 log = structlog.get_logger(__name__)
@@ -27,6 +30,7 @@ class DiskTransport(Protocol):
 
     capacity: int  # bytes
     transport: str  # "vddk" | "http" | "file"
+    transport_mode: str  # what served it inside the transport: VDDK's "nbdssl", "hotadd"...
 
     def read(self, offset: int, length: int) -> bytes | bytearray:
         """Exactly `length` bytes at `offset` (a bytes-like object the caller owns)."""
@@ -57,6 +61,7 @@ class TransportSettings:
     vddk_libdir: str = "/opt/vmware-vix-disklib-distrib"
     file_datastores: Mapping[str, str] = field(default_factory=dict)
     vddk_transport_modes: str | None = None  # e.g. "hotadd:nbdssl"; None = VDDK's default
+    vddk_thumbprint: str = "auto"  # "auto" (by library version) | "sha1" | "sha256"
     http_connections: int = 4
 
 
@@ -89,16 +94,17 @@ Opener = Callable[[DiskLocation, VcenterAccess | None, TransportSettings, bool],
 def _open_vddk(
     loc: DiskLocation, access: VcenterAccess | None, s: TransportSettings, writable: bool
 ) -> DiskTransport:
-    from .vddk import VddkDisk, get_library
+    from .vddk.connect import open_vddk
 
     if access is None:
         raise DiskIoError("the vddk transport needs vCenter access (session cookie)")
-    return VddkDisk(
-        get_library(s.vddk_libdir),
+    return open_vddk(
         loc,
         access,
+        libdir=s.vddk_libdir,
         writable=writable,
-        transport_modes=s.vddk_transport_modes,
+        modes=s.vddk_transport_modes,
+        thumbprint_override=s.vddk_thumbprint,
     )
 
 
@@ -141,10 +147,21 @@ def open_disk(
         started = time.monotonic()
         try:
             disk = opener(location, access, settings, writable)
+        except ThumbprintMismatch:
+            raise  # never fall back: the next transport would reach the same server
         except (DiskIoError, OSError) as exc:
             took = time.monotonic() - started
             attempts.append(OpenAttempt(mode, False, str(exc), took))
-            log.info("transport.skipped", disk=str(location), mode=mode, reason=str(exc))
+            if isinstance(exc, VddkError):
+                log.warning(
+                    "transport.vddk_failed",
+                    disk=str(location),
+                    operation=exc.operation,
+                    code=exc.code,
+                    error=exc.text,
+                )
+            else:
+                log.info("transport.skipped", disk=str(location), mode=mode, reason=str(exc))
             continue
         attempts.append(OpenAttempt(mode, True, "", time.monotonic() - started))
         if disk.capacity != location.capacity_bytes:
@@ -158,3 +175,29 @@ def open_disk(
         log.info("transport.opened", disk=str(location), mode=mode, writable=writable)
         return OpenedDisk(disk, attempts)
     raise DiskOpenError(str(location), [(a.mode, a.reason) for a in attempts])
+
+
+class _NoAccess:
+    prepared = False
+
+    def end(self) -> None:
+        return None
+
+
+def vm_access(
+    vm_moref: str,
+    access: VcenterAccess | None,
+    settings: TransportSettings,
+    modes: Sequence[str] | None = None,
+) -> Any:
+    """Before a backup's or restore's first disk open: VixDiskLib_PrepareForAccess (vCenter
+    then refuses to Storage-vMotion the VM); call `.end()` after the last close. A no-op
+    object when vddk is not among the modes. Blocking: run it in the I/O pool."""
+    order = tuple(modes) if modes is not None else settings.modes
+    if "vddk" not in order or access is None or not vm_moref:
+        return _NoAccess()
+    from .vddk.connect import VmAccess
+
+    return VmAccess(
+        vm_moref, access, libdir=settings.vddk_libdir, thumbprint_override=settings.vddk_thumbprint
+    )
