@@ -9,6 +9,7 @@ same impostor. A VDDK failure is a warning carrying the library's own text
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +23,21 @@ from .model import DiskLocation, Extent, VcenterAccess
 log = structlog.get_logger(__name__)
 
 MODES = ("vddk", "http", "file")
+# VDDK's own transport modes, for `[transport.vddk] modes = "hotadd:nbdssl:nbd"` (the
+# transportModes argument of VixDiskLib_ConnectEx). nbdkit's vddk plugin lists "nbd, nbdssl,
+# san, hotadd, file (there may be others)", so only the shape is checked, never the names.
+VDDK_MODES = ("file", "san", "hotadd", "nbdssl", "nbd")
+_VDDK_MODES_SHAPE = re.compile(r"[a-z]+(:[a-z]+)*")
+
+
+def check_vddk_modes(value: object, key: str = "transport.vddk.modes") -> str:
+    """The validated transportModes string, or ValueError naming the key."""
+    if not isinstance(value, str) or not _VDDK_MODES_SHAPE.fullmatch(value):
+        raise ValueError(
+            f"{key}: must be VDDK transport modes joined by ':', e.g. "
+            f"\"hotadd:nbdssl:nbd\" (known: {', '.join(VDDK_MODES)}), got {value!r}"
+        )
+    return value
 
 
 @runtime_checkable

@@ -36,6 +36,7 @@ from .diskaccess import (
     join_datastore_path,
     open_disk_for_read,
     snapshot_dir,
+    vddk_access,
 )
 from .parallel import in_thread_shielded, map_bounded
 from .snapshots import backup_snapshot, remove_leftovers, snapshot_description
@@ -68,6 +69,7 @@ class DiskResult:
     stored_bytes: int = 0
     change_id: str | None = None
     transport: str = ""
+    transport_mode: str = ""  # inside the transport: VDDK's "nbdssl", "hotadd"...
     mode: str = ""
     reason: str = ""
     skipped_reason: str | None = None
@@ -184,13 +186,16 @@ async def _backup_locked(
 
     writer: PointWriter = await anyio.to_thread.run_sync(ctx.repo.begin_point, ident)
     try:
-        async with backup_snapshot(
-            ctx.session,
-            vm,
-            quiesce=opts.quiesce,
-            fallback=opts.quiesce_fallback,
-            description=snapshot_description(job_id),
-        ) as snap:
+        async with (
+            backup_snapshot(
+                ctx.session,
+                vm,
+                quiesce=opts.quiesce,
+                fallback=opts.quiesce_fallback,
+                description=snapshot_description(job_id),
+            ) as snap,
+            vddk_access(ctx, vm, opts.transports),
+        ):
             snap_props = await ctx.session.properties(snap.ref, ["config"])
             config = snap_props["config"]
             vss, vss_error = await _vss_manifest(ctx, vm, config, snap.consistency, bound)
@@ -424,6 +429,7 @@ async def _backup_disk(
         index = await anyio.to_thread.run_sync(dw.finish)
         metadata = await anyio.to_thread.run_sync(reader.metadata)
         transport = reader.transport
+        transport_mode = getattr(reader, "transport_mode", "")
     finally:
         await in_thread_shielded(reader.close)  # closed by whoever opened it, even on cancel
     stats = index.stats
@@ -446,6 +452,7 @@ async def _backup_disk(
         stored_bytes=stats.new_bytes if stats else 0,
         change_id=disk.change_id or None,
         transport=transport,
+        transport_mode=transport_mode,
         mode=plan.mode.value,
         reason=plan.reason,
     )
@@ -456,6 +463,7 @@ async def _backup_disk(
         reason=plan.reason,
         read_bytes=read_bytes,
         transport=transport,
+        transport_mode=transport_mode,
     )
     return record, result
 

@@ -34,7 +34,7 @@ from watcher.tasks import wait_for_task
 from .changeplan import tracking_uuid
 from .configspec import build_config_spec, video_card_edit_spec
 from .context import Context
-from .diskaccess import changed_areas, open_disk_for_write
+from .diskaccess import changed_areas, open_disk_for_write, with_vddk_access
 from .errors import RestoreFailedError, UserError
 from .parallel import in_thread_shielded, map_bounded, map_ordered, shielded, to_the_end
 from .placement import default_folder_and_pool, find_datastore
@@ -351,17 +351,22 @@ async def restore_to_existing(
         name,
         f"restore of point {point_id}",
     ):
-        return await _restore_locked(
+        return await with_vddk_access(
             ctx,
-            manifest,
             vm,
-            name,
-            config,
-            power_off=power_off,
-            power_on=power_on,
-            changed_only=changed_only,
-            verify=verify,
-            progress=progress,
+            None,
+            _restore_locked(
+                ctx,
+                manifest,
+                vm,
+                name,
+                config,
+                power_off=power_off,
+                power_on=power_on,
+                changed_only=changed_only,
+                verify=verify,
+                progress=progress,
+            ),
         )
 
 
@@ -583,8 +588,11 @@ async def restore_as_new(
     rebuilt = build_config_spec(config, name=placement.name, datastore_name=ds_name)
     new_vm = await _create_vm(ctx, folder, rebuilt.spec, pool, host, placement.name)
     try:
-        result = await _fill_new_vm(
-            ctx, manifest, config, rebuilt, new_vm, placement.name, verify, progress
+        result = await with_vddk_access(
+            ctx,
+            new_vm,
+            None,
+            _fill_new_vm(ctx, manifest, config, rebuilt, new_vm, placement.name, verify, progress),
         )
     except BaseException as exc:
         await _discard_half_built(ctx, new_vm, placement.name, point_id, exc, keep_failed)
