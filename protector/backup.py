@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import aiohttp
 import anyio
 import structlog
 from pyVmomi import vim
@@ -24,24 +23,17 @@ from pyVmomi import vim
 from disk_io.errors import InvalidChangedAreas
 from disk_io.extents import chunk_slots
 from repository import DiskRecord, PointWriter, SkippedDisk, VmIdentity
-from watcher.soap import VsphereError, VsphereFault
+from watcher.soap import VsphereFault
 from watcher.tasks import wait_for_task
 
 from .changeplan import ReadMode, ReadPlan, after_query_fault, plan_read
 from .context import Context
-from .diskaccess import (
-    VSS_MANIFEST,
-    changed_areas,
-    fetch_datastore_file,
-    join_datastore_path,
-    open_disk_for_read,
-    snapshot_dir,
-    vddk_access,
-)
+from .diskaccess import changed_areas, open_disk_for_read, vddk_access
 from .parallel import in_thread_shielded, map_bounded
 from .snapshots import backup_snapshot, remove_leftovers, snapshot_description
 from .vmconfig import DiskInfo, disk_summaries, serialize_config
 from .vmlock import vm_lock
+from .vss import fetch_vss_manifest
 
 log = structlog.get_logger(__name__)
 
@@ -198,7 +190,9 @@ async def _backup_locked(
         ):
             snap_props = await ctx.session.properties(snap.ref, ["config"])
             config = snap_props["config"]
-            vss, vss_error = await _vss_manifest(ctx, vm, config, snap.consistency, bound)
+            vss, vss_error = await fetch_vss_manifest(
+                ctx, vm, snap.ref, config, snap.consistency, bound
+            )
             disks = disk_summaries(config)
             planned = sum(d.capacity_bytes for d in disks if not d.skip_reason)
             tracker = _Progress(planned, progress)
@@ -279,27 +273,6 @@ async def _backup_locked(
         seconds=round((finished - started).total_seconds(), 2),
     )
     return result
-
-
-async def _vss_manifest(
-    ctx: Context, vm: Any, config: Any, consistency: str, bound: Any
-) -> tuple[bytes | None, str]:
-    """The `vss-manifest.zip` VMware Tools leave in the snapshot directory after quiescing a
-    Windows guest with VSS (the seed: save it over HTTP), and why it could not be read.
-
-    Only a quiesced snapshot makes one; other guests simply have none (404). Failing to read
-    it does not fail the backup (the disks are still good): the error is recorded instead."""
-    if consistency != "quiesced":
-        return None, ""
-    try:
-        path = join_datastore_path(snapshot_dir(config.files), VSS_MANIFEST)
-        data = await fetch_datastore_file(ctx, vm, path)
-    except (VsphereError, ValueError, aiohttp.ClientError, OSError) as exc:
-        bound.warning("backup.vss_manifest_unreadable", error=str(exc))
-        return None, str(exc)
-    if data is not None:
-        bound.info("backup.vss_manifest", path=path, bytes=len(data))
-    return data, ""
 
 
 @dataclass

@@ -184,9 +184,6 @@ async def changed_areas(
     return await collect_changed_areas(fetch, capacity)
 
 
-VSS_MANIFEST = "vss-manifest.zip"
-
-
 def snapshot_dir(files: Any) -> str:
     """The datastore directory a VM's snapshot files go to: `files.snapshotDirectory`, else
     the directory of its .vmx ("[ds] dir", no trailing slash)."""
