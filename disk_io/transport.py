@@ -35,7 +35,7 @@ def check_vddk_modes(value: object, key: str = "transport.vddk.modes") -> str:
     if not isinstance(value, str) or not _VDDK_MODES_SHAPE.fullmatch(value):
         raise ValueError(
             f"{key}: must be VDDK transport modes joined by ':', e.g. "
-            f"\"hotadd:nbdssl:nbd\" (known: {', '.join(VDDK_MODES)}), got {value!r}"
+            f'"hotadd:nbdssl:nbd" (known: {", ".join(VDDK_MODES)}), got {value!r}'
         )
     return value
 
@@ -153,8 +153,15 @@ def open_disk(
     writable: bool = False,
     modes: Sequence[str] | None = None,
 ) -> OpenedDisk:
-    """Open the disk with the first mode that works (blocking: run it in the I/O pool)."""
+    """Open the disk with the first mode that works (blocking: run it in the I/O pool).
+
+    Writing a thin disk, the http transport goes last: its one streamed PUT writes every
+    byte, zeros too, and leaves the disk fully allocated, while vddk and file write only
+    the chunks that hold data."""
     order = tuple(modes) if modes is not None else settings.modes
+    thin_write = writable and location.provisioning == "thin"
+    if thin_write and "http" in order:
+        order = (*[m for m in order if m != "http"], "http")
     attempts: list[OpenAttempt] = []
     for mode in order:
         opener = OPENERS.get(mode)
@@ -189,6 +196,14 @@ def open_disk(
                 expected=location.capacity_bytes,
             )
         log.info("transport.opened", disk=str(location), mode=mode, writable=writable)
+        if thin_write and not getattr(disk, "keeps_thin", True):
+            log.warning(
+                "transport.thin_disk_written_in_full",
+                disk=str(location),
+                mode=mode,
+                why="the http transport uploads the whole flat file, zeros included, so the "
+                "thin disk becomes fully allocated; vddk keeps it thin",
+            )
         return OpenedDisk(disk, attempts)
     raise DiskOpenError(str(location), [(a.mode, a.reason) for a in attempts])
 

@@ -91,6 +91,7 @@ async def location(ctx: Context, vm: Any, snap: Any | None, disk: DiskInfo) -> D
         vm_moref=vm._moId,
         snapshot_moref=snap._moId if snap is not None else None,
         disk_key=disk.key,
+        provisioning=disk.provisioning or "",
     )
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import structlog
 
 from ..errors import VddkError
-from ..httpdisk import server_certificate
+from ..tls import server_certificate
 from ..model import DiskLocation, VcenterAccess
 from .disk import VddkDisk, cleanup, end_access, prepare_for_access
 from .library import VddkLibrary, get_library
