@@ -4,8 +4,9 @@
   transport) and only its fingerprint in the library's format goes to VDDK
   (thumbprint.py); a pin mismatch raises ThumbprintMismatch, which fails the job.
 - VixDiskLib_Cleanup runs once per process and server before the first connection, so a
-  crashed run's leftovers (HotAdd disks still on the proxy) are removed (VDDK guide,
-  "Clean Up After Disconnect": call it "if your program crashed").
+  crashed run's leftovers (HotAdd disks still on the proxy VM) are cleaned up (vixDiskLib.h:
+  it reports the virtual machines "successfully cleaned up" and those that "still require
+  cleaning up"; the VDDK guide: "for safety add a VixDiskLib_Cleanup() call").
 - PrepareForAccess / EndAccess bracket a backup's or restore's disk access.
 """
 

@@ -425,8 +425,8 @@ def cleanup(
     access: VcenterAccess,
     thumbprint: str | None = None,
 ) -> tuple[int, int]:
-    """VixDiskLib_Cleanup after a crash (VDDK guide: it removes what an interrupted program
-    left behind, such as HotAdd disks still attached to the proxy): (cleaned up, remaining)."""
+    """VixDiskLib_Cleanup after a crash (what an interrupted run left behind, such as HotAdd
+    disks still attached to the proxy VM): (VMs cleaned up, VMs still needing it)."""
     if not lib.has("VixDiskLib_Cleanup"):
         return 0, 0
     params = ConnectParams(lib, location, access, thumbprint)

@@ -436,8 +436,14 @@ def test_transport_modes_pass_through_and_the_mode_used_is_recorded(
     assert (opened.transport, opened.disk.transport_mode) == ("vddk", "nbdssl")
     opened.disk.close()
     assert "modes=hotadd:nbdssl:nbd" in next(r for _, f, r in calls(call_log) if f == "ConnectEx")
-    # only hotadd allowed, none offered: VDDK's failure is a warning with its own text
+    # only hotadd asked for and not offered: VDDK falls back to nbdssl (VDDK guide,
+    # ConnectEx), and the recorded mode is what shows it
     only = TransportSettings(**{**settings.__dict__, "vddk_transport_modes": "hotadd"})
+    opened = open_disk(loc("s6", MIB), access, only)
+    assert opened.disk.transport_mode == "nbdssl"
+    opened.disk.close()
+    # a host offering none of them: VDDK's failure is a warning with its own text
+    monkeypatch.setenv("FAKEVDDK_MODES", "san")
     with structlog.testing.capture_logs() as logs:
         opened = open_disk(loc("s6", MIB), access, only)
     assert opened.transport == "file" and opened.disk.transport_mode == ""

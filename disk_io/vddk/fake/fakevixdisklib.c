@@ -28,7 +28,8 @@
  *                                 cannot open their disks (VDDK guide, ConnectEx: the
  *                                 snapshot MoRef is required to access a powered-on VM)
  *   FAKEVDDK_MODES=a:b            transport modes this "host" offers (default nbdssl:nbd);
- *                                 Open takes the first requested one offered
+ *                                 Open takes the first requested one offered, else nbdssl
+ *                                 when offered (as VDDK falls back), else fails
  *   FAKEVDDK_CLEANUP_PENDING=N    VixDiskLib_Cleanup finds N leftovers of a crashed run
  *   FAKEVDDK_CALL_LOG=path        every call appended as "<tid> <function> <args> rc=<n>"
  *
@@ -395,6 +396,10 @@ static const char *pick_mode(const Connection *c) {
                 if (strcmp(known[i], m) == 0) return known[i];
         }
     }
+    /* VDDK guide, ConnectEx: "If you specify any advanced transport mode as the only method,
+     * and that method is not available, ... VixDiskLib_Open() call will fall back to NBDSSL
+     * mode." */
+    if (strstr(offered, "nbdssl")) return "nbdssl";
     return NULL;
 }
 
