@@ -18,8 +18,8 @@ from typing import Any
 import structlog
 
 from ..errors import VddkError
-from ..tls import server_certificate
 from ..model import DiskLocation, VcenterAccess
+from ..tls import server_certificate
 from .disk import VddkDisk, cleanup, end_access, prepare_for_access
 from .library import VddkLibrary, get_library
 from .thumbprint import thumbprint_hash, vddk_thumbprint
