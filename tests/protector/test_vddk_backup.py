@@ -64,3 +64,32 @@ async def test_backup_and_restore_through_vddk_keep_vmwares_rules(
     assert fns[0] == "PrepareForAccess" and fns[-1] == "EndAccess"
     assert "ConnectEx" in fns and "Cleanup" not in fns  # once per process and server
     assert await rig.read_flat(vm, 4 * MIB) == content
+
+
+def test_transport_vddk_table_is_read_and_checked(tmp_path: Path) -> None:
+    import tomllib
+
+    from protector.config import ConfigError, parse_config
+    from protector.diskaccess import transport_settings
+
+    base = (
+        '[vcenter]\nurl = "https://vc.example/sdk"\nuser = "u"\npassword_env = "X"\n'
+        '[repository]\npath = "repo"\n[policies]\npath = "policies"\n'
+    )
+    path = str(tmp_path / "vigil.toml")
+    cfg = parse_config(
+        tomllib.loads(
+            base + '[transport.vddk]\nmodes = "hotadd:nbdssl:nbd"\nthumbprint = "sha256"\n'
+        ),
+        path,
+    )
+    settings = transport_settings(cfg)
+    assert settings.vddk_transport_modes == "hotadd:nbdssl:nbd"
+    assert settings.vddk_thumbprint == "sha256"
+    assert transport_settings(parse_config(tomllib.loads(base), path)).vddk_transport_modes is None
+    bad = '[transport.vddk]\nmodes = "hotadd nbd"\nthumbprint = "md5"\nmode = "x"\n'
+    with pytest.raises(ConfigError) as exc:
+        parse_config(tomllib.loads(base + bad), path)
+    text = str(exc.value)
+    assert "transport.vddk.modes" in text and "transport.vddk.thumbprint" in text
+    assert "transport.vddk.mode: unknown key" in text
