@@ -31,6 +31,7 @@ from .context import Context
 from .diskaccess import changed_areas, open_disk_for_read, vddk_access
 from .parallel import in_thread_shielded, map_bounded
 from .snapshots import backup_snapshot, remove_leftovers, snapshot_description
+from .upkeep import consolidate_if_needed, enable_cbt_checked
 from .vmconfig import DiskInfo, disk_summaries, serialize_config
 from .vmlock import vm_lock
 from .vss import fetch_vss_manifest
@@ -166,15 +167,13 @@ async def _backup_locked(
 ) -> BackupResult:
     bound = log.bind(vm=ident.name, moref=vm._moId, job=job_id)
     leftovers = await remove_leftovers(ctx.session, vm)
-    cbt_now = False
+    cbt_now, cbt_note = False, ""
     if (
         opts.enable_cbt
         and props.get("capability.changeTrackingSupported")
         and not props.get("config.changeTrackingEnabled")
     ):
-        bound.info("backup.enable_cbt")
-        await enable_cbt(ctx, vm)
-        cbt_now = True
+        cbt_now, cbt_note = await enable_cbt_checked(ctx.session, vm, bound)
 
     writer: PointWriter = await anyio.to_thread.run_sync(ctx.repo.begin_point, ident)
     try:
@@ -221,6 +220,9 @@ async def _backup_locked(
                 results.append(res)
             config_blob = {"format": "vim.vm.ConfigInfo/soap-xml", "xml": serialize_config(config)}
         # The snapshot is gone here (removed by the context manager, also on error).
+        consolidation = (
+            None if snap.left_behind else await consolidate_if_needed(ctx.session, vm, bound)
+        )
         finished = datetime.now(UTC)
         changed = ReadMode.CHANGED.value
         kind = "incremental" if any(r.mode == changed for r in results) else "full"
@@ -242,6 +244,8 @@ async def _backup_locked(
                         **({"vss_manifest_error": vss_error} if vss_error else {}),
                         "leftover_snapshots_removed": leftovers,
                         "cbt_enabled_now": cbt_now,
+                        **({"cbt_not_enabled": cbt_note} if cbt_note else {}),
+                        **({"consolidation": consolidation} if consolidation else {}),
                         "disks": [r.as_dict() for r in results],
                         **({"group": group} if group else {}),
                     },

@@ -211,6 +211,19 @@ async def vss_fail_rig(
 
 
 @pytest.fixture
+async def upkeep_rig(
+    make_vcsim: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Rig]:
+    """A rig whose simulator leaves runtime.consolidationNeeded set after every snapshot
+    removal (vcsim `-consolidation-needed`), and whose ConsolidateVMDisks_Task fails with
+    FileLocked on DC0_H0_VM1 (`-consolidate-fault`)."""
+    sim = make_vcsim(args=["-consolidation-needed", "*", "-consolidate-fault", "DC0_H0_VM1"])
+    monkeypatch.setenv(PASSWORD_ENV, sim.password)
+    async with open_rig(sim, tmp_path) as r:
+        yield r
+
+
+@pytest.fixture
 async def rdm_rig(
     make_vcsim: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[Rig]:
