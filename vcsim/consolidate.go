@@ -25,19 +25,24 @@ import (
 //     that clears runtime.consolidationNeeded, or, for VMs matching
 //     -consolidate-fault PATTERN, fails with FileLocked (the common cause on
 //     ESXi: a delta still open by another host or a backup proxy) and leaves it set.
-//   - Enabling CBT on a VM that has snapshots: the ReconfigVM_Task succeeds but
-//     config.changeTrackingEnabled stays false (vigil follows VMware's rule to
-//     enable CBT only without snapshots; this makes a client that does not
-//     check the result visible).
+//   - With -cbt-refuse-with-snapshots PATTERN, enabling CBT on a matching VM
+//     that has snapshots: the ReconfigVM_Task succeeds but
+//     config.changeTrackingEnabled stays false. VMware's rule is to enable CBT
+//     only without snapshots; what vCenter answers otherwise we could not
+//     verify, so this models the worst case (a silent no-op) for a client that
+//     must check the result. Off by default.
 type upkeep struct {
 	next        http.Handler
 	neededGlob  string
 	faultGlob   string
+	cbtGlob     string
 	authChecker *quiesceFault
 }
 
-func newUpkeep(next http.Handler, neededGlob, faultGlob string) http.Handler {
-	for flag, glob := range map[string]string{"-consolidation-needed": neededGlob, "-consolidate-fault": faultGlob} {
+func newUpkeep(next http.Handler, neededGlob, faultGlob, cbtGlob string) http.Handler {
+	for flag, glob := range map[string]string{
+		"-consolidation-needed": neededGlob, "-consolidate-fault": faultGlob, "-cbt-refuse-with-snapshots": cbtGlob,
+	} {
 		if glob == "" {
 			continue
 		}
@@ -45,7 +50,10 @@ func newUpkeep(next http.Handler, neededGlob, faultGlob string) http.Handler {
 			fail("%s: %q is not a valid name pattern: %v", flag, glob, err)
 		}
 	}
-	return &upkeep{next: next, neededGlob: neededGlob, faultGlob: faultGlob, authChecker: &quiesceFault{next: next}}
+	return &upkeep{
+		next: next, neededGlob: neededGlob, faultGlob: faultGlob, cbtGlob: cbtGlob,
+		authChecker: &quiesceFault{next: next},
+	}
 }
 
 func matches(glob, name string) bool {
@@ -70,7 +78,8 @@ func (u *upkeep) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		u.consolidate(w, r, body)
 	case bytes.Contains(body, []byte("RemoveSnapshot_Task")) && u.neededGlob != "":
 		u.removeSnapshot(w, r, body)
-	case bytes.Contains(body, []byte("ReconfigVM_Task")) && bytes.Contains(body, []byte("changeTrackingEnabled")):
+	case u.cbtGlob != "" && bytes.Contains(body, []byte("ReconfigVM_Task")) &&
+		bytes.Contains(body, []byte("changeTrackingEnabled")):
 		u.reconfigure(w, r, body)
 	default:
 		u.next.ServeHTTP(w, r)
@@ -163,7 +172,7 @@ func (u *upkeep) reconfigure(w http.ResponseWriter, r *http.Request, body []byte
 	var had bool
 	if ok {
 		simulator.Map.WithLock(vm, func() {
-			had = vm.Snapshot != nil && len(vm.Snapshot.RootSnapshotList) > 0
+			had = matches(u.cbtGlob, vm.Name) && vm.Snapshot != nil && len(vm.Snapshot.RootSnapshotList) > 0
 		})
 	}
 	rec := newRecorder()

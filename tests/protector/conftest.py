@@ -216,8 +216,15 @@ async def upkeep_rig(
 ) -> AsyncIterator[Rig]:
     """A rig whose simulator leaves runtime.consolidationNeeded set after every snapshot
     removal (vcsim `-consolidation-needed`), and whose ConsolidateVMDisks_Task fails with
-    FileLocked on DC0_H0_VM1 (`-consolidate-fault`)."""
-    sim = make_vcsim(args=["-consolidation-needed", "*", "-consolidate-fault", "DC0_H0_VM1"])
+    FileLocked on DC0_H0_VM1 (`-consolidate-fault`), and where enabling CBT on a VM with
+    snapshots silently does nothing (`-cbt-refuse-with-snapshots`)."""
+    sim = make_vcsim(
+        args=[
+            "-consolidation-needed", "*",
+            "-consolidate-fault", "DC0_H0_VM1",
+            "-cbt-refuse-with-snapshots", "*",
+        ]
+    )  # fmt: skip
     monkeypatch.setenv(PASSWORD_ENV, sim.password)
     async with open_rig(sim, tmp_path) as r:
         yield r

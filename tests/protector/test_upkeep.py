@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import structlog
 from pyVmomi import vim
 
 MIB = 1024 * 1024
@@ -70,11 +71,27 @@ async def test_cbt_is_enabled_only_on_a_vm_without_snapshots(rig: Rig) -> None:
     assert props.get("config.changeTrackingEnabled") is True
 
 
-async def test_simulator_ignores_enabling_cbt_while_snapshots_exist(rig: Rig) -> None:
-    """The emulation the previous test relies on: the task succeeds, nothing changes."""
+async def test_simulator_can_ignore_enabling_cbt_while_snapshots_exist(upkeep_rig: Rig) -> None:
+    """vcsim `-cbt-refuse-with-snapshots`: the task succeeds, nothing changes; vigil's own
+    read-back catches it (a snapshot taken between its check and its reconfigure)."""
+    from protector.upkeep import enable_cbt_checked
+
+    rig = upkeep_rig
     vm = await rig.vm()
     await rig.set_cbt(vm, False)
     await rig.snapshot(vm, "s")
     await rig.run(vm, "ReconfigVM_Task", spec=vim.vm.ConfigSpec(changeTrackingEnabled=True))
     props = await rig.session.properties(vm, ["config.changeTrackingEnabled"])
     assert not props.get("config.changeTrackingEnabled")
+
+    class Racing:  # the snapshot check answers "none", as it would a moment earlier
+        def __getattr__(self, name: str) -> Any:
+            return getattr(rig.session, name)
+
+        async def properties(self, obj: Any, paths: list[str]) -> dict[str, Any]:
+            if paths == ["snapshot"]:
+                return {}
+            return await rig.session.properties(obj, paths)
+
+    now, why = await enable_cbt_checked(Racing(), vm, structlog.get_logger())  # type: ignore[arg-type]
+    assert now is False and "config.changeTrackingEnabled is still false" in why
