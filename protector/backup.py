@@ -27,6 +27,7 @@ from watcher.soap import VsphereFault
 from watcher.tasks import wait_for_task
 
 from .changeplan import ReadMode, ReadPlan, after_query_fault, plan_read
+from .consistency import point_consistency
 from .context import Context
 from .diskaccess import changed_areas, open_disk_for_read, vddk_access
 from .parallel import in_thread_shielded, map_bounded
@@ -187,6 +188,10 @@ async def _backup_locked(
             ) as snap,
             vddk_access(ctx, vm, opts.transports),
         ):
+            snap.consistency, why = await point_consistency(
+                ctx.session, vm, snap.ref, snap.consistency
+            )
+            snap.quiesce_error = snap.quiesce_error or why
             snap_props = await ctx.session.properties(snap.ref, ["config"])
             config = snap_props["config"]
             vss, vss_error = await fetch_vss_manifest(

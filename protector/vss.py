@@ -19,6 +19,7 @@ import aiohttp
 
 from watcher.soap import VsphereError
 
+from .consistency import find_node
 from .context import Context
 from .diskaccess import fetch_datastore_file, join_datastore_path, snapshot_dir
 
@@ -26,13 +27,8 @@ from .diskaccess import fetch_datastore_file, join_datastore_path, snapshot_dir
 def backup_manifest_of(snapshot_info: Any, snapshot_moref: str) -> str | None:
     """`backupManifest` of the tree node of `snapshot_moref` ("" when unset); None when the
     snapshot is not in the tree at all."""
-    stack = list(getattr(snapshot_info, "rootSnapshotList", None) or [])
-    while stack:
-        node = stack.pop()
-        if node.snapshot is not None and node.snapshot._moId == snapshot_moref:
-            return node.backupManifest or ""
-        stack.extend(node.childSnapshotList or [])
-    return None
+    node = find_node(snapshot_info, snapshot_moref)
+    return None if node is None else node.backupManifest or ""
 
 
 def is_windows(config: Any) -> bool:

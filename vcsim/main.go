@@ -57,6 +57,7 @@ func main() {
 	consNeeded := flag.String("consolidation-needed", "", "VM name pattern: removing a snapshot of matching VMs leaves runtime.consolidationNeeded set")
 	consFault := flag.String("consolidate-fault", "", "VM name pattern: ConsolidateVMDisks_Task on matching VMs fails with FileLocked")
 	cbtRefuse := flag.String("cbt-refuse-with-snapshots", "", "VM name pattern: enabling CBT on matching VMs with snapshots silently does nothing")
+	noTools := flag.String("no-tools", "", "VM name pattern: VMware Tools are not running in matching VMs, so quiesce requests are ignored")
 	vssFail := flag.String("vss-fail", "", "VM name pattern: quiesced snapshots of matching Windows VMs get no VSS manifest (a VSS error)")
 	flag.Parse()
 	if err := checkCBTFlags(*cbtGrain, *cbtWindow); err != nil {
@@ -98,7 +99,7 @@ func main() {
 	// The CBT layer sits in front of the simulator's mux and answers the
 	// methods it intercepts; everything else passes through untouched.
 	srv.Server.Config.Handler = newCBT(srv.Server.Config.Handler, *cbtGrain, *cbtWindow)
-	srv.Server.Config.Handler = newVSSManifest(srv.Server.Config.Handler, *vssFail)
+	srv.Server.Config.Handler = newVSSManifest(srv.Server.Config.Handler, *vssFail, *noTools)
 	srv.Server.Config.Handler = newUpkeep(srv.Server.Config.Handler, *consNeeded, *consFault, *cbtRefuse)
 	srv.Server.Config.Handler = newSlowTasks(srv.Server.Config.Handler, *taskDelay)
 	srv.Server.Config.Handler = newQuiesceFault(srv.Server.Config.Handler, *quiesceGlob)

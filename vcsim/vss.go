@@ -27,18 +27,28 @@ import (
 // quiesced snapshot of a VM whose config.guestId names a Windows guest
 // ("windows...") gets both; N is the snapshot's id in the tree. VMs matching
 // -vss-fail model a VSS error: the snapshot is quiesced, but without manifest.
+//
+// The same layer keeps the tree's `quiesced` flag honest: "If the virtual
+// machine is powered off or VMware Tools are not available, the quiesce flag is
+// ignored" (vSphere API, CreateSnapshot_Task), and govmomi records quiesced=true
+// regardless. A powered-off VM, or one matching -no-tools PATTERN (VMware Tools
+// not running), gets quiesced=false and no manifest.
 type vssManifest struct {
-	next     http.Handler
-	failGlob string
+	next        http.Handler
+	failGlob    string
+	noToolsGlob string
 }
 
-func newVSSManifest(next http.Handler, failGlob string) http.Handler {
-	if failGlob != "" {
-		if _, err := path.Match(failGlob, ""); err != nil {
-			fail("-vss-fail: %q is not a valid name pattern: %v", failGlob, err)
+func newVSSManifest(next http.Handler, failGlob, noToolsGlob string) http.Handler {
+	for flag, glob := range map[string]string{"-vss-fail": failGlob, "-no-tools": noToolsGlob} {
+		if glob == "" {
+			continue
+		}
+		if _, err := path.Match(glob, ""); err != nil {
+			fail("%s: %q is not a valid name pattern: %v", flag, glob, err)
 		}
 	}
-	return &vssManifest{next: next, failGlob: failGlob}
+	return &vssManifest{next: next, failGlob: failGlob, noToolsGlob: noToolsGlob}
 }
 
 func (v *vssManifest) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -60,12 +70,25 @@ func (v *vssManifest) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	var name, guest, vmx string
 	var host *types.ManagedObjectReference
+	var off bool
 	simulator.Map.WithLock(vm, func() {
 		name, guest, vmx, host = vm.Name, vm.Config.GuestId, vm.Config.Files.VmPathName, vm.Runtime.Host
+		off = vm.Runtime.PowerState == types.VirtualMachinePowerStatePoweredOff
 		if vm.Config.Files.SnapshotDirectory != "" {
 			vmx = strings.TrimSuffix(vm.Config.Files.SnapshotDirectory, "/") + "/x.vmx"
 		}
 	})
+	if off || matches(v.noToolsGlob, name) {
+		simulator.Map.WithLock(vm, func() {
+			if node := snapshotNode(vm.Snapshot.RootSnapshotList, snap.Self); node != nil {
+				node.Quiesced = false
+				simulator.Map.Update(vm, []types.PropertyChange{
+					{Name: "snapshot.rootSnapshotList", Val: vm.Snapshot.RootSnapshotList},
+				})
+			}
+		})
+		return
+	}
 	if !strings.HasPrefix(strings.ToLower(guest), "windows") {
 		return // VSS is Windows only: other guests quiesce without a manifest
 	}

@@ -203,8 +203,9 @@ async def vss_fail_rig(
     make_vcsim: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[Rig]:
     """A rig whose simulator models a VSS error in DC0_H0_VM0: its quiesced snapshots
-    succeed, but a Windows guest gets no VSS manifest (vcsim `-vss-fail`)."""
-    sim = make_vcsim(args=["-vss-fail", VM_NAME])
+    succeed, but a Windows guest gets no VSS manifest (vcsim `-vss-fail`); DC0_H0_VM1 has
+    no VMware Tools running, so its quiesce requests are ignored (`-no-tools`)."""
+    sim = make_vcsim(args=["-vss-fail", VM_NAME, "-no-tools", "DC0_H0_VM1"])
     monkeypatch.setenv(PASSWORD_ENV, sim.password)
     async with open_rig(sim, tmp_path) as r:
         yield r

@@ -167,3 +167,37 @@ def test_backup_manifest_of_finds_our_node_in_the_tree() -> None:
     assert backup_manifest_of(tree, "snapshot-1") == "a.zip"
     assert backup_manifest_of(tree, "snapshot-3") is None
     assert backup_manifest_of(None, "snapshot-1") is None
+
+
+async def test_a_powered_off_vm_is_powered_off_consistent_not_quiesced(rig: Rig) -> None:
+    """vSphere ignores the quiesce flag for a powered-off VM; its disks are at rest."""
+    vm = await rig.prepare(2 * MIB, data(2 * MIB, 6))
+    await make_windows(rig, vm)
+    await rig.power(vm, False)
+    result = await backup(rig, vm, quiesce=True)
+    saved = rig.repo.load_manifest(result.point_id).config_info["backup"]
+    assert result.consistency == saved["consistency"] == "powered-off"
+    assert "vss_manifest_error" not in saved  # no guest running: no VSS expected
+
+
+async def test_an_ignored_quiesce_is_crash_consistent(vss_fail_rig: Rig) -> None:
+    """The snapshot task succeeds when VMware Tools are not running, quiesced=false in the
+    tree: the point must not claim "quiesced"."""
+    rig = vss_fail_rig
+    vm = await rig.prepare(2 * MIB, data(2 * MIB, 7), name=HEALTHY)
+    result = await backup(rig, vm, quiesce=True)
+    saved = rig.repo.load_manifest(result.point_id).config_info["backup"]
+    assert result.consistency == saved["consistency"] == "crash"
+    assert "without quiescing" in saved["quiesce_error"]
+
+
+def test_judge_consistency() -> None:
+    from types import SimpleNamespace as N
+
+    from protector.consistency import judge
+
+    assert judge("poweredOff", "quiesced", N(quiesced=False)) == ("powered-off", "")
+    assert judge("poweredOn", "quiesced", N(quiesced=True)) == ("quiesced", "")
+    assert judge("poweredOn", "quiesced", N(quiesced=False))[0] == "crash"
+    assert judge("poweredOn", "crash", N(quiesced=False)) == ("crash", "")
+    assert judge("poweredOn", "quiesced", None) == ("quiesced", "")
