@@ -17,7 +17,7 @@ from typing import Any
 
 import structlog
 
-from ..errors import VddkError
+from ..errors import DiskIoError, VddkError
 from ..model import DiskLocation, VcenterAccess
 from ..tls import server_certificate
 from .disk import VddkDisk, cleanup, end_access, prepare_for_access
@@ -95,8 +95,6 @@ class VmAccess:
         self._lib: VddkLibrary | None = None
         self._thumb = ""
         self.prepared = False
-        from ..errors import DiskIoError
-
         try:
             lib = get_library(libdir)
         except DiskIoError as exc:

@@ -17,6 +17,11 @@ from protector.repoaccess import point_summary
 from protector.restore import restore_to_existing
 
 MIB = 1024 * 1024
+# The calls VMware wants on one designated thread (docs/vddk.md, "Threads").
+CONTROL = {
+    "InitEx", "ConnectEx", "Open", "QueryAllocatedBlocks", "Close", "Disconnect", "Cleanup",
+    "PrepareForAccess", "EndAccess", "Exit",
+}  # fmt: skip
 Rig = Any
 
 
@@ -49,7 +54,8 @@ async def test_backup_and_restore_through_vddk_keep_vmwares_rules(
     assert "PrepareForAccess" in fns[:first_open]
     assert fns[-1] == "EndAccess" and fns.count("EndAccess") == 1
     assert fns.count("Cleanup") <= 1
-    assert len({tid for tid, _, _ in seen}) == 1  # the designated thread, and only it
+    control = {tid for tid, fn, _ in seen if fn in CONTROL}
+    assert len(control) == 1  # the designated thread, and only it
     connect = next(rest for _, fn, rest in seen if fn == "ConnectEx")
     assert f"vmxSpec=moref={vm._moId} credType=2 user={rig.session.user}" in connect
     assert "snapshot=snapshot-" in connect and "readOnly=1" in connect

@@ -34,8 +34,8 @@
  *   FAKEVDDK_CALL_LOG=path        every call appended as "<tid> <function> <args> rc=<n>"
  *
  * Threading detector (the process aborts): anything before InitEx or after Exit; InitEx
- * twice; ConnectEx/Open/Close/Disconnect/Cleanup/PrepareForAccess/EndAccess/Exit on
- * another thread than InitEx's (VMware: "one designated thread to do all opens and
+ * twice; ConnectEx/Open/QueryAllocatedBlocks/Close/Disconnect/Cleanup/PrepareForAccess/
+ * EndAccess/Exit on another thread than InitEx's (VMware: "one designated thread to do all opens and
  * closes"), or overlapping; one handle used by two threads at once.
  * -DFAKE_OLD builds an "old VDDK" without QueryAllocatedBlocks and AllocateConnectParams;
  * -DFAKE_MAJOR=N the library version (default 8).  Errors carry junk in the high 48 bits
@@ -526,6 +526,7 @@ VixError VixDiskLib_GetInfo(void *handle, Info **info) {
     i->biosGeo.sectors = i->physGeo.sectors = 63;
     i->uuid = strdup("60 00 C2 9f ak e0 00 00-00 00 00 00 00 00 00 01");
     *info = i;
+    calllog("GetInfo", VIX_OK, "%s", h->file);
     handle_leave(h);
     return VIX_OK;
 }
@@ -562,6 +563,7 @@ VixError VixDiskLib_Read(void *handle, SectorType start, SectorType n, uint8_t *
             got += (size_t)r;
         }
     }
+    calllog("Read", rc, "%llu+%llu", (unsigned long long)start, (unsigned long long)n);
     handle_leave(h);
     return rc;
 }
@@ -585,6 +587,7 @@ VixError VixDiskLib_Write(void *handle, SectorType start, SectorType n, const ui
             got += (size_t)r;
         }
     }
+    calllog("Write", rc, "%llu+%llu", (unsigned long long)start, (unsigned long long)n);
     handle_leave(h);
     return rc;
 }
@@ -593,6 +596,7 @@ VixError VixDiskLib_Flush(void *handle) {
     Handle *h = handle;
     handle_enter(h);
     VixError rc = fsync(h->fd) == 0 ? VIX_OK : ERR(VIX_E_DISK_NOIO);
+    calllog("Flush", rc, NULL);
     handle_leave(h);
     return rc;
 }
@@ -638,6 +642,7 @@ VixError VixDiskLib_GetMetadataKeys(void *handle, char *buf, size_t bufLen, size
     }
     keys[k++] = '\0';
     VixError rc = put_result(keys, k, buf, bufLen, requiredLen);
+    calllog("GetMetadataKeys", rc, "bufLen=%zu", bufLen);
     free(keys);
     free(data);
     handle_leave(h);
@@ -659,6 +664,7 @@ VixError VixDiskLib_ReadMetadata(void *handle, const char *key, char *buf, size_
         }
     }
     if ((rc & 0xFFFF) == VIX_E_FAIL) logf_(g_warn, "ReadMetadata: no key '%s'\n", key);
+    calllog("ReadMetadata", rc, "%s", key);
     free(data);
     handle_leave(h);
     return rc;
@@ -690,6 +696,7 @@ VixError VixDiskLib_WriteMetadata(void *handle, const char *key, const char *val
     fclose(f);
     free(data);
 out:
+    calllog("WriteMetadata", rc, "%s", key);
     handle_leave(h);
     return rc;
 }
@@ -701,6 +708,9 @@ VixError VixDiskLib_QueryAllocatedBlocks(void *handle, SectorType start, SectorT
                                          SectorType chunk, BlockList **out) {
     Handle *h = handle;
     VixError rc = VIX_OK;
+    /* VDDK 7.0.2 release notes: "QueryAllocatedBlocks should be called in the same thread
+     * as open and close disk, not from read and write worker threads." */
+    need_designated_thread("QueryAllocatedBlocks");
     handle_enter(h);
     if (chunk < 128 || (chunk & (chunk - 1)) || start % chunk || n % chunk ||
         start + n > h->capacity || !out) {
@@ -740,6 +750,8 @@ VixError VixDiskLib_QueryAllocatedBlocks(void *handle, SectorType start, SectorT
     bl->numBlocks = (uint32_t)count;
     *out = bl;
 out:
+    calllog("QueryAllocatedBlocks", rc, "%llu+%llu chunk=%llu", (unsigned long long)start,
+            (unsigned long long)n, (unsigned long long)chunk);
     handle_leave(h);
     return rc;
 }
@@ -790,6 +802,7 @@ const char *VixDiskLib_GetTransportMode(void *handle) {
     Handle *h = handle;
     handle_enter(h);
     const char *mode = h->mode;
+    calllog("GetTransportMode", VIX_OK, "%s", mode);
     handle_leave(h);
     return mode;
 }
