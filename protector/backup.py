@@ -18,13 +18,11 @@ from typing import Any
 
 import anyio
 import structlog
-from pyVmomi import vim
 
 from disk_io.errors import InvalidChangedAreas
 from disk_io.extents import chunk_slots
 from repository import DiskRecord, PointWriter, SkippedDisk, VmIdentity
 from watcher.soap import VsphereFault
-from watcher.tasks import wait_for_task
 
 from .changeplan import ReadMode, ReadPlan, after_query_fault, plan_read
 from .consistency import point_consistency
@@ -118,12 +116,6 @@ async def vm_identity(ctx: Context, vm: Any, path: str = "") -> tuple[VmIdentity
         moref=vm._moId,
     )
     return ident, props
-
-
-async def enable_cbt(ctx: Context, vm: Any) -> None:
-    spec = vim.vm.ConfigSpec(changeTrackingEnabled=True)
-    task = await ctx.session.call(vm, "ReconfigVM_Task", spec=spec)
-    await wait_for_task(ctx.session, task, description=f"enable CBT on {vm._moId}")
 
 
 async def backup_vm(
