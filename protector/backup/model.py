@@ -34,6 +34,7 @@ class DiskResult:
     stored_bytes: int = 0
     change_id: str | None = None
     transport: str = ""
+    transport_mode: str = ""  # inside the transport: VDDK's "nbdssl", "hotadd"...
     mode: str = ""
     reason: str = ""
     skipped_reason: str | None = None

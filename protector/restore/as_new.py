@@ -20,6 +20,7 @@ from protector.restore.existing import power_on_vm
 from protector.restore.points import load_point, saved_config
 from protector.restore.result import Progress, RestoreResult
 from protector.vsphere.configspec import build_config_spec, video_card_edit_spec
+from protector.vsphere.disks import with_vddk_access
 from protector.vsphere.dspath import split_datastore_path
 from protector.vsphere.placement import default_folder_and_pool, find_datastore
 from protector.vsphere.vmconfig import disk_summaries
@@ -137,8 +138,11 @@ async def restore_as_new(
     rebuilt = build_config_spec(config, name=placement.name, datastore_name=ds_name)
     new_vm = await _create_vm(ctx, folder, rebuilt.spec, pool, host, placement.name)
     try:
-        result = await _fill_new_vm(
-            ctx, manifest, config, rebuilt, new_vm, placement.name, verify, progress
+        result = await with_vddk_access(
+            ctx,
+            new_vm,
+            None,
+            _fill_new_vm(ctx, manifest, config, rebuilt, new_vm, placement.name, verify, progress),
         )
     except BaseException as exc:
         await _discard_half_built(ctx, new_vm, placement.name, point_id, exc, keep_failed)
