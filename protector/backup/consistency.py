@@ -38,6 +38,18 @@ def judge(power_state: str | None, asked: str, node: Any | None) -> tuple[str, s
     return asked, ""
 
 
+def unquiesced_refusal(vm_moref: str, fallback: bool, consistency: str, why: str) -> str:
+    """Why a backup must stop when vCenter ignored the quiesce flag and the policy says
+    `on_quiesce_failure = "fail"`, or "" to go on. A powered-off VM is not refused: its
+    disks are at rest, which is what quiescing is for. Pure."""
+    if fallback or consistency != "crash" or not why:
+        return ""
+    return (
+        f'VM {vm_moref}: {why}, and the policy\'s backup.on_quiesce_failure is "fail"; '
+        'start VMware Tools in the guest, or set on_quiesce_failure = "crash-consistent"'
+    )
+
+
 async def point_consistency(
     session: Session, vm: Any, snapshot: Any, asked: str
 ) -> tuple[str, str]:

@@ -17,7 +17,7 @@ import anyio
 import structlog
 
 from protector.backup.changeplan import ReadMode
-from protector.backup.consistency import point_consistency
+from protector.backup.consistency import point_consistency, unquiesced_refusal
 from protector.backup.diskcopy import ProgressTracker, backup_disk
 from protector.backup.model import BackupOptions, BackupResult, DiskResult, Progress
 from protector.backup.vss import fetch_vss_manifest
@@ -125,6 +125,9 @@ async def _backup_locked(
             snap.consistency, why = await point_consistency(
                 ctx.session, vm, snap.ref, snap.consistency
             )
+            refusal = unquiesced_refusal(vm._moId, opts.quiesce_fallback, snap.consistency, why)
+            if refusal:
+                raise VsphereFault("QuiesceFailed", refusal)  # the snapshot goes, no point
             snap.quiesce_error = snap.quiesce_error or why
             snap_props = await ctx.session.properties(snap.ref, ["config"])
             config = snap_props["config"]

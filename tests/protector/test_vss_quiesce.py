@@ -62,7 +62,7 @@ async def test_quiesce_fault_without_fallback_fails_and_leaves_nothing(quiesce_r
     assert err.value.fault_type == "QuiesceFailed"
     msg = str(err.value)
     assert vm._moId in msg and "ApplicationQuiesceFault" in msg
-    assert "quiesce_fallback is off" in msg
+    assert 'on_quiesce_failure is "fail"' in msg
     assert await rig.snapshots(vm) == []
     assert rig.repo.list_points() == []
     # A crash-consistent backup is not refused by the fault layer.
@@ -201,3 +201,46 @@ def test_judge_consistency() -> None:
     assert judge("poweredOn", "quiesced", N(quiesced=False))[0] == "crash"
     assert judge("poweredOn", "crash", N(quiesced=False)) == ("crash", "")
     assert judge("poweredOn", "quiesced", None) == ("quiesced", "")
+
+
+async def test_an_ignored_quiesce_fails_when_the_policy_says_fail(vss_fail_rig: Rig) -> None:
+    """on_quiesce_failure = "fail": a snapshot vCenter took without quiescing (no VMware
+    Tools, the task still succeeds) must not become a crash-consistent point either."""
+    rig = vss_fail_rig
+    vm = await rig.prepare(2 * MIB, data(2 * MIB, 8), name=HEALTHY)
+    with pytest.raises(VsphereFault) as err:
+        await backup(rig, vm, quiesce=True, quiesce_fallback=False)
+    assert err.value.fault_type == "QuiesceFailed"
+    msg = str(err.value)
+    assert vm._moId in msg and "without quiescing" in msg
+    assert 'on_quiesce_failure is "fail"' in msg
+    assert await rig.snapshots(vm) == []
+    assert rig.repo.list_points() == []
+    # Powered off, the same policy backs it up: the disks are at rest.
+    await rig.power(vm, False)
+    off = await backup(rig, vm, quiesce=True, quiesce_fallback=False)
+    assert off.consistency == "powered-off"
+
+
+def test_unquiesced_refusal() -> None:
+    from protector.backup.consistency import unquiesced_refusal
+
+    why = "vCenter took the snapshot without quiescing"
+    assert unquiesced_refusal("vm-1", True, "crash", why) == ""
+    assert "vm-1" in unquiesced_refusal("vm-1", False, "crash", why)
+    assert unquiesced_refusal("vm-1", False, "powered-off", "") == ""
+    assert unquiesced_refusal("vm-1", False, "quiesced", "") == ""
+
+
+def test_on_quiesce_failure_reaches_the_backup(tmp_path: Any) -> None:
+    from policies import load_policies
+    from protector.policyaccess import options_of
+
+    path = tmp_path / "p.toml"
+    path.write_text(
+        '[[policy]]\nname = "db"\npriority = 1\n[policy.select]\nnames = "db-*"\n'
+        '[policy.schedule]\nrpo = "24h"\n[policy.retention]\nkeep_last = 1\n'
+        '[policy.backup]\non_quiesce_failure = "fail"\n'
+    )
+    (p,) = load_policies(path).policies
+    assert options_of(p).quiesce_fallback is False
