@@ -81,6 +81,7 @@ func main() {
 		fail("creating model: %v", err)
 	}
 	cleanup := func() { model.Remove() }
+	fixDatastoreMounts()
 
 	model.Service.RegisterEndpoints = true
 	model.Service.Listen = &url.URL{Host: *listen, User: url.UserPassword(*user, *pass)}
