@@ -197,3 +197,39 @@ def test_only_a_vanished_original_changes_placement() -> None:
     assert original_gone(VsphereFault("ManagedObjectNotFound", "gone"))
     assert not original_gone(VsphereFault("NoPermission", "no"))
     assert not original_gone(VsphereConnectionError("down"))
+
+
+async def test_disk_provisioning_types_are_kept(ds2_rig: Rig) -> None:
+    """The seed: "re-create virtual disk with the same disk type as the original"."""
+    from protector.vsphere.vmconfig import provisioning_of
+
+    rig = ds2_rig
+    vm = await rig.prepare(MIB, bytes(MIB))
+    kinds = {1: (True, False), 2: (False, False), 3: (False, True)}  # thin, lazy, eager
+    first = await rig.disk(vm)
+    changes = [
+        D.VirtualDeviceSpec(
+            operation="add",
+            fileOperation="create",
+            device=D.VirtualDisk(
+                key=-unit,
+                controllerKey=first.controllerKey,
+                unitNumber=unit,
+                capacityInKB=1024,
+                backing=D.VirtualDisk.FlatVer2BackingInfo(
+                    fileName="[LocalDS_1]",
+                    diskMode="persistent",
+                    thinProvisioned=thin,
+                    eagerlyScrub=eager,
+                ),
+            ),
+        )
+        for unit, (thin, eager) in kinds.items()
+    ]
+    await rig.run(vm, "ReconfigVM_Task", spec=vim.vm.ConfigSpec(deviceChange=changes))
+    before = [provisioning_of(d.backing) for d in await rig.disks(vm)]
+    assert before[1:] == ["thin", "lazy-zeroed-thick", "eager-zeroed-thick"]
+    point = (await rig.backup(vm)).point_id
+    await restore_as_new(rig.ctx, point, Placement("typed"))
+    after = [provisioning_of(d.backing) for d in await rig.disks(await rig.vm("typed"))]
+    assert after == before

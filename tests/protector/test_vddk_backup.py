@@ -10,6 +10,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from protector.backup import BackupOptions, backup_vm
@@ -99,3 +100,42 @@ def test_transport_vddk_table_is_read_and_checked(tmp_path: Path) -> None:
     text = str(exc.value)
     assert "transport.vddk.modes" in text and "transport.vddk.thumbprint" in text
     assert "transport.vddk.mode: unknown key" in text
+
+
+async def test_metadata_goes_to_new_disks_only_without_identity_keys(
+    vddk_rig: Rig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The seed: set the disk's key/value data before writing the data of a disk a restore
+    creates; an existing disk keeps its own. `uuid` names one disk and is never copied."""
+    rig = vddk_rig
+    log = tmp_path / "vddk-calls.log"
+    monkeypatch.setenv("FAKEVDDK_CALL_LOG", str(log))
+    monkeypatch.setenv("FAKEVDDK_POWERED_ON", "1")
+    vm = await rig.prepare(2 * MIB, random.Random(8).randbytes(2 * MIB))
+    flat = rig.flat(await rig.disk(vm))
+    meta = Path(f"{flat}.meta")
+    uuid = "uuid=60 00 C2 91 aa bb cc dd-ee ff 00 11 22 33 44 55\n"
+    await anyio.Path(meta).write_text(uuid + "adapterType=lsilogic\n")
+    point = (await backup_vm(rig.ctx, vm, BackupOptions(quiesce=False))).point_id
+    saved = rig.repo.load_manifest(point).disks[0].metadata
+    assert saved["uuid"].startswith("60 00 C2 91") and saved["adapterType"] == "lsilogic"
+
+    log.unlink()
+    await anyio.Path(meta).write_text(uuid + "adapterType=ide\n")
+    await restore_to_existing(rig.ctx, point, vm, power_off=True)
+    assert "WriteMetadata" not in [fn for _, fn, _ in calls(log)]
+    assert (
+        "adapterType=ide" in await anyio.Path(meta).read_text()
+    )  # the existing disk keeps its own
+
+    # A new disk gets them (minus uuid): metadata_to_write below; the fake cannot open the
+    # simulator's new, still empty disk files (their capacity is 0 until written).
+
+
+def test_metadata_to_write() -> None:
+    from protector.restore.diskwrite import metadata_to_write
+
+    saved = {"uuid": "60 00", "longContentID": "abc", "adapterType": "lsilogic"}
+    assert metadata_to_write(saved, fresh=True) == {"adapterType": "lsilogic"}
+    assert metadata_to_write(saved, fresh=False) == {}
+    assert metadata_to_write(None, fresh=True) == {}
