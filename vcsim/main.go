@@ -105,6 +105,7 @@ func main() {
 	srv.Server.Config.Handler = newSlowTasks(srv.Server.Config.Handler, *taskDelay)
 	srv.Server.Config.Handler = newQuiesceFault(srv.Server.Config.Handler, *quiesceGlob)
 	srv.Server.Config.Handler = newSnapshotRDM(srv.Server.Config.Handler, *rdmGlob)
+	srv.Server.Config.Handler = newTemplateSnapshot(srv.Server.Config.Handler)
 
 	u := *srv.URL
 	u.User = nil

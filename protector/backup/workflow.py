@@ -9,7 +9,10 @@ committed (the manifest is the commit point) → catalog updated.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,7 +28,12 @@ from protector.context import Context
 from protector.parallel import in_thread_shielded
 from protector.vmlock import vm_lock
 from protector.vsphere.disks import vddk_access
-from protector.vsphere.snapshots import backup_snapshot, remove_leftovers, snapshot_description
+from protector.vsphere.snapshots import (
+    Snapshot,
+    backup_snapshot,
+    remove_leftovers,
+    snapshot_description,
+)
 from protector.vsphere.upkeep import consolidate_if_needed, enable_cbt_checked
 from protector.vsphere.vmconfig import disk_summaries, serialize_config
 from repository import DiskRecord, PointWriter, SkippedDisk, VmIdentity
@@ -42,6 +50,7 @@ VM_PROPS = [
     "capability.changeTrackingSupported",
     "runtime.host",
     "parent",
+    "config.template",
 ]
 
 
@@ -58,6 +67,15 @@ async def vm_identity(ctx: Context, vm: Any, path: str = "") -> tuple[VmIdentity
         moref=vm._moId,
     )
     return ident, props
+
+
+@contextlib.asynccontextmanager
+async def template_source() -> AsyncIterator[Snapshot]:
+    """A template's own disks, read as they are: vCenter refuses to snapshot a template
+    (CreateSnapshot_Task faults NotSupported; docs/vcsim.md "Templates"), and nothing can
+    write to them meanwhile — a template cannot be powered on (vSphere API, MarkAsTemplate).
+    The point records consistency "template"."""
+    yield Snapshot(None, "template")
 
 
 async def backup_vm(
@@ -101,6 +119,11 @@ async def _backup_locked(
     group: dict[str, Any] | None,
 ) -> BackupResult:
     bound = log.bind(vm=ident.name, moref=vm._moId, job=job_id)
+    template = bool(props.get("config.template"))
+    if template:
+        # Nothing changes under a template and it cannot be reconfigured (no CBT to
+        # enable): every backup reads its allocated areas afresh; dedup keeps it small.
+        opts = dataclasses.replace(opts, full=True, enable_cbt=False)
     leftovers = await remove_leftovers(ctx.session, vm)
     cbt_now, cbt_note = False, ""
     if (
@@ -112,24 +135,27 @@ async def _backup_locked(
 
     writer: PointWriter = await anyio.to_thread.run_sync(ctx.repo.begin_point, ident)
     try:
-        async with (
-            backup_snapshot(
+        source = (
+            template_source()
+            if template
+            else backup_snapshot(
                 ctx.session,
                 vm,
                 quiesce=opts.quiesce,
                 fallback=opts.quiesce_fallback,
                 description=snapshot_description(job_id),
-            ) as snap,
-            vddk_access(ctx, vm, opts.transports),
-        ):
-            snap.consistency, why = await point_consistency(
-                ctx.session, vm, snap.ref, snap.consistency
             )
-            refusal = unquiesced_refusal(vm._moId, opts.quiesce_fallback, snap.consistency, why)
-            if refusal:
-                raise VsphereFault("QuiesceFailed", refusal)  # the snapshot goes, no point
-            snap.quiesce_error = snap.quiesce_error or why
-            snap_props = await ctx.session.properties(snap.ref, ["config"])
+        )
+        async with source as snap, vddk_access(ctx, vm, opts.transports):
+            if not template:
+                snap.consistency, why = await point_consistency(
+                    ctx.session, vm, snap.ref, snap.consistency
+                )
+                refusal = unquiesced_refusal(vm._moId, opts.quiesce_fallback, snap.consistency, why)
+                if refusal:
+                    raise VsphereFault("QuiesceFailed", refusal)  # the snapshot goes, no point
+                snap.quiesce_error = snap.quiesce_error or why
+            snap_props = await ctx.session.properties(snap.ref or vm, ["config"])
             config = snap_props["config"]
             vss, vss_error = await fetch_vss_manifest(
                 ctx, vm, snap.ref, config, snap.consistency, bound
@@ -163,7 +189,9 @@ async def _backup_locked(
             config_blob = {"format": "vim.vm.ConfigInfo/soap-xml", "xml": serialize_config(config)}
         # The snapshot is gone here (removed by the context manager, also on error).
         consolidation = (
-            None if snap.left_behind else await consolidate_if_needed(ctx.session, vm, bound)
+            None
+            if snap.left_behind or template
+            else await consolidate_if_needed(ctx.session, vm, bound)
         )
         finished = datetime.now(UTC)
         changed = ReadMode.CHANGED.value

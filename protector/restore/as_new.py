@@ -57,6 +57,12 @@ async def restore_as_new(
     fail once the VM exists, it is destroyed (kept with `keep_failed`) and the error says so."""
     manifest = await load_point(ctx, point_id)
     config = saved_config(manifest)
+    if config.template and power_on:
+        raise UserError(
+            f"point {point_id} is of a template, restored as a template: it cannot be "
+            "powered on (leave out --power-on)",
+            2,
+        )
     # Checked first: CreateVM_Task with an unknown datastore fails obscurely, or worse.
     where = await resolve(ctx, manifest, config, placement)
     await _refuse_taken_name(ctx, where.folder, placement.name, placement.folder)
@@ -74,6 +80,8 @@ async def restore_as_new(
             None,
             _fill_new_vm(ctx, manifest, config, rebuilt, new_vm, placement.name, verify, progress),
         )
+        if config.template:
+            await _mark_as_template(ctx, new_vm, placement.name)
     except BaseException as exc:
         await _discard_half_built(ctx, new_vm, placement.name, point_id, exc, keep_failed)
         raise
@@ -84,6 +92,14 @@ async def restore_as_new(
         "restore.done", point=point_id, vm=placement.name, mode="new", bytes=result.written_bytes
     )
     return result
+
+
+async def _mark_as_template(ctx: Context, vm: Any, name: str) -> None:
+    """A template comes back as a template: CreateVM_Task's ConfigSpec has no template flag,
+    so the VM is made, filled, then MarkAsTemplate'd (vSphere API, VirtualMachine.
+    MarkAsTemplate: the VM must be powered off, which a new VM is)."""
+    await ctx.session.call(vm, "MarkAsTemplate")
+    log.info("restore.marked_as_template", vm=name, moref=vm._moId)
 
 
 async def _create_vm(ctx: Context, folder: Any, spec: Any, pool: Any, host: Any, name: str) -> Any:
