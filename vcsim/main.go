@@ -59,6 +59,7 @@ func main() {
 	cbtRefuse := flag.String("cbt-refuse-with-snapshots", "", "VM name pattern: enabling CBT on matching VMs with snapshots silently does nothing")
 	noTools := flag.String("no-tools", "", "VM name pattern: VMware Tools are not running in matching VMs, so quiesce requests are ignored")
 	vssFail := flag.String("vss-fail", "", "VM name pattern: quiesced snapshots of matching Windows VMs get no VSS manifest (a VSS error)")
+	denyPriv := flag.String("deny-privileges", "", "ID,...: HasPrivilegeOnEntities reports these privileges as not granted")
 	flag.Parse()
 	if err := checkCBTFlags(*cbtGrain, *cbtWindow); err != nil {
 		fail("%v", err)
@@ -106,6 +107,7 @@ func main() {
 	srv.Server.Config.Handler = newQuiesceFault(srv.Server.Config.Handler, *quiesceGlob)
 	srv.Server.Config.Handler = newSnapshotRDM(srv.Server.Config.Handler, *rdmGlob)
 	srv.Server.Config.Handler = newTemplateSnapshot(srv.Server.Config.Handler)
+	srv.Server.Config.Handler = newPrivilegeDenial(srv.Server.Config.Handler, *denyPriv)
 
 	u := *srv.URL
 	u.User = nil

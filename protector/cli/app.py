@@ -43,6 +43,7 @@ COMMANDS = (
     "catalog",
     "watch",
     "status",
+    "doctor",
     "demo",
 )
 
