@@ -150,9 +150,35 @@ async def privileges_check(session: Session) -> Check:
     )
 
 
+def _absent_repository(path: Path) -> Check | None:
+    """None when the repository directory exists; else whether the first backup can create
+    it (a warning: nothing is wrong yet) or not (a failure)."""
+    if path.exists():
+        return None
+    base = path.parent
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    if base.is_dir() and os.access(base, os.W_OK | os.X_OK):
+        return Check(
+            "repository",
+            WARN,
+            f"{path} does not exist yet; the first backup creates it",
+            needed=False,
+        )
+    return Check(
+        "repository",
+        FAIL,
+        f"{path} does not exist and cannot be created ({base} is not writable)",
+        "create the directory (mode 0700) for vigil's user, or change repository.path",
+    )
+
+
 async def repository_check(cfg: Config) -> Check:
     from protector.repoaccess import open_repository
 
+    absent = _absent_repository(Path(cfg.repository.path))
+    if absent is not None:
+        return absent
     try:
         repo = await open_repository(cfg)
         points = await anyio.to_thread.run_sync(repo.list_points)

@@ -84,6 +84,10 @@ def test_doctor_reports_broken_policies_and_a_missing_repository(
     assert r.returncode == 1
     got = checks_of(r.stdout)
     assert got["policies"]["status"] == "fail" and "retenton" in got["policies"]["detail"]
+    # Not there yet but creatable: the first backup makes it.
+    assert got["repository"]["status"] == "warn" and not got["repository"]["needed"]
+    (tmp_path / "repo").write_text("not a directory")
+    got = checks_of(vigil("doctor", "--json", cfg=cfg).stdout)
     assert got["repository"]["status"] == "fail"
 
 
