@@ -129,14 +129,16 @@ def choose_host(candidates: list[HostFacts], needed: dict[str, str]) -> tuple[An
 
 async def host_facts(session: Session, hosts: list[Any]) -> list[HostFacts]:
     facts = []
+    mounts_of: dict[str, list[Any]] = {}  # datastore moref → its Datastore.host, read once
     for h in hosts:
         props = await session.properties(
             h, ["name", "runtime.connectionState", "runtime.inMaintenanceMode", "datastore"]
         )
         usable = set()
         for ds in props.get("datastore") or []:
-            mounts = (await session.properties(ds, ["host"])).get("host") or []
-            for m in mounts:
+            if ds._moId not in mounts_of:
+                mounts_of[ds._moId] = (await session.properties(ds, ["host"])).get("host") or []
+            for m in mounts_of[ds._moId]:
                 info = m.mountInfo
                 if m.key._moId == h._moId and info.mounted is not False and info.accessible:
                     usable.add(ds._moId)
