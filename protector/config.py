@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from disk_io.transport import check_vddk_modes
+from disk_io.vddk.thumbprint import thumbprint_hash
 from repository.config import DEFAULT_CHUNK_SIZE, chunk_size_problem
 
 DEFAULT_PATH = "vigil.toml"
@@ -170,6 +172,8 @@ class TransportConfig:
     modes: tuple[str, ...] = ("vddk", "http", "file")
     vddk_libdir: str = "/opt/vmware-vix-disklib-distrib"
     file_datastores: dict[str, str] = field(default_factory=dict)
+    vddk_modes: str | None = None  # [transport.vddk] modes: VDDK's own, e.g. "nbdssl:nbd"
+    vddk_thumbprint: str = "auto"  # [transport.vddk] thumbprint: "auto" | "sha1" | "sha256"
 
 
 @dataclass(frozen=True)
@@ -242,6 +246,7 @@ _SCHEMA: dict[str, dict[str, tuple[Any, bool]]] = {
         "modes": (list, False),
         "vddk_libdir": (str, False),
         "file": (dict, False),
+        "vddk": (dict, False),
     },
     "limits": {
         "concurrent_backups": (int, False),
@@ -426,6 +431,21 @@ def _parse_config(doc: dict[str, Any], path: str) -> Config:
             else:
                 file_ds[ds] = str(base / mount)
 
+    vddk_t = t.get("vddk", {})
+    vddk_modes: str | None = None
+    vddk_thumb = "auto"
+    for key, val in vddk_t.items():
+        try:
+            if key == "modes":
+                vddk_modes = check_vddk_modes(val)
+            elif key == "thumbprint":
+                vddk_thumb = val
+                thumbprint_hash(0, val if isinstance(val, str) else repr(val))
+            else:
+                problems.append(f"transport.vddk.{key}: unknown key (known: modes, thumbprint)")
+        except ValueError as exc:
+            problems.append(str(exc))
+
     lim = values.get("limits", {})
     for key, val in lim.items():
         if val < 1:
@@ -477,6 +497,8 @@ def _parse_config(doc: dict[str, Any], path: str) -> Config:
             modes=tuple(modes) if modes else TransportConfig.modes,
             vddk_libdir=t.get("vddk_libdir", TransportConfig.vddk_libdir),
             file_datastores=file_ds,
+            vddk_modes=vddk_modes,
+            vddk_thumbprint=vddk_thumb,
         ),
         limits=LimitsConfig(**lim),
         daemon=DaemonConfig(**d),

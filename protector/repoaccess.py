@@ -80,6 +80,7 @@ def point_summary(m: Manifest) -> dict[str, Any]:
                 "stored_bytes": s.get("stored_bytes"),
                 "change_id": d.change_id,
                 "transport": d.transport,
+                "transport_mode": s.get("transport_mode") or None,
                 "skipped_reason": None,
             }
         )
@@ -94,6 +95,7 @@ def point_summary(m: Manifest) -> dict[str, Any]:
                 "stored_bytes": 0,
                 "change_id": None,
                 "transport": None,
+                "transport_mode": None,
                 "skipped_reason": sk.reason,
             }
         )

@@ -46,6 +46,7 @@ COMMANDS = (
     "catalog",
     "watch",
     "status",
+    "doctor",
     "demo",
 )
 

@@ -21,6 +21,8 @@ def register(sub: Any) -> None:
         epilog="Examples:\n\n"
         "  vigil restore POINT --new-name web-1-restored --verify\n"
         "  vigil restore POINT --new-name web-1-test --folder /DC0/vm/test --datastore ds2\n"
+        "  vigil restore POINT --new-name web-1-dr --datastore-map ds1=ds3 "
+        "--network-map prod=isolated\n"
         "  vigil restore POINT --to-existing --power-off --changed-only --power-on\n\n"
         "POINT is an id from `vigil list VM`.",
     )
@@ -45,6 +47,20 @@ def register(sub: Any) -> None:
     )
     p.add_argument(
         "--host", metavar="PATH", help="with --new-name: inventory path of the host to use"
+    )
+    p.add_argument(
+        "--datastore-map",
+        metavar="SRC=DST",
+        action="append",
+        help="with --new-name: put what was on datastore SRC on DST (repeatable; wins over "
+        "--datastore). By default each disk goes back to the datastore it was on",
+    )
+    p.add_argument(
+        "--network-map",
+        metavar="SRC=DST",
+        action="append",
+        help="with --new-name: connect the adapters that were on network SRC to DST "
+        "(repeatable; names in the target datacenter)",
     )
     p.add_argument(
         "--power-off",
@@ -81,11 +97,18 @@ async def run(args: argparse.Namespace) -> int:
         restore_as_new,
         restore_to_existing,
     )
+    from protector.restore.placing import parse_mapping
     from protector.restore.points import load_point
     from protector.vsphere.connect import open_session
 
-    if args.to_existing and (args.folder or args.pool or args.datastore or args.host):
-        raise UserError("--folder/--pool/--datastore/--host apply to --new-name only")
+    placing = (args.folder, args.pool, args.datastore, args.host)
+    if args.to_existing and (any(placing) or args.datastore_map or args.network_map):
+        raise UserError(
+            "--folder/--pool/--datastore/--host/--datastore-map/--network-map apply to "
+            "--new-name only"
+        )
+    datastore_map = parse_mapping(args.datastore_map, "--datastore-map")
+    network_map = parse_mapping(args.network_map, "--network-map")
     if args.keep_failed and args.to_existing:
         raise UserError("--keep-failed applies to --new-name only (it keeps a half-built new VM)")
     if args.changed_only and not args.to_existing:
@@ -114,7 +137,15 @@ async def run(args: argparse.Namespace) -> int:
                 **both,
             )
         else:
-            placement = Placement(args.new_name, args.folder, args.pool, args.datastore, args.host)
+            placement = Placement(
+                args.new_name,
+                args.folder,
+                args.pool,
+                args.datastore,
+                args.host,
+                datastore_map=datastore_map,
+                network_map=network_map,
+            )
             result = await restore_as_new(
                 ctx,
                 args.point,

@@ -25,6 +25,7 @@ from protector.restore.diskwrite import write_disk
 from protector.restore.points import load_point, match_disks, saved_config
 from protector.restore.result import Progress, RestoredDisk, RestoreResult
 from protector.vmlock import vm_lock
+from protector.vsphere.disks import with_vddk_access
 from protector.vsphere.vmconfig import disk_summaries
 from repository import Manifest
 from watcher.soap import VsphereFault
@@ -104,17 +105,22 @@ async def restore_to_existing(
         name,
         f"restore of point {point_id}",
     ):
-        return await _restore_locked(
+        return await with_vddk_access(
             ctx,
-            manifest,
             vm,
-            name,
-            config,
-            power_off=power_off,
-            power_on=power_on,
-            changed_only=changed_only,
-            verify=verify,
-            progress=progress,
+            None,
+            _restore_locked(
+                ctx,
+                manifest,
+                vm,
+                name,
+                config,
+                power_off=power_off,
+                power_on=power_on,
+                changed_only=changed_only,
+                verify=verify,
+                progress=progress,
+            ),
         )
 
 

@@ -252,9 +252,9 @@ async def create_snapshot(
         raise VsphereFault(
             "QuiesceFailed",
             f"VM {vm._moId}: a quiesced snapshot failed {len(attempts)} times (last: "
-            f"{last_error}) and the policy's backup.quiesce_fallback is off, so no "
+            f'{last_error}) and the policy\'s backup.on_quiesce_failure is "fail", so no '
             "crash-consistent snapshot was taken; fix quiescing in the guest (VMware Tools, "
-            "VSS writers) or allow the fallback",
+            'VSS writers) or set on_quiesce_failure = "crash-consistent"',
         )
     ref = await _snapshot(session, vm, description, quiesce=False)
     return Snapshot(ref, "crash", last_error)

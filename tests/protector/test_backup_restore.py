@@ -304,11 +304,12 @@ async def test_cli_backup_list_restore_export_json(rig: Rig) -> None:
     assert p["created_at"].endswith("Z")
     disk_keys = {
         "key", "name", "capacity_bytes", "read_bytes", "stored_bytes", "change_id",
-        "transport", "skipped_reason",
+        "transport", "transport_mode", "skipped_reason",
     }  # fmt: skip
     assert all(set(d) == disk_keys for d in p["disks"])
     [d] = [d for d in p["disks"] if d["skipped_reason"] is None]
     assert d["capacity_bytes"] == size and d["read_bytes"] == size and d["transport"] == "http"
+    assert d["transport_mode"] is None  # only VDDK has modes of its own (nbdssl, hotadd...)
     assert d["change_id"] and 0 < d["stored_bytes"] < size
     [s] = [d for d in p["disks"] if d["skipped_reason"]]
     assert "independent" in s["skipped_reason"] and s["capacity_bytes"] == MIB

@@ -279,3 +279,21 @@ def test_list_of_a_mistyped_vm_suggests_the_vm_with_points(repo_with_a_point):
     assert "no restore points of VM 'DC0_H0_VM'; did you mean DC0_H0_VM0?" in r.stdout
     j = vigil("list", "DC0_H0_VM", "--json", cfg=cfg)
     assert j.returncode == 0 and json.loads(j.stdout) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--new-name", "x", "--datastore-map", "LocalDS_0"], "expected SRC=DST"),
+        (["--to-existing", "--network-map", "a=b"], "apply to --new-name only"),
+        (
+            ["--new-name", "x", "--datastore-map", "LocalDS_0=nope"],
+            "'nope' not found in the target datacenter",
+        ),
+    ],
+)
+def test_restore_maps_are_checked(repo_with_a_point, args, message):
+    cfg, point = repo_with_a_point
+    r = vigil("restore", point, *args, cfg=cfg)
+    assert r.returncode == 2, r.stderr
+    assert message in one_error_line(r.stderr)
