@@ -151,25 +151,15 @@ async def privileges_check(session: Session) -> Check:
 
 
 def _absent_repository(path: Path) -> Check | None:
-    """None when the repository directory exists; else whether the first backup can create
-    it (a warning: nothing is wrong yet) or not (a failure)."""
+    """None when something is at the repository path; else a failure naming `vigil init`,
+    the only way a repository is created."""
     if path.exists():
         return None
-    base = path.parent
-    while not base.exists() and base != base.parent:
-        base = base.parent
-    if base.is_dir() and os.access(base, os.W_OK | os.X_OK):
-        return Check(
-            "repository",
-            WARN,
-            f"{path} does not exist yet; the first backup creates it",
-            needed=False,
-        )
     return Check(
         "repository",
         FAIL,
-        f"{path} does not exist and cannot be created ({base} is not writable)",
-        "create the directory (mode 0700) for vigil's user, or change repository.path",
+        f"no repository at {path}",
+        "create it with `vigil init` (or fix repository.path)",
     )
 
 
@@ -187,7 +177,7 @@ async def repository_check(cfg: Config) -> Check:
             "repository",
             FAIL,
             str(exc),
-            "create it with `vigil backup` (or fix repository.path)",
+            "create it with `vigil init` (or fix repository.path)",
         )
     except Exception as exc:  # a damaged repository: repository's own error types
         return Check("repository", FAIL, f"{type(exc).__name__}: {exc}", "run `vigil verify`")

@@ -78,14 +78,15 @@ def test_doctor_transports(tmp_path: Path, vcsim: Any, fake_distrib: Path) -> No
 def test_doctor_reports_broken_policies_and_a_missing_repository(
     tmp_path: Path, vcsim: Any
 ) -> None:
-    cfg = write_config(tmp_path, vcsim.url)
+    cfg = write_config(tmp_path, vcsim.url, init=False)
     (tmp_path / "pol" / "bad.toml").write_text('[[policy]]\nname = "x"\nretenton = 1\n')
     r = vigil("doctor", "--json", cfg=cfg)
     assert r.returncode == 1
     got = checks_of(r.stdout)
     assert got["policies"]["status"] == "fail" and "retenton" in got["policies"]["detail"]
-    # Not there yet but creatable: the first backup makes it.
-    assert got["repository"]["status"] == "warn" and not got["repository"]["needed"]
+    # Not there yet: only `vigil init` creates a repository, and doctor says so.
+    assert got["repository"]["status"] == "fail" and got["repository"]["needed"]
+    assert "vigil init" in got["repository"]["fix"]
     (tmp_path / "repo").write_text("not a directory")
     got = checks_of(vigil("doctor", "--json", cfg=cfg).stdout)
     assert got["repository"]["status"] == "fail"
