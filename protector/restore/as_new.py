@@ -6,6 +6,8 @@ with --keep-failed) and the error says which."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +21,7 @@ from protector.restore.diskwrite import write_disk
 from protector.restore.existing import power_on_vm
 from protector.restore.points import load_point, saved_config
 from protector.restore.result import Progress, RestoreResult
+from protector.vmlock import vm_lock
 from protector.vsphere.configspec import build_config_spec, video_card_edit_spec
 from protector.vsphere.dspath import split_datastore_path
 from protector.vsphere.placement import default_folder_and_pool, find_datastore
@@ -135,14 +138,28 @@ async def restore_as_new(
 
     await _refuse_taken_name(ctx, folder, placement.name, placement.folder)
     rebuilt = build_config_spec(config, name=placement.name, datastore_name=ds_name)
-    new_vm = await _create_vm(ctx, folder, rebuilt.spec, pool, host, placement.name)
-    try:
-        result = await _fill_new_vm(
-            ctx, manifest, config, rebuilt, new_vm, placement.name, verify, progress
+    # The new VM is held from before it exists until its last byte is written: a daemon
+    # whose policy covers the folder sees it (WaitForUpdatesEx) possibly before CreateVM_Task
+    # even answers, and would back it up half-written. So restore chooses the VM's identity
+    # itself — VirtualMachineConfigSpec.instanceUuid is settable, "normally not set by a
+    # client" but honoured (vSphere Web Services API, data object VirtualMachineConfigSpec;
+    # govmomi's simulator applies it in VirtualMachine.apply) — and locks it before creating.
+    chosen = str(uuid.uuid4())
+    rebuilt.spec.instanceUuid = chosen
+    what = f"restore of point {point_id} as new VM {placement.name}"
+    with contextlib.ExitStack() as held:
+        held.enter_context(
+            vm_lock(ctx.repo.root, ctx.session.vcenter_uuid, chosen, placement.name, what)
         )
-    except BaseException as exc:
-        await _discard_half_built(ctx, new_vm, placement.name, point_id, exc, keep_failed)
-        raise
+        new_vm = await _create_vm(ctx, folder, rebuilt.spec, pool, host, placement.name)
+        try:
+            await _hold_actual_identity(ctx, new_vm, chosen, placement.name, what, held)
+            result = await _fill_new_vm(
+                ctx, manifest, config, rebuilt, new_vm, placement.name, verify, progress
+            )
+        except BaseException as exc:
+            await _discard_half_built(ctx, new_vm, placement.name, point_id, exc, keep_failed)
+            raise
     if power_on:
         await power_on_vm(ctx, new_vm, placement.name)
         result.powered_on = True
@@ -150,6 +167,21 @@ async def restore_as_new(
         "restore.done", point=point_id, vm=placement.name, mode="new", bytes=result.written_bytes
     )
     return result
+
+
+async def _hold_actual_identity(
+    ctx: Context, vm: Any, chosen: str, name: str, what: str, held: contextlib.ExitStack
+) -> None:
+    """vCenter may replace a client-chosen instanceUuid that clashes with another VM's (the
+    API reference says it does on "an identifier conflict"): then the identity a backup
+    will read is another, and it is locked too — or the restore fails (and the VM is
+    destroyed) rather than go on unheld."""
+    props = await ctx.session.properties(vm, ["config.instanceUuid"])
+    actual = str(props.get("config.instanceUuid") or "")
+    if actual.lower() == chosen.lower():
+        return
+    log.warning("restore.instance_uuid_replaced", vm=name, chosen=chosen, actual=actual)
+    held.enter_context(vm_lock(ctx.repo.root, ctx.session.vcenter_uuid, actual, name, what))
 
 
 async def _create_vm(ctx: Context, folder: Any, spec: Any, pool: Any, host: Any, name: str) -> Any:
