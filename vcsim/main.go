@@ -54,6 +54,7 @@ func main() {
 	taskDelay := flag.String("task-delay", "", "METHOD=MS,...: tasks of these methods stay running for MS milliseconds")
 	quiesceGlob := flag.String("quiesce-fault", "", "VM name pattern: quiesced snapshots of matching VMs fail with ApplicationQuiesceFault")
 	rdmGlob := flag.String("snapshot-rdm", "", "VM name pattern: snapshots of matching VMs list a physical-mode RDM disk")
+	toolsGlob := flag.String("tools-running", "", "VM name pattern: matching VMs report VMware Tools running")
 	flag.Parse()
 	if err := checkCBTFlags(*cbtGrain, *cbtWindow); err != nil {
 		fail("%v", err)
@@ -76,6 +77,7 @@ func main() {
 		fail("creating model: %v", err)
 	}
 	cleanup := func() { model.Remove() }
+	setToolsRunning(*toolsGlob)
 
 	model.Service.RegisterEndpoints = true
 	model.Service.Listen = &url.URL{Host: *listen, User: url.UserPassword(*user, *pass)}

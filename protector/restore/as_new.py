@@ -19,6 +19,8 @@ from protector.errors import RestoreFailedError, UserError
 from protector.parallel import shielded, to_the_end
 from protector.restore.diskwrite import write_disk
 from protector.restore.existing import power_on_vm
+from protector.restore.isolation import NOTE as ISOLATION_NOTE
+from protector.restore.isolation import disconnect_network
 from protector.restore.points import load_point, saved_config
 from protector.restore.result import Progress, RestoreResult
 from protector.vmlock import vm_lock
@@ -112,9 +114,11 @@ async def restore_as_new(
     verify: bool = False,
     progress: Progress | None = None,
     keep_failed: bool = False,
+    connect_network: bool = False,
 ) -> RestoreResult:
     """Create a VM from the point's saved configuration and write its disks. Should anything
-    fail once the VM exists, it is destroyed (kept with `keep_failed`) and the error says so."""
+    fail once the VM exists, it is destroyed (kept with `keep_failed`) and the error says so.
+    Its network adapters are created disconnected unless `connect_network` (isolation.py)."""
     manifest = await load_point(ctx, point_id)
     config = saved_config(manifest)
     defaults = await _default_placement(ctx, manifest, config)
@@ -138,6 +142,8 @@ async def restore_as_new(
 
     await _refuse_taken_name(ctx, folder, placement.name, placement.folder)
     rebuilt = build_config_spec(config, name=placement.name, datastore_name=ds_name)
+    if not connect_network and disconnect_network(rebuilt.spec):
+        rebuilt.notes.append(ISOLATION_NOTE)
     # The new VM is held from before it exists until its last byte is written: a daemon
     # whose policy covers the folder sees it (WaitForUpdatesEx) possibly before CreateVM_Task
     # even answers, and would back it up half-written. So restore chooses the VM's identity

@@ -279,3 +279,14 @@ async def vddk_rig(
         )
     finally:
         await session.close()
+
+
+@pytest.fixture
+async def tools_rig(
+    make_vcsim: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Rig]:
+    """A rig whose DC0_H0_VM0 reports VMware Tools running (vcsim `-tools-running`)."""
+    sim = make_vcsim(args=["-tools-running", "DC0_H0_VM0"])
+    monkeypatch.setenv(PASSWORD_ENV, sim.password)
+    async with open_rig(sim, tmp_path) as r:
+        yield r
