@@ -6,6 +6,7 @@ and why the others did not; a transport that is unavailable or fails to open is 
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -120,6 +121,24 @@ def _open_file(
     return open_file_disk(loc, s.file_datastores, writable=writable)
 
 
+_reported: set[tuple[str, str]] = set()
+_reported_lock = threading.Lock()
+
+
+def _first_report(mode: str, reason: str) -> bool:
+    with _reported_lock:
+        if (mode, reason) in _reported:
+            return False
+        _reported.add((mode, reason))
+        return True
+
+
+def forget_reported() -> None:
+    """Log the next skip of every mode again (tests; a reload that changed the settings)."""
+    with _reported_lock:
+        _reported.clear()
+
+
 OPENERS: dict[str, Opener] = {"vddk": _open_vddk, "http": _open_http, "file": _open_file}
 
 
@@ -144,7 +163,18 @@ def open_disk(
         except (DiskIoError, OSError) as exc:
             took = time.monotonic() - started
             attempts.append(OpenAttempt(mode, False, str(exc), took))
-            log.info("transport.skipped", disk=str(location), mode=mode, reason=str(exc))
+            # A mode unusable for every disk (no VDDK installed) is said once per process;
+            # each disk's attempts still carry the reason.
+            if _first_report(mode, str(exc)):
+                log.info(
+                    "transport.skipped",
+                    disk=str(location),
+                    mode=mode,
+                    reason=str(exc),
+                    note="said once per process for the same reason",
+                )
+            else:
+                log.debug("transport.skipped", disk=str(location), mode=mode)
             continue
         attempts.append(OpenAttempt(mode, True, "", time.monotonic() - started))
         if disk.capacity != location.capacity_bytes:
