@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from repository.config import DEFAULT_CHUNK_SIZE, chunk_size_problem
+
 DEFAULT_PATH = "vigil.toml"
 TRANSPORT_MODES = ("vddk", "http", "file")
 
@@ -139,7 +141,7 @@ class RepositoryConfig:
     path: str
     passphrase_env: str = ""
     passphrase_file: str = ""
-    chunk_size: int = 1 << 20
+    chunk_size: int = DEFAULT_CHUNK_SIZE
     orphan_keep_days: int = 30
     config_path: str = field(default="repository", compare=False)
 
@@ -212,6 +214,7 @@ class Config:
     transport: TransportConfig = TransportConfig()
     limits: LimitsConfig = LimitsConfig()
     daemon: DaemonConfig = DaemonConfig()
+    state_dir: str = ""  # [state] dir; "" = $VIGIL_STATE_DIR or /var/lib/vigil/state
 
 
 # Each section: key -> (type(s), required, default)
@@ -234,6 +237,7 @@ _SCHEMA: dict[str, dict[str, tuple[Any, bool]]] = {
         "orphan_keep_days": (int, False),
     },
     "policies": {"path": (str, True)},
+    "state": {"dir": (str, False)},
     "transport": {
         "modes": (list, False),
         "vddk_libdir": (str, False),
@@ -399,8 +403,8 @@ def _parse_config(doc: dict[str, Any], path: str) -> Config:
         r["path"] = str(base / r["path"])
     if r.get("passphrase_file"):
         r["passphrase_file"] = str(base / r["passphrase_file"])
-    if "chunk_size" in r and (r["chunk_size"] < 65536 or r["chunk_size"] & (r["chunk_size"] - 1)):
-        problems.append("repository.chunk_size: must be a power of two of at least 65536")
+    if "chunk_size" in r and (problem := chunk_size_problem(r["chunk_size"])):
+        problems.append(f"repository.chunk_size: {problem}")
 
     t = values.get("transport", {})
     modes = t.get("modes")
@@ -476,6 +480,7 @@ def _parse_config(doc: dict[str, Any], path: str) -> Config:
         ),
         limits=LimitsConfig(**lim),
         daemon=DaemonConfig(**d),
+        state_dir=str(base / values["state"]["dir"]) if "dir" in values.get("state", {}) else "",
     )
 
 

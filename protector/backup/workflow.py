@@ -88,7 +88,7 @@ async def backup_vm(
     ident, props = await vm_identity(ctx, vm, path)
     # One backup or restore of a VM at a time, across processes (VmBusyError otherwise).
     with vm_lock(
-        ctx.repo.root,
+        ctx.repo.state.ensure(),  # per-VM locks are local state, not repository objects
         ident.vcenter_uuid,
         ident.instance_uuid,
         ident.name or vm._moId,

@@ -155,7 +155,7 @@ async def restore_as_new(
     what = f"restore of point {point_id} as new VM {placement.name}"
     with contextlib.ExitStack() as held:
         held.enter_context(
-            vm_lock(ctx.repo.root, ctx.session.vcenter_uuid, chosen, placement.name, what)
+            vm_lock(ctx.repo.state.ensure(), ctx.session.vcenter_uuid, chosen, placement.name, what)
         )
         new_vm = await _create_vm(ctx, folder, rebuilt.spec, pool, host, placement.name)
         try:
@@ -187,7 +187,9 @@ async def _hold_actual_identity(
     if actual.lower() == chosen.lower():
         return
     log.warning("restore.instance_uuid_replaced", vm=name, chosen=chosen, actual=actual)
-    held.enter_context(vm_lock(ctx.repo.root, ctx.session.vcenter_uuid, actual, name, what))
+    held.enter_context(
+        vm_lock(ctx.repo.state.ensure(), ctx.session.vcenter_uuid, actual, name, what)
+    )
 
 
 async def _create_vm(ctx: Context, folder: Any, spec: Any, pool: Any, host: Any, name: str) -> Any:

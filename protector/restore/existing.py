@@ -164,7 +164,7 @@ async def restore_to_existing(
     config = props["config"]
     # Never while a backup (the daemon's, say) reads this VM: VmBusyError names it.
     with vm_lock(
-        ctx.repo.root,
+        ctx.repo.state.ensure(),
         ctx.session.vcenter_uuid,
         config.instanceUuid or config.uuid or vm._moId,
         name,

@@ -27,12 +27,13 @@ from daemon.helpers import our_snapshots  # tests/ is on sys.path (rootdir)
 from pyVmomi import vim
 
 from protector.devtools.simulator import Simulator
-from repository import Repository
+from repository import KdfParams, Repository
 from watcher.session import Credentials, Session
 from watcher.soap import Endpoint
 from watcher.tasks import wait_for_task
 
 ROOT = Path(__file__).resolve().parents[2]
+FAST_KDF = KdfParams(time_cost=1, memory_kib=1024, parallelism=1)
 KIB = 1024
 MIB = 1024 * KIB
 PASSWORD_ENV = "VIGIL_CHAOS_VC_PASSWORD"
@@ -354,6 +355,7 @@ prune_at = "{hh:02d}:00"
     os.environ[PASSWORD_ENV] = password
     if passphrase:
         os.environ[PASSPHRASE_ENV] = passphrase
+    Repository.init(root / repo, passphrase=passphrase, kdf=FAST_KDF)  # as `vigil init`
     return cfg
 
 

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from repository import Repository
+
 ROOT = Path(__file__).resolve().parents[2]
 
 POLICY = """
@@ -42,6 +44,7 @@ def setup(tmp_path: Path, url: str) -> Path:
     )
     (tmp_path / "pol").mkdir()
     (tmp_path / "pol" / "p.toml").write_text(POLICY)
+    Repository.init(tmp_path / "repo")  # as `vigil init --encryption none`
     return cfg
 
 

@@ -49,7 +49,8 @@ async def backed_up_point(rig: Rig, size: int = 4 * MIB, seed: int = 5) -> tuple
 
 async def test_restore_as_new_holds_the_new_vms_lock_until_its_last_byte(rig: Rig) -> None:
     point, data = await backed_up_point(rig)
-    locks = rig.repo.root / "locks"
+    state = rig.repo.state.ensure()  # per-VM locks are local state
+    locks = lock_path(state, rig.session.vcenter_uuid, "x").parent
     before = set(locks.glob("*.lock")) if locks.is_dir() else set()
     held_during: list[set[Path]] = []
 
@@ -61,7 +62,7 @@ async def test_restore_as_new_holds_the_new_vms_lock_until_its_last_byte(rig: Ri
     res = await restore_as_new(rig.ctx, point, Placement("copy-1"), progress=progress)
     new_vm = await rig.vm("copy-1")
     inst = (await rig.session.properties(new_vm, ["config.instanceUuid"]))["config.instanceUuid"]
-    expected = lock_path(rig.repo.root, rig.session.vcenter_uuid, inst)
+    expected = lock_path(state, rig.session.vcenter_uuid, inst)
     assert held_during, "no progress was reported"
     assert all(h == {expected} for h in held_during), (held_during, expected)
     assert not is_held(expected)  # released once the restore is done
@@ -81,7 +82,7 @@ async def test_the_new_vm_gets_the_instance_uuid_restore_locked(rig: Rig) -> Non
     inst = props["config.instanceUuid"]
     assert inst and inst.lower() != src_inst.lower()
     # Nothing holds it now: a backup of the restored VM may go ahead.
-    with vm_lock(rig.repo.root, rig.session.vcenter_uuid, inst, "copy-2", "test"):
+    with vm_lock(rig.repo.state.ensure(), rig.session.vcenter_uuid, inst, "copy-2", "test"):
         pass
 
 

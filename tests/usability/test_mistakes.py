@@ -148,26 +148,26 @@ def _unwritable(tmp_path: Path) -> str:
 
 
 def test_repository_path_not_writable_names_repository_path(tmp_path, vcsim):
-    cfg = write_config(tmp_path, vcsim.url, repo=_unwritable(tmp_path))
-    r = vigil("backup", "DC0_H0_VM0", cfg=cfg)
+    cfg = write_config(tmp_path, vcsim.url, repo=_unwritable(tmp_path), init=False)
+    r = vigil("init", "--encryption", "none", cfg=cfg)
     assert r.returncode == 2
     line = one_error_line(r.stderr)
     assert "repository.path" in line and str(tmp_path / "not-a-dir" / "repo") in line
 
 
 def test_repository_under_a_missing_mount_names_repository_path(tmp_path, vcsim):
-    cfg = write_config(tmp_path, vcsim.url, repo="/proc/vigil-no-such/repo")
-    r = vigil("backup", "DC0_H0_VM0", cfg=cfg)
+    cfg = write_config(tmp_path, vcsim.url, repo="/proc/vigil-no-such/repo", init=False)
+    r = vigil("init", "--encryption", "none", cfg=cfg)
     assert r.returncode == 2
     line = one_error_line(r.stderr)
     assert "repository.path" in line and "/proc/vigil-no-such/repo" in line
 
 
 def test_no_repository_yet_names_repository_path(tmp_path, vcsim):
-    r = vigil("list", cfg=write_config(tmp_path, vcsim.url))
+    r = vigil("list", cfg=write_config(tmp_path, vcsim.url, init=False))
     assert r.returncode == 2
     line = one_error_line(r.stderr)
-    assert "repository.path" in line and "vigil backup" in line
+    assert "repository.path" in line and "create it with `vigil init`" in line
 
 
 @pytest.mark.parametrize("command", [["policy", "check"], ["prune", "--dry-run"]])
