@@ -78,7 +78,12 @@ async def test_restores_as_new_under_a_running_daemon_are_backed_up_whole(
     # The daemon talks to vCenter directly; the CLI restore through the slow proxy.
     dcfg = write_config(daemon_root, sim.url, sim.password, [], status_port=port, repo=repo_root)
     folder_policy(daemon_root)
-    ccfg = write_config(cli_root, proxy.url, sim.password, [SOURCE], repo=repo_root)
+    # One machine, one state directory: the per-VM locks both processes take live there.
+    state = f'\n[state]\ndir = "{tmp_path / "state"}"\n'
+    dcfg.write_text(dcfg.read_text() + state)
+    (cli_root / "policies.d").mkdir(parents=True)
+    ccfg = cli_root / "vigil.toml"
+    ccfg.write_text(dcfg.read_text().replace(sim.url, proxy.url))
 
     b = run_vigil(ccfg, "backup", SOURCE)
     assert b.returncode == 0, b.stderr[-3000:]
