@@ -10,6 +10,7 @@ same impostor. A VDDK failure is a warning carrying the library's own text
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -142,6 +143,24 @@ def _open_file(
     return open_file_disk(loc, s.file_datastores, writable=writable)
 
 
+_reported: set[tuple[str, str]] = set()
+_reported_lock = threading.Lock()
+
+
+def _first_report(mode: str, reason: str) -> bool:
+    with _reported_lock:
+        if (mode, reason) in _reported:
+            return False
+        _reported.add((mode, reason))
+        return True
+
+
+def forget_reported() -> None:
+    """Log the next skip of every mode again (tests; a reload that changed the settings)."""
+    with _reported_lock:
+        _reported.clear()
+
+
 OPENERS: dict[str, Opener] = {"vddk": _open_vddk, "http": _open_http, "file": _open_file}
 
 
@@ -183,8 +202,18 @@ def open_disk(
                     code=exc.code,
                     error=exc.text,
                 )
+            # A mode unusable for every disk (no VDDK installed) is said once per process;
+            # each disk's attempts still carry the reason.
+            elif _first_report(mode, str(exc)):
+                log.info(
+                    "transport.skipped",
+                    disk=str(location),
+                    mode=mode,
+                    reason=str(exc),
+                    note="said once per process for the same reason",
+                )
             else:
-                log.info("transport.skipped", disk=str(location), mode=mode, reason=str(exc))
+                log.debug("transport.skipped", disk=str(location), mode=mode)
             continue
         attempts.append(OpenAttempt(mode, True, "", time.monotonic() - started))
         if disk.capacity != location.capacity_bytes:

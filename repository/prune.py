@@ -40,6 +40,13 @@ class KeepRule(Protocol):
     def keep(self, points: Sequence[Manifest]) -> set[str]: ...
 
 
+def explanations(rule: KeepRule, points: Sequence[Manifest]) -> dict[str, str]:
+    """Point id → which part of the rule kept it (or why none did), for a rule that can say
+    (an optional `explain(points)`); {} for one that cannot, which is then named whole."""
+    explain = getattr(rule, "explain", None)
+    return dict(explain(points)) if callable(explain) else {}
+
+
 @dataclass(frozen=True, slots=True)
 class KeepLast:
     """Keep the newest `n` points: the fallback until a policy supplies GFS rules."""
@@ -117,9 +124,16 @@ def plan(
                 out.append(Decision(m.point_id, m.vm.name, old, why + f"{orphan_keep_days} days"))
             continue
         kept = rule.keep(points)
+        detail = explanations(rule, points)
         for m in points:
             keep = m.point_id in kept
-            why = f"{'kept' if keep else 'not kept'} by {rule} (policy {newest.policy})"
+            verdict = "kept" if keep else "not kept"
+            by = (
+                f"{verdict}: {detail[m.point_id]}"
+                if m.point_id in detail
+                else f"{verdict} by {rule}"
+            )
+            why = f"{by} (policy {newest.policy})"
             out.append(Decision(m.point_id, m.vm.name, not keep, why))
     return sorted(out, key=lambda d: d.point_id)
 

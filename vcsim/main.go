@@ -61,6 +61,7 @@ func main() {
 	noTools := flag.String("no-tools", "", "VM name pattern: VMware Tools are not running in matching VMs, so quiesce requests are ignored")
 	vssFail := flag.String("vss-fail", "", "VM name pattern: quiesced snapshots of matching Windows VMs get no VSS manifest (a VSS error)")
 	denyPriv := flag.String("deny-privileges", "", "ID,...: HasPrivilegeOnEntities reports these privileges as not granted")
+	toolsGlob := flag.String("tools-running", "", "VM name pattern: matching VMs report VMware Tools running")
 	flag.Parse()
 	if err := checkCBTFlags(*cbtGrain, *cbtWindow); err != nil {
 		fail("%v", err)
@@ -84,6 +85,7 @@ func main() {
 	}
 	cleanup := func() { model.Remove() }
 	fixDatastoreMounts()
+	setToolsRunning(*toolsGlob)
 
 	model.Service.RegisterEndpoints = true
 	model.Service.Listen = &url.URL{Host: *listen, User: url.UserPassword(*user, *pass)}

@@ -225,6 +225,7 @@ class VddkLibrary:
 
 _lock = threading.Lock()
 _library: VddkLibrary | None = None
+_failed: dict[str, VddkUnavailable] = {}
 
 
 def get_library(libdir: str | os.PathLike[str]) -> VddkLibrary:
@@ -232,8 +233,17 @@ def get_library(libdir: str | os.PathLike[str]) -> VddkLibrary:
     main thread, before worker threads start: VMware's rule)."""
     global _library
     with _lock:
+        # A libdir without a loadable library stays so for the process (loading happens
+        # once, as InitEx does): not probed, nor its dlopen failures logged, once per disk.
+        failed = _failed.get(str(libdir))
+        if failed is not None:
+            raise VddkUnavailable(failed.tried, failed.config_key)  # fresh: no growing traceback
         if _library is None:
-            _library = VddkLibrary(libdir)
+            try:
+                _library = VddkLibrary(libdir)
+            except VddkUnavailable as exc:
+                _failed[str(libdir)] = exc
+                raise
         elif Path(_library.libdir) != Path(libdir):
             raise DiskIoError(
                 f"VixDiskLib already loaded from {_library.libdir}; {CONFIG_KEY}={libdir} "

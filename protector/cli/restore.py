@@ -16,7 +16,8 @@ def register(sub: Any) -> None:
         help="restore a point onto its VM (--to-existing) or as a new VM (--new-name)",
         description="--to-existing writes the saved disks onto the VM they came from (it must be "
         "powered off, or pass --power-off). --new-name creates a new VM from the saved "
-        "configuration, by default where the original lived, and writes its disks. Progress "
+        "configuration, by default where the original lived, and writes its disks; its "
+        "network adapters stay disconnected unless --connect-network is given. Progress "
         "is shown on a terminal (stderr).",
         epilog="Examples:\n\n"
         "  vigil restore POINT --new-name web-1-restored --verify\n"
@@ -65,7 +66,19 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--power-off",
         action="store_true",
-        help="with --to-existing: power the VM off first (else a powered-on VM is refused)",
+        help="with --to-existing: shut the VM's guest down first, through VMware Tools, "
+        "waiting up to 5 minutes (else a powered-on VM is refused)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="with --power-off: a hard power-off instead of a guest shutdown",
+    )
+    p.add_argument(
+        "--connect-network",
+        action="store_true",
+        help="with --new-name: connect the new VM's network adapters (default: disconnected, "
+        "so a copy does not join its original's network)",
     )
     p.add_argument("--power-on", action="store_true", help="power the VM on afterwards")
     p.add_argument(
@@ -113,6 +126,10 @@ async def run(args: argparse.Namespace) -> int:
         raise UserError("--keep-failed applies to --new-name only (it keeps a half-built new VM)")
     if args.changed_only and not args.to_existing:
         raise UserError("--changed-only applies to --to-existing only (a new VM gets every chunk)")
+    if args.force and not args.power_off:
+        raise UserError("--force applies to --power-off only (a hard power-off)")
+    if args.connect_network and args.to_existing:
+        raise UserError("--connect-network applies to --new-name only")
     cfg = config_of(args)
     repo = await open_repository(cfg)
     await require_point(repo, args.point)  # before logging in: a typo needs no vCenter
@@ -133,6 +150,7 @@ async def run(args: argparse.Namespace) -> int:
                 args.point,
                 vm,
                 power_off=args.power_off,
+                force=args.force,
                 changed_only=args.changed_only,
                 **both,
             )
@@ -151,6 +169,7 @@ async def run(args: argparse.Namespace) -> int:
                 args.point,
                 placement,
                 keep_failed=args.keep_failed,
+                connect_network=args.connect_network,
                 **both,
             )
         progress.finish()

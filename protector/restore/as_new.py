@@ -6,6 +6,8 @@ with --keep-failed) and the error says which."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import uuid
 from typing import Any
 
 import structlog
@@ -15,9 +17,12 @@ from protector.errors import RestoreFailedError, UserError
 from protector.parallel import shielded, to_the_end
 from protector.restore.diskwrite import write_disk
 from protector.restore.existing import power_on_vm
+from protector.restore.isolation import NOTE as ISOLATION_NOTE
+from protector.restore.isolation import disconnect_network
 from protector.restore.placing import Placement, remap_networks, resolve
 from protector.restore.points import load_point, saved_config
 from protector.restore.result import Progress, RestoreResult
+from protector.vmlock import vm_lock
 from protector.vsphere.configspec import build_config_spec, video_card_edit_spec
 from protector.vsphere.disks import with_vddk_access
 from protector.vsphere.vmconfig import disk_summaries
@@ -52,9 +57,11 @@ async def restore_as_new(
     verify: bool = False,
     progress: Progress | None = None,
     keep_failed: bool = False,
+    connect_network: bool = False,
 ) -> RestoreResult:
     """Create a VM from the point's saved configuration and write its disks. Should anything
-    fail once the VM exists, it is destroyed (kept with `keep_failed`) and the error says so."""
+    fail once the VM exists, it is destroyed (kept with `keep_failed`) and the error says so.
+    Its network adapters are created disconnected unless `connect_network` (isolation.py)."""
     manifest = await load_point(ctx, point_id)
     config = saved_config(manifest)
     if config.template and power_on:
@@ -70,21 +77,39 @@ async def restore_as_new(
         config, name=placement.name, datastore_name=where.datastore, disk_files=where.disk_files
     )
     remap_networks(rebuilt.spec, where)
-    new_vm = await _create_vm(
-        ctx, where.folder, rebuilt.spec, where.pool, where.host, placement.name
-    )
-    try:
-        result = await with_vddk_access(
-            ctx,
-            new_vm,
-            None,
-            _fill_new_vm(ctx, manifest, config, rebuilt, new_vm, placement.name, verify, progress),
+    if not connect_network and disconnect_network(rebuilt.spec):
+        rebuilt.notes.append(ISOLATION_NOTE)
+    # The new VM is held from before it exists until its last byte is written: a daemon
+    # whose policy covers the folder sees it (WaitForUpdatesEx) possibly before CreateVM_Task
+    # even answers, and would back it up half-written. So restore chooses the VM's identity
+    # itself — VirtualMachineConfigSpec.instanceUuid is settable, "normally not set by a
+    # client" but honoured (vSphere Web Services API, data object VirtualMachineConfigSpec;
+    # govmomi's simulator applies it in VirtualMachine.apply) — and locks it before creating.
+    chosen = str(uuid.uuid4())
+    rebuilt.spec.instanceUuid = chosen
+    what = f"restore of point {point_id} as new VM {placement.name}"
+    with contextlib.ExitStack() as held:
+        held.enter_context(
+            vm_lock(ctx.repo.state.ensure(), ctx.session.vcenter_uuid, chosen, placement.name, what)
         )
-        if config.template:
-            await _mark_as_template(ctx, new_vm, placement.name)
-    except BaseException as exc:
-        await _discard_half_built(ctx, new_vm, placement.name, point_id, exc, keep_failed)
-        raise
+        new_vm = await _create_vm(
+            ctx, where.folder, rebuilt.spec, where.pool, where.host, placement.name
+        )
+        try:
+            await _hold_actual_identity(ctx, new_vm, chosen, placement.name, what, held)
+            result = await with_vddk_access(
+                ctx,
+                new_vm,
+                None,
+                _fill_new_vm(
+                    ctx, manifest, config, rebuilt, new_vm, placement.name, verify, progress
+                ),
+            )
+            if config.template:
+                await _mark_as_template(ctx, new_vm, placement.name)
+        except BaseException as exc:
+            await _discard_half_built(ctx, new_vm, placement.name, point_id, exc, keep_failed)
+            raise
     if power_on:
         await power_on_vm(ctx, new_vm, placement.name)
         result.powered_on = True
@@ -100,6 +125,23 @@ async def _mark_as_template(ctx: Context, vm: Any, name: str) -> None:
     MarkAsTemplate: the VM must be powered off, which a new VM is)."""
     await ctx.session.call(vm, "MarkAsTemplate")
     log.info("restore.marked_as_template", vm=name, moref=vm._moId)
+
+
+async def _hold_actual_identity(
+    ctx: Context, vm: Any, chosen: str, name: str, what: str, held: contextlib.ExitStack
+) -> None:
+    """vCenter may replace a client-chosen instanceUuid that clashes with another VM's (the
+    API reference says it does on "an identifier conflict"): then the identity a backup
+    will read is another, and it is locked too — or the restore fails (and the VM is
+    destroyed) rather than go on unheld."""
+    props = await ctx.session.properties(vm, ["config.instanceUuid"])
+    actual = str(props.get("config.instanceUuid") or "")
+    if actual.lower() == chosen.lower():
+        return
+    log.warning("restore.instance_uuid_replaced", vm=name, chosen=chosen, actual=actual)
+    held.enter_context(
+        vm_lock(ctx.repo.state.ensure(), ctx.session.vcenter_uuid, actual, name, what)
+    )
 
 
 async def _create_vm(ctx: Context, folder: Any, spec: Any, pool: Any, host: Any, name: str) -> Any:

@@ -20,6 +20,7 @@ import structlog
 from pyVmomi import vim
 
 from protector.parallel import shielded, to_the_end
+from protector.phases import REMOVING_AFTER_INTERRUPT, announce
 from watcher.inventory import retrieve_objects
 from watcher.session import Session
 from watcher.soap import VsphereConnectionError, VsphereError, VsphereFault
@@ -261,6 +262,7 @@ async def create_snapshot(
 
 
 async def _snapshot(session: Session, vm: Any, description: str, *, quiesce: bool) -> Any:
+    announce(f"creating the snapshot ({'quiesced' if quiesce else 'crash-consistent'})")
     task = await session.call(
         vm,
         "CreateSnapshot_Task",
@@ -307,9 +309,15 @@ async def _remove_surely(session: Session, vm: Any, snapshot: Any) -> str:
     logged, not raised: when vCenter was unreachable it is retried in the background until
     vCenter is back; when vCenter refused it, the next backup of the VM removes it."""
 
+    current = asyncio.current_task()
+    interrupted = bool(current is not None and current.cancelling())
+    announce(REMOVING_AFTER_INTERRUPT if interrupted else "removing the snapshot")
+
     async def remove() -> str:
         try:
             await remove_snapshot(session, snapshot)
+            if interrupted:
+                announce("interrupted: the snapshot was removed")
             return ""
         except VsphereError as exc:
             unreachable = isinstance(exc, VsphereConnectionError)

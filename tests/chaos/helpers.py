@@ -56,13 +56,16 @@ class VcenterProxy:
     `up()` brings it back on the same port with its state intact (the simulator keeps
     running behind it, so its snapshots survive, as a real vCenter's do across a restart).
     `rate` (bytes/s per connection, server to client) slows reads so that a kill or an
-    outage lands mid-read."""
+    outage lands mid-read; `upload_rate` slows writes (a restore's disk uploads) the same way."""
 
-    def __init__(self, target_url: str, rate: float | None = None) -> None:
+    def __init__(
+        self, target_url: str, rate: float | None = None, upload_rate: float | None = None
+    ) -> None:
         hostport = target_url.split("://", 1)[1].split("/", 1)[0]
         host, port = hostport.rsplit(":", 1)
         self.target = (host, int(port))
         self.rate = rate
+        self.upload_rate = upload_rate  # bytes/s per connection, client to server
         self.port = free_port()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -153,7 +156,8 @@ class VcenterProxy:
 
         try:
             await asyncio.gather(
-                self._pump(cr, sw, None, refuse), self._pump(sr, cw, self.rate, lost=lost)
+                self._pump(cr, sw, self.upload_rate, refuse),
+                self._pump(sr, cw, self.rate, lost=lost),
             )
         finally:
             for w in (cw, sw):

@@ -312,3 +312,25 @@ async def vddk_rig(
         )
     finally:
         await session.close()
+
+
+@pytest.fixture
+async def tools_rig(
+    make_vcsim: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Rig]:
+    """A rig whose DC0_H0_VM0 reports VMware Tools running (vcsim `-tools-running`)."""
+    sim = make_vcsim(args=["-tools-running", "DC0_H0_VM0"])
+    monkeypatch.setenv(PASSWORD_ENV, sim.password)
+    async with open_rig(sim, tmp_path) as r:
+        yield r
+
+
+@pytest.fixture
+async def slow_snapshot_rig(
+    make_vcsim: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Rig]:
+    """A rig whose snapshot tasks stay running for seconds, as on a busy vCenter."""
+    sim = make_vcsim(args=["-task-delay", "CreateSnapshot_Task=3000,RemoveSnapshot_Task=1500"])
+    monkeypatch.setenv(PASSWORD_ENV, sim.password)
+    async with open_rig(sim, tmp_path) as r:
+        yield r

@@ -214,7 +214,7 @@ async def test_restore_to_existing_vm(rig: Rig) -> None:
         await restore_to_existing(rig.ctx, point, vm)
     assert await rig.read_flat(vm, size) != data  # nothing was written
 
-    res = await restore_to_existing(rig.ctx, point, vm, power_off=True, verify=True)
+    res = await restore_to_existing(rig.ctx, point, vm, power_off=True, force=True, verify=True)
     assert res.written_bytes == size  # zeros too: the disk held garbage there
     assert [d.verified for d in res.disks] == [True]
     props = await rig.session.properties(vm, ["runtime.powerState"])
@@ -227,7 +227,7 @@ async def test_disk_of_another_size_is_refused(rig: Rig) -> None:
     point = (await rig.backup(vm)).point_id
     await rig.grow(vm, 8 * MIB)
     with pytest.raises(UserError, match="sizes must match"):
-        await restore_to_existing(rig.ctx, point, vm, power_off=True)
+        await restore_to_existing(rig.ctx, point, vm, power_off=True, force=True)
 
 
 async def add_independent_disk(rig: Rig, vm: Any) -> None:
