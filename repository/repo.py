@@ -8,6 +8,7 @@ Local-only beside it: locks/ (flock files) and catalog.db.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hmac
 import json
 import os
@@ -680,11 +681,21 @@ class Repository:
         self, point_id: str, disk_key: str, dest: Path, threads: int, overwrite: bool
     ) -> int:
         _m, index = self.disk_index(point_id, disk_key)
-        flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
+        # O_NOFOLLOW: overwriting must replace the file named, never truncate whatever a
+        # symlink planted there points to (root exporting into a shared directory).
+        flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW
+        flags |= os.O_TRUNC if overwrite else os.O_EXCL
         try:
             fd = os.open(dest, flags, 0o600)
         except FileExistsError:
             raise RepositoryError(f"export target {dest} exists") from None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise RepositoryError(
+                    f"export target {dest} is a symbolic link; refused (remove it or choose "
+                    "another file)"
+                ) from None
+            raise
         fetch = self._fetcher(point_id, disk_key, index)
 
         def copy(slot: int) -> int:

@@ -76,6 +76,7 @@ async def run(args: argparse.Namespace) -> int:
 
 
 def _export_vss(manifest: Any, output: str, force: bool, as_json: bool = False) -> int:
+    import errno
     import os
 
     data = manifest.vss_manifest
@@ -85,11 +86,15 @@ def _export_vss(manifest: Any, output: str, force: bool, as_json: bool = False) 
             "snapshots of Windows guests produce one)",
             1,
         )
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_TRUNC if force else os.O_EXCL)
     try:
         fd = os.open(output, flags, 0o600)
     except FileExistsError:
         raise UserError(f"{output} exists; pass --force to overwrite it") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UserError(f"{output} is a symbolic link; refused (remove it first)") from None
+        raise
     with os.fdopen(fd, "wb") as f:
         f.write(data)
     if as_json:
