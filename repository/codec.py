@@ -42,6 +42,7 @@ class ObjectType(IntEnum):
     INDEX = 2
     MANIFEST = 3
     TOMBSTONE = 4
+    PIN = 5  # keeps a point past retention (Repository.pin)
 
 
 _local = threading.local()

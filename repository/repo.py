@@ -37,6 +37,7 @@ from repository.errors import (
     ObjectNotFoundError,
     PassphraseRequiredError,
     PointNotFoundError,
+    PointPinnedError,
     RepositoryError,
     RepositoryExistsError,
     RepositoryNotFoundError,
@@ -86,6 +87,14 @@ def manifest_key(point_id: str) -> str:
 
 def tombstone_key(point_id: str) -> str:
     return f"tombstones/{point_id}"
+
+
+def pin_key(point_id: str) -> str:
+    return f"pins/{point_id}"
+
+
+def _now_text() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
 def vm_key_of(point_id: str) -> str:
@@ -551,13 +560,58 @@ class Repository:
     def vm_lock_path(self, vm_key: str) -> Path:
         return self.root / "locks" / f"vm-{vm_key}.lock"
 
+    # -- pins -------------------------------------------------------------------------------
+    # A pin is one small authenticated object, pins/<point id>, beside the manifest it keeps
+    # (a manifest is write-once and hashed into the VM's chain, so it cannot be annotated).
+    # Prune keeps a point while its pin object exists, whatever is in it: a damaged pin
+    # still keeps the point, the safe side. Pin and delete take the VM's lock, so a pin
+    # placed while a prune runs either stops that deletion or comes too late with an error.
+
+    def pin(self, point_id: str, note: str = "") -> bool:
+        """Pin an existing point; False when it already was."""
+        vm_key = vm_key_of(point_id)
+        with locked(self.vm_lock_path(vm_key), exclusive=True):
+            if not self.backend.exists(manifest_key(point_id)):
+                raise PointNotFoundError(f"no restore point {point_id!r} in {self.root}")
+            if self.backend.exists(pin_key(point_id)):
+                return False
+            body = {"point_id": point_id, "note": note, "pinned_at": _now_text()}
+            self._put_sealed(pin_key(point_id), point_id, "pin", ObjectType.PIN, body, True)
+        log.info("repository.point_pinned", point=point_id)
+        return True
+
+    def unpin(self, point_id: str) -> bool:
+        """Remove a point's pin; False when it had none."""
+        with locked(self.vm_lock_path(vm_key_of(point_id)), exclusive=True):
+            if not self.backend.exists(pin_key(point_id)):
+                return False
+            self.backend.delete(pin_key(point_id))
+        log.info("repository.point_unpinned", point=point_id)
+        return True
+
+    def pinned_points(self) -> set[str]:
+        return {i.key.removeprefix("pins/") for i in self.backend.list("pins/")}
+
+    def pin_note(self, point_id: str) -> str | None:
+        """The pin's note ("" without one), None when the point is not pinned."""
+        try:
+            body = self._get_sealed(pin_key(point_id), point_id, "pin", ObjectType.PIN)
+        except ObjectNotFoundError:
+            return None
+        except ManifestError as exc:
+            return f"(unreadable pin: {exc})"
+        return str(body.get("note", ""))
+
     def delete_point(self, manifest: Manifest, reason: str) -> None:
         """Tombstone first (keeps the hash chain checkable), then drop the manifest. Holds
-        the VM's lock so a commit never sees the point half deleted."""
+        the VM's lock so a commit never sees the point half deleted. A pinned point is
+        refused (PointPinnedError)."""
         m = manifest
         t = Tombstone(m.point_id, m.vm, m.seq, m.hash, m.committed_at, reason, datetime.now(UTC))
         key = tombstone_key(manifest.point_id)
         with locked(self.vm_lock_path(m.vm.key), exclusive=True):
+            if self.backend.exists(pin_key(m.point_id)):
+                raise PointPinnedError(f"restore point {m.point_id} is pinned; unpin it first")
             # Already tombstoned (a concurrent or interrupted delete): keep the first one.
             self._put_sealed(
                 key, t.point_id, "tombstone", ObjectType.TOMBSTONE, t.body(), exist_ok=True

@@ -43,6 +43,8 @@ COMMANDS = (
     "catalog",
     "watch",
     "status",
+    "pin",
+    "stats",
     "demo",
 )
 
@@ -116,6 +118,17 @@ def _subparsers(p: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
     return found
 
 
+def version() -> str:
+    """The installed distribution's version (pyproject.toml's), "unknown" from a bare tree."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("vigil")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(
         prog="vigil",
@@ -138,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     _add_global_options(p, top=True)
+    p.add_argument("--version", action="version", version=f"vigil {version()}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     for name in COMMANDS:

@@ -136,14 +136,14 @@ def _what(spec: str) -> str:
     return "with MoRef" if MOREF_RE.match(spec) else "with name"
 
 
-async def require_point(repo: Any, point_id: str) -> None:
-    """A UserError naming the closest existing ids when `point_id` does not exist."""
+async def require_point(repo: Any, spec: str) -> str:
+    """The id of the point `spec` names (an id, a unique prefix, `latest`, VM@latest: see
+    protector.pointref), else a UserError naming the candidates or the closest ids."""
+    from protector.pointref import needs_manifests, resolve_point
+
     ids = await anyio.to_thread.run_sync(repo.list_points)
-    if point_id in ids:
-        return
-    # Ids share their shape (vm-hash-time-seq): only a near-identical one is a likely typo.
-    hint = did_you_mean(point_id, ids, n=2, cutoff=0.9)
-    raise UserError(f"no restore point {point_id!r}{hint} (`vigil list` shows the points)")
+    manifests = await anyio.to_thread.run_sync(repo.manifests) if needs_manifests(spec) else []
+    return resolve_point(spec, ids, manifests)
 
 
 def _nearest_existing(path: Path) -> Path:

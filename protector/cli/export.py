@@ -25,7 +25,11 @@ def register(sub: Any) -> None:
         "data.qcow2\n"
         "  vigil export POINT --vss-manifest -o vss-manifest.zip",
     )
-    p.add_argument("point", metavar="POINT", help="restore point id, from `vigil list`")
+    p.add_argument(
+        "point",
+        metavar="POINT",
+        help="restore point: id, unique id prefix, `latest` or VM@latest (`vigil list`)",
+    )
     p.add_argument(
         "--disk",
         metavar="KEY",
@@ -45,7 +49,7 @@ def register(sub: Any) -> None:
 async def run(args: argparse.Namespace) -> int:
     cfg = config_of(args)
     repo = await open_repository(cfg)
-    await require_point(repo, args.point)
+    args.point = await require_point(repo, args.point)
     from repository.errors import PointNotFoundError
 
     try:

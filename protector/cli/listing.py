@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+import anyio
+
 from protector.cli.common import config_of, did_you_mean, json_option, open_repository, print_json
 from protector.repoaccess import all_manifests, matches_vm, point_summary
 
@@ -30,7 +32,7 @@ def register(sub: Any) -> None:
     json_option(
         p,
         "print a JSON list of points (id, vm, created_at, type, policy, consistency, "
-        "disks), newest first",
+        "disks, pinned), newest first",
     )
     p.set_defaults(handler=run)
 
@@ -54,8 +56,11 @@ async def run(args: argparse.Namespace) -> int:
         # A VM without points (or unknown) is an empty listing, not a failure: scripts
         # iterate over the result.
         manifests = [m for m in manifests if matches_vm(m, args.vm)]
+    pinned = await anyio.to_thread.run_sync(repo.pinned_points)
     records = sorted(
-        (point_summary(m) for m in manifests), key=lambda r: r["created_at"], reverse=True
+        (point_summary(m) | {"pinned": m.point_id in pinned} for m in manifests),
+        key=lambda r: r["created_at"],
+        reverse=True,
     )
     if args.json:
         print_json(records)
@@ -76,6 +81,7 @@ async def run(args: argparse.Namespace) -> int:
         print(
             f"{r['id']}  {r['created_at']}  {r['vm']['path'] or r['vm']['name']}  {r['type']}  "
             f"{r['consistency']}  read {human_size(read)}  stored {human_size(stored)}"
+            + ("  pinned" if r["pinned"] else "")
         )
         for d in r["disks"]:
             if d["skipped_reason"]:

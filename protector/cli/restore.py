@@ -24,7 +24,11 @@ def register(sub: Any) -> None:
         "  vigil restore POINT --to-existing --power-off --changed-only --power-on\n\n"
         "POINT is an id from `vigil list VM`.",
     )
-    p.add_argument("point", metavar="POINT", help="restore point id, from `vigil list`")
+    p.add_argument(
+        "point",
+        metavar="POINT",
+        help="restore point: id, unique id prefix, `latest` or VM@latest (`vigil list`)",
+    )
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--to-existing", action="store_true", help="overwrite the original VM")
     target.add_argument("--new-name", metavar="NAME", help="create a new VM with this name")
@@ -92,7 +96,8 @@ async def run(args: argparse.Namespace) -> int:
         raise UserError("--changed-only applies to --to-existing only (a new VM gets every chunk)")
     cfg = config_of(args)
     repo = await open_repository(cfg)
-    await require_point(repo, args.point)  # before logging in: a typo needs no vCenter
+    # Before logging in: a typo needs no vCenter.
+    args.point = await require_point(repo, args.point)
     session = await open_session(cfg)
     try:
         ctx = Context.create(cfg, session, repo, None)
