@@ -136,6 +136,9 @@ def _what(spec: str) -> str:
     return "with MoRef" if MOREF_RE.match(spec) else "with name"
 
 
+POINT_HELP = "restore point: id, unique id prefix, `latest` or VM@latest (`vigil list`)"
+
+
 async def require_point(repo: Any, spec: str) -> str:
     """The id of the point `spec` names (an id, a unique prefix, `latest`, VM@latest: see
     protector.pointref), else a UserError naming the candidates or the closest ids."""

@@ -7,7 +7,14 @@ from typing import Any
 
 import anyio
 
-from protector.cli.common import config_of, json_option, open_repository, print_json, require_point
+from protector.cli.common import (
+    POINT_HELP,
+    config_of,
+    json_option,
+    open_repository,
+    print_json,
+    require_point,
+)
 from protector.errors import UserError
 from repository.errors import CorruptChunkError, RepositoryError
 
@@ -28,7 +35,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "point",
         metavar="POINT",
-        help="restore point: id, unique id prefix, `latest` or VM@latest (`vigil list`)",
+        help=POINT_HELP,
     )
     p.add_argument(
         "--disk",

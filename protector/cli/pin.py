@@ -7,9 +7,14 @@ from typing import Any
 
 import anyio
 
-from protector.cli.common import config_of, json_option, open_repository, print_json, require_point
-
-POINT_HELP = "restore point: id, unique id prefix, `latest` or VM@latest (see `vigil list`)"
+from protector.cli.common import (
+    POINT_HELP,
+    config_of,
+    json_option,
+    open_repository,
+    print_json,
+    require_point,
+)
 
 
 def register(sub: Any) -> None:

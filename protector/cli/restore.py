@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from protector.cli.common import config_of, json_option, print_json
+from protector.cli.common import POINT_HELP, config_of, json_option, print_json
 from protector.cli.progress import ProgressLine, human_bytes
 from protector.errors import UserError
 
@@ -22,12 +22,12 @@ def register(sub: Any) -> None:
         "  vigil restore POINT --new-name web-1-restored --verify\n"
         "  vigil restore POINT --new-name web-1-test --folder /DC0/vm/test --datastore ds2\n"
         "  vigil restore POINT --to-existing --power-off --changed-only --power-on\n\n"
-        "POINT is an id from `vigil list VM`.",
+        "POINT is an id from `vigil list VM` (or a unique prefix of one), `latest`, or VM@latest.",
     )
     p.add_argument(
         "point",
         metavar="POINT",
-        help="restore point: id, unique id prefix, `latest` or VM@latest (`vigil list`)",
+        help=POINT_HELP,
     )
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--to-existing", action="store_true", help="overwrite the original VM")
