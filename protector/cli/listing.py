@@ -7,7 +7,14 @@ from typing import Any
 
 import anyio
 
-from protector.cli.common import config_of, did_you_mean, json_option, open_repository, print_json
+from protector.cli.common import (
+    clean,
+    config_of,
+    did_you_mean,
+    json_option,
+    open_repository,
+    print_json,
+)
 from protector.repoaccess import all_manifests, matches_vm, point_summary
 
 
@@ -79,7 +86,8 @@ async def run(args: argparse.Namespace) -> int:
         read = sum(d["read_bytes"] or 0 for d in r["disks"])
         stored = sum(d["stored_bytes"] or 0 for d in r["disks"])
         print(
-            f"{r['id']}  {r['created_at']}  {r['vm']['path'] or r['vm']['name']}  {r['type']}  "
+            f"{r['id']}  {r['created_at']}  {clean(r['vm']['path'] or r['vm']['name'])}  "
+            f"{r['type']}  "
             f"{r['consistency']}  read {human_size(read)}  stored {human_size(stored)}"
             + ("  pinned" if r["pinned"] else "")
         )

@@ -43,9 +43,26 @@ def test_a_vm_name_with_escape_sequences_prints_escaped(tmp_path):
     assert "\x1b" not in r.stdout and "\x07" not in r.stdout and "\x9b" not in r.stdout
     assert "\u202e" not in r.stdout and "\r" not in r.stdout and "fake line\n" not in r.stdout
     assert "web\\x1b]0;owned\\x07" in r.stdout
+    assert len(r.stdout.splitlines()) == 1  # the name's newline does not forge a line
     # --json is JSON's own escaping: the name round-trips exactly.
     j = vigil("--config", str(repo_config(tmp_path)), "list", "--json")
     assert json.loads(j.stdout)[0]["vm"]["name"] == EVIL
+
+
+def test_status_text_escapes_names_from_vcenter():
+    from protector.cli.status import render
+
+    status = {
+        "vcenter": "https://vc",
+        "healthy": True,
+        "counts": {"ok": 1},
+        "policy_errors": [],
+        "vms": [{"path": EVIL, "state": "ok", "policy": "p\x1b[31m", "last_error": "x\x07"}],
+        "jobs": {"running": [{"vm_name": EVIL}], "queued": []},
+    }
+    text = render(status)
+    assert all(ch.isprintable() for line in text.splitlines() for ch in line), text
+    assert len(text.splitlines()) == 5  # vCenter, counts, header, the VM, running
 
 
 def test_cli_error_lines_are_redacted_like_the_logs(capsys):
