@@ -152,14 +152,15 @@ class StatusServer:
         """DNS rebinding defence: a web page from evil.example whose name the attacker
         re-points at 127.0.0.1 reaches this loopback server from the admin's browser, but its
         requests carry `Host: evil.example`. Only loopback names and addresses and the
-        address we are bound to are accepted. On a wildcard bind (which requires the bearer
-        token, something a rebinding page cannot know) every name is accepted."""
+        address we are bound to are accepted. With a bearer token (required for any
+        non-loopback bind) every name is accepted: a rebinding page cannot know the token,
+        and Prometheus scrapes by the host's DNS name."""
+        if self._token:
+            return True
         if not header:
             return False  # HTTP/1.1 requires Host; only hand-made requests omit it
         host = _host_of(header)
         bind = self._bind_host
-        if bind in ("", "0.0.0.0", "::"):
-            return True
         return is_loopback(host) or host == "localhost." or host == bind.lower()
 
     def app(self) -> web.Application:

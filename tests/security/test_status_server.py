@@ -163,3 +163,17 @@ async def test_the_host_header_must_name_this_server(listen, host, status):
                         assert "vcenter" not in await r.text()
     finally:
         await srv.stop()
+
+
+async def test_with_a_token_any_host_name_is_served():
+    """Behind the token (which a rebinding page cannot know) a scraper may use the host's
+    DNS name."""
+    srv = server(TOKEN)
+    await srv.start("127.0.0.1:0")
+    try:
+        async with aiohttp.ClientSession() as http:
+            headers = {"Host": "backup01.example:9273", "Authorization": f"Bearer {TOKEN}"}
+            async with http.get(f"http://127.0.0.1:{srv.port}/metrics", headers=headers) as r:
+                assert r.status == 200
+    finally:
+        await srv.stop()
