@@ -58,3 +58,32 @@ def test_backup_a_policy_scope_and_a_folder(tmp_path, vcsim_fresh):
     assert bad.returncode == 2 and "did you mean web" in bad.stderr
     both = vigil(cfg, "backup", "DC0_H0_VM0", "--folder", "/DC0/vm")
     assert both.returncode == 2 and "one of these" in both.stderr
+
+
+def test_the_scope_rules_folder_below_templates_skipped_conflicts_named(tmp_path):
+    """select() is pure: the folder means the folder and below (not a sibling that shares
+    the prefix); templates are skipped with the reason; --policy takes the engine's winner."""
+    from policies.loader import load_policies
+    from policies.model import VmFacts
+    from protector.cli.backup_scope import folder_glob, select
+
+    def facts(path: str, template: bool = False) -> VmFacts:
+        folder, _, name = path.rpartition("/")
+        return VmFacts(path, path, name, "DC0", folder, template=template)
+
+    vms = [
+        facts("/DC0/vm/prod/DC0_H0_VM0"),
+        facts("/DC0/vm/prod/deep/DC0_H0_VM1"),
+        facts("/DC0/vm/production/x"),
+        facts("/DC0/vm/prod/tpl", template=True),
+    ]
+    assert folder_glob("/DC0/vm/prod/") == "/DC0/vm/prod/**"
+    assert folder_glob("/*/vm/prod") == "/*/vm/prod"
+    s = select(vms, lambda v: v, None, folder="/DC0/vm/prod")
+    assert [v.path for v, _ in s.vms] == ["/DC0/vm/prod/DC0_H0_VM0", "/DC0/vm/prod/deep/DC0_H0_VM1"]
+    assert [(v.path, "template" in why) for v, why in s.skipped] == [("/DC0/vm/prod/tpl", True)]
+    (tmp_path / "p.toml").write_text(POLICIES)
+    policies = load_policies(tmp_path)
+    s = select(vms, lambda v: v, policies, policy="web", folder="/DC0/vm/prod")
+    assert [(v.name, p) for v, p in s.vms] == [("DC0_H0_VM0", "web")]
+    assert [(v.name, "rival" in why) for v, why in s.skipped] == [("DC0_H0_VM1", True)]
