@@ -25,6 +25,7 @@ from typing import Any
 import structlog
 
 from protector.errors import UserError
+from repository.locks import open_lock_file
 
 log = structlog.get_logger(__name__)
 
@@ -80,8 +81,7 @@ class VmLock:
 
     def acquire(self) -> None:
         """Take the lock now or raise VmBusyError naming the holder (never waits)."""
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = open_lock_file(self.path)  # owned like the repository when run as root
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

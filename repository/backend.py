@@ -53,13 +53,40 @@ class Backend(Protocol):
         """Drop debris of interrupted uploads older than `older_than` (epoch seconds)."""
 
 
+def owner_to_match(path: Path) -> tuple[int, int] | None:
+    """The (uid, gid) a file or directory created at `path` must be given: those of the
+    nearest existing directory above it when we run as root and another user owns that
+    directory. A one-off `vigil backup` as root in the service user's repository must leave
+    files (0600) and directories (0700) the service can still open. None (keep our ids)
+    when not root or the directory is root's."""
+    if os.geteuid() != 0:
+        return None
+    for parent in path.parents:
+        try:
+            st = os.stat(parent)
+        except FileNotFoundError:
+            continue
+        return None if st.st_uid == 0 and st.st_gid == 0 else (st.st_uid, st.st_gid)
+    return None
+
+
 class LocalBackend:
     """A directory: objects are files, written to a temp file, fsynced, then linked
     into place (link fails if the name exists: write-once without a race) and the
-    directory fsynced. Files 0600, directories 0700."""
+    directory fsynced. Files 0600, directories 0700, owned like the root directory (see
+    owner_to_match: root writing into the service user's repository)."""
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
+        self._owner: tuple[int, int] | None = None
+        self._owner_known = False
+
+    def _new_owner(self) -> tuple[int, int] | None:
+        """The owner of the repository root, once per backend (it exists by the first write)."""
+        if not self._owner_known:
+            self._owner = owner_to_match(self.root / "_")
+            self._owner_known = self.root.is_dir()
+        return self._owner
 
     def _path(self, key: str) -> Path:
         if key.startswith("/") or ".." in key.split("/"):
@@ -72,6 +99,8 @@ class LocalBackend:
         self._ensure_dir(path.parent)
         with contextlib.suppress(FileExistsError):
             os.mkdir(path, 0o700)
+            if owner := self._new_owner():
+                os.chown(path, *owner)
             _fsync_dir(path.parent)
 
     def _write_temp(self, final: Path, data: bytes) -> Path:
@@ -79,6 +108,8 @@ class LocalBackend:
         self._ensure_dir(final.parent)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
+            if owner := self._new_owner():
+                os.fchown(fd, *owner)  # link/replace keep the inode, hence its owner
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]

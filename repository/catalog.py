@@ -22,6 +22,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from repository.backend import owner_to_match
 from repository.errors import RepositoryError
 from repository.locks import FileLock
 from repository.manifest import Manifest, Tombstone, VmIdentity
@@ -134,6 +135,8 @@ def _create_private(path: str) -> None:
     """Create the SQLite file 0600 before SQLite opens it (SQLite would use the umask,
     and its journal files copy the database file's mode)."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    if owner := owner_to_match(Path(path)):  # root in the service user's repository;
+        os.fchown(fd, *owner)  # SQLite gives its journals the database file's owner
     os.close(fd)
     os.chmod(path, 0o600)  # an existing file from an older vigil may be wider
 

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import structlog
 
 from repository import codec
-from repository.backend import Backend, LocalBackend
+from repository.backend import Backend, LocalBackend, owner_to_match
 from repository.codec import ZERO_ID, ObjectType, chunk_key
 from repository.errors import (
     BackendError,
@@ -274,8 +274,11 @@ class Repository:
         if (root / CONFIG_KEY).exists():
             return cls._join_existing(root, passphrase, chunk_size)
         _check_initialisable(root)
+        owner = owner_to_match(root)  # root creating it in the service user's directory
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(root, 0o700)
+        if owner:
+            os.chown(root, *owner)
         backend = LocalBackend(root)
         repo_id = secrets.token_hex(16)
         if passphrase is None:

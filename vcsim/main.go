@@ -53,6 +53,7 @@ func main() {
 	cbtWindow := flag.Int64("cbt-window", 512<<20, "bytes covered by one QueryChangedDiskAreas answer")
 	taskDelay := flag.String("task-delay", "", "METHOD=MS,...: tasks of these methods stay running for MS milliseconds")
 	quiesceGlob := flag.String("quiesce-fault", "", "VM name pattern: quiesced snapshots of matching VMs fail with ApplicationQuiesceFault")
+	restOnly := flag.Bool("vapi-rest-only", false, "serve the vAPI (tags) only under /rest, 404 under /api (vCenter before 7.0 U2)")
 	rdmGlob := flag.String("snapshot-rdm", "", "VM name pattern: snapshots of matching VMs list a physical-mode RDM disk")
 	flag.Parse()
 	if err := checkCBTFlags(*cbtGrain, *cbtWindow); err != nil {
@@ -97,6 +98,9 @@ func main() {
 	srv.Server.Config.Handler = newSlowTasks(srv.Server.Config.Handler, *taskDelay)
 	srv.Server.Config.Handler = newQuiesceFault(srv.Server.Config.Handler, *quiesceGlob)
 	srv.Server.Config.Handler = newSnapshotRDM(srv.Server.Config.Handler, *rdmGlob)
+	srv.Server.Config.Handler = newInPlaceMoves(srv.Server.Config.Handler)
+	srv.Server.Config.Handler = newPoolViews(srv.Server.Config.Handler)
+	srv.Server.Config.Handler = newVapiAPI(srv.Server.Config.Handler, *restOnly)
 
 	u := *srv.URL
 	u.User = nil

@@ -38,6 +38,7 @@ COMMANDS = (
     "listing",
     "restore",
     "export",
+    "files",
     "verify",
     "prune",
     "catalog",

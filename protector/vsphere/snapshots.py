@@ -17,12 +17,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
+from pyVmomi import vim
 
 from protector.parallel import shielded, to_the_end
+from watcher.inventory import retrieve_objects
 from watcher.session import Session
 from watcher.soap import VsphereConnectionError, VsphereError, VsphereFault
 from watcher.tasks import wait_for_task
-from watcher.traversal import inventory_filter_spec
 
 log = structlog.get_logger(__name__)
 
@@ -117,10 +118,7 @@ async def remove_leftovers_everywhere(session: Session) -> list[str]:
     get no job soon): find them all in one PropertyCollector read and remove them. Returns
     one line per snapshot that could not be removed (one stuck snapshot does not keep the
     others; the VM's next backup tries again, as it removes leftovers first)."""
-    spec = inventory_filter_spec(session.content.rootFolder)
-    for ps in spec.propSet:
-        ps.pathSet = ["snapshot"] if ps.type.__name__.endswith("VirtualMachine") else ["name"]
-    objs = await session.retrieve([spec])
+    objs = await retrieve_objects(session, {vim.VirtualMachine: ["snapshot"]})
     now = datetime.now(UTC)
     failed: list[str] = []
     for oc in objs:
