@@ -14,7 +14,7 @@ APT_PACKAGES := golang-go golang-github-vmware-govmomi-dev gcc libc6-dev python3
 BENCH_APT_PACKAGES := restic borgbackup
 STAMP := $(VENV)/.installed
 
-.PHONY: all deps apt venv vcsim test lint format demo bench clean install
+.PHONY: all deps apt venv vcsim test lint format demo bench clean install man completion
 
 all: test
 
@@ -57,6 +57,12 @@ bench: deps
 	@missing=$$(for p in $(BENCH_APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q "install ok installed" || echo $$p; done); \
 	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
 	$(BIN)/python bench/run_all.py
+
+# vigil.1 and the bash/zsh/tcsh completion scripts, generated from the parser into build/docs
+# (install: vigil.1 to /usr/local/share/man/man1, vigil.bash to
+# /etc/bash_completion.d/vigil, _vigil to a directory on zsh's $fpath).
+man completion: venv
+	$(BIN)/python -m protector.cli.docgen build/docs
 
 # Install as a system service (docs/install.md): the `vigil` user, /etc/vigil,
 # /var/lib/vigil, a venv in $(PREFIX)/venv and the hardened unit. DESTDIR stages the tree.

@@ -44,6 +44,11 @@ class VddkUnavailable(TransportUnavailable):
         )
 
 
+class UntrustedLibrary(TransportUnavailable):
+    """libvixDiskLib (or its directory) is owned or writable by another user: loading it
+    would run their code in this process (as root, often)."""
+
+
 class DiskOpenError(DiskIoError):
     """No configured transport could open the disk; `attempts` says why each failed."""
 

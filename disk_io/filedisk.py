@@ -43,7 +43,27 @@ def resolve(location: DiskLocation, datastores: Mapping[str, str]) -> Path:
     path = Path(mount) / rel
     if not path.is_file():
         raise TransportUnavailable(f"disk {location}: {path} does not exist")
+    inside(path, mount, location)
     return path
+
+
+def inside(path: Path, mount: str, location: DiskLocation) -> None:
+    """Refuse a path that leaves its datastore: a symlink (or `..`) in the datastore
+    pointing at /etc/shadow or another datastore would otherwise be read into a backup or,
+    worse, overwritten by a restore. The mount path itself may be a symlink (ESXi's
+    /vmfs/volumes/NAME is one), so both sides are compared after resolving."""
+    root = Path(os.path.realpath(mount))
+    real = Path(os.path.realpath(path))
+    if real != root and root not in real.parents:
+        raise TransportUnavailable(
+            f"disk {location}: {path} leads outside datastore mount {mount} (to {real}); "
+            "vigil does not follow links out of a datastore"
+        )
+    if path.is_symlink():
+        raise TransportUnavailable(
+            f"disk {location}: {path} is a symbolic link; vigil reads and writes only the disk "
+            "files themselves"
+        )
 
 
 class FileDisk:
@@ -66,7 +86,14 @@ class FileDisk:
         self.capacity = capacity
         self.writable = writable
         self._guard = InFlight(self.path)
-        self._fd: int | None = os.open(self.path, (os.O_RDWR if writable else os.O_RDONLY))
+        # O_NOFOLLOW: a symlink swapped in after resolve() checked the path is refused.
+        mode = (os.O_RDWR if writable else os.O_RDONLY) | os.O_NOFOLLOW
+        try:
+            self._fd: int | None = os.open(self.path, mode)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise DiskIoError(f"{self.path} is a symbolic link; refused") from None
+            raise
         try:
             self.file_size = os.fstat(self._fd).st_size
             if self.file_size > capacity:
@@ -175,7 +202,8 @@ class FileDisk:
         """The descriptor's ddb.* entries, when the descriptor sits beside the flat file."""
         if self.descriptor is None or not self.descriptor.is_file():
             return {}
-        with open(self.descriptor, "rb") as f:
+        fd = os.open(self.descriptor, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, "rb") as f:
             return parse_descriptor_bytes(f.read(MAX_DESCRIPTOR + 1))
 
     def write_metadata(self, values: dict[str, str]) -> None:
@@ -207,6 +235,8 @@ def open_file_disk(
 ) -> FileDisk:
     flat = resolve(location, datastores)
     descriptor = Path(datastores[location.datastore]) / location.path
+    if descriptor.exists():
+        inside(descriptor, datastores[location.datastore], location)
     return FileDisk(
         flat,
         location.capacity_bytes,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -283,9 +284,39 @@ def resolve_path(cli_path: str | None) -> str:
 _TOML_AT = re.compile(r"\s*\(at line (\d+), column \d+\)")
 
 
+def ownership_problem(path: Path) -> str | None:
+    """Why `path` cannot be trusted as configuration, or None. A file another user owns or
+    can write (or one in a directory another user can rewrite) could have been planted: the
+    classic case is root running `vigil` in someone's directory and reading their
+    ./vigil.toml, sending the vCenter password to a host of their choosing and loading
+    their `vddk_libdir` as a library. ssh refuses its config files on the same grounds."""
+    me = os.geteuid()
+    for target, kind in ((path, "file"), (path.parent, "directory")):
+        st = target.stat()
+        where = str(target.absolute())
+        if st.st_uid not in (0, me):
+            return (
+                f"refused: the {kind} {where} is owned by uid {st.st_uid}, not by root or the "
+                f"user running vigil (uid {me}), so another user could have planted or changed "
+                f"it; if it is yours, run `chown {me} {where}`, else use a configuration "
+                "of your own (--config PATH)"
+            )
+        sticky = kind == "directory" and st.st_mode & stat.S_ISVTX
+        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not sticky:
+            return (
+                f"refused: the {kind} {where} is writable by group or others (mode "
+                f"{stat.S_IMODE(st.st_mode):04o}), so another user could change it; run "
+                f"`chmod go-w {where}`"
+            )
+    return None
+
+
 def load_config(path: str | os.PathLike[str]) -> Config:
     path = str(path)
     try:
+        problem = ownership_problem(Path(path))
+        if problem:
+            raise ConfigError(path, [problem])
         raw = Path(path).read_bytes()
     except FileNotFoundError:
         raise ConfigError(

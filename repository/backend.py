@@ -77,7 +77,7 @@ def owner_to_match(path: Path) -> tuple[int, int] | None:
 # the directory is not ours, and is neither listed, read, written nor deleted.
 _KEY_SHAPES = re.compile(
     r"config|keys/[0-9a-f]{16}|chunks/(?P<shard>[0-9a-f]{2})/(?P=shard)[0-9a-f]{62}"
-    r"|indexes/[0-9a-f]{64}|(manifests|tombstones|heads)/[0-9a-f]{16}-\d{8}T\d{6}Z-\d{6,}"
+    r"|indexes/[0-9a-f]{64}|(manifests|tombstones|heads|pins)/[0-9a-f]{16}-\d{8}T\d{6}Z-\d{6,}"
     r"|locks/[0-9a-f]{32}"
 )
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC

@@ -43,6 +43,7 @@ class ObjectType(IntEnum):
     MANIFEST = 3
     TOMBSTONE = 4
     HEAD = 5
+    PIN = 6  # keeps a point past retention (Repository.pin)
 
 
 _local = threading.local()

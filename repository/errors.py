@@ -61,6 +61,10 @@ class PointNotFoundError(RepositoryError):
     pass
 
 
+class PointPinnedError(RepositoryError):
+    """A pinned point cannot be deleted (unpin it first)."""
+
+
 class DiskNotFoundError(RepositoryError):
     pass
 

@@ -1,4 +1,4 @@
-"""Object I/O: naming, encoding and storing chunks, indexes, manifests and tombstones,
+"""Object I/O: naming, encoding and storing chunks, indexes, manifests, tombstones and pins,
 and healing a damaged content-addressed object by replacing it with a fresh copy."""
 
 from __future__ import annotations
@@ -36,6 +36,10 @@ def manifest_key(point_id: str) -> str:
 
 def tombstone_key(point_id: str) -> str:
     return f"tombstones/{point_id}"
+
+
+def pin_key(point_id: str) -> str:
+    return f"pins/{point_id}"
 
 
 class ObjectStore:

@@ -1,5 +1,5 @@
 """Restore points as stored: listing and reading manifests and tombstones (skipping and
-naming damaged ones), each VM's sequence high-water mark, and deleting a point."""
+naming damaged ones), each VM's sequence high-water mark, pins, and deleting a point."""
 
 from __future__ import annotations
 
@@ -16,10 +16,11 @@ from repository.errors import (
     ManifestError,
     ObjectNotFoundError,
     PointNotFoundError,
+    PointPinnedError,
 )
 from repository.locks import locked
 from repository.manifest import Manifest, Tombstone
-from repository.objects import ObjectStore, manifest_key, tombstone_key
+from repository.objects import ObjectStore, manifest_key, pin_key, tombstone_key
 from repository.state import LocalState
 
 log = structlog.get_logger(__name__)
@@ -27,6 +28,10 @@ log = structlog.get_logger(__name__)
 
 def vm_key_of(point_id: str) -> str:
     return point_id.split("-", 1)[0]
+
+
+def _now_text() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
 def seq_of(key: str) -> int:
@@ -154,12 +159,58 @@ class PointStore:
     def vm_lock_path(self, vm_key: str) -> Path:
         return self.state.ensure() / "locks" / f"vm-{vm_key}.lock"
 
+    # -- pins ---------------------------------------------------------------------------
+    # A pin is one small authenticated object, pins/<point id>, beside the manifest it keeps
+    # (a manifest is write-once and hashed into the VM's chain, so it cannot be annotated).
+    # Prune keeps a point while its pin object exists, whatever is in it: a damaged pin
+    # still keeps the point, the safe side. Pin and delete take the VM's lock, so a pin
+    # placed while a prune runs either stops that deletion or comes too late with an error.
+
+    def pin(self, point_id: str, note: str = "") -> bool:
+        """Pin an existing point; False when it already was."""
+        with locked(self.vm_lock_path(vm_key_of(point_id)), exclusive=True):
+            if not self.objects.backend.exists(manifest_key(point_id)):
+                raise PointNotFoundError(f"no restore point {point_id!r} in {self.where}")
+            if self.objects.backend.exists(pin_key(point_id)):
+                return False
+            body = {"point_id": point_id, "note": note, "pinned_at": _now_text()}
+            self.objects.put_sealed(
+                pin_key(point_id), point_id, "pin", ObjectType.PIN, body, exist_ok=True
+            )
+        log.info("repository.point_pinned", point=point_id)
+        return True
+
+    def unpin(self, point_id: str) -> bool:
+        """Remove a point's pin; False when it had none."""
+        with locked(self.vm_lock_path(vm_key_of(point_id)), exclusive=True):
+            if not self.objects.backend.exists(pin_key(point_id)):
+                return False
+            self.objects.backend.delete(pin_key(point_id))
+        log.info("repository.point_unpinned", point=point_id)
+        return True
+
+    def pinned_points(self) -> set[str]:
+        return {i.key.removeprefix("pins/") for i in self.objects.backend.list("pins/")}
+
+    def pin_note(self, point_id: str) -> str | None:
+        """The pin's note ("" without one), None when the point is not pinned."""
+        try:
+            body = self.objects.get_sealed(pin_key(point_id), point_id, "pin", ObjectType.PIN)
+        except ObjectNotFoundError:
+            return None
+        except (ManifestError, BackendError) as exc:
+            return f"(unreadable pin: {exc})"
+        return str(body.get("note", ""))
+
     def delete_point(self, manifest: Manifest, reason: str) -> None:
         """Tombstone first (keeps the hash chain checkable), then drop the manifest. Holds
-        the VM's lock so a commit never sees the point half deleted."""
+        the VM's lock so a commit never sees the point half deleted. A pinned point is
+        refused (PointPinnedError), under the same lock a pin takes."""
         m = manifest
         t = Tombstone(m.point_id, m.vm, m.seq, m.hash, m.committed_at, reason, datetime.now(UTC))
         with locked(self.vm_lock_path(m.vm.key), exclusive=True):
+            if self.objects.backend.exists(pin_key(m.point_id)):
+                raise PointPinnedError(f"restore point {m.point_id} is pinned; unpin it first")
             # Already tombstoned (a concurrent or interrupted delete): keep the first one.
             self.objects.put_sealed(
                 tombstone_key(m.point_id),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
@@ -23,6 +23,7 @@ from repository.errors import (
     ManifestError,
     ObjectNotFoundError,
     PointNotFoundError,
+    PointPinnedError,
     RepositoryBusyError,
 )
 from repository.manifest import Manifest, VmIdentity
@@ -105,10 +106,27 @@ class PruneResult:
         return out
 
 
+PINNED = "pinned (`vigil unpin` lets retention delete it)"
+
+
 def plan(
+    manifests: Sequence[Manifest],
+    rule_for: RuleFor,
+    now: datetime,
+    orphan_keep_days: float,
+    pinned: Collection[str] = (),
+) -> list[Decision]:
+    """Pure: the keep/delete decision for every point, with the reason. A pinned point is
+    always kept; it still counts for the rules (a pin adds a point, it takes none away)."""
+    return [
+        Decision(d.point_id, d.vm_name, False, PINNED) if d.point_id in pinned else d
+        for d in _plan(manifests, rule_for, now, orphan_keep_days)
+    ]
+
+
+def _plan(
     manifests: Sequence[Manifest], rule_for: RuleFor, now: datetime, orphan_keep_days: float
 ) -> list[Decision]:
-    """Pure: the keep/delete decision for every point, with the reason."""
     by_vm: dict[str, list[Manifest]] = defaultdict(list)
     for m in manifests:
         by_vm[m.vm.key].append(m)
@@ -151,14 +169,24 @@ def prune(
     now = now or datetime.now(UTC)
     manifests, damaged = repo.scan_manifests()
     warn_damaged(damaged)
-    decisions = plan(manifests, rule_for, now, orphan_keep_days) + _keep_damaged(damaged)
+    pinned = repo.pinned_points()
+    decisions = plan(manifests, rule_for, now, orphan_keep_days, pinned) + _keep_damaged(damaged)
     result = PruneResult(sorted(decisions, key=lambda d: d.point_id), dry_run)
     reasons = {d.point_id: d.reason for d in result.decisions if d.delete}
     doomed = set(reasons)
     if not dry_run:
         for m in manifests:
             if m.point_id in doomed:
-                repo.delete_point(m, reasons[m.point_id])
+                try:
+                    repo.delete_point(m, reasons[m.point_id])
+                except PointPinnedError:  # pinned since we planned: it stays
+                    doomed.discard(m.point_id)
+                    result.decisions = [
+                        Decision(d.point_id, d.vm_name, False, PINNED)
+                        if d.point_id == m.point_id
+                        else d
+                        for d in result.decisions
+                    ]
         repo.points.drop_old_heads()
     try:
         # A dry run only reads: it shares the lock with backups instead of waiting for them.

@@ -5,6 +5,7 @@ shared so a prune sweep cannot remove chunks of a point deleted under them."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -177,11 +178,21 @@ def export_raw(
 ) -> int:
     with reading(repo):
         _m, index = disk_index(repo, point_id, disk_key)
-        flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
+        # O_NOFOLLOW: overwriting must replace the file named, never truncate whatever a
+        # symlink planted there points to (root exporting into a shared directory).
+        flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW
+        flags |= os.O_TRUNC if overwrite else os.O_EXCL
         try:
             fd = os.open(dest, flags, 0o600)
         except FileExistsError:
             raise RepositoryError(f"export target {dest} exists") from None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise RepositoryError(
+                    f"export target {dest} is a symbolic link; refused (remove it or choose "
+                    "another file)"
+                ) from None
+            raise
         fetch = _offset_fetcher(repo, point_id, disk_key, index)
 
         def copy(slot: int) -> int:

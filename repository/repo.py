@@ -3,11 +3,12 @@ protector uses. The work lives in small modules:
 
     config.py   the config object, the chunk-size rule, the checks made on open
     opening.py  creating and opening (config, key slots)
-    objects.py  object I/O and healing      points.py  manifests, tombstones, seq, delete
+    objects.py  object I/O and healing      points.py  manifests, tombstones, seq, pins, delete
     writer.py   PointWriter / DiskWriter    reader.py  reading disks back, export
 
 Layout under the backend (see docs/repository-format.md):
-    config, keys/<slot>, chunks/<ab>/<id>, indexes/<id>, manifests/<point>, tombstones/<point>
+    config, keys/<slot>, chunks/<ab>/<id>, indexes/<id>, manifests/<point>, tombstones/<point>,
+    heads/<point>, pins/<point>, locks/<id>
 Local to this machine, in the state directory (state.py): locks, heads, job journal.
 """
 
@@ -229,7 +230,20 @@ class Repository:
         return self.points.vm_lock_path(vm_key)
 
     def delete_point(self, manifest: Manifest, reason: str) -> None:
+        """Refused with PointPinnedError for a pinned point."""
         self.points.delete_point(manifest, reason)
+
+    def pin(self, point_id: str, note: str = "") -> bool:
+        return self.points.pin(point_id, note)
+
+    def unpin(self, point_id: str) -> bool:
+        return self.points.unpin(point_id)
+
+    def pinned_points(self) -> set[str]:
+        return self.points.pinned_points()
+
+    def pin_note(self, point_id: str) -> str | None:
+        return self.points.pin_note(point_id)
 
     # -- writing ----------------------------------------------------------------------------
 

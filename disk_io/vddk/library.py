@@ -17,6 +17,7 @@ import atexit
 import os
 import queue
 import re
+import stat
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -25,7 +26,7 @@ from typing import Any
 
 import structlog
 
-from ..errors import DiskIoError, VddkError, VddkUnavailable
+from ..errors import DiskIoError, UntrustedLibrary, VddkError, VddkUnavailable
 from .abi import CODE_MASK, OPTIONAL, SONAMES, VIX_OK, ffi
 
 log = structlog.get_logger(__name__)
@@ -33,6 +34,37 @@ vddk_log = structlog.get_logger("vixDiskLib")
 
 LOG_BUFFER = 4096
 CONFIG_KEY = "transport.vddk_libdir"
+
+
+def untrusted_reason(path: Path) -> str | None:
+    """Why loading code from `path` (a library or its directory) would trust another user,
+    or None: it must be owned by root or by us and writable by neither group nor others
+    (a sticky directory such as /tmp excepted), the rule ssh applies to its files."""
+    me = os.geteuid()
+    st = path.stat()
+    if st.st_uid not in (0, me):
+        return (
+            f"{path} is owned by uid {st.st_uid}, not by root or the user running vigil (uid "
+            f"{me}); if the VDDK there is genuine, run `chown -R root: {path}`, else fix "
+            f"{CONFIG_KEY}"
+        )
+    sticky = stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not sticky:
+        return (
+            f"{path} is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o}); run "
+            f"`chmod -R go-w {path}`"
+        )
+    return None
+
+
+def _check_trusted(libdir: Path, lib: Path) -> None:
+    """Refuse (before dlopen: loading runs the library's constructors) a library that the
+    distribution directory, its lib64/ or the file itself (after symlinks) lets another user
+    replace."""
+    real = lib.resolve()
+    for p in dict.fromkeys((libdir, lib.parent, real.parent, real)):
+        if (why := untrusted_reason(p)) is not None:
+            raise UntrustedLibrary(f"VixDiskLib not loaded: {why}")
 
 
 def candidate_paths(libdir: str | os.PathLike[str]) -> list[Path]:
@@ -97,6 +129,7 @@ class VddkLibrary:
             tried.append(str(path))
             if not path.exists():
                 continue
+            _check_trusted(Path(libdir), path)
             try:
                 lib = ffi.dlopen(str(path))
             except OSError as exc:

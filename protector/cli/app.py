@@ -22,7 +22,7 @@ import aiohttp
 
 from disk_io.errors import DiskIoError
 from protector import logs
-from protector.cli.common import print_json
+from protector.cli.common import CleanStream, print_json
 from protector.config import ConfigError
 from protector.errors import UserError
 from repository.errors import RepositoryError
@@ -47,6 +47,8 @@ COMMANDS = (
     "watch",
     "status",
     "doctor",
+    "pin",
+    "stats",
     "demo",
 )
 
@@ -120,6 +122,17 @@ def _subparsers(p: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
     return found
 
 
+def version() -> str:
+    """The installed distribution's version (pyproject.toml's), "unknown" from a bare tree."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("vigil")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(
         prog="vigil",
@@ -142,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     _add_global_options(p, top=True)
+    p.add_argument("--version", action="version", version=f"vigil {version()}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     for name in COMMANDS:
@@ -163,6 +177,19 @@ def main(argv: list[str] | None = None) -> int:
         logs.configure(log_level, json=True if args.log_json else None, stream=stream)
     except ValueError as exc:
         parser.error(str(exc))
+    if args.command == "watch":  # the daemon's stdout is its log, already escaped as JSON
+        return _run(args)
+    # Logging was configured above with the real streams: colours stay colours.
+    out, err = sys.stdout, sys.stderr
+    sys.stdout = CleanStream(out)  # type: ignore[assignment]
+    sys.stderr = CleanStream(err, redact=True)  # type: ignore[assignment]
+    try:
+        return _run(args)
+    finally:
+        sys.stdout, sys.stderr = out, err
+
+
+def _run(args: argparse.Namespace) -> int:
     handler: Handler = args.handler
     try:
         if args.command == "watch":  # the daemon handles its signals itself
@@ -259,6 +286,8 @@ def report_error(exc: BaseException, *, json_output: bool) -> int:
     """Print the error as one line on stderr (and as a JSON object on stdout for --json, so
     scripts parse one format); returns the exit code."""
     message, code, kind = describe_error(exc)
+    # Like the logs: an exception's text can quote a header, a URL with a password...
+    message = logs.redact_text(message)
     for line in message.splitlines() or [""]:
         print(f"vigil: {line}", file=sys.stderr)
     if json_output:

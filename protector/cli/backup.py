@@ -15,7 +15,7 @@ from protector.phases import listening
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "backup",
-        help="back up one VM now",
+        help="back up one VM (or a vApp, a policy's VMs, a folder) now",
         description="Snapshot the VM, read its disks (only the changed blocks when a previous "
         "restore point and Changed Block Tracking allow), store them deduplicated and remove the "
         "snapshot. The VM's policy (if one covers it) supplies the options. VM may be a name, "
@@ -23,7 +23,9 @@ def register(sub: Any) -> None:
         epilog="Examples:\n\n"
         "  vigil backup web-1\n"
         "  vigil backup /DC0/vm/prod/web-1 --full\n"
-        "  vigil backup --vapp /DC0/host/C0/Resources/shop --json",
+        "  vigil backup --vapp /DC0/host/C0/Resources/shop --json\n"
+        "  vigil backup --policy gold              # every VM the policy protects, now\n"
+        "  vigil backup --folder /DC0/vm/prod --json",
     )
     p.add_argument(
         "vm",
@@ -36,6 +38,18 @@ def register(sub: Any) -> None:
         metavar="PATH",
         help="back up every VM of this vApp (inventory path, e.g. /DC0/host/C0/Resources/APP0) "
         "as one job; each VM gets its own restore point, linked to the others",
+    )
+    p.add_argument(
+        "--policy",
+        metavar="NAME",
+        help="back up every VM this policy protects now (as the daemon sees them), "
+        "limits.concurrent_backups at a time; one result line per VM",
+    )
+    p.add_argument(
+        "--folder",
+        metavar="PATH",
+        help="back up every VM in this VM folder and below (inventory path, e.g. /DC0/vm/prod; "
+        "a policy path glob works too); with --policy, the VMs in both",
     )
     p.add_argument(
         "--full",
@@ -83,8 +97,16 @@ def result_record(r: Any) -> dict[str, Any]:
 
 
 async def run(args: argparse.Namespace) -> int:
-    if (args.vm is None) == (args.vapp is None):
-        raise UserError("name one VM, or a vApp with --vapp PATH (not both)")
+    scoped = args.policy is not None or args.folder is not None
+    if sum((args.vm is not None, args.vapp is not None, scoped)) != 1:
+        raise UserError(
+            "name one VM, or a vApp with --vapp PATH, or a scope with --policy NAME and/or "
+            "--folder PATH (one of these)"
+        )
+    if scoped:
+        from protector.cli.backup_scope import run_scope
+
+        return await run_scope(args)
     if args.vapp is not None:
         return await run_vapp(args)
     from protector.backup import backup_vm

@@ -5,17 +5,72 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import io
 import json
 import os
+import re
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import anyio
 
 from protector.config import Config, load_config, resolve_path
 from protector.errors import UserError
+
+# Terminal control characters: C0 (ESC starts colour, cursor and title sequences; BEL, BS,
+# CR rewrite what is shown), DEL, C1 (0x9b is a one-byte CSI on some terminals) and the
+# Unicode bidi overrides that reorder a line ("Trojan Source").
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def clean(text: str, *, keep_newlines: bool = False) -> str:
+    """`text` safe to print on a terminal: every control character (see _CONTROL) becomes a
+    visible escape such as `\\x1b`. VM, folder, datastore and policy names come from vCenter
+    or files that VM owners and other admins control; printed raw, `\\x1b]0;...` retitles
+    the admin's terminal and cursor sequences can hide or forge lines of output. Tab stays;
+    newline (and a carriage return) too with keep_newlines, for whole blocks of output."""
+    if not keep_newlines:
+        text = text.replace("\n", "\\n").replace("\r", "\\r")
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+class CleanStream(io.TextIOBase):
+    """A text stream that passes everything written through clean() (and, for stderr,
+    through the log redaction): installed over stdout and stderr by `main`, so every printer
+    of every command is covered, including ones added later. A write that starts with a
+    carriage return keeps it (the progress line redraws itself that way)."""
+
+    def __init__(self, inner: TextIO, *, redact: bool = False) -> None:
+        self.inner = inner
+        self.redact = redact
+
+    def write(self, s: str) -> int:
+        lead = "\r" if s.startswith("\r") else ""
+        out = lead + clean(s[len(lead) :].replace("\r", "\\r"), keep_newlines=True)
+        if self.redact:
+            from protector.logs import redact_text
+
+            out = redact_text(out)
+        self.inner.write(out)
+        return len(s)
+
+    def flush(self) -> None:
+        self.inner.flush()
+
+    def isatty(self) -> bool:
+        return self.inner.isatty()
+
+    def fileno(self) -> int:
+        return self.inner.fileno()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return self.inner.encoding
+
+    def writable(self) -> bool:
+        return True
 
 
 def config_of(args: argparse.Namespace) -> Config:
@@ -81,14 +136,17 @@ def _what(spec: str) -> str:
     return "with MoRef" if MOREF_RE.match(spec) else "with name"
 
 
-async def require_point(repo: Any, point_id: str) -> None:
-    """A UserError naming the closest existing ids when `point_id` does not exist."""
+POINT_HELP = "restore point: id, unique id prefix, `latest` or VM@latest (`vigil list`)"
+
+
+async def require_point(repo: Any, spec: str) -> str:
+    """The id of the point `spec` names (an id, a unique prefix, `latest`, VM@latest: see
+    protector.pointref), else a UserError naming the candidates or the closest ids."""
+    from protector.pointref import needs_manifests, resolve_point
+
     ids = await anyio.to_thread.run_sync(repo.list_points)
-    if point_id in ids:
-        return
-    # Ids share their shape (vm-hash-time-seq): only a near-identical one is a likely typo.
-    hint = did_you_mean(point_id, ids, n=2, cutoff=0.9)
-    raise UserError(f"no restore point {point_id!r}{hint} (`vigil list` shows the points)")
+    manifests = await anyio.to_thread.run_sync(repo.manifests) if needs_manifests(spec) else []
+    return resolve_point(spec, ids, manifests)
 
 
 def _nearest_existing(path: Path) -> Path:

@@ -7,7 +7,14 @@ from typing import Any
 
 import anyio
 
-from protector.cli.common import config_of, json_option, open_repository, print_json, require_point
+from protector.cli.common import (
+    POINT_HELP,
+    config_of,
+    json_option,
+    open_repository,
+    print_json,
+    require_point,
+)
 from protector.errors import UserError
 from repository.errors import CorruptChunkError, RepositoryError
 
@@ -25,7 +32,11 @@ def register(sub: Any) -> None:
         "data.qcow2\n"
         "  vigil export POINT --vss-manifest -o vss-manifest.zip",
     )
-    p.add_argument("point", metavar="POINT", help="restore point id, from `vigil list`")
+    p.add_argument(
+        "point",
+        metavar="POINT",
+        help=POINT_HELP,
+    )
     p.add_argument(
         "--disk",
         metavar="KEY",
@@ -45,7 +56,7 @@ def register(sub: Any) -> None:
 async def run(args: argparse.Namespace) -> int:
     cfg = config_of(args)
     repo = await open_repository(cfg)
-    await require_point(repo, args.point)
+    args.point = await require_point(repo, args.point)
     from repository.errors import PointNotFoundError
 
     try:
@@ -76,6 +87,7 @@ async def run(args: argparse.Namespace) -> int:
 
 
 def _export_vss(manifest: Any, output: str, force: bool, as_json: bool = False) -> int:
+    import errno
     import os
 
     data = manifest.vss_manifest
@@ -85,11 +97,15 @@ def _export_vss(manifest: Any, output: str, force: bool, as_json: bool = False) 
             "snapshots of Windows guests produce one)",
             1,
         )
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_TRUNC if force else os.O_EXCL)
     try:
         fd = os.open(output, flags, 0o600)
     except FileExistsError:
         raise UserError(f"{output} exists; pass --force to overwrite it") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UserError(f"{output} is a symbolic link; refused (remove it first)") from None
+        raise
     with os.fdopen(fd, "wb") as f:
         f.write(data)
     if as_json:

@@ -5,7 +5,16 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from protector.cli.common import config_of, did_you_mean, json_option, open_repository, print_json
+import anyio
+
+from protector.cli.common import (
+    clean,
+    config_of,
+    did_you_mean,
+    json_option,
+    open_repository,
+    print_json,
+)
 from protector.errors import UserError
 from protector.repoaccess import all_manifests, matches_vm, point_summary
 
@@ -32,7 +41,7 @@ def register(sub: Any) -> None:
     json_option(
         p,
         "print a JSON list of points (id, vm, created_at, type, policy, consistency, "
-        "disks), newest first",
+        "disks, pinned), newest first",
     )
     p.set_defaults(handler=run)
 
@@ -60,7 +69,7 @@ def refuse_ambiguous(spec: str, manifests: list[Any]) -> None:
     if len(newest) < 2:
         return
     listing = "\n".join(
-        f"  {m.vm.path or m.vm.name}  (instance UUID {m.vm.instance_uuid})"
+        f"  {clean(m.vm.path or m.vm.name)}  (instance UUID {m.vm.instance_uuid})"
         for m in sorted(newest.values(), key=lambda m: m.vm.path)
     )
     raise UserError(
@@ -79,8 +88,11 @@ async def run(args: argparse.Namespace) -> int:
         # iterate over the result.
         manifests = [m for m in manifests if matches_vm(m, args.vm)]
         refuse_ambiguous(args.vm, manifests)
+    pinned = await anyio.to_thread.run_sync(repo.pinned_points)
     records = sorted(
-        (point_summary(m) for m in manifests), key=lambda r: r["created_at"], reverse=True
+        (point_summary(m) | {"pinned": m.point_id in pinned} for m in manifests),
+        key=lambda r: r["created_at"],
+        reverse=True,
     )
     if args.json:
         print_json(records)
@@ -99,8 +111,10 @@ async def run(args: argparse.Namespace) -> int:
         read = sum(d["read_bytes"] or 0 for d in r["disks"])
         stored = sum(d["stored_bytes"] or 0 for d in r["disks"])
         print(
-            f"{r['id']}  {r['created_at']}  {r['vm']['path'] or r['vm']['name']}  {r['type']}  "
+            f"{r['id']}  {r['created_at']}  {clean(r['vm']['path'] or r['vm']['name'])}  "
+            f"{r['type']}  "
             f"{r['consistency']}  read {human_size(read)}  stored {human_size(stored)}"
+            + ("  pinned" if r["pinned"] else "")
         )
         for d in r["disks"]:
             if d["skipped_reason"]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from protector.cli.common import config_of, json_option, print_json
+from protector.cli.common import POINT_HELP, config_of, json_option, print_json
 from protector.cli.progress import ProgressLine, human_bytes
 from protector.errors import UserError
 
@@ -25,9 +25,13 @@ def register(sub: Any) -> None:
         "  vigil restore POINT --new-name web-1-dr --datastore-map ds1=ds3 "
         "--network-map prod=isolated\n"
         "  vigil restore POINT --to-existing --power-off --changed-only --power-on\n\n"
-        "POINT is an id from `vigil list VM`.",
+        "POINT is an id from `vigil list VM` (or a unique prefix of one), `latest`, or VM@latest.",
     )
-    p.add_argument("point", metavar="POINT", help="restore point id, from `vigil list`")
+    p.add_argument(
+        "point",
+        metavar="POINT",
+        help=POINT_HELP,
+    )
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--to-existing", action="store_true", help="overwrite the original VM")
     target.add_argument("--new-name", metavar="NAME", help="create a new VM with this name")
@@ -132,7 +136,8 @@ async def run(args: argparse.Namespace) -> int:
         raise UserError("--connect-network applies to --new-name only")
     cfg = config_of(args)
     repo = await open_repository(cfg)
-    await require_point(repo, args.point)  # before logging in: a typo needs no vCenter
+    # Before logging in: a typo needs no vCenter.
+    args.point = await require_point(repo, args.point)
     session = await open_session(cfg)
     try:
         ctx = Context.create(cfg, session, repo, None)

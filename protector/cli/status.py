@@ -8,7 +8,7 @@ from typing import Any
 
 import aiohttp
 
-from protector.cli.common import config_of, json_option, print_json
+from protector.cli.common import clean, config_of, json_option, print_json
 from protector.errors import UserError
 
 
@@ -39,16 +39,16 @@ def render(status: dict[str, Any]) -> str:
     lines.append(f"{'VM':<{width}}  {'STATE':<11}  {'POLICY':<16}  {'AGE':>8}  {'RPO':>6}")
     for v in status["vms"]:
         lines.append(
-            f"{v['path']:<{width}}  {_state(v):<11}  {(v.get('policy') or '-'):<16}  "
+            f"{clean(v['path']):<{width}}  {_state(v):<11}  {clean(v.get('policy') or '-'):<16}  "
             f"{(v.get('age_text') or '-'):>8}  {(v.get('rpo_text') or '-'):>6}"
-            + (f"  {v['last_error']}" if v.get("last_error") else "")
+            + (f"  {clean(v['last_error'])}" if v.get("last_error") else "")
         )
     running = status["jobs"]["running"]
     if running:
-        lines.append("running: " + ", ".join(j["vm_name"] for j in running))
+        lines.append("running: " + ", ".join(clean(j["vm_name"]) for j in running))
     queued = status["jobs"]["queued"]
     if queued:
-        lines.append("queued: " + ", ".join(j["vm_name"] for j in queued))
+        lines.append("queued: " + ", ".join(clean(j["vm_name"]) for j in queued))
     return "\n".join(lines)
 
 

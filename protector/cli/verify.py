@@ -25,7 +25,12 @@ def register(sub: Any) -> None:
         "  vigil verify --read-data --subset 5       # and 5 % of the data (cron)\n"
         "  vigil verify POINT --read-data --json",
     )
-    p.add_argument("point", nargs="?", metavar="POINT", help="only this restore point")
+    p.add_argument(
+        "point",
+        nargs="?",
+        metavar="POINT",
+        help="only this restore point: id, unique id prefix, `latest` or VM@latest",
+    )
     p.add_argument(
         "--read-data", action="store_true", help="also read, decrypt and re-hash the chunks"
     )
@@ -44,7 +49,7 @@ async def run(args: argparse.Namespace) -> int:
     cfg = config_of(args)
     repo = await open_repository(cfg)
     if args.point:
-        await require_point(repo, args.point)
+        args.point = await require_point(repo, args.point)
     heads = None
     catalog = await open_catalog(repo)
     try:

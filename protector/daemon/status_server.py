@@ -146,6 +146,22 @@ class StatusServer:
         self._before_metrics = before_metrics
         self._runner: web.AppRunner | None = None
         self.port = 0
+        self._bind_host = ""
+
+    def host_allowed(self, header: str | None) -> bool:
+        """DNS rebinding defence: a web page from evil.example whose name the attacker
+        re-points at 127.0.0.1 reaches this loopback server from the admin's browser, but its
+        requests carry `Host: evil.example`. Only loopback names and addresses and the
+        address we are bound to are accepted. With a bearer token (required for any
+        non-loopback bind) every name is accepted: a rebinding page cannot know the token,
+        and Prometheus scrapes by the host's DNS name."""
+        if self._token:
+            return True
+        if not header:
+            return False  # HTTP/1.1 requires Host; only hand-made requests omit it
+        host = _host_of(header)
+        bind = self._bind_host
+        return is_loopback(host) or host == "localhost." or host == bind.lower()
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._auth])
@@ -158,6 +174,9 @@ class StatusServer:
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if not self.host_allowed(request.headers.get("Host")):
+            # 421 Misdirected Request: this server is not the one the name belongs to.
+            return web.Response(status=421, text="unexpected Host header\n")
         if self._token and request.path != "/healthz":
             given = request.headers.get("Authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {self._token}".encode()):
@@ -195,6 +214,7 @@ class StatusServer:
                 "would be reachable from the network; set daemon.status_token_env or listen "
                 "on 127.0.0.1"
             )
+        self._bind_host = host.strip("[]").lower()
         self._runner = web.AppRunner(self.app(), access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host.strip("[]"), int(port))
@@ -207,6 +227,14 @@ class StatusServer:
         if self._runner:
             await self._runner.cleanup()
             self._runner = None
+
+
+def _host_of(header: str) -> str:
+    """The host part of a Host header, without port or IPv6 brackets, lowercased."""
+    h = header.strip().lower()
+    if h.startswith("["):
+        return h[1 : h.find("]")] if "]" in h else h
+    return h.rsplit(":", 1)[0] if h.count(":") == 1 else h
 
 
 def _dumps(obj: Any) -> str:

@@ -135,3 +135,45 @@ async def test_error_texts_on_the_pages_are_redacted():
                 assert cookie not in body and pw not in body, path
     finally:
         await srv.stop()
+
+
+@pytest.mark.parametrize(
+    ("listen", "host", "status"),
+    [
+        ("127.0.0.1:0", "evil.example", 421),  # DNS rebinding: evil.example → 127.0.0.1
+        ("127.0.0.1:0", "evil.example:8080", 421),
+        ("127.0.0.1:0", "localhost", 200),
+        ("127.0.0.1:0", "127.0.0.1:9", 200),
+        ("127.0.0.1:0", "[::1]:9", 200),
+        ("127.0.0.2:0", "127.0.0.2", 200),
+    ],
+)
+async def test_the_host_header_must_name_this_server(listen, host, status):
+    """A page on evil.example whose DNS name is re-pointed at 127.0.0.1 runs in the admin's
+    browser and could read every VM's name and error; its requests carry its own name."""
+    srv = server()
+    await srv.start(listen)
+    ip = listen.rsplit(":", 1)[0]
+    try:
+        async with aiohttp.ClientSession() as http:
+            for path in ("/status.json", "/status", "/metrics"):
+                async with http.get(f"http://{ip}:{srv.port}{path}", headers={"Host": host}) as r:
+                    assert r.status == status, (path, host)
+                    if status == 421:
+                        assert "vcenter" not in await r.text()
+    finally:
+        await srv.stop()
+
+
+async def test_with_a_token_any_host_name_is_served():
+    """Behind the token (which a rebinding page cannot know) a scraper may use the host's
+    DNS name."""
+    srv = server(TOKEN)
+    await srv.start("127.0.0.1:0")
+    try:
+        async with aiohttp.ClientSession() as http:
+            headers = {"Host": "backup01.example:9273", "Authorization": f"Bearer {TOKEN}"}
+            async with http.get(f"http://127.0.0.1:{srv.port}/metrics", headers=headers) as r:
+                assert r.status == 200
+    finally:
+        await srv.stop()
