@@ -76,8 +76,14 @@ class SchedulerTerm(Daemon):
         return
 
     def _describe(self, key: str) -> dict[str, Any]:
+        """What the worker is told besides the request: the path for its logs, and the
+        newest point this plan was made with (see ClusterBackup.already_done)."""
         node = self._find_node(key)
-        return {"path": node.path} if node is not None else {}
+        st = self.state.get(key)
+        return {
+            "path": node.path if node is not None else "",
+            "known_point": (st.newest_point or "") if st else "",
+        }
 
     def _job_finished(self, req: JobRequest, rec: JobRecord) -> None:
         # The worker that ran it recorded it in its catalog; here only the plan moves on.
@@ -204,6 +210,10 @@ class ClusterBackup:
             if ref is None:
                 raise VmGone(f"VM {req.vm_name} is no longer in vCenter; nothing to back up")
             ref.path = str(p.get("path") or ref.name)
+            if done := await self.already_done(job):
+                rec.outcome, rec.point_id = "already done", done
+                log.info("job.already_done", vm=req.vm_name, job=run.job_id, point=done)
+                return
             self.nodes[job.vm] = ref
             await self.worker.run_job(req, rec, before_commit=run.check_epoch)
             rec.outcome = "success"
@@ -229,3 +239,20 @@ class ClusterBackup:
             self.history.append(rec)
             log.info("job.finished", vm=req.vm_name, job=run.job_id, outcome=rec.outcome)
         await self.worker.record(rec)
+
+    async def already_done(self, job: BackupJob) -> str:
+        """The point that makes this job moot, or "". A job planned on the VM's points as
+        they were (`known_point`) finds a newer one when another job of the VM committed
+        in between — a job of the previous leader that passed its epoch check just before
+        a failover, say. Backing up again would give two points within one RPO. A job a
+        person asked for (`manual`) always runs."""
+        if job.payload.get("manual") or "known_point" not in job.payload:
+            return ""
+        vc, _, inst = job.vm.partition("/")
+        vm_key = VmIdentity(vcenter_uuid=vc, instance_uuid=inst).key
+        assert self.worker.repo is not None
+        manifests = await anyio.to_thread.run_sync(self.worker.repo.manifests, vm_key)
+        if not manifests:
+            return ""
+        newest = max(manifests, key=lambda m: m.committed_at)
+        return newest.point_id if newest.point_id != job.payload["known_point"] else ""
