@@ -118,7 +118,7 @@ async def test_two_workers_share_the_work_within_cluster_wide_limits(
 
     # `vigil status` against the scheduler shows the cluster.
     out = run_vigil(sched.cfg, "status")
-    assert out.returncode == 0, out.stderr
+    assert out.returncode == 0, out.stdout + out.stderr
     for word in ("sched-1", "worker-1", "worker-2", "leader"):
         assert word in out.stdout, out.stdout
     await s.close()
