@@ -165,7 +165,8 @@ async def create_vm_with_data(
     disk = next(d for d in config.hardware.device if isinstance(d, vim.vm.device.VirtualDisk))
     rel = disk.backing.fileName.split("] ", 1)[1]
     flat = datastore_dir(sim) / rel.replace(".vmdk", "-flat.vmdk", 1)
-    data = random.Random(seed).randbytes(data_bytes)
+    rng = random.Random(seed)
+    data = b"".join(rng.randbytes(min(MIB, data_bytes - o)) for o in range(0, data_bytes, MIB))
     with flat.open("r+b" if flat.exists() else "wb") as f:
         f.write(data)
         f.truncate(size)

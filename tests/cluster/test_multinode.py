@@ -190,8 +190,8 @@ async def test_killed_worker_job_is_finished_by_another_worker_snapshot_removed(
     await create_folder(s, "/DC0/vm", "prod")
     await create_folder(s, "/DC0/vm", "staging")
     write_policy(tmp_path)
-    size = 512 * MIB
-    vm, disk = await create_vm_with_data(s, sim, "/DC0/vm/staging", "big", size, 384 * MIB, 7)
+    size = 256 * MIB
+    vm, disk = await create_vm_with_data(s, sim, "/DC0/vm/staging", "big", size, 224 * MIB, 7)
     sched = make_node(tmp_path, sim, "sched-1", "scheduler")
     w1 = make_node(tmp_path, sim, "worker-1", "worker", concurrency=1)
     w2 = make_node(tmp_path, sim, "worker-2", "worker", concurrency=1)
