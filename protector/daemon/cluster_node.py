@@ -214,6 +214,8 @@ class ClusterNode:
         if self.term is not None:
             base = self.term.status_data()
         else:
+            # A node that does not lead shows its own backups; the VMs are the leader's.
+            mine = self.backup
             base = {
                 "generated_at": datetime.now(UTC).isoformat(),
                 "vcenter": self.cfg.vcenter.url,
@@ -221,7 +223,13 @@ class ClusterNode:
                 "counts": {},
                 "breached": 0,
                 "vms": [],
-                "jobs": {"running": [], "queued": [], "recent": [], "outcomes": {}},
+                "jobs": {
+                    "running": [r.as_dict() for r in mine.running.values()] if mine else [],
+                    "queued": [],
+                    "recent": [r.as_dict() for r in mine.history][-50:] if mine else [],
+                    "outcomes": {},
+                },
+                "policy_errors": [],
                 "errors": [],
             }
         base["errors"] = [*base.get("errors", []), *self.errors]

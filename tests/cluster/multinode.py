@@ -106,6 +106,11 @@ class Node:
         except OSError:
             return None
 
+    def page(self) -> str:
+        """The HTML status page."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/status", timeout=5) as r:
+            return r.read().decode()  # type: ignore[no-any-return]
+
     def leading(self) -> bool:
         s = self.status()
         return bool(s and s["cluster"]["leading"])

@@ -119,8 +119,13 @@ async def test_two_workers_share_the_work_within_cluster_wide_limits(
     # `vigil status` against the scheduler shows the cluster.
     out = run_vigil(sched.cfg, "status")
     assert out.returncode == 0, out.stdout + out.stderr
-    for word in ("sched-1", "worker-1", "worker-2", "leader"):
+    for word in ("sched-1", "worker-1", "worker-2", "leader of vCenter"):
         assert word in out.stdout, out.stdout
+    # So do a worker's `vigil status` and status page (the VMs are the leader's to show).
+    out = run_vigil(w1.cfg, "status")
+    assert out.returncode == 0 and "leader of vCenter" in out.stdout, out.stdout + out.stderr
+    page = w1.page()
+    assert "Cluster (this node: worker-1, worker)" in page and "sched-1" in page, page
     await s.close()
 
 
@@ -230,3 +235,41 @@ async def wait_snapshot(session: Any, vm: Any, timeout: float) -> None:
     while not await our_snapshots(session, vm):
         assert time.monotonic() < deadline, "the backup never took its snapshot"
         await asyncio.sleep(0.2)
+
+
+async def test_all_in_one_node_rides_out_a_database_restart(tmp_path, vcsim_fresh, pg_private):
+    """`--role all` (scheduler and worker in one process) while PostgreSQL restarts under a
+    running backup: the node stays up, leads again with a new epoch, the interrupted VM
+    and one moved into scope after the restart are each backed up exactly once."""
+    sim = vcsim_fresh
+    os.environ[DB_ENV] = pg_private.new_database("restart")
+    s = await session_for(sim)
+    await create_folder(s, "/DC0/vm", "prod")
+    await create_folder(s, "/DC0/vm", "staging")
+    write_policy(tmp_path)
+    big, _ = await create_vm_with_data(s, sim, "/DC0/vm/staging", "big", 128 * MIB, 96 * MIB, 1)
+    late, _ = await create_vm_with_data(s, sim, "/DC0/vm/staging", "late", 16 * MIB, 4 * MIB, 2)
+    node = make_node(tmp_path, sim, "node-1", "all").start()
+    try:
+        await wait_leader([node], 60)
+        await move_vm(s, big, "/DC0/vm/prod")
+        await wait_until(lambda: node.running_here(), 60, "the backup to run", 0.1)
+        pg_private.restart()
+        await move_vm(s, late, "/DC0/vm/prod")
+        await wait_until(
+            lambda: {"big", "late"} <= set(points(tmp_path / "repo")), 120, "both points", 1
+        )
+        await wait_until(lambda: not node.running_here(), 60, "the jobs to end", 0.5)
+        await asyncio.sleep(3)
+        assert node.alive(), "the node rode out the restart"
+        st = node.status()
+        assert st is not None
+        [lead] = st["cluster"]["leaders"]
+        assert lead["node"] == "node-1" and lead["epoch"] >= 2, lead
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{diagnostics([node])}") from None
+    finally:
+        node.stop(timeout=30)
+    by_vm = points(tmp_path / "repo")
+    assert {k: len(v) for k, v in by_vm.items()} == {"big": 1, "late": 1}
+    await s.close()
