@@ -223,17 +223,33 @@ class ClusterJobQueue:
                 continue
             await self._finished(key)
 
+    async def _final_status(self, key: str) -> str | None:
+        """The VM's job's final status, or None while it is still todo or doing. Asked by
+        id (or by the VM's lock) because the listing above is two queries: a job moving
+        between them (todo → doing, or doing → todo for a retry) is in neither."""
+        jm = self.app.job_manager
+        job_id = self.job_ids.get(key)
+        if job_id is not None:
+            jobs = list(await jm.list_jobs_async(id=job_id))
+        else:
+            jobs = list(await jm.list_jobs_async(task=BACKUP_TASK, lock=f"vm:{key}"))
+        statuses = {j.status for j in jobs}
+        if statuses & {"todo", "doing"}:
+            return None
+        if job_id is None or not jobs:
+            return "succeeded"  # someone else's job: the VM's points tell what it did
+        return str(jobs[0].status)
+
     async def _finished(self, key: str) -> None:
+        status = await self._final_status(key)
+        if status is None:
+            return
         req = self.queued.pop(key, None)
         rec: JobRecord | None = None
         if req is None:
             req, rec, _ = self.running.pop(key)
         job_id = self.job_ids.pop(key, None)
         self._deferred_at.pop(key, None)
-        status = "succeeded"
-        if job_id is not None:
-            jobs = list(await self.app.job_manager.list_jobs_async(id=job_id))
-            status = jobs[0].status if jobs and jobs[0].status else "succeeded"
         if rec is None:
             rec = _record(job_id or 0, req, 0)
         rec.outcome = FINAL.get(status, "failed")
