@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from types import SimpleNamespace
 
 from chaos.helpers import run_vigil
@@ -80,3 +81,57 @@ def test_roles_need_a_cluster_table(tmp_path):
     out = run_vigil(cfg, "watch", "--role", "worker", timeout=60)
     assert out.returncode != 0
     assert "--role worker needs a [cluster] table" in out.stderr, out.stderr
+
+
+# -- the scheduler's queue on a real PostgreSQL ------------------------------------------
+
+
+async def test_cluster_queue_defers_with_the_epoch_and_follows_the_job(pg_url):
+    from cluster.queue import BACKUP_TASK, make_app, prepare_database
+    from protector.daemon.cluster_queue import ClusterJobQueue
+
+    await prepare_database(pg_url)
+    app = make_app(pg_url, node="test")
+    finished: list[tuple[str, str]] = []
+    refreshed: list[str] = []
+
+    async def refresh(key: str) -> None:
+        refreshed.append(key)
+
+    async with app.open_async():
+        q = ClusterJobQueue(
+            app,
+            "vc-1",
+            3,
+            on_finish=lambda req, rec: finished.append((req.vm_key, rec.outcome)),
+            refresh=refresh,
+            describe=lambda key: {"path": f"/DC0/vm/{key}", "known_point": ""},
+        )
+        req = JobRequest("vc-1/a", "a", "host-1", ("ds-1",), "came into scope")
+        assert q.submit(req)
+        assert not q.submit(JobRequest("vc-1/a", "a", "host-1", ("ds-1",), "again"))
+        assert q.busy("vc-1/a") and q.coalesced == 1
+        for _ in range(50):
+            if q.job_ids.get("vc-1/a"):
+                break
+            await asyncio.sleep(0.1)
+        [job] = await app.job_manager.list_jobs_async(task=BACKUP_TASK, status="todo")
+        assert job.id == q.job_ids["vc-1/a"]
+        assert job.task_kwargs["epoch"] == 3 and job.task_kwargs["vm"] == "vc-1/a"
+        assert job.task_kwargs["host"] == "vc-1/host-1"
+        assert job.task_kwargs["payload"]["path"] == "/DC0/vm/vc-1/a"
+        # Still waiting: following it changes nothing, and a job seen in neither listing
+        # (moving between todo and doing) is not taken for finished.
+        await q.poll()
+        assert await q._final_status("vc-1/a") is None
+        assert q.busy("vc-1/a") and finished == []
+        # The VM left every policy: its waiting job is cancelled, then seen as ended.
+        q.forget("vc-1/a")
+        for _ in range(50):
+            await q.poll()
+            if finished:
+                break
+            await asyncio.sleep(0.1)
+        assert finished == [("vc-1/a", "cancelled")]
+        assert refreshed == ["vc-1/a"] and not q.busy("vc-1/a")
+        await q.stop()
