@@ -79,7 +79,13 @@ class ClusterNode:
             ) from None
         self.repo = await open_repository(self.cfg, create=True)
         self.catalog = await open_catalog(self.repo)
-        status = StatusServer(self.status_data, self.healthy, self.metrics, token=token)
+        status = StatusServer(
+            self.status_data,
+            self.healthy,
+            self.metrics,
+            token=token,
+            before_metrics=lambda: self.term.refresh_metrics() if self.term else None,
+        )
         try:
             await status.start(self.cfg.daemon.status_listen)
         except OSError as exc:
@@ -178,7 +184,7 @@ class ClusterNode:
         app = make_app(self.url, node=self.cc.node)
 
         async def term(epoch: int) -> None:
-            self.term = SchedulerTerm(self.cfg, app, vcenter, epoch, tz=None)
+            self.term = SchedulerTerm(self.cfg, app, vcenter, epoch, tz=None, metrics=self.metrics)
             try:
                 await self.term.run_term(self.repo, self.catalog)
             finally:

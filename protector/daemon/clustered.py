@@ -48,9 +48,18 @@ class TermFailed(Exception):
 
 class SchedulerTerm(Daemon):
     def __init__(
-        self, cfg: Config, app: procrastinate.App, vcenter: str, epoch: int, *, tz: tzinfo | None
+        self,
+        cfg: Config,
+        app: procrastinate.App,
+        vcenter: str,
+        epoch: int,
+        *,
+        tz: tzinfo | None,
+        metrics: Metrics | None = None,
     ) -> None:
         super().__init__(cfg, tz=tz)
+        if metrics is not None:  # the node's /metrics: VM states, events, policy errors
+            self.metrics = metrics
         self.app = app
         self.vcenter = vcenter
         self.epoch = epoch
@@ -86,8 +95,8 @@ class SchedulerTerm(Daemon):
         }
 
     def _job_finished(self, req: JobRequest, rec: JobRecord) -> None:
-        # The worker that ran it recorded it in its catalog; here only the plan moves on.
-        self.metrics.jobs.labels(rec.outcome).inc()
+        # The worker that ran it counted it and recorded it in its catalog; here only the
+        # plan moves on.
         if rec.outcome == "failed":
             self.errors.append(f"{req.vm_name}: {rec.error}")
         self.planner.job_finished(req, rec, None)

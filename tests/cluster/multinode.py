@@ -111,6 +111,18 @@ class Node:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/status", timeout=5) as r:
             return r.read().decode()  # type: ignore[no-any-return]
 
+    def metric(self, name: str, **labels: str) -> float:
+        """One sample of the node's /metrics (0 when absent)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        for fam in text_string_to_metric_families(text):
+            for sample in fam.samples:
+                if sample.name == name and sample.labels == labels:
+                    return float(sample.value)
+        return 0.0
+
     def leading(self) -> bool:
         s = self.status()
         return bool(s and s["cluster"]["leading"])

@@ -126,6 +126,10 @@ async def test_two_workers_share_the_work_within_cluster_wide_limits(
     assert out.returncode == 0 and "leader of vCenter" in out.stdout, out.stdout + out.stderr
     page = w1.page()
     assert "Cluster (this node: worker-1, worker)" in page and "sched-1" in page, page
+    # /metrics: the leader's VM states, the workers' jobs.
+    assert sched.metric("vigil_vms", state="ok") == 8
+    done = [w.metric("vigil_jobs_total", outcome="success") for w in (w1, w2)]
+    assert sum(done) == 8 and all(done), done
     # SIGTERM: each node stops cleanly (exit 0), and says so.
     for n in nodes:
         assert n.stop(timeout=60) == 0, n.tail()
