@@ -5,11 +5,16 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := golang-go golang-github-vmware-govmomi-dev gcc libc6-dev python3-venv postgresql
+# prometheus: only for promtool (Debian 12 has no smaller package with it); systemd: for
+# `systemd-analyze security` on contrib/vigil.service (tests/install); the filesystem tools
+# build the file-level restore tests' images; postgresql serves the cluster tests.
+APT_PACKAGES := golang-go golang-github-vmware-govmomi-dev gcc libc6-dev python3-venv \
+	prometheus systemd e2fsprogs dosfstools mtools ntfs-3g xfsprogs btrfs-progs fdisk fuse3 \
+	postgresql
 BENCH_APT_PACKAGES := restic borgbackup
 STAMP := $(VENV)/.installed
 
-.PHONY: all deps apt venv vcsim test lint format demo bench clean
+.PHONY: all deps apt venv vcsim test lint format demo bench clean install
 
 all: test
 
@@ -52,6 +57,18 @@ bench: deps
 	@missing=$$(for p in $(BENCH_APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q "install ok installed" || echo $$p; done); \
 	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
 	$(BIN)/python bench/run_all.py
+
+# Install as a system service (docs/install.md): the `vigil` user, /etc/vigil,
+# /var/lib/vigil, a venv in $(PREFIX)/venv and the hardened unit. DESTDIR stages the tree.
+DESTDIR ?=
+PREFIX ?= /opt/vigil
+SYSCONFDIR ?= /etc/vigil
+STATEDIR ?= /var/lib/vigil
+UNITDIR ?= /etc/systemd/system
+SERVICE_USER ?= vigil
+install:
+	DESTDIR="$(DESTDIR)" PREFIX="$(PREFIX)" SYSCONFDIR="$(SYSCONFDIR)" STATEDIR="$(STATEDIR)" \
+		UNITDIR="$(UNITDIR)" SERVICE_USER="$(SERVICE_USER)" contrib/install.sh
 
 clean:
 	rm -rf build $(VENV) .pytest_cache

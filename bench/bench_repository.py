@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from repository import DiskRecord, Repository, VmIdentity  # noqa: E402
+from repository import DEFAULT_CHUNK_SIZE, DiskRecord, Repository, VmIdentity  # noqa: E402
 
 MKIMAGE = ROOT.parent / "shared" / "bench" / "mkimage.py"
 PASS = "bench-passphrase"
@@ -170,8 +170,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument(
         "--chunk-sizes",
-        default=str(4 << 20),
-        help="comma-separated chunk sizes for vigil (default 4 MiB)",
+        default=str(DEFAULT_CHUNK_SIZE),
+        help="comma-separated chunk sizes for vigil (default: the repository's, 1 MiB)",
     )
     ap.add_argument("--skip-others", action="store_true", help="only measure vigil")
     args = ap.parse_args()

@@ -13,7 +13,17 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["policies", "repository", "disk_io", "e2e", "watcher", "daemon", "cluster"]
+ORDER = [
+    "policies",
+    "repository",
+    "disk_io",
+    "e2e",
+    "watcher",
+    "daemon",
+    "metrics",
+    "cluster",
+    "files",
+]
 
 
 def main() -> int:

@@ -11,7 +11,6 @@ from .errors import (
     VddkUnavailable,
 )
 from .extents import (
-    DEFAULT_CHUNK,
     ChangedAreaPager,
     align_to_chunks,
     chunk_slots,
@@ -26,7 +25,6 @@ from .pool import IoPool
 from .transport import DiskTransport, OpenAttempt, OpenedDisk, TransportSettings, open_disk
 
 __all__ = [
-    "DEFAULT_CHUNK",
     "SECTOR",
     "ChangedAreaPager",
     "DiskIoError",

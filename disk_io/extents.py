@@ -12,8 +12,6 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from .errors import InvalidChangedAreas
 from .model import SECTOR, Extent
 
-DEFAULT_CHUNK = 4 * 1024 * 1024
-
 # One QueryChangedDiskAreas answer: (startOffset, length, [(start, length), ...]).
 Page = tuple[int, int, Sequence[tuple[int, int]]]
 
@@ -157,9 +155,7 @@ def clip(extents: Iterable[tuple[int, int]], capacity: int) -> list[Extent]:
     return intersect(extents, [(0, capacity)]) if capacity > 0 else []
 
 
-def chunk_slots(
-    extents: Iterable[tuple[int, int]], capacity: int, chunk_size: int = DEFAULT_CHUNK
-) -> list[int]:
+def chunk_slots(extents: Iterable[tuple[int, int]], capacity: int, chunk_size: int) -> list[int]:
     """Indices of the chunk slots any extent touches, sorted and unique."""
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
@@ -173,9 +169,7 @@ def chunk_slots(
     return slots
 
 
-def slot_ranges(
-    slots: Iterable[int], capacity: int, chunk_size: int = DEFAULT_CHUNK
-) -> list[Extent]:
+def slot_ranges(slots: Iterable[int], capacity: int, chunk_size: int) -> list[Extent]:
     """Runs of consecutive slots as byte ranges, the last one clipped to the capacity."""
     out: list[Extent] = []
     for slot in sorted(set(slots)):
@@ -191,7 +185,7 @@ def slot_ranges(
 
 
 def align_to_chunks(
-    extents: Iterable[tuple[int, int]], capacity: int, chunk_size: int = DEFAULT_CHUNK
+    extents: Iterable[tuple[int, int]], capacity: int, chunk_size: int
 ) -> list[Extent]:
     """Extents widened to whole chunks and merged: what a chunked reader must read."""
     return slot_ranges(chunk_slots(extents, capacity, chunk_size), capacity, chunk_size)

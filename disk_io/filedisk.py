@@ -50,6 +50,7 @@ class FileDisk:
     """A flat extent on a local mount. pread/pwrite are thread-safe: reads may overlap."""
 
     transport = "file"
+    transport_mode = ""  # direct file access has no sub-modes
     parallel_reads = 8
 
     def __init__(

@@ -10,120 +10,50 @@ and `flush()` completes the upload. `close()` without `flush()` aborts it.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import http.client
 import re
-import ssl
 import threading
 import time
 from urllib.parse import quote, urlencode
 
 import structlog
 
-from .descriptor import MAX_DESCRIPTOR, parse_descriptor_bytes
-from .errors import DiskIoError, ThumbprintMismatch, TransportUnavailable
+from .descriptor import MAX_DESCRIPTOR, no_flat_reason, parse_descriptor_bytes, parse_extents
+from .errors import DiskIoError, TransportUnavailable
 from .model import DiskLocation, Extent, VcenterAccess
+from .tls import (  # re-exported: callers import them from here
+    _ssl_context,
+    check_thumbprint,
+    colon_hex,
+    connect,
+    normalize_thumbprint,
+    server_certificate,
+    server_thumbprint,
+)
+
+__all__ = [
+    "HttpDisk",
+    "check_thumbprint",
+    "colon_hex",
+    "connect",
+    "folder_url",
+    "normalize_thumbprint",
+    "server_certificate",
+    "server_thumbprint",
+]
 
 log = structlog.get_logger(__name__)
 
 RETRIES = 3
+NO_FLAT = (
+    "the http transport reads a disk's -flat.vmdk through the datastore browser (/folder), "
+    "which vSAN and vVols datastores do not have (their disks are objects, not files): use the "
+    "vddk transport for this disk (transport.modes)"
+)
 ZEROS = bytes(1024 * 1024)
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 Buffer = bytes | bytearray | memoryview
-
-
-def normalize_thumbprint(value: str) -> str:
-    return value.strip().lower().removeprefix("sha256:").replace(":", "").replace(" ", "")
-
-
-def colon_hex(digest: bytes) -> str:
-    """`AB:CD:...`: the form vcenter.thumbprint is written in."""
-    return ":".join(f"{b:02X}" for b in digest)
-
-
-def check_thumbprint(der: bytes, expected: str, host: str = "the server") -> None:
-    """The pin is the full SHA-256 of the leaf certificate, compared in constant time
-    (a SHA-1 or truncated pin would let a forged certificate through more cheaply)."""
-    want = normalize_thumbprint(expected)
-    if not re.fullmatch(r"[0-9a-f]{64}", want):
-        raise ThumbprintMismatch(
-            f"pinned thumbprint {expected!r} is not a SHA-256 fingerprint (64 hex digits); "
-            "set vcenter.thumbprint to the SHA-256 of the vCenter certificate"
-        )
-    got = hashlib.sha256(der).digest()
-    if not hmac.compare_digest(got, bytes.fromhex(want)):
-        raise ThumbprintMismatch(
-            f"TLS certificate of {host} is not the pinned thumbprint: expected {expected}, "
-            f"got {colon_hex(got)}; if the certificate was replaced on purpose, update "
-            "vcenter.thumbprint"
-        )
-
-
-def _ssl_context(access: VcenterAccess) -> ssl.SSLContext:
-    if access.thumbprint:
-        # The pin is the trust anchor (as in VMware's own tools): checked after connect.
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        return ctx
-    if access.ssl_context is not None:
-        return access.ssl_context
-    ctx = ssl.create_default_context()
-    if not access.verify:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
-
-
-def connect(
-    access: VcenterAccess, ctx: ssl.SSLContext | None, timeout: float
-) -> http.client.HTTPConnection:
-    """A connection to vCenter whose certificate passed verification (CA or pin) before
-    anything, the session cookie least of all, is sent over it."""
-    a = access
-    conn: http.client.HTTPConnection
-    if ctx is not None:
-        conn = http.client.HTTPSConnection(a.host, a.port, timeout=timeout, context=ctx)
-    else:
-        conn = http.client.HTTPConnection(a.host, a.port, timeout=timeout)
-    try:
-        conn.connect()
-    except ssl.SSLCertVerificationError as exc:
-        conn.close()
-        raise DiskIoError(
-            f"TLS certificate of {a.host}:{a.port} is not trusted ({exc}); set "
-            "vcenter.ca_file to the CA that signed it, or pin it with vcenter.thumbprint"
-        ) from None
-    if ctx is not None and a.thumbprint:
-        try:
-            check_thumbprint(_peer_der(conn), a.thumbprint, f"{a.host}:{a.port}")
-        except ThumbprintMismatch:
-            conn.close()
-            raise
-    return conn
-
-
-def _peer_der(conn: http.client.HTTPConnection) -> bytes:
-    sock = conn.sock
-    der = sock.getpeercert(binary_form=True) if isinstance(sock, ssl.SSLSocket) else None
-    if not der:
-        raise ThumbprintMismatch(f"{conn.host}: no server certificate to check")
-    return der
-
-
-def server_thumbprint(access: VcenterAccess, timeout: float = 30.0) -> str:
-    """The SHA-256 thumbprint (`AB:CD:..`) of vCenter's certificate, read over a connection
-    verified as the http transport verifies it. For VDDK, which trusts a certificate by
-    thumbprint only: handing it the one vigil verified keeps VDDK's connection verified."""
-    if access.scheme != "https":
-        return ""
-    conn = connect(access, _ssl_context(access), timeout)
-    try:
-        return colon_hex(hashlib.sha256(_peer_der(conn)).digest())
-    finally:
-        conn.close()
 
 
 def folder_url(location: DiskLocation, rel_path: str) -> str:
@@ -135,6 +65,11 @@ class HttpDisk:
     """A disk's flat extent through the datastore HTTP service. Blocking; thread-safe."""
 
     transport = "http"
+    transport_mode = ""  # one way only: /folder
+    # A restore is one streamed PUT of the whole flat file, zeros included: on VMFS a thin
+    # disk ends up with every block allocated. open_disk tries the other transports first
+    # for a thin disk (docs/vddk.md, "What the http transport can and cannot do").
+    keeps_thin = False
 
     def __init__(
         self,
@@ -165,7 +100,10 @@ class HttpDisk:
         self._pos = 0
         self._uploaded = False
         self._write_lock = threading.Lock()
-        self.file_size = self._head() if not writable else self.capacity
+        # Also before a restore: a PUT to a flat file that does not exist would create a
+        # stray file beside a vSAN/vVols disk instead of writing the disk.
+        size = self._head()
+        self.file_size = size if not writable else self.capacity
         if self.file_size > self.capacity:
             raise DiskIoError(
                 f"disk {location}: {self.flat_path} is {self.file_size} bytes, larger than the "
@@ -227,6 +165,8 @@ class HttpDisk:
             conn.request("HEAD", self.url, headers=self._headers)
             resp = conn.getresponse()
             resp.read()
+            if resp.status == 404:
+                raise self._no_flat_file(what)
             if resp.status != 200:
                 raise self._fail_status(resp, what)
             length = resp.getheader("Content-Length")
@@ -314,8 +254,8 @@ class HttpDisk:
             return [Extent(0, self.file_size)] if self.file_size else []
         return None  # the datastore service cannot tell holes from data
 
-    def metadata(self) -> dict[str, str]:
-        """The ddb.* entries of the text descriptor (empty when it has none)."""
+    def _descriptor(self) -> tuple[int, bytes]:
+        """(HTTP status, bytes) of the disk's text descriptor."""
         url = folder_url(self.location, self.location.path)
         conn = self._acquire()
         try:
@@ -328,10 +268,30 @@ class HttpDisk:
             conn.close()
             raise
         self._release(conn)
-        if resp.status not in (200, 206):
+        return resp.status, data
+
+    def _no_flat_file(self, what: str) -> DiskIoError:
+        """The error for a flat file that is not there: the disk is missing altogether, or
+        its backing has no flat file (vSAN, vVols), which only VDDK can read."""
+        status, data = self._descriptor()
+        if status not in (200, 206):
+            return DiskIoError(
+                f"{what}: HTTP 404: no such file on datastore {self.location.datastore}"
+            )
+        reason = no_flat_reason(parse_extents(data)) or (
+            f"the descriptor {self.location.path} exists, its flat extent does not"
+        )
+        return TransportUnavailable(
+            f"disk {self.location}: no flat file {self.flat_path} ({reason}); {NO_FLAT}"
+        )
+
+    def metadata(self) -> dict[str, str]:
+        """The ddb.* entries of the text descriptor (empty when it has none)."""
+        status, data = self._descriptor()
+        if status not in (200, 206):
             # 416: an empty descriptor (the simulator's); anything else deserves a look.
-            report = log.info if resp.status == 416 else log.warning
-            report("http.no_descriptor", disk=str(self.location), status=resp.status)
+            report = log.info if status == 416 else log.warning
+            report("http.no_descriptor", disk=str(self.location), status=status)
             return {}
         return parse_descriptor_bytes(data)
 

@@ -36,6 +36,7 @@ class DiskLocation:
     snapshot_moref: str | None = None  # "snapshot-7" when reading a snapshot
     disk_key: int = 0
     flat_path: str | None = None  # override for the flat extent (http/file transports)
+    provisioning: str = ""  # "thin" | "lazy-zeroed-thick" | "eager-zeroed-thick" | "" unknown
 
     @property
     def vmdk_path(self) -> str:

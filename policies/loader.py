@@ -19,6 +19,7 @@ from .errors import PolicyError, PolicyLoadError
 from .matching import PatternError, check_pattern
 from .model import (
     ON_MATCH,
+    ON_QUIESCE_FAILURE,
     SELECTOR_LIST_KEYS,
     TRANSPORT_MODES,
     BackupOptions,
@@ -247,11 +248,12 @@ class _Checker:
 
     def backup(self, t: dict[str, Any]) -> BackupOptions:
         bools = ("quiesce", "quiesce_fallback", "enable_cbt")
-        self.unknown(t, (*bools, "exclude_disks", "transport"), "backup.")
+        self.unknown(t, (*bools, "on_quiesce_failure", "exclude_disks", "transport"), "backup.")
         kw: dict[str, Any] = {}
         for k in bools:
             if k in t and self.typed(t[k], f"backup.{k}", bool, "true or false") is not None:
                 kw[k] = t[k]
+        kw.update(self.on_quiesce_failure(t, kw.pop("quiesce_fallback", None)))
         if "exclude_disks" in t:
             disks = self.typed(t["exclude_disks"], "backup.exclude_disks", list, "a list")
             good: list[str] = []
@@ -282,6 +284,28 @@ class _Checker:
                     good.append(m)
             kw["transport"] = tuple(good) or None
         return BackupOptions(**kw)
+
+    def on_quiesce_failure(self, t: dict[str, Any], fallback: bool | None) -> dict[str, str]:
+        """`on_quiesce_failure`, or its older spelling `quiesce_fallback = true|false`; both
+        at once would be two answers to one question, so that is an error."""
+        if "on_quiesce_failure" not in t:
+            if fallback is None:
+                return {}
+            return {"on_quiesce_failure": "crash-consistent" if fallback else "fail"}
+        if "quiesce_fallback" in t:
+            self.error(
+                "backup.quiesce_fallback",
+                "set either on_quiesce_failure or its older spelling quiesce_fallback, not both",
+            )
+        v = t["on_quiesce_failure"]
+        if v not in ON_QUIESCE_FAILURE:
+            self.error(
+                "backup.on_quiesce_failure",
+                f"expected one of {', '.join(repr(x) for x in ON_QUIESCE_FAILURE)}, "
+                f"got {_describe(v)}",
+            )
+            return {}
+        return {"on_quiesce_failure": v}
 
     # -- the whole policy -----------------------------------------------------------------
 

@@ -118,13 +118,23 @@ class Retention:
     yearly: int = 0
 
 
+# What a backup does when it asked for a quiesced snapshot and did not get one (a quiesce
+# fault, or vCenter ignoring the flag because VMware Tools are not running).
+ON_QUIESCE_FAILURE = ("crash-consistent", "fail")
+
+
 @dataclass(frozen=True)
 class BackupOptions:
     quiesce: bool = True
-    quiesce_fallback: bool = True
+    on_quiesce_failure: str = "crash-consistent"  # one of ON_QUIESCE_FAILURE
     enable_cbt: bool = True
     exclude_disks: tuple[str, ...] = ()  # "scsi0:1"
     transport: tuple[str, ...] | None = None  # None: the daemon's [transport] modes
+
+    @property
+    def quiesce_fallback(self) -> bool:
+        """May a crash-consistent snapshot stand in for a quiesced one."""
+        return self.on_quiesce_failure == "crash-consistent"
 
 
 @dataclass(frozen=True)

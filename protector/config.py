@@ -17,6 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from cluster.config import ClusterConfig
+from disk_io.transport import check_vddk_modes
+from disk_io.vddk.thumbprint import thumbprint_hash
+from repository.config import DEFAULT_CHUNK_SIZE, chunk_size_problem
 
 DEFAULT_PATH = "vigil.toml"
 TRANSPORT_MODES = ("vddk", "http", "file")
@@ -141,7 +144,7 @@ class RepositoryConfig:
     path: str
     passphrase_env: str = ""
     passphrase_file: str = ""
-    chunk_size: int = 1 << 20
+    chunk_size: int = DEFAULT_CHUNK_SIZE
     orphan_keep_days: int = 30
     config_path: str = field(default="repository", compare=False)
 
@@ -170,6 +173,8 @@ class TransportConfig:
     modes: tuple[str, ...] = ("vddk", "http", "file")
     vddk_libdir: str = "/opt/vmware-vix-disklib-distrib"
     file_datastores: dict[str, str] = field(default_factory=dict)
+    vddk_modes: str | None = None  # [transport.vddk] modes: VDDK's own, e.g. "nbdssl:nbd"
+    vddk_thumbprint: str = "auto"  # [transport.vddk] thumbprint: "auto" | "sha1" | "sha256"
 
 
 @dataclass(frozen=True)
@@ -216,6 +221,7 @@ class Config:
     daemon: DaemonConfig = DaemonConfig()
     # `[cluster]`: several nodes on one PostgreSQL (docs/cluster.md); None = one machine.
     cluster: ClusterConfig | None = None
+    state_dir: str = ""  # [state] dir; "" = $VIGIL_STATE_DIR or /var/lib/vigil/state
 
 
 # Each section: key -> (type(s), required, default)
@@ -238,10 +244,12 @@ _SCHEMA: dict[str, dict[str, tuple[Any, bool]]] = {
         "orphan_keep_days": (int, False),
     },
     "policies": {"path": (str, True)},
+    "state": {"dir": (str, False)},
     "transport": {
         "modes": (list, False),
         "vddk_libdir": (str, False),
         "file": (dict, False),
+        "vddk": (dict, False),
     },
     "limits": {
         "concurrent_backups": (int, False),
@@ -406,8 +414,8 @@ def _parse_config(doc: dict[str, Any], path: str) -> Config:
         r["path"] = str(base / r["path"])
     if r.get("passphrase_file"):
         r["passphrase_file"] = str(base / r["passphrase_file"])
-    if "chunk_size" in r and (r["chunk_size"] < 65536 or r["chunk_size"] & (r["chunk_size"] - 1)):
-        problems.append("repository.chunk_size: must be a power of two of at least 65536")
+    if "chunk_size" in r and (problem := chunk_size_problem(r["chunk_size"])):
+        problems.append(f"repository.chunk_size: {problem}")
 
     t = values.get("transport", {})
     modes = t.get("modes")
@@ -428,6 +436,21 @@ def _parse_config(doc: dict[str, Any], path: str) -> Config:
                 problems.append(f"transport.file.datastores.{ds}: must be a path string")
             else:
                 file_ds[ds] = str(base / mount)
+
+    vddk_t = t.get("vddk", {})
+    vddk_modes: str | None = None
+    vddk_thumb = "auto"
+    for key, val in vddk_t.items():
+        try:
+            if key == "modes":
+                vddk_modes = check_vddk_modes(val)
+            elif key == "thumbprint":
+                vddk_thumb = val
+                thumbprint_hash(0, val if isinstance(val, str) else repr(val))
+            else:
+                problems.append(f"transport.vddk.{key}: unknown key (known: modes, thumbprint)")
+        except ValueError as exc:
+            problems.append(str(exc))
 
     lim = values.get("limits", {})
     for key, val in lim.items():
@@ -482,10 +505,13 @@ def _parse_config(doc: dict[str, Any], path: str) -> Config:
             modes=tuple(modes) if modes else TransportConfig.modes,
             vddk_libdir=t.get("vddk_libdir", TransportConfig.vddk_libdir),
             file_datastores=file_ds,
+            vddk_modes=vddk_modes,
+            vddk_thumbprint=vddk_thumb,
         ),
         limits=LimitsConfig(**lim),
         daemon=DaemonConfig(**d),
         cluster=cluster,
+        state_dir=str(base / values["state"]["dir"]) if "dir" in values.get("state", {}) else "",
     )
 
 

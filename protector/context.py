@@ -8,7 +8,7 @@ import anyio
 import structlog
 
 from protector.config import Config
-from repository import Catalog, Repository
+from repository import LocalState, Repository
 from watcher.session import Session
 
 log = structlog.get_logger(__name__)
@@ -19,7 +19,7 @@ class Context:
     cfg: Config
     session: Session
     repo: Repository
-    catalog: Catalog | None = None
+    catalog: LocalState | None = None
     io_threads: int = 8
     io_limiter: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(8))
     datacenter_of: dict[str, str] = field(default_factory=dict)  # datastore moref → dc path
@@ -30,7 +30,7 @@ class Context:
         cfg: Config,
         session: Session,
         repo: Repository,
-        catalog: Catalog | None,
+        catalog: LocalState | None,
         *,
         io_limiter: anyio.CapacityLimiter | None = None,
     ) -> Context:

@@ -86,6 +86,29 @@ class GfsRule:
         )
         return set(plan.keep_ids)
 
+    def explain(self, points: Sequence[Manifest]) -> dict[str, str]:
+        """Point id → the rules that keep it ("keep_last 1/2", "daily 2026-12-06 (1/7)"), or
+        why none does: prune prints it for each point."""
+        plan = plan_retention(
+            [RetentionPoint(m.point_id, m.committed_at) for m in points],
+            self.policy.retention,
+            self.tz,
+        )
+        out: dict[str, str] = {}
+        for d in plan.keep:
+            rules = ", ".join("keep_" + r if r.startswith("last ") else r for r in d.reasons)
+            out[d.point.id] = f"policy {self.policy.name}: {rules}"
+        for d in plan.drop:
+            out[d.point.id] = f"policy {self.policy.name}: {', '.join(d.reasons)} ({self._rules()})"
+        return out
+
+    def _rules(self) -> str:
+        r = self.policy.retention
+        return (
+            f"keep_last {r.keep_last}, daily {r.daily}, weekly {r.weekly}, "
+            f"monthly {r.monthly}, yearly {r.yearly}"
+        )
+
     def __str__(self) -> str:
         r = self.policy.retention
         return (

@@ -9,7 +9,8 @@ import anyio
 
 from protector.config import Config
 from protector.errors import UserError
-from repository import Catalog, Manifest, Repository
+from repository import LocalState, Manifest, Repository
+from repository.admin import MISSING
 from repository.errors import (
     ConfigTamperedError,
     PassphraseRequiredError,
@@ -41,24 +42,21 @@ def _open(cfg: Config, create: bool) -> Repository:
 
 def _open_or_init(cfg: Config, path: Path, create: bool) -> Repository:
     passphrase = cfg.repository.passphrase()
+    state_dir = Path(cfg.state_dir) if cfg.state_dir else None
     try:
-        return Repository.open(path, passphrase)
+        return Repository.open(path, passphrase, state_dir)
     except RepositoryNotFoundError:
-        if not create:
-            raise UserError(
-                f"no repository at {path} (repository.path); `vigil backup` or `vigil watch` "
-                "creates it"
-            ) from None
-    # Two vigil processes may get here at once: init arbitrates, the loser joins the winner.
-    return Repository.init(path, chunk_size=cfg.repository.chunk_size, passphrase=passphrase)
+        # Only `vigil init` creates one: a typo in repository.path must not start backups
+        # into a fresh repository somewhere else.
+        raise UserError(f"{MISSING.format(path=path)} (repository.path in {cfg.path})") from None
 
 
 async def open_repository(cfg: Config, *, create: bool = False) -> Repository:
     return await anyio.to_thread.run_sync(_open, cfg, create)
 
 
-async def open_catalog(repo: Repository) -> Catalog:
-    return await Catalog.for_repository(repo)
+async def open_catalog(repo: Repository) -> LocalState:
+    return repo.state  # the catalog's successor: this machine's state for the repository
 
 
 async def all_manifests(repo: Repository) -> list[Manifest]:
@@ -82,6 +80,7 @@ def point_summary(m: Manifest) -> dict[str, Any]:
                 "stored_bytes": s.get("stored_bytes"),
                 "change_id": d.change_id,
                 "transport": d.transport,
+                "transport_mode": s.get("transport_mode") or None,
                 "skipped_reason": None,
             }
         )
@@ -96,6 +95,7 @@ def point_summary(m: Manifest) -> dict[str, Any]:
                 "stored_bytes": 0,
                 "change_id": None,
                 "transport": None,
+                "transport_mode": None,
                 "skipped_reason": sk.reason,
             }
         )

@@ -3,7 +3,8 @@
 A backup and a restore onto the same VM must never overlap (a restore writing the disks a
 backup is reading gives a point that is neither; two backups race for the snapshot), and
 they may run in different processes: the daemon's jobs and an admin's `vigil restore`. So
-the lock is an fcntl.flock on `<repository>/locks/<vcenter-uuid>_<instance-uuid>.lock`
+the lock is an fcntl.flock on `<state dir>/<repository id>/locks/<vcenter-uuid>_<instance-uuid>
+.lock` (Repository.state: local to this machine, never in the repository)
 (the kernel drops it when the holder dies, even on kill -9), taken without waiting. The
 file names its holder (pid, host, operation, since) for the error the loser gets.
 """
@@ -25,6 +26,7 @@ from typing import Any
 import structlog
 
 from protector.errors import UserError
+from repository.locks import open_lock_file
 
 log = structlog.get_logger(__name__)
 
@@ -56,7 +58,8 @@ def describe_holder(holder: dict[str, Any]) -> str:
 
 
 def lock_path(repo_root: Path | str, vcenter_uuid: str, instance_uuid: str) -> Path:
-    """`<repository>/locks/<vcenter-uuid>_<instance-uuid>.lock` (lower case, path-safe)."""
+    """`<repo_root>/locks/<vcenter-uuid>_<instance-uuid>.lock` (lower case, path-safe);
+    callers pass the repository's state directory (Repository.state.ensure())."""
     vc = _UNSAFE.sub("_", (vcenter_uuid or "unknown-vcenter").lower())
     inst = _UNSAFE.sub("_", instance_uuid.lower())
     return Path(repo_root) / "locks" / f"{vc}_{inst}.lock"
@@ -80,8 +83,7 @@ class VmLock:
 
     def acquire(self) -> None:
         """Take the lock now or raise VmBusyError naming the holder (never waits)."""
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = open_lock_file(self.path)  # owned like the repository when run as root
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -1,5 +1,12 @@
 """vigil repository: deduplicated, compressed, encrypted storage of disk images.
 
+Owns the repository format (config, keys, chunks, indexes, manifests, tombstones, heads,
+lock objects), creating and opening repositories, writing and reading restore points,
+verify, prune, and this machine's local state about a repository (state.py). Imports none
+of watcher, policies, disk_io or protector. Modules: config, opening, keys, codec, backend,
+objects, points, writer, reader, repolock, state, verify, prune, admin (init/key commands),
+cli (verify/prune/export/catalog commands); repo.Repository is the façade over them.
+
 Public API (see docs/repository-format.md for the on-disk format):
 
     repo = Repository.init(path, chunk_size=1 << 20, passphrase=None)  # or joins one
@@ -13,10 +20,10 @@ Public API (see docs/repository-format.md for the on-disk format):
     _m, index = repo.disk_index(point_id, disk_key)
     fetch = repo.slot_fetcher(point_id, disk_key, index)  # slot -> verified bytes | None (hole)
     with repo.reading(): ...                    # shared lock for other readers of chunks
-    verify(repo, read_data=True) / prune(repo, rule_for) / Catalog
+    verify(repo, read_data=True) / prune(repo, rule_for)
+    repo.state: LocalState  # this machine's heads, locks and job journal, outside the repo
 """
 
-from repository.catalog import Catalog
 from repository.errors import (
     ConfigTamperedError,
     CorruptChunkError,
@@ -33,11 +40,11 @@ from repository.keys import KdfParams
 from repository.manifest import DiskRecord, Manifest, SkippedDisk, VmIdentity
 from repository.prune import KeepLast, KeepRule, PruneResult, prune
 from repository.repo import DEFAULT_CHUNK_SIZE, DiskWriter, PointWriter, Repository
+from repository.state import LocalState
 from repository.verify import VerifyReport, scrub, verify
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
-    "Catalog",
     "ConfigTamperedError",
     "CorruptChunkError",
     "CorruptObjectError",
@@ -47,6 +54,7 @@ __all__ = [
     "KdfParams",
     "KeepLast",
     "KeepRule",
+    "LocalState",
     "Manifest",
     "ManifestError",
     "PassphraseRequiredError",

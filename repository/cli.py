@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from repository.backend import LocalBackend
-from repository.catalog import Catalog
 from repository.errors import CorruptChunkError, RepositoryError
 from repository.prune import RuleFor, prune
 from repository.repo import Repository
@@ -86,11 +85,7 @@ def export_cmd(
 
 async def catalog_rebuild_cmd(repo_path: Path | str, passphrase: str | None) -> Outcome:
     repo = Repository.open(repo_path, passphrase)
-    catalog = await Catalog.for_repository(repo)
-    try:
-        live, pruned = await catalog.rebuild(repo)
-    finally:
-        await catalog.close()
+    live, pruned = await repo.state.rebuild(repo)
     return Outcome(0, [f"catalog rebuilt: {live} restore points, {pruned} pruned"], (live, pruned))
 
 

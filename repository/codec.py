@@ -42,6 +42,7 @@ class ObjectType(IntEnum):
     INDEX = 2
     MANIFEST = 3
     TOMBSTONE = 4
+    HEAD = 5
 
 
 _local = threading.local()
@@ -95,6 +96,19 @@ def encode(keys: KeySet, otype: ObjectType, oid: bytes, plaintext: bytes) -> byt
     return head + struct.pack("<I", crc) + body
 
 
+def _inflate(key: str, body: bytes | memoryview, max_size: int) -> bytes:
+    declared = zstandard.frame_content_size(body)
+    if declared > max_size:
+        raise CorruptObjectError(
+            key, f"declares {declared} bytes, larger than the {max_size} allowed"
+        )
+    try:
+        # Without a declared size (our writers always declare it) the buffer is capped.
+        return _decompressor().decompress(body, max_output_size=max_size)
+    except zstandard.ZstdError as exc:
+        raise CorruptObjectError(key, f"zstd (at most {max_size} bytes): {exc}") from None
+
+
 def check_crc(key: str, blob: bytes) -> tuple[int, int]:
     """Envelope and CRC check without any key; returns (type, flags)."""
     if len(blob) < HEADER.size:
@@ -109,12 +123,25 @@ def check_crc(key: str, blob: bytes) -> tuple[int, int]:
     return otype, flags
 
 
+# What a named object (manifest, tombstone, head) may inflate to: a manifest holds a VM's
+# config and VSS document, a few MiB at the most.
+MAX_NAMED = 64 << 20
+
+
 def decode(
-    keys: KeySet, key: str, blob: bytes, otype: ObjectType, oid: bytes, verify_id: bool
+    keys: KeySet,
+    key: str,
+    blob: bytes,
+    otype: ObjectType,
+    oid: bytes,
+    verify_id: bool,
+    max_size: int = MAX_NAMED,
 ) -> bytes:
     """The plaintext of a stored object, after every check the format allows.
 
-    `verify_id` re-hashes content-addressed objects against `oid`."""
+    `verify_id` re-hashes content-addressed objects against `oid`. The plaintext may not
+    exceed `max_size` (a chunk: the chunk size; an index: its disk's slot count): a forged
+    object that would inflate further is refused before it is inflated."""
     got_type, flags = check_crc(key, blob)
     if got_type != otype:
         raise CorruptObjectError(key, f"object type {got_type}, expected {int(otype)}")
@@ -130,10 +157,9 @@ def decode(
     elif keys.enc_key is not None:
         raise CorruptObjectError(key, "unencrypted object in an encrypted repository")
     if flags & FLAG_ZSTD:
-        try:
-            plain = _decompressor().decompress(body)
-        except zstandard.ZstdError as exc:
-            raise CorruptObjectError(key, f"zstd: {exc}") from None
+        plain = _inflate(key, body, max_size)
+    elif len(body) > max_size:
+        raise CorruptObjectError(key, f"{len(body)} bytes, larger than the {max_size} allowed")
     else:
         plain = bytes(body)
     if verify_id and object_id(keys, plain) != oid:

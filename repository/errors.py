@@ -74,14 +74,16 @@ class BackendError(RepositoryError):
 
     def __init__(self, key: str, cause: BaseException) -> None:
         hint = ""
-        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+        self.full = isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT)
+        if self.full:
             hint = (
-                "; the repository's filesystem is full: earlier restore points are intact, "
-                "free space (or run `vigil prune`) and run the backup again"
+                "; the repository's filesystem is full: earlier restore points are intact; "
+                "free space (add storage, or lower retention and run `vigil prune`), then run "
+                "the backup again"
             )
         elif isinstance(cause, OSError) and cause.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             hint = (
-                "; vigil cannot write there: earlier restore points are intact; check the "
+                "; vigil cannot read or write there: earlier restore points are intact; check the "
                 "repository directory's owner and permissions (vigil runs as the user that "
                 "owns it) or whether its filesystem is mounted read-only"
             )

@@ -12,6 +12,7 @@ from repository.codec import ZERO_ID
 
 INDEX_MAGIC = b"VGIX"
 _HEAD = struct.Struct("<4sIQI")
+HEADER_SIZE = _HEAD.size
 
 
 def slot_count(capacity: int, chunk_size: int) -> int:

@@ -29,9 +29,12 @@ class KdfParams:
 
 # What a slot may ask for. Slots are read from the repository, so their costs are
 # untrusted input: an edited slot must not make vigil allocate terabytes or hash for days.
-MAX_TIME_COST = 64
-MAX_MEMORY_KIB = 4 * 1024 * 1024  # 4 GiB
-MAX_PARALLELISM = 64
+# At most ~10 GiB-passes per slot: about ten times the default's cost on a slow host.
+MAX_TIME_COST = 10
+MAX_MEMORY_KIB = 1024 * 1024  # 1 GiB
+MAX_PARALLELISM = 16
+# How many slots one open tries: each may cost up to the bounds above.
+MAX_SLOTS_TRIED = 8
 
 
 def _check_slot(d: dict[str, object], slot_name: str) -> KdfParams:

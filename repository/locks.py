@@ -14,7 +14,24 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from repository.backend import owner_to_match
 from repository.errors import RepositoryBusyError
+
+
+def open_lock_file(path: Path) -> int:
+    """Open `path` read-write, creating it 0600 (and missing parents 0700). As root in the
+    service user's repository, what is created gets that user's ownership (owner_to_match)
+    so the daemon can still take the lock after a one-off command ran as root."""
+    owner = owner_to_match(path)
+    for d in reversed(path.parents):
+        if not d.is_dir():
+            d.mkdir(mode=0o700, exist_ok=True)
+            if owner:
+                os.chown(d, *owner)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    if owner:
+        os.fchown(fd, *owner)
+    return fd
 
 
 class FileLock:
@@ -25,8 +42,7 @@ class FileLock:
 
     def acquire(self, timeout: float | None = None) -> None:
         """Block up to `timeout` seconds (None = forever)."""
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = open_lock_file(self.path)
         op = fcntl.LOCK_EX if self.exclusive else fcntl.LOCK_SH
         deadline = None if timeout is None else time.monotonic() + timeout
         try:

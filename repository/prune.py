@@ -1,12 +1,13 @@
 """Retention and garbage collection.
 
 Order: decide per VM which points to keep; delete the others' manifests (tombstone first);
-then, holding the repository lock exclusively (no backup running here), sweep the indexes
-and chunks that no remaining manifest references and that are older than the grace period
-(the grace covers writers that do not share our lock, e.g. on another host)."""
+then, holding the repository's exclusive lock object (no backup or restore running on any
+host), sweep the indexes and chunks that no remaining manifest references and that are
+older than the grace period (a second guard, for writers older than lock objects)."""
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,15 +18,17 @@ import structlog
 
 from repository.codec import chunk_key
 from repository.errors import (
+    BackendError,
     CorruptObjectError,
     ManifestError,
     ObjectNotFoundError,
     PointNotFoundError,
     RepositoryBusyError,
 )
-from repository.locks import locked
 from repository.manifest import Manifest, VmIdentity
-from repository.repo import DamagedObject, Repository, index_key, warn_damaged
+from repository.objects import index_key
+from repository.points import DamagedObject, warn_damaged
+from repository.repo import Repository
 
 log = structlog.get_logger(__name__)
 
@@ -35,6 +38,13 @@ class KeepRule(Protocol):
     satisfies this)."""
 
     def keep(self, points: Sequence[Manifest]) -> set[str]: ...
+
+
+def explanations(rule: KeepRule, points: Sequence[Manifest]) -> dict[str, str]:
+    """Point id → which part of the rule kept it (or why none did), for a rule that can say
+    (an optional `explain(points)`); {} for one that cannot, which is then named whole."""
+    explain = getattr(rule, "explain", None)
+    return dict(explain(points)) if callable(explain) else {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,9 +124,16 @@ def plan(
                 out.append(Decision(m.point_id, m.vm.name, old, why + f"{orphan_keep_days} days"))
             continue
         kept = rule.keep(points)
+        detail = explanations(rule, points)
         for m in points:
             keep = m.point_id in kept
-            why = f"{'kept' if keep else 'not kept'} by {rule} (policy {newest.policy})"
+            verdict = "kept" if keep else "not kept"
+            by = (
+                f"{verdict}: {detail[m.point_id]}"
+                if m.point_id in detail
+                else f"{verdict} by {rule}"
+            )
+            why = f"{by} (policy {newest.policy})"
             out.append(Decision(m.point_id, m.vm.name, not keep, why))
     return sorted(out, key=lambda d: d.point_id)
 
@@ -142,12 +159,13 @@ def prune(
         for m in manifests:
             if m.point_id in doomed:
                 repo.delete_point(m, reasons[m.point_id])
+        repo.points.drop_old_heads()
     try:
         # A dry run only reads: it shares the lock with backups instead of waiting for them.
-        with locked(repo.repo_lock_path, exclusive=not dry_run, timeout=lock_timeout):
+        with _sweep_lock(repo, dry_run, lock_timeout):
             _sweep(repo, result, doomed, (now - grace).timestamp(), dry_run)
     except RepositoryBusyError as exc:
-        result.sweep_deferred = f"backups are running ({exc})"
+        result.sweep_deferred = f"backups or restores are running ({exc})"
     log.info(
         "repository.pruned",
         points=len(doomed),
@@ -158,6 +176,19 @@ def prune(
         limited=bool(result.sweep_limited),
     )
     return result
+
+
+def _sweep_lock(
+    repo: Repository, dry_run: bool, timeout: float
+) -> contextlib.AbstractContextManager[object]:
+    """The exclusive lock object for a sweep; a dry run shares (and on read-only storage,
+    where no lock object can be written, goes without: nothing can change there)."""
+    try:
+        return repo.lock(not dry_run, timeout, "prune sweep" + (" (dry run)" if dry_run else ""))
+    except BackendError:
+        if not dry_run:
+            raise
+        return contextlib.nullcontext()
 
 
 def _keep_damaged(damaged: Sequence[DamagedObject]) -> list[Decision]:
@@ -185,7 +216,7 @@ def _live_indexes(repo: Repository, doomed: set[str], result: PruneResult) -> se
             live.update(d.index_id for d in repo.load_manifest(pid).disks)
         except PointNotFoundError:
             continue
-        except ManifestError:
+        except (ManifestError, BackendError):  # unreadable (EACCES, EIO) counts as damaged
             damaged.append(pid)
     if damaged:
         # Which indexes an unreadable manifest uses is unknown, so every stored index stays

@@ -22,7 +22,8 @@ from repository.errors import (
     PointNotFoundError,
 )
 from repository.manifest import Manifest, Tombstone
-from repository.repo import Repository, vm_key_of
+from repository.points import seq_of, vm_key_of
+from repository.repo import Repository
 
 log = structlog.get_logger(__name__)
 
@@ -112,12 +113,20 @@ def verify(
 
     users: dict[bytes, list[Affected]] = defaultdict(list)
     index_users: dict[str, list[Affected]] = defaultdict(list)
+    capacity: dict[str, int] = {}
     for m in manifests:
         for d in m.disks:
             index_users[d.index_id].append((m.point_id, d.key))
+            capacity[d.index_id] = d.capacity
     for index_id, affects in sorted(index_users.items()):
         try:
-            index = repo.load_index(index_id)
+            index = repo.load_index(index_id, capacity[index_id])
+            if index.capacity != capacity[index_id] or index.chunk_size != repo.chunk_size:
+                raise CorruptObjectError(
+                    f"indexes/{index_id}",
+                    f"describes {index.capacity} bytes in {index.chunk_size}-byte chunks, the "
+                    f"manifest {capacity[index_id]} bytes in {repo.chunk_size}-byte chunks",
+                )
         except (CorruptObjectError, ObjectNotFoundError, BackendError) as exc:
             report.bad_indexes.append(BadObject(f"indexes/{index_id}", str(exc), tuple(affects)))
             continue
@@ -125,7 +134,11 @@ def verify(
             users[cid].extend(affects)
     report.chunks_referenced = len(users)
 
-    present = {info.key for info in repo.backend.list("chunks/")}
+    try:
+        present = {info.key for info in repo.backend.list("chunks/")}
+    except BackendError as exc:  # e.g. chunks/ replaced by a link: every chunk unreachable
+        report.bad_chunks.append(BadObject("chunks/", str(exc), ()))
+        present = set()
     to_read: list[bytes] = []
     for cid in sorted(users):
         if chunk_key(cid) not in present:
@@ -182,9 +195,24 @@ def _check_chains(
         if m.seq in by_vm[m.vm.key] and by_vm[m.vm.key][m.seq].point_id != m.point_id:
             report.chain_problems.append(f"{m.point_id}: seq {m.seq} used twice")
         by_vm[m.vm.key][m.seq] = m
-    for vm_key in sorted(set(by_vm) | set(known_heads)):
+    highs = repo.high_waters()  # names: manifests, tombstones and head objects
+    head_ids: dict[str, dict[int, str]] = defaultdict(dict)
+    for info in repo.backend.list("heads/"):
+        pid = info.key.removeprefix("heads/")
+        head_ids[vm_key_of(pid)][seq_of(pid)] = pid
+    for vm_key in sorted(set(by_vm) | set(known_heads) | set(highs)):
         entries = by_vm.get(vm_key, {})
-        head = max(entries, default=0)
+        high_seq, high_pid = highs.get(vm_key, (0, ""))
+        head = max(max(entries, default=0), high_seq)
+        names = (
+            head_ids[vm_key]
+            | {high_seq: high_pid}
+            | {
+                e.seq - 1: e.prev_point_id
+                for e in entries.values()
+                if isinstance(e, Manifest) and e.prev_point_id
+            }
+        )
         if known_heads.get(vm_key, 0) > head:
             report.chain_problems.append(
                 f"VM {vm_key}: newest point is seq {head} but seq {known_heads[vm_key]} was "
@@ -193,7 +221,10 @@ def _check_chains(
         for seq in range(1, head + 1):
             e = entries.get(seq)
             if e is None:
-                report.chain_problems.append(f"VM {vm_key}: point seq {seq} missing, no tombstone")
+                report.chain_problems.append(
+                    f"VM {vm_key}: point {names.get(seq, '?')} (seq {seq}) is missing: no "
+                    "manifest and no tombstone (deleted without prune); restore it from a copy"
+                )
                 continue
             if not isinstance(e, Manifest):
                 continue
@@ -220,7 +251,7 @@ def _check_chains(
 def scrub(backend: Backend) -> list[BadObject]:
     """CRC check of every stored object; needs no key (finds bit rot on any repository)."""
     bad = []
-    for prefix in ("chunks/", "indexes/", "manifests/", "tombstones/"):
+    for prefix in ("chunks/", "indexes/", "manifests/", "tombstones/", "heads/"):
         for info in backend.list(prefix):
             try:
                 codec.check_crc(info.key, backend.get(info.key))

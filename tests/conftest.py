@@ -11,6 +11,21 @@ import pytest
 from protector.devtools.simulator import Simulator, build
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """vigil's local state (heads, locks) in a directory of this session, never in
+    /var/lib/vigil/state; subprocesses inherit it. A test standing for another host
+    passes a state_dir of its own."""
+    path = tmp_path_factory.mktemp("vigil-state")
+    old = os.environ.get("VIGIL_STATE_DIR")
+    os.environ["VIGIL_STATE_DIR"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("VIGIL_STATE_DIR", None)
+    else:
+        os.environ["VIGIL_STATE_DIR"] = old
+
+
 @pytest.fixture(scope="session")
 def vcsim_binary() -> Path:
     env = os.environ.get("VIGIL_VCSIM_BINARY")

@@ -53,7 +53,15 @@ func main() {
 	cbtWindow := flag.Int64("cbt-window", 512<<20, "bytes covered by one QueryChangedDiskAreas answer")
 	taskDelay := flag.String("task-delay", "", "METHOD=MS,...: tasks of these methods stay running for MS milliseconds")
 	quiesceGlob := flag.String("quiesce-fault", "", "VM name pattern: quiesced snapshots of matching VMs fail with ApplicationQuiesceFault")
+	restOnly := flag.Bool("vapi-rest-only", false, "serve the vAPI (tags) only under /rest, 404 under /api (vCenter before 7.0 U2)")
 	rdmGlob := flag.String("snapshot-rdm", "", "VM name pattern: snapshots of matching VMs list a physical-mode RDM disk")
+	consNeeded := flag.String("consolidation-needed", "", "VM name pattern: removing a snapshot of matching VMs leaves runtime.consolidationNeeded set")
+	consFault := flag.String("consolidate-fault", "", "VM name pattern: ConsolidateVMDisks_Task on matching VMs fails with FileLocked")
+	cbtRefuse := flag.String("cbt-refuse-with-snapshots", "", "VM name pattern: enabling CBT on matching VMs with snapshots silently does nothing")
+	noTools := flag.String("no-tools", "", "VM name pattern: VMware Tools are not running in matching VMs, so quiesce requests are ignored")
+	vssFail := flag.String("vss-fail", "", "VM name pattern: quiesced snapshots of matching Windows VMs get no VSS manifest (a VSS error)")
+	denyPriv := flag.String("deny-privileges", "", "ID,...: HasPrivilegeOnEntities reports these privileges as not granted")
+	toolsGlob := flag.String("tools-running", "", "VM name pattern: matching VMs report VMware Tools running")
 	flag.Parse()
 	if err := checkCBTFlags(*cbtGrain, *cbtWindow); err != nil {
 		fail("%v", err)
@@ -76,6 +84,8 @@ func main() {
 		fail("creating model: %v", err)
 	}
 	cleanup := func() { model.Remove() }
+	fixDatastoreMounts()
+	setToolsRunning(*toolsGlob)
 
 	model.Service.RegisterEndpoints = true
 	model.Service.Listen = &url.URL{Host: *listen, User: url.UserPassword(*user, *pass)}
@@ -94,9 +104,16 @@ func main() {
 	// The CBT layer sits in front of the simulator's mux and answers the
 	// methods it intercepts; everything else passes through untouched.
 	srv.Server.Config.Handler = newCBT(srv.Server.Config.Handler, *cbtGrain, *cbtWindow)
+	srv.Server.Config.Handler = newVSSManifest(srv.Server.Config.Handler, *vssFail, *noTools)
+	srv.Server.Config.Handler = newUpkeep(srv.Server.Config.Handler, *consNeeded, *consFault, *cbtRefuse)
 	srv.Server.Config.Handler = newSlowTasks(srv.Server.Config.Handler, *taskDelay)
 	srv.Server.Config.Handler = newQuiesceFault(srv.Server.Config.Handler, *quiesceGlob)
 	srv.Server.Config.Handler = newSnapshotRDM(srv.Server.Config.Handler, *rdmGlob)
+	srv.Server.Config.Handler = newInPlaceMoves(srv.Server.Config.Handler)
+	srv.Server.Config.Handler = newPoolViews(srv.Server.Config.Handler)
+	srv.Server.Config.Handler = newVapiAPI(srv.Server.Config.Handler, *restOnly)
+	srv.Server.Config.Handler = newTemplateSnapshot(srv.Server.Config.Handler)
+	srv.Server.Config.Handler = newPrivilegeDenial(srv.Server.Config.Handler, *denyPriv)
 
 	u := *srv.URL
 	u.User = nil

@@ -225,6 +225,8 @@ class InventoryTree:
         matching VMs by identity so changed MoRefs cause no remove/add pairs.
         Tags stay unless `take_tags` (they are keyed by MoRef, so take them only when
         `other` carries tags read in the same session as its objects)."""
+        if self._adopt(other, take_tags=take_tags):
+            return [VmAdded(vm) for vm in self._vms.values()]
         old = self._vms
         saved = (
             self.vcenter_uuid,
@@ -258,6 +260,25 @@ class InventoryTree:
             ) = saved
             raise
         return diff_by_identity(old, self._vms)
+
+    def _adopt(self, other: InventoryTree, *, take_tags: bool) -> bool:
+        """The first sync of an empty tree: take `other` as it is when its nodes are
+        exactly what a rebuild here would make (same vCenter uuid, field names and
+        tags), instead of building every node a second time (10,000 VMs: ~0.5 s)."""
+        if self._vms or self._objs or self._by_identity:
+            return False
+        if not (take_tags or not other._tags) or (self._tags and not take_tags):
+            return False
+        if self._field_names and other._field_names != self._field_names:
+            return False
+        if self.vcenter_uuid and other.vcenter_uuid != self.vcenter_uuid:
+            return False
+        self.vcenter_uuid = other.vcenter_uuid
+        self._objs, self._vms = other._objs, dict(other._vms)
+        self._by_identity = dict(other._by_identity)
+        self._field_names = dict(other._field_names)
+        self._tags = dict(other._tags)
+        return True
 
     def _tags_following_identity(self, other: InventoryTree) -> dict[str, frozenset[str]]:
         """Our tags re-keyed to `other`'s MoRefs, VM by VM through the identity: a rebuilt
@@ -440,9 +461,11 @@ class InventoryTree:
 def coalesce(updates: list[ObjectUpdate]) -> list[ObjectUpdate]:
     """Normalize one UpdateSet: drop a `leave` for an object that also `enter`s in it.
 
-    vCenter sends at most one ObjectUpdate per object per update set. govmomi's
-    simulator, on a move between folders, sends the object's `enter` and `leave` in
-    one set and in scrambled order (enter first); the object is present afterwards.
+    vCenter sends at most one ObjectUpdate per object per update set (a move is one
+    `modify` of `parent`). govmomi's own simulator, on a move between folders, sends
+    the object's `enter` and `leave` in one set and in scrambled order (enter first);
+    the object is present afterwards. (The bundled vcsim moves in place, as vCenter
+    does: vcsim/move.go; this stays for other servers of that kind.)
     Apply this per response, never across responses (enter-then-leave across two
     versions is a real create-then-destroy).
     """

@@ -1,10 +1,11 @@
 """The watcher: a live InventoryTree fed by WaitForUpdatesEx, with typed events.
 
 Lifecycle: `run()` connects (via the `connect` callable), creates its own
-PropertyCollector (a private one, so other callers' filters never mix in), creates
-the inventory filter, reads the whole inventory (WaitForUpdatesEx from version "",
-all `truncated` pages), then waits for changes with `maxWaitSeconds`, applying each
-update set (truncated pages are gathered and applied as one batch).
+PropertyCollector (a private one, so other callers' filters never mix in), a
+recursive ContainerView of the inventory and the filter over it (traversal.py), reads
+the whole inventory (WaitForUpdatesEx from version "", all `truncated` pages), then
+waits for changes with `maxWaitSeconds`, applying each update set (truncated pages
+are gathered and applied as one batch).
 
 Failures:
 - connection lost / vCenter restarted: exponential backoff (0.5 s doubling, cap 30 s,
@@ -17,8 +18,9 @@ Failures:
 - an update the tree cannot apply, or any other unexpected exception: logged with the
   object and the update version, then a new collector and filter and a full resync
   (with backoff), so one odd object never ends the watch;
-- before every new collector the old one and its filter are destroyed (best effort),
-  so repeated faults never pile up filters on vCenter;
+- before every new collector the old one, its filter and the view are destroyed (best
+  effort), so repeated faults never pile up filters or views on vCenter; close()
+  destroys them too;
 - session expiry: healed inside the call (single-flight re-login).
 
 Every `reconcile_interval` a RetrievePropertiesEx snapshot is diffed against the
@@ -47,7 +49,7 @@ from .rawcall import call_parsed
 from .session import Credentials, Session
 from .soap import VsphereConnectionError, VsphereError, VsphereFault, VsphereProtocolError
 from .tags import TagClient
-from .traversal import inventory_filter_spec
+from .traversal import create_inventory_view, inventory_filter_spec
 from .tree import InventoryTree, ObjectUpdate, TreeUpdateError, coalesce
 
 log = structlog.get_logger(__name__)
@@ -94,6 +96,7 @@ class Watcher:
         self._session: Session | None = None
         self._collector: Any = None
         self._filter: Any = None
+        self._view: Any = None
         self._resync_requested = False  # set by the tag poller when the tree failed
         self._tags: TagClient | None = None
         self._version = ""
@@ -232,12 +235,17 @@ class Watcher:
             await asyncio.wait_for(session.close(), 5)
 
     async def _discard_collector(self, session: Session | None) -> None:
-        """Destroy our filter and collector (best effort: they may be gone already)."""
+        """Destroy our filter, view and collector (best effort: they may be gone already)."""
         collector, self._collector = self._collector, None
         flt, self._filter = self._filter, None
+        view, self._view = self._view, None
         if session is None:
             return
-        for mo, method in ((flt, "DestroyPropertyFilter"), (collector, "DestroyPropertyCollector")):
+        for mo, method in (
+            (flt, "DestroyPropertyFilter"),
+            (view, "DestroyView"),
+            (collector, "DestroyPropertyCollector"),
+        ):
             if mo is None:
                 continue
             try:
@@ -261,26 +269,34 @@ class Watcher:
         self.healthy = False
         self._resync_requested = False
         await self._discard_collector(session)
-        self._collector = session.client.bind(
-            await session.call(session.content.propertyCollector, "CreatePropertyCollector")
+        # Three independent calls at once (one round trip, not three); whatever was
+        # made is kept for _discard_collector even when another of them failed.
+        collector, view, names = await asyncio.gather(
+            session.call(session.content.propertyCollector, "CreatePropertyCollector"),
+            create_inventory_view(session),
+            read_field_names(session),
+            return_exceptions=True,
         )
+        if not isinstance(collector, BaseException):
+            self._collector = session.client.bind(collector)
+        if not isinstance(view, BaseException):
+            self._view = view
+        for outcome in (collector, view, names):
+            if isinstance(outcome, BaseException):
+                raise outcome
         self._filter = session.client.bind(
             await session.call(
                 self._collector,
                 "CreateFilter",
-                spec=inventory_filter_spec(session.content.rootFolder),
+                spec=inventory_filter_spec(session.content.rootFolder, self._view),
                 partialUpdates=False,
             )
         )
-        fresh = InventoryTree(session.vcenter_uuid, await read_field_names(session))
-        tags_read = asyncio.create_task(self._read_tags())
-        try:
-            updates, version = await self._wait(session, "", 0)
-        except BaseException:
-            tags_read.cancel()
-            raise
+        fresh = InventoryTree(session.vcenter_uuid, names)  # type: ignore[arg-type]
+        updates, version = await self._wait(session, "", 0)
         fresh.apply(updates)
-        tags = await tags_read
+        # After the tree: tags are read for its VMs (list-attached-tags-on-objects).
+        tags = await self._read_tags(fresh)
         if tags is not None:
             fresh.set_tags(tags)
         events = self.tree.sync_to(fresh, take_tags=tags is not None)
@@ -368,7 +384,7 @@ class Watcher:
         if updates:
             self._apply(updates, version)
         self._version = version
-        snapshot = await read_snapshot(session)
+        snapshot = await read_snapshot(session, view=self._view)
         try:
             events = self.tree.sync_to(snapshot)
         except Exception as exc:
@@ -391,11 +407,11 @@ class Watcher:
 
     # -- tags ----------------------------------------------------------------------
 
-    async def _read_tags(self) -> dict[str, frozenset[str]] | None:
+    async def _read_tags(self, tree: InventoryTree) -> dict[str, frozenset[str]] | None:
         if self._tags is None:
             return None
         try:
-            return await self._tags.vm_tags()
+            return await self._tags.vm_tags(vm.moref for vm in tree.vms())
         except VsphereError as exc:
             log.warning("watcher.tags_unreadable", error=str(exc))
             return None
@@ -414,7 +430,7 @@ class Watcher:
             if self._closing.is_set() or session is None or not self.healthy:
                 continue
             try:
-                tags = await self._read_tags()
+                tags = await self._read_tags(self.tree)
                 if tags is not None and self._session is session:
                     self._emit(self.tree.set_tags(tags))
                 names = await read_field_names(session)

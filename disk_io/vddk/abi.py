@@ -138,6 +138,7 @@ OPTIONAL = frozenset(
 )
 
 VIX_OK = 0
+VIX_E_FAIL = 1
 CODE_MASK = 0xFFFF
 
 CRED_UID = 1

@@ -1,7 +1,15 @@
 """A VDDK-backed disk: ConnectEx + Open, sector-exact Read/Write, metadata, allocated blocks.
 
-One handle is used by one thread at a time (`_handle_lock`); Open/Close and
-ConnectEx/Disconnect take the library-wide lock so they never overlap across threads.
+One handle is used by one thread at a time (`_handle_lock`); ConnectEx, Open,
+QueryAllocatedBlocks, Close and Disconnect run on the library's designated thread
+(library.py says why), reads and writes on the caller's.
+
+Credentials are the vCenter session's, as nbdkit's vddk plugin passes them when given a
+cookie (plugins/vddk/vddk.c: credType VIXDISKLIB_CRED_SESSIONID, creds.sessionId.cookie =
+the `vmware_soap_session` value, .userName = the session's user, .key = the password, NULL
+when none): vigil never hands VDDK the password, so `key` stays NULL. VDDK guide: the
+credType "can be VIXDISKLIB_CRED_UID (user name / password), VIXDISKLIB_CRED_SESSIONID (the
+HTTP session ID)...".
 """
 
 from __future__ import annotations
@@ -15,12 +23,15 @@ from ..errors import DiskIoError, VddkError
 from ..extents import align_down, normalize, to_sectors
 from ..model import SECTOR, DiskLocation, Extent, VcenterAccess
 from .abi import (
+    CODE_MASK,
     CRED_SESSIONID,
     MIN_CHUNK_SECTORS,
     OPEN_READ_ONLY,
+    VIX_E_FAIL,
     ffi,
 )
 from .library import VddkLibrary
+from .thumbprint import thumbprint_hash
 
 log = structlog.get_logger(__name__)
 
@@ -31,7 +42,13 @@ QUERY_WINDOW_CHUNKS = 8192  # allocated-block query window, in MIN_CHUNK_SECTORS
 class ConnectParams:
     """VixDiskLibConnectParams plus the C strings it points to (kept alive with it)."""
 
-    def __init__(self, lib: VddkLibrary, loc: DiskLocation, access: VcenterAccess) -> None:
+    def __init__(
+        self,
+        lib: VddkLibrary,
+        loc: DiskLocation,
+        access: VcenterAccess,
+        thumbprint: str | None = None,
+    ) -> None:
         self._lib = lib
         self._keep: list[Any] = []
         if lib.has("VixDiskLib_AllocateConnectParams"):
@@ -43,7 +60,9 @@ class ConnectParams:
         p = self.ptr
         p.vmxSpec = self._str(f"moref={loc.vm_moref}")
         p.serverName = self._str(access.host)
-        p.thumbPrint = self._str(access.thumbprint) if access.thumbprint else ffi.NULL
+        # The thumbprint in the library's own format (thumbprint.py); vigil's SHA-256 pin is
+        # never handed over as is.
+        p.thumbPrint = self._str(thumbprint) if thumbprint else ffi.NULL
         p.credType = CRED_SESSIONID
         p.creds.sessionId.cookie = self._str(access.cookie_value())
         p.creds.sessionId.userName = self._str(access.user) if access.user else ffi.NULL
@@ -70,6 +89,7 @@ class VddkDisk:
     """A disk opened through VixDiskLib. Blocking; call from worker threads."""
 
     transport = "vddk"
+    transport_mode = ""  # set after Open: VixDiskLib_GetTransportMode
 
     def __init__(
         self,
@@ -79,6 +99,7 @@ class VddkDisk:
         *,
         writable: bool = False,
         transport_modes: str | None = None,
+        thumbprint: str | None = None,
     ) -> None:
         if not location.vm_moref:
             raise DiskIoError(f"disk {location}: the vddk transport needs the VM's MoRef")
@@ -88,7 +109,8 @@ class VddkDisk:
         self._handle_lock = threading.Lock()
         self._conn: Any = None
         self._handle: Any = None
-        self._params = ConnectParams(lib, location, access)
+        self._params = ConnectParams(lib, location, access, thumbprint)
+        self._thumbprint = thumbprint
         try:
             self._connect(transport_modes)
             self._open()
@@ -97,6 +119,7 @@ class VddkDisk:
             self.close()
             raise
         self.mode = self._transport_mode()
+        self.transport_mode = self.mode
         log.info(
             "vddk.opened",
             disk=location.vmdk_path,
@@ -114,10 +137,10 @@ class VddkDisk:
         snap = self.location.snapshot_moref
         snap_c = ffi.new("char[]", snap.encode()) if snap else ffi.NULL
         modes_c = ffi.new("char[]", modes.encode()) if modes else ffi.NULL
-        with self._lib.open_close_lock:
-            err = self._lib.lib.VixDiskLib_ConnectEx(
-                self._params.ptr, b"\x00" if self.writable else b"\x01", snap_c, modes_c, conn
-            )
+        ro = b"\x00" if self.writable else b"\x01"
+        err = self._lib.run(
+            lambda: self._lib.lib.VixDiskLib_ConnectEx(self._params.ptr, ro, snap_c, modes_c, conn)
+        )
         self._lib.check(err, f"VixDiskLib_ConnectEx {self.location.vm_moref}")
         self._conn = conn[0]
 
@@ -125,8 +148,19 @@ class VddkDisk:
         handle = ffi.new("VixDiskLibHandle *")
         flags = 0 if self.writable else OPEN_READ_ONLY
         path = self.location.vmdk_path.encode()
-        with self._lib.open_close_lock:
-            err = self._lib.lib.VixDiskLib_Open(self._conn, path, flags, handle)
+        c = self._conn
+        err = self._lib.run(lambda: self._lib.lib.VixDiskLib_Open(c, path, flags, handle))
+        if err and err & CODE_MASK == VIX_E_FAIL and self._params.ptr.serverName != ffi.NULL:
+            # The one cause seen for Open's bare "Unknown error" is a thumbprint mismatch
+            # (nbdkit's vddk plugin, RHBZ#1905772): VDDK checks the pin only here.
+            shown = self._thumbprint or "none"
+            self._lib.check(
+                err,
+                f"VixDiskLib_Open {self.location.vmdk_path} (VDDK says only this when the "
+                f"server certificate does not match the thumbprint it was given, {shown}; "
+                f"VDDK {self._lib.version} takes the {thumbprint_hash(self._lib.major).upper()} "
+                "form unless transport.vddk.thumbprint says otherwise)",
+            )
         self._lib.check(err, f"VixDiskLib_Open {self.location.vmdk_path}")
         self._handle = handle[0]
 
@@ -167,8 +201,7 @@ class VddkDisk:
             conn, self._conn = self._conn, None
         try:
             if handle is not None:
-                with lib.open_close_lock:
-                    err = lib.lib.VixDiskLib_Close(handle)
+                err = lib.run(lambda: lib.lib.VixDiskLib_Close(handle))
                 if err:
                     log.warning(
                         "vddk.close_failed",
@@ -177,8 +210,7 @@ class VddkDisk:
                     )
         finally:
             if conn is not None:
-                with lib.open_close_lock:
-                    err = lib.lib.VixDiskLib_Disconnect(conn)
+                err = lib.run(lambda: lib.lib.VixDiskLib_Disconnect(conn))
                 if err:
                     log.warning(
                         "vddk.disconnect_failed",
@@ -271,7 +303,11 @@ class VddkDisk:
             start = 0
             while start < aligned:
                 n = min(window, aligned - start)
-                err = query(handle, start, n, MIN_CHUNK_SECTORS, out)
+                # VDDK 7.0.2 release notes: QueryAllocatedBlocks "should be called in the
+                # same thread as open and close disk, not from read and write worker threads".
+                err = self._lib.run(
+                    lambda h=handle, s=start, k=n: query(h, s, k, MIN_CHUNK_SECTORS, out)
+                )
                 self._lib.check(
                     err,
                     f"VixDiskLib_QueryAllocatedBlocks {self.location.vmdk_path} "
@@ -343,40 +379,60 @@ class VddkDisk:
 
 
 def prepare_for_access(
-    lib: VddkLibrary, location: DiskLocation, access: VcenterAccess, identity: str = "vigil"
+    lib: VddkLibrary,
+    location: DiskLocation,
+    access: VcenterAccess,
+    identity: str = "vigil",
+    thumbprint: str | None = None,
 ) -> None:
-    """Ask vCenter to block vMotion of the VM while we read it (no-op on old VDDKs)."""
-    _access_call(lib, "VixDiskLib_PrepareForAccess", location, access, identity)
+    """VixDiskLib_PrepareForAccess: vCenter disables Storage vMotion of the VM until
+    EndAccess (VDDK guide: call it before opening the disks of a backup or restore, and
+    EndAccess after closing them). A no-op on VDDKs without it."""
+    _access_call(lib, "VixDiskLib_PrepareForAccess", location, access, identity, thumbprint)
 
 
 def end_access(
-    lib: VddkLibrary, location: DiskLocation, access: VcenterAccess, identity: str = "vigil"
+    lib: VddkLibrary,
+    location: DiskLocation,
+    access: VcenterAccess,
+    identity: str = "vigil",
+    thumbprint: str | None = None,
 ) -> None:
-    _access_call(lib, "VixDiskLib_EndAccess", location, access, identity)
+    _access_call(lib, "VixDiskLib_EndAccess", location, access, identity, thumbprint)
 
 
 def _access_call(
-    lib: VddkLibrary, name: str, location: DiskLocation, access: VcenterAccess, identity: str
+    lib: VddkLibrary,
+    name: str,
+    location: DiskLocation,
+    access: VcenterAccess,
+    identity: str,
+    thumbprint: str | None,
 ) -> None:
     if not lib.has(name):
         return
-    params = ConnectParams(lib, location, access)
+    params = ConnectParams(lib, location, access, thumbprint)
     try:
-        err = lib.fn(name)(params.ptr, identity.encode())
+        err = lib.run(lambda: lib.fn(name)(params.ptr, identity.encode()))
         lib.check(err, f"{name} {location.vm_moref}")
     finally:
         params.free()
 
 
-def cleanup(lib: VddkLibrary, location: DiskLocation, access: VcenterAccess) -> tuple[int, int]:
-    """VixDiskLib_Cleanup after a crash: (cleaned up, remaining)."""
+def cleanup(
+    lib: VddkLibrary,
+    location: DiskLocation,
+    access: VcenterAccess,
+    thumbprint: str | None = None,
+) -> tuple[int, int]:
+    """VixDiskLib_Cleanup after a crash (what an interrupted run left behind, such as HotAdd
+    disks still attached to the proxy VM): (VMs cleaned up, VMs still needing it)."""
     if not lib.has("VixDiskLib_Cleanup"):
         return 0, 0
-    params = ConnectParams(lib, location, access)
+    params = ConnectParams(lib, location, access, thumbprint)
     done, left = ffi.new("uint32_t *"), ffi.new("uint32_t *")
     try:
-        with lib.open_close_lock:
-            err = lib.fn("VixDiskLib_Cleanup")(params.ptr, done, left)
+        err = lib.run(lambda: lib.fn("VixDiskLib_Cleanup")(params.ptr, done, left))
         lib.check(err, f"VixDiskLib_Cleanup {location.vm_moref}")
     finally:
         params.free()

@@ -1,16 +1,25 @@
-"""Loading VixDiskLib, InitEx once per process, the log callbacks and the global lock.
+"""Loading VixDiskLib, its version, InitEx once per process, the log callbacks, and the
+one designated thread.
 
-VMware's threading rules live here: InitEx happens once, before any worker uses the
-library, and never after a fork; Open/Close (and ConnectEx/Disconnect) never overlap
-across threads (`open_close_lock`); Exit runs at process end.
+VMware's threading rules live here (VDDK programming guide, "Multiple Threads and
+VixDiskLib"): InitEx once per process, before any worker uses the library, never after a
+fork; Open and Close "initialize and uninitialize a number of libraries, some of which do
+not work if called from multiple threads", so VMware's workaround is "one designated
+thread to do all opens and closes" while worker threads read and write. That thread is
+`ControlThread`: InitEx, ConnectEx, Open, QueryAllocatedBlocks (VDDK 7.0.2 release notes:
+"should be called in the same thread as open and close disk"), Close, Disconnect, Cleanup,
+PrepareForAccess, EndAccess and Exit all run on it; `VddkLibrary.run` hands it the call.
 """
 
 from __future__ import annotations
 
 import atexit
 import os
+import queue
+import re
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +39,50 @@ def candidate_paths(libdir: str | os.PathLike[str]) -> list[Path]:
     """Where we look, in order: `<libdir>/lib64/` first, then `<libdir>` itself."""
     root = Path(libdir)
     return [d / name for d in (root / "lib64", root) for name in SONAMES]
+
+
+def library_version(path: str | os.PathLike[str]) -> tuple[int, str]:
+    """(major, full version) of a libvixDiskLib: the major from the soname we loaded, the
+    full version from the file it resolves to ("libvixDiskLib.so.8.0.2"). VDDK has no call
+    that returns its version; nbdkit's vddk plugin reads it the same two ways (the soname,
+    and realpath of the loaded library)."""
+    name = Path(path).name
+    m = re.search(r"\.so\.(\d+)", name)
+    major = int(m.group(1)) if m else 0
+    real = Path(os.path.realpath(path)).name
+    full = re.search(r"\.so\.(\d+(?:\.\d+)*)$", real)
+    return major, full.group(1) if full else str(major)
+
+
+class ControlThread:
+    """The one thread VMware wants opens and closes on (module docstring). A daemon, so a
+    process can always exit; `run` from the thread itself runs inline."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name="vddk-control", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            fn, fut = self._queue.get()
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn())
+            except BaseException as exc:  # handed to the caller's thread
+                fut.set_exception(exc)
+
+    @property
+    def ident(self) -> int | None:
+        return self._thread.ident
+
+    def run(self, fn: Callable[[], Any]) -> Any:
+        if threading.current_thread() is self._thread:
+            return fn()
+        fut: Future[Any] = Future()
+        self._queue.put((fn, fut))
+        return fut.result()
 
 
 class VddkLibrary:
@@ -55,14 +108,23 @@ class VddkLibrary:
             raise VddkUnavailable(tried, CONFIG_KEY)
         self.lib = lib
         self.libc = ffi.dlopen(None)
-        self.open_close_lock = threading.Lock()
+        self.major, self.version = library_version(self.path)
+        self.control = ControlThread()
+        # Kept for callers that still serialise by hand; every control call also runs on
+        # `control`, which serialises them anyway.
+        self.open_close_lock = threading.RLock()
         self._init_lock = threading.Lock()
         self._initialized = False
         self._exited = False
         self._init_pid = 0
         self._callbacks: list[Any] = []
         self._missing = {name for name in OPTIONAL if not self._lookup(name)}
-        log.info("vddk.loaded", path=self.path, missing=sorted(self._missing) or None)
+        log.info(
+            "vddk.loaded",
+            path=self.path,
+            version=self.version,
+            missing=sorted(self._missing) or None,
+        )
 
     # -- symbols --------------------------------------------------------------------------
 
@@ -114,7 +176,9 @@ class VddkLibrary:
             self._callbacks = cbs  # alive until Exit: VDDK keeps the pointers
             libdir = ffi.new("char[]", self.libdir.encode())
             config = ffi.new("char[]", self.config_file.encode()) if self.config_file else ffi.NULL
-            err = self.lib.VixDiskLib_InitEx(7, 0, cbs[0], cbs[1], cbs[2], libdir, config)
+            err = self.run(
+                lambda: self.lib.VixDiskLib_InitEx(7, 0, cbs[0], cbs[1], cbs[2], libdir, config)
+            )
             self.check(err, "VixDiskLib_InitEx")
             self._initialized = True
             self._init_pid = os.getpid()
@@ -125,11 +189,15 @@ class VddkLibrary:
     def initialized(self) -> bool:
         return self._initialized
 
+    def run(self, fn: Callable[[], Any]) -> Any:
+        """Run `fn` (a control call: open, close, connect...) on the designated thread."""
+        return self.control.run(fn)
+
     def exit(self) -> None:
         with self._init_lock:
             if not self._initialized or self._init_pid != os.getpid():
                 return
-            self.lib.VixDiskLib_Exit()
+            self.run(self.lib.VixDiskLib_Exit)
             self._initialized = False
             self._exited = True
             self._callbacks = []
@@ -157,6 +225,7 @@ class VddkLibrary:
 
 _lock = threading.Lock()
 _library: VddkLibrary | None = None
+_failed: dict[str, VddkUnavailable] = {}
 
 
 def get_library(libdir: str | os.PathLike[str]) -> VddkLibrary:
@@ -164,8 +233,17 @@ def get_library(libdir: str | os.PathLike[str]) -> VddkLibrary:
     main thread, before worker threads start: VMware's rule)."""
     global _library
     with _lock:
+        # A libdir without a loadable library stays so for the process (loading happens
+        # once, as InitEx does): not probed, nor its dlopen failures logged, once per disk.
+        failed = _failed.get(str(libdir))
+        if failed is not None:
+            raise VddkUnavailable(failed.tried, failed.config_key)  # fresh: no growing traceback
         if _library is None:
-            _library = VddkLibrary(libdir)
+            try:
+                _library = VddkLibrary(libdir)
+            except VddkUnavailable as exc:
+                _failed[str(libdir)] = exc
+                raise
         elif Path(_library.libdir) != Path(libdir):
             raise DiskIoError(
                 f"VixDiskLib already loaded from {_library.libdir}; {CONFIG_KEY}={libdir} "

@@ -1,6 +1,7 @@
 """Backing up a VM (workflow.py: snapshot, config, disks, commit), its disks (diskcopy.py,
 the areas to read from changeplan.py's changeId rules), a vApp (vapp.py); model.py holds
-the options and results.
+the options and results; consistency.py (what the snapshot really is: quiesced, crash,
+powered-off), vss.py (the VSS manifest the snapshot tree names).
 
 Owns: the backup workflow. May import: protector.vsphere, the shared protector modules
 (config, context, parallel, vmlock, errors), repository, disk_io, watcher. Never imports

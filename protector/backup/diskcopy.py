@@ -97,6 +97,7 @@ async def backup_disk(
         index = await anyio.to_thread.run_sync(dw.finish)
         metadata = await anyio.to_thread.run_sync(reader.metadata)
         transport = reader.transport
+        transport_mode = getattr(reader, "transport_mode", "")
     finally:
         await in_thread_shielded(reader.close)  # closed by whoever opened it, even on cancel
     stats = index.stats
@@ -119,6 +120,7 @@ async def backup_disk(
         stored_bytes=stats.new_bytes if stats else 0,
         change_id=disk.change_id or None,
         transport=transport,
+        transport_mode=transport_mode,
         mode=plan.mode.value,
         reason=plan.reason,
     )
@@ -129,6 +131,7 @@ async def backup_disk(
         reason=plan.reason,
         read_bytes=read_bytes,
         transport=transport,
+        transport_mode=transport_mode,
     )
     return record, result
 

@@ -16,7 +16,7 @@ Progress = Callable[[int, int], None]  # (bytes done, bytes planned)
 @dataclass(frozen=True)
 class BackupOptions:
     quiesce: bool = True
-    quiesce_fallback: bool = True
+    quiesce_fallback: bool = True  # the policy's on_quiesce_failure = "crash-consistent"
     enable_cbt: bool = True
     exclude_disks: tuple[str, ...] = ()  # "scsi0:1"
     transports: tuple[str, ...] | None = None
@@ -34,6 +34,7 @@ class DiskResult:
     stored_bytes: int = 0
     change_id: str | None = None
     transport: str = ""
+    transport_mode: str = ""  # inside the transport: VDDK's "nbdssl", "hotadd"...
     mode: str = ""
     reason: str = ""
     skipped_reason: str | None = None

@@ -9,33 +9,35 @@ committed (the manifest is the commit point) → catalog updated.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import aiohttp
 import anyio
 import structlog
-from pyVmomi import vim
 
 from protector.backup.changeplan import ReadMode
+from protector.backup.consistency import point_consistency, unquiesced_refusal
 from protector.backup.diskcopy import ProgressTracker, backup_disk
 from protector.backup.model import BackupOptions, BackupResult, DiskResult, Progress
+from protector.backup.vss import fetch_vss_manifest
 from protector.context import Context
 from protector.parallel import in_thread_shielded
 from protector.vmlock import vm_lock
-from protector.vsphere.disks import (
-    VSS_MANIFEST,
-    fetch_datastore_file,
-    snapshot_dir,
+from protector.vsphere.disks import vddk_access
+from protector.vsphere.snapshots import (
+    Snapshot,
+    backup_snapshot,
+    remove_leftovers,
+    snapshot_description,
 )
-from protector.vsphere.dspath import join_datastore_path
-from protector.vsphere.snapshots import backup_snapshot, remove_leftovers, snapshot_description
+from protector.vsphere.upkeep import consolidate_if_needed, enable_cbt_checked
 from protector.vsphere.vmconfig import disk_summaries, serialize_config
 from repository import DiskRecord, PointWriter, SkippedDisk, VmIdentity
-from watcher.soap import VsphereError, VsphereFault
-from watcher.tasks import wait_for_task
+from watcher.soap import VsphereFault
 
 log = structlog.get_logger(__name__)
 
@@ -48,6 +50,7 @@ VM_PROPS = [
     "capability.changeTrackingSupported",
     "runtime.host",
     "parent",
+    "config.template",
 ]
 
 
@@ -66,10 +69,13 @@ async def vm_identity(ctx: Context, vm: Any, path: str = "") -> tuple[VmIdentity
     return ident, props
 
 
-async def enable_cbt(ctx: Context, vm: Any) -> None:
-    spec = vim.vm.ConfigSpec(changeTrackingEnabled=True)
-    task = await ctx.session.call(vm, "ReconfigVM_Task", spec=spec)
-    await wait_for_task(ctx.session, task, description=f"enable CBT on {vm._moId}")
+@contextlib.asynccontextmanager
+async def template_source() -> AsyncIterator[Snapshot]:
+    """A template's own disks, read as they are: vCenter refuses to snapshot a template
+    (CreateSnapshot_Task faults NotSupported; docs/vcsim.md "Templates"), and nothing can
+    write to them meanwhile — a template cannot be powered on (vSphere API, MarkAsTemplate).
+    The point records consistency "template"."""
+    yield Snapshot(None, "template")
 
 
 async def backup_vm(
@@ -92,7 +98,7 @@ async def backup_vm(
     ident, props = await vm_identity(ctx, vm, path)
     # One backup or restore of a VM at a time, across processes (VmBusyError otherwise).
     with vm_lock(
-        ctx.repo.root,
+        ctx.repo.state.ensure(),  # per-VM locks are local state, not repository objects
         ident.vcenter_uuid,
         ident.instance_uuid,
         ident.name or vm._moId,
@@ -126,29 +132,47 @@ async def _backup_locked(
     before_commit: Callable[[], Awaitable[None]] | None = None,
 ) -> BackupResult:
     bound = log.bind(vm=ident.name, moref=vm._moId, job=job_id)
+    template = bool(props.get("config.template"))
+    if template:
+        # Nothing changes under a template and it cannot be reconfigured (no CBT to
+        # enable): every backup reads its allocated areas afresh; dedup keeps it small.
+        opts = dataclasses.replace(opts, full=True, enable_cbt=False)
     leftovers = await remove_leftovers(ctx.session, vm)
-    cbt_now = False
+    cbt_now, cbt_note = False, ""
     if (
         opts.enable_cbt
         and props.get("capability.changeTrackingSupported")
         and not props.get("config.changeTrackingEnabled")
     ):
-        bound.info("backup.enable_cbt")
-        await enable_cbt(ctx, vm)
-        cbt_now = True
+        cbt_now, cbt_note = await enable_cbt_checked(ctx.session, vm, bound)
 
     writer: PointWriter = await anyio.to_thread.run_sync(ctx.repo.begin_point, ident)
     try:
-        async with backup_snapshot(
-            ctx.session,
-            vm,
-            quiesce=opts.quiesce,
-            fallback=opts.quiesce_fallback,
-            description=snapshot_description(job_id),
-        ) as snap:
-            snap_props = await ctx.session.properties(snap.ref, ["config"])
+        source = (
+            template_source()
+            if template
+            else backup_snapshot(
+                ctx.session,
+                vm,
+                quiesce=opts.quiesce,
+                fallback=opts.quiesce_fallback,
+                description=snapshot_description(job_id),
+            )
+        )
+        async with source as snap, vddk_access(ctx, vm, opts.transports):
+            if not template:
+                snap.consistency, why = await point_consistency(
+                    ctx.session, vm, snap.ref, snap.consistency
+                )
+                refusal = unquiesced_refusal(vm._moId, opts.quiesce_fallback, snap.consistency, why)
+                if refusal:
+                    raise VsphereFault("QuiesceFailed", refusal)  # the snapshot goes, no point
+                snap.quiesce_error = snap.quiesce_error or why
+            snap_props = await ctx.session.properties(snap.ref or vm, ["config"])
             config = snap_props["config"]
-            vss, vss_error = await _vss_manifest(ctx, vm, config, snap.consistency, bound)
+            vss, vss_error = await fetch_vss_manifest(
+                ctx, vm, snap.ref, config, snap.consistency, bound
+            )
             disks = disk_summaries(config)
             planned = sum(d.capacity_bytes for d in disks if not d.skip_reason)
             tracker = ProgressTracker(planned, progress)
@@ -177,6 +201,11 @@ async def _backup_locked(
                 results.append(res)
             config_blob = {"format": "vim.vm.ConfigInfo/soap-xml", "xml": serialize_config(config)}
         # The snapshot is gone here (removed by the context manager, also on error).
+        consolidation = (
+            None
+            if snap.left_behind or template
+            else await consolidate_if_needed(ctx.session, vm, bound)
+        )
         finished = datetime.now(UTC)
         changed = ReadMode.CHANGED.value
         kind = "incremental" if any(r.mode == changed for r in results) else "full"
@@ -201,6 +230,8 @@ async def _backup_locked(
                         **({"vss_manifest_error": vss_error} if vss_error else {}),
                         "leftover_snapshots_removed": leftovers,
                         "cbt_enabled_now": cbt_now,
+                        **({"cbt_not_enabled": cbt_note} if cbt_note else {}),
+                        **({"consolidation": consolidation} if consolidation else {}),
                         "disks": [r.as_dict() for r in results],
                         **({"group": group} if group else {}),
                     },
@@ -232,24 +263,3 @@ async def _backup_locked(
         seconds=round((finished - started).total_seconds(), 2),
     )
     return result
-
-
-async def _vss_manifest(
-    ctx: Context, vm: Any, config: Any, consistency: str, bound: Any
-) -> tuple[bytes | None, str]:
-    """The `vss-manifest.zip` VMware Tools leave in the snapshot directory after quiescing a
-    Windows guest with VSS (the seed: save it over HTTP), and why it could not be read.
-
-    Only a quiesced snapshot makes one; other guests simply have none (404). Failing to read
-    it does not fail the backup (the disks are still good): the error is recorded instead."""
-    if consistency != "quiesced":
-        return None, ""
-    try:
-        path = join_datastore_path(snapshot_dir(config.files), VSS_MANIFEST)
-        data = await fetch_datastore_file(ctx, vm, path)
-    except (VsphereError, ValueError, aiohttp.ClientError, OSError) as exc:
-        bound.warning("backup.vss_manifest_unreadable", error=str(exc))
-        return None, str(exc)
-    if data is not None:
-        bound.info("backup.vss_manifest", path=path, bytes=len(data))
-    return data, ""

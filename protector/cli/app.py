@@ -32,17 +32,21 @@ EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
 
 # One module per command, each with `register(subparsers)`; this order is `vigil --help`'s.
 COMMANDS = (
+    "init",
+    "key",
     "inventory",
     "policy",
     "backup",
     "listing",
     "restore",
     "export",
+    "files",
     "verify",
     "prune",
     "catalog",
     "watch",
     "status",
+    "doctor",
     "demo",
 )
 

@@ -9,6 +9,7 @@ from typing import Any
 from protector.cli.common import config_of, json_option, print_json
 from protector.cli.progress import ProgressLine, human_bytes
 from protector.errors import UserError
+from protector.phases import listening
 
 
 def register(sub: Any) -> None:
@@ -105,7 +106,8 @@ async def run(args: argparse.Namespace) -> int:
         ctx = Context.create(cfg, session, repo, catalog)
         progress = ProgressLine(f"backup {node.name}")
         vm = session.moref("VirtualMachine", node.moref)
-        result = await backup_vm(ctx, vm, opts, path=node.path, progress=progress)
+        with listening(progress.phase):  # "creating the snapshot", "removing ..."
+            result = await backup_vm(ctx, vm, opts, path=node.path, progress=progress)
         progress.finish()
     finally:
         await catalog.close()
@@ -172,13 +174,14 @@ async def run_vapp(args: argparse.Namespace) -> int:
                 )
         ctx = Context.create(cfg, session, repo, catalog)
         progress = ProgressLine(f"backup {path}")
-        result = await backup_vapp(
-            ctx,
-            vapp,
-            opts,
-            vm_paths={v.moref: v.path for v in members},
-            progress=progress,
-        )
+        with listening(progress.phase):
+            result = await backup_vapp(
+                ctx,
+                vapp,
+                opts,
+                vm_paths={v.moref: v.path for v in members},
+                progress=progress,
+            )
         progress.finish()
     finally:
         await catalog.close()

@@ -12,16 +12,16 @@ from protector.repoaccess import open_catalog
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "catalog",
-        help="maintain the catalog database",
-        description="The catalog is an index for fast queries; the manifests in the repository "
-        "are the truth. `rebuild` recreates it from them (after loss or corruption).",
+        help="maintain this machine's record of the repository",
+        description="The catalog (in the state directory) records the newest restore point "
+        "per VM, so removed points are detected; `rebuild` raises it to the repository's.",
     )
     sp = p.add_subparsers(dest="catalog_command", required=True, metavar="ACTION")
     r = sp.add_parser(
         "rebuild",
         help="recreate the catalog from the repository",
-        description="Recreate the catalog database (repository.path/catalog.db) from the "
-        "restore-point manifests, after it was lost or damaged. Safe to run any time.",
+        description="Recreate the catalog ([state] dir) from the restore-point manifests, "
+        "after it was lost or damaged. Safe to run any time: it never lowers a record.",
     )
     json_option(r, "print the number of points indexed as JSON")
     r.set_defaults(handler=run)

@@ -130,7 +130,7 @@ async def open_repository(cfg: Config, *, create: bool = False) -> Any:
     the repository.path problem they are."""
     from protector.repoaccess import open_repository as open_repo
 
-    check_repository_location(cfg, create=create)
+    check_repository_location(cfg, create=False)  # only `vigil init` creates
     try:
         return await open_repo(cfg, create=create)
     except OSError as exc:

@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from protector.cli.common import config_of, did_you_mean, json_option, open_repository, print_json
+from protector.errors import UserError
 from protector.repoaccess import all_manifests, matches_vm, point_summary
 
 
@@ -15,7 +16,8 @@ def register(sub: Any) -> None:
         help="list restore points (of one VM, or all)",
         description="List committed restore points from the repository (the manifests are the "
         "source of truth, so this works without the catalog). VM may be a name, inventory path, "
-        "MoRef or instance UUID. Needs no vCenter. A VM without points prints an empty list.",
+        "MoRef or instance UUID; a name two VMs share is refused with their paths. Needs no "
+        "vCenter. A VM without points prints an empty list.",
         epilog="Examples:\n\n"
         "  vigil list\n"
         "  vigil list web-1\n"
@@ -46,6 +48,28 @@ def human_size(n: int | None) -> str:
     return f"{n} B"
 
 
+def refuse_ambiguous(spec: str, manifests: list[Any]) -> None:
+    """Points of two VMs answering to one name (a restored copy, a namesake in another
+    folder) are never listed as one history: refuse, as `vigil backup NAME` does, naming each
+    VM by its newest path and instance UUID (either one then lists just that VM)."""
+    newest: dict[tuple[str, str], Any] = {}
+    for m in manifests:
+        key = (m.vm.vcenter_uuid, m.vm.instance_uuid.lower())
+        if key not in newest or m.committed_at > newest[key].committed_at:
+            newest[key] = m
+    if len(newest) < 2:
+        return
+    listing = "\n".join(
+        f"  {m.vm.path or m.vm.name}  (instance UUID {m.vm.instance_uuid})"
+        for m in sorted(newest.values(), key=lambda m: m.vm.path)
+    )
+    raise UserError(
+        f"{len(newest)} VMs with restore points answer to {spec.strip()!r}; name one by "
+        f"inventory path or instance UUID:\n{listing}",
+        2,
+    )
+
+
 async def run(args: argparse.Namespace) -> int:
     cfg = config_of(args)
     repo = await open_repository(cfg)
@@ -54,6 +78,7 @@ async def run(args: argparse.Namespace) -> int:
         # A VM without points (or unknown) is an empty listing, not a failure: scripts
         # iterate over the result.
         manifests = [m for m in manifests if matches_vm(m, args.vm)]
+        refuse_ambiguous(args.vm, manifests)
     records = sorted(
         (point_summary(m) for m in manifests), key=lambda r: r["created_at"], reverse=True
     )

@@ -51,6 +51,22 @@ class ProgressLine:
         self.width = len(text)
         self.stream.flush()
 
+    def phase(self, text: str) -> None:
+        """A slow step without a byte count (protector.phases): on a terminal it replaces
+        the line until progress resumes. What follows an interruption is said on any
+        stream, on a line of its own: the admin waiting for the cleanup must see it."""
+        interrupted = text.startswith("interrupted")
+        if not self.enabled:
+            if interrupted:
+                self.stream.write(f"vigil: {self.label}: {text}\n")
+                self.stream.flush()
+            return
+        line = f"{self.label}: {text}"
+        self.stream.write("\r" + line.ljust(self.width) + ("\n" if interrupted else ""))
+        self.width = 0 if interrupted else len(line)
+        self.last = 0.0  # the next byte count redraws at once
+        self.stream.flush()
+
     def finish(self) -> None:
         if self.enabled:
             self.stream.write("\n")

@@ -16,11 +16,14 @@ def register(sub: Any) -> None:
         help="restore a point onto its VM (--to-existing) or as a new VM (--new-name)",
         description="--to-existing writes the saved disks onto the VM they came from (it must be "
         "powered off, or pass --power-off). --new-name creates a new VM from the saved "
-        "configuration, by default where the original lived, and writes its disks. Progress "
+        "configuration, by default where the original lived, and writes its disks; its "
+        "network adapters stay disconnected unless --connect-network is given. Progress "
         "is shown on a terminal (stderr).",
         epilog="Examples:\n\n"
         "  vigil restore POINT --new-name web-1-restored --verify\n"
         "  vigil restore POINT --new-name web-1-test --folder /DC0/vm/test --datastore ds2\n"
+        "  vigil restore POINT --new-name web-1-dr --datastore-map ds1=ds3 "
+        "--network-map prod=isolated\n"
         "  vigil restore POINT --to-existing --power-off --changed-only --power-on\n\n"
         "POINT is an id from `vigil list VM`.",
     )
@@ -47,9 +50,35 @@ def register(sub: Any) -> None:
         "--host", metavar="PATH", help="with --new-name: inventory path of the host to use"
     )
     p.add_argument(
+        "--datastore-map",
+        metavar="SRC=DST",
+        action="append",
+        help="with --new-name: put what was on datastore SRC on DST (repeatable; wins over "
+        "--datastore). By default each disk goes back to the datastore it was on",
+    )
+    p.add_argument(
+        "--network-map",
+        metavar="SRC=DST",
+        action="append",
+        help="with --new-name: connect the adapters that were on network SRC to DST "
+        "(repeatable; names in the target datacenter)",
+    )
+    p.add_argument(
         "--power-off",
         action="store_true",
-        help="with --to-existing: power the VM off first (else a powered-on VM is refused)",
+        help="with --to-existing: shut the VM's guest down first, through VMware Tools, "
+        "waiting up to 5 minutes (else a powered-on VM is refused)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="with --power-off: a hard power-off instead of a guest shutdown",
+    )
+    p.add_argument(
+        "--connect-network",
+        action="store_true",
+        help="with --new-name: connect the new VM's network adapters (default: disconnected, "
+        "so a copy does not join its original's network)",
     )
     p.add_argument("--power-on", action="store_true", help="power the VM on afterwards")
     p.add_argument(
@@ -81,15 +110,26 @@ async def run(args: argparse.Namespace) -> int:
         restore_as_new,
         restore_to_existing,
     )
+    from protector.restore.placing import parse_mapping
     from protector.restore.points import load_point
     from protector.vsphere.connect import open_session
 
-    if args.to_existing and (args.folder or args.pool or args.datastore or args.host):
-        raise UserError("--folder/--pool/--datastore/--host apply to --new-name only")
+    placing = (args.folder, args.pool, args.datastore, args.host)
+    if args.to_existing and (any(placing) or args.datastore_map or args.network_map):
+        raise UserError(
+            "--folder/--pool/--datastore/--host/--datastore-map/--network-map apply to "
+            "--new-name only"
+        )
+    datastore_map = parse_mapping(args.datastore_map, "--datastore-map")
+    network_map = parse_mapping(args.network_map, "--network-map")
     if args.keep_failed and args.to_existing:
         raise UserError("--keep-failed applies to --new-name only (it keeps a half-built new VM)")
     if args.changed_only and not args.to_existing:
         raise UserError("--changed-only applies to --to-existing only (a new VM gets every chunk)")
+    if args.force and not args.power_off:
+        raise UserError("--force applies to --power-off only (a hard power-off)")
+    if args.connect_network and args.to_existing:
+        raise UserError("--connect-network applies to --new-name only")
     cfg = config_of(args)
     repo = await open_repository(cfg)
     await require_point(repo, args.point)  # before logging in: a typo needs no vCenter
@@ -110,16 +150,26 @@ async def run(args: argparse.Namespace) -> int:
                 args.point,
                 vm,
                 power_off=args.power_off,
+                force=args.force,
                 changed_only=args.changed_only,
                 **both,
             )
         else:
-            placement = Placement(args.new_name, args.folder, args.pool, args.datastore, args.host)
+            placement = Placement(
+                args.new_name,
+                args.folder,
+                args.pool,
+                args.datastore,
+                args.host,
+                datastore_map=datastore_map,
+                network_map=network_map,
+            )
             result = await restore_as_new(
                 ctx,
                 args.point,
                 placement,
                 keep_failed=args.keep_failed,
+                connect_network=args.connect_network,
                 **both,
             )
         progress.finish()

@@ -20,8 +20,8 @@ def register(sub: Any) -> None:
         "and print every VM's policy, newest good restore point and its age against the RPO; "
         "with a [cluster] table also the nodes and their roles, the leader per vCenter and "
         "the backups running now and where (the VMs are shown by the leading scheduler). "
-        "Exit 1 when a VM is failing or has breached its RPO (a monitoring check), 2 when no "
-        "daemon answers.",
+        "Exit 1 when the daemon is not connected to vCenter or a VM is failing or has breached "
+        "its RPO (a monitoring check), 2 when no daemon answers.",
         epilog="Examples:\n\n"
         "  vigil status\n"
         "  vigil status --json | jq '.vms[] | select(.breached)'",
@@ -128,4 +128,5 @@ async def run(args: argparse.Namespace) -> int:
         print(render(status))
     breached = status.get("breached", status["counts"].get("breached", 0))
     bad = breached + status["counts"].get("failing", 0)
-    return 1 if bad else 0
+    # A daemon cut off from vCenter backs nothing up: a failure for a monitoring check too.
+    return 1 if bad or not status.get("healthy", False) else 0

@@ -73,7 +73,7 @@ async def run(args: argparse.Namespace) -> int:
                 "chain_problems": list(report.chain_problems),
                 # point id -> disk keys that cannot be restored intact
                 "affected": {p: sorted(d) for p, d in sorted(report.affected().items())},
-                "problems": report.lines()[1:],
+                "problems": report.lines()[1:-1],  # between the summary and OK/DAMAGED
             }
         )
     else:

@@ -369,4 +369,5 @@ class Daemon:
             self.vm_status(),
             self.watcher.lag_seconds if self.watcher else None,
             len(self.policies.errors) if self.policies else 0,
+            self.healthy(),
         )

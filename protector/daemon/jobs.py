@@ -24,6 +24,8 @@ import structlog
 
 log = structlog.get_logger(__name__)
 
+NEXT_START = "the daemon's next start queues it again if the VM is still due"
+
 _RETRY_PREFIX = re.compile(r"^retry \d+/\d+: ")
 
 
@@ -238,6 +240,17 @@ class JobRunner:
         except asyncio.CancelledError:
             rec.outcome = "cancelled"
             rec.error = "cancelled (shutdown)"
+            # Said, not silent: a first backup stopped here left no point, and the admin
+            # reading the log must know it is not forgotten (the next start queues every
+            # VM still due, planner.evaluate_all).
+            log.warning(
+                "job.cancelled",
+                vm=req.vm_name,
+                job=rec.id,
+                reason=req.reason,
+                state="running",
+                next=NEXT_START,
+            )
             raise
         except self.give_up as exc:
             rec.outcome = "gone"
@@ -329,6 +342,10 @@ class JobRunner:
     async def stop(self, *, timeout: float = 50.0) -> None:
         """Take no new jobs, cancel running ones and wait for their cleanup."""
         self._accepting = False
+        for req in self.queued.values():
+            log.warning(
+                "job.cancelled", vm=req.vm_name, reason=req.reason, state="queued", next=NEXT_START
+            )
         self.queued.clear()
         for h in self.retry_timers.values():
             h.cancel()

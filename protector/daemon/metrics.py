@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import datetime
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+# Every state `vigil status` shows (vigil_vm_state's `state` label).
+VM_STATES = ("ok", "due", "running", "queued", "breached", "failing", "conflict", "unprotected")
 
 
 class Metrics:
@@ -38,3 +47,50 @@ class Metrics:
             "vigil_policy_errors", "Errors in the policy files currently on disk", registry=r
         )
         self.events = Counter("vigil_inventory_events", "Inventory events", ["kind"], registry=r)
+        self.connected = Gauge(
+            "vigil_vcenter_connected",
+            "1 while the daemon's session to vCenter is live and its inventory current",
+            registry=r,
+        )
+        self._per_vm = _PerVmCollector()
+        r.register(self._per_vm)
+
+    def set_vms(self, vms: Iterable[Mapping[str, Any]]) -> None:
+        """The per-VM series from now on: those of `vms` (the daemon's vm_status()), so a VM
+        that is gone or changed policy leaves no stale series behind."""
+        self._per_vm.vms = list(vms)
+
+
+class _PerVmCollector(Collector):
+    """Per-VM series for alerting, built at scrape time from the last set_vms(): at 10,000
+    VMs a child gauge per label set would cost seconds per scrape on the event loop.
+    Label `vm` is the inventory path (unique, readable), `policy` the winning one ("" none).
+    The state is one series per VM, the current one, valued 1 (not the eight-series
+    StateSet): alerts match `vigil_vm_state{state="failing"} == 1` all the same."""
+
+    def __init__(self) -> None:
+        self.vms: list[Mapping[str, Any]] = []
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        per_vm = ["vm", "policy"]
+        last = GaugeMetricFamily(
+            "vigil_vm_last_success_timestamp_seconds",
+            "Commit time of the VM's newest good restore point (absent: none yet)",
+            labels=per_vm,
+        )
+        rpo = GaugeMetricFamily(
+            "vigil_vm_rpo_seconds", "The RPO of the VM's policy (protected VMs only)", labels=per_vm
+        )
+        state = GaugeMetricFamily(
+            "vigil_vm_state",
+            f"The VM's state, valued 1 (one of: {', '.join(VM_STATES)})",
+            labels=[*per_vm, "state"],
+        )
+        for v in self.vms:
+            labels = [v["path"], v["policy"] or ""]
+            if v.get("newest_point_at"):
+                last.add_metric(labels, datetime.fromisoformat(v["newest_point_at"]).timestamp())
+            if v.get("rpo_seconds") is not None:
+                rpo.add_metric(labels, v["rpo_seconds"])
+            state.add_metric([*labels, v["state"]], 1)
+        yield from (last, rpo, state)

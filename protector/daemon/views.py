@@ -108,10 +108,16 @@ def state_counts(vms: list[dict[str, Any]]) -> dict[str, int]:
 
 
 def refresh_metrics(
-    metrics: Metrics, vms: list[dict[str, Any]], lag: float | None, policy_errors: int
+    metrics: Metrics,
+    vms: list[dict[str, Any]],
+    lag: float | None,
+    policy_errors: int,
+    connected: bool,
 ) -> None:
     for state in VM_STATES:
         metrics.vms.labels(state).set(sum(1 for v in vms if v["state"] == state))
     metrics.rpo_breaches.set(sum(1 for v in vms if v["breached"]))
     metrics.update_lag.set(lag if lag is not None else float("nan"))
     metrics.policy_errors.set(policy_errors)
+    metrics.connected.set(1 if connected else 0)
+    metrics.set_vms(vms)

@@ -27,6 +27,7 @@ from protector.daemon.daemon import Daemon
 from protector.devtools.simtools import create_folder, create_vm, move_vm
 from protector.devtools.simulator import Simulator
 from protector.errors import UserError
+from repository.admin import init_cmd
 from watcher.session import Credentials, Session
 from watcher.soap import Endpoint
 
@@ -130,8 +131,12 @@ async def tour(keep: bool) -> int:
             '[repository]\npath = "repo"\n[policies]\npath = "policies.d"\n'
             '[transport]\nmodes = ["vddk", "http"]\n'
             '[daemon]\nstatus_listen = "127.0.0.1:0"\ntag_interval = 5\n'
+            '[state]\ndir = "state"\n'
         )
         cfg = load_config(workdir / "vigil.toml")
+        # As `vigil init --encryption none`: a throw-away demo needs no passphrase.
+        init_cmd(cfg.repository.path, None, encryption="none", state_dir=Path(cfg.state_dir))
+        say("   repository created unencrypted (demo only; `vigil init` encrypts by default)")
         session = await Session(Endpoint(sim.url), Credentials(sim.user, sim.password)).connect()
         await create_folder(session, "/DC0/vm", "protected")
         await create_folder(session, "/DC0/vm", "staging")

@@ -6,83 +6,31 @@ with --keep-failed) and the error says which."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+import contextlib
+import uuid
 from typing import Any
 
 import structlog
-from pyVmomi import vim
 
 from protector.context import Context
 from protector.errors import RestoreFailedError, UserError
 from protector.parallel import shielded, to_the_end
 from protector.restore.diskwrite import write_disk
 from protector.restore.existing import power_on_vm
+from protector.restore.isolation import NOTE as ISOLATION_NOTE
+from protector.restore.isolation import disconnect_network
+from protector.restore.placing import Placement, remap_networks, resolve
 from protector.restore.points import load_point, saved_config
 from protector.restore.result import Progress, RestoreResult
+from protector.vmlock import vm_lock
 from protector.vsphere.configspec import build_config_spec, video_card_edit_spec
-from protector.vsphere.dspath import split_datastore_path
-from protector.vsphere.placement import default_folder_and_pool, find_datastore
+from protector.vsphere.disks import with_vddk_access
 from protector.vsphere.vmconfig import disk_summaries
 from repository import Manifest
 from watcher.soap import VsphereError
 from watcher.tasks import wait_for_task
 
 log = structlog.get_logger(__name__)
-
-
-@dataclass(frozen=True)
-class Placement:
-    name: str
-    folder: str | None = None  # inventory path
-    pool: str | None = None
-    datastore: str | None = None  # datastore name
-    host: str | None = None  # inventory path or host name
-
-
-# What each placement option must name, and the vSphere types that qualify.
-PLACEMENT_KINDS: dict[str, tuple[type, ...]] = {
-    "folder": (vim.Folder,),
-    "resource pool": (vim.ResourcePool,),
-    "host": (vim.HostSystem,),
-}
-
-
-async def _find_by_path(ctx: Context, path: str, what: str) -> Any:
-    idx = ctx.session.content.searchIndex
-    ref = await ctx.session.call(idx, "FindByInventoryPath", inventoryPath=path.strip("/"))
-    if ref is None:
-        raise UserError(f"{what} {path!r} not found; `vigil inventory` shows the paths", 2)
-    kinds = PLACEMENT_KINDS.get(what)
-    if kinds and not isinstance(ref, kinds):
-        found = type(ref).__name__.rsplit(".", 1)[-1]
-        raise UserError(
-            f"{path!r} is a {found}, not a {what}; give the inventory path of a {what}", 2
-        )
-    return ctx.session.client.bind(ref)
-
-
-async def _default_placement(ctx: Context, manifest: Manifest, config: Any) -> dict[str, Any]:
-    """Where the original VM lived, if it still exists: its folder, pool and datastore."""
-    vm = ctx.session.moref("VirtualMachine", manifest.vm.moref) if manifest.vm.moref else None
-    if vm is not None:
-        try:
-            props = await ctx.session.properties(
-                vm, ["parent", "resourcePool", "config.instanceUuid"]
-            )
-            if (
-                props.get("config.instanceUuid") or ""
-            ).lower() == manifest.vm.instance_uuid.lower():
-                return {"folder": props.get("parent"), "pool": props.get("resourcePool")}
-        except Exception:  # the original is gone: fall back to the first datacenter
-            pass
-    return {}
-
-
-async def _datastore_name(ctx: Context, config: Any) -> str:
-    try:
-        return split_datastore_path(config.files.vmPathName or "")[0]
-    except ValueError:
-        raise UserError("cannot tell the original datastore; pass --datastore", 2) from None
 
 
 async def _refuse_taken_name(ctx: Context, folder: Any, name: str, asked: str | None) -> None:
@@ -109,40 +57,59 @@ async def restore_as_new(
     verify: bool = False,
     progress: Progress | None = None,
     keep_failed: bool = False,
+    connect_network: bool = False,
 ) -> RestoreResult:
     """Create a VM from the point's saved configuration and write its disks. Should anything
-    fail once the VM exists, it is destroyed (kept with `keep_failed`) and the error says so."""
+    fail once the VM exists, it is destroyed (kept with `keep_failed`) and the error says so.
+    Its network adapters are created disconnected unless `connect_network` (isolation.py)."""
     manifest = await load_point(ctx, point_id)
     config = saved_config(manifest)
-    defaults = await _default_placement(ctx, manifest, config)
-    folder = (
-        await _find_by_path(ctx, placement.folder, "folder")
-        if placement.folder
-        else defaults.get("folder")
-    )
-    pool = (
-        await _find_by_path(ctx, placement.pool, "resource pool")
-        if placement.pool
-        else defaults.get("pool")
-    )
-    host = await _find_by_path(ctx, placement.host, "host") if placement.host else None
-    ds_name = placement.datastore or await _datastore_name(ctx, config)
-    # Checked first: CreateVM_Task with an unknown datastore fails obscurely, or worse.
-    datastore = await find_datastore(ctx.session, ds_name)
-    if folder is None or pool is None:
-        f, p = await default_folder_and_pool(ctx.session, datastore, host)
-        folder, pool = folder or f, pool or p
-
-    await _refuse_taken_name(ctx, folder, placement.name, placement.folder)
-    rebuilt = build_config_spec(config, name=placement.name, datastore_name=ds_name)
-    new_vm = await _create_vm(ctx, folder, rebuilt.spec, pool, host, placement.name)
-    try:
-        result = await _fill_new_vm(
-            ctx, manifest, config, rebuilt, new_vm, placement.name, verify, progress
+    if config.template and power_on:
+        raise UserError(
+            f"point {point_id} is of a template, restored as a template: it cannot be "
+            "powered on (leave out --power-on)",
+            2,
         )
-    except BaseException as exc:
-        await _discard_half_built(ctx, new_vm, placement.name, point_id, exc, keep_failed)
-        raise
+    # Checked first: CreateVM_Task with an unknown datastore fails obscurely, or worse.
+    where = await resolve(ctx, manifest, config, placement)
+    await _refuse_taken_name(ctx, where.folder, placement.name, placement.folder)
+    rebuilt = build_config_spec(
+        config, name=placement.name, datastore_name=where.datastore, disk_files=where.disk_files
+    )
+    remap_networks(rebuilt.spec, where)
+    if not connect_network and disconnect_network(rebuilt.spec):
+        rebuilt.notes.append(ISOLATION_NOTE)
+    # The new VM is held from before it exists until its last byte is written: a daemon
+    # whose policy covers the folder sees it (WaitForUpdatesEx) possibly before CreateVM_Task
+    # even answers, and would back it up half-written. So restore chooses the VM's identity
+    # itself — VirtualMachineConfigSpec.instanceUuid is settable, "normally not set by a
+    # client" but honoured (vSphere Web Services API, data object VirtualMachineConfigSpec;
+    # govmomi's simulator applies it in VirtualMachine.apply) — and locks it before creating.
+    chosen = str(uuid.uuid4())
+    rebuilt.spec.instanceUuid = chosen
+    what = f"restore of point {point_id} as new VM {placement.name}"
+    with contextlib.ExitStack() as held:
+        held.enter_context(
+            vm_lock(ctx.repo.state.ensure(), ctx.session.vcenter_uuid, chosen, placement.name, what)
+        )
+        new_vm = await _create_vm(
+            ctx, where.folder, rebuilt.spec, where.pool, where.host, placement.name
+        )
+        try:
+            await _hold_actual_identity(ctx, new_vm, chosen, placement.name, what, held)
+            result = await with_vddk_access(
+                ctx,
+                new_vm,
+                None,
+                _fill_new_vm(
+                    ctx, manifest, config, rebuilt, new_vm, placement.name, verify, progress
+                ),
+            )
+            if config.template:
+                await _mark_as_template(ctx, new_vm, placement.name)
+        except BaseException as exc:
+            await _discard_half_built(ctx, new_vm, placement.name, point_id, exc, keep_failed)
+            raise
     if power_on:
         await power_on_vm(ctx, new_vm, placement.name)
         result.powered_on = True
@@ -150,6 +117,31 @@ async def restore_as_new(
         "restore.done", point=point_id, vm=placement.name, mode="new", bytes=result.written_bytes
     )
     return result
+
+
+async def _mark_as_template(ctx: Context, vm: Any, name: str) -> None:
+    """A template comes back as a template: CreateVM_Task's ConfigSpec has no template flag,
+    so the VM is made, filled, then MarkAsTemplate'd (vSphere API, VirtualMachine.
+    MarkAsTemplate: the VM must be powered off, which a new VM is)."""
+    await ctx.session.call(vm, "MarkAsTemplate")
+    log.info("restore.marked_as_template", vm=name, moref=vm._moId)
+
+
+async def _hold_actual_identity(
+    ctx: Context, vm: Any, chosen: str, name: str, what: str, held: contextlib.ExitStack
+) -> None:
+    """vCenter may replace a client-chosen instanceUuid that clashes with another VM's (the
+    API reference says it does on "an identifier conflict"): then the identity a backup
+    will read is another, and it is locked too — or the restore fails (and the VM is
+    destroyed) rather than go on unheld."""
+    props = await ctx.session.properties(vm, ["config.instanceUuid"])
+    actual = str(props.get("config.instanceUuid") or "")
+    if actual.lower() == chosen.lower():
+        return
+    log.warning("restore.instance_uuid_replaced", vm=name, chosen=chosen, actual=actual)
+    held.enter_context(
+        vm_lock(ctx.repo.state.ensure(), ctx.session.vcenter_uuid, actual, name, what)
+    )
 
 
 async def _create_vm(ctx: Context, folder: Any, spec: Any, pool: Any, host: Any, name: str) -> Any:

@@ -1,6 +1,6 @@
-"""Writing one saved disk onto a VM's disk: metadata first, chunks fetched in parallel and
-written in ascending offsets, zero chunks skipped on a fresh disk, optionally only some
-slots (changed_only), then the read-back check (verify)."""
+"""Writing one saved disk onto a VM's disk: metadata first (a new disk only), chunks fetched
+in parallel and written in ascending offsets, zero chunks skipped on a fresh disk,
+optionally only some slots (changed_only), then the read-back check (verify)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,23 @@ from protector.vsphere.disks import open_disk_for_write
 from protector.vsphere.vmconfig import DiskInfo
 from repository import Manifest
 from repository.codec import ZERO_ID
+
+# Metadata keys that identify one disk, not describe it: `uuid` is the disk's UUID (the
+# descriptor's ddb.uuid, surfaced as VirtualDiskFlatVer2BackingInfo.uuid, which vSphere and
+# backup products use to tell disks apart) and `longContentID` changes with every write;
+# copied onto a new disk they would make two disks look like one.
+IDENTITY_KEYS = frozenset({"uuid", "longContentID", "CID", "parentCID"})
+
+
+def metadata_to_write(metadata: dict[str, str] | None, fresh: bool) -> dict[str, str]:
+    """The saved metadata keys a restore writes: only onto a disk it just created — the
+    seed: "you must use a VixDiskLib function to set the disk configuration key/value data
+    into the virtual disk before writing any backed-up data" when creating a new VM, while
+    for an existing one "it is not necessary to restore the disk configuration
+    information" — and never the identity keys. Pure."""
+    if not fresh or not metadata:
+        return {}
+    return {k: v for k, v in metadata.items() if k not in IDENTITY_KEYS}
 
 
 @contextlib.asynccontextmanager
@@ -62,8 +79,9 @@ async def write_disk(
         chunk = index.chunk_size
         zero = bytes(chunk)
         try:
-            if rec.metadata:
-                await anyio.to_thread.run_sync(writer.write_metadata, dict(rec.metadata))
+            meta = metadata_to_write(rec.metadata, fresh)
+            if meta:
+                await anyio.to_thread.run_sync(writer.write_metadata, meta)
             fetch = ctx.repo.slot_fetcher(manifest.point_id, key, index)
             # A fresh disk reads as zeros: its zero chunks need no write at all.
             if only_slots is not None:

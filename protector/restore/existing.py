@@ -5,6 +5,7 @@ disks now hold."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import structlog
@@ -25,6 +26,7 @@ from protector.restore.diskwrite import write_disk
 from protector.restore.points import load_point, match_disks, saved_config
 from protector.restore.result import Progress, RestoredDisk, RestoreResult
 from protector.vmlock import vm_lock
+from protector.vsphere.disks import with_vddk_access
 from protector.vsphere.vmconfig import disk_summaries
 from repository import Manifest
 from watcher.soap import VsphereFault
@@ -33,18 +35,81 @@ from watcher.tasks import wait_for_task
 log = structlog.get_logger(__name__)
 
 
-async def _power_off(ctx: Context, vm: Any, allow: bool, name: str) -> None:
-    props = await ctx.session.properties(vm, ["runtime.powerState"])
-    if props.get("runtime.powerState") == "poweredOff":
+# How long a guest shutdown may take before the restore gives up (and says to --force).
+GUEST_SHUTDOWN_TIMEOUT = 300.0
+
+
+async def _power_off(
+    ctx: Context,
+    vm: Any,
+    allow: bool,
+    name: str,
+    *,
+    force: bool = False,
+    timeout: float = GUEST_SHUTDOWN_TIMEOUT,
+) -> None:
+    """A running VM is refused unless `allow` (--power-off): then its guest is asked to shut
+    down cleanly (needs VMware Tools running) and the VM waited for, at most `timeout`
+    seconds; `force` (--force) powers it off at once, like pulling the plug."""
+    props = await ctx.session.properties(vm, ["runtime.powerState", "guest.toolsRunningStatus"])
+    state = props.get("runtime.powerState")
+    if state == "poweredOff":
         return
     if not allow:
         raise UserError(
-            f"VM {name} is {props.get('runtime.powerState')}; its disks cannot be written while "
-            "it runs: shut it down first, or pass --power-off",
+            f"VM {name} is {state}; its disks cannot be written while it runs: shut it down "
+            "first, or pass --power-off (a guest shutdown; add --force for a hard power-off)",
             2,
         )
-    task = await ctx.session.call(vm, "PowerOffVM_Task")
-    await wait_for_task(ctx.session, task, description=f"power off {name}")
+    if force:
+        log.info("restore.power_off", vm=name, how="hard")
+        task = await ctx.session.call(vm, "PowerOffVM_Task")
+        await wait_for_task(ctx.session, task, description=f"power off {name}")
+        return
+    await shutdown_guest(ctx, vm, name, props.get("guest.toolsRunningStatus"), timeout)
+
+
+async def shutdown_guest(
+    ctx: Context, vm: Any, name: str, tools: str | None, timeout: float
+) -> None:
+    """ShutdownGuest asks the guest OS for a clean shutdown through VMware Tools and returns
+    at once, without waiting for it (vSphere Web Services API, VirtualMachine.ShutdownGuest;
+    it fails with ToolsUnavailable when Tools cannot be reached): so the Tools state is
+    checked first, and the power state watched until poweredOff or `timeout`."""
+    no_tools = (
+        f"VMware Tools is not running in VM {name}, so its guest cannot be shut down cleanly: "
+        "shut it down from inside, or pass --force for a hard power-off"
+    )
+    if tools != "guestToolsRunning":
+        raise UserError(no_tools, 2)
+    log.info("restore.power_off", vm=name, how="guest shutdown", timeout=timeout)
+    try:
+        await ctx.session.call(vm, "ShutdownGuest")
+    except VsphereFault as exc:
+        if exc.fault_type == "ToolsUnavailable":
+            raise UserError(no_tools, 2) from exc
+        raise
+    deadline = asyncio.get_running_loop().time() + timeout
+    await wait_powered_off(ctx, vm, name, deadline, timeout)
+
+
+async def wait_powered_off(
+    ctx: Context, vm: Any, name: str, deadline: float, timeout: float, every: float = 1.0
+) -> None:
+    loop = asyncio.get_running_loop()
+    while True:
+        props = await ctx.session.properties(vm, ["runtime.powerState"])
+        if props.get("runtime.powerState") == "poweredOff":
+            return
+        left = deadline - loop.time()
+        if left <= 0:
+            raise UserError(
+                f"VM {name} was asked to shut down but is still "
+                f"{props.get('runtime.powerState')} after {timeout:g} s; nothing was written. "
+                "Shut it down from inside, or pass --force for a hard power-off",
+                2,
+            )
+        await asyncio.sleep(min(every, left))
 
 
 async def _reset_cbt(ctx: Context, vm: Any, name: str, config: Any, result: RestoreResult) -> None:
@@ -85,6 +150,8 @@ async def restore_to_existing(
     vm: Any,
     *,
     power_off: bool = False,
+    force: bool = False,
+    shutdown_timeout: float = GUEST_SHUTDOWN_TIMEOUT,
     power_on: bool = False,
     changed_only: bool = False,
     verify: bool = False,
@@ -98,23 +165,30 @@ async def restore_to_existing(
     config = props["config"]
     # Never while a backup (the daemon's, say) reads this VM: VmBusyError names it.
     with vm_lock(
-        ctx.repo.root,
+        ctx.repo.state.ensure(),
         ctx.session.vcenter_uuid,
         config.instanceUuid or config.uuid or vm._moId,
         name,
         f"restore of point {point_id}",
     ):
-        return await _restore_locked(
+        return await with_vddk_access(
             ctx,
-            manifest,
             vm,
-            name,
-            config,
-            power_off=power_off,
-            power_on=power_on,
-            changed_only=changed_only,
-            verify=verify,
-            progress=progress,
+            None,
+            _restore_locked(
+                ctx,
+                manifest,
+                vm,
+                name,
+                config,
+                power_off=power_off,
+                force=force,
+                shutdown_timeout=shutdown_timeout,
+                power_on=power_on,
+                changed_only=changed_only,
+                verify=verify,
+                progress=progress,
+            ),
         )
 
 
@@ -126,6 +200,8 @@ async def _restore_locked(
     config: Any,
     *,
     power_off: bool,
+    force: bool,
+    shutdown_timeout: float,
     power_on: bool,
     changed_only: bool,
     verify: bool,
@@ -134,7 +210,7 @@ async def _restore_locked(
     point_id = manifest.point_id
     saved = disk_summaries(saved_config(manifest)) if manifest.config_info else []
     targets = match_disks(manifest.disks, saved, disk_summaries(config))
-    await _power_off(ctx, vm, power_off, name)
+    await _power_off(ctx, vm, power_off, name, force=force, timeout=shutdown_timeout)
     result = RestoreResult(point_id, vm._moId, name, "existing")
     # Every disk's changed areas are asked for before the first write (the seed: once a
     # restore starts writing, change tracking can no longer answer for that disk).

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import posixpath
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import aiohttp
@@ -14,9 +16,10 @@ from pyVmomi import vim
 from disk_io.extents import collect_changed_areas
 from disk_io.httpdisk import server_thumbprint
 from disk_io.model import DiskLocation, Extent, VcenterAccess
-from disk_io.transport import DiskTransport, TransportSettings, open_disk
+from disk_io.transport import DiskTransport, TransportSettings, open_disk, vm_access
 from protector.config import Config
 from protector.context import Context
+from protector.parallel import in_thread_shielded
 from protector.vsphere.dspath import split_datastore_path
 from protector.vsphere.vmconfig import DiskInfo
 from watcher.session import Session
@@ -28,6 +31,8 @@ def transport_settings(cfg: Config) -> TransportSettings:
         modes=cfg.transport.modes,
         vddk_libdir=cfg.transport.vddk_libdir,
         file_datastores=dict(cfg.transport.file_datastores),
+        vddk_transport_modes=cfg.transport.vddk_modes,
+        vddk_thumbprint=cfg.transport.vddk_thumbprint,
     )
 
 
@@ -78,6 +83,7 @@ async def location(ctx: Context, vm: Any, snap: Any | None, disk: DiskInfo) -> D
         vm_moref=vm._moId,
         snapshot_moref=snap._moId if snap is not None else None,
         disk_key=disk.key,
+        provisioning=disk.provisioning or "",
     )
 
 
@@ -106,6 +112,35 @@ async def _open(
         return open_disk(loc, pinned, settings, writable=writable, modes=modes).disk
 
     return await anyio.to_thread.run_sync(open_it, limiter=ctx.io_limiter)
+
+
+@contextlib.asynccontextmanager
+async def vddk_access(ctx: Context, vm: Any, modes: tuple[str, ...] | None) -> AsyncIterator[None]:
+    """VixDiskLib_PrepareForAccess before a backup's or restore's first disk open, EndAccess
+    after its last close (even on cancellation): vCenter keeps Storage vMotion off the VM
+    meanwhile (VDDK guide). Nothing when vddk is not among the modes."""
+    settings = transport_settings(ctx.cfg)
+    access = vcenter_access(ctx.session)
+
+    def begin() -> Any:
+        return vm_access(vm._moId, pinned_for_vddk(access, settings, modes), settings, modes)
+
+    held = await anyio.to_thread.run_sync(begin, limiter=ctx.io_limiter)
+    try:
+        yield
+    finally:
+        await in_thread_shielded(held.end)
+
+
+T = TypeVar("T")
+
+
+async def with_vddk_access(
+    ctx: Context, vm: Any, modes: tuple[str, ...] | None, work: Awaitable[T]
+) -> T:
+    """`await work` inside vddk_access (for call sites that are one statement)."""
+    async with vddk_access(ctx, vm, modes):
+        return await work
 
 
 async def open_disk_for_read(
@@ -140,9 +175,6 @@ async def changed_areas(
         return info.startOffset, info.length, areas
 
     return await collect_changed_areas(fetch, capacity)
-
-
-VSS_MANIFEST = "vss-manifest.zip"
 
 
 def snapshot_dir(files: Any) -> str:

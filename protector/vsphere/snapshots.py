@@ -17,12 +17,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
+from pyVmomi import vim
 
 from protector.parallel import shielded, to_the_end
+from protector.phases import REMOVING_AFTER_INTERRUPT, announce
+from watcher.inventory import retrieve_objects
 from watcher.session import Session
 from watcher.soap import VsphereConnectionError, VsphereError, VsphereFault
 from watcher.tasks import wait_for_task
-from watcher.traversal import inventory_filter_spec
 
 log = structlog.get_logger(__name__)
 
@@ -117,10 +119,7 @@ async def remove_leftovers_everywhere(session: Session) -> list[str]:
     get no job soon): find them all in one PropertyCollector read and remove them. Returns
     one line per snapshot that could not be removed (one stuck snapshot does not keep the
     others; the VM's next backup tries again, as it removes leftovers first)."""
-    spec = inventory_filter_spec(session.content.rootFolder)
-    for ps in spec.propSet:
-        ps.pathSet = ["snapshot"] if ps.type.__name__.endswith("VirtualMachine") else ["name"]
-    objs = await session.retrieve([spec])
+    objs = await retrieve_objects(session, {vim.VirtualMachine: ["snapshot"]})
     now = datetime.now(UTC)
     failed: list[str] = []
     for oc in objs:
@@ -254,15 +253,16 @@ async def create_snapshot(
         raise VsphereFault(
             "QuiesceFailed",
             f"VM {vm._moId}: a quiesced snapshot failed {len(attempts)} times (last: "
-            f"{last_error}) and the policy's backup.quiesce_fallback is off, so no "
+            f'{last_error}) and the policy\'s backup.on_quiesce_failure is "fail", so no '
             "crash-consistent snapshot was taken; fix quiescing in the guest (VMware Tools, "
-            "VSS writers) or allow the fallback",
+            'VSS writers) or set on_quiesce_failure = "crash-consistent"',
         )
     ref = await _snapshot(session, vm, description, quiesce=False)
     return Snapshot(ref, "crash", last_error)
 
 
 async def _snapshot(session: Session, vm: Any, description: str, *, quiesce: bool) -> Any:
+    announce(f"creating the snapshot ({'quiesced' if quiesce else 'crash-consistent'})")
     task = await session.call(
         vm,
         "CreateSnapshot_Task",
@@ -309,9 +309,15 @@ async def _remove_surely(session: Session, vm: Any, snapshot: Any) -> str:
     logged, not raised: when vCenter was unreachable it is retried in the background until
     vCenter is back; when vCenter refused it, the next backup of the VM removes it."""
 
+    current = asyncio.current_task()
+    interrupted = bool(current is not None and current.cancelling())
+    announce(REMOVING_AFTER_INTERRUPT if interrupted else "removing the snapshot")
+
     async def remove() -> str:
         try:
             await remove_snapshot(session, snapshot)
+            if interrupted:
+                announce("interrupted: the snapshot was removed")
             return ""
         except VsphereError as exc:
             unreachable = isinstance(exc, VsphereConnectionError)

@@ -27,12 +27,13 @@ from daemon.helpers import our_snapshots  # tests/ is on sys.path (rootdir)
 from pyVmomi import vim
 
 from protector.devtools.simulator import Simulator
-from repository import Repository
+from repository import KdfParams, Repository
 from watcher.session import Credentials, Session
 from watcher.soap import Endpoint
 from watcher.tasks import wait_for_task
 
 ROOT = Path(__file__).resolve().parents[2]
+FAST_KDF = KdfParams(time_cost=1, memory_kib=1024, parallelism=1)
 KIB = 1024
 MIB = 1024 * KIB
 PASSWORD_ENV = "VIGIL_CHAOS_VC_PASSWORD"
@@ -55,13 +56,16 @@ class VcenterProxy:
     `up()` brings it back on the same port with its state intact (the simulator keeps
     running behind it, so its snapshots survive, as a real vCenter's do across a restart).
     `rate` (bytes/s per connection, server to client) slows reads so that a kill or an
-    outage lands mid-read."""
+    outage lands mid-read; `upload_rate` slows writes (a restore's disk uploads) the same way."""
 
-    def __init__(self, target_url: str, rate: float | None = None) -> None:
+    def __init__(
+        self, target_url: str, rate: float | None = None, upload_rate: float | None = None
+    ) -> None:
         hostport = target_url.split("://", 1)[1].split("/", 1)[0]
         host, port = hostport.rsplit(":", 1)
         self.target = (host, int(port))
         self.rate = rate
+        self.upload_rate = upload_rate  # bytes/s per connection, client to server
         self.port = free_port()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -152,7 +156,8 @@ class VcenterProxy:
 
         try:
             await asyncio.gather(
-                self._pump(cr, sw, None, refuse), self._pump(sr, cw, self.rate, lost=lost)
+                self._pump(cr, sw, self.upload_rate, refuse),
+                self._pump(sr, cw, self.rate, lost=lost),
             )
         finally:
             for w in (cw, sw):
@@ -350,6 +355,7 @@ prune_at = "{hh:02d}:00"
     os.environ[PASSWORD_ENV] = password
     if passphrase:
         os.environ[PASSPHRASE_ENV] = passphrase
+    Repository.init(root / repo, passphrase=passphrase, kdf=FAST_KDF)  # as `vigil init`
     return cfg
 
 

@@ -223,17 +223,20 @@ async def test_repository_filling_up_mid_backup(make_vcsim: Any, tmp_path: Path)
             expected = {backup_ok(cfg): 0}
             rng = random.Random(2)
             disk.write(rng.randbytes(SIZE))  # all new data: ~16 MiB to store
-
-            def fill() -> None:
-                # Leave about 2 MiB free: the backup runs out of space part-way.
-                free = _free_bytes(mnt)
-                subprocess.run(
-                    ["fallocate", "-l", str(max(free - 2 * MIB, MIB)), str(ballast)], check=True
-                )
-
-            rc, out = await backup_failing_midway(cfg, sim, tmp_path, fill)
-            assert rc == 1, out
+            # Deterministic: the disk is too small for this backup from the start (about
+            # 4 MiB free), not filled up while the backup runs (that raced the backup).
+            free = _free_bytes(mnt)
+            fallocate = ["fallocate", "-l", str(free - 4 * MIB), str(ballast)]
+            await asyncio.to_thread(subprocess.run, fallocate, check=True)
+            used = _free_bytes(mnt)
+            r = await asyncio.to_thread(run_vigil, cfg, "backup", VM)
+            out = r.stdout + r.stderr
+            assert r.returncode == 1, out
             assert "No space left on device" in out, out
+            # The failed run gave back what it wrote, and says so: the repository is not
+            # left full for every later backup (and prune's grace period is not needed).
+            assert "the objects this run wrote were removed" in out, out
+            assert _free_bytes(mnt) >= used - MIB
             assert await snapshots_left(sim, [VM]) == {}
             check_points(repo_root, disk, expected, tmp_path)
             ballast.unlink()

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from repository import Repository
+
 ROOT = Path(__file__).resolve().parents[2]
 
 POLICY = """
@@ -42,6 +44,7 @@ def setup(tmp_path: Path, url: str) -> Path:
     )
     (tmp_path / "pol").mkdir()
     (tmp_path / "pol" / "p.toml").write_text(POLICY)
+    Repository.init(tmp_path / "repo")  # as `vigil init --encryption none`
     return cfg
 
 
@@ -78,3 +81,22 @@ def test_prune_keeps_what_the_policy_says_and_reports_damage(tmp_path, vcsim_fre
     out = json.loads(damaged.stdout)
     assert out["sweep_limited"] and "vigil verify" in out["sweep_limited"]
     assert not any(d["delete"] for d in out["decisions"])
+
+
+def test_prune_explains_which_rule_kept_each_point(tmp_path, vcsim_fresh):
+    """Issue 19 item 6: each kept point names the retention rule that kept it (keep_last
+    with its rank, or a daily/weekly/... bucket), each deleted one why no rule did."""
+    cfg = setup(tmp_path, vcsim_fresh.url)
+    for _ in range(3):
+        assert vigil(cfg, "backup", "DC0_H0_VM0").returncode == 0
+    newest_first = points(cfg)
+    dry = vigil(cfg, "prune", "--dry-run", "--json")
+    assert dry.returncode == 0, dry.stderr
+    why = {d["point_id"]: d["reason"] for d in json.loads(dry.stdout)["decisions"]}
+    assert "keep_last 1/2" in why[newest_first[0]], why
+    assert "keep_last 2/2" in why[newest_first[1]], why
+    assert "keep_last 2/2" not in why[newest_first[0]]
+    assert "no keep rule applies" in why[newest_first[2]], why
+    assert all("policy keep2" in w for w in why.values()), why
+    text = vigil(cfg, "prune", "--dry-run")
+    assert f"keep   {newest_first[0]}" in text.stdout and "keep_last 1/2" in text.stdout

@@ -24,6 +24,8 @@ def test_verify_json_names_bad_chunks_manifests_and_affected_points(tmp_path, vc
     point = json.loads(b.stdout)["id"]
     clean = vigil(cfg, "verify", "--read-data", "--json")
     assert clean.returncode == 0 and json.loads(clean.stdout)["affected"] == {}
+    # A clean repository has no problem entries (issue 19 item 6: it listed "OK" as one).
+    assert json.loads(clean.stdout)["problems"] == [] and json.loads(clean.stdout)["ok"]
 
     chunk = files(tmp_path / "repo" / "chunks")[0]
     raw = bytearray(chunk.read_bytes())

@@ -12,6 +12,7 @@ from typing import Any
 from protector.config import Config, load_config
 from protector.devtools.simtools import create_folder, create_vm, find, move_vm
 from protector.vsphere.snapshots import SNAPSHOT_NAME, walk_snapshots
+from repository import Repository
 from watcher.session import Credentials, Session
 from watcher.soap import Endpoint
 
@@ -52,6 +53,7 @@ retry_backoff = 0.5
 """
     )
     os.environ[PASSWORD_ENV] = sim.password
+    Repository.init(root / "repo")  # as `vigil init --encryption none`
     return cfg
 
 

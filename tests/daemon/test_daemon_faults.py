@@ -208,6 +208,7 @@ def _power(daemon, name: str = "DC0_H0_VM0") -> str | None:
 
 async def test_a_vm_held_by_another_process_is_backed_up_once_it_is_free(tmp_path, vcsim_fresh):
     from protector.vmlock import VmLock, lock_path
+    from repository import Repository
 
     from .helpers import find, session_for
 
@@ -217,7 +218,8 @@ async def test_a_vm_held_by_another_process_is_backed_up_once_it_is_free(tmp_pat
         vm = await find(s, "/DC0/vm/DC0_H0_VM0")
         uuid = (await s.properties(vm, ["config.instanceUuid"]))["config.instanceUuid"]
         # E.g. an admin's `vigil restore` of this VM, running while the daemon starts.
-        path = lock_path(tmp_path / "repo", s.vcenter_uuid, uuid)
+        state = Repository.init(tmp_path / "repo").state.ensure()  # locks: local state
+        path = lock_path(state, s.vcenter_uuid, uuid)
         other = VmLock(path, "DC0_H0_VM0", "restore")
         other.acquire()
         try:

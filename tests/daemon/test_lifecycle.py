@@ -147,3 +147,46 @@ async def test_kill_9_during_backup_then_restart_cleans_up_and_backs_up(tmp_path
         text=True,
     )
     assert v.returncode == 0, v.stdout + v.stderr
+
+
+def log_events(output: str, event: str) -> list[dict[str, Any]]:
+    out = []
+    for line in output.splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and rec.get("event") == event:
+            out.append(rec)
+    return out
+
+
+async def test_a_first_backup_stopped_by_a_restart_is_logged_and_queued_again(tmp_path, make_vcsim):
+    """Issue 19 item 6: SIGTERM during a VM's first backup cancels the job — the log says
+    so, naming the VM and that the backup runs at the next start — and the restarted
+    daemon queues the VM (in scope, no point) at once instead of forgetting it."""
+    sim = make_vcsim(args=["-task-delay", "CreateSnapshot_Task=3000"])
+    port = free_port()
+    cfg = config(tmp_path, sim, port)
+    d = DaemonProcess(cfg, port)
+    try:
+        await wait_for(lambda: running_job(d.status()), 30, "a running first backup")
+        d.proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(d.proc.wait, 60) == 0, d.output()[-3000:]
+        cancelled = log_events(d.output(), "job.cancelled")
+        assert [c.get("vm") for c in cancelled] == ["DC0_H0_VM0"], d.output()[-3000:]
+        assert "next start" in cancelled[0].get("next", ""), cancelled
+    finally:
+        d.stop()
+    assert not list((tmp_path / "repo" / "manifests").glob("*")), "no point yet"
+    d2 = DaemonProcess(cfg, port)
+    try:
+        await wait_for(
+            lambda: (s := d2.status()) and s["counts"].get("ok") == 1, 60, "the VM protected"
+        )
+        [started] = log_events(d2.output(), "job.started")[:1]
+        assert started["vm"] == "DC0_H0_VM0"
+        queued = [r for r in log_events(d2.output(), "job.queued") if r["vm"] == "DC0_H0_VM0"]
+        assert queued and queued[0]["reason"] == "no restore point yet", queued
+    finally:
+        d2.stop()

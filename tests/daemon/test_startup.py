@@ -30,13 +30,15 @@ async def test_status_token_env_unset_or_empty_refuses_to_start(tmp_path, monkey
     else:
         monkeypatch.setenv("VIGIL_TEST_STATUS_TOKEN", value)
     cfg = load(config(tmp_path, daemon='status_token_env = "VIGIL_TEST_STATUS_TOKEN"'))
+    before = sorted((tmp_path / "repo").rglob("*"))
     with pytest.raises(UserError) as exc:
         # Bounded: were the check missing, the daemon would retry the unreachable vCenter.
         await asyncio.wait_for(Daemon(cfg).run(install_signals=False), 20)
     msg = str(exc.value)
     assert "daemon.status_token_env" in msg and "VIGIL_TEST_STATUS_TOKEN" in msg
     assert "unset or empty" in msg
-    assert not (tmp_path / "repo").exists(), "refused before anything was started or created"
+    after = sorted((tmp_path / "repo").rglob("*"))
+    assert after == before, "refused before anything was started or written"
 
 
 def test_status_token_is_read_from_the_named_variable(tmp_path, monkeypatch):

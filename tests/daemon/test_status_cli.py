@@ -133,3 +133,44 @@ async def test_status_names_the_url_when_no_daemon_answers_or_the_token_is_refus
         await vigil_status(cfg)
     assert f"127.0.0.1:{port}/status.json" in str(exc.value)
     assert "is `vigil watch` running" in str(exc.value)
+
+
+async def test_status_exits_1_when_the_daemon_is_not_connected_to_vcenter(
+    tmp_path, vcsim_binary, capsys
+):
+    """Issue 19 item 3: a monitoring script runs `vigil status`; a daemon that lost vCenter
+    protects nothing, so that is a failure (exit 1), not "NOT CONNECTED" with exit 0."""
+    import asyncio
+
+    from protector.daemon.daemon import Daemon
+    from protector.devtools.simulator import Simulator
+
+    from .helpers import load, wait_for
+    from .helpers import write_config as daemon_config
+
+    port = free_port()
+    sim = Simulator(binary=vcsim_binary).start()
+    try:
+        cfg = daemon_config(tmp_path, sim, policy("none", 'names = ["no-such-vm"]'))
+        cfg.write_text(cfg.read_text().replace("127.0.0.1:0", f"127.0.0.1:{port}"))
+        daemon = Daemon(load(cfg))
+        task = asyncio.create_task(daemon.run(install_signals=False))
+        try:
+            await wait_for(lambda: daemon.ready.is_set() or task.done(), 30, "the daemon")
+            assert not task.done(), task.result()
+            assert await vigil_status(cfg) == 0, capsys.readouterr().out
+            assert ": live" in capsys.readouterr().out
+            assert sim.proc is not None
+            sim.proc.kill()  # vCenter gone
+            sim.stop()
+            await wait_for(lambda: not daemon.healthy(), 30, "the daemon to see the outage")
+            assert await vigil_status(cfg) == 1
+            out = capsys.readouterr().out
+            assert "NOT CONNECTED" in out
+            assert await vigil_status(cfg, "--json") == 1
+            assert json.loads(capsys.readouterr().out)["healthy"] is False
+        finally:
+            daemon.request_stop()
+            await asyncio.wait_for(task, 60)
+    finally:
+        sim.stop()

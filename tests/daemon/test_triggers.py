@@ -55,7 +55,12 @@ async def test_policy_edit_protects_newly_covered_vms_and_counts_those_that_leav
             (tmp_path / "policies.d" / "main.toml").write_text(
                 policy("p", 'names = ["DC0_H0_VM1"]')
             )
-            await wait_for(lambda: points_of(daemon, "DC0_H0_VM1"), 30, "VM1 backed up")
+            # The point is committed a moment before the job's record reaches the history.
+            await wait_for(
+                lambda: points_of(daemon, "DC0_H0_VM1") and recs_of(daemon, "DC0_H0_VM1"),
+                30,
+                "VM1 backed up and its job recorded",
+            )
         rec = recs_of(daemon, "DC0_H0_VM1")[0]
         assert rec.reason == "policy edit: now covered by p"
         left = [e for e in logs if e["event"] == "daemon.vm_left_policies"]

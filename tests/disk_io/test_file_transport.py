@@ -135,3 +135,31 @@ def test_close_waits_for_reads_in_flight_so_a_reused_fd_is_never_read(
     assert not closer.is_alive()
     assert got == [data[:MIB]]
     disk.close()  # twice is harmless
+
+
+def test_a_missing_vddk_is_logged_once_per_process_not_per_disk(tmp_path: Path) -> None:
+    """Issue 19 item 6: with `vddk` first in transport.modes and no VDDK installed, each disk
+    falls back to the next mode; the log says once that VixDiskLib is missing (with every
+    path tried), not again for every disk."""
+    from structlog.testing import capture_logs
+
+    import disk_io.transport as transport
+
+    transport.forget_reported()  # what earlier tests in this process already reported
+    (tmp_path / "DS1").mkdir()
+    settings = TransportSettings(
+        modes=("vddk", "file"),
+        vddk_libdir=str(tmp_path / "no-vddk-here"),
+        file_datastores={"DS1": str(tmp_path / "DS1")},
+    )
+    with capture_logs() as logs:
+        for name in ("vm1", "vm2", "vm3"):
+            (tmp_path / "DS1" / name).mkdir()
+            (tmp_path / "DS1" / name / f"{name}-flat.vmdk").write_bytes(bytes(MIB))
+            opened = open_disk(location(name, MIB), object(), settings)  # type: ignore[arg-type]
+            opened.disk.close()
+            assert opened.transport == "file"
+            assert "VixDiskLib not found" in opened.attempts[0].reason  # still on record
+    loud = [e for e in logs if e["log_level"] != "debug" and "vddk" in str(e).lower()]
+    assert len(loud) == 1, loud
+    assert "no-vddk-here" in str(loud[0])

@@ -355,3 +355,68 @@ def test_a_stalled_server_times_out_with_a_clear_error() -> None:
     with disk, pytest.raises(DiskIoError, match=r"4 attempts failed, last: TimeoutError"):
         disk.read(0, MIB)
     srv.close()
+
+
+# -- what the http transport cannot read, and what it does to thin disks ---------------------
+
+VSAN_DESCRIPTOR = """# Disk DescriptorFile
+version=4
+createType="vmfs"
+RW 2048 VSANSPARSE "vsan://52e1a3f0-0e1b-4b0c-8f4b-1d2c3e4f5a6b/7e3c1a5f-aaaa"
+ddb.adapterType = "lsilogic"
+"""
+
+
+def test_parse_extents_and_why_there_is_no_flat_file() -> None:
+    from disk_io.descriptor import no_flat_reason, parse_extents
+
+    vsan = parse_extents(VSAN_DESCRIPTOR.encode())
+    assert vsan == [("VSANSPARSE", "vsan://52e1a3f0-0e1b-4b0c-8f4b-1d2c3e4f5a6b/7e3c1a5f-aaaa")]
+    assert "vSAN object" in no_flat_reason(vsan)
+    vvol = parse_extents(b'RW 2048 VVOL "vvol://rfc4122.1234/naa.600a"\n')
+    assert "vVol" in no_flat_reason(vvol)
+    vmfs = parse_extents(b'RW 2048 VMFS "x-flat.vmdk"\n')
+    assert vmfs == [("VMFS", "x-flat.vmdk")] and no_flat_reason(vmfs) == ""
+
+
+@pytest.mark.parametrize("writable", [False, True])
+def test_a_disk_without_flat_file_points_at_vddk(vcsim: object, writable: bool) -> None:
+    from disk_io import TransportUnavailable
+
+    d = vcsim.datastore_dirs[0] / "vsandisk"  # type: ignore[attr-defined]
+    d.mkdir(exist_ok=True)
+    (d / "vsandisk.vmdk").write_text(VSAN_DESCRIPTOR)
+    loc = DiskLocation("DC0", "LocalDS_0", "vsandisk/vsandisk.vmdk", MIB, "vm-1")
+    with pytest.raises(TransportUnavailable) as exc:
+        HttpDisk(loc, login(vcsim), writable=writable)
+    msg = str(exc.value)
+    assert "no flat file vsandisk/vsandisk-flat.vmdk" in msg and "vSAN object" in msg
+    assert "vSAN and vVols datastores do not have" in msg and "use the vddk transport" in msg
+    assert not (d / "vsandisk-flat.vmdk").exists()  # a restore did not create a stray file
+
+
+def test_a_thin_disk_is_written_by_another_transport_when_there_is_one(
+    vcsim: object, tmp_path: Path
+) -> None:
+    from dataclasses import replace
+
+    from disk_io import TransportSettings, open_disk
+
+    ds = vcsim.datastore_dirs[0]  # type: ignore[attr-defined]
+    loc = replace(put_disk(ds, "thin", bytes(2 * MIB)), provisioning="thin")
+    access = login(vcsim)
+    both = TransportSettings(modes=("http", "file"), file_datastores={"LocalDS_0": str(ds)})
+    opened = open_disk(loc, access, both, writable=True)
+    assert opened.transport == "file"  # http moved last: it would fill the disk
+    opened.disk.close()
+    only_http = TransportSettings(modes=("http",))
+    with capture_logs() as logs:
+        opened = open_disk(loc, access, only_http, writable=True)
+    opened.disk.close()
+    assert opened.transport == "http"
+    warn = next(e for e in logs if e["event"] == "transport.thin_disk_written_in_full")
+    assert warn["log_level"] == "warning" and "vddk keeps it thin" in warn["why"]
+    thick = replace(loc, provisioning="eager-zeroed-thick")
+    opened = open_disk(thick, access, both, writable=True)
+    opened.disk.close()
+    assert opened.transport == "http"  # not thin: the configured order is kept

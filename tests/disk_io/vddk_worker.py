@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from disk_io import DiskLocation, TransportSettings, VcenterAccess, open_disk
 from disk_io.vddk import VddkDisk, get_library
@@ -125,13 +126,102 @@ def old(distrib: str, root: str) -> dict[str, object]:
         }
 
 
+def thumb(distrib: str, root: str) -> dict[str, object]:
+    """Through open_disk against a TLS server: vigil's SHA-256 pin is checked, VDDK gets
+    the fingerprint its version wants ($WANT_HASH, computed here with hashlib alone), a
+    wrong pin fails without falling back, a wrong format makes VDDK refuse."""
+    import hashlib
+    import tempfile
+
+    from disk_io_helpers import TlsServer
+
+    from disk_io import ThumbprintMismatch
+
+    srv = TlsServer(Path(tempfile.mkdtemp()))
+    want = getattr(hashlib, os.environ["WANT_HASH"])(srv.der).hexdigest().upper()
+    os.environ["FAKEVDDK_EXPECT_THUMBPRINT"] = ":".join(
+        want[i : i + 2] for i in range(0, len(want), 2)
+    )
+    pin = hashlib.sha256(srv.der).hexdigest()
+    access = VcenterAccess(
+        f"https://127.0.0.1:{srv.port}/sdk", "cookie-1", user="u", thumbprint=pin
+    )
+    settings = TransportSettings(
+        modes=("vddk", "file"),
+        vddk_libdir=distrib,
+        file_datastores={"DS1": str(Path(root) / "DS1")},
+    )
+    out: dict[str, object] = {}
+    opened = open_disk(loc(0, 8 * MIB), access, settings)
+    out["ok"] = [opened.transport, opened.disk.transport_mode]
+    opened.disk.close()
+    bad = VcenterAccess(access.url, "cookie-1", user="u", thumbprint="ab" * 32)
+    try:
+        open_disk(loc(0, 8 * MIB), bad, settings)
+        out["bad_pin"] = "opened"
+    except ThumbprintMismatch as exc:
+        out["bad_pin"] = str(exc)
+    other = "sha256" if os.environ["WANT_HASH"] == "sha1" else "sha1"
+    import dataclasses
+
+    wrong = dataclasses.replace(settings, vddk_thumbprint=other)
+    opened = open_disk(loc(0, 8 * MIB), access, wrong)
+    out["wrong_format"] = [[a.mode, a.ok, a.reason] for a in opened.attempts]
+    opened.disk.close()
+    srv.close()
+    return out
+
+
+def off_thread(distrib: str, root: str) -> dict[str, object]:
+    """ConnectEx from a thread other than the designated one: the fake aborts."""
+    lib = get_library(distrib)
+    from disk_io.vddk.disk import ConnectParams
+
+    params = ConnectParams(lib, loc(0, 8 * MIB), ACCESS)
+    conn = ffi.new("VixDiskLibConnection *")
+    lib.lib.VixDiskLib_ConnectEx(params.ptr, b"\x01", b"snapshot-1", ffi.NULL, conn)
+    return {"aborted": False}
+
+
+def init_twice(distrib: str, root: str) -> dict[str, object]:
+    lib = get_library(distrib)
+    cb = lib._callbacks
+    lib.run(lambda: lib.lib.VixDiskLib_InitEx(7, 0, cb[0], cb[1], cb[2], ffi.NULL, ffi.NULL))
+    return {"aborted": False}
+
+
+def after_exit(distrib: str, root: str) -> dict[str, object]:
+    """After Exit: vigil refuses to use the library again, and the fake would abort."""
+    from disk_io import DiskIoError
+
+    lib = get_library(distrib)
+    lib.exit()
+    try:
+        get_library(distrib)
+        refused = ""
+    except DiskIoError as exc:
+        refused = str(exc)
+    print(json.dumps({"refused": refused}), flush=True)
+    handle = ffi.new("VixDiskLibHandle *")
+    lib.run(lambda: lib.lib.VixDiskLib_Open(ffi.NULL, b"[DS1] x.vmdk", 0, handle))
+    return {"aborted": False}
+
+
 if __name__ == "__main__":
     import structlog
 
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     cmd, distrib, root = sys.argv[1:4]
     os.environ["FAKEVDDK_ROOT"] = root
-    result = {"parallel": parallel, "violate": violate, "fallback": fallback, "old": old}[cmd](
-        distrib, root
-    )
+    commands = {
+        "parallel": parallel,
+        "violate": violate,
+        "fallback": fallback,
+        "old": old,
+        "thumb": thumb,
+        "off_thread": off_thread,
+        "init_twice": init_twice,
+        "after_exit": after_exit,
+    }
+    result = commands[cmd](distrib, root)
     print(json.dumps(result))

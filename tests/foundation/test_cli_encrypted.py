@@ -34,6 +34,7 @@ def test_encrypted_repository_backup_list_verify_and_wrong_passphrase(tmp_path, 
         '[policies]\npath = "pol"\n[transport]\nmodes = ["http"]\n'
     )
     secret = "correct horse battery staple"
+    assert vigil(cfg, "init", passphrase=secret).returncode == 0
     b = vigil(cfg, "backup", "DC0_H0_VM0", "--json", passphrase=secret)
     assert b.returncode == 0, b.stderr
     point = json.loads(b.stdout)["id"]
@@ -67,6 +68,7 @@ def test_a_replaced_cleartext_config_is_refused_not_written_in_plaintext(tmp_pat
         '[policies]\npath = "pol"\n[transport]\nmodes = ["http"]\n'
     )
     secret = "correct horse battery staple"
+    assert vigil(cfg, "init", passphrase=secret).returncode == 0
     assert vigil(cfg, "backup", "DC0_H0_VM0", passphrase=secret).returncode == 0
     Repository.init(tmp_path / "plain", passphrase=None)
     (tmp_path / "repo" / "config").write_bytes((tmp_path / "plain" / "config").read_bytes())

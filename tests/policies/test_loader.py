@@ -60,7 +60,7 @@ yearly = 0
 
 [policy.backup]
 quiesce = true
-quiesce_fallback = true
+on_quiesce_failure = "crash-consistent"
 enable_cbt = true
 exclude_disks = ["scsi0:1"]
 transport = ["vddk", "http"]
@@ -83,6 +83,7 @@ def test_the_documented_example_loads_with_every_key(write) -> None:
     assert p.trigger.on_match == "immediate" and p.trigger.outside_window
     assert (p.retention.keep_last, p.retention.daily, p.retention.monthly) == (3, 7, 12)
     assert p.backup.exclude_disks == ("scsi0:1",) and p.backup.transport == ("vddk", "http")
+    assert p.backup.on_quiesce_failure == "crash-consistent" and p.backup.quiesce_fallback
     assert p.source.endswith("prod.toml")
 
 
@@ -286,3 +287,28 @@ def test_load_error_str_lists_every_error(write) -> None:
     assert text.splitlines()[0] == "2 errors in policies:"
     assert 'select.names[0]: invalid regular expression "("' in text
     assert "x: unknown key" in text
+
+
+def test_on_quiesce_failure(write) -> None:
+    def backup_of(line: str) -> object:
+        text = FULL.replace('on_quiesce_failure = "crash-consistent"', line)
+        return load_policies(write("p.toml", text)).policies[0].backup
+
+    fail = backup_of('on_quiesce_failure = "fail"')
+    assert fail.on_quiesce_failure == "fail" and not fail.quiesce_fallback  # type: ignore[attr-defined]
+    old = backup_of("quiesce_fallback = false")  # the older spelling still means the same
+    assert old.on_quiesce_failure == "fail"  # type: ignore[attr-defined]
+    assert backup_of("").on_quiesce_failure == "crash-consistent"  # type: ignore[attr-defined]
+
+    path = write("bad.toml", FULL.replace('"crash-consistent"', '"crash"'))
+    (err,) = errors_of(path)
+    assert (
+        "backup.on_quiesce_failure: expected one of 'crash-consistent', 'fail', got \"crash\""
+        in err
+    )
+    both = FULL.replace(
+        'on_quiesce_failure = "crash-consistent"',
+        'on_quiesce_failure = "fail"\nquiesce_fallback = true',
+    )
+    (err,) = errors_of(write("both.toml", both))
+    assert "backup.quiesce_fallback: set either on_quiesce_failure" in err

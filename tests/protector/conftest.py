@@ -199,6 +199,39 @@ async def quiesce_rig(
 
 
 @pytest.fixture
+async def vss_fail_rig(
+    make_vcsim: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Rig]:
+    """A rig whose simulator models a VSS error in DC0_H0_VM0: its quiesced snapshots
+    succeed, but a Windows guest gets no VSS manifest (vcsim `-vss-fail`); DC0_H0_VM1 has
+    no VMware Tools running, so its quiesce requests are ignored (`-no-tools`)."""
+    sim = make_vcsim(args=["-vss-fail", VM_NAME, "-no-tools", "DC0_H0_VM1"])
+    monkeypatch.setenv(PASSWORD_ENV, sim.password)
+    async with open_rig(sim, tmp_path) as r:
+        yield r
+
+
+@pytest.fixture
+async def upkeep_rig(
+    make_vcsim: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Rig]:
+    """A rig whose simulator leaves runtime.consolidationNeeded set after every snapshot
+    removal (vcsim `-consolidation-needed`), and whose ConsolidateVMDisks_Task fails with
+    FileLocked on DC0_H0_VM1 (`-consolidate-fault`), and where enabling CBT on a VM with
+    snapshots silently does nothing (`-cbt-refuse-with-snapshots`)."""
+    sim = make_vcsim(
+        args=[
+            "-consolidation-needed", "*",
+            "-consolidate-fault", "DC0_H0_VM1",
+            "-cbt-refuse-with-snapshots", "*",
+        ]
+    )  # fmt: skip
+    monkeypatch.setenv(PASSWORD_ENV, sim.password)
+    async with open_rig(sim, tmp_path) as r:
+        yield r
+
+
+@pytest.fixture
 async def rdm_rig(
     make_vcsim: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[Rig]:
@@ -279,3 +312,25 @@ async def vddk_rig(
         )
     finally:
         await session.close()
+
+
+@pytest.fixture
+async def tools_rig(
+    make_vcsim: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Rig]:
+    """A rig whose DC0_H0_VM0 reports VMware Tools running (vcsim `-tools-running`)."""
+    sim = make_vcsim(args=["-tools-running", "DC0_H0_VM0"])
+    monkeypatch.setenv(PASSWORD_ENV, sim.password)
+    async with open_rig(sim, tmp_path) as r:
+        yield r
+
+
+@pytest.fixture
+async def slow_snapshot_rig(
+    make_vcsim: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Rig]:
+    """A rig whose snapshot tasks stay running for seconds, as on a busy vCenter."""
+    sim = make_vcsim(args=["-task-delay", "CreateSnapshot_Task=3000,RemoveSnapshot_Task=1500"])
+    monkeypatch.setenv(PASSWORD_ENV, sim.password)
+    async with open_rig(sim, tmp_path) as r:
+        yield r

@@ -214,7 +214,7 @@ async def test_restore_to_existing_vm(rig: Rig) -> None:
         await restore_to_existing(rig.ctx, point, vm)
     assert await rig.read_flat(vm, size) != data  # nothing was written
 
-    res = await restore_to_existing(rig.ctx, point, vm, power_off=True, verify=True)
+    res = await restore_to_existing(rig.ctx, point, vm, power_off=True, force=True, verify=True)
     assert res.written_bytes == size  # zeros too: the disk held garbage there
     assert [d.verified for d in res.disks] == [True]
     props = await rig.session.properties(vm, ["runtime.powerState"])
@@ -227,7 +227,7 @@ async def test_disk_of_another_size_is_refused(rig: Rig) -> None:
     point = (await rig.backup(vm)).point_id
     await rig.grow(vm, 8 * MIB)
     with pytest.raises(UserError, match="sizes must match"):
-        await restore_to_existing(rig.ctx, point, vm, power_off=True)
+        await restore_to_existing(rig.ctx, point, vm, power_off=True, force=True)
 
 
 async def add_independent_disk(rig: Rig, vm: Any) -> None:
@@ -304,11 +304,12 @@ async def test_cli_backup_list_restore_export_json(rig: Rig) -> None:
     assert p["created_at"].endswith("Z")
     disk_keys = {
         "key", "name", "capacity_bytes", "read_bytes", "stored_bytes", "change_id",
-        "transport", "skipped_reason",
+        "transport", "transport_mode", "skipped_reason",
     }  # fmt: skip
     assert all(set(d) == disk_keys for d in p["disks"])
     [d] = [d for d in p["disks"] if d["skipped_reason"] is None]
     assert d["capacity_bytes"] == size and d["read_bytes"] == size and d["transport"] == "http"
+    assert d["transport_mode"] is None  # only VDDK has modes of its own (nbdssl, hotadd...)
     assert d["change_id"] and 0 < d["stored_bytes"] < size
     [s] = [d for d in p["disks"] if d["skipped_reason"]]
     assert "independent" in s["skipped_reason"] and s["capacity_bytes"] == MIB

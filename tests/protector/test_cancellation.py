@@ -14,7 +14,6 @@ import pytest
 
 from protector.backup import BackupOptions, backup_vm
 from repository import verify
-from repository.locks import FileLock
 
 MIB = 1024 * 1024
 Rig = Any  # the rig fixtures of conftest.py
@@ -86,9 +85,7 @@ async def test_cancel_mid_read_closes_handles_before_returning(
         await job
     # Checked before anything else runs on the loop: the cleanup must be complete already.
     open_handles = vddk_open_handles(fake_vddk)
-    lock = FileLock(rig.repo.repo_lock_path, exclusive=True)
-    lock.acquire(timeout=0)  # raises RepositoryBusyError while a backup still holds it
-    lock.release()
+    rig.repo.lock(exclusive=True, timeout=0).release()  # busy while a backup holds it
     await hammer
     assert seen and max(seen) < size
     assert open_handles == 0

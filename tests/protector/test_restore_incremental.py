@@ -145,7 +145,7 @@ async def test_power_on_after_restore_in_both_modes(rig: Rig) -> None:
     point = (await rig.backup(vm)).point_id
 
     await rig.power(vm, True)
-    res = await restore_to_existing(rig.ctx, point, vm, power_off=True, power_on=True)
+    res = await restore_to_existing(rig.ctx, point, vm, power_off=True, force=True, power_on=True)
     assert res.powered_on and await power_state(rig, vm) == "poweredOn"
     assert await rig.read_flat(vm, size) == original
 
@@ -175,8 +175,8 @@ async def test_cli_restore_changed_only_with_power_on(file_rig: Rig) -> None:
     await rig.power(vm, True)
 
     r = await vigil(
-        rig, "restore", point, "--to-existing", "--changed-only", "--power-off", "--power-on",
-        "--verify", "--json",
+        rig, "restore", point, "--to-existing", "--changed-only", "--power-off", "--force",
+        "--power-on", "--verify", "--json",
     )  # fmt: skip
     assert r["mode"] == "existing" and r["powered_on"] is True
     [d] = r["disks"]

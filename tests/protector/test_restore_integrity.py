@@ -119,9 +119,9 @@ async def test_verify_catches_a_disk_that_does_not_read_back_as_the_point(
 
     # Onto the existing VM: the same check, the same refusal to report success.
     with pytest.raises(UserError, match="verification failed"):
-        await restore_to_existing(rig.ctx, point, vm, power_off=True, verify=True)
+        await restore_to_existing(rig.ctx, point, vm, power_off=True, force=True, verify=True)
     monkeypatch.undo()
-    res = await restore_to_existing(rig.ctx, point, vm, power_off=True, verify=True)
+    res = await restore_to_existing(rig.ctx, point, vm, power_off=True, force=True, verify=True)
     assert [d.verified for d in res.disks] == [True]
     assert await rig.read_flat(vm, size) == data(size, 2)
 
@@ -138,7 +138,7 @@ async def test_a_restore_onto_the_vm_failing_midway_says_its_disks_are_mixed(rig
     (rig.repo.root / "chunks" / last[:2] / last).unlink()
 
     with pytest.raises(UserError) as err:
-        await restore_to_existing(rig.ctx, point, vm, power_off=True)
+        await restore_to_existing(rig.ctx, point, vm, power_off=True, force=True)
     msg = str(err.value)
     assert f"restore of point {point} onto VM DC0_H0_VM0 failed" in msg
     assert f"chunk {last}" in msg  # the cause stays in the message

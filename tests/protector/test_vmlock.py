@@ -37,7 +37,7 @@ with vm_lock(root, vc, inst, "DC0_H0_VM0", "backup job from-the-daemon"):
 def hold_lock(rig: Rig, instance_uuid: str) -> subprocess.Popen[str]:
     """Another process (the daemon, say) holding the VM's lock until its stdin closes."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(rig.repo.root), rig.session.vcenter_uuid,
+        [sys.executable, "-c", HOLDER, str(rig.repo.state.ensure()), rig.session.vcenter_uuid,
          instance_uuid],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -53,7 +53,7 @@ async def test_backup_and_restore_refuse_a_vm_another_process_holds(rig: Rig) ->
     original = random.Random(1).randbytes(size)
     vm = await rig.prepare(size, original)
     first = await rig.backup(vm)
-    path = lock_path(rig.repo.root, rig.session.vcenter_uuid, first.vm.instance_uuid)
+    path = lock_path(rig.repo.state.ensure(), rig.session.vcenter_uuid, first.vm.instance_uuid)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
 

@@ -16,7 +16,9 @@ from repo_helpers import PASSPHRASE, POINT_ID, ROOT, WRITER, chunk_files
 from repository import KeepLast, Repository, prune, verify
 
 
-def _run_and_kill(repo: Repository, seed: int, delay: float) -> list[str]:
+def _run_and_kill(repo: Repository, seed: int, delay: float, after: int) -> list[str]:
+    """Kill the writer `delay` seconds after it reported `after` committed points: the
+    kill lands at a random moment of a later point, whatever the machine's load."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     child = subprocess.Popen(
         [sys.executable, str(WRITER), str(repo.root), PASSPHRASE, str(seed)],
@@ -27,19 +29,25 @@ def _run_and_kill(repo: Repository, seed: int, delay: float) -> list[str]:
     )
     assert child.stdout is not None
     assert child.stdout.readline().strip() == "ready"
+    seen: list[str] = []
+    while len(seen) < after:
+        line = child.stdout.readline()
+        assert line, "the writer ended early"
+        if POINT_ID.fullmatch(line.strip()):
+            seen.append(line.strip())
     time.sleep(delay)
     child.send_signal(signal.SIGKILL)
     out, _ = child.communicate(timeout=10)
     assert child.returncode == -signal.SIGKILL
     # stdout also carries log lines; point ids are the lines of their own shape.
-    return [line for line in out.splitlines() if POINT_ID.fullmatch(line)]
+    return seen + [line for line in out.splitlines() if POINT_ID.fullmatch(line)]
 
 
 def test_kill_9_at_random_points_never_loses_a_committed_point(repo: Repository) -> None:
     rnd = random.Random(6)
     committed: list[str] = []
     for i in range(20):
-        committed += _run_and_kill(repo, seed=i, delay=rnd.uniform(0.0, 0.25))
+        committed += _run_and_kill(repo, seed=i, delay=rnd.uniform(0.0, 0.25), after=i % 2)
         # Every point the writer reported is there and restores intact.
         assert set(committed) <= set(repo.list_points())
         report = verify(repo, read_data=True)

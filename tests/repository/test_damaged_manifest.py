@@ -84,8 +84,9 @@ def test_prune_skips_a_damaged_manifest_and_keeps_its_chunks(repo: Repository) -
 def test_prune_with_a_damaged_manifest_still_removes_crash_debris(repo: Repository) -> None:
     (_p1, p2, _p3), _ = _history(repo)
     before = chunk_files(repo.root)
-    with repo.begin_point(vm(1)) as pw:  # killed before finish(): its chunk is debris
-        pw.disk_writer(CHUNK).put(0, bytes(make_disk(CHUNK, 42)))
+    pw = repo.begin_point(vm(1))  # killed before finish(): its chunk is debris
+    pw.disk_writer(CHUNK).put(0, bytes(make_disk(CHUNK, 42)))
+    pw._lock.release()  # the kill: no cleanup ran
     (debris,) = chunk_files(repo.root) - before
     _flip(repo.root / "manifests" / p2)
     result = prune(repo, lambda _v, _p: KeepLast(5), grace=timedelta(0))

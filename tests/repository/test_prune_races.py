@@ -36,7 +36,9 @@ def _with_backend(repo: Repository, backend: LocalBackend) -> Repository:
 
 def _other_host(repo: Repository, tmp_path: Path) -> Repository:
     """The same storage seen from another machine: its locks are not ours."""
-    return Repository(tmp_path / "host-b", repo.backend, repo.config, repo.keys)
+    return Repository(
+        repo.root, repo.backend, repo.config, repo.keys, state_dir=tmp_path / "host-b-state"
+    )
 
 
 def test_a_manifest_deleted_while_prune_runs_is_already_gone(
@@ -68,9 +70,10 @@ def test_new_chunks_of_a_commit_in_progress_survive_a_sweep(
         for s in range(3):
             w.put(s, bytes(disk[s * CHUNK : (s + 1) * CHUNK]))
         index = w.finish()
-        # Our prune cannot see host B's backup: only the grace period protects it.
-        result = prune(repo, lambda _v, _p: KeepLast(0))
-        assert result.deleted_points == [old] and result.sweep_deferred is None
+        # Host B's backup holds a shared lock object in the repository: our sweep waits.
+        result = prune(repo, lambda _v, _p: KeepLast(0), grace=timedelta(0), lock_timeout=0.3)
+        assert result.deleted_points == [old] and result.sweep_deferred
+        assert "backup of vm1" in result.sweep_deferred
         p = pw.commit(disks=[DiskRecord.for_index("d", index)], started_at=datetime.now(UTC))
     assert verify(repo, read_data=True).ok
     assert read_back(repo, p, "d") == disk
@@ -82,10 +85,11 @@ def test_a_reused_old_chunk_is_protected_by_the_grace_period_too(
     """Dedup against an old unreferenced chunk (here left by a crashed backup) must make
     it young again, or the sweep deletes a chunk the new point is about to reference."""
     disk = make_disk(2 * CHUNK, 3)
-    with repo.begin_point(vm()) as pw:  # crashed: chunks stored, never committed
-        w = pw.disk_writer(len(disk))
-        for s in range(2):
-            w.put(s, bytes(disk[s * CHUNK : (s + 1) * CHUNK]))
+    crashed = repo.begin_point(vm())  # chunks stored, never committed, no cleanup ran
+    w = crashed.disk_writer(len(disk))
+    for s in range(2):
+        w.put(s, bytes(disk[s * CHUNK : (s + 1) * CHUNK]))
+    crashed._lock.release()
     two_hours_ago = time.time() - 7200
     for name in chunk_files(repo.root):
         os.utime(repo.root / chunk_key(bytes.fromhex(name)), (two_hours_ago, two_hours_ago))
@@ -96,6 +100,7 @@ def test_a_reused_old_chunk_is_protected_by_the_grace_period_too(
             w.put(s, bytes(disk[s * CHUNK : (s + 1) * CHUNK]))
         index = w.finish()
         assert index.stats is not None and index.stats.dedup_chunks == 2
+        pw._lock.release()  # say its lock went stale (paused for long): the grace must hold
         prune(repo, lambda _v, _p: KeepLast(1))  # default grace: 1 hour
         p = pw.commit(disks=[DiskRecord.for_index("d", index)], started_at=datetime.now(UTC))
     assert verify(repo, read_data=True).ok
@@ -132,7 +137,7 @@ def test_a_reused_old_index_is_protected_by_the_grace_period_too(
         return pw, w.finish()
 
     crashed, index = back_up(repo)
-    crashed.close()
+    crashed._lock.release()  # crashed: no cleanup ran
     two_hours_ago = time.time() - 7200
     for path in repo.root.rglob("*"):
         if path.is_file() and {"indexes", "chunks"} & set(path.relative_to(repo.root).parts):
@@ -140,6 +145,7 @@ def test_a_reused_old_index_is_protected_by_the_grace_period_too(
 
     pw, again = back_up(_other_host(repo, tmp_path))
     assert again.index_id == index.index_id
+    pw._lock.release()  # say its lock went stale (paused for long): the grace must hold
     prune(repo, lambda _v, _p: KeepLast(1))  # default grace: 1 hour
     p = pw.commit(disks=[DiskRecord.for_index("d", again)], started_at=datetime.now(UTC))
     pw.close()

@@ -94,12 +94,16 @@ def test_rollback_and_silent_deletion_are_detected(repo: Repository) -> None:
     heads = {vm(1).key: 2, vm(2).key: 1}
     assert verify(repo, known_heads=heads).ok
     (repo.root / "manifests" / p2).unlink()  # the newest point vanishes
+    report = verify(repo)  # its head object still names it
+    assert any(f"point {p2} (seq 2) is missing" in p for p in report.chain_problems)
+    (repo.root / "heads" / p2).unlink()  # and its head object too: the catalog knows
     report = verify(repo, known_heads=heads)
     assert any("rollback" in p for p in report.chain_problems)
-    write_point(repo, vm(1), {"disk0": make_disk(6 * CHUNK, 7)})  # seq 2 again, new id
+    write_point(repo, vm(1), {"disk0": make_disk(6 * CHUNK, 7)})  # seq 3: 2 is not reused
     (repo.root / "manifests" / p1).unlink()  # an old point removed without prune
     report = verify(repo)
-    assert any("seq 1 missing" in p for p in report.chain_problems)
+    assert any(f"point {p1} (seq 1) is missing" in p for p in report.chain_problems)
+    assert any(f"point {p2} (seq 2) is missing" in p for p in report.chain_problems)
 
 
 def test_verify_output_is_machine_readable_enough(repo: Repository) -> None:

@@ -21,7 +21,6 @@ from repo_helpers import (
 )
 
 from repository import (
-    Catalog,
     CorruptChunkError,
     CorruptObjectError,
     DiskRecord,
@@ -113,16 +112,18 @@ async def test_objects_are_encrypted_and_private(repo: Repository) -> None:
     try:
         p = write_point(repo, vm(), {"d": text})
         write_point(repo, vm(), {"d": text})
-        catalog = await Catalog.for_repository(repo)
-        await catalog.record_point(repo.load_manifest(p))
-        await catalog.close()
+        await repo.state.record_point(repo.load_manifest(p))
+        await repo.state.record_job("j1", "backup", datetime.now(UTC), outcome="success")
         prune(repo, lambda _v, _p: KeepLast(1), grace=timedelta(0))  # tombstones/
     finally:
         os.umask(old_umask)
     kinds = {p.relative_to(repo.root).parts[0] for p in repo.root.rglob("*")}
-    assert {"chunks", "indexes", "manifests", "tombstones", "keys", "locks"} <= kinds
-    assert "catalog.db" in kinds
-    for path in repo.root.rglob("*"):
+    assert {"chunks", "indexes", "manifests", "tombstones", "keys"} <= kinds
+    # What is local to this machine lives in the state directory, not in the repository.
+    assert "catalog.db" not in kinds
+    state = repo.state.dir
+    assert {p.name for p in state.iterdir()} >= {"heads", "locks", "jobs.jsonl"}
+    for path in [*repo.root.rglob("*"), state.parent, *state.rglob("*")]:
         mode = path.stat().st_mode & 0o777
         assert mode == (0o700 if path.is_dir() else 0o600), path
         if path.is_file():

@@ -15,6 +15,7 @@ import pytest
 from protector import logs
 from protector.config import load_config
 from protector.daemon.daemon import Daemon
+from repository import Repository
 
 pytestmark = pytest.mark.slow
 
@@ -37,6 +38,7 @@ def write_config(root: Path, sim) -> Path:  # type: ignore[no-untyped-def]
         '[daemon]\nstatus_listen = "127.0.0.1:0"\nstatus_token_env = "VIGIL_SEC_TOKEN"\n'
         "tag_interval = 1\n"
     )
+    Repository.init(root / "repo", passphrase=PASSPHRASE)  # as `vigil init`
     return cfg
 
 

@@ -39,8 +39,10 @@ def backed_up(tmp_path: Path, vcsim_fresh) -> Path:  # type: ignore[no-untyped-d
     cfg.write_text(
         f'[vcenter]\nurl = "{vcsim_fresh.url}"\nuser = "user"\npassword_env = "VIGIL_SEC_PW"\n'
         '[repository]\npath = "repo"\npassphrase_env = "VIGIL_SEC_PP"\n'
-        '[policies]\npath = "pol"\n[transport]\nmodes = ["http"]\n'
+        '[policies]\npath = "pol"\n[transport]\nmodes = ["http"]\n[state]\ndir = "state"\n'
     )
+    init = vigil(cfg, "init")
+    assert init.returncode == 0, init.stderr
     # Real data, so chunks are written too.
     flat = next(d for d in vcsim_fresh.datastore_dirs if (d / "DC0_H0_VM0").is_dir())
     (flat / "DC0_H0_VM0" / "disk1-flat.vmdk").write_bytes(os.urandom(1 << 20))
@@ -52,7 +54,9 @@ def backed_up(tmp_path: Path, vcsim_fresh) -> Path:  # type: ignore[no-untyped-d
 
 def test_repository_is_private_even_with_umask_000(backed_up: Path) -> None:
     loose: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(backed_up):
+    state = backed_up.parent / "state"  # [state] dir: this machine's locks and heads
+    assert stat.S_IMODE(os.stat(state).st_mode) == 0o700
+    for dirpath, dirnames, filenames in [*os.walk(backed_up), *os.walk(state)]:
         for name in dirnames:
             mode = stat.S_IMODE(os.stat(os.path.join(dirpath, name)).st_mode)
             if mode != 0o700:
@@ -63,7 +67,11 @@ def test_repository_is_private_even_with_umask_000(backed_up: Path) -> None:
                 loose.append(f"{dirpath}/{name} {mode:o}")
     assert stat.S_IMODE(os.stat(backed_up).st_mode) == 0o700
     assert not loose, f"readable by others: {loose}"
-    assert (backed_up / "catalog.db").exists() and list((backed_up / "chunks").rglob("*"))
+    assert list((backed_up / "chunks").rglob("*")) and list(state.rglob("heads/*.json"))
+    # Nothing local to this machine is in the repository (it may be shared storage).
+    assert not (backed_up / "catalog.db").exists()
+    # locks/ holds only repository lock objects, and none once the commands are done.
+    assert not list((backed_up / "locks").iterdir())
 
 
 def test_master_key_is_never_on_disk_unwrapped(backed_up: Path) -> None:

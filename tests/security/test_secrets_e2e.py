@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from repository import Repository
+
 ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "Vc-Pw-7c1e!distinct"
 WRONG_PASSWORD = "Wrong-Pw-55aa!distinct"
@@ -23,6 +25,7 @@ def config(tmp_path: Path, sim) -> Path:  # type: ignore[no-untyped-def]
         '[repository]\npath = "repo"\npassphrase_env = "VIGIL_SEC_PP"\n'
         '[policies]\npath = "pol"\n[transport]\nmodes = ["http"]\n'
     )
+    Repository.init(tmp_path / "repo", passphrase=PASSPHRASE)  # as `vigil init`
     return cfg
 
 

@@ -49,8 +49,14 @@ def write_config(
     policies: str = "pol",
     extra: str = "",
     with_policies: bool = True,
+    init: bool = True,
 ) -> Path:
-    """A vigil.toml for the simulator at `url`, with a catch-all policy in ./pol."""
+    """A vigil.toml for the simulator at `url`, with a catch-all policy in ./pol; `init`:
+    create the (unencrypted) repository, as `vigil init --encryption none` would."""
+    if init:
+        from repository import Repository
+
+        Repository.init(tmp_path / repo)
     if with_policies:
         pol = tmp_path / "pol"
         pol.mkdir(exist_ok=True)

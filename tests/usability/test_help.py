@@ -13,7 +13,7 @@ from protector.cli.app import _subparsers, build_parser
 from .clihelp import vigil, write_config
 
 # Commands that run a process or a tour rather than print a result.
-NO_RESULT = {"watch", "demo", "policy", "catalog"}
+NO_RESULT = {"watch", "demo", "policy", "catalog", "files", "mount", "key"}
 
 
 def all_commands() -> dict[str, argparse.ArgumentParser]:

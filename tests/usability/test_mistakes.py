@@ -148,26 +148,26 @@ def _unwritable(tmp_path: Path) -> str:
 
 
 def test_repository_path_not_writable_names_repository_path(tmp_path, vcsim):
-    cfg = write_config(tmp_path, vcsim.url, repo=_unwritable(tmp_path))
-    r = vigil("backup", "DC0_H0_VM0", cfg=cfg)
+    cfg = write_config(tmp_path, vcsim.url, repo=_unwritable(tmp_path), init=False)
+    r = vigil("init", "--encryption", "none", cfg=cfg)
     assert r.returncode == 2
     line = one_error_line(r.stderr)
     assert "repository.path" in line and str(tmp_path / "not-a-dir" / "repo") in line
 
 
 def test_repository_under_a_missing_mount_names_repository_path(tmp_path, vcsim):
-    cfg = write_config(tmp_path, vcsim.url, repo="/proc/vigil-no-such/repo")
-    r = vigil("backup", "DC0_H0_VM0", cfg=cfg)
+    cfg = write_config(tmp_path, vcsim.url, repo="/proc/vigil-no-such/repo", init=False)
+    r = vigil("init", "--encryption", "none", cfg=cfg)
     assert r.returncode == 2
     line = one_error_line(r.stderr)
     assert "repository.path" in line and "/proc/vigil-no-such/repo" in line
 
 
 def test_no_repository_yet_names_repository_path(tmp_path, vcsim):
-    r = vigil("list", cfg=write_config(tmp_path, vcsim.url))
+    r = vigil("list", cfg=write_config(tmp_path, vcsim.url, init=False))
     assert r.returncode == 2
     line = one_error_line(r.stderr)
-    assert "repository.path" in line and "vigil backup" in line
+    assert "repository.path" in line and "create it with `vigil init`" in line
 
 
 @pytest.mark.parametrize("command", [["policy", "check"], ["prune", "--dry-run"]])
@@ -279,3 +279,21 @@ def test_list_of_a_mistyped_vm_suggests_the_vm_with_points(repo_with_a_point):
     assert "no restore points of VM 'DC0_H0_VM'; did you mean DC0_H0_VM0?" in r.stdout
     j = vigil("list", "DC0_H0_VM", "--json", cfg=cfg)
     assert j.returncode == 0 and json.loads(j.stdout) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--new-name", "x", "--datastore-map", "LocalDS_0"], "expected SRC=DST"),
+        (["--to-existing", "--network-map", "a=b"], "apply to --new-name only"),
+        (
+            ["--new-name", "x", "--datastore-map", "LocalDS_0=nope"],
+            "'nope' not found in the target datacenter",
+        ),
+    ],
+)
+def test_restore_maps_are_checked(repo_with_a_point, args, message):
+    cfg, point = repo_with_a_point
+    r = vigil("restore", point, *args, cfg=cfg)
+    assert r.returncode == 2, r.stderr
+    assert message in one_error_line(r.stderr)

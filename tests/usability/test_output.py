@@ -134,7 +134,7 @@ def test_export_and_catalog_rebuild_print_json(tmp_path, vcsim):
 
 
 def test_errors_with_json_are_json_on_stdout_and_one_line_on_stderr(tmp_path, vcsim):
-    cfg = write_config(tmp_path, vcsim.url)
+    cfg = write_config(tmp_path, vcsim.url, init=False)
     Path(tmp_path / "repo").mkdir()
     for args in (["list", "--json"], ["verify", "--json"], ["prune", "--json"]):
         r = vigil(*args, cfg=cfg)

@@ -19,7 +19,9 @@ def build(distrib: Path, *, soname: str = "libvixDiskLib.so.8", old: bool = Fals
         raise RuntimeError("building the fake VixDiskLib needs gcc (apt-get install gcc)")
     out = distrib / "lib64" / soname
     out.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [cc, "-shared", "-fPIC", "-O2", "-pthread", "-o", str(out), str(SOURCE)]
+    major = soname.rsplit(".so.", 1)[-1].split(".")[0]
+    cmd = [cc, "-shared", "-fPIC", "-O2", "-pthread", f"-DFAKE_MAJOR={int(major)}"]
+    cmd += ["-o", str(out), str(SOURCE)]
     if old:
         cmd.insert(1, "-DFAKE_OLD")
     proc = subprocess.run(cmd, capture_output=True, text=True)

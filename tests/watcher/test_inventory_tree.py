@@ -342,3 +342,29 @@ def test_a_value_the_tree_cannot_use_leaves_the_vms_untouched():
         t.sync_to(broken)
     assert sorted(t.vms(), key=lambda v: v.moref) == before
     assert t.find_vm_by_identity(before[0].identity) == before[0]
+
+
+def test_first_sync_into_an_empty_tree_equals_a_rebuild():
+    """The first sync takes the fresh tree's nodes as they are; they must be exactly
+    what the general path builds, and the two trees must not share VM state after."""
+    updates = [*skeleton(), vm("vm-1", "web-1"), vm("vm-2", "web-2")]
+    fresh = InventoryTree(VC, {1: "owner"})
+    fresh.apply(updates)
+    fresh.set_tags({"vm-1": frozenset({"backup:gold"})})
+    first = InventoryTree()
+    events = first.sync_to(fresh, take_tags=True)
+    # the general path: a tree that is not empty (one unrelated object) takes the same
+    general = InventoryTree()
+    general.apply([enter("Folder", "group-x", name="stray")])
+    fresh2 = InventoryTree(VC, {1: "owner"})
+    fresh2.apply(updates)
+    fresh2.set_tags({"vm-1": frozenset({"backup:gold"})})
+    expected = general.sync_to(fresh2, take_tags=True)
+    assert sorted(map(repr, events)) == sorted(map(repr, expected))
+    assert {type(e) for e in events} == {VmAdded}
+    assert sorted(first.vms(), key=lambda v: v.moref) == sorted(
+        general.vms(), key=lambda v: v.moref
+    )
+    assert first.find_vm_by_identity(f"{VC}/iu-vm-1").tags == frozenset({"backup:gold"})
+    first.apply(modify("VirtualMachine", "vm-1", name="web-01"))
+    assert fresh.get_vm("vm-1").name == "web-1"

@@ -121,8 +121,8 @@ async def test_tag_service_answers_of_the_wrong_shape_do_not_stop_the_watch(vcsi
     breaking = True
 
     def rewrite(method: str, data: bytes) -> bytes:
-        if breaking and method.startswith("/rest/com/vmware/cis/tagging/tag/id:"):
-            return b'{"value": ["not", "a", "tag"]}'
+        if breaking and method.startswith("/api/cis/tagging/tag/"):
+            return b'["not", "a", "tag"]'
         return data
 
     try:
@@ -146,15 +146,21 @@ async def test_tag_service_answers_of_the_wrong_shape_do_not_stop_the_watch(vcsi
 
 
 async def test_a_tag_deleted_during_a_poll_does_not_fail_the_poll(vcsim_fresh):
-    """Between listing the tags and reading each one, an admin deletes one: its GET is a
-    404. The poll must still return every other tag (else all tag changes stall)."""
+    """Between listing a VM's attached tags and reading each tag, an admin deletes one:
+    its GET is a 404. The poll must still return every other tag (else all tag changes
+    stall), by either batch call (with and without a VM list)."""
     sim = vcsim_fresh
     admin_tags = TagClient(Endpoint(sim.url), sim.user, sim.password)
+    gone = "urn:vmomi:InventoryServiceTag:deleted-meanwhile:GLOBAL"
 
     def rewrite(method: str, data: bytes) -> bytes:
-        if method in ("/rest/com/vmware/cis/tagging/tag", "/rest/com/vmware/cis/tagging/category"):
-            listed = json.loads(data)
-            listed["value"].append("urn:vmomi:InventoryServiceTag:deleted-meanwhile:GLOBAL")
+        if method.endswith("/tagging/tag-association") and b"tag_id" in data:
+            listed = json.loads(data)  # /api: not wrapped in {"value": ...}
+            for entry in listed:
+                if "object_id" in entry:  # list-attached-tags-on-objects
+                    entry["tag_ids"] = [*(entry.get("tag_ids") or []), gone]
+            if listed and "tag_id" in listed[0]:  # list-attached-objects-on-tags
+                listed.append({"tag_id": gone, "object_ids": listed[0]["object_ids"]})
             return json.dumps(listed).encode()
         return data
 
@@ -164,12 +170,14 @@ async def test_a_tag_deleted_during_a_poll_does_not_fail_the_poll(vcsim_fresh):
             async with watching(proxy) as (w, _col):
                 vm = w.tree.vms()[0]
             await admin_tags.attach(tag, vm.moref)
-            reader = TagClient(Endpoint(proxy.url), sim.user, sim.password)
-            try:
-                assert await reader.vm_tags() == {vm.moref: frozenset({"backup:gold"})}
-            finally:
-                await reader.close()
-            assert any("deleted-meanwhile" in m for m, _ in proxy.answers)
+            for vms in ([vm.moref], None):
+                reader = TagClient(Endpoint(proxy.url), sim.user, sim.password)
+                try:
+                    assert await reader.vm_tags(vms) == {vm.moref: frozenset({"backup:gold"})}
+                finally:
+                    await reader.close()
+                deleted_reads = [m for m, _ in proxy.answers if "deleted-meanwhile" in m]
+                assert len(deleted_reads) == (1 if vms else 2)
     finally:
         await admin_tags.close()
 

@@ -1,1 +1,0 @@
-"""Alembic migrations of the catalog schema (run by repository.catalog at open)."""

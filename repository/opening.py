@@ -1,0 +1,148 @@
+"""Creating and opening a repository: the config, the key slots, the checks between them."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from repository.backend import Backend, LocalBackend, owner_to_match
+from repository.config import (
+    CONFIG_KEY,
+    RepoConfig,
+    check_initialisable,
+    check_sealed_config,
+    chunk_size_problem,
+    refuse_downgrade,
+)
+from repository.errors import (
+    ObjectNotFoundError,
+    PassphraseRequiredError,
+    RepositoryError,
+    RepositoryNotFoundError,
+    WrongPassphraseError,
+)
+from repository.keys import (
+    MAX_SLOTS_TRIED,
+    KdfParams,
+    KeySet,
+    keyset_from_master,
+    keyset_unencrypted,
+    unwrap_master,
+    wrap_master,
+)
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """What a Repository is built from."""
+
+    root: Path
+    backend: LocalBackend
+    config: RepoConfig
+    keys: KeySet
+    slot: str | None = None  # the key slot the passphrase opened (without `keys/`)
+    master: bytes | None = None
+
+
+def refuse_empty(passphrase: str | None) -> None:
+    if passphrase is not None and not passphrase.strip():
+        raise RepositoryError("an empty passphrase is refused: it would protect nothing")
+
+
+def create(
+    root: Path, chunk_size: int, passphrase: str | None, kdf: KdfParams | None
+) -> Opened | None:
+    """A new repository at `root`; None when another process created one first (the
+    config is written last and write-once: it arbitrates between concurrent creators)."""
+    problem = chunk_size_problem(chunk_size)
+    if problem:
+        raise ValueError(problem)
+    refuse_empty(passphrase)
+    check_initialisable(root)
+    owner = owner_to_match(root)  # root creating it in the service user's directory
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(root, 0o700)
+    if owner:
+        os.chown(root, *owner)
+    backend = LocalBackend(root)
+    repo_id = secrets.token_hex(16)
+    if passphrase is None:
+        id_key = secrets.token_bytes(32)
+        config = RepoConfig(repo_id, chunk_size, "none", id_key.hex())
+        keys, slot, master = keyset_unencrypted(id_key), None, None
+    else:
+        master = secrets.token_bytes(32)
+        config = RepoConfig(repo_id, chunk_size, "aes-256-gcm", None)
+        slot = secrets.token_hex(8)
+        blob = wrap_master(master, passphrase, repo_id, kdf or KdfParams(), config.canonical())
+        backend.put_if_absent(f"keys/{slot}", blob)
+        keys = keyset_from_master(master)
+    if not backend.put_if_absent(CONFIG_KEY, config.to_bytes()):
+        if slot is not None:
+            backend.delete(f"keys/{slot}")  # our slot wraps a key nobody uses
+        return None
+    log.info(
+        "repository.init", path=str(root), chunk_size=chunk_size, encrypted=passphrase is not None
+    )
+    return Opened(root, backend, config, keys, slot, master)
+
+
+def open_existing(root: Path, passphrase: str | None) -> Opened:
+    backend = LocalBackend(root)
+    try:
+        config = RepoConfig.from_bytes(backend.get(CONFIG_KEY), str(root / CONFIG_KEY))
+    except ObjectNotFoundError:
+        raise RepositoryNotFoundError(f"{root} is not a vigil repository (no config)") from None
+    slots = sorted(info.key for info in backend.list("keys/"))
+    if config.encryption == "none":
+        refuse_downgrade(root, passphrase, slots)
+        if config.id_key is None:
+            raise RepositoryError(f"{root / CONFIG_KEY}: unencrypted but no id_key")
+        return Opened(root, backend, config, keyset_unencrypted(bytes.fromhex(config.id_key)))
+    if config.encryption != "aes-256-gcm":
+        raise RepositoryError(f"{root / CONFIG_KEY}: unknown encryption {config.encryption!r}")
+    if passphrase is None:
+        raise PassphraseRequiredError(f"repository {root} is encrypted: a passphrase is needed")
+    malformed: list[str] = []
+    if len(slots) > MAX_SLOTS_TRIED:
+        log.warning(
+            "repository.too_many_key_slots",
+            path=str(root),
+            slots=len(slots),
+            tried=MAX_SLOTS_TRIED,
+            fix="remove key slots you do not know (`vigil key list`, `vigil key remove`)",
+        )
+    for key in slots[:MAX_SLOTS_TRIED]:
+        try:
+            got = unwrap_master(backend.get(key), passphrase, config.repo_id, key)
+        except (ValueError, ObjectNotFoundError) as exc:
+            malformed.append(str(exc))  # a stray or damaged slot must not block the others
+            continue
+        if got is not None:
+            check_sealed_config(root, config, got, key)
+            keys = keyset_from_master(got.master)
+            return Opened(root, backend, config, keys, key.removeprefix("keys/"), got.master)
+    extra = f" (unreadable key slots: {'; '.join(malformed)})" if malformed else ""
+    if len(slots) > MAX_SLOTS_TRIED:
+        extra += (
+            f" (tried {MAX_SLOTS_TRIED} of {len(slots)} key slots, the most one open tries: "
+            f"remove slots nobody uses from {root / 'keys'})"
+        )
+    raise WrongPassphraseError(f"wrong passphrase for repository {root}{extra}")
+
+
+def add_slot(
+    backend: Backend, config: RepoConfig, master: bytes, passphrase: str, kdf: KdfParams | None
+) -> str:
+    """A new key slot wrapping `master`; returns its name (without `keys/`)."""
+    refuse_empty(passphrase)
+    slot = secrets.token_hex(8)
+    blob = wrap_master(master, passphrase, config.repo_id, kdf or KdfParams(), config.canonical())
+    backend.put_if_absent(f"keys/{slot}", blob)
+    return slot
