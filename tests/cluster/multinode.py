@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from chaos.helpers import datastore_dir, free_port, start_vigil  # tests/ is on sys.path
+from chaos.helpers import FAST_KDF, datastore_dir, free_port, start_vigil  # tests/ is on sys.path
 from pyVmomi import vim
 
 from protector.devtools.simtools import create_vm
@@ -47,7 +47,10 @@ keep_last = 10
 def write_node_config(
     root: Path, sim: Any, node: str, port: int, *, cluster: str = "", concurrency: int = 2
 ) -> Path:
-    """One node's vigil.toml: the shared repository and policies, its own name and port."""
+    """One node's vigil.toml: the shared repository (created once, as `vigil init`) and
+    policies; its own name, port and state directory (as on a host of its own)."""
+    if not (root / "repo").exists():
+        Repository.init(root / "repo", kdf=FAST_KDF)
     d = root / node
     d.mkdir(parents=True, exist_ok=True)
     hh = (time.localtime().tm_hour + 12) % 24  # the daily prune stays out of the test
@@ -73,6 +76,8 @@ tag_interval = 1
 retry_backoff = 0.5
 failure_cooldown_max = 2
 prune_at = "{hh:02d}:00"
+[state]
+dir = "{d / "state"}"
 [cluster]
 node = "{node}"
 database_url_env = "{DB_ENV}"
