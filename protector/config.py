@@ -13,10 +13,11 @@ import os
 import re
 import stat
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from cluster.config import ClusterConfig
 from disk_io.transport import check_vddk_modes
 from disk_io.vddk.thumbprint import thumbprint_hash
 from repository.config import DEFAULT_CHUNK_SIZE, chunk_size_problem
@@ -219,6 +220,8 @@ class Config:
     transport: TransportConfig = TransportConfig()
     limits: LimitsConfig = LimitsConfig()
     daemon: DaemonConfig = DaemonConfig()
+    # `[cluster]`: several nodes on one PostgreSQL (docs/cluster.md); None = one machine.
+    cluster: ClusterConfig | None = None
     state_dir: str = ""  # [state] dir; "" = $VIGIL_STATE_DIR or /var/lib/vigil/state
 
 
@@ -268,6 +271,8 @@ _SCHEMA: dict[str, dict[str, tuple[Any, bool]]] = {
     },
 }
 _REQUIRED_SECTIONS = ("vcenter", "repository", "policies")
+# Parsed by cluster.config (its own keys and checks), not through _SCHEMA.
+_OTHER_SECTIONS = ("cluster",)
 
 
 def _type_name(t: Any) -> str:
@@ -369,11 +374,12 @@ def _parse_config(doc: dict[str, Any], path: str) -> Config:
     problems: list[str] = []
     base = Path(path).resolve().parent
 
+    known = [*_SCHEMA, *_OTHER_SECTIONS]
     for section in doc:
-        if section not in _SCHEMA:
+        if section not in known:
             problems.append(
-                f"{section}: unknown section (known: {', '.join(_SCHEMA)})"
-                + _did_you_mean(section, list(_SCHEMA))
+                f"{section}: unknown section (known: {', '.join(known)})"
+                + _did_you_mean(section, known)
             )
     for section in _REQUIRED_SECTIONS:
         if section not in doc:
@@ -516,6 +522,8 @@ def _parse_config(doc: dict[str, Any], path: str) -> Config:
     if "path" in p:
         p["path"] = str(base / p["path"])
 
+    cluster = _parse_cluster(doc, base, lim, problems) if "cluster" in doc else None
+
     if problems:
         raise ConfigError(path, problems)
 
@@ -533,8 +541,35 @@ def _parse_config(doc: dict[str, Any], path: str) -> Config:
         ),
         limits=LimitsConfig(**lim),
         daemon=DaemonConfig(**d),
+        cluster=cluster,
         state_dir=str(base / values["state"]["dir"]) if "dir" in values.get("state", {}) else "",
     )
+
+
+def _parse_cluster(
+    doc: dict[str, Any], base: Path, lim: dict[str, Any], problems: list[str]
+) -> ClusterConfig | None:
+    """`[cluster]` through cluster.config (errors name `cluster.KEY`). The one-machine
+    limits carry over: unless the table sets its own, `limits.per_host` and
+    `limits.per_datastore` become the cluster-wide slots per host and per datastore, and
+    `limits.concurrent_backups` the backups one worker runs at once."""
+    from cluster.config import ClusterConfigError, parse_cluster  # stdlib only: cheap
+
+    table = doc["cluster"]
+    try:
+        cfg = parse_cluster(table)
+    except ClusterConfigError as exc:
+        problems.append(str(exc))
+        return None
+    carried = {
+        "host_slots": lim.get("per_host", LimitsConfig.per_host),
+        "datastore_slots": lim.get("per_datastore", LimitsConfig.per_datastore),
+        "worker_concurrency": lim.get("concurrent_backups", LimitsConfig.concurrent_backups),
+    }
+    changes: dict[str, Any] = {k: v for k, v in carried.items() if k not in table}
+    if cfg.database_url_file:
+        changes["database_url_file"] = str(base / cfg.database_url_file)
+    return replace(cfg, **changes)
 
 
 def endpoint_of(cfg: Config) -> Any:

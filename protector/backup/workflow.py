@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -87,9 +87,12 @@ async def backup_vm(
     job_id: str | None = None,
     progress: Progress | None = None,
     group: dict[str, Any] | None = None,
+    before_commit: Callable[[], Awaitable[None]] | None = None,
 ) -> BackupResult:
     """Back up one VM (the module docstring has the steps). `group` links the points of one
-    job over several VMs (a vApp): saved as config_info["backup"]["group"]."""
+    job over several VMs (a vApp): saved as config_info["backup"]["group"]. `before_commit`
+    runs after the snapshot is removed and right before the manifest is written; if it
+    raises, no point is committed (a cluster job checks its scheduler's epoch there)."""
     job_id = job_id or uuid.uuid4().hex[:12]
     started = datetime.now(UTC)
     ident, props = await vm_identity(ctx, vm, path)
@@ -102,7 +105,16 @@ async def backup_vm(
         f"backup job {job_id}",
     ):
         return await _backup_locked(
-            ctx, vm, opts, ident, props, job_id, started, progress=progress, group=group
+            ctx,
+            vm,
+            opts,
+            ident,
+            props,
+            job_id,
+            started,
+            progress=progress,
+            group=group,
+            before_commit=before_commit,
         )
 
 
@@ -117,6 +129,7 @@ async def _backup_locked(
     *,
     progress: Progress | None,
     group: dict[str, Any] | None,
+    before_commit: Callable[[], Awaitable[None]] | None = None,
 ) -> BackupResult:
     bound = log.bind(vm=ident.name, moref=vm._moId, job=job_id)
     template = bool(props.get("config.template"))
@@ -196,6 +209,9 @@ async def _backup_locked(
         finished = datetime.now(UTC)
         changed = ReadMode.CHANGED.value
         kind = "incremental" if any(r.mode == changed for r in results) else "full"
+        if before_commit is not None:
+            # The fence: nothing below may run for a job whose scheduler was deposed.
+            await before_commit()
         point_id = await anyio.to_thread.run_sync(
             lambda: writer.commit(
                 disks=records,

@@ -17,7 +17,9 @@ def register(sub: Any) -> None:
         "status",
         help="protection state of every VM, from the running daemon",
         description="Fetch /status.json from the `vigil watch` daemon (daemon.status_listen) "
-        "and print every VM's policy, newest good restore point and its age against the RPO. "
+        "and print every VM's policy, newest good restore point and its age against the RPO; "
+        "with a [cluster] table also the nodes and their roles, the leader per vCenter and "
+        "the backups running now and where (the VMs are shown by the leading scheduler). "
         "Exit 1 when the daemon is not connected to vCenter or a VM is failing or has breached "
         "its RPO (a monitoring check), 2 when no daemon answers.",
         epilog="Examples:\n\n"
@@ -49,7 +51,39 @@ def render(status: dict[str, Any]) -> str:
     queued = status["jobs"]["queued"]
     if queued:
         lines.append("queued: " + ", ".join(clean(j["vm_name"]) for j in queued))
+    if status.get("cluster"):
+        lines += render_cluster(status["cluster"])
     return "\n".join(lines)
+
+
+def render_cluster(c: dict[str, Any]) -> list[str]:
+    """The cluster's part (a `[cluster]` table): nodes and roles, the leader per vCenter,
+    the backups running now and where."""
+    me = c.get("this_node", {})
+    lines = [f"cluster (this node: {me.get('node', '?')}, role {me.get('role', '?')})"]
+    if c.get("error"):
+        lines.append(f"  cluster database: {c['error']}")
+    nodes = c.get("nodes", [])
+    width = max((len(n["node"]) for n in nodes), default=4)
+    lines.append(f"  {'NODE':<{width}}  {'ROLE':<9}  {'STATE':<5}  {'PID':>7}  LAST SEEN")
+    for n in nodes:
+        state = "alive" if n["alive"] else "GONE"
+        lines.append(
+            f"  {n['node']:<{width}}  {n['role']:<9}  {state:<5}  {n['pid']:>7}  "
+            f"{n['last_seen_seconds']:.0f}s ago"
+        )
+    for lead in c.get("leaders", []):
+        gone = "" if lead["alive"] else " (not seen: a standby takes over)"
+        lines.append(
+            f"  leader of vCenter {lead['vcenter']}: {lead['node']}, epoch {lead['epoch']}{gone}"
+        )
+    running = c.get("running_jobs", [])
+    if running:
+        lines.append(
+            "  running: " + ", ".join(f"{j['vm'] or j['job']} on {j['node']}" for j in running)
+        )
+    lines.append(f"  queued in the cluster: {c.get('queued_jobs', 0)}")
+    return lines
 
 
 def _reason(exc: BaseException) -> str:

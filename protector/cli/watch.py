@@ -22,7 +22,17 @@ def register(sub: Any) -> None:
         "vCenter is waited for.",
         epilog="Examples:\n\n"
         "  vigil --config /etc/vigil/vigil.toml watch\n"
-        "  systemctl enable --now vigil      # contrib/vigil.service runs exactly this",
+        "  systemctl enable --now vigil      # contrib/vigil.service runs exactly this\n"
+        "  vigil watch --role worker         # a backup proxy of a cluster ([cluster] table)",
+    )
+    p.add_argument(
+        "--role",
+        choices=("all", "scheduler", "worker"),
+        default="all",
+        help="with a [cluster] table: scheduler (one leads per vCenter: watcher, policies, "
+        "planner, prune; it queues the backups on PostgreSQL), worker (runs queued backups), "
+        "or all (both; the default). Without [cluster] only `all`: one machine does "
+        "everything, in process",
     )
     p.set_defaults(handler=run)
 
@@ -32,9 +42,22 @@ async def run(args: argparse.Namespace) -> int:
     from protector.daemon.daemon import Daemon
 
     cfg = config_of(args)
+    role = getattr(args, "role", "all")
+    if cfg.cluster is None and role != "all":
+        from protector.errors import UserError
+
+        raise UserError(
+            f"{cfg.path}: --role {role} needs a [cluster] table (the nodes share a PostgreSQL "
+            "database, docs/cluster.md); without one, `vigil watch` runs everything in this "
+            "process (--role all)"
+        )
     require_policies_path(cfg)
     check_repository_location(cfg, create=True)
     await preflight_login(cfg)
+    if cfg.cluster is not None:
+        from protector.daemon.cluster_node import ClusterNode
+
+        return await ClusterNode(cfg, role).run()
     return await Daemon(cfg).run()
 
 

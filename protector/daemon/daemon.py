@@ -66,6 +66,32 @@ class DaemonStats:
     prune_failures: int = 0
 
 
+def preflight(cfg: Config) -> str:
+    """Refuse settings that would silently weaken security; returns the status token."""
+    token = ""
+    env = cfg.daemon.status_token_env
+    if env:
+        token = os.environ.get(env, "")
+        if not token:
+            # Starting anyway would serve the status page to anyone, unauthenticated.
+            raise UserError(
+                f"{cfg.path}: daemon.status_token_env names the environment variable "
+                f"{env}, which is unset or empty; set it to the bearer token in the "
+                "daemon's environment (e.g. systemd EnvironmentFile=), or remove "
+                "daemon.status_token_env to serve the status page without a token"
+            )
+    vc = cfg.vcenter
+    if not vc.verify_tls and not vc.thumbprint and vc.url.startswith("https:"):
+        log.warning(
+            "daemon.tls_unverified",
+            vcenter=vc.url,
+            risk="anyone on the path can impersonate vCenter and read the password",
+            next_step="pin the certificate with vcenter.thumbprint (SHA-256) or set "
+            "vcenter.verify_tls = true",
+        )
+    return token
+
+
 class Daemon:
     def __init__(self, cfg: Config, *, tz: tzinfo | None = None) -> None:
         self.cfg = cfg
@@ -96,68 +122,21 @@ class Daemon:
         self.catalog: Any = None
         self.policies: PolicyStore | None = None
         self.watcher: Watcher | None = None
-        self.runner: JobRunner | None = None
+        self.runner: Any = None  # JobRunner, or the cluster's queue (planner.JobQueue)
         self.status: StatusServer | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
     def _preflight(self) -> str:
-        """Refuse settings that would silently weaken security; returns the status token."""
-        cfg = self.cfg
-        token = ""
-        env = cfg.daemon.status_token_env
-        if env:
-            token = os.environ.get(env, "")
-            if not token:
-                # Starting anyway would serve the status page to anyone, unauthenticated.
-                raise UserError(
-                    f"{cfg.path}: daemon.status_token_env names the environment variable "
-                    f"{env}, which is unset or empty; set it to the bearer token in the "
-                    "daemon's environment (e.g. systemd EnvironmentFile=), or remove "
-                    "daemon.status_token_env to serve the status page without a token"
-                )
-        vc = cfg.vcenter
-        if not vc.verify_tls and not vc.thumbprint and vc.url.startswith("https:"):
-            log.warning(
-                "daemon.tls_unverified",
-                vcenter=vc.url,
-                risk="anyone on the path can impersonate vCenter and read the password",
-                next_step="pin the certificate with vcenter.thumbprint (SHA-256) or set "
-                "vcenter.verify_tls = true",
-            )
-        return token
+        return preflight(self.cfg)
 
     async def run(self, *, install_signals: bool = True) -> int:
         cfg = self.cfg
         token = self._preflight()
-        try:
-            self.policies = PolicyStore(cfg.policies_path, inventory=self._all_facts)
-        except PolicyLoadError as exc:
-            raise UserError(f"policies are invalid, nothing started:\n{exc}") from None
+        self._load_policies()
         self.repo = await open_repository(cfg, create=True)
         self.catalog = await open_catalog(self.repo)
-        manifests = await anyio.to_thread.run_sync(self.repo.manifests)
-        self.state.update(states_from(manifests))
-        self.watcher = Watcher(
-            self.sessions.connect,
-            tag_interval=cfg.daemon.tag_interval,
-            reconcile_interval=cfg.daemon.reconcile_interval,
-        )
-        lim = cfg.limits
-        self.runner = JobRunner(
-            self.worker.run_job,
-            Limits(lim.concurrent_backups, lim.per_host, lim.per_datastore),
-            retry_attempts=cfg.daemon.retry_attempts,
-            retry_backoff=cfg.daemon.retry_backoff,
-            cooldown_max=cfg.daemon.failure_cooldown_max,
-            retry_later=(VmBusyError,),  # a restore elsewhere holds the VM: not a failure
-            give_up=(VmGone,),
-            on_finish=self._job_finished,
-        )
-        self.planner.policies = self.pruner.policies = self.policies
-        self.planner.jobs = self.pruner.runner = self.runner
-        self.worker.repo = self.pruner.repo = self.repo
-        self.worker.catalog = self.catalog
+        await self._compose(self.repo, self.catalog)
         self.status = StatusServer(
             self.status_data,
             self.healthy,
@@ -182,14 +161,7 @@ class Daemon:
         )
         if install_signals:
             self._install_signals()
-        spawn = self.supervisor.spawn
-        spawn(self.watcher.run(), "watcher")
-        spawn(self.runner.run(), "job-runner")
-        spawn(self._consume_events(), "events")
-        spawn(self._initial_sync(), "initial-sync")
-        spawn(self._watch_policies(), "policy-reload")
-        spawn(self.planner.run(self.ready, self.stopping), "scheduler")
-        spawn(self.pruner.run(self.ready), "pruner")
+        self._spawn_scheduling()
         try:
             await self.stopping.wait()
         finally:
@@ -199,6 +171,57 @@ class Daemon:
             log.error("daemon.exit_after_crash", task=self.supervisor.crashed)
             return 1
         return 0
+
+    def _load_policies(self) -> None:
+        try:
+            self.policies = PolicyStore(self.cfg.policies_path, inventory=self._all_facts)
+        except PolicyLoadError as exc:
+            raise UserError(f"policies are invalid, nothing started:\n{exc}") from None
+
+    def _make_runner(self) -> Any:
+        """The queue the planner submits to: here the in-process runner (the cluster's
+        scheduler puts a queue on PostgreSQL here, protector/daemon/clustered.py)."""
+        cfg = self.cfg
+        lim = cfg.limits
+        return JobRunner(
+            self.worker.run_job,
+            Limits(lim.concurrent_backups, lim.per_host, lim.per_datastore),
+            retry_attempts=cfg.daemon.retry_attempts,
+            retry_backoff=cfg.daemon.retry_backoff,
+            cooldown_max=cfg.daemon.failure_cooldown_max,
+            retry_later=(VmBusyError,),  # a restore elsewhere holds the VM: not a failure
+            give_up=(VmGone,),
+            on_finish=self._job_finished,
+        )
+
+    async def _compose(self, repo: Repository, catalog: Any) -> None:
+        """State from the manifests, the watcher, the job queue, and the wiring between."""
+        cfg = self.cfg
+        assert self.policies is not None
+        self.repo, self.catalog = repo, catalog
+        manifests = await anyio.to_thread.run_sync(repo.manifests)
+        self.state.update(states_from(manifests))
+        self.watcher = Watcher(
+            self.sessions.connect,
+            tag_interval=cfg.daemon.tag_interval,
+            reconcile_interval=cfg.daemon.reconcile_interval,
+        )
+        self.runner = self._make_runner()
+        self.planner.policies = self.pruner.policies = self.policies
+        self.planner.jobs = self.pruner.runner = self.runner
+        self.worker.repo = self.pruner.repo = repo
+        self.worker.catalog = catalog
+
+    def _spawn_scheduling(self) -> None:
+        assert self.watcher is not None and self.runner is not None
+        spawn = self.supervisor.spawn
+        spawn(self.watcher.run(), "watcher")
+        spawn(self.runner.run(), "job-runner")
+        spawn(self._consume_events(), "events")
+        spawn(self._initial_sync(), "initial-sync")
+        spawn(self._watch_policies(), "policy-reload")
+        spawn(self.planner.run(self.ready, self.stopping), "scheduler")
+        spawn(self.pruner.run(self.ready), "pruner")
 
     def request_stop(self) -> None:
         self.supervisor.request_stop()
@@ -256,11 +279,7 @@ class Daemon:
         """Once the first tree is complete: clean leftovers, evaluate all, start scheduling."""
         assert self.watcher is not None and self.policies is not None
         await self.watcher.ready.wait()
-        # Before any job can start: a job's own fresh snapshot must never look like a leftover.
-        try:
-            self.errors.extend(await remove_leftovers_everywhere(await self.session()))
-        except VsphereError as exc:
-            log.warning("daemon.leftover_scan_failed", error=str(exc))
+        await self._clean_leftovers()
         self.planner.evaluate_all(self.watcher.tree.vms())
         self.ready.set()
         log.info(
@@ -268,6 +287,13 @@ class Daemon:
             vms=len(self.watcher.tree.vms()),
             protected=sum(1 for w in self.planner.winners.values() if w),
         )
+
+    async def _clean_leftovers(self) -> None:
+        # Before any job can start: a job's own fresh snapshot must never look like a leftover.
+        try:
+            self.errors.extend(await remove_leftovers_everywhere(await self.session()))
+        except VsphereError as exc:
+            log.warning("daemon.leftover_scan_failed", error=str(exc))
 
     async def _watch_policies(self) -> None:
         assert self.policies is not None

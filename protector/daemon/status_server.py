@@ -105,7 +105,44 @@ h2{{margin-top:1.2em}}</style></head><body>
 <h2>Recent jobs</h2>
 <table><tr><th>VM</th><th>reason</th><th>outcome</th><th>error</th></tr>
 {job_rows(list(reversed(jobs["recent"][-20:])))}</table>
+{_cluster_html(status.get("cluster"))}
 </body></html>"""
+
+
+def _cluster_html(c: dict[str, Any] | None) -> str:
+    """With a [cluster] table: the nodes and their roles, the leader per vCenter, the
+    backups running now and on which node."""
+    if not c:
+        return ""
+    esc = html.escape
+    me = c.get("this_node", {})
+    nodes = "".join(
+        f"<tr><td>{esc(n['node'])}</td><td>{esc(n['role'])}</td>"
+        f"<td style='color:{STATE_COLOURS['ok'] if n['alive'] else STATE_COLOURS['breached']}'>"
+        f"{'alive' if n['alive'] else 'gone'}</td><td>{n['pid']}</td>"
+        f"<td>{n['last_seen_seconds']:.0f} s ago</td></tr>"
+        for n in c.get("nodes", [])
+    )
+    leaders = "".join(
+        f"<li>vCenter {esc(lead['vcenter'])}: <b>{esc(lead['node'])}</b>, epoch "
+        f"{lead['epoch']}{'' if lead['alive'] else ' (not seen)'}</li>"
+        for lead in c.get("leaders", [])
+    )
+    running = (
+        "".join(
+            f"<tr><td>{j['job']}</td><td>{esc(j.get('vm') or '')}</td>"
+            f"<td>{esc(j['node'])}</td></tr>"
+            for j in c.get("running_jobs", [])
+        )
+        or "<tr><td colspan='3'>none</td></tr>"
+    )
+    error = f"<p><b>cluster database: {esc(c['error'])}</b></p>" if c.get("error") else ""
+    return f"""<h2>Cluster (this node: {esc(me.get("node", "?"))}, {esc(me.get("role", "?"))})</h2>
+{error}<table><tr><th>node</th><th>role</th><th>state</th><th>pid</th><th>last seen</th></tr>
+{nodes}</table>
+<ul>{leaders or "<li>no leader elected yet</li>"}</ul>
+<h3>Backups running in the cluster ({c.get("queued_jobs", 0)} queued)</h3>
+<table><tr><th>job</th><th>VM</th><th>node</th></tr>{running}</table>"""
 
 
 def _prune_line(prune: dict[str, Any] | None, paused: str | None) -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -52,7 +52,13 @@ class BackupWorker:
         self.ran_with: dict[str, BackupOptions] = {}  # vm key → options of its running job
         self._io_limiter: anyio.CapacityLimiter | None = None
 
-    async def run_job(self, req: JobRequest, rec: JobRecord) -> None:
+    async def run_job(
+        self,
+        req: JobRequest,
+        rec: JobRecord,
+        *,
+        before_commit: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         assert self.repo is not None
         node = self.find_node(req.vm_key)
         if node is None:
@@ -66,7 +72,14 @@ class BackupWorker:
         ctx = self.context(session)
         vm = session.moref("VirtualMachine", node.moref)
         try:
-            result = await backup_vm(ctx, vm, opts, path=node.path, job_id=f"job-{rec.id}")
+            result = await backup_vm(
+                ctx,
+                vm,
+                opts,
+                path=node.path,
+                job_id=f"job-{rec.id}",
+                before_commit=before_commit,
+            )
         except Exception as exc:
             if await vm_deleted(session, vm):
                 raise VmGone(

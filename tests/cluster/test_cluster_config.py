@@ -129,3 +129,71 @@ def test_worker_settings_follow_the_config():
     # Three missed beats make a worker stalled.
     assert settings.heartbeat_interval_s == 4.0
     assert WorkerSettings.from_config(parse_cluster({"node": "p1"})).heartbeat_interval_s == 10.0
+
+
+# -- [cluster] in vigil.toml (protector/config.py) ---------------------------------------
+
+_BASE = """
+[vcenter]
+url = "https://vc.example/sdk"
+user = "u"
+password_env = "VC_PW"
+[repository]
+path = "repo"
+[policies]
+path = "policies.d"
+[limits]
+per_host = 3
+per_datastore = 5
+concurrent_backups = 6
+"""
+
+
+def _load(tmp_path, text):
+    from protector.config import load_config
+
+    p = tmp_path / "vigil.toml"
+    p.write_text(_BASE + text)
+    return load_config(p)
+
+
+def test_vigil_toml_without_cluster_is_one_machine(tmp_path):
+    assert _load(tmp_path, "").cluster is None
+
+
+def test_vigil_toml_cluster_table_carries_the_limits_over(tmp_path):
+    cfg = _load(tmp_path, '[cluster]\nnode = "proxy-1"\ndatastore_slots = 2\n').cluster
+    assert cfg is not None
+    assert (cfg.node, cfg.host_slots, cfg.datastore_slots, cfg.worker_concurrency) == (
+        "proxy-1",
+        3,  # limits.per_host
+        2,  # its own key wins
+        6,  # limits.concurrent_backups
+    )
+
+
+def test_vigil_toml_cluster_url_file_is_relative_to_the_config(tmp_path):
+    cfg = _load(tmp_path, '[cluster]\nnode = "n1"\ndatastore_slots = 2\n')
+    assert cfg.cluster is not None and cfg.cluster.database_url_file == ""
+    cfg = _load(tmp_path, '[cluster]\nnode = "n1"\ndatabase_url_file = "db-url"\n')
+    assert cfg.cluster.database_url_file == str(tmp_path.resolve() / "db-url")
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ('[cluster]\ndatabase_url = "postgresql://u:pw@db/v"\n', "cluster.database_url: secrets"),
+        ("[cluster]\nhost_slots = 0\n", "cluster.host_slots: must be between 1 and 1000"),
+        ('[cluster]\nnode = "a b"\n', "cluster.node: 'a b' is not a usable node name"),
+        ("[cluster]\nnodes = 1\n", "cluster.nodes: unknown key"),
+    ],
+)
+def test_vigil_toml_cluster_errors_name_the_file_and_key(tmp_path, text, words):
+    from protector.config import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        _load(tmp_path, text)
+    msg = str(err.value)
+    assert words in msg, msg
+    assert str(tmp_path / "vigil.toml") in msg
+    assert "pw" not in msg.replace("password", "")

@@ -1,0 +1,293 @@
+"""`vigil watch --role all|scheduler|worker` with a `[cluster]` table: one node of the
+cluster (docs/cluster.md). The node opens the shared repository once, serves its status
+page, and runs its roles:
+
+- scheduler: per vCenter a LeaderElector; while it leads, a SchedulerTerm (the watcher,
+  policies, planner and prune; jobs deferred with the term's epoch), cancelled the moment
+  the term ends; its node heartbeat says `scheduler`;
+- worker: cluster.worker.run_worker with ClusterBackup (it beats as `worker`, or `all`);
+- all: both in one process.
+
+The status page shows the whole cluster (nodes, roles, the leader per vCenter, the jobs
+running and where) read from PostgreSQL every few seconds, and, on the leading
+scheduler, its VMs as the one-machine daemon does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections import deque
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from cluster import db, nodes
+from cluster.config import ClusterConfig, database_url, redact_url
+from cluster.election import LeaderElector
+from cluster.fencing import current_epochs
+from cluster.queue import BACKUP_TASK, make_app, prepare_database
+from cluster.worker import WorkerSettings, run_worker
+from protector.config import Config
+from protector.daemon.clustered import ClusterBackup, SchedulerTerm
+from protector.daemon.daemon import preflight
+from protector.daemon.metrics import Metrics
+from protector.daemon.sessions import JobSessions
+from protector.daemon.status_server import StatusServer
+from protector.errors import UserError
+from protector.repoaccess import open_catalog, open_repository
+from protector.vsphere.connect import connect_session
+from watcher.soap import VsphereConnectionError
+
+log = structlog.get_logger(__name__)
+
+ROLES = ("all", "scheduler", "worker")
+NODE_BEAT_S = 5.0
+
+
+class ClusterNode:
+    def __init__(self, cfg: Config, role: str) -> None:
+        assert cfg.cluster is not None and role in ROLES
+        self.cfg = cfg
+        self.cc: ClusterConfig = cfg.cluster
+        self.role = role
+        self.url = ""
+        self.stop = asyncio.Event()
+        self.metrics = Metrics()
+        self.errors: deque[str] = deque(maxlen=100)
+        self.electors: list[LeaderElector] = []
+        self.term: SchedulerTerm | None = None
+        self.backup: ClusterBackup | None = None
+        self.cluster_view: dict[str, Any] = {}
+        self.repo: Any = None
+        self.catalog: Any = None
+
+    async def run(self) -> int:
+        token = preflight(self.cfg)
+        try:
+            self.url = database_url(self.cc)
+        except ValueError as exc:
+            raise UserError(f"{self.cfg.path}: {exc}") from None
+        try:
+            await prepare_database(self.url)
+        except Exception as exc:
+            raise UserError(
+                f"{self.cfg.path}: cannot prepare the cluster database "
+                f"{redact_url(self.url)}: {exc}"
+            ) from None
+        self.repo = await open_repository(self.cfg, create=True)
+        self.catalog = await open_catalog(self.repo)
+        status = StatusServer(
+            self.status_data,
+            self.healthy,
+            self.metrics,
+            token=token,
+            before_metrics=lambda: self.term.refresh_metrics() if self.term else None,
+        )
+        try:
+            await status.start(self.cfg.daemon.status_listen)
+        except OSError as exc:
+            await self.catalog.close()
+            raise UserError(
+                f"{self.cfg.path}: daemon.status_listen {self.cfg.daemon.status_listen}: "
+                f"cannot serve the status page ({exc.strerror or exc})"
+            ) from None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop.set)
+        log.info(
+            "cluster.node_started",
+            node=self.cc.node,
+            role=self.role,
+            database=redact_url(self.url),
+            status_port=status.port,
+        )
+        tasks = [asyncio.create_task(self._view_loop(), name="cluster-view")]
+        if self.role in ("scheduler", "all"):
+            tasks.append(asyncio.create_task(self._schedule(), name="scheduler"))
+        if self.role == "scheduler":
+            beat = nodes.heartbeat_loop(
+                self.url, self.cc.node, self.role, interval=NODE_BEAT_S, stop=self.stop
+            )
+            tasks.append(asyncio.create_task(beat, name="node-heartbeat"))
+        if self.role in ("worker", "all"):
+            sessions = JobSessions(self.cfg)
+            self.backup = ClusterBackup(self.cfg, self.repo, self.catalog, self.metrics, sessions)
+            settings = WorkerSettings.from_config(self.cc)
+            work = run_worker(
+                self.url,
+                self.backup,
+                settings,
+                stop=self.stop,
+                install_signal_handlers=False,
+                role=self.role,
+            )
+            tasks.append(asyncio.create_task(work, name="worker"))
+        crashed = asyncio.create_task(self._first_crash(tasks))
+        await asyncio.wait(
+            {crashed, asyncio.create_task(self.stop.wait())}, return_when="FIRST_COMPLETED"
+        )
+        self.stop.set()
+        for e in self.electors:
+            e.stop()
+        grace = self.cc.shutdown_timeout_s + 15
+        _, pending = await asyncio.wait(tasks, timeout=grace)
+        for t in pending:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        crashed.cancel()
+        if self.backup is not None:
+            await self.backup.sessions.close()
+        await status.stop()
+        await self.catalog.close()
+        log.info("cluster.node_stopped", node=self.cc.node)
+        return 1 if any(self._failed(t) for t in tasks) else 0
+
+    @staticmethod
+    def _failed(task: asyncio.Task[Any]) -> bool:
+        return task.done() and not task.cancelled() and task.exception() is not None
+
+    async def _first_crash(self, tasks: list[asyncio.Task[Any]]) -> None:
+        pending = set(tasks)
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when="FIRST_COMPLETED")
+            for t in done:
+                if self._failed(t) and not self.stop.is_set():
+                    exc = t.exception()
+                    log.error("cluster.task_crashed", task=t.get_name(), exc_info=exc)
+                    self.errors.append(f"internal task {t.get_name()} crashed: {exc!r}")
+                    return
+
+    # -- the scheduler role ------------------------------------------------------------
+
+    async def _vcenter_uuid(self) -> str:
+        delay = 1.0
+        while True:
+            try:
+                session = await connect_session(self.cfg, keepalive_interval=0)
+            except VsphereConnectionError as exc:
+                log.info("cluster.vcenter_waiting", error=str(exc), retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+                continue
+            try:
+                return session.vcenter_uuid
+            finally:
+                await session.close()
+
+    async def _schedule(self) -> None:
+        vcenter = await self._vcenter_uuid()
+        elector = LeaderElector(self.url, vcenter, self.cc.node)
+        self.electors.append(elector)
+        app = make_app(self.url, node=self.cc.node)
+
+        async def term(epoch: int) -> None:
+            self.term = SchedulerTerm(self.cfg, app, vcenter, epoch, tz=None, metrics=self.metrics)
+            try:
+                await self.term.run_term(self.repo, self.catalog)
+            finally:
+                self.term = None
+
+        async with app.open_async():
+            runner = asyncio.create_task(elector.run(), name="election")
+            try:
+                await elector.lead(term)
+            finally:
+                elector.stop()
+                await runner
+
+    # -- status ------------------------------------------------------------------------
+
+    async def _view_loop(self) -> None:
+        """The cluster's picture, read every few seconds (status_data must not block)."""
+        while not self.stop.is_set():
+            try:
+                self.cluster_view = await read_cluster_view(self.url, self.cc.node, self.role)
+            except Exception as exc:
+                self.cluster_view = {**self.cluster_view, "error": str(exc) or repr(exc)}
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), 2.0)
+
+    def healthy(self) -> bool:
+        if self.term is not None:
+            return self.term.healthy()
+        return not self.cluster_view.get("error")
+
+    def status_data(self) -> dict[str, Any]:
+        base: dict[str, Any]
+        if self.term is not None:
+            base = self.term.status_data()
+        else:
+            # A node that does not lead shows its own backups; the VMs are the leader's.
+            mine = self.backup
+            base = {
+                "generated_at": datetime.now(UTC).isoformat(),
+                "vcenter": self.cfg.vcenter.url,
+                "healthy": self.healthy(),
+                "counts": {},
+                "breached": 0,
+                "vms": [],
+                "jobs": {
+                    "running": [r.as_dict() for r in mine.running.values()] if mine else [],
+                    "queued": [],
+                    "recent": [r.as_dict() for r in mine.history][-50:] if mine else [],
+                    "outcomes": {},
+                },
+                "policy_errors": [],
+                "errors": [],
+            }
+        base["errors"] = [*base.get("errors", []), *self.errors]
+        worker: dict[str, Any] = {}
+        if self.backup is not None:
+            worker = {
+                "running": [r.as_dict() for r in self.backup.running.values()],
+                "recent": [r.as_dict() for r in self.backup.history][-50:],
+            }
+        base["cluster"] = {
+            **self.cluster_view,
+            "this_node": {"node": self.cc.node, "role": self.role},
+            "leading": [
+                {"vcenter": e.vcenter, "epoch": e.epoch} for e in self.electors if e.is_leader
+            ],
+            "worker": worker,
+        }
+        return base
+
+
+async def read_cluster_view(url: str, node: str, role: str) -> dict[str, Any]:
+    """Nodes (alive or not), the leader and epoch per vCenter, the backup jobs running now
+    and where, and how many wait — what `vigil status` shows for a cluster."""
+    async with await db.connect(url, f"vigil-status:{node}") as conn:
+        rows = await nodes.list_nodes(conn)
+        epochs = await current_epochs(conn)
+        running = await nodes.running_jobs(conn)
+        cur = await conn.execute(
+            "SELECT id, args->>'vm', args->'payload'->>'name', status FROM procrastinate_jobs "
+            "WHERE task_name = %s AND status IN ('todo', 'doing') ORDER BY id",
+            (BACKUP_TASK,),
+        )
+        jobs = await cur.fetchall()
+    alive = {r.node for r in rows if r.is_alive(NODE_BEAT_S)}
+    names = {j[0]: j[2] or j[1] for j in jobs}
+    return {
+        "nodes": [
+            {
+                "node": r.node,
+                "role": r.role,
+                "pid": r.pid,
+                "alive": r.is_alive(NODE_BEAT_S),
+                "last_seen_seconds": round(r.age_s, 1),
+            }
+            for r in rows
+        ],
+        "leaders": [
+            {"vcenter": vc, "epoch": ep, "node": leader, "alive": leader in alive}
+            for vc, (ep, leader) in sorted(epochs.items())
+        ],
+        "running_jobs": [
+            {"job": r.job_id, "node": r.node, "vm": names.get(r.job_id, "")} for r in running
+        ],
+        "queued_jobs": sum(1 for j in jobs if j[3] == "todo"),
+    }

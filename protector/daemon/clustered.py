@@ -1,0 +1,267 @@
+"""The daemon's parts as cluster roles (docs/cluster.md, "Wiring it into the daemon"):
+
+- SchedulerTerm: one term of a leading scheduler of one vCenter — the Daemon's watcher,
+  policies, planner and pruner, with the planner submitting to ClusterJobQueue (jobs
+  deferred to PostgreSQL with the term's epoch) instead of the in-process runner. Each term
+  starts from scratch: it cancels the waiting jobs of older epochs, re-reads the points
+  from the repository and does the watcher's full read, so nothing that changed during a
+  failover is missed and nothing backed up meanwhile is backed up again.
+- ClusterBackup: the worker's backup callable — resolves the VM by its identity in vCenter,
+  runs today's backup workflow (which first removes leftover snapshots of ours: a job whose
+  worker was killed left one), and checks the epoch right before the point is committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from dataclasses import dataclass
+from datetime import tzinfo
+from typing import Any
+
+import anyio
+import procrastinate
+import structlog
+
+from cluster.fencing import StaleEpochError
+from cluster.queue import BackupJob, JobRun, supersede_stale_jobs
+from policies.reload import PolicyStore
+from protector.config import Config
+from protector.daemon.cluster_queue import ClusterJobQueue
+from protector.daemon.daemon import Daemon
+from protector.daemon.jobs import JobRecord, JobRequest
+from protector.daemon.metrics import Metrics
+from protector.daemon.sessions import JobSessions
+from protector.daemon.state import VmState, states_from
+from protector.daemon.worker import BackupWorker, VmGone
+from repository import Repository, VmIdentity
+from watcher.session import Session
+
+log = structlog.get_logger(__name__)
+
+
+class TermFailed(Exception):
+    """A part of the leader's work crashed: the term ends and the elector resigns, so a
+    standby whose scheduler works can lead."""
+
+
+class SchedulerTerm(Daemon):
+    def __init__(
+        self,
+        cfg: Config,
+        app: procrastinate.App,
+        vcenter: str,
+        epoch: int,
+        *,
+        tz: tzinfo | None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        super().__init__(cfg, tz=tz)
+        if metrics is not None:  # the node's /metrics: VM states, events, policy errors
+            self.metrics = metrics
+        self.app = app
+        self.vcenter = vcenter
+        self.epoch = epoch
+        self.superseded: list[int] = []
+
+    def _make_runner(self) -> ClusterJobQueue:
+        d = self.cfg.daemon
+        return ClusterJobQueue(
+            self.app,
+            self.vcenter,
+            self.epoch,
+            on_finish=self._job_finished,
+            refresh=self._refresh_vm,
+            describe=self._describe,
+            retry_backoff=d.retry_backoff,
+            cooldown_max=d.failure_cooldown_max,
+        )
+
+    async def _clean_leftovers(self) -> None:
+        # Not the scheduler's to do in a cluster: the workers' running jobs hold snapshots
+        # of ours right now. A job killed with its worker is retried, and the retry removes
+        # the leftover first (backup/workflow.py).
+        return
+
+    def _describe(self, key: str) -> dict[str, Any]:
+        """What the worker is told besides the request: the path for its logs, and the
+        newest point this plan was made with (see ClusterBackup.already_done)."""
+        node = self._find_node(key)
+        st = self.state.get(key)
+        return {
+            "path": node.path if node is not None else "",
+            "known_point": (st.newest_point or "") if st else "",
+        }
+
+    def _job_finished(self, req: JobRequest, rec: JobRecord) -> None:
+        # The worker that ran it counted it and recorded it in its catalog; here only the
+        # plan moves on.
+        if rec.outcome == "failed":
+            self.errors.append(f"{req.vm_name}: {rec.error}")
+        self.planner.job_finished(req, rec, None)
+
+    async def _refresh_vm(self, key: str) -> None:
+        """A job of this VM ended: its newest point is whatever the repository now has."""
+        assert self.repo is not None
+        vc, _, inst = key.partition("/")
+        vm_key = VmIdentity(vcenter_uuid=vc, instance_uuid=inst).key
+        manifests = await anyio.to_thread.run_sync(self.repo.manifests, vm_key)
+        st = states_from(manifests).get(key)
+        if st is not None:
+            self.state[key] = st
+
+    async def run_term(self, repo: Repository, catalog: Any) -> None:
+        """Lead until cancelled (the term ended) or a part crashes (TermFailed)."""
+        self._load_policies()
+        self.superseded = await supersede_stale_jobs(self.app, self.vcenter, self.epoch)
+        if self.superseded:
+            log.info("cluster.superseded", jobs=len(self.superseded), epoch=self.epoch)
+        await self._compose(repo, catalog)
+        self._spawn_scheduling()
+        log.info("cluster.term_started", vcenter=self.vcenter, epoch=self.epoch)
+        try:
+            await self.stopping.wait()
+        finally:
+            await self._shutdown_term()
+        if self.supervisor.crashed is not None:
+            raise TermFailed(f"the scheduler's task {self.supervisor.crashed} crashed")
+
+    async def _shutdown_term(self) -> None:
+        self.supervisor.stopping.set()
+        if self.runner is not None:
+            await self.runner.stop()
+        if self.watcher is not None:
+            await self.watcher.close()
+        await self.supervisor.cancel_all()
+        await self.sessions.close()
+        log.info("cluster.term_ended", vcenter=self.vcenter, epoch=self.epoch)
+
+
+@dataclass
+class VmRef:
+    """What BackupWorker needs of an inventory node."""
+
+    moref: str
+    name: str
+    path: str
+
+
+async def find_vm(session: Session, identity: str) -> VmRef | None:
+    """The VM with this identity (vCenter uuid / instance uuid) in the live inventory, by
+    SearchIndex.FindByUuid with instanceUuid = true ("search for virtual machines whose
+    instance UUID matches", vSphere API: FindByUuidRequestType); None when it is gone."""
+    vc, _, inst = identity.partition("/")
+    if vc != session.vcenter_uuid:
+        raise ValueError(
+            f"the job is for vCenter {vc}, but this node's [vcenter] is {session.vcenter_uuid}"
+        )
+    ref = await session.call(
+        session.content.searchIndex, "FindByUuid", uuid=inst, vmSearch=True, instanceUuid=True
+    )
+    if ref is None:
+        return None
+    props = await session.properties(session.moref("VirtualMachine", ref._moId), ["name"])
+    return VmRef(ref._moId, props.get("name", ""), "")
+
+
+class ClusterBackup:
+    """`await backup(job, run)` for cluster.worker.run_worker."""
+
+    def __init__(
+        self, cfg: Config, repo: Repository, catalog: Any, metrics: Metrics, sessions: JobSessions
+    ) -> None:
+        self.cfg = cfg
+        self.policies = PolicyStore(cfg.policies_path)
+        self.nodes: dict[str, VmRef] = {}
+        self.state: dict[str, VmState] = {}
+        self.worker = BackupWorker(
+            cfg,
+            sessions,
+            self.state,
+            metrics,
+            find_node=self.nodes.get,
+            policy_for=lambda req: self.policies.policy(req.policy),
+        )
+        self.worker.repo, self.worker.catalog = repo, catalog
+        self.sessions = sessions
+        self.running: dict[int, JobRecord] = {}
+        self.history: deque[JobRecord] = deque(maxlen=200)
+
+    async def __call__(self, job: BackupJob, run: JobRun) -> None:
+        p = job.payload
+        req = JobRequest(
+            vm_key=job.vm,
+            vm_name=str(p.get("name") or job.vm),
+            host=job.host,
+            datastores=job.datastores,
+            reason=str(p.get("reason", "")),
+            policy=str(p.get("policy", "")),
+            full=bool(p.get("full")),
+            attempt=run.attempt + 1,
+        )
+        rec = JobRecord(
+            id=run.job_id,
+            vm_key=req.vm_key,
+            vm_name=req.vm_name,
+            host=job.host,
+            datastores=job.datastores,
+            reason=req.reason,
+            policy=req.policy,
+            attempt=req.attempt,
+            started=time.time(),
+        )
+        self.running[run.job_id] = rec
+        try:
+            await self.policies.reload()  # the policy's options as the files say now
+            session = await self.sessions.session()
+            ref = await find_vm(session, job.vm)
+            if ref is None:
+                raise VmGone(f"VM {req.vm_name} is no longer in vCenter; nothing to back up")
+            ref.path = str(p.get("path") or ref.name)
+            if done := await self.already_done(job):
+                rec.outcome, rec.point_id = "already done", done
+                log.info("job.already_done", vm=req.vm_name, job=run.job_id, point=done)
+                return
+            self.nodes[job.vm] = ref
+            await self.worker.run_job(req, rec, before_commit=run.check_epoch)
+            rec.outcome = "success"
+        except VmGone as exc:
+            rec.outcome, rec.error = "gone", str(exc)
+            log.warning("job.gone", vm=req.vm_name, job=run.job_id, error=rec.error)
+            return  # not a failure, nothing to retry
+        except StaleEpochError as exc:
+            rec.outcome, rec.error = "stale", str(exc)
+            raise
+        except asyncio.CancelledError:
+            rec.outcome, rec.error = "cancelled", "cancelled (lease lost or shutdown)"
+            raise
+        except Exception as exc:
+            rec.outcome, rec.error = "failed", str(exc) or type(exc).__name__
+            log.error("job.failed", vm=req.vm_name, job=run.job_id, error=rec.error)
+            raise
+        finally:
+            rec.finished = time.time()
+            self.running.pop(run.job_id, None)
+            self.nodes.pop(job.vm, None)
+            self.worker.finished(req, rec)
+            self.history.append(rec)
+            log.info("job.finished", vm=req.vm_name, job=run.job_id, outcome=rec.outcome)
+        await self.worker.record(rec)
+
+    async def already_done(self, job: BackupJob) -> str:
+        """The point that makes this job moot, or "". A job planned on the VM's points as
+        they were (`known_point`) finds a newer one when another job of the VM committed
+        in between — a job of the previous leader that passed its epoch check just before
+        a failover, say. Backing up again would give two points within one RPO. A job a
+        person asked for (`manual`) always runs."""
+        if job.payload.get("manual") or "known_point" not in job.payload:
+            return ""
+        vc, _, inst = job.vm.partition("/")
+        vm_key = VmIdentity(vcenter_uuid=vc, instance_uuid=inst).key
+        assert self.worker.repo is not None
+        manifests = await anyio.to_thread.run_sync(self.worker.repo.manifests, vm_key)
+        if not manifests:
+            return ""
+        newest = max(manifests, key=lambda m: m.committed_at)
+        return newest.point_id if newest.point_id != job.payload["known_point"] else ""
