@@ -9,10 +9,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from repository.errors import BackendError, ObjectNotFoundError
 
@@ -134,6 +134,18 @@ class LocalBackend:
         except OSError as exc:
             raise BackendError(key, exc) from exc
 
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        """`length` bytes of the object from `start` (fewer at its end)."""
+        if start < 0 or length <= 0:
+            raise ValueError(f"bad range {start}+{length} of {key}")
+        try:
+            with open(self._path(key), "rb") as f:
+                return os.pread(f.fileno(), length, start)
+        except FileNotFoundError:
+            raise ObjectNotFoundError(key) from None
+        except OSError as exc:
+            raise BackendError(key, exc) from exc
+
     def exists(self, key: str) -> bool:
         return self._path(key).exists()
 
@@ -187,6 +199,16 @@ class LocalBackend:
                         os.unlink(path)
                         removed += 1
         return removed
+
+
+def open_backend(location: str | Path, options: Mapping[str, Any] | None = None) -> Backend:
+    """The backend a repository location names: `s3://BUCKET/PREFIX` (with `options` the
+    `[repository.s3]` table; checks the bucket and probes If-None-Match) or a directory."""
+    if str(location).startswith("s3://"):
+        from repository.s3 import open_s3_backend, options_from_config
+
+        return open_s3_backend(options_from_config(str(location), options or {}))
+    return LocalBackend(location)
 
 
 def _fsync_dir(path: Path) -> None:
