@@ -254,19 +254,21 @@ class Repository:
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         passphrase: str | None = None,
         kdf: KdfParams | None = None,
+        backend: Backend | None = None,
     ) -> Repository:
         """Create a repository. If `path` already holds one — typically because another
         process created it a moment ago — open that one with the same passphrase instead
-        (RepositoryExistsError when the passphrase or encryption do not fit it)."""
+        (RepositoryExistsError when the passphrase or encryption do not fit it).
+        `backend`: the objects elsewhere (S3); `path` then keeps only local state."""
         root = Path(path)
         if chunk_size < 4096 or chunk_size % 4096 or chunk_size > (1 << 30):
             raise ValueError(f"chunk size {chunk_size}: must be a multiple of 4 KiB up to 1 GiB")
-        if (root / CONFIG_KEY).exists():
-            return cls._join_existing(root, passphrase, chunk_size)
+        backend = backend or LocalBackend(root)
+        if backend.exists(CONFIG_KEY):
+            return cls._join_existing(root, passphrase, chunk_size, backend)
         _check_initialisable(root)
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(root, 0o700)
-        backend = LocalBackend(root)
         repo_id = secrets.token_hex(16)
         if passphrase is None:
             id_key = secrets.token_bytes(32)
@@ -283,7 +285,7 @@ class Repository:
         if not backend.put_if_absent(CONFIG_KEY, config.to_bytes()):
             if slot is not None:
                 backend.delete(f"keys/{slot}")  # our slot wraps a key nobody uses
-            return cls._join_existing(root, passphrase, chunk_size)
+            return cls._join_existing(root, passphrase, chunk_size, backend)
         log.info(
             "repository.init",
             path=str(root),
@@ -293,9 +295,11 @@ class Repository:
         return cls(root, backend, config, keys, slot, master)
 
     @classmethod
-    def _join_existing(cls, root: Path, passphrase: str | None, chunk_size: int) -> Repository:
+    def _join_existing(
+        cls, root: Path, passphrase: str | None, chunk_size: int, backend: Backend
+    ) -> Repository:
         try:
-            repo = cls.open(root, passphrase)
+            repo = cls.open(root, passphrase, backend)
         except (WrongPassphraseError, PassphraseRequiredError, ConfigTamperedError) as exc:
             raise RepositoryExistsError(
                 f"{root} already holds a vigil repository (perhaps created a moment ago by "
@@ -312,9 +316,11 @@ class Repository:
         return repo
 
     @classmethod
-    def open(cls, path: Path | str, passphrase: str | None = None) -> Repository:
+    def open(
+        cls, path: Path | str, passphrase: str | None = None, backend: Backend | None = None
+    ) -> Repository:
         root = Path(path)
-        backend = LocalBackend(root)
+        backend = backend or LocalBackend(root)
         try:
             config = RepoConfig.from_bytes(backend.get(CONFIG_KEY), str(root / CONFIG_KEY))
         except ObjectNotFoundError:

@@ -93,7 +93,7 @@ class SeaweedServer:
         return args
 
     def start(self, timeout: float = 90) -> None:
-        log = open(self.dir / "weed.log", "ab")  # noqa: SIM115 (kept open for the child)
+        log = open(self.dir / "weed.log", "ab")
         self.proc = subprocess.Popen(
             self.argv(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
@@ -104,13 +104,24 @@ class SeaweedServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"weed exited {self.proc.returncode}: see {self.dir}/weed.log")
             try:
-                client.list_buckets()
+                self._ready(client)
                 return
             except (BotoCoreError, ClientError):
                 if time.monotonic() > deadline:
                     self.stop()
-                    raise RuntimeError(f"SeaweedFS S3 not ready: see {self.dir}/weed.log")
+                    raise RuntimeError(f"SeaweedFS S3 not ready: see {self.dir}/weed.log") from None
                 time.sleep(0.3)
+
+    @staticmethod
+    def _ready(client: Any) -> None:
+        """Ready = an object can be written and read back: the filer answers listings
+        before the volume server has registered, and a read then fails."""
+        names = {b["Name"] for b in client.list_buckets().get("Buckets", ())}
+        if "ready-check" not in names:
+            client.create_bucket(Bucket="ready-check")
+        client.put_object(Bucket="ready-check", Key="probe", Body=b"ready")
+        if client.get_object(Bucket="ready-check", Key="probe")["Body"].read() != b"ready":
+            raise ClientError({"Error": {"Code": "NotReady"}}, "GetObject")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         """Stop the server by its PID (its process group: weed mini runs one process)."""

@@ -157,6 +157,11 @@ class S3Backend:
         try:
             self.client.head_bucket(Bucket=self.opts.bucket)
         except ClientError as exc:
+            if _code(exc) in _DENIED:
+                raise S3ConfigError(
+                    f"repository.url {self.opts.url}: access to bucket {self.opts.bucket!r} "
+                    "denied (403): check the access key, secret key and the bucket policy"
+                ) from None
             raise S3ConfigError(
                 f"repository.url {self.opts.url}: bucket {self.opts.bucket!r} is not usable "
                 f"({_code(exc)}); create it first (with object lock if object_lock_days > 0)"
