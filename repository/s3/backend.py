@@ -90,7 +90,8 @@ class S3Backend:
         self.as_of_time = as_of_time
         self.versioned = False  # set by check_bucket()
         self.calls: Counter[str] = Counter()  # S3 operations by name, retries included
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # never held across a request
+        self._past_lock = threading.Lock()  # held while the as_of view loads
         self._retained: dict[str, datetime] = {}  # key -> retain-until we set ourselves
         self._past: dict[str, VersionEntry] | None = None  # the as_of view, loaded once
         self.client.meta.events.register("before-send.s3", self._count)
@@ -328,7 +329,7 @@ class S3Backend:
         if not todo:
             return 0
         self._writable(todo[0])
-        target = max(self.retention.write_until(datetime.now(UTC)), until)
+        target = max(self.retention.write_until(datetime.now(UTC)), self.retention.ceil(until))
         mode = self.retention.mode
 
         def extend(key: str) -> None:
@@ -381,7 +382,7 @@ class S3Backend:
     def _past_view(self) -> dict[str, VersionEntry]:
         """Every key of the repository as it was at `as_of_time` (one paginated sweep)."""
         assert self.as_of_time is not None
-        with self._lock:
+        with self._past_lock:
             if self._past is None:
                 entries = self._versions(self.opts.prefix, exact=False)
                 self._past = as_of(entries, self.as_of_time)

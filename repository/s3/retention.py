@@ -38,7 +38,8 @@ class RetentionPolicy:
         if self.days < 1 or self.generation_days < 1:
             raise ValueError(f"retention days {self.days}/{self.generation_days} must be >= 1")
 
-    def _ceil(self, t: datetime) -> datetime:
+    def ceil(self, t: datetime) -> datetime:
+        """The first generation boundary at or after `t`."""
         g = self.generation_days * DAY
         return datetime.fromtimestamp(math.ceil(t.timestamp() / g) * g, UTC)
 
@@ -48,11 +49,11 @@ class RetentionPolicy:
 
     def write_until(self, t: datetime) -> datetime:
         """The retain-until date for objects written or extended at `t`."""
-        return self._ceil(self.required(t) + timedelta(days=self.generation_days))
+        return self.ceil(self.required(t) + timedelta(days=self.generation_days))
 
     def floor(self, point_time: datetime) -> datetime:
         """Every object of a point made at `point_time` is retained at least this long."""
-        return self._ceil(self.required(point_time))
+        return self.ceil(self.required(point_time))
 
     def base_covers(self, base_time: datetime, now: datetime) -> bool:
         """Whether objects reused from a point made at `base_time` need no extension now."""
