@@ -346,6 +346,28 @@ class S3Backend:
             list(pool.map(extend, todo))
         return len(todo)
 
+    def retain_point(
+        self,
+        base_keys: Iterable[str],
+        changed_keys: Iterable[str],
+        base_time: datetime | None,
+        now: datetime | None = None,
+    ) -> int:
+        """What a point writer calls before its commit; returns the S3 calls made.
+        `base_keys`: objects the new point takes over unchanged from its base point (made
+        at `base_time`, None for no base or a base made without object lock) — skipped
+        while the base's generation floor covers the new point. `changed_keys`: objects
+        the changed slots reference — always checked, as one that deduplicated against an
+        older object has an unknown retention (the ones this process wrote cost nothing)."""
+        if self.retention is None:
+            return 0
+        now = now or datetime.now(UTC)
+        need = self.retention.required(now)
+        calls = self.ensure_retained(changed_keys, need)
+        if base_time is None or not self.retention.base_covers(base_time, now):
+            calls += self.ensure_retained(base_keys, need)
+        return calls
+
     def retention_of(self, key: str) -> tuple[str, datetime] | None:
         """(mode, retain-until) of the current version, None when it has no retention."""
         try:
