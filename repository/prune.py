@@ -25,7 +25,8 @@ from repository.errors import (
 )
 from repository.locks import locked
 from repository.manifest import Manifest, VmIdentity
-from repository.repo import DamagedObject, Repository, index_key, warn_damaged
+from repository.repo import DamagedObject, Repository, index_key, manifest_key, warn_damaged
+from repository.s3.errors import ObjectLockedError
 
 log = structlog.get_logger(__name__)
 
@@ -73,6 +74,8 @@ class PruneResult:
     chunks_deleted: int = 0
     bytes_freed: int = 0
     temp_files_removed: int = 0
+    # Objects under an unexpired object lock (S3): kept now, deleted by a prune after then.
+    locked: list[str] = field(default_factory=list)
 
     @property
     def deleted_points(self) -> list[str]:
@@ -92,6 +95,11 @@ class PruneResult:
             out.append(f"chunk sweep deferred: {self.sweep_deferred}")
         if self.sweep_limited:
             out.append(f"chunk sweep limited: {self.sweep_limited}")
+        if self.locked:
+            out.append(
+                f"kept {len(self.locked)} object(s) under object lock, retried by a later "
+                f"prune after expiry: {', '.join(self.locked[:3])}"
+            )
         return out
 
 
@@ -141,6 +149,11 @@ def prune(
     if not dry_run:
         for m in manifests:
             if m.point_id in doomed:
+                until = _locked_until(repo, manifest_key(m.point_id), now)
+                if until is not None:  # keep it whole (no tombstone) until it can go
+                    result.locked.append(f"{manifest_key(m.point_id)} until {until:%Y-%m-%d}")
+                    doomed.discard(m.point_id)
+                    continue
                 repo.delete_point(m, reasons[m.point_id])
     try:
         # A dry run only reads: it shares the lock with backups instead of waiting for them.
@@ -158,6 +171,12 @@ def prune(
         limited=bool(result.sweep_limited),
     )
     return result
+
+
+def _locked_until(repo: Repository, key: str, now: datetime) -> datetime | None:
+    retention_of = getattr(repo.backend, "retention_of", None)  # object-lock backends only
+    held = retention_of(key) if retention_of is not None else None
+    return held[1] if held is not None and held[1] > now else None
 
 
 def _keep_damaged(damaged: Sequence[DamagedObject]) -> list[Decision]:
@@ -217,7 +236,12 @@ def _sweep(
             if info.key in live or info.mtime >= cutoff:
                 continue
             if not dry_run:
-                repo.backend.delete(info.key)
+                try:
+                    repo.backend.delete(info.key)
+                except ObjectLockedError as exc:
+                    when = f"{exc.until:%Y-%m-%d}" if exc.until else "its legal hold is lifted"
+                    result.locked.append(f"{info.key} until {when}")
+                    continue
             if prefix == "chunks/":
                 result.chunks_deleted += 1
             else:

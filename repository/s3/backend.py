@@ -370,12 +370,17 @@ class S3Backend:
 
     def retention_of(self, key: str) -> tuple[str, datetime] | None:
         """(mode, retain-until) of the current version, None when it has no retention."""
+        if self.retention is None and not self.versioned:
+            return None  # object lock needs versioning: nothing here can be locked
+        extra = self._version_of(key)
         try:
-            ret = self._call(key, "get_object_retention", Key=self._full(key))["Retention"]
+            ret = self._call(key, "get_object_retention", Key=self._full(key), **extra)
         except S3BackendError as exc:
-            if isinstance(exc.cause, ClientError) and "ObjectLockConfiguration" in _code(exc.cause):
-                return None
+            code = _code(exc.cause) if isinstance(exc.cause, ClientError) else ""
+            if "ObjectLock" in code or code == "InvalidRequest":
+                return None  # no retention on this object, or no object lock on the bucket
             raise
+        ret = ret["Retention"]
         return ret["Mode"], ret["RetainUntilDate"]
 
     # -- versions -----------------------------------------------------------------------------

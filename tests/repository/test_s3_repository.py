@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from repo_helpers import CHUNK, FAST_KDF, PASSPHRASE, make_disk, read_back, vm, write_point
 
-from repository import Repository, verify
+from repository import KeepLast, Repository, prune, verify
 from repository.codec import ZERO_ID, chunk_key
 from repository.errors import RepositoryNotFoundError
 from repository.s3 import S3Backend, S3UnavailableError, open_s3_backend
@@ -134,3 +134,39 @@ def test_restore_past_delete_markers(weed: SeaweedServer, tmp_path: Path) -> Non
     assert recovered.list_points() == [point]
     assert read_back(recovered, point, "d0") == bytes(disk)
     assert verify(recovered, read_data=True).ok
+
+
+def test_prune_keeps_locked_objects_and_reports_them(weed: SeaweedServer, tmp_path: Path) -> None:
+    backend = open_s3_backend(weed.options("immutable", "prune", object_lock_days=5))
+    repo = s3_repo(backend, tmp_path / "state")
+    d1, d2 = make_disk(SIZE, seed=6), make_disk(SIZE, seed=7)
+    p1 = write_point(repo, vm(), {"d0": d1})
+    p2 = write_point(repo, vm(), {"d0": d2})
+    orphan = chunk_key(bytes(32))
+    backend.put_if_absent(orphan, b"debris of an abandoned backup")
+    later = datetime.now(UTC) + timedelta(hours=2)  # past the sweep's grace period
+    result = prune(repo, lambda _vm, _policy: KeepLast(1), now=later)
+    assert result.deleted_points == [p1]  # decided, but its manifest is locked:
+    assert any(f"manifests/{p1} until" in item for item in result.locked)
+    assert any(f"{orphan} until" in item for item in result.locked)
+    assert "under object lock" in "\n".join(result.lines())
+    assert result.chunks_deleted == 0 and backend.exists(orphan)
+    assert repo.list_points() == sorted([p1, p2])  # kept whole, no tombstone
+    assert not list(backend.list("tombstones/"))
+    assert read_back(repo, p1, "d0") == bytes(d1)
+    assert verify(repo, read_data=True).ok
+
+
+def test_prune_frees_space_on_an_unlocked_bucket(weed: SeaweedServer, tmp_path: Path) -> None:
+    backend = open_s3_backend(weed.options("repos", "prune-plain"))
+    repo = s3_repo(backend, tmp_path / "state")
+    p1 = write_point(repo, vm(), {"d0": make_disk(SIZE, seed=8)})
+    d2 = make_disk(SIZE, seed=9)
+    p2 = write_point(repo, vm(), {"d0": d2})
+    gone = _referenced(repo, p1) - _referenced(repo, p2)
+    later = datetime.now(UTC) + timedelta(hours=2)
+    result = prune(repo, lambda _vm, _policy: KeepLast(1), now=later)
+    assert result.deleted_points == [p1] and not result.locked
+    assert result.chunks_deleted == len(gone) > 0
+    assert not any(backend.exists(k) for k in gone)
+    assert repo.list_points() == [p2] and read_back(repo, p2, "d0") == bytes(d2)
