@@ -62,6 +62,7 @@ from repository.manifest import (
     seal,
     unseal,
 )
+from repository.s3.pointlock import retain_new_point
 
 log = structlog.get_logger(__name__)
 
@@ -818,6 +819,8 @@ class PointWriter:
         for d in disks:
             if not self.repo.backend.exists(index_key(d.index_id)):
                 raise RepositoryError(f"disk {d.key!r}: index {d.index_id} is not stored")
+        # Object lock (S3): every object the point references stays locked past its commit.
+        retain_new_point(self.repo, self.previous, disks)
         with locked(self.repo.vm_lock_path(self.vm.key), exclusive=True):
             head = self._head()
             now = datetime.now(UTC)

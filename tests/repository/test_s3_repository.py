@@ -114,6 +114,34 @@ def test_object_lock_across_a_backup_chain(weed: SeaweedServer, tmp_path: Path) 
     assert fresh.retain_point(base, set(), later, later + timedelta(days=2)) == 0
 
 
+def test_point_writer_keeps_every_referenced_object_locked(
+    weed: SeaweedServer, tmp_path: Path
+) -> None:
+    opts = weed.options("immutable", "writer", object_lock_days=5)
+    repo = s3_repo(open_s3_backend(opts), tmp_path / "state")
+    disk = make_disk(SIZE, seed=10)
+    write_point(repo, vm(), {"d0": disk})
+    # The next backup runs in another process: it remembers no retention it did not set.
+    backend = open_s3_backend(opts)
+    again = Repository.open(tmp_path / "state", PASSPHRASE, backend)
+    changed = bytearray(disk)
+    changed[:4] = b"boot"
+    p2 = write_point(again, vm(), {"d0": changed}, changed={"d0": {0}})
+    assert backend.calls["PutObjectRetention"] == 0  # the base generation covers it
+    m2 = again.load_manifest(p2)
+    slots = [i.key for i in backend.list("keys/")]
+    assert slots
+    for key in [
+        *_referenced(again, p2),
+        f"indexes/{m2.disks[0].index_id}",
+        f"manifests/{p2}",
+        "config",
+        *slots,
+    ]:
+        _mode, until = backend.retention_of(key)
+        assert until >= m2.committed_at + timedelta(days=5), key
+
+
 def test_restore_past_delete_markers(weed: SeaweedServer, tmp_path: Path) -> None:
     opts = weed.options("immutable", "attacked", object_lock_days=5)
     repo = s3_repo(open_s3_backend(opts), tmp_path / "state")
