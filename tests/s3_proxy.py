@@ -1,6 +1,8 @@
-"""A loopback S3 look-alike that ignores `If-None-Match`: a proxy in front of a real
-SeaweedFS that drops the header and re-signs the request (SigV4 covers the header, so
-dropping it alone would only break the signature). What some S3 clones do silently."""
+"""Loopback proxies in front of a real SeaweedFS, re-signing each request (SigV4 covers the
+host and every header, so a proxy that changes anything must sign again):
+
+- IgnoringProxy: drops `If-None-Match`, as some S3 clones silently do;
+- with `fail_first=N`: answers the first N requests 503 SlowDown (throttling)."""
 
 from __future__ import annotations
 
@@ -16,17 +18,46 @@ from botocore.credentials import Credentials
 _HOP = {"host", "authorization", "x-amz-date", "if-none-match", "connection", "content-length"}
 
 
+_SLOWDOWN = (
+    b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
+    b"<Message>Please reduce your request rate.</Message></Error>"
+)
+
+
 class IgnoringProxy:
-    def __init__(self, upstream: str, access_key: str, secret_key: str) -> None:
+    def __init__(
+        self,
+        upstream: str,
+        access_key: str,
+        secret_key: str,
+        *,
+        strip: bool = True,
+        fail_first: int = 0,
+    ) -> None:
         self.upstream = upstream.rstrip("/")
         creds = Credentials(access_key, secret_key)
         proxy = self
+        self.failures_left = fail_first
+        self.requests = 0
+        self._lock = threading.Lock()
+        hop = _HOP if strip else _HOP - {"if-none-match"}
 
         class Handler(BaseHTTPRequestHandler):
             def _relay(self) -> None:
                 n = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(n) if n else b""
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
+                with proxy._lock:
+                    proxy.requests += 1
+                    fail = proxy.failures_left > 0
+                    proxy.failures_left -= int(fail)
+                if fail:
+                    self.send_response(503)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(_SLOWDOWN)))
+                    self.end_headers()
+                    self.wfile.write(_SLOWDOWN)
+                    return
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in hop}
                 req = AWSRequest(self.command, proxy.upstream + self.path, headers, body)
                 S3SigV4Auth(creds, "s3", "us-east-1").add_auth(req)
                 out = urllib.request.Request(

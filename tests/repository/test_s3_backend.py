@@ -17,6 +17,7 @@ from repository.errors import ObjectNotFoundError
 from repository.s3 import (
     ConditionalWriteUnsupportedError,
     S3Backend,
+    S3BackendError,
     S3ConfigError,
     S3UnavailableError,
     open_s3_backend,
@@ -166,3 +167,27 @@ def test_server_killed_mid_write_gives_a_typed_error(tmp_path: Path) -> None:
         server.start()
         assert b.get("chunks/4") == b"x" * 1000
         assert b.put_if_absent("chunks/5", b"x" * 1000)
+
+
+def test_throttling_and_5xx_are_retried_with_backoff(weed: SeaweedServer) -> None:
+    with IgnoringProxy(weed.endpoint, ACCESS_KEY, SECRET_KEY, strip=False) as proxy:
+        opts = replace(weed.options("plain", "throttled", max_attempts=4), endpoint=proxy.endpoint)
+        b = open_s3_backend(opts)  # the probe still sees If-None-Match honoured
+        proxy.failures_left = 3
+        assert b.put_if_absent("chunks/t", b"after three 503s")
+        assert b.calls["PutObject"] >= 4  # every attempt counted
+        assert b.get("chunks/t") == b"after three 503s"
+        proxy.failures_left = 4  # more than max_attempts: a typed error naming the object
+        with pytest.raises(S3BackendError, match="chunks/u"):
+            b.put_if_absent("chunks/u", b"x")
+
+
+def test_versioned_bucket_delete_removes_every_version(weed: SeaweedServer) -> None:
+    weed.make_bucket("versioned", versioned=True)
+    b = open_s3_backend(weed.options("versioned", "v"))
+    assert b.versioned
+    b.put_if_absent("chunks/v", b"1")
+    b.replace("chunks/v", b"2")
+    b.delete("chunks/v")
+    left = weed.client().list_object_versions(Bucket="versioned", Prefix="v/chunks/v")
+    assert not left.get("Versions") and not left.get("DeleteMarkers")
