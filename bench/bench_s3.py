@@ -109,7 +109,9 @@ def retention_calls(repo: Repository, backend: S3Backend, p1: str, p2: str) -> d
     reused, changed = new & old, new - old
     fresh = S3Backend(backend.opts)
     fresh.check_bucket()
-    fresh._retained.update({k: backend._retained[k] for k in changed if k in backend._retained})
+    for k in changed:  # what the writer itself remembers of the chunks it wrote
+        if (until := backend._retained.get(k)) is not None:
+            fresh._retained.set(k, until)
     same_gen = fresh.retain_point(reused, changed, m1.committed_at, m2.committed_at)
     policy = fresh.retention
     assert policy is not None

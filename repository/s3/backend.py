@@ -37,7 +37,7 @@ from repository.s3.errors import (
     S3UnavailableError,
 )
 from repository.s3.options import S3ConfigError, S3Options
-from repository.s3.retention import RetentionPolicy
+from repository.s3.retention import RetentionMemo, RetentionPolicy
 from repository.s3.versions import VersionEntry, as_of
 
 log = structlog.get_logger(__name__)
@@ -92,7 +92,7 @@ class S3Backend:
         self.calls: Counter[str] = Counter()  # S3 operations by name, retries included
         self._lock = threading.Lock()  # never held across a request
         self._past_lock = threading.Lock()  # held while the as_of view loads
-        self._retained: dict[str, datetime] = {}  # key -> retain-until we set ourselves
+        self._retained = RetentionMemo()  # retain-until dates we set ourselves
         self._past: dict[str, VersionEntry] | None = None  # the as_of view, loaded once
         self.client.meta.events.register("before-send.s3", self._count)
 
@@ -141,7 +141,7 @@ class S3Backend:
             return {}
         until = self.retention.write_until(datetime.now(UTC))
         with self._lock:
-            self._retained[key] = until
+            self._retained.set(key, until)
         return {"ObjectLockMode": self.retention.mode, "ObjectLockRetainUntilDate": until}
 
     def _writable(self, key: str) -> None:
@@ -204,7 +204,7 @@ class S3Backend:
             cause = exc.cause
             if isinstance(cause, ClientError) and _code(cause) in _PRECONDITION:
                 with self._lock:
-                    self._retained.pop(key, None)  # not ours: its retention is unknown
+                    self._retained.forget(key)  # not ours: its retention is unknown
                 return False
             if isinstance(cause, ClientError) and _code(cause) == "ConditionalRequestConflict":
                 # AWS: a concurrent conditional write on the key is in flight; it wins.
@@ -286,7 +286,7 @@ class S3Backend:
                     self._raise_if_locked(key, full, e.version_id)
                 raise
         with self._lock:
-            self._retained.pop(key, None)
+            self._retained.forget(key)
 
     def _raise_if_locked(self, key: str, full: str, version_id: str) -> None:
         try:
@@ -324,8 +324,11 @@ class S3Backend:
         if self.retention is None:
             return 0
         with self._lock:
-            known = self._retained
-            todo = [k for k in dict.fromkeys(keys) if k not in known or known[k] < until]
+            todo = []
+            for k in dict.fromkeys(keys):
+                known = self._retained.get(k)
+                if known is None or known < until:
+                    todo.append(k)
         if not todo:
             return 0
         self._writable(todo[0])
@@ -340,7 +343,7 @@ class S3Backend:
                 Retention={"Mode": mode, "RetainUntilDate": target},
             )
             with self._lock:
-                self._retained[key] = target
+                self._retained.set(key, target)
 
         with ThreadPoolExecutor(self.opts.max_connections, thread_name_prefix="s3-ret") as pool:
             list(pool.map(extend, todo))

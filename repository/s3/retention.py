@@ -21,6 +21,8 @@ days, one per referenced object about once every G days (measured in bench/bench
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -58,3 +60,39 @@ class RetentionPolicy:
     def base_covers(self, base_time: datetime, now: datetime) -> bool:
         """Whether objects reused from a point made at `base_time` need no extension now."""
         return self.floor(base_time) >= self.required(now)
+
+
+class RetentionMemo:
+    """Retain-until dates this process set itself, so objects it just wrote cost no call
+    when the point that references them commits. Entries are forgotten `horizon` seconds
+    after they were set, which bounds a long-running daemon's memory to about one day of
+    writes; a forgotten key only costs one extra PutObjectRetention. Not thread-safe: the
+    backend holds its lock around it."""
+
+    def __init__(self, horizon: float = DAY, clock: Callable[[], float] = time.monotonic) -> None:
+        self.horizon = horizon
+        self._clock = clock
+        self._entries: dict[str, tuple[datetime, float]] = {}  # insertion order = age
+
+    def set(self, key: str, until: datetime) -> None:
+        self._entries.pop(key, None)  # re-insert at the young end
+        self._entries[key] = (until, self._clock())
+
+    def forget(self, key: str) -> None:
+        self._entries.pop(key, None)
+
+    def get(self, key: str) -> datetime | None:
+        self._expire()
+        entry = self._entries.get(key)
+        return entry[0] if entry else None
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _expire(self) -> None:
+        limit = self._clock() - self.horizon
+        while self._entries:
+            key, (_until, stamp) = next(iter(self._entries.items()))
+            if stamp >= limit:
+                return
+            del self._entries[key]

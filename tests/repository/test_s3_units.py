@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from repository.s3 import RetentionPolicy, S3ConfigError, options_from_config
+from repository.s3.retention import RetentionMemo
 from repository.s3.versions import VersionEntry, as_of
 
 T0 = datetime(2026, 3, 1, 2, 0, tzinfo=UTC)
@@ -100,3 +101,22 @@ def test_as_of_picks_the_newest_entry_before_the_time() -> None:
     ]
     got = as_of(entries, t + timedelta(minutes=10))
     assert {k: v.version_id for k, v in got.items()} == {"a": "a-new", "d": "d3"}
+
+
+def test_retention_memo_forgets_after_its_horizon() -> None:
+    now = [0.0]
+    memo = RetentionMemo(horizon=100, clock=lambda: now[0])
+    memo.set("a", T0)
+    now[0] = 60
+    memo.set("b", T0)
+    now[0] = 70
+    memo.set("a", T0 + timedelta(days=7))  # refreshed: young again
+    now[0] = 130
+    assert memo.get("a") == T0 + timedelta(days=7) and memo.get("b") == T0
+    now[0] = 161
+    assert memo.get("b") is None and len(memo) == 1
+    now[0] = 500
+    assert memo.get("a") is None and len(memo) == 0
+    memo.set("c", T0)
+    memo.forget("c")
+    assert memo.get("c") is None
