@@ -8,7 +8,7 @@ throttling and dropped connections. Why botocore and not obstore: docs/object-st
 Write-once is `PUT` with `If-None-Match: *` (412 = the key exists), checked at every open
 by probe.py. With object lock, each PUT carries `x-amz-object-lock-mode` and
 `x-amz-object-lock-retain-until-date` (retention.py picks the date) and ensure_retained()
-extends reused objects with PutObjectRetention. On a versioned bucket delete() removes
+extends reused objects with PutObjectRetention (lock.py). On a versioned bucket delete() removes
 every version (so prune frees space); a locked version raises ObjectLockedError.
 `as_of=TIME` opens the bucket read-only as it was at TIME, through ListObjectVersions and
 GET ?versionId — the recovery path after an attacker stacked delete markers.
@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,11 +30,13 @@ from botocore.exceptions import BotoCoreError, ClientError
 from repository.backend import ObjectInfo
 from repository.errors import ObjectNotFoundError
 from repository.s3.errors import (
-    ObjectLockedError,
+    DENIED,
     ReadOnlyError,
     S3BackendError,
     S3UnavailableError,
+    error_code,
 )
+from repository.s3.lock import ObjectLockOps
 from repository.s3.options import S3ConfigError, S3Options
 from repository.s3.retention import RetentionMemo, RetentionPolicy
 from repository.s3.versions import VersionEntry, as_of
@@ -44,7 +45,6 @@ log = structlog.get_logger(__name__)
 
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
 _PRECONDITION = {"PreconditionFailed", "412"}
-_DENIED = {"AccessDenied", "403"}
 
 
 def make_client(opts: S3Options) -> Any:
@@ -69,12 +69,7 @@ def make_client(opts: S3Options) -> Any:
     )
 
 
-def _code(exc: ClientError) -> str:
-    err = exc.response.get("Error", {})
-    return str(err.get("Code") or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode"))
-
-
-class S3Backend:
+class S3Backend(ObjectLockOps):
     """One repository under `s3://bucket/prefix`. Thread-safe."""
 
     def __init__(self, opts: S3Options, *, as_of_time: datetime | None = None) -> None:
@@ -116,14 +111,14 @@ class S3Backend:
         try:
             return getattr(self.client, op)(Bucket=self.opts.bucket, **kw)
         except ClientError as exc:
-            code = _code(exc)
+            code = error_code(exc)
             if code in _NOT_FOUND:
                 raise ObjectNotFoundError(key) from None
             if code == "NoSuchBucket":
                 raise S3BackendError(
                     key, exc, f"bucket {self.opts.bucket!r} does not exist at the endpoint"
                 ) from None
-            if code in _DENIED or code in ("InvalidAccessKeyId", "SignatureDoesNotMatch"):
+            if code in DENIED or code in ("InvalidAccessKeyId", "SignatureDoesNotMatch"):
                 hint = "check the access key, secret key and the bucket policy"
                 raise S3BackendError(key, exc, hint) from None
             raise S3BackendError(key, exc) from None
@@ -158,14 +153,14 @@ class S3Backend:
         try:
             self.client.head_bucket(Bucket=self.opts.bucket)
         except ClientError as exc:
-            if _code(exc) in _DENIED:
+            if error_code(exc) in DENIED:
                 raise S3ConfigError(
                     f"repository.url {self.opts.url}: access to bucket {self.opts.bucket!r} "
                     "denied (403): check the access key, secret key and the bucket policy"
                 ) from None
             raise S3ConfigError(
                 f"repository.url {self.opts.url}: bucket {self.opts.bucket!r} is not usable "
-                f"({_code(exc)}); create it first (with object lock if object_lock_days > 0)"
+                f"({error_code(exc)}); create it first (with object lock if object_lock_days > 0)"
             ) from None
         except BotoCoreError as exc:
             raise S3UnavailableError("(bucket)", exc, "check repository.s3.endpoint") from None
@@ -202,11 +197,11 @@ class S3Backend:
             )
         except S3BackendError as exc:
             cause = exc.cause
-            if isinstance(cause, ClientError) and _code(cause) in _PRECONDITION:
+            if isinstance(cause, ClientError) and error_code(cause) in _PRECONDITION:
                 with self._lock:
                     self._retained.forget(key)  # not ours: its retention is unknown
                 return False
-            if isinstance(cause, ClientError) and _code(cause) == "ConditionalRequestConflict":
+            if isinstance(cause, ClientError) and error_code(cause) == "ConditionalRequestConflict":
                 # AWS: a concurrent conditional write on the key is in flight; it wins.
                 return False
             raise
@@ -282,22 +277,11 @@ class S3Backend:
             try:
                 self._call(key, "delete_object", Key=full, VersionId=e.version_id)
             except S3BackendError as exc:
-                if isinstance(exc.cause, ClientError) and _code(exc.cause) in _DENIED:
+                if isinstance(exc.cause, ClientError) and error_code(exc.cause) in DENIED:
                     self._raise_if_locked(key, full, e.version_id)
                 raise
         with self._lock:
             self._retained.forget(key)
-
-    def _raise_if_locked(self, key: str, full: str, version_id: str) -> None:
-        try:
-            ret = self.client.get_object_retention(
-                Bucket=self.opts.bucket, Key=full, VersionId=version_id
-            )["Retention"]
-        except (ClientError, BotoCoreError):
-            return  # no retention readable: the refusal was a plain permission problem
-        until = ret.get("RetainUntilDate")
-        if until is not None and until > datetime.now(UTC):
-            raise ObjectLockedError(key, until, ret.get("Mode")) from None
 
     def cleanup(self, older_than: float) -> int:
         """Abort multipart uploads begun before `older_than` (vigil itself uploads each
@@ -313,78 +297,6 @@ class S3Backend:
                 )
                 aborted += 1
         return aborted
-
-    # -- object lock --------------------------------------------------------------------------
-
-    def ensure_retained(self, keys: Iterable[str], until: datetime) -> int:
-        """Make every key retained at least until `until`; returns the S3 calls made.
-        Keys this process already retained long enough cost nothing; the rest are extended
-        to the next generation boundary (retention.py), so they need no call for the next
-        `object_lock_generation_days` days. No-op without object lock."""
-        if self.retention is None:
-            return 0
-        with self._lock:
-            todo = []
-            for k in dict.fromkeys(keys):
-                known = self._retained.get(k)
-                if known is None or known < until:
-                    todo.append(k)
-        if not todo:
-            return 0
-        self._writable(todo[0])
-        target = max(self.retention.write_until(datetime.now(UTC)), self.retention.ceil(until))
-        mode = self.retention.mode
-
-        def extend(key: str) -> None:
-            self._call(
-                key,
-                "put_object_retention",
-                Key=self._full(key),
-                Retention={"Mode": mode, "RetainUntilDate": target},
-            )
-            with self._lock:
-                self._retained.set(key, target)
-
-        with ThreadPoolExecutor(self.opts.max_connections, thread_name_prefix="s3-ret") as pool:
-            list(pool.map(extend, todo))
-        return len(todo)
-
-    def retain_point(
-        self,
-        base_keys: Iterable[str],
-        changed_keys: Iterable[str],
-        base_time: datetime | None,
-        now: datetime | None = None,
-    ) -> int:
-        """What a point writer calls before its commit; returns the S3 calls made.
-        `base_keys`: objects the new point takes over unchanged from its base point (made
-        at `base_time`, None for no base or a base made without object lock) — skipped
-        while the base's generation floor covers the new point. `changed_keys`: objects
-        the changed slots reference — always checked, as one that deduplicated against an
-        older object has an unknown retention (the ones this process wrote cost nothing)."""
-        if self.retention is None:
-            return 0
-        now = now or datetime.now(UTC)
-        need = self.retention.required(now)
-        calls = self.ensure_retained(changed_keys, need)
-        if base_time is None or not self.retention.base_covers(base_time, now):
-            calls += self.ensure_retained(base_keys, need)
-        return calls
-
-    def retention_of(self, key: str) -> tuple[str, datetime] | None:
-        """(mode, retain-until) of the current version, None when it has no retention."""
-        if self.retention is None and not self.versioned:
-            return None  # object lock needs versioning: nothing here can be locked
-        extra = self._version_of(key)
-        try:
-            ret = self._call(key, "get_object_retention", Key=self._full(key), **extra)
-        except S3BackendError as exc:
-            code = _code(exc.cause) if isinstance(exc.cause, ClientError) else ""
-            if "ObjectLock" in code or code == "InvalidRequest":
-                return None  # no retention on this object, or no object lock on the bucket
-            raise
-        ret = ret["Retention"]
-        return ret["Mode"], ret["RetainUntilDate"]
 
     # -- versions -----------------------------------------------------------------------------
 

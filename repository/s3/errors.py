@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from repository.errors import BackendError, RepositoryError
+
+DENIED = {"AccessDenied", "403"}
+
+
+def error_code(exc: Any) -> str:
+    """The S3 error code of a botocore ClientError (the HTTP status when there is none)."""
+    err = exc.response.get("Error", {})
+    return str(err.get("Code") or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode"))
 
 
 class S3BackendError(BackendError):
