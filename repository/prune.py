@@ -26,9 +26,10 @@ from repository.errors import (
     RepositoryBusyError,
 )
 from repository.manifest import Manifest, VmIdentity
-from repository.objects import index_key
+from repository.objects import index_key, manifest_key
 from repository.points import DamagedObject, warn_damaged
 from repository.repo import Repository
+from repository.s3.errors import ObjectLockedError
 
 log = structlog.get_logger(__name__)
 
@@ -76,6 +77,8 @@ class PruneResult:
     chunks_deleted: int = 0
     bytes_freed: int = 0
     temp_files_removed: int = 0
+    # Objects under an unexpired object lock (S3): kept now, deleted by a prune after then.
+    locked: list[str] = field(default_factory=list)
 
     @property
     def deleted_points(self) -> list[str]:
@@ -95,6 +98,11 @@ class PruneResult:
             out.append(f"chunk sweep deferred: {self.sweep_deferred}")
         if self.sweep_limited:
             out.append(f"chunk sweep limited: {self.sweep_limited}")
+        if self.locked:
+            out.append(
+                f"kept {len(self.locked)} object(s) under object lock, retried by a later "
+                f"prune after expiry: {', '.join(self.locked[:3])}"
+            )
         return out
 
 
@@ -144,6 +152,11 @@ def prune(
     if not dry_run:
         for m in manifests:
             if m.point_id in doomed:
+                until = _locked_until(repo, manifest_key(m.point_id), now)
+                if until is not None:  # keep it whole (no tombstone) until it can go
+                    result.locked.append(f"{manifest_key(m.point_id)} until {until:%Y-%m-%d}")
+                    doomed.discard(m.point_id)
+                    continue
                 repo.delete_point(m, reasons[m.point_id])
         repo.points.drop_old_heads()
     try:
@@ -175,6 +188,12 @@ def _sweep_lock(
         if not dry_run:
             raise
         return contextlib.nullcontext()
+
+
+def _locked_until(repo: Repository, key: str, now: datetime) -> datetime | None:
+    retention_of = getattr(repo.backend, "retention_of", None)  # object-lock backends only
+    held = retention_of(key) if retention_of is not None else None
+    return held[1] if held is not None and held[1] > now else None
 
 
 def _keep_damaged(damaged: Sequence[DamagedObject]) -> list[Decision]:
@@ -234,7 +253,12 @@ def _sweep(
             if info.key in live or info.mtime >= cutoff:
                 continue
             if not dry_run:
-                repo.backend.delete(info.key)
+                try:
+                    repo.backend.delete(info.key)
+                except ObjectLockedError as exc:
+                    when = f"{exc.until:%Y-%m-%d}" if exc.until else "its legal hold is lifted"
+                    result.locked.append(f"{info.key} until {when}")
+                    continue
             if prefix == "chunks/":
                 result.chunks_deleted += 1
             else:
