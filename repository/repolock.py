@@ -37,7 +37,12 @@ from typing import Any
 import structlog
 
 from repository.backend import Backend, owner_to_match
-from repository.errors import BackendError, ObjectNotFoundError, RepositoryBusyError
+from repository.errors import (
+    BackendError,
+    ObjectNotFoundError,
+    RepositoryBusyError,
+    RepositoryError,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -144,7 +149,7 @@ def remove_stale(backend: Backend, my_host: str, stale_after: float) -> int:
         for key in stale:
             backend.delete(key)
             log.info("repository.stale_lock_removed", object=key)
-    except BackendError as exc:
+    except RepositoryError as exc:  # a backend failure, or a read-only (as-of) view
         log.warning("repository.stale_lock_not_removed", reason=str(exc))
     return len(stale)
 

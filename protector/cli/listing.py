@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from protector.cli.common import config_of, did_you_mean, json_option, open_repository, print_json
+from protector.cli.common import (
+    as_of_option,
+    config_of,
+    did_you_mean,
+    json_option,
+    open_repository,
+    print_json,
+)
 from protector.repoaccess import all_manifests, matches_vm, point_summary
 
 
@@ -32,6 +39,7 @@ def register(sub: Any) -> None:
         "print a JSON list of points (id, vm, created_at, type, policy, consistency, "
         "disks), newest first",
     )
+    as_of_option(p)
     p.set_defaults(handler=run)
 
 
@@ -48,7 +56,7 @@ def human_size(n: int | None) -> str:
 
 async def run(args: argparse.Namespace) -> int:
     cfg = config_of(args)
-    repo = await open_repository(cfg)
+    repo = await open_repository(cfg, as_of=args.as_of)
     manifests = all_points = await all_manifests(repo)
     if args.vm:
         # A VM without points (or unknown) is an empty listing, not a failure: scripts

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from protector.cli.common import config_of, json_option, print_json
+from protector.cli.common import as_of_option, config_of, json_option, print_json
 from protector.cli.progress import ProgressLine, human_bytes
 from protector.errors import UserError
 
@@ -69,6 +69,7 @@ def register(sub: Any) -> None:
         help="with --new-name: keep the new VM when the restore fails (default: destroy it)",
     )
     json_option(p, "print the restored VM and disks as JSON")
+    as_of_option(p)
     p.set_defaults(handler=run)
 
 
@@ -91,7 +92,7 @@ async def run(args: argparse.Namespace) -> int:
     if args.changed_only and not args.to_existing:
         raise UserError("--changed-only applies to --to-existing only (a new VM gets every chunk)")
     cfg = config_of(args)
-    repo = await open_repository(cfg)
+    repo = await open_repository(cfg, as_of=args.as_of)
     await require_point(repo, args.point)  # before logging in: a typo needs no vCenter
     session = await open_session(cfg)
     try:

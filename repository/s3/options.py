@@ -56,20 +56,20 @@ class S3Options:
         return self.object_lock_days > 0
 
 
-def parse_url(url: str) -> tuple[str, str]:
+def parse_url(url: str, where: str = "repository") -> tuple[str, str]:
     """(bucket, prefix) of `s3://BUCKET/PREFIX`; the prefix gets a trailing slash."""
     parts = urlsplit(url)
     if parts.scheme != "s3" or not parts.netloc:
-        raise S3ConfigError(f"repository.url {url!r}: expected s3://BUCKET/PREFIX")
+        raise S3ConfigError(f"{where}.url {url!r}: expected s3://BUCKET/PREFIX")
     if parts.query or parts.fragment:
-        raise S3ConfigError(f"repository.url {url!r}: no query or fragment allowed")
+        raise S3ConfigError(f"{where}.url {url!r}: no query or fragment allowed")
     prefix = parts.path.strip("/")
     if ".." in prefix.split("/"):
-        raise S3ConfigError(f"repository.url {url!r}: '..' in the prefix")
+        raise S3ConfigError(f"{where}.url {url!r}: '..' in the prefix")
     return parts.netloc, f"{prefix}/" if prefix else ""
 
 
-def check_endpoint(endpoint: str) -> str:
+def check_endpoint(endpoint: str, where: str = "repository.s3") -> str:
     """https anywhere; http only to a loopback address (credentials and data in clear)."""
     parts = urlsplit(endpoint)
     if parts.scheme == "https" and parts.hostname:
@@ -83,10 +83,10 @@ def check_endpoint(endpoint: str) -> str:
         if loopback:
             return endpoint
         raise S3ConfigError(
-            f"repository.s3.endpoint {endpoint!r}: http:// is allowed only for a loopback "
+            f"{where}.endpoint {endpoint!r}: http:// is allowed only for a loopback "
             "address (127.0.0.1, ::1, localhost); use https:// for a remote service"
         )
-    raise S3ConfigError(f"repository.s3.endpoint {endpoint!r}: expected https://HOST[:PORT]")
+    raise S3ConfigError(f"{where}.endpoint {endpoint!r}: expected https://HOST[:PORT]")
 
 
 def read_secret(table: Mapping[str, Any], name: str, where: str) -> str | None:
@@ -146,13 +146,13 @@ def options_from_config(
     url: str, table: Mapping[str, Any], where: str = "repository.s3"
 ) -> S3Options:
     """Validate the url and the `[repository.s3]` table; read the credentials."""
-    bucket, prefix = parse_url(url)
+    bucket, prefix = parse_url(url, where.removesuffix(".s3"))
     unknown = sorted(set(table) - _KNOWN)
     if unknown:
         raise S3ConfigError(f"{where}: unknown setting(s) {', '.join(unknown)}")
     kw: dict[str, Any] = {}
     if table.get("endpoint"):
-        kw["endpoint"] = check_endpoint(str(table["endpoint"]))
+        kw["endpoint"] = check_endpoint(str(table["endpoint"]), where)
     if table.get("region"):
         kw["region"] = str(table["region"])
     for key, low in _INT_KEYS.items():
