@@ -143,3 +143,69 @@ async def test_as_of_on_a_directory_repository_is_refused(vcsim_fresh: Any, tmp_
     assert code != 0 and "--as-of reads the locked versions kept by an S3 bucket" in err
     code, _out, err = await vigil(toml, "list", "--as-of", "yesterday")
     assert code != 0 and "'yesterday' is not a time" in err
+
+
+def copy_table(name: str, weed: SeaweedServer | None, where: str) -> str:
+    """A [copies.NAME] table (or, with name "", a [repository] one) at `where`: an S3
+    prefix of the test bucket when `weed` is given, else a directory."""
+    head = f"[copies.{name}]" if name else "[repository]"
+    if weed is None:
+        return f'{head}\npath = "{where}"\npassphrase_env = "VIGIL_TEST_PASS_{where.upper()}"\n'
+    return (
+        f'{head}\nurl = "s3://{BUCKET}/{where}"\npassphrase_env = "VIGIL_TEST_PASS_CLOUD"\n'
+        f'[{head.strip("[]")}.s3]\nendpoint = "{weed.endpoint}"\n'
+        'access_key_env = "VIGIL_TEST_S3_ACCESS"\nsecret_key_env = "VIGIL_TEST_S3_SECRET"\n'
+        "object_lock_days = 1\n"
+    )
+
+
+@pytest.mark.usefixtures("s3_env")
+async def test_vigil_copy_local_to_s3_to_local_each_restores_byte_exact(
+    vcsim_fresh: Any, weed: SeaweedServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VIGIL_TEST_PASS_CLOUD", "cloud passphrase")
+    monkeypatch.setenv("VIGIL_TEST_PASS_HOME", "home passphrase")
+    (tmp_path / "policies").mkdir()
+    base = config_toml(vcsim_fresh).replace('[repository]\npath = "repo"\n', "")
+    # Site: a local repository with an S3 copy.
+    site = tmp_path / "vigil.toml"
+    site.write_text(
+        base
+        + '[repository]\npath = "repo"\npassphrase_env = "VIGIL_TEST_PASS"\n'
+        + copy_table("cloud", weed, "copy-e2e")
+    )
+    await ok(site, "init")
+    out = await ok(site, "init", "--copy", "cloud")
+    assert f"created an encrypted repository at s3://{BUCKET}/copy-e2e" in out
+    code, _out, err = await vigil(site, "copy", "--to", "clowd")
+    assert code != 0 and "no [copies.clowd]" in err and "did you mean cloud?" in err
+
+    rig = await s3_rig(vcsim_fresh, site)
+    try:
+        size = 5 * MIB
+        data = random.Random(25).randbytes(size)
+        await rig.prepare(size, data)
+        point = (await ok(site, "backup", VM_NAME, "--json"))["id"]
+        sent = await ok(site, "copy", "--to", "cloud", VM_NAME, "--json")
+        assert sent["copied"] == [point] and sent["chunks_sent"] > 0 and not sent["problems"]
+        again = await ok(site, "copy", "--to", "cloud", "--json")
+        assert again["copied"] == [] and again["chunks_sent"] == 0 and again["present"] == 1
+
+        # The S3 copy as a repository of its own, with a copy of its own on local disk.
+        cloud = tmp_path / "cloud.toml"
+        cloud.write_text(base + copy_table("", weed, "copy-e2e") + copy_table("home", None, "home"))
+        [listed] = await ok(cloud, "list", "--json")
+        assert listed["id"] == point
+        await ok(cloud, "verify", "--read-data")
+        await ok(cloud, "restore", point, "--new-name", "from-cloud", "--verify")
+        assert await rig.read_flat(await rig.vm("from-cloud"), size) == data
+        await ok(cloud, "init", "--copy", "home")
+        assert (await ok(cloud, "copy", "--to", "home", "--json"))["copied"] == [point]
+
+        home = tmp_path / "home.toml"
+        home.write_text(base + copy_table("", None, "home"))
+        await ok(home, "verify", "--read-data")
+        await ok(home, "restore", point, "--new-name", "from-home", "--verify")
+        assert await rig.read_flat(await rig.vm("from-home"), size) == data
+    finally:
+        await rig.session.close()
