@@ -61,7 +61,13 @@ def run_vigil(
     chunk_size: int,
 ) -> dict[str, Any]:
     shutil.rmtree(state, ignore_errors=True)
-    repo = Repository.init(state, chunk_size=chunk_size, passphrase=PASS, backend=backend)
+    repo = Repository.init(
+        state,
+        chunk_size=chunk_size,
+        passphrase=PASS,
+        backend=backend,
+        state_dir=state.with_name(state.name + ".state"),
+    )
     calls0 = Counter(backend.calls) if isinstance(backend, S3Backend) else Counter()
     t = time.perf_counter()
     p1 = ours_backup(repo, base, None, threads)
@@ -94,6 +100,34 @@ def run_vigil(
     if isinstance(backend, S3Backend) and backend.retention is not None:
         out["retention"] = retention_calls(repo, backend, p1, p2)
     return out
+
+
+def run_copy(local_repo: Path, server: SeaweedServer, threads: int) -> dict[str, Any]:
+    """`vigil copy` throughput: the local repository's points into a fresh S3 prefix."""
+    from repository.copy import copy_points
+
+    src = Repository.open(local_repo, PASS, local_repo.with_name("local-repo.state"))
+    dst_backend = open_s3_backend(server.options("bench", "copy", max_connections=threads))
+    dst = Repository.init(
+        "copy",
+        chunk_size=src.chunk_size,
+        passphrase="the copy's own passphrase",
+        backend=dst_backend,
+        state_dir=local_repo.with_name("copy.state"),
+    )
+    t = time.perf_counter()
+    res = copy_points(src, dst, threads=threads)
+    took = time.perf_counter() - t
+    stored = stored_bytes(src.backend)
+    return {
+        "s": took,
+        "points": len(res.copied),
+        "chunks_read": res.chunks_read,
+        "chunks_sent": res.chunks_sent,
+        "bytes_sent": res.bytes_sent,
+        "stored_mib_s": stored / (1 << 20) / took,
+        "requests": dict(dst_backend.calls),
+    }
 
 
 def retention_calls(repo: Repository, backend: S3Backend, p1: str, p2: str) -> dict[str, Any]:
@@ -200,8 +234,8 @@ def main() -> None:
     run = lambda name, state, backend: run_vigil(  # noqa: E731
         name, state, backend, base, mut, slots, args.threads, args.chunk_size
     )
-    report(run("vigil → local", args.work / "local-repo", None))
-    shutil.rmtree(args.work / "local-repo")
+    local_repo = args.work / "local-repo"
+    report(run("vigil → local", local_repo, None))
     weed_dir = args.work / "weed"
     shutil.rmtree(weed_dir, ignore_errors=True)
     with SeaweedServer(weed_dir) as server:
@@ -221,7 +255,9 @@ def main() -> None:
         report(run("vigil → SeaweedFS, object lock", args.work / "s3l-state", locked))
         if not args.skip_restic and shutil.which("restic"):
             report(run_restic(args.work, server, "bench", base, mut))
+        copy = run_copy(local_repo, server, args.threads)
     shutil.rmtree(weed_dir, ignore_errors=True)
+    shutil.rmtree(local_repo)
 
     by = {r["target"]: r for r in results}
     local = by["vigil → local"]
@@ -252,6 +288,11 @@ def main() -> None:
             f"| {r['incr_mib_s']:.0f} | {ratios[t]['full_vs_local']:.2f} "
             f"| {f'{req:.0f}' if req else '-'} |"
         )
+    print(
+        f"\nvigil copy local → SeaweedFS (both points, re-encrypted): {copy['s']:.1f} s, "
+        f"{copy['stored_mib_s']:.0f} MiB/s of stored data, {copy['chunks_sent']} chunks "
+        f"({copy['bytes_sent'] / GIB:.2f} GiB) sent, {copy['chunks_read']} read"
+    )
     ret = by["vigil → SeaweedFS, object lock"].get("retention")
     if ret:
         print(
@@ -272,7 +313,11 @@ def main() -> None:
         "policy": RetentionPolicy(LOCK_DAYS, "COMPLIANCE", GENERATION).__repr__(),
     }
     (out / "s3.json").write_text(
-        json.dumps({"meta": meta, "results": results, "ratios": ratios}, indent=1, default=str)
+        json.dumps(
+            {"meta": meta, "results": results, "ratios": ratios, "copy": copy},
+            indent=1,
+            default=str,
+        )
     )
 
 
