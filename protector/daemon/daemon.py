@@ -43,7 +43,7 @@ from protector.daemon.status_server import StatusServer
 from protector.daemon.supervisor import Supervisor
 from protector.daemon.worker import BackupWorker, VmGone
 from protector.errors import UserError
-from protector.policyaccess import vm_facts
+from protector.policyaccess import lock_problems, vm_facts
 from protector.repoaccess import open_catalog, open_repository
 from protector.vmlock import VmBusyError
 from protector.vsphere.snapshots import remove_leftovers_everywhere
@@ -175,6 +175,8 @@ class Daemon:
     def _load_policies(self) -> None:
         try:
             self.policies = PolicyStore(self.cfg.policies_path, inventory=self._all_facts)
+            if lock_errors := lock_problems(self.policies.current, self.cfg):
+                raise PolicyLoadError(lock_errors)
         except PolicyLoadError as exc:
             raise UserError(f"policies are invalid, nothing started:\n{exc}") from None
 
@@ -313,6 +315,11 @@ class Daemon:
             for e in outcome.errors:
                 self.errors.append(f"policy error (old policies kept): {e}")
             return
+        # The reloader (policies/) knows no repository: the object-lock check is reported
+        # here; prune keeps (and reports) what the lock holds meanwhile.
+        for e in lock_problems(outcome.policies, self.cfg):
+            self.errors.append(f"policy error: {e}")
+            log.error("policies.shorter_than_object_lock", error=str(e))
         if not outcome.changed or not self.ready.is_set() or self.watcher is None:
             return
         self.planner.policies_changed(self.watcher.tree.vms())
