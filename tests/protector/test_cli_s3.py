@@ -15,11 +15,11 @@ from typing import Any
 
 import anyio
 import pytest
-from conftest import PASSWORD_ENV, VM_NAME, Rig, config_toml
 
 from protector.config import load_config
 from protector.context import Context
 from protector.repoaccess import open_repository
+from tests.protector.conftest import PASSWORD_ENV, VM_NAME, Rig, config_toml
 from tests.s3_server import ACCESS_KEY, SECRET_KEY, SeaweedServer
 from watcher.session import Credentials, Session
 from watcher.soap import Endpoint
