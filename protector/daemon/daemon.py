@@ -344,6 +344,11 @@ class Daemon:
             return []
         return views.vm_status(self.watcher.tree.vms(), self.planner, self.runner)
 
+    def gone_vms(self) -> list[dict[str, Any]]:
+        if self.watcher is None:
+            return []
+        return views.gone_vms({n.identity for n in self.watcher.tree.vms()}, self.state)
+
     def status_data(self) -> dict[str, Any]:
         vms = self.vm_status()
         runner = self.runner
@@ -356,6 +361,8 @@ class Daemon:
             "breached": sum(1 for v in vms if v["breached"]),
             "vms": vms,
             "jobs": views.jobs_view(runner),
+            "gone": self.gone_vms(),
+            "repository": views.repository_view(self.state, self.pruner.last_prune),
             "prune": self.pruner.last_prune,
             "dispatch_paused": runner.paused if runner else None,
             "errors": list(self.errors),

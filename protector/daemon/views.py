@@ -124,6 +124,16 @@ def gone_vms(present: set[str], state: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+def repository_view(state: dict[str, Any], last_prune: dict[str, Any] | None) -> dict[str, Any]:
+    """Cheap repository figures from what the daemon holds (no repository walk per request):
+    the restore points per the manifests read at start and since, and the last prune."""
+    return {
+        "points": sum(st.points for st in state.values()),
+        "vms_with_points": sum(1 for st in state.values() if st.points),
+        "last_prune": (last_prune or {}).get("at"),
+    }
+
+
 # Problems first: what needs an admin at the top of every page.
 STATE_RANK = {
     "failing": 0,
