@@ -111,7 +111,7 @@ class StatusServer:
             page, info = views.select_vms(
                 vms,
                 page=_int(q.get("page"), 1),
-                per_page=_int(per, views.PER_PAGE),
+                per_page=min(_int(per, views.PER_PAGE), views.MAX_PER_PAGE),
                 state=q.get("state", ""),
                 q=q.get("q", ""),
             )

@@ -167,7 +167,7 @@ def select_vms(
     for failing, breached and conflict; "breached" also matches the breach flag), `q` the
     VMs whose path, policy or error contains it (case-insensitive). Returns the page and
     what the page shows (numbers for the paging links)."""
-    per_page = max(1, min(per_page, MAX_PER_PAGE))
+    per_page = max(1, per_page)
     sel = vms
     if state == "problems":
         sel = [v for v in sel if v["state"] in PROBLEMS or v.get("breached")]
