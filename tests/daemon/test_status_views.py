@@ -86,3 +86,23 @@ def test_gone_vms_are_those_with_points_but_no_node() -> None:
     state = {"a": VmState(NOW, "p1", 2), "b": VmState(NOW, "p2", 1), "c": VmState()}
     gone = gone_vms({"a"}, state)
     assert [g["identity"] for g in gone] == ["b"] and gone[0]["points"] == 1
+
+
+async def test_the_repository_size_is_walked_in_the_background_once_per_ttl(tmp_path) -> None:
+    import asyncio
+
+    from protector.daemon.repo_size import RepoSizeCache
+    from repository import Repository
+
+    Repository.init(tmp_path / "repo")
+    repo = Repository.open(tmp_path / "repo")
+    expected = sum(info.size for info in repo.backend.list(""))
+    cache = RepoSizeCache(lambda: repo, ttl=3600)
+    assert cache.figure() == {}, "a request never waits for the walk"
+    for _ in range(100):
+        if cache.figure():
+            break
+        await asyncio.sleep(0.05)
+    assert cache.figure()["size_bytes"] == expected > 0
+    (tmp_path / "repo" / "extra").write_bytes(b"x" * 1000)
+    assert cache.figure()["size_bytes"] == expected, "within the TTL: the cached figure"
