@@ -78,37 +78,6 @@ def next_start(
     return start
 
 
-def wait_reason(
-    st: VmState | None,
-    policy: Policy,
-    now: datetime,
-    *,
-    tz: tzinfo,
-    deferred: str | None = None,
-    cooldown_until: float | None = None,
-    failures: int = 0,
-) -> str:
-    """Why a protected VM's next scheduled backup is not now, in words for the status page
-    (the same inputs as next_start, so the page explains the planner's own decision):
-    a cooldown after failed attempts, a closed backup window, or an RPO not yet due.
-    "" when the VM is due now."""
-    if cooldown_until is not None and cooldown_until > now.timestamp():
-        until = datetime.fromtimestamp(cooldown_until, UTC).astimezone(tz)
-        n = f" {failures} failed attempts" if failures else " failed attempts"
-        return f"cooldown after{n} until {until:%Y-%m-%d %H:%M}"
-    newest = None if deferred is not None else (st.newest_good if st else None)
-    margin = planning_margin(policy.schedule.rpo)
-    free = next_run(newest, policy.schedule.rpo, None, now, tz=tz, margin=margin).start
-    windowed = next_start(st, policy, now, tz=tz, deferred=deferred is not None)
-    if windowed > now and windowed > free:
-        w = policy.schedule.window
-        why = f"{deferred}; " if deferred is not None else ""
-        return f"{why}backup window {w} closed; opens {windowed.astimezone(tz):%Y-%m-%d %H:%M}"
-    if free > now:
-        return f"RPO not yet due; next backup {free.astimezone(tz):%Y-%m-%d %H:%M}"
-    return ""
-
-
 class Trigger(Enum):
     SKIP = "skip"  # a good point within the RPO
     DEFER = "defer"  # the policy's window is closed: the scheduler takes it in the window
@@ -216,22 +185,6 @@ class Planner:
             tz=self.tz,
             deferred=key in self.deferred,
             cooldown_until=self.jobs.cooldown_until.get(key) if self.jobs else None,
-        )
-
-    def waiting_for(self, key: str, now: datetime, failures: int = 0) -> str:
-        """Why the VM's next scheduled backup is not now (wait_reason on the plan's inputs);
-        "" for a VM due now or covered by no policy."""
-        policy = self.policy_of(key)
-        if policy is None:
-            return ""
-        return wait_reason(
-            self.state.get(key),
-            policy,
-            now,
-            tz=self.tz,
-            deferred=self.deferred.get(key),
-            cooldown_until=self.jobs.cooldown_until.get(key) if self.jobs else None,
-            failures=failures,
         )
 
     def evaluate_all(self, nodes: list[Any]) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 from policies.model import Policy
 from protector.daemon.metrics import Metrics
 from protector.daemon.planner import Planner
+from protector.daemon.waiting import waiting_for
 
 VM_STATES = ("ok", "due", "running", "queued", "breached", "failing", "conflict", "unprotected")
 
@@ -82,7 +83,7 @@ def why_text(
 ) -> str:
     """Why the VM is in its state, in words: which policies conflict, that none selects it,
     what a queued job waits for, or why the next scheduled run is not now (the planner's
-    own reasoning, planner.wait_reason)."""
+    own reasoning, waiting.wait_reason)."""
     if state == "conflict":
         names = " and ".join(plan.conflicts.get(key, ()))
         return f"policies {names} select it with equal priority; none applies"
@@ -96,7 +97,7 @@ def why_text(
         return f"queued ({queued.reason})" + (f"; waits for the {held}" if held else "")
     if key in runner.retry_timers:
         return "retrying after a failed attempt"
-    return plan.waiting_for(key, now, failures) or "due now"
+    return waiting_for(plan, key, now, failures) or "due now"
 
 
 def progress_of(rec: Any) -> dict[str, Any]:

@@ -1,15 +1,16 @@
 """What the status page explains, as pure functions: why a VM's next run is not now
-(planner.wait_reason), which limit holds a queued job (jobs.limit_reason), and the paging,
-filtering and problems-first order of the VM list (views.select_vms)."""
+(waiting.wait_reason, on the planner's inputs), which limit holds a queued job
+(jobs.limit_reason), and the paging, filtering and problems-first order of the VM list
+(views.select_vms)."""
 
 from __future__ import annotations
 
 from datetime import UTC, timedelta
 
 from protector.daemon.jobs import JobRequest, Limits, limit_reason
-from protector.daemon.planner import wait_reason
 from protector.daemon.state import VmState
 from protector.daemon.views import gone_vms, select_vms
+from protector.daemon.waiting import wait_reason
 
 from .test_planner import NOW, policy
 
