@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 
 from policies.schedule import local_zone
+from protector.daemon.worker import job_phase
+from protector.devtools.demo import flat_url, put_disk
 
-from .helpers import policy, write_config
+from .helpers import find, policy, session_for, wait_for, write_config
 from .test_daemon import running
 
 pytestmark = pytest.mark.slow
@@ -132,3 +134,28 @@ async def test_status_page_in_chromium(tmp_path, vcsim_fresh):
         assert shot.stat().st_size > 10_000, "a screenshot with something on it"
         if SCREENSHOT_COPY:
             shutil.copyfile(shot, SCREENSHOT_COPY)
+
+
+async def test_a_job_record_carries_its_phase_and_bytes(tmp_path, vcsim_fresh):
+    """What the page's progress column shows: the worker keeps the job's phase and the bytes
+    read of those planned on its record while it runs; the last phase before the point is
+    written is the commit, and every planned byte was read."""
+    s = await session_for(vcsim_fresh)
+    try:
+        vm = await find(s, "/DC0/vm/DC0_H0_VM0")
+        await put_disk(s, await flat_url(s, vm), b"web data\n" * 100_000)  # ~1 MB to read
+    finally:
+        await s.close()
+    cfg = write_config(tmp_path, vcsim_fresh, policy("one", 'names = ["DC0_H0_VM0"]'))
+    async with running(cfg) as daemon:
+        assert daemon.runner is not None
+        runner = daemon.runner
+        rec = await wait_for(
+            lambda: next((r for r in runner.history if r.outcome == "success"), None),
+            60,
+            "the first backup",
+        )
+        assert rec.phase == "commit", rec
+        assert rec.total_bytes > 0 and rec.read_bytes == rec.total_bytes, rec
+        assert job_phase("removing the snapshot") == "snapshot removal"
+        assert job_phase("creating the snapshot (quiesced)") == "snapshot"
