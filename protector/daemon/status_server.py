@@ -88,7 +88,9 @@ class StatusServer:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def status_json(self, request: web.Request) -> web.Response:
-        return web.json_response(self._paged_status(request, json=True), dumps=_dumps)
+        # Every VM (?per_page=all) is megabytes at 10,000 VMs: no indentation then.
+        dumps = _compact if request.query.get("per_page") == "all" else _dumps
+        return web.json_response(self._paged_status(request, json=True), dumps=dumps)
 
     async def status_html(self, request: web.Request) -> web.Response:
         page = render_html(self._paged_status(request, json=False))
@@ -157,6 +159,12 @@ def _host_of(header: str) -> str:
     if h.startswith("["):
         return h[1 : h.find("]")] if "]" in h else h
     return h.rsplit(":", 1)[0] if h.count(":") == 1 else h
+
+
+def _compact(obj: Any) -> str:
+    import json
+
+    return json.dumps(obj, default=str, separators=(",", ":"))
 
 
 def _dumps(obj: Any) -> str:
