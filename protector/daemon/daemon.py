@@ -37,6 +37,7 @@ from protector.daemon.jobs import JobRecord, JobRequest, JobRunner, Limits
 from protector.daemon.metrics import Metrics
 from protector.daemon.planner import Planner
 from protector.daemon.pruner import Pruner
+from protector.daemon.repo_size import RepoSizeCache
 from protector.daemon.sessions import JobSessions
 from protector.daemon.state import VmState, states_from
 from protector.daemon.status_server import StatusServer
@@ -119,6 +120,7 @@ class Daemon:
         self.pruner = Pruner(cfg, self.tz, self.stats, self.errors, self.stopping, self.in_sync)
         self.pruner.vms = lambda: self.watcher.tree.vms() if self.watcher else []
         self.repo: Repository | None = None
+        self.repo_size = RepoSizeCache(lambda: self.repo)
         self.catalog: Any = None
         self.policies: PolicyStore | None = None
         self.watcher: Watcher | None = None
@@ -351,6 +353,11 @@ class Daemon:
             return []
         return views.vm_status(self.watcher.tree.vms(), self.planner, self.runner)
 
+    def gone_vms(self) -> list[dict[str, Any]]:
+        if self.watcher is None:
+            return []
+        return views.gone_vms({n.identity for n in self.watcher.tree.vms()}, self.state)
+
     def status_data(self) -> dict[str, Any]:
         vms = self.vm_status()
         runner = self.runner
@@ -363,6 +370,11 @@ class Daemon:
             "breached": sum(1 for v in vms if v["breached"]),
             "vms": vms,
             "jobs": views.jobs_view(runner),
+            "gone": self.gone_vms(),
+            "repository": {
+                **views.repository_view(self.state, self.pruner.last_prune),
+                **self.repo_size.figure(),
+            },
             "prune": self.pruner.last_prune,
             "dispatch_paused": runner.paused if runner else None,
             "errors": list(self.errors),
