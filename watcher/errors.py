@@ -48,13 +48,3 @@ class TlsPinError(VsphereConnectionError):
             f"expected {expected}, got {':'.join(f'{b:02X}' for b in exc.got)}; "
             "if the certificate was replaced on purpose, update vcenter.thumbprint"
         )
-
-
-__all__ = [
-    "TlsPinError",
-    "VsphereConnectionError",
-    "VsphereError",
-    "VsphereFault",
-    "VsphereProtocolError",
-    "VsphereTimeout",
-]
