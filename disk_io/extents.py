@@ -41,6 +41,14 @@ def to_sectors(offset: int, length: int) -> tuple[int, int]:
     return offset // SECTOR, length // SECTOR
 
 
+def check_range(what: str, offset: int, length: int, capacity: int) -> None:
+    """Raise ValueError naming `what` when [offset, offset+length) is not within `capacity`."""
+    if offset < 0 or length < 0 or offset + length > capacity:
+        raise ValueError(
+            f"{what}: range offset={offset} length={length} outside the capacity {capacity}"
+        )
+
+
 def sector_span(offset: int, length: int) -> tuple[int, int]:
     """The smallest sector-aligned byte range covering [offset, offset + length)."""
     start = align_down(offset, SECTOR)

@@ -16,7 +16,7 @@ import structlog
 
 from .descriptor import MAX_DESCRIPTOR, parse_descriptor_bytes
 from .errors import DiskIoError, TransportUnavailable
-from .extents import normalize
+from .extents import check_range, normalize
 from .inflight import InFlight
 from .model import DiskLocation, Extent
 
@@ -108,11 +108,7 @@ class FileDisk:
             raise
 
     def _check(self, offset: int, length: int) -> None:
-        if offset < 0 or length < 0 or offset + length > self.capacity:
-            raise ValueError(
-                f"{self.path}: range offset={offset} length={length} outside the capacity "
-                f"{self.capacity}"
-            )
+        check_range(self.path, offset, length, self.capacity)
 
     def read(self, offset: int, length: int) -> bytes:
         self._check(offset, length)

@@ -20,6 +20,7 @@ import structlog
 
 from .descriptor import MAX_DESCRIPTOR, no_flat_reason, parse_descriptor_bytes, parse_extents
 from .errors import DiskIoError, TransportUnavailable
+from .extents import check_range
 from .model import DiskLocation, Extent, VcenterAccess
 from .tls import (  # re-exported: callers import them from here
     _ssl_context,
@@ -181,11 +182,7 @@ class HttpDisk:
     # -- reading --------------------------------------------------------------------------
 
     def _check(self, offset: int, length: int) -> None:
-        if offset < 0 or length < 0 or offset + length > self.capacity:
-            raise ValueError(
-                f"disk {self.location}: range offset={offset} length={length} outside the "
-                f"capacity {self.capacity}"
-            )
+        check_range(f"disk {self.location}", offset, length, self.capacity)
 
     def read(self, offset: int, length: int) -> bytearray:
         self._check(offset, length)

@@ -22,6 +22,8 @@ from repository.codec import ZERO_ID
 from repository.errors import CorruptChunkError
 from repository.index import DiskIndex
 
+from .stream import SizedStream
+
 DEFAULT_CACHE_BYTES = 256 * 1024 * 1024
 READ_AHEAD_SLOTS = 4
 _ZEROS = bytes(1 << 20)
@@ -114,7 +116,7 @@ class ChunkCache:
             self._size = 0
 
 
-class RepoDisk(io.RawIOBase):
+class RepoDisk(SizedStream):
     """One disk of a restore point: `read`/`seek`/`tell` over its whole capacity."""
 
     def __init__(
@@ -135,18 +137,8 @@ class RepoDisk(io.RawIOBase):
         self._pos = 0
         self._last_slot = -2
 
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
-        pos = base + offset
+        pos = self._seek_target(offset, whence)
         if pos < 0:
             raise OSError(errno.EINVAL, f"negative seek position {pos}")
         self._pos = pos

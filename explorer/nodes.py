@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from datetime import UTC
 from typing import Any, BinaryIO
 
+from .stream import SizedStream
+
 FILE, DIR, SYMLINK, OTHER = "file", "dir", "symlink", "other"
 
 _KIND = {stat.S_IFREG: FILE, stat.S_IFDIR: DIR, stat.S_IFLNK: SYMLINK}
@@ -246,7 +248,7 @@ def ntfs_valid_length(record: Any, stream: str) -> int | None:
     return None
 
 
-class ZeroTail(io.RawIOBase):
+class ZeroTail(SizedStream):
     """A stream whose bytes from `valid` to `size` read as zeros."""
 
     def __init__(self, inner: BinaryIO, valid: int, size: int) -> None:
@@ -254,18 +256,8 @@ class ZeroTail(io.RawIOBase):
         self.inner, self.valid, self.size = inner, valid, size
         self._pos = 0
 
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
-        self._pos = max(0, base + offset)
+        self._pos = max(0, self._seek_target(offset, whence))
         return self._pos
 
     def readinto(self, buf: Any) -> int:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Protocol
 
 from .nodes import Node
+from .stream import SizedStream
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ def is_lvm_pv(head: bytes) -> bool:
     return any(head[s * 512 : s * 512 + 8] == b"LABELONE" for s in range(4))
 
 
-class Slice(io.RawIOBase):
+class Slice(SizedStream):
     """A byte range of a disk as its own seekable stream, reading with positional reads so
     that any number of slices share one disk object safely."""
 
@@ -65,20 +66,11 @@ class Slice(io.RawIOBase):
         self.size = size
         self._pos = 0
 
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
-        if base + offset < 0:
+        target = self._seek_target(offset, whence)
+        if target < 0:
             raise OSError(errno.EINVAL, "negative seek position")
-        self._pos = base + offset
+        self._pos = target
         return self._pos
 
     def readinto(self, buf: Any) -> int:

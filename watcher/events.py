@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .tree import VmNode
+    from .model import VmNode
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from xml.etree import ElementTree
 
+from .model import Change, MoRef, ObjectUpdate
 from .soap import VsphereFault, VsphereProtocolError
-from .tree import Change, MoRef, ObjectUpdate
 
 _INT_TYPES = frozenset({"int", "long", "short", "byte"})
 _FLOAT_TYPES = frozenset({"float", "double"})

@@ -3,181 +3,43 @@
 pyvmomi supplies the types and the (de)serializer; aiohttp does the I/O. pyvmomi's
 own HTTP stack is blocking and must never run on the event loop, so this module
 only borrows `SoapStubAdapterBase.SerializeRequest` and `SoapResponseDeserializer`.
+The errors live in `watcher.errors` and the endpoint/TLS trust in `watcher.endpoint`;
+both are re-exported here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
-import hmac
-import ipaddress
-import re
-import ssl
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 from xml.etree import ElementTree
 
 import aiohttp
 import anyio
 from pyVmomi import SoapAdapter, VmomiSupport, vim, vmodl
 
+from .endpoint import (
+    Endpoint,
+    PinnedFingerprint,
+    cert_thumbprint,
+    is_loopback,
+    normalize_thumbprint,
+)
+from .errors import (
+    TlsPinError,
+    VsphereConnectionError,
+    VsphereError,
+    VsphereFault,
+    VsphereProtocolError,
+    VsphereTimeout,
+)
+
 COOKIE_NAME = "vmware_soap_session"
 # Responses larger than this are deserialized in a worker thread so a big
 # inventory page never stalls the event loop.
 THREAD_DESERIALIZE_BYTES = 256 * 1024
 STREAM_CHUNK = 1 << 16
-
-
-class VsphereError(Exception):
-    """Base for everything this client raises."""
-
-
-class VsphereFault(VsphereError):
-    """A SOAP fault from vCenter, carrying the vSphere fault type name."""
-
-    def __init__(self, fault_type: str, message: str, fault: Any = None, method: str = ""):
-        self.fault_type = fault_type
-        self.message = message
-        self.fault = fault
-        self.method = method
-        where = f"{method}: " if method else ""
-        super().__init__(f"{where}{fault_type}: {message}" if message else f"{where}{fault_type}")
-
-
-class VsphereConnectionError(VsphereError):
-    """vCenter could not be reached, or the connection broke."""
-
-
-class VsphereTimeout(VsphereConnectionError):
-    """vCenter did not answer in time."""
-
-
-class VsphereProtocolError(VsphereError):
-    """vCenter (or something in between) answered with something that is not SOAP."""
-
-
-class TlsPinError(VsphereConnectionError):
-    """The server's certificate does not match the pinned thumbprint."""
-
-    @classmethod
-    def mismatch(
-        cls, host: str, expected: str, exc: aiohttp.ServerFingerprintMismatch
-    ) -> TlsPinError:
-        return cls(
-            f"TLS certificate of {host} does not match the pinned thumbprint: "
-            f"expected {expected}, got {':'.join(f'{b:02X}' for b in exc.got)}; "
-            "if the certificate was replaced on purpose, update vcenter.thumbprint"
-        )
-
-
-class PinnedFingerprint(aiohttp.Fingerprint):
-    """aiohttp's SHA-256 pin, compared in constant time (aiohttp itself uses `!=`)."""
-
-    def check(self, transport: asyncio.Transport) -> None:
-        if not transport.get_extra_info("sslcontext"):
-            return
-        sslobj = transport.get_extra_info("ssl_object")
-        der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
-        got = hashlib.sha256(der or b"").digest()
-        if not der or not hmac.compare_digest(got, self.fingerprint):
-            host, port, *_ = transport.get_extra_info("peername")
-            raise aiohttp.ServerFingerprintMismatch(self.fingerprint, got, host, port)
-
-
-def normalize_thumbprint(thumbprint: str) -> bytes:
-    """Accept `AB:CD:..`, `abcd..` or `sha256:..` forms of a SHA-256 fingerprint."""
-    text = thumbprint.strip().lower().removeprefix("sha256:").replace(":", "").replace(" ", "")
-    if not re.fullmatch(r"[0-9a-f]{64}", text):
-        raise ValueError(
-            "thumbprint must be a SHA-256 fingerprint (64 hex digits, colons allowed), "
-            f"got {thumbprint!r}"
-        )
-    return bytes.fromhex(text)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """Where vCenter is and how to trust it."""
-
-    url: str
-    verify_tls: bool = True
-    thumbprint: str = ""
-    ca_file: str = ""
-    connect_timeout: float = 10.0
-    request_timeout: float = 300.0
-
-    def __post_init__(self) -> None:
-        parts = urlsplit(self.url)
-        if parts.username is not None or parts.password is not None:
-            # The url is logged and quoted in errors; never repeat it here.
-            raise ValueError(
-                "vCenter url must not contain a user or password (https://HOST[/sdk]); set "
-                "vcenter.user, and vcenter.password_env or vcenter.password_file"
-            )
-        if parts.scheme not in ("https", "http") or not parts.hostname:
-            raise ValueError(f"vCenter url must be https://HOST[/sdk], got {self.url!r}")
-        if parts.scheme == "http" and not is_loopback(parts.hostname):
-            raise ValueError(
-                f"refusing plain http:// to {parts.hostname}: credentials and data would cross "
-                "the network unencrypted; use https:// (http is allowed for loopback only)"
-            )
-        if self.thumbprint:
-            normalize_thumbprint(self.thumbprint)
-
-    @property
-    def sdk_url(self) -> str:
-        parts = urlsplit(self.url)
-        path = parts.path.rstrip("/") or "/sdk"
-        return f"{parts.scheme}://{parts.netloc}{path}"
-
-    @property
-    def base_url(self) -> str:
-        parts = urlsplit(self.url)
-        return f"{parts.scheme}://{parts.netloc}"
-
-    @property
-    def host(self) -> str:
-        return urlsplit(self.url).hostname or ""
-
-    def ssl_option(self) -> ssl.SSLContext | aiohttp.Fingerprint | bool:
-        """What aiohttp's `ssl=` takes: pinned fingerprint, verified context, or off."""
-        if urlsplit(self.url).scheme == "http":
-            return False
-        if self.thumbprint:
-            # A pin replaces CA validation: the admin vouched for this exact certificate.
-            return PinnedFingerprint(normalize_thumbprint(self.thumbprint))
-        if not self.verify_tls:
-            return False
-        ctx = ssl.create_default_context(cafile=self.ca_file or None)
-        return ctx
-
-    def ssl_context(self) -> ssl.SSLContext | None:
-        """A blocking-client equivalent of ssl_option() (pinning checked by the caller)."""
-        if urlsplit(self.url).scheme == "http":
-            return None
-        if self.thumbprint or not self.verify_tls:
-            ctx = ssl.create_default_context()
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-            return ctx
-        return ssl.create_default_context(cafile=self.ca_file or None)
-
-
-def cert_thumbprint(der: bytes) -> str:
-    digest = hashlib.sha256(der).hexdigest().upper()
-    return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
 
 
 class _Stub(SoapAdapter.SoapStubAdapterBase):
@@ -467,7 +329,10 @@ def fault_from(obj: Any, method: str = "") -> VsphereFault:
     return VsphereFault(type(obj).__name__, str(obj), obj, method)
 
 
+# The errors (`errors`) and the endpoint (`endpoint`) are re-exported: callers import them
+# from here.
 __all__ = [
+    "COOKIE_NAME",
     "Endpoint",
     "PinnedFingerprint",
     "SoapClient",
@@ -478,5 +343,9 @@ __all__ = [
     "VsphereProtocolError",
     "VsphereTimeout",
     "cert_thumbprint",
+    "fault_from",
+    "is_loopback",
+    "normalize_thumbprint",
+    "redirect_error",
     "vim",
 ]

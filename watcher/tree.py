@@ -23,75 +23,27 @@ is consistent with every event): VmAdded, VmRemoved, VmRenamed (name changed),
 VmMoved (the *location* changed: parent folder/vApp path, including an ancestor being
 renamed or moved; a plain rename is only VmRenamed), VmChanged (every other field,
 including "tags", "attributes", "moref" after a resync that matched by identity).
+
+The data types live in `watcher.model` and the diffing in `watcher.diff`; both are
+re-exported here. What remains (~410 lines, half of it this docstring and `_build`) is
+the one place that turns raw properties into node state; splitting it further would
+separate path, identity and config fallbacks that must change together.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from typing import Any
 
-from .events import VmAdded, VmChanged, VmEvent, VmMoved, VmRemoved, VmRenamed
-
-
-class MoRef(NamedTuple):
-    type: str
-    value: str
-
-
-@dataclass(slots=True)
-class Change:
-    """One PropertyChange. `val` is plain data: str, bool, int, MoRef, tuples, dicts."""
-
-    name: str
-    op: str = "assign"
-    val: Any = None
-
-
-@dataclass(slots=True)
-class ObjectUpdate:
-    """One ObjectUpdate (`kind` enter/modify/leave) or one ObjectContent (as enter)."""
-
-    kind: str
-    obj: MoRef
-    changes: list[Change] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class VmNode:
-    moref: str
-    name: str
-    path: str
-    folder: str | None
-    resource_pool: str | None
-    datacenter: str | None
-    power_state: str | None
-    instance_uuid: str | None
-    bios_uuid: str | None
-    identity: str
-    template: bool
-    guest_id: str | None
-    annotation: str
-    cbt_enabled: bool
-    cbt_supported: bool
-    host: str | None
-    datastores: tuple[str, ...]
-    attributes: dict[str, str]
-    tags: frozenset[str]
-    vapp: str | None
-
-    @property
-    def location(self) -> str:
-        """The path of the folder or vApp the VM is listed in."""
-        return self.path.rsplit("/", 1)[0]
-
-
-# Reported by VmRenamed/VmMoved rather than VmChanged (and `folder`/`vapp` too when
-# they are the location that moved).
-_CHANGE_FIELDS = tuple(f.name for f in fields(VmNode) if f.name not in ("name", "path"))
+from .diff import diff_by_identity, diff_vm
+from .events import VmAdded, VmEvent, VmRemoved
+from .model import Change, MoRef, ObjectUpdate, VmNode, apply_changes, coalesce
 
 VM = "VirtualMachine"
 _UNRESOLVED = object()
+# What `sync_to` replaces, and puts back when the new state cannot be built.
+_SYNC_STATE = ("vcenter_uuid", "_objs", "_field_names", "_tags", "_vms", "_by_identity")
 
 
 class TreeUpdateError(Exception):
@@ -188,7 +140,7 @@ class InventoryTree:
             if obj is None or up.kind == "enter":
                 obj = self._objs[key] = _Obj(up.obj.type, {})
             try:
-                _apply_changes(obj.props, up.changes)
+                apply_changes(obj.props, up.changes)
             except Exception as exc:
                 raise TreeUpdateError(up.obj.type, key, exc) from exc
             if obj.type == VM:
@@ -228,14 +180,7 @@ class InventoryTree:
         if self._adopt(other, take_tags=take_tags):
             return [VmAdded(vm) for vm in self._vms.values()]
         old = self._vms
-        saved = (
-            self.vcenter_uuid,
-            self._objs,
-            self._field_names,
-            self._tags,
-            self._vms,
-            self._by_identity,
-        )
+        saved = {name: getattr(self, name) for name in _SYNC_STATE}
         self.vcenter_uuid = other.vcenter_uuid or self.vcenter_uuid
         self._objs = other._objs
         if other._field_names:
@@ -250,14 +195,8 @@ class InventoryTree:
             self._refresh(None, previous=old)
         except BaseException:
             # All or nothing: a half-taken snapshot would make the next diff wrong.
-            (
-                self.vcenter_uuid,
-                self._objs,
-                self._field_names,
-                self._tags,
-                self._vms,
-                self._by_identity,
-            ) = saved
+            for name, value in saved.items():
+                setattr(self, name, value)
             raise
         return diff_by_identity(old, self._vms)
 
@@ -458,95 +397,8 @@ class InventoryTree:
         )
 
 
-def coalesce(updates: list[ObjectUpdate]) -> list[ObjectUpdate]:
-    """Normalize one UpdateSet: drop a `leave` for an object that also `enter`s in it.
-
-    vCenter sends at most one ObjectUpdate per object per update set (a move is one
-    `modify` of `parent`). govmomi's own simulator, on a move between folders, sends
-    the object's `enter` and `leave` in one set and in scrambled order (enter first);
-    the object is present afterwards. (The bundled vcsim moves in place, as vCenter
-    does: vcsim/move.go; this stays for other servers of that kind.)
-    Apply this per response, never across responses (enter-then-leave across two
-    versions is a real create-then-destroy).
-    """
-    entered = {u.obj.value for u in updates if u.kind == "enter"}
-    if not entered:
-        return updates
-    return [u for u in updates if not (u.kind == "leave" and u.obj.value in entered)]
-
-
 def _opt_str(value: Any) -> str | None:
     return None if value is None else str(value)
-
-
-def _apply_changes(props: dict[str, Any], changes: Iterable[Change]) -> None:
-    for ch in changes:
-        if ch.op in ("remove", "indirectRemove"):
-            props.pop(ch.name, None)
-            prefix = ch.name + "."
-            for k in [k for k in props if k.startswith(prefix)]:
-                del props[k]
-        elif ch.val is None:
-            # An assign without a value: the property is unset.
-            props.pop(ch.name, None)
-        else:
-            props[ch.name] = ch.val
-
-
-def diff_vm(old: VmNode, new: VmNode) -> list[VmEvent]:
-    """Events turning `old` into `new` (same VM)."""
-    events: list[VmEvent] = []
-    if old.name != new.name:
-        events.append(VmRenamed(new, old.name, new.name))
-    moved = old.location != new.location
-    if moved:
-        events.append(VmMoved(new, old.path, new.path))
-    changes = {
-        f: (getattr(old, f), getattr(new, f))
-        for f in _CHANGE_FIELDS
-        if getattr(old, f) != getattr(new, f)
-    }
-    if moved:
-        for f in ("folder", "vapp"):
-            if f in changes and changes[f] == (
-                old.location if getattr(old, f) else None,
-                new.location if getattr(new, f) else None,
-            ):
-                del changes[f]
-    if changes:
-        events.append(VmChanged(new, changes))
-    return events
-
-
-def diff_by_identity(old: Mapping[str, VmNode], new: Mapping[str, VmNode]) -> list[VmEvent]:
-    """The events between two VM sets (keyed by MoRef), matching VMs by identity.
-
-    Identities that occur more than once on a side (clones sharing a BIOS uuid) are
-    matched by MoRef within the group.
-    """
-    old_groups: dict[str, list[VmNode]] = {}
-    new_groups: dict[str, list[VmNode]] = {}
-    for vm in old.values():
-        old_groups.setdefault(vm.identity, []).append(vm)
-    for vm in new.values():
-        new_groups.setdefault(vm.identity, []).append(vm)
-    events: list[VmEvent] = []
-    for ident in old_groups.keys() | new_groups.keys():
-        olds = old_groups.get(ident, [])
-        news = new_groups.get(ident, [])
-        if len(olds) == 1 and len(news) == 1:
-            if olds[0] != news[0]:
-                events.extend(diff_vm(olds[0], news[0]))
-            continue
-        by_moref = {vm.moref: vm for vm in news}
-        for o in olds:
-            n = by_moref.pop(o.moref, None)
-            if n is None:
-                events.append(VmRemoved(o))
-            elif n != o:
-                events.extend(diff_vm(o, n))
-        events.extend(VmAdded(n) for n in by_moref.values())
-    return events
 
 
 __all__ = [

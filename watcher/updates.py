@@ -28,6 +28,11 @@ tree; differences are logged as `watcher.missed_updates` and emitted. Tags are p
 from the vAPI tagging service every `tag_interval` (see tags.py).
 
 The watcher owns the sessions `connect` returns and closes them.
+
+Why one module of ~450 lines: `Watcher` is a single state machine (session, collector,
+filter, view, version, backoff) whose methods all read and reset that state; the pure
+parts already live elsewhere (tree, diff, fastparse, traversal, tags), and splitting the
+loop itself would only pass its state around.
 """
 
 from __future__ import annotations
@@ -60,6 +65,18 @@ WaitOptions = vmodl.query.PropertyCollector.WaitOptions
 
 class _ResyncNeeded(Exception):
     """The tree may no longer match vCenter: rebuild it from a full read."""
+
+
+def _tree_failure(event: str, exc: Exception, **context: Any) -> _ResyncNeeded:
+    """Log why the tree could not be brought up to date (with the object at fault when
+    known); the answer is always a full resync."""
+    log.exception(
+        event,
+        error=f"{type(exc).__name__}: {exc}",
+        moref=exc.moref if isinstance(exc, TreeUpdateError) else None,
+        **context,
+    )
+    return _ResyncNeeded(str(exc))
 
 
 class Watcher:
@@ -344,14 +361,9 @@ class Watcher:
         try:
             events = self.tree.apply(updates)
         except Exception as exc:
-            log.exception(
-                "watcher.apply_failed",
-                error=f"{type(exc).__name__}: {exc}",
-                moref=exc.moref if isinstance(exc, TreeUpdateError) else None,
-                version=version,
-                objects=len(updates),
-            )
-            raise _ResyncNeeded(str(exc)) from exc
+            raise _tree_failure(
+                "watcher.apply_failed", exc, version=version, objects=len(updates)
+            ) from exc
         self._emit(events)
 
     async def _wait(
@@ -388,12 +400,7 @@ class Watcher:
         try:
             events = self.tree.sync_to(snapshot)
         except Exception as exc:
-            log.exception(
-                "watcher.reconcile_failed",
-                error=f"{type(exc).__name__}: {exc}",
-                moref=exc.moref if isinstance(exc, TreeUpdateError) else None,
-            )
-            raise _ResyncNeeded(str(exc)) from exc
+            raise _tree_failure("watcher.reconcile_failed", exc) from exc
         if events:
             self.missed_updates += len(events)
             log.warning(

@@ -10,6 +10,9 @@ the `vmware_soap_session` value, .userName = the session's user, .key = the pass
 when none): vigil never hands VDDK the password, so `key` stays NULL. VDDK guide: the
 credType "can be VIXDISKLIB_CRED_UID (user name / password), VIXDISKLIB_CRED_SESSIONID (the
 HTTP session ID)...".
+
+The connection parameters and the per-VM calls (PrepareForAccess, EndAccess, Cleanup) live
+in `access.py` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -24,12 +27,12 @@ from ..extents import align_down, normalize, to_sectors
 from ..model import SECTOR, DiskLocation, Extent, VcenterAccess
 from .abi import (
     CODE_MASK,
-    CRED_SESSIONID,
     MIN_CHUNK_SECTORS,
     OPEN_READ_ONLY,
     VIX_E_FAIL,
     ffi,
 )
+from .access import ConnectParams, cleanup, end_access, prepare_for_access
 from .library import VddkLibrary
 from .thumbprint import thumbprint_hash
 
@@ -37,52 +40,6 @@ log = structlog.get_logger(__name__)
 
 MAX_IO = 2 * 1024 * 1024  # bytes per VixDiskLib_Read/Write call (1–2 MiB is the sweet spot)
 QUERY_WINDOW_CHUNKS = 8192  # allocated-block query window, in MIN_CHUNK_SECTORS chunks
-
-
-class ConnectParams:
-    """VixDiskLibConnectParams plus the C strings it points to (kept alive with it)."""
-
-    def __init__(
-        self,
-        lib: VddkLibrary,
-        loc: DiskLocation,
-        access: VcenterAccess,
-        thumbprint: str | None = None,
-    ) -> None:
-        self._lib = lib
-        self._keep: list[Any] = []
-        if lib.has("VixDiskLib_AllocateConnectParams"):
-            self.ptr = lib.lib.VixDiskLib_AllocateConnectParams()
-            self._owned = True
-        else:
-            self.ptr = ffi.new("VixDiskLibConnectParams *")
-            self._owned = False
-        p = self.ptr
-        p.vmxSpec = self._str(f"moref={loc.vm_moref}")
-        p.serverName = self._str(access.host)
-        # The thumbprint in the library's own format (thumbprint.py); vigil's SHA-256 pin is
-        # never handed over as is.
-        p.thumbPrint = self._str(thumbprint) if thumbprint else ffi.NULL
-        p.credType = CRED_SESSIONID
-        p.creds.sessionId.cookie = self._str(access.cookie_value())
-        p.creds.sessionId.userName = self._str(access.user) if access.user else ffi.NULL
-        p.creds.sessionId.key = ffi.NULL
-        p.port = access.port
-
-    def _str(self, value: str) -> Any:
-        c = ffi.new("char[]", value.encode())
-        self._keep.append(c)
-        return c
-
-    def free(self) -> None:
-        if self._owned and self.ptr is not None:
-            # Our strings are cffi-owned: detach them so VDDK frees only its own memory.
-            p = self.ptr
-            p.vmxSpec = p.serverName = p.thumbPrint = ffi.NULL
-            p.creds.sessionId.cookie = p.creds.sessionId.userName = ffi.NULL
-            self._lib.lib.VixDiskLib_FreeConnectParams(p)
-        self.ptr = None
-        self._keep.clear()
 
 
 class VddkDisk:
@@ -246,20 +203,7 @@ class VddkDisk:
         first, count = self._check_range(offset, length)
         buf = bytearray(length)
         view = ffi.from_buffer("uint8_t[]", buf)
-        step = MAX_IO // SECTOR
-        read = self._lib.lib.VixDiskLib_Read
-        with self._handle_lock:
-            handle = self._require_open()
-            done = 0
-            while done < count:
-                n = min(step, count - done)
-                err = read(handle, first + done, n, view + done * SECTOR)
-                if err:
-                    self._lib.check(
-                        err,
-                        f"VixDiskLib_Read {self.location.vmdk_path} sectors {first + done}+{n}",
-                    )
-                done += n
+        self._transfer("VixDiskLib_Read", first, count, view)
         return bytes(buf)
 
     def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
@@ -267,18 +211,21 @@ class VddkDisk:
             raise DiskIoError(f"disk {self.location.vmdk_path} was opened read-only")
         first, count = self._check_range(offset, len(data))
         view = ffi.from_buffer("uint8_t[]", data)
+        self._transfer("VixDiskLib_Write", first, count, view)
+
+    def _transfer(self, name: str, first: int, count: int, view: Any) -> None:
+        """VixDiskLib_Read or _Write of `count` sectors from `first`, MAX_IO at a time."""
         step = MAX_IO // SECTOR
-        write = self._lib.lib.VixDiskLib_Write
+        call = getattr(self._lib.lib, name)
         with self._handle_lock:
             handle = self._require_open()
             done = 0
             while done < count:
                 n = min(step, count - done)
-                err = write(handle, first + done, n, view + done * SECTOR)
+                err = call(handle, first + done, n, view + done * SECTOR)
                 if err:
                     self._lib.check(
-                        err,
-                        f"VixDiskLib_Write {self.location.vmdk_path} sectors {first + done}+{n}",
+                        err, f"{name} {self.location.vmdk_path} sectors {first + done}+{n}"
                     )
                 done += n
 
@@ -378,62 +325,4 @@ class VddkDisk:
                 )
 
 
-def prepare_for_access(
-    lib: VddkLibrary,
-    location: DiskLocation,
-    access: VcenterAccess,
-    identity: str = "vigil",
-    thumbprint: str | None = None,
-) -> None:
-    """VixDiskLib_PrepareForAccess: vCenter disables Storage vMotion of the VM until
-    EndAccess (VDDK guide: call it before opening the disks of a backup or restore, and
-    EndAccess after closing them). A no-op on VDDKs without it."""
-    _access_call(lib, "VixDiskLib_PrepareForAccess", location, access, identity, thumbprint)
-
-
-def end_access(
-    lib: VddkLibrary,
-    location: DiskLocation,
-    access: VcenterAccess,
-    identity: str = "vigil",
-    thumbprint: str | None = None,
-) -> None:
-    _access_call(lib, "VixDiskLib_EndAccess", location, access, identity, thumbprint)
-
-
-def _access_call(
-    lib: VddkLibrary,
-    name: str,
-    location: DiskLocation,
-    access: VcenterAccess,
-    identity: str,
-    thumbprint: str | None,
-) -> None:
-    if not lib.has(name):
-        return
-    params = ConnectParams(lib, location, access, thumbprint)
-    try:
-        err = lib.run(lambda: lib.fn(name)(params.ptr, identity.encode()))
-        lib.check(err, f"{name} {location.vm_moref}")
-    finally:
-        params.free()
-
-
-def cleanup(
-    lib: VddkLibrary,
-    location: DiskLocation,
-    access: VcenterAccess,
-    thumbprint: str | None = None,
-) -> tuple[int, int]:
-    """VixDiskLib_Cleanup after a crash (what an interrupted run left behind, such as HotAdd
-    disks still attached to the proxy VM): (VMs cleaned up, VMs still needing it)."""
-    if not lib.has("VixDiskLib_Cleanup"):
-        return 0, 0
-    params = ConnectParams(lib, location, access, thumbprint)
-    done, left = ffi.new("uint32_t *"), ffi.new("uint32_t *")
-    try:
-        err = lib.run(lambda: lib.fn("VixDiskLib_Cleanup")(params.ptr, done, left))
-        lib.check(err, f"VixDiskLib_Cleanup {location.vm_moref}")
-    finally:
-        params.free()
-    return int(done[0]), int(left[0])
+__all__ = ["ConnectParams", "VddkDisk", "cleanup", "end_access", "prepare_for_access"]

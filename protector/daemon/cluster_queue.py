@@ -218,7 +218,7 @@ class ClusterJobQueue:
                 self.job_ids[key] = job_id
                 if status == "doing" and key in self.queued:
                     req = self.queued.pop(key)
-                    rec = _record(job_id, req, attempts)
+                    rec = JobRecord.start(job_id, req, attempts + 1)
                     self.running[key] = (req, rec, None)
                 continue
             await self._finished(key)
@@ -251,7 +251,7 @@ class ClusterJobQueue:
         job_id = self.job_ids.pop(key, None)
         self._deferred_at.pop(key, None)
         if rec is None:
-            rec = _record(job_id or 0, req, 0)
+            rec = JobRecord.start(job_id or 0, req, 1)
         rec.outcome = FINAL.get(status, "failed")
         rec.finished = time.time()
         if rec.outcome == "failed":
@@ -284,17 +284,3 @@ class ClusterJobQueue:
             t.cancel()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=timeout)
-
-
-def _record(job_id: int, req: JobRequest, attempts: int) -> JobRecord:
-    return JobRecord(
-        id=job_id,
-        vm_key=req.vm_key,
-        vm_name=req.vm_name,
-        host=req.host,
-        datastores=req.datastores,
-        reason=req.reason,
-        policy=req.policy,
-        attempt=attempts + 1,
-        started=time.time(),
-    )

@@ -200,17 +200,7 @@ class ClusterBackup:
             full=bool(p.get("full")),
             attempt=run.attempt + 1,
         )
-        rec = JobRecord(
-            id=run.job_id,
-            vm_key=req.vm_key,
-            vm_name=req.vm_name,
-            host=job.host,
-            datastores=job.datastores,
-            reason=req.reason,
-            policy=req.policy,
-            attempt=req.attempt,
-            started=time.time(),
-        )
+        rec = JobRecord.start(run.job_id, req, req.attempt)  # req.host/datastores: the job's
         self.running[run.job_id] = rec
         try:
             await self.policies.reload()  # the policy's options as the files say now

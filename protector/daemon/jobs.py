@@ -70,6 +70,21 @@ class JobRecord:
     phase: str = ""
     total_bytes: int = 0
 
+    @classmethod
+    def start(cls, job_id: int, req: JobRequest, attempt: int) -> JobRecord:
+        """The record of an attempt at `req` that starts now."""
+        return cls(
+            id=job_id,
+            vm_key=req.vm_key,
+            vm_name=req.vm_name,
+            host=req.host,
+            datastores=req.datastores,
+            reason=req.reason,
+            policy=req.policy,
+            attempt=attempt,
+            started=time.time(),
+        )
+
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
@@ -243,17 +258,7 @@ class JobRunner:
                 self._start(req)
 
     def _start(self, req: JobRequest) -> None:
-        rec = JobRecord(
-            id=next(self._ids),
-            vm_key=req.vm_key,
-            vm_name=req.vm_name,
-            host=req.host,
-            datastores=req.datastores,
-            reason=req.reason,
-            policy=req.policy,
-            attempt=req.attempt,
-            started=time.time(),
-        )
+        rec = JobRecord.start(next(self._ids), req, req.attempt)
         self._host_load[req.host] += 1
         for d in req.datastores:
             self._ds_load[d] += 1
