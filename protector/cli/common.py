@@ -63,6 +63,12 @@ class CleanStream(io.TextIOBase):
     def isatty(self) -> bool:
         return self.inner.isatty()
 
+    @property
+    def buffer(self) -> Any:
+        """The binary stream underneath, uncleaned: `vigil files get --stdout` writes a file's
+        bytes there, and they must come out exactly as stored."""
+        return self.inner.buffer
+
     def fileno(self) -> int:
         return self.inner.fileno()
 
