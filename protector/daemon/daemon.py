@@ -18,6 +18,7 @@ within its RPO.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
@@ -43,6 +44,8 @@ from protector.daemon.status_server import StatusServer
 from protector.daemon.supervisor import Supervisor
 from protector.daemon.worker import BackupWorker, VmGone
 from protector.errors import UserError
+from protector.notify.events import Kind
+from protector.notify.sender import Notifier
 from protector.policyaccess import vm_facts
 from protector.repoaccess import open_catalog, open_repository
 from protector.vmlock import VmBusyError
@@ -118,6 +121,7 @@ class Daemon:
         )
         self.pruner = Pruner(cfg, self.tz, self.stats, self.errors, self.stopping, self.in_sync)
         self.pruner.vms = lambda: self.watcher.tree.vms() if self.watcher else []
+        self.notifier = self.planner.notify = self.pruner.notify = Notifier(cfg.notify)
         self.repo: Repository | None = None
         self.catalog: Any = None
         self.policies: PolicyStore | None = None
@@ -133,6 +137,7 @@ class Daemon:
     async def run(self, *, install_signals: bool = True) -> int:
         cfg = self.cfg
         token = self._preflight()
+        self.notifier.prepare()
         self._load_policies()
         self.repo = await open_repository(cfg, create=True)
         self.catalog = await open_catalog(self.repo)
@@ -222,6 +227,8 @@ class Daemon:
         spawn(self._watch_policies(), "policy-reload")
         spawn(self.planner.run(self.ready, self.stopping), "scheduler")
         spawn(self.pruner.run(self.ready), "pruner")
+        spawn(self.notifier.run(self.stopping), "notifier")
+        spawn(self._watch_breaches(), "rpo-watch")
 
     def request_stop(self) -> None:
         self.supervisor.request_stop()
@@ -312,6 +319,9 @@ class Daemon:
             self.metrics.policy_reload_errors.inc()
             for e in outcome.errors:
                 self.errors.append(f"policy error (old policies kept): {e}")
+            self.notifier.report(
+                Kind.POLICY_REJECTED, "policies", "; ".join(map(str, outcome.errors))
+            )
             return
         if not outcome.changed or not self.ready.is_set() or self.watcher is None:
             return
@@ -329,9 +339,34 @@ class Daemon:
         ran_with = self.worker.finished(req, rec)
         if rec.outcome == "failed":
             self.errors.append(f"{req.vm_name}: backup attempt {rec.attempt} failed: {rec.error}")
+            if self.runner.in_cooldown(req.vm_key):  # its retries are used up
+                self.notifier.failing(req.vm_name, rec.error)
+        elif rec.outcome == "success":
+            self.notifier.succeeded(req.vm_name)
         self.planner.job_finished(req, rec, ran_with)
         if self.catalog is not None:  # on_finish only ever sees a finished record
             self.supervisor.background(self.worker.record(rec))
+
+    def breached(self) -> dict[str, str]:
+        """The protected VMs whose newest good point is older than their RPO (name → age);
+        a VM never backed up is not here: its first backup is on its way or failing."""
+        now, out = datetime.now(UTC), {}
+        for key, name in self.planner.winners.items():
+            policy, st = self.planner.policy(name), self.state.get(key)
+            if policy and st and st.newest_good and now - st.newest_good > policy.schedule.rpo:
+                node = self._find_node(key)
+                age = views.format_age((now - st.newest_good).total_seconds())
+                out[node.name if node else key] = f"newest point {age} old ({policy.name})"
+        return out
+
+    async def _watch_breaches(self, every: float = 60.0) -> None:
+        if not self.notifier.enabled:
+            return
+        await self.ready.wait()
+        while not self.stopping.is_set():
+            self.notifier.breaches(self.breached())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), every)
 
     async def prune_now(self, *, dry_run: bool = False) -> PruneResult | None:
         """Apply retention and sweep now (pruner.py); None when deferred."""
