@@ -1,0 +1,49 @@
+"""End to end: the daemon against the simulator, two VMs whose backups keep failing (the
+file transport with no datastore mounted, as in tests/daemon/test_daemon_faults.py), and a
+loopback webhook that must receive exactly one grouped message naming both."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.daemon.helpers import policy, wait_for, write_config
+from tests.daemon.test_daemon import running
+
+from .test_sender import Webhook
+
+pytestmark = pytest.mark.slow
+
+
+async def test_failing_vms_produce_one_grouped_message(tmp_path, vcsim_fresh):
+    hook = Webhook()
+    try:
+        cfg = write_config(
+            tmp_path,
+            vcsim_fresh,
+            policy("two", 'names = ["DC0_H0_VM0", "DC0_H0_VM1"]'),
+            modes='["file"]',
+            daemon="retry_attempts = 2",
+        )
+        with cfg.open("a") as f:
+            f.write(
+                f'[notify]\nurls = ["json://127.0.0.1:{hook.port}/vigil"]\n'
+                'status_url = "http://127.0.0.1:9273/status"\n'
+                "group_window = 10\nmin_interval = 3600\n"
+            )
+        async with running(cfg) as daemon:
+            await wait_for(
+                lambda: {r.vm_name for r in daemon.runner.failures.values()}
+                >= {"DC0_H0_VM0", "DC0_H0_VM1"},
+                30,
+                "both VMs to use up their retries",
+            )
+            await wait_for(lambda: hook.posts, 30, "the grouped message")
+            # More rounds fail after the cooldown; min_interval holds them back.
+            await wait_for(lambda: len(daemon.runner.history) >= 6, 30, "a later round")
+        [(path, post)] = hook.posts
+        assert path == "/vigil"
+        assert post["title"] == "vigil: 2 VMs failing their backups"
+        assert "DC0_H0_VM0, DC0_H0_VM1" in post["message"]
+        assert "Status: http://127.0.0.1:9273/status" in post["message"]
+    finally:
+        hook.close()
