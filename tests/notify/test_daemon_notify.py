@@ -32,8 +32,10 @@ async def test_failing_vms_produce_one_grouped_message(tmp_path, vcsim_fresh):
             )
         async with running(cfg) as daemon:
             await wait_for(
-                lambda: {r.vm_name for r in daemon.runner.failures.values()}
-                >= {"DC0_H0_VM0", "DC0_H0_VM1"},
+                lambda: (
+                    {r.vm_name for r in daemon.runner.failures.values()}
+                    >= {"DC0_H0_VM0", "DC0_H0_VM1"}
+                ),
                 30,
                 "both VMs to use up their retries",
             )
