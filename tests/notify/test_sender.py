@@ -232,3 +232,19 @@ def test_config_refuses_a_password_in_the_file_and_unknown_keys():
     assert "notify.urls[0]: holds a password" in text
     assert "notify.min_intervall: unknown key" in text
     assert "hunter2" not in text
+
+
+def test_breaches_are_edges_and_their_end_is_a_recovery():
+    clock = Clock()
+    n = Notifier(NotifyConfig(inline_urls=("json://127.0.0.1/x",), group_window=0), clock=clock)
+    n.breaches({"a": "newest point 30h old (gold)"})
+    n.breaches({"a": "newest point 31h old (gold)"})  # still breached: not a new event
+    [msg] = n.batcher.due(clock.now)
+    assert msg.kind is Kind.RPO_BREACH and "a: newest point 30h old" in msg.body
+    n.failing("b", "boom")
+    n.breaches({"b": "newest point 25h old (gold)"})
+    n.breaches({})  # a back within its RPO; b still failing, so no recovery for b yet
+    clock.now += 1000
+    due = {m.kind: m for m in n.batcher.due(clock.now)}
+    assert due[Kind.RECOVERED].title == "vigil: VM backed up again: a"
+    assert "b" in due[Kind.FAILING].title
