@@ -49,3 +49,42 @@ async def test_failing_vms_produce_one_grouped_message(tmp_path, vcsim_fresh):
         assert "Status: http://127.0.0.1:9273/status" in post["message"]
     finally:
         hook.close()
+
+
+async def test_policy_edits_report_conflict_unprotected_and_rejected_files(tmp_path, vcsim_fresh):
+    hook = Webhook()
+    main = tmp_path / "policies.d" / "main.toml"
+    try:
+        cfg = write_config(
+            tmp_path,
+            vcsim_fresh,
+            policy("a", 'names = ["DC0_H0_VM0"]') + policy("c", 'names = ["DC0_H0_VM1"]'),
+        )
+        with cfg.open("a") as f:
+            f.write(f'[notify]\nurls = ["json://127.0.0.1:{hook.port}/v"]\ngroup_window = 0\n')
+
+        def titles() -> set[str]:
+            return {p["title"] for _, p in hook.posts}
+
+        async with running(cfg) as daemon:
+            # VM0 now in two policies of equal priority; VM1 in none.
+            main.write_text(
+                policy("a", 'names = ["DC0_H0_VM0"]')
+                + policy("b", 'names = ["DC0_H0_VM0"]')
+                + policy("c", 'names = ["nothing-matches"]')
+            )
+            await wait_for(lambda: len(titles()) >= 2, 30, "the conflict and unprotected messages")
+            main.write_text("[[policy]]\nname = 3\n")
+            await wait_for(lambda: len(titles()) >= 3, 30, "the rejected-policies message")
+            assert daemon.notifier.enabled
+        assert titles() == {
+            "vigil: VM in a policy conflict: DC0_H0_VM0",
+            "vigil: VM no longer protected: DC0_H0_VM1",
+            "vigil: policy files rejected: policies",
+        }
+        by_title = {p["title"]: p["message"] for _, p in hook.posts}
+        assert "policies a, b" in by_title["vigil: VM in a policy conflict: DC0_H0_VM0"]
+        assert "left policy c" in by_title["vigil: VM no longer protected: DC0_H0_VM1"]
+        assert "main.toml" in by_title["vigil: policy files rejected: policies"]
+    finally:
+        hook.close()
