@@ -51,6 +51,7 @@ from protector.repoaccess import open_catalog, open_repository
 from protector.vmlock import VmBusyError
 from protector.vsphere.snapshots import remove_leftovers_everywhere
 from repository import Repository
+from repository.points import warn_damaged
 from repository.prune import PruneResult
 from watcher.session import Session
 from watcher.soap import VsphereError
@@ -204,7 +205,10 @@ class Daemon:
         cfg = self.cfg
         assert self.policies is not None
         self.repo, self.catalog = repo, catalog
-        manifests = await anyio.to_thread.run_sync(repo.manifests)
+        manifests, damaged = await anyio.to_thread.run_sync(repo.scan_manifests)
+        warn_damaged(damaged)
+        for d in damaged:
+            self.notifier.report(Kind.REPO_DAMAGE, d.point_id, f"manifest unreadable: {d.reason}")
         self.state.update(states_from(manifests))
         self.watcher = Watcher(
             self.sessions.connect,

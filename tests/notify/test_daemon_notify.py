@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from tests.daemon.helpers import policy, wait_for, write_config
-from tests.daemon.test_daemon import running
+from tests.daemon.test_daemon import points_of, running
 
 from .test_sender import Webhook
 
@@ -86,5 +86,25 @@ async def test_policy_edits_report_conflict_unprotected_and_rejected_files(tmp_p
         assert "policies a, b" in by_title["vigil: VM in a policy conflict: DC0_H0_VM0"]
         assert "left policy c" in by_title["vigil: VM no longer protected: DC0_H0_VM1"]
         assert "main.toml" in by_title["vigil: policy files rejected: policies"]
+    finally:
+        hook.close()
+
+
+async def test_a_damaged_manifest_found_at_start_is_reported(tmp_path, vcsim_fresh):
+    cfg = write_config(tmp_path, vcsim_fresh, policy("p", 'names = ["DC0_H0_VM0"]'))
+    async with running(cfg) as daemon:
+        await wait_for(lambda: points_of(daemon, "DC0_H0_VM0"), 60, "VM0's point")
+        [point] = points_of(daemon, "DC0_H0_VM0")
+    [obj] = [p for p in (tmp_path / "repo").rglob(f"*{point.point_id}*") if "manifests" in p.parts]
+    obj.write_bytes(b"\0" * 64)  # a bad sector where the manifest was
+    hook = Webhook()
+    try:
+        with cfg.open("a") as f:
+            f.write(f'[notify]\nurls = ["json://127.0.0.1:{hook.port}/v"]\ngroup_window = 0\n')
+        async with running(cfg):
+            await wait_for(lambda: hook.posts, 30, "the damage message")
+        [(_, post)] = [p for p in hook.posts if "damage" in p[1]["title"]]
+        assert post["title"] == f"vigil: repository damage found: {point.point_id}"
+        assert "manifest unreadable" in post["message"]
     finally:
         hook.close()
