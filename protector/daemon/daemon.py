@@ -351,24 +351,12 @@ class Daemon:
         if self.catalog is not None:  # on_finish only ever sees a finished record
             self.supervisor.background(self.worker.record(rec))
 
-    def breached(self) -> dict[str, str]:
-        """The protected VMs whose newest good point is older than their RPO (name → age);
-        a VM never backed up is not here: its first backup is on its way or failing."""
-        now, out = datetime.now(UTC), {}
-        for key, name in self.planner.winners.items():
-            policy, st = self.planner.policy(name), self.state.get(key)
-            if policy and st and st.newest_good and now - st.newest_good > policy.schedule.rpo:
-                node = self._find_node(key)
-                age = views.format_age((now - st.newest_good).total_seconds())
-                out[node.name if node else key] = f"newest point {age} old ({policy.name})"
-        return out
-
     async def _watch_breaches(self, every: float = 60.0) -> None:
         if not self.notifier.enabled:
             return
         await self.ready.wait()
         while not self.stopping.is_set():
-            self.notifier.breaches(self.breached())
+            self.notifier.breaches(views.breached(self.planner, datetime.now(UTC)))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), every)
 

@@ -4,8 +4,11 @@ loopback webhook that must receive exactly one grouped message naming both."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
 
+from protector.daemon import views
 from tests.daemon.helpers import policy, wait_for, write_config
 from tests.daemon.test_daemon import points_of, running
 
@@ -108,3 +111,20 @@ async def test_a_damaged_manifest_found_at_start_is_reported(tmp_path, vcsim_fre
         assert "manifest unreadable" in post["message"]
     finally:
         hook.close()
+
+
+async def test_breached_lists_a_protected_vm_whose_point_is_older_than_its_rpo(
+    tmp_path, vcsim_fresh
+):
+    cfg = write_config(tmp_path, vcsim_fresh, policy("p", 'names = ["DC0_H0_VM0"]', rpo="1h"))
+    async with running(cfg) as daemon:
+        # The point is committed a moment before the daemon's state has it.
+        await wait_for(
+            lambda: any(st.newest_good for st in daemon.state.values()), 60, "VM0's point"
+        )
+        now = datetime.now(UTC)
+        assert views.breached(daemon.planner, now) == {}
+        # Two hours on, with no newer point (the clock is moved, not the point).
+        assert views.breached(daemon.planner, now + timedelta(hours=2)) == {
+            "DC0_H0_VM0": "newest point 2h old (policy p)"
+        }
