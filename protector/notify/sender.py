@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import structlog
@@ -21,7 +22,7 @@ log = structlog.get_logger(__name__)
 
 
 class Notifier:
-    def __init__(self, cfg: NotifyConfig | None, *, clock: object = time.time) -> None:
+    def __init__(self, cfg: NotifyConfig | None, *, clock: Callable[[], float] = time.time) -> None:
         self.cfg = cfg
         self.enabled = bool(cfg and cfg.enabled)
         self.batcher = Batcher(
@@ -39,7 +40,7 @@ class Notifier:
     def report(self, kind: Kind, subject: str, detail: str = "") -> None:
         if not self.enabled:
             return
-        self.batcher.add(Event(kind, subject, detail), self._clock())  # type: ignore[operator]
+        self.batcher.add(Event(kind, subject, detail), self._clock())
         self._wake.set()
 
     def failing(self, vm: str, error: str) -> None:
@@ -105,7 +106,7 @@ class Notifier:
 
     async def flush(self) -> int:
         """Send what is due now; the number of messages."""
-        due = self.batcher.due(self._clock(), self.status_url)  # type: ignore[operator]
+        due = self.batcher.due(self._clock(), self.status_url)
         for msg in due:
             try:
                 await self.send(msg)
@@ -120,8 +121,8 @@ class Notifier:
         while not stopping.is_set():
             await self.flush()
             self._wake.clear()
-            nxt = self.batcher.next_wakeup(self._clock())  # type: ignore[operator]
-            delay = 3600.0 if nxt is None else max(0.5, nxt - self._clock())  # type: ignore[operator]
+            nxt = self.batcher.next_wakeup(self._clock())
+            delay = 3600.0 if nxt is None else max(0.5, nxt - self._clock())
             try:
                 await asyncio.wait_for(self._wake.wait(), min(delay, 3600.0))
             except TimeoutError:
