@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 # prometheus: only for promtool (Debian 12 has no smaller package with it); systemd: for
 # `systemd-analyze security` on contrib/vigil.service (tests/install); the filesystem tools
 # build the file-level restore tests' images; postgresql serves the cluster tests.
-APT_PACKAGES := golang-go golang-github-vmware-govmomi-dev gcc libc6-dev python3-venv \
+APT_PACKAGES := chromium golang-go golang-github-vmware-govmomi-dev gcc libc6-dev python3-venv \
 	prometheus systemd e2fsprogs dosfstools mtools ntfs-3g xfsprogs btrfs-progs fdisk fuse3 \
 	postgresql
 BENCH_APT_PACKAGES := restic borgbackup

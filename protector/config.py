@@ -20,7 +20,12 @@ from typing import Any
 from cluster.config import ClusterConfig
 from disk_io.transport import check_vddk_modes
 from disk_io.vddk.thumbprint import thumbprint_hash
-from repository.config import DEFAULT_CHUNK_SIZE, chunk_size_problem
+from protector.repoconfig import (
+    REPOSITORY_KEYS,
+    RepositoryConfig,
+    parse_copies,
+    repository_table_problems,
+)
 
 DEFAULT_PATH = "vigil.toml"
 TRANSPORT_MODES = ("vddk", "http", "file")
@@ -141,35 +146,6 @@ def read_secret_file(path: str, key: str, config_path: str) -> str:
 
 
 @dataclass(frozen=True)
-class RepositoryConfig:
-    path: str
-    passphrase_env: str = ""
-    passphrase_file: str = ""
-    chunk_size: int = DEFAULT_CHUNK_SIZE
-    orphan_keep_days: int = 30
-    config_path: str = field(default="repository", compare=False)
-
-    def passphrase(self) -> str | None:
-        if self.passphrase_env:
-            value = os.environ.get(self.passphrase_env)
-            if value is None:
-                raise ConfigError(
-                    self.config_path,
-                    [
-                        f"repository.passphrase_env: environment variable "
-                        f"{self.passphrase_env} is not set; export {self.passphrase_env}=… "
-                        "(or set repository.passphrase_file)"
-                    ],
-                )
-            return value
-        if self.passphrase_file:
-            return read_secret_file(
-                self.passphrase_file, "repository.passphrase_file", self.config_path
-            )
-        return None
-
-
-@dataclass(frozen=True)
 class TransportConfig:
     modes: tuple[str, ...] = ("vddk", "http", "file")
     vddk_libdir: str = "/opt/vmware-vix-disklib-distrib"
@@ -283,6 +259,8 @@ class Config:
     cluster: ClusterConfig | None = None
     state_dir: str = ""  # [state] dir; "" = $VIGIL_STATE_DIR or /var/lib/vigil/state
     notify: NotifyConfig | None = None  # [notify]; None = no notifications
+    # [copies.NAME]: offsite copies (`vigil copy --to NAME`), each a complete repository.
+    copies: dict[str, RepositoryConfig] = field(default_factory=dict, hash=False)
 
 
 # Each section: key -> (type(s), required, default)
@@ -297,13 +275,7 @@ _SCHEMA: dict[str, dict[str, tuple[Any, bool]]] = {
         "ca_file": (str, False),
         "connect_timeout": ((int, float), False),
     },
-    "repository": {
-        "path": (str, True),
-        "passphrase_env": (str, False),
-        "passphrase_file": (str, False),
-        "chunk_size": (int, False),
-        "orphan_keep_days": (int, False),
-    },
+    "repository": REPOSITORY_KEYS,
     "policies": {"path": (str, True)},
     "state": {"dir": (str, False)},
     "notify": {
@@ -340,7 +312,7 @@ _SCHEMA: dict[str, dict[str, tuple[Any, bool]]] = {
 }
 _REQUIRED_SECTIONS = ("vcenter", "repository", "policies")
 # Parsed by cluster.config (its own keys and checks), not through _SCHEMA.
-_OTHER_SECTIONS = ("cluster",)
+_OTHER_SECTIONS = ("cluster", "copies")
 
 
 def _type_name(t: Any) -> str:
@@ -509,12 +481,8 @@ def _parse_config(doc: dict[str, Any], path: str) -> Config:
                     "certificate (PEM) there, or pin vcenter.thumbprint instead"
                 )
     r = values.get("repository", {})
-    if "path" in r:
-        r["path"] = str(base / r["path"])
-    if r.get("passphrase_file"):
-        r["passphrase_file"] = str(base / r["passphrase_file"])
-    if "chunk_size" in r and (problem := chunk_size_problem(r["chunk_size"])):
-        problems.append(f"repository.chunk_size: {problem}")
+    if "repository" in doc:
+        problems += repository_table_problems(r, "repository", base)
 
     t = values.get("transport", {})
     modes = t.get("modes")
@@ -586,6 +554,8 @@ def _parse_config(doc: dict[str, Any], path: str) -> Config:
         if key in d and d[key] <= 0:
             problems.append(f"daemon.{key}: must be more than 0 seconds, got {d[key]}")
 
+    copies = parse_copies(doc.get("copies", {}), base, path, problems)
+
     p = values.get("policies", {})
     if "path" in p:
         p["path"] = str(base / p["path"])
@@ -613,6 +583,7 @@ def _parse_config(doc: dict[str, Any], path: str) -> Config:
         cluster=cluster,
         notify=replace(notify, config_path=path) if notify else None,
         state_dir=str(base / values["state"]["dir"]) if "dir" in values.get("state", {}) else "",
+        copies=copies,
     )
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import structlog
 
 from policies.engine import evaluate_one
-from policies.errors import PolicyLoadError
+from policies.errors import PolicyError, PolicyLoadError
 from policies.loader import load_policies
 from policies.model import Policy, PolicySet, VmFacts
 from policies.retention import RetentionPoint, plan_retention
@@ -59,6 +59,51 @@ def winning_policy(policies: PolicySet, node: Any) -> Policy | None:
     if result.winner is None:
         return None
     return next(p for p in policies if p.name == result.winner)
+
+
+# A policy's retention horizon: how long its oldest kept point has at least been kept. A
+# month counts 28 days and keep_last the RPO per point, so the estimate errs short (refuses
+# rather than lets prune chase points the object lock still holds).
+_DAYS = {"daily": 1, "weekly": 7, "monthly": 28, "yearly": 365}
+
+
+def retention_days(policy: Policy) -> float:
+    r = policy.retention
+    spans = [getattr(r, k) * d for k, d in _DAYS.items()]
+    spans.append(r.keep_last * policy.schedule.rpo.total_seconds() / 86400)
+    return max(spans)
+
+
+def lock_problems(policies: PolicySet, cfg: Config) -> list[PolicyError]:
+    """Policies whose retention is shorter than the repository's object lock: prune would
+    decide to delete points the lock keeps for days more (kept, reported, retried every
+    day), so the policy does not say what happens. Refused at load."""
+    days = cfg.repository.object_lock_days
+    out: list[PolicyError] = []
+    for p in policies:
+        keeps = retention_days(p)
+        if days and keeps < days:
+            out.append(
+                PolicyError(
+                    p.source or cfg.policies_path,
+                    f"retention keeps points about {keeps:g} days, shorter than "
+                    f"repository.s3.object_lock_days = {days} in {cfg.path}: prune could "
+                    f"not delete them before their lock expires; keep them at least {days} "
+                    f"days (e.g. daily = {days}) or lower object_lock_days",
+                    policy=p.name,
+                    key="retention",
+                )
+            )
+    return out
+
+
+def load_checked(cfg: Config) -> PolicySet:
+    """The policy set, refused (PolicyLoadError) when one is invalid or keeps points for
+    less time than the repository's object lock."""
+    policies = load_policies(cfg.policies_path)
+    if problems := lock_problems(policies, cfg):
+        raise PolicyLoadError(problems)
+    return policies
 
 
 def backup_options_for(cfg: Config, tree: Any, node: Any, *, full: bool) -> BackupOptions:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import anyio
 
-from protector.config import Config
+from protector.config import Config, RepositoryConfig
 from protector.errors import UserError
 from repository import LocalState, Manifest, Repository
 from repository.admin import MISSING
+from repository.backend import Backend
 from repository.errors import (
     ConfigTamperedError,
     PassphraseRequiredError,
@@ -20,39 +23,81 @@ from repository.errors import (
 )
 
 
-def _open(cfg: Config, create: bool) -> Repository:
-    path = Path(cfg.repository.path)
+def _open(cfg: Config, create: bool, as_of: datetime | None = None) -> Repository:
+    return open_configured(cfg.repository, cfg, as_of)
+
+
+def open_configured(rc: RepositoryConfig, cfg: Config, as_of: datetime | None = None) -> Repository:
+    """The repository `rc` names ([repository] or a [copies.NAME]); `as_of`: an S3
+    repository read-only as it was then (its locked versions, past delete markers)."""
+    where = rc.location
     try:
-        return _open_or_init(cfg, path, create)
+        backend = open_backend(rc, cfg, as_of)
+        return _open_existing(rc, cfg, backend)
     except WrongPassphraseError:
         raise UserError(
-            f"wrong passphrase for the repository at {path}; check repository.passphrase_env "
-            "or repository.passphrase_file"
+            f"wrong passphrase for the repository at {where}; check {rc.where}.passphrase_env "
+            f"or {rc.where}.passphrase_file"
         ) from None
     except PassphraseRequiredError:
         raise UserError(
-            f"the repository at {path} is encrypted: set repository.passphrase_env or "
-            "repository.passphrase_file"
+            f"the repository at {where} is encrypted: set {rc.where}.passphrase_env or "
+            f"{rc.where}.passphrase_file"
         ) from None
     except ConfigTamperedError as exc:
         raise UserError(str(exc)) from None  # already names the repository and the fix
     except RepositoryError as exc:
-        raise UserError(f"repository {path}: {exc}") from None
+        raise UserError(f"repository {where}: {exc}") from None
 
 
-def _open_or_init(cfg: Config, path: Path, create: bool) -> Repository:
-    passphrase = cfg.repository.passphrase()
+def open_backend(
+    rc: RepositoryConfig, cfg: Config, as_of: datetime | None = None, *, probe: bool = True
+) -> Backend | None:
+    """The object-store backend of an s3:// repository (bucket checked, If-None-Match
+    probed unless read-only), None for a directory (Repository opens it itself)."""
+    if not rc.url:
+        if as_of is not None:
+            raise UserError(
+                f"--as-of reads the locked versions kept by an S3 bucket; {rc.key} "
+                f"{rc.location} (set in {cfg.path}) is a directory, which keeps no versions"
+            )
+        return None
+    from repository.s3 import S3ConfigError, open_s3_backend
+
+    opts = rc.s3_options()
+    if "max_connections" not in rc.s3:  # one connection per I/O thread
+        opts = replace(opts, max_connections=max(cfg.limits.io_threads, 2))
+    try:
+        return open_s3_backend(opts, as_of_time=as_of, probe=probe)
+    except S3ConfigError as exc:
+        raise UserError(f"{exc} (set in {cfg.path})") from None
+    except RepositoryError as exc:  # the service refused, is unreachable, ignores If-None-Match
+        raise UserError(f"{rc.key} {rc.url} (set in {cfg.path}): {exc}") from None
+
+
+def label(rc: RepositoryConfig) -> Path:
+    """The Path a Repository is named by: its directory, or the url (only shown)."""
+    return Path(rc.location)
+
+
+def _open_existing(rc: RepositoryConfig, cfg: Config, backend: Backend | None) -> Repository:
+    passphrase = rc.passphrase()
     state_dir = Path(cfg.state_dir) if cfg.state_dir else None
     try:
-        return Repository.open(path, passphrase, state_dir)
+        return Repository.open(label(rc), passphrase, state_dir, backend=backend)
     except RepositoryNotFoundError:
         # Only `vigil init` creates one: a typo in repository.path must not start backups
         # into a fresh repository somewhere else.
-        raise UserError(f"{MISSING.format(path=path)} (repository.path in {cfg.path})") from None
+        missing = MISSING.format(path=rc.location)
+        if rc.where != "repository":
+            missing = missing.replace("`vigil init`", f"`vigil init --copy {rc.name}`")
+        raise UserError(f"{missing} ({rc.key} in {cfg.path})") from None
 
 
-async def open_repository(cfg: Config, *, create: bool = False) -> Repository:
-    return await anyio.to_thread.run_sync(_open, cfg, create)
+async def open_repository(
+    cfg: Config, *, create: bool = False, as_of: datetime | None = None
+) -> Repository:
+    return await anyio.to_thread.run_sync(_open, cfg, create, as_of)
 
 
 async def open_catalog(repo: Repository) -> LocalState:

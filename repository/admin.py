@@ -16,6 +16,7 @@ from pathlib import Path
 from repository.cli import Outcome
 
 __all__ = ["MISSING", "Outcome", "init_cmd", "key_add", "key_list", "key_passwd", "key_remove"]
+from repository.backend import Backend
 from repository.config import CONFIG_KEY, DEFAULT_CHUNK_SIZE
 from repository.errors import RepositoryError
 from repository.keys import KdfParams
@@ -49,10 +50,14 @@ def init_cmd(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     kdf: KdfParams | None = None,
     state_dir: Path | None = None,
+    backend: Backend | None = None,
 ) -> Outcome:
+    """`backend`: an object store (S3) to create it in; `path` then only names it."""
     root = Path(path)
-    if (root / CONFIG_KEY).exists():
-        return Outcome(2, [f"{root} already holds a vigil repository; nothing changed"])
+    where = str(path)
+    there = backend.exists(CONFIG_KEY) if backend is not None else (root / CONFIG_KEY).exists()
+    if there:
+        return Outcome(2, [f"{where} already holds a vigil repository; nothing changed"])
     if encryption not in ("aes-256-gcm", "none"):
         return Outcome(2, [f"unknown encryption {encryption!r} (aes-256-gcm or none)"])
     if encryption == "none":
@@ -64,9 +69,9 @@ def init_cmd(
                     "repository.passphrase_env / passphrase_file, or drop --encryption none"
                 ],
             )
-        repo = Repository.init(root, chunk_size, None, state_dir=state_dir)
+        repo = Repository.init(root, chunk_size, None, state_dir=state_dir, backend=backend)
         return Outcome(
-            0, [f"created an unencrypted repository at {root}", UNENCRYPTED_WARNING], repo
+            0, [f"created an unencrypted repository at {where}", UNENCRYPTED_WARNING], repo
         )
     try:
         check_passphrase(passphrase)
@@ -78,13 +83,13 @@ def init_cmd(
                 "repository.passphrase_file (or --encryption none, which protects nothing)"
             ],
         )
-    repo = Repository.init(root, chunk_size, passphrase, kdf, state_dir=state_dir)
+    repo = Repository.init(root, chunk_size, passphrase, kdf, state_dir=state_dir, backend=backend)
     return Outcome(
         0,
         [
-            f"created an encrypted repository at {root} (AES-256-GCM, chunk size "
+            f"created an encrypted repository at {where} (AES-256-GCM, chunk size "
             f"{chunk_size // 1024} KiB)",
-            f"key slot: {root / 'keys' / str(repo.key_slot)} (the master key, wrapped by your "
+            f"key slot: {where.rstrip('/')}/keys/{repo.key_slot} (the master key, wrapped by your "
             "passphrase with Argon2id)",
             LOST_PASSPHRASE,
         ],

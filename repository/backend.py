@@ -11,10 +11,10 @@ import errno
 import os
 import re
 import stat
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from repository.errors import BackendError, ObjectNotFoundError
 
@@ -223,6 +223,21 @@ class LocalBackend:
         except OSError as exc:
             raise BackendError(key, _explain(exc)) from exc
 
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        """`length` bytes of the object from `start` (fewer at its end)."""
+        if start < 0 or length <= 0:
+            raise ValueError(f"bad range {start}+{length} of {key}")
+        try:
+            fd = self._open(key)
+        except FileNotFoundError:
+            raise ObjectNotFoundError(key) from None
+        try:
+            return os.pread(fd, length, start)
+        except OSError as exc:
+            raise BackendError(key, _explain(exc)) from exc
+        finally:
+            os.close(fd)
+
     def exists(self, key: str) -> bool:
         try:
             return self._at(key, _lexists)
@@ -291,6 +306,16 @@ class LocalBackend:
                             os.unlink(name, dir_fd=dfd)
                             removed += 1
         return removed
+
+
+def open_backend(location: str | Path, options: Mapping[str, Any] | None = None) -> Backend:
+    """The backend a repository location names: `s3://BUCKET/PREFIX` (with `options` the
+    `[repository.s3]` table; checks the bucket and probes If-None-Match) or a directory."""
+    if str(location).startswith("s3://"):
+        from repository.s3 import open_s3_backend, options_from_config
+
+        return open_s3_backend(options_from_config(str(location), options or {}))
+    return LocalBackend(location)
 
 
 def _lexists(name: str, dfd: int) -> bool:

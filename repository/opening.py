@@ -43,7 +43,7 @@ class Opened:
     """What a Repository is built from."""
 
     root: Path
-    backend: LocalBackend
+    backend: Backend
     config: RepoConfig
     keys: KeySet
     slot: str | None = None  # the key slot the passphrase opened (without `keys/`)
@@ -56,21 +56,27 @@ def refuse_empty(passphrase: str | None) -> None:
 
 
 def create(
-    root: Path, chunk_size: int, passphrase: str | None, kdf: KdfParams | None
+    root: Path,
+    chunk_size: int,
+    passphrase: str | None,
+    kdf: KdfParams | None,
+    backend: Backend | None = None,
 ) -> Opened | None:
-    """A new repository at `root`; None when another process created one first (the
-    config is written last and write-once: it arbitrates between concurrent creators)."""
+    """A new repository at `root` (or in `backend`, an object store: `root` then only
+    names it); None when another process created one first (the config is written last
+    and write-once: it arbitrates between concurrent creators)."""
     problem = chunk_size_problem(chunk_size)
     if problem:
         raise ValueError(problem)
     refuse_empty(passphrase)
-    check_initialisable(root)
-    owner = owner_to_match(root)  # root creating it in the service user's directory
-    root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(root, 0o700)
-    if owner:
-        os.chown(root, *owner)
-    backend = LocalBackend(root)
+    if backend is None:
+        check_initialisable(root)
+        owner = owner_to_match(root)  # root creating it in the service user's directory
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(root, 0o700)
+        if owner:
+            os.chown(root, *owner)
+        backend = LocalBackend(root)
     repo_id = secrets.token_hex(16)
     if passphrase is None:
         id_key = secrets.token_bytes(32)
@@ -93,8 +99,8 @@ def create(
     return Opened(root, backend, config, keys, slot, master)
 
 
-def open_existing(root: Path, passphrase: str | None) -> Opened:
-    backend = LocalBackend(root)
+def open_existing(root: Path, passphrase: str | None, backend: Backend | None = None) -> Opened:
+    backend = backend or LocalBackend(root)
     try:
         config = RepoConfig.from_bytes(backend.get(CONFIG_KEY), str(root / CONFIG_KEY))
     except ObjectNotFoundError:

@@ -21,6 +21,7 @@ from repository.errors import (
 from repository.locks import locked
 from repository.manifest import Manifest, Tombstone
 from repository.objects import ObjectStore, manifest_key, pin_key, tombstone_key
+from repository.s3.errors import ObjectLockedError
 from repository.state import LocalState
 
 log = structlog.get_logger(__name__)
@@ -152,7 +153,10 @@ class PointStore:
         for info in self.objects.backend.list("heads/"):
             pid = info.key.removeprefix("heads/")
             if newest.get(vm_key_of(pid), (0, ""))[1] != pid:
-                self.objects.backend.delete(info.key)
+                try:
+                    self.objects.backend.delete(info.key)
+                except ObjectLockedError:
+                    continue  # object lock (S3): a later prune removes it after expiry
                 gone += 1
         return gone
 

@@ -27,9 +27,10 @@ from repository.errors import (
     RepositoryBusyError,
 )
 from repository.manifest import Manifest, VmIdentity
-from repository.objects import index_key
+from repository.objects import index_key, manifest_key
 from repository.points import DamagedObject, warn_damaged
 from repository.repo import Repository
+from repository.s3.errors import ObjectLockedError
 
 log = structlog.get_logger(__name__)
 
@@ -84,6 +85,8 @@ class PruneResult:
     chunks_deleted: int = 0
     bytes_freed: int = 0
     temp_files_removed: int = 0
+    # Objects under an unexpired object lock (S3): kept now, deleted by a prune after then.
+    locked: list[str] = field(default_factory=list)
 
     @property
     def deleted_points(self) -> list[str]:
@@ -103,6 +106,11 @@ class PruneResult:
             out.append(f"chunk sweep deferred: {self.sweep_deferred}")
         if self.sweep_limited:
             out.append(f"chunk sweep limited: {self.sweep_limited}")
+        if self.locked:
+            out.append(
+                f"kept {len(self.locked)} object(s) under object lock, retried by a later "
+                f"prune after expiry: {', '.join(self.locked[:3])}"
+            )
         return out
 
 
@@ -177,6 +185,11 @@ def prune(
     if not dry_run:
         for m in manifests:
             if m.point_id in doomed:
+                until = _locked_until(repo, manifest_key(m.point_id), now)
+                if until is not None:  # keep it whole (no tombstone) until it can go
+                    result.locked.append(f"{manifest_key(m.point_id)} until {until:%Y-%m-%d}")
+                    doomed.discard(m.point_id)
+                    continue
                 try:
                     repo.delete_point(m, reasons[m.point_id])
                 except PointPinnedError:  # pinned since we planned: it stays
@@ -217,6 +230,12 @@ def _sweep_lock(
         if not dry_run:
             raise
         return contextlib.nullcontext()
+
+
+def _locked_until(repo: Repository, key: str, now: datetime) -> datetime | None:
+    retention_of = getattr(repo.backend, "retention_of", None)  # object-lock backends only
+    held = retention_of(key) if retention_of is not None else None
+    return held[1] if held is not None and held[1] > now else None
 
 
 def _keep_damaged(damaged: Sequence[DamagedObject]) -> list[Decision]:
@@ -276,7 +295,12 @@ def _sweep(
             if info.key in live or info.mtime >= cutoff:
                 continue
             if not dry_run:
-                repo.backend.delete(info.key)
+                try:
+                    repo.backend.delete(info.key)
+                except ObjectLockedError as exc:
+                    when = f"{exc.until:%Y-%m-%d}" if exc.until else "its legal hold is lifted"
+                    result.locked.append(f"{info.key} until {when}")
+                    continue
             if prefix == "chunks/":
                 result.chunks_deleted += 1
             else:

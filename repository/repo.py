@@ -83,7 +83,8 @@ class Repository:
         self.points = PointStore(self.objects, self.root, self.state)
 
     def __repr__(self) -> str:
-        return f"Repository({str(self.root)!r}, encrypted={self.encrypted})"
+        where = getattr(getattr(self.backend, "opts", None), "url", None) or str(self.root)
+        return f"Repository({where!r}, encrypted={self.encrypted})"
 
     # -- creation and opening -------------------------------------------------------------
 
@@ -95,17 +96,21 @@ class Repository:
         passphrase: str | None = None,
         kdf: KdfParams | None = None,
         state_dir: Path | None = None,
+        backend: Backend | None = None,
     ) -> Repository:
         """Create a repository. If `path` already holds one — typically because another
         process created it a moment ago — open that one with the same passphrase instead
-        (RepositoryExistsError when the passphrase or encryption do not fit it)."""
+        (RepositoryExistsError when the passphrase or encryption do not fit it).
+        `backend`: the objects elsewhere (S3, see repository.s3); `path` then only names
+        the repository in messages."""
         root = Path(path)
-        if not (root / "config").exists():
-            made = opening.create(root, chunk_size, passphrase, kdf)
+        there = backend.exists("config") if backend else (root / "config").exists()
+        if not there:
+            made = opening.create(root, chunk_size, passphrase, kdf, backend)
             if made is not None:
                 return cls._of(made, state_dir)
         try:
-            repo = cls.open(root, passphrase, state_dir)
+            repo = cls.open(root, passphrase, state_dir, backend)
         except (WrongPassphraseError, PassphraseRequiredError, ConfigTamperedError) as exc:
             raise RepositoryExistsError(
                 f"{root} already holds a vigil repository (perhaps created a moment ago by "
@@ -123,11 +128,16 @@ class Repository:
 
     @classmethod
     def open(
-        cls, path: Path | str, passphrase: str | None = None, state_dir: Path | None = None
+        cls,
+        path: Path | str,
+        passphrase: str | None = None,
+        state_dir: Path | None = None,
+        backend: Backend | None = None,
     ) -> Repository:
         """`state_dir`: where this machine's state goes (default: $VIGIL_STATE_DIR, else
-        /var/lib/vigil/state); one subdirectory per repository id."""
-        return cls._of(opening.open_existing(Path(path), passphrase), state_dir)
+        /var/lib/vigil/state); one subdirectory per repository id. `backend`: the objects
+        elsewhere (S3); `path` then only names the repository in messages."""
+        return cls._of(opening.open_existing(Path(path), passphrase, backend), state_dir)
 
     @classmethod
     def _of(cls, o: opening.Opened, state_dir: Path | None) -> Repository:

@@ -14,7 +14,8 @@ lock conflicts with every other lock, a shared one with exclusive ones.
 A holder refreshes its lock every REFRESH_EVERY seconds by writing a new object and then
 deleting the old one (no rename: object stores have none). A lock whose object is older
 than STALE_AFTER (by the storage's modification time) is stale and ignored; one from this
-machine (same host_id) whose process is gone is stale at once. See
+machine (same host_id) whose process is gone is stale at once. Whoever takes a lock first
+deletes the stale ones it sees. See
 docs/repository-format.md, "Locks".
 """
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import secrets
 import socket
 import threading
@@ -35,10 +37,16 @@ from typing import Any
 import structlog
 
 from repository.backend import Backend, owner_to_match
-from repository.errors import BackendError, ObjectNotFoundError, RepositoryBusyError
+from repository.errors import (
+    BackendError,
+    ObjectNotFoundError,
+    RepositoryBusyError,
+    RepositoryError,
+)
 
 log = structlog.get_logger(__name__)
 
+_LOCK_KEY = re.compile(r"locks/[0-9a-f]{32}")
 STALE_AFTER = 30 * 60.0  # seconds without refresh
 REFRESH_EVERY = 5 * 60.0
 
@@ -93,11 +101,16 @@ class LockInfo:
         )
 
 
-def list_locks(backend: Backend, my_host: str, stale_after: float) -> list[LockInfo]:
-    """Live locks. Stale ones and ones that cannot be parsed are skipped (logged)."""
+def list_locks(
+    backend: Backend, my_host: str, stale_after: float, stale: list[str] | None = None
+) -> list[LockInfo]:
+    """Live locks. Stale ones (their keys appended to `stale` when given) and ones that
+    cannot be parsed are skipped (logged)."""
     now = time.time()
     out: list[LockInfo] = []
     for obj in backend.list("locks/"):
+        if not _LOCK_KEY.fullmatch(obj.key):
+            continue  # not a lock: the S3 write-once probe (repository/s3/probe.py)
         try:
             d: dict[str, Any] = json.loads(backend.get(obj.key))
             info = LockInfo(
@@ -117,12 +130,28 @@ def list_locks(backend: Backend, my_host: str, stale_after: float) -> list[LockI
         except (ValueError, KeyError, TypeError, BackendError) as exc:
             log.warning("repository.lock_unreadable", object=obj.key, reason=str(exc))
             continue
-        if info.age > stale_after:
+        gone = info.host_id == my_host and _pid_start(info.pid) != info.pid_start
+        if info.age > stale_after or gone:  # unrefreshed, or its process here is gone
+            if stale is not None:
+                stale.append(info.key)
             continue
-        if info.host_id == my_host and _pid_start(info.pid) != info.pid_start:
-            continue  # its process on this machine is gone (killed, crashed)
         out.append(info)
     return out
+
+
+def remove_stale(backend: Backend, my_host: str, stale_after: float) -> int:
+    """Delete stale lock objects (a crashed holder's), so they do not pile up; best effort.
+    Lock objects never carry an object-lock retention (repository/s3/options.py), so this
+    works on an immutable bucket too. Returns how many went."""
+    stale: list[str] = []
+    try:
+        list_locks(backend, my_host, stale_after, stale)
+        for key in stale:
+            backend.delete(key)
+            log.info("repository.stale_lock_removed", object=key)
+    except RepositoryError as exc:  # a backend failure, or a read-only (as-of) view
+        log.warning("repository.stale_lock_not_removed", reason=str(exc))
+    return len(stale)
 
 
 class RepoLock:
@@ -172,6 +201,7 @@ class RepoLock:
         """Wait up to `timeout` seconds (None = forever) for conflicting locks to go;
         RepositoryBusyError naming the holder when they do not."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        remove_stale(self.backend, self.my_host, self.stale_after)
         while True:
             conflicts = self._conflicts()
             if not conflicts:

@@ -25,6 +25,7 @@ from repository.index import DiskIndex, WriteStats, slot_count
 from repository.locks import locked
 from repository.manifest import DiskRecord, Manifest, SkippedDisk, VmIdentity
 from repository.objects import index_key, manifest_key
+from repository.s3.pointlock import retain_new_point
 
 if TYPE_CHECKING:
     from repository.repo import Repository
@@ -170,6 +171,8 @@ class PointWriter:
         for d in disks:
             if not self.repo.backend.exists(index_key(d.index_id)):
                 raise RepositoryError(f"disk {d.key!r}: index {d.index_id} is not stored")
+        # Object lock (S3): every object the point references stays locked past its commit.
+        retain_new_point(self.repo, self.previous, disks)
         with locked(self.repo.vm_lock_path(self.vm.key), exclusive=True):
             head = self._head()
             now = datetime.now(UTC)

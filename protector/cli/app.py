@@ -43,6 +43,7 @@ COMMANDS = (
     "files",
     "verify",
     "prune",
+    "copy",
     "catalog",
     "watch",
     "status",

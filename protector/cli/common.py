@@ -11,12 +11,13 @@ import os
 import re
 import sys
 from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
 import anyio
 
-from protector.config import Config, load_config, resolve_path
+from protector.config import Config, RepositoryConfig, load_config, resolve_path
 from protector.errors import UserError
 
 # Terminal control characters: C0 (ESC starts colour, cursor and title sequences; BEL, BS,
@@ -155,14 +156,33 @@ def _nearest_existing(path: Path) -> Path:
     return path
 
 
+def copy_config(cfg: Config, name: str) -> RepositoryConfig:
+    """The [copies.NAME] table, or a UserError listing the names there are."""
+    rc = cfg.copies.get(name)
+    if rc is None:
+        known = ", ".join(sorted(cfg.copies)) or "none"
+        raise UserError(
+            f"no [copies.{name}] in {cfg.path} (copies configured: {known})"
+            + did_you_mean(name, cfg.copies)
+        )
+    return rc
+
+
 def check_repository_location(cfg: Config, *, create: bool) -> None:
     """Before opening: a repository path that can never work (under a file, not writable)
-    is a configuration problem, reported with repository.path, not as an I/O error later."""
-    path = Path(cfg.repository.path)
-    where = f"repository.path {path} (set in {cfg.path})"
+    is a configuration problem, reported with repository.path, not as an I/O error later.
+    An s3:// repository is checked when opened (bucket, credentials, write-once probe)."""
+    if not cfg.repository.url:
+        check_location(cfg, cfg.repository, create=create)
+
+
+def check_location(cfg: Config, rc: RepositoryConfig, *, create: bool) -> None:
+    path = Path(rc.path)
+    key = rc.key
+    where = f"{key} {path} (set in {cfg.path})"
     if path.exists():
         if not path.is_dir():
-            raise UserError(f"{where} is not a directory; point repository.path at a directory")
+            raise UserError(f"{where} is not a directory; point {key} at a directory")
         if create and not os.access(path, os.W_OK | os.X_OK):
             raise UserError(
                 f"{where} is not writable by this user; fix its ownership or permissions"
@@ -173,27 +193,54 @@ def check_repository_location(cfg: Config, *, create: bool) -> None:
     base = _nearest_existing(path.parent)
     if not base.is_dir():
         raise UserError(
-            f"{where} cannot be created: {base} is not a directory; point repository.path "
+            f"{where} cannot be created: {base} is not a directory; point {key} "
             "at a directory this user can write"
         )
     if not os.access(base, os.W_OK | os.X_OK):
         raise UserError(
             f"{where} cannot be created: {base} is not writable by this user; create the "
-            "directory (mode 0700) for it or change repository.path"
+            f"directory (mode 0700) for it or change {key}"
         )
 
 
-async def open_repository(cfg: Config, *, create: bool = False) -> Any:
+async def open_repository(
+    cfg: Config, *, create: bool = False, as_of: datetime | None = None
+) -> Any:
     """repoaccess.open_repository with the location checked first and OS errors phrased as
-    the repository.path problem they are."""
+    the repository.path problem they are. `as_of`: an S3 repository read-only as it was
+    then (`--as-of`)."""
     from protector.repoaccess import open_repository as open_repo
 
     check_repository_location(cfg, create=False)  # only `vigil init` creates
     try:
-        return await open_repo(cfg, create=create)
+        return await open_repo(cfg, create=create, as_of=as_of)
     except OSError as exc:
+        rc = cfg.repository
         raise UserError(
-            f"repository.path {cfg.repository.path} (set in {cfg.path}): cannot "
+            f"{rc.key} {rc.location} (set in {cfg.path}): cannot "
             f"{'create or ' if create else ''}open the repository: {exc.strerror or exc}; make "
-            "it a directory this user can write, or change repository.path"
+            f"it a directory this user can write, or change {rc.key}"
         ) from None
+
+
+def parse_time(value: str) -> datetime:
+    """An --as-of TIME: ISO 8601, "2026-12-06T14:30:00Z" or with an offset; without one it
+    is UTC (S3 keeps version times in UTC)."""
+    try:
+        t = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a time; use ISO 8601 like 2026-12-06T14:30:00Z"
+        ) from None
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def as_of_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--as-of",
+        metavar="TIME",
+        type=parse_time,
+        help="S3 repositories: read the bucket as it was at TIME (ISO 8601, UTC unless an "
+        "offset is given), through the object versions it keeps, past delete markers an "
+        "attacker stacked since (docs/object-storage.md, Recovery); nothing is written",
+    )

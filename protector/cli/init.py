@@ -9,19 +9,28 @@ from typing import Any
 
 import anyio
 
-from protector.cli.common import check_repository_location, config_of, print_json
+from protector.cli.common import check_location, config_of, copy_config, print_json
 from protector.errors import UserError
 from repository.admin import init_cmd
+from repository.errors import RepositoryError
 
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "init",
-        help="create the repository named by repository.path (encrypted)",
-        description="Create the repository at repository.path, encrypted with the passphrase "
-        "from repository.passphrase_env / passphrase_file. No other command creates one. "
-        "--encryption none creates an unencrypted repository: anyone who can write the storage "
-        "can then forge data.",
+        help="create the repository named by repository.path or .url (encrypted)",
+        description="Create the repository at repository.path (a directory) or repository.url "
+        "(s3://BUCKET/PREFIX: the bucket must exist, with object lock when "
+        "repository.s3.object_lock_days > 0; the service must honour If-None-Match, which is "
+        "probed), encrypted with the passphrase from repository.passphrase_env / "
+        "passphrase_file. --copy NAME creates the offsite copy [copies.NAME] instead, with "
+        "its own passphrase. No other command creates one. --encryption none creates an "
+        "unencrypted repository: anyone who can write the storage can then forge data.",
+    )
+    p.add_argument(
+        "--copy",
+        metavar="NAME",
+        help="create the copy repository [copies.NAME] (for `vigil copy --to NAME`)",
     )
     p.add_argument(
         "--encryption",
@@ -34,25 +43,35 @@ def register(sub: Any) -> None:
 
 
 async def run(args: argparse.Namespace) -> int:
+    from protector.repoaccess import open_backend
+
     cfg = config_of(args)
-    check_repository_location(cfg, create=True)
-    passphrase = cfg.repository.passphrase()
+    rc = copy_config(cfg, args.copy) if args.copy else cfg.repository
+    if rc.path:
+        check_location(cfg, rc, create=True)
+    passphrase = rc.passphrase()
     state = Path(cfg.state_dir) if cfg.state_dir else None
-    try:
-        out = await anyio.to_thread.run_sync(
-            lambda: init_cmd(
-                cfg.repository.path,
-                passphrase,
-                encryption=args.encryption,
-                chunk_size=cfg.repository.chunk_size,
-                state_dir=state,
-            )
+
+    def create() -> Any:
+        backend = open_backend(rc, cfg)  # S3: bucket checked, If-None-Match probed
+        return init_cmd(
+            rc.location,
+            passphrase,
+            encryption=args.encryption,
+            chunk_size=rc.chunk_size,
+            state_dir=state,
+            backend=backend,
         )
+
+    try:
+        out = await anyio.to_thread.run_sync(create)
     except OSError as exc:
         raise UserError(
-            f"repository.path {cfg.repository.path} (set in {cfg.path}): cannot create the "
+            f"{rc.key} {rc.location} (set in {cfg.path}): cannot create the "
             f"repository: {exc.strerror or exc}; make it a path this user can create"
         ) from None
+    except RepositoryError as exc:
+        raise UserError(f"{rc.key} {rc.location} (set in {cfg.path}): {exc}") from None
     print_outcome(args, out)
     return out.exit_code
 

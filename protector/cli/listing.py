@@ -8,6 +8,7 @@ from typing import Any
 import anyio
 
 from protector.cli.common import (
+    as_of_option,
     clean,
     config_of,
     did_you_mean,
@@ -43,6 +44,7 @@ def register(sub: Any) -> None:
         "print a JSON list of points (id, vm, created_at, type, policy, consistency, "
         "disks, pinned), newest first",
     )
+    as_of_option(p)
     p.set_defaults(handler=run)
 
 
@@ -81,7 +83,7 @@ def refuse_ambiguous(spec: str, manifests: list[Any]) -> None:
 
 async def run(args: argparse.Namespace) -> int:
     cfg = config_of(args)
-    repo = await open_repository(cfg)
+    repo = await open_repository(cfg, as_of=args.as_of)
     manifests = all_points = await all_manifests(repo)
     if args.vm:
         # A VM without points (or unknown) is an empty listing, not a failure: scripts

@@ -9,7 +9,7 @@ from typing import Any
 from policies.cli import check_exit_code, check_report, diff_report, render_check, render_diff
 from policies.errors import PolicyLoadError
 from protector.cli.common import config_of, json_option, print_json, require_policies_path
-from protector.policyaccess import vm_facts
+from protector.policyaccess import load_checked, vm_facts
 from protector.vsphere.connect import open_session
 
 
@@ -70,11 +70,9 @@ def _errors(exc: PolicyLoadError) -> int:
 
 async def run_check(args: argparse.Namespace) -> int:
     cfg = config_of(args)
-    from policies.loader import load_policies
-
     require_policies_path(cfg)
     try:
-        load_policies(cfg.policies_path)  # fail before logging in
+        load_checked(cfg)  # fail before logging in (with the object-lock check)
     except PolicyLoadError as exc:
         return _errors(exc)
     report = check_report(cfg.policies_path, await _facts(cfg))

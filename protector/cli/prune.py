@@ -10,7 +10,6 @@ import anyio
 
 from policies.engine import evaluate_one
 from policies.errors import PolicyLoadError
-from policies.loader import load_policies
 from protector.cli.common import (
     config_of,
     json_option,
@@ -19,7 +18,7 @@ from protector.cli.common import (
     require_policies_path,
 )
 from protector.errors import UserError
-from protector.policyaccess import PruneScope, retention_rules
+from protector.policyaccess import PruneScope, load_checked, retention_rules
 from protector.vsphere.connect import open_session
 from repository import prune
 from watcher.inventory import read_inventory_with_tags
@@ -47,7 +46,7 @@ async def run(args: argparse.Namespace) -> int:
     cfg = config_of(args)
     require_policies_path(cfg)
     try:
-        policies = load_policies(cfg.policies_path)
+        policies = load_checked(cfg)
     except PolicyLoadError as exc:
         raise UserError(f"policies are invalid; nothing pruned:\n{exc}") from None
     repo = await open_repository(cfg)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from protector.cli.common import POINT_HELP, config_of, json_option, print_json
+from protector.cli.common import POINT_HELP, as_of_option, config_of, json_option, print_json
 from protector.cli.progress import ProgressLine, human_bytes
 from protector.errors import UserError
 
@@ -102,6 +102,7 @@ def register(sub: Any) -> None:
         help="with --new-name: keep the new VM when the restore fails (default: destroy it)",
     )
     json_option(p, "print the restored VM and disks as JSON")
+    as_of_option(p)
     p.set_defaults(handler=run)
 
 
@@ -135,7 +136,7 @@ async def run(args: argparse.Namespace) -> int:
     if args.connect_network and args.to_existing:
         raise UserError("--connect-network applies to --new-name only")
     cfg = config_of(args)
-    repo = await open_repository(cfg)
+    repo = await open_repository(cfg, as_of=args.as_of)
     # Before logging in: a typo needs no vCenter.
     args.point = await require_point(repo, args.point)
     session = await open_session(cfg)

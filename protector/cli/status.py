@@ -45,12 +45,21 @@ def render(status: dict[str, Any]) -> str:
             f"{(v.get('age_text') or '-'):>8}  {(v.get('rpo_text') or '-'):>6}"
             + (f"  {clean(v['last_error'])}" if v.get("last_error") else "")
         )
+        if v.get("why") and v["state"] != "ok":
+            lines.append(f"    why: {clean(v['why'])}")
     running = status["jobs"]["running"]
     if running:
-        lines.append("running: " + ", ".join(clean(j["vm_name"]) for j in running))
+        lines.append("running: " + ", ".join(_job(j) for j in running))
     queued = status["jobs"]["queued"]
     if queued:
         lines.append("queued: " + ", ".join(clean(j["vm_name"]) for j in queued))
+    gone = status.get("gone") or []
+    if gone:
+        lines.append(f"gone from vCenter, points kept: {len(gone)} VMs")
+        for g in gone[:20]:
+            lines.append(
+                f"  {clean(g['identity'])}: {g['points']} points, newest {g['newest_point']}"
+            )
     if status.get("cluster"):
         lines += render_cluster(status["cluster"])
     return "\n".join(lines)
@@ -86,6 +95,15 @@ def render_cluster(c: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _job(j: dict[str, Any]) -> str:
+    """A running job: the VM, its phase and the bytes read of those planned."""
+    name = clean(j["vm_name"])
+    phase, done, total = j.get("phase"), j.get("read_bytes", 0), j.get("total_bytes", 0)
+    if total:
+        return f"{name} ({phase}, {done * 100 // total}% of {total / 2**30:.1f} GiB)"
+    return f"{name} ({phase})" if phase else name
+
+
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, aiohttp.ClientConnectorError) and exc.os_error.errno:
         return os.strerror(exc.os_error.errno) if exc.os_error.errno > 0 else str(exc.os_error)
@@ -107,7 +125,7 @@ async def run(args: argparse.Namespace) -> int:
     headers = {}
     if cfg.daemon.status_token_env:
         headers["Authorization"] = f"Bearer {os.environ.get(cfg.daemon.status_token_env, '')}"
-    url = f"http://{listen}/status.json"
+    url = f"http://{listen}/status.json?per_page=all"
     try:
         async with (
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http,

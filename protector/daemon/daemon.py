@@ -38,6 +38,7 @@ from protector.daemon.jobs import JobRecord, JobRequest, JobRunner, Limits
 from protector.daemon.metrics import Metrics
 from protector.daemon.planner import Planner
 from protector.daemon.pruner import Pruner
+from protector.daemon.repo_size import RepoSizeCache
 from protector.daemon.sessions import JobSessions
 from protector.daemon.state import VmState, states_from
 from protector.daemon.status_server import StatusServer
@@ -46,7 +47,7 @@ from protector.daemon.worker import BackupWorker, VmGone
 from protector.errors import UserError
 from protector.notify.events import Kind
 from protector.notify.sender import Notifier
-from protector.policyaccess import vm_facts
+from protector.policyaccess import lock_problems, vm_facts
 from protector.repoaccess import open_catalog, open_repository
 from protector.vmlock import VmBusyError
 from protector.vsphere.snapshots import remove_leftovers_everywhere
@@ -124,6 +125,7 @@ class Daemon:
         self.pruner.vms = lambda: self.watcher.tree.vms() if self.watcher else []
         self.notifier = self.planner.notify = self.pruner.notify = Notifier(cfg.notify)
         self.repo: Repository | None = None
+        self.repo_size = RepoSizeCache(lambda: self.repo)
         self.catalog: Any = None
         self.policies: PolicyStore | None = None
         self.watcher: Watcher | None = None
@@ -181,6 +183,8 @@ class Daemon:
     def _load_policies(self) -> None:
         try:
             self.policies = PolicyStore(self.cfg.policies_path, inventory=self._all_facts)
+            if lock_errors := lock_problems(self.policies.current, self.cfg):
+                raise PolicyLoadError(lock_errors)
         except PolicyLoadError as exc:
             raise UserError(f"policies are invalid, nothing started:\n{exc}") from None
 
@@ -327,6 +331,11 @@ class Daemon:
                 Kind.POLICY_REJECTED, "policies", "; ".join(map(str, outcome.errors))
             )
             return
+        # The reloader (policies/) knows no repository: the object-lock check is reported
+        # here; prune keeps (and reports) what the lock holds meanwhile.
+        for e in lock_problems(outcome.policies, self.cfg):
+            self.errors.append(f"policy error: {e}")
+            log.error("policies.shorter_than_object_lock", error=str(e))
         if not outcome.changed or not self.ready.is_set() or self.watcher is None:
             return
         self.planner.policies_changed(self.watcher.tree.vms())
@@ -371,6 +380,11 @@ class Daemon:
             return []
         return views.vm_status(self.watcher.tree.vms(), self.planner, self.runner)
 
+    def gone_vms(self) -> list[dict[str, Any]]:
+        if self.watcher is None:
+            return []
+        return views.gone_vms({n.identity for n in self.watcher.tree.vms()}, self.state)
+
     def status_data(self) -> dict[str, Any]:
         vms = self.vm_status()
         runner = self.runner
@@ -383,6 +397,11 @@ class Daemon:
             "breached": sum(1 for v in vms if v["breached"]),
             "vms": vms,
             "jobs": views.jobs_view(runner),
+            "gone": self.gone_vms(),
+            "repository": {
+                **views.repository_view(self.state, self.pruner.last_prune),
+                **self.repo_size.figure(),
+            },
             "prune": self.pruner.last_prune,
             "dispatch_paused": runner.paused if runner else None,
             "errors": list(self.errors),

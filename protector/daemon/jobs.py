@@ -16,7 +16,7 @@ import itertools
 import re
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +65,10 @@ class JobRecord:
     point_id: str = ""
     read_bytes: int = 0
     stored_bytes: int = 0
+    # While running: the slow step (snapshot, read, commit, snapshot removal) and the bytes
+    # planned for the read, for the status page's progress column.
+    phase: str = ""
+    total_bytes: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -75,6 +79,24 @@ class Limits:
     concurrent: int = 4
     per_host: int = 2
     per_datastore: int = 2
+
+
+def limit_reason(
+    req: JobRequest,
+    running: int,
+    limits: Limits,
+    host_load: Mapping[str, int],
+    ds_load: Mapping[str, int],
+) -> str:
+    """Which concurrency limit keeps a queued job waiting, in words; "" when none does."""
+    if running >= limits.concurrent:
+        return f"concurrency limit: {running} of {limits.concurrent} backups running"
+    if req.host and host_load.get(req.host, 0) >= limits.per_host:
+        return f"per-host limit: {limits.per_host} backups running on host {req.host}"
+    full = [d for d in req.datastores if ds_load.get(d, 0) >= limits.per_datastore]
+    if full:
+        return f"per-datastore limit: {limits.per_datastore} backups on {', '.join(full)}"
+    return ""
 
 
 def failure_cooldown(consecutive: int, base: float, cap: float) -> float:
@@ -180,6 +202,12 @@ class JobRunner:
         if req.host and self._host_load[req.host] >= self.limits.per_host:
             return False
         return all(self._ds_load[d] < self.limits.per_datastore for d in req.datastores)
+
+    def held_by(self, req: JobRequest) -> str:
+        """Why a queued job has not started: which limit it waits for (status page)."""
+        if self.paused is not None:
+            return f"new backups held back: {self.paused}"
+        return limit_reason(req, len(self.running), self.limits, self._host_load, self._ds_load)
 
     def pause(self, reason: str) -> None:
         """Start no new jobs (queued ones wait; running ones go on) until resume()."""

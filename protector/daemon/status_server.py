@@ -8,162 +8,19 @@ carry `Authorization: Bearer <token>` (compared in constant time). /healthz answ
 from __future__ import annotations
 
 import hmac
-import html
 from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from protector.daemon import views
 from protector.daemon.metrics import Metrics
+from protector.daemon.status_html import STATE_COLOURS, age_colour, render_html
 from protector.logs import redact_value
 from watcher.soap import is_loopback
 
-STATE_COLOURS = {
-    "ok": "#1a7f37",
-    "due": "#9a6700",
-    "running": "#0969da",
-    "queued": "#0969da",
-    "breached": "#cf222e",
-    "failing": "#cf222e",
-    "conflict": "#cf222e",
-    "unprotected": "#6e7781",
-}
-
-
-def age_colour(vm: dict[str, Any]) -> str:
-    """The newest point's age against the RPO: green well within, amber in the last tenth,
-    red past it (or no point at all); grey when no policy sets an RPO."""
-    rpo, age = vm.get("rpo_seconds"), vm.get("age_seconds")
-    if not rpo:
-        return STATE_COLOURS["unprotected"]
-    if age is None or age > rpo:
-        return STATE_COLOURS["breached"]
-    return STATE_COLOURS["due"] if age > 0.9 * rpo else STATE_COLOURS["ok"]
-
-
-def render_html(status: dict[str, Any]) -> str:
-    esc = html.escape
-
-    def row(vm: dict[str, Any]) -> str:
-        colour = STATE_COLOURS.get(vm["state"], "#000")
-        # A breach shows whatever the VM is doing (queued, running, failing).
-        breach = (
-            f" <span style='color:{STATE_COLOURS['breached']}'>· RPO breached</span>"
-            if vm.get("breached") and vm["state"] != "breached"
-            else ""
-        )
-        return (
-            f"<tr><td>{esc(vm['path'])}</td><td>{esc(vm.get('policy') or '—')}</td>"
-            f"<td style='color:{colour};font-weight:bold'>{esc(vm['state'])}{breach}</td>"
-            f"<td>{esc(vm.get('newest_point') or '—')}</td>"
-            f"<td class='age' style='color:{age_colour(vm)};font-weight:bold'>"
-            f"{esc(vm.get('age_text') or ('none' if vm.get('rpo_seconds') else '—'))}</td>"
-            f"<td>{esc(vm.get('rpo_text') or '—')}</td>"
-            f"<td>{esc(vm.get('last_error') or '')}</td></tr>"
-        )
-
-    def job_rows(jobs: list[dict[str, Any]]) -> str:
-        return "".join(
-            f"<tr><td>{esc(j['vm_name'])}</td><td>{esc(j.get('reason', ''))}</td>"
-            f"<td>{esc(j.get('outcome', j.get('state', '')))}</td>"
-            f"<td>{esc(str(j.get('error', '')))}</td></tr>"
-            for j in jobs
-        )
-
-    jobs = status["jobs"]
-    active = job_rows(jobs["running"]) + job_rows(jobs["queued"])
-    if not active:
-        active = "<tr><td colspan='4'>none</td></tr>"
-
-    counts = " · ".join(f"{k}: {v}" for k, v in sorted(status["counts"].items()))
-    policy_errors = "".join(f"<li>{esc(e)}</li>" for e in status["policy_errors"])
-    errors = "".join(f"<li>{esc(e)}</li>" for e in status["errors"][-20:])
-    health = "live" if status["healthy"] else "NOT CONNECTED"
-    prune = _prune_line(status.get("prune"), status.get("dispatch_paused"))
-    return f"""<!doctype html>
-<html><head><meta charset="utf-8"><meta http-equiv="refresh" content="10">
-<title>vigil status</title>
-<style>body{{font-family:sans-serif;margin:1.5em}}table{{border-collapse:collapse}}
-td,th{{border-bottom:1px solid #ddd;padding:3px 8px;text-align:left;font-size:90%}}
-h2{{margin-top:1.2em}}</style></head><body>
-<h1>vigil</h1>
-<p>vCenter {esc(status["vcenter"])}: <b>{health}</b> · generated {esc(status["generated_at"])}</p>
-<p>{esc(counts)}</p>
-{f"<p>{esc(prune)}</p>" if prune else ""}
-{
-        "<h2>Policy errors (last good policies still in force)</h2><ul>" + policy_errors + "</ul>"
-        if policy_errors
-        else ""
-    }
-<h2>Virtual machines</h2>
-<table><tr><th>VM</th><th>policy</th><th>state</th><th>newest good point</th><th>age</th>
-<th>RPO</th><th>last error</th></tr>{"".join(row(v) for v in status["vms"])}</table>
-{"<h2>Recent errors</h2><ul>" + errors + "</ul>" if errors else ""}
-<h2>Running and queued jobs ({len(jobs["running"])} running, {len(jobs["queued"])} queued)</h2>
-<table><tr><th>VM</th><th>reason</th><th>state</th><th>error</th></tr>{active}</table>
-<h2>Recent jobs</h2>
-<table><tr><th>VM</th><th>reason</th><th>outcome</th><th>error</th></tr>
-{job_rows(list(reversed(jobs["recent"][-20:])))}</table>
-{_cluster_html(status.get("cluster"))}
-</body></html>"""
-
-
-def _cluster_html(c: dict[str, Any] | None) -> str:
-    """With a [cluster] table: the nodes and their roles, the leader per vCenter, the
-    backups running now and on which node."""
-    if not c:
-        return ""
-    esc = html.escape
-    me = c.get("this_node", {})
-    nodes = "".join(
-        f"<tr><td>{esc(n['node'])}</td><td>{esc(n['role'])}</td>"
-        f"<td style='color:{STATE_COLOURS['ok'] if n['alive'] else STATE_COLOURS['breached']}'>"
-        f"{'alive' if n['alive'] else 'gone'}</td><td>{n['pid']}</td>"
-        f"<td>{n['last_seen_seconds']:.0f} s ago</td></tr>"
-        for n in c.get("nodes", [])
-    )
-    leaders = "".join(
-        f"<li>vCenter {esc(lead['vcenter'])}: <b>{esc(lead['node'])}</b>, epoch "
-        f"{lead['epoch']}{'' if lead['alive'] else ' (not seen)'}</li>"
-        for lead in c.get("leaders", [])
-    )
-    running = (
-        "".join(
-            f"<tr><td>{j['job']}</td><td>{esc(j.get('vm') or '')}</td>"
-            f"<td>{esc(j['node'])}</td></tr>"
-            for j in c.get("running_jobs", [])
-        )
-        or "<tr><td colspan='3'>none</td></tr>"
-    )
-    error = f"<p><b>cluster database: {esc(c['error'])}</b></p>" if c.get("error") else ""
-    return f"""<h2>Cluster (this node: {esc(me.get("node", "?"))}, {esc(me.get("role", "?"))})</h2>
-{error}<table><tr><th>node</th><th>role</th><th>state</th><th>pid</th><th>last seen</th></tr>
-{nodes}</table>
-<ul>{leaders or "<li>no leader elected yet</li>"}</ul>
-<h3>Backups running in the cluster ({c.get("queued_jobs", 0)} queued)</h3>
-<table><tr><th>job</th><th>VM</th><th>node</th></tr>{running}</table>"""
-
-
-def _prune_line(prune: dict[str, Any] | None, paused: str | None) -> str:
-    parts = []
-    if prune:
-        line = f"last prune {prune.get('at', '?')}: {prune.get('outcome', '?')}"
-        if prune.get("outcome") == "done":
-            line += (
-                f", {prune.get('points_deleted', 0)} points and "
-                f"{prune.get('chunks_deleted', 0)} chunks deleted"
-            )
-        if prune.get("sweep_deferred"):
-            line += f"; chunk sweep deferred: {prune['sweep_deferred']}"
-        if prune.get("sweep_limited"):
-            line += f"; chunk sweep limited: {prune['sweep_limited']}"
-        if prune.get("reason") or prune.get("error"):
-            line += f" ({prune.get('reason') or prune.get('error')})"
-        parts.append(line)
-    if paused:
-        parts.append(f"new backups held back: {paused}")
-    return " · ".join(parts)
+__all__ = ["STATE_COLOURS", "StatusServer", "age_colour", "render_html"]
 
 
 class StatusServer:
@@ -230,16 +87,39 @@ class StatusServer:
         body = generate_latest(self._metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    async def status_json(self, _: web.Request) -> web.Response:
-        return web.json_response(self._redacted_status(), dumps=_dumps)
+    async def status_json(self, request: web.Request) -> web.Response:
+        # Every VM (?per_page=all) is megabytes at 10,000 VMs: no indentation then.
+        dumps = _compact if request.query.get("per_page") == "all" else _dumps
+        return web.json_response(self._paged_status(request, json=True), dumps=dumps)
 
-    async def status_html(self, _: web.Request) -> web.Response:
-        page = render_html(self._redacted_status())
+    async def status_html(self, request: web.Request) -> web.Response:
+        page = render_html(self._paged_status(request, json=False))
         return web.Response(text=page, content_type="text/html")
 
-    def _redacted_status(self) -> dict[str, Any]:
+    def _paged_status(self, request: web.Request, *, json: bool) -> dict[str, Any]:
+        """The status with one page of VMs (?page=N&per_page=M&state=S&q=TEXT), problems
+        first; the counts stay those of every VM. /status.json?per_page=all gives every VM
+        (`vigil status`, scripts); the page never does."""
+        status = dict(self._status())
+        q = request.query
+        vms = status.get("vms", [])
+        per = q.get("per_page", "")
+        if json and per == "all":
+            page, info = views.select_vms(
+                vms, per_page=max(1, len(vms)), state=q.get("state", ""), q=q.get("q", "")
+            )
+            info["per_page"] = "all"
+        else:
+            page, info = views.select_vms(
+                vms,
+                page=_int(q.get("page"), 1),
+                per_page=min(_int(per, views.PER_PAGE), views.MAX_PER_PAGE),
+                state=q.get("state", ""),
+                q=q.get("q", ""),
+            )
+        status["vms"], status["vms_page"] = page, info
         # Error texts come from any library's exceptions: blank secrets quoted in them.
-        return redact_value(self._status())  # type: ignore[no-any-return]
+        return redact_value(status)  # type: ignore[no-any-return]
 
     async def start(self, listen: str) -> None:
         host, _, port = listen.rpartition(":")
@@ -266,12 +146,25 @@ class StatusServer:
             self._runner = None
 
 
+def _int(text: str | None, default: int) -> int:
+    try:
+        return int(text) if text else default
+    except ValueError:
+        return default
+
+
 def _host_of(header: str) -> str:
     """The host part of a Host header, without port or IPv6 brackets, lowercased."""
     h = header.strip().lower()
     if h.startswith("["):
         return h[1 : h.find("]")] if "]" in h else h
     return h.rsplit(":", 1)[0] if h.count(":") == 1 else h
+
+
+def _compact(obj: Any) -> str:
+    import json
+
+    return json.dumps(obj, default=str, separators=(",", ":"))
 
 
 def _dumps(obj: Any) -> str:

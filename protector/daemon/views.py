@@ -10,6 +10,7 @@ from typing import Any
 from policies.model import Policy
 from protector.daemon.metrics import Metrics
 from protector.daemon.planner import Planner
+from protector.daemon.waiting import waiting_for
 
 VM_STATES = ("ok", "due", "running", "queued", "breached", "failing", "conflict", "unprotected")
 
@@ -33,6 +34,7 @@ def _iso(ts: float | None) -> str | None:
 
 def vm_status(nodes: list[Any], plan: Planner, runner: Any) -> list[dict[str, Any]]:
     now = datetime.now(UTC)
+    running = {k: rec for k, (_, rec, _) in runner.running.items()} if runner else {}
     out = []
     for node in sorted(nodes, key=lambda v: v.path):
         key = node.identity
@@ -42,6 +44,7 @@ def vm_status(nodes: list[Any], plan: Planner, runner: Any) -> list[dict[str, An
         breached = policy is not None and (age is None or age > policy.schedule.rpo.total_seconds())
         state = state_of(key, policy, age, breached, plan, runner)
         rpo = policy.schedule.rpo.total_seconds() if policy else None
+        failures = runner.consecutive_failures.get(key, 0)
         out.append(
             {
                 "path": node.path,
@@ -60,11 +63,141 @@ def vm_status(nodes: list[Any], plan: Planner, runner: Any) -> list[dict[str, An
                 "next_run": plan.due[key].isoformat() if key in plan.due else None,
                 "breached": breached,
                 "last_error": st.last_error if st else "",
-                "consecutive_failures": runner.consecutive_failures.get(key, 0),
+                "consecutive_failures": failures,
                 "retry_at": _iso(runner.cooldown_until.get(key)),
+                "why": why_text(key, state, policy, plan, runner, now, failures),
+                "progress": progress_of(running[key]) if key in running else None,
             }
         )
     return out
+
+
+def why_text(
+    key: str,
+    state: str,
+    policy: Policy | None,
+    plan: Planner,
+    runner: Any,
+    now: datetime,
+    failures: int,
+) -> str:
+    """Why the VM is in its state, in words: which policies conflict, that none selects it,
+    what a queued job waits for, or why the next scheduled run is not now (the planner's
+    own reasoning, waiting.wait_reason)."""
+    if state == "conflict":
+        names = " and ".join(plan.conflicts.get(key, ()))
+        return f"policies {names} select it with equal priority; none applies"
+    if policy is None:
+        return "no policy selects it"
+    if state == "running":
+        return ""
+    queued = runner.queued.get(key)
+    if queued is not None:
+        held = runner.held_by(queued) if hasattr(runner, "held_by") else ""
+        return f"queued ({queued.reason})" + (f"; waits for the {held}" if held else "")
+    if key in runner.retry_timers:
+        return "retrying after a failed attempt"
+    return waiting_for(plan, key, now, failures) or "due now"
+
+
+def progress_of(rec: Any) -> dict[str, Any]:
+    """A running job's progress: its phase and bytes read of those planned."""
+    total = rec.total_bytes
+    return {
+        "phase": rec.phase or "starting",
+        "bytes_done": rec.read_bytes,
+        "bytes_total": total,
+        "percent": round(100 * rec.read_bytes / total, 1) if total else None,
+    }
+
+
+def gone_vms(present: set[str], state: dict[str, Any]) -> list[dict[str, Any]]:
+    """VMs no longer in vCenter whose restore points the repository still holds."""
+    return [
+        {
+            "identity": key,
+            "points": st.points,
+            "newest_point": st.newest_point,
+            "newest_point_at": st.newest_good.isoformat() if st.newest_good else None,
+        }
+        for key, st in sorted(state.items())
+        if key not in present and st.points
+    ]
+
+
+def repository_view(state: dict[str, Any], last_prune: dict[str, Any] | None) -> dict[str, Any]:
+    """Cheap repository figures from what the daemon holds (no repository walk per request):
+    the restore points per the manifests read at start and since, and the last prune."""
+    return {
+        "points": sum(st.points for st in state.values()),
+        "vms_with_points": sum(1 for st in state.values() if st.points),
+        "last_prune": (last_prune or {}).get("at"),
+    }
+
+
+# Problems first: what needs an admin at the top of every page.
+STATE_RANK = {
+    "failing": 0,
+    "breached": 1,
+    "conflict": 2,
+    "running": 4,
+    "queued": 5,
+    "due": 6,
+    "unprotected": 7,
+    "ok": 8,
+}
+PROBLEMS = ("failing", "breached", "conflict")
+PER_PAGE = 100
+MAX_PER_PAGE = 1000
+
+
+def rank(vm: dict[str, Any]) -> int:
+    r = STATE_RANK.get(vm["state"], 3)
+    return min(r, 1) if vm.get("breached") else r
+
+
+def select_vms(
+    vms: list[dict[str, Any]],
+    *,
+    page: int = 1,
+    per_page: int = PER_PAGE,
+    state: str = "",
+    q: str = "",
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """One page of VMs, problems first, then by path; `state` keeps one state ("problems"
+    for failing, breached and conflict; "breached" also matches the breach flag), `q` the
+    VMs whose path, policy or error contains it (case-insensitive). Returns the page and
+    what the page shows (numbers for the paging links)."""
+    per_page = max(1, per_page)
+    sel = vms
+    if state == "problems":
+        sel = [v for v in sel if v["state"] in PROBLEMS or v.get("breached")]
+    elif state == "breached":
+        sel = [v for v in sel if v.get("breached")]
+    elif state:
+        sel = [v for v in sel if v["state"] == state]
+    if q:
+        needle = q.casefold()
+        sel = [
+            v
+            for v in sel
+            if needle in v["path"].casefold()
+            or needle in (v.get("policy") or "").casefold()
+            or needle in (v.get("last_error") or "").casefold()
+        ]
+    sel = sorted(sel, key=lambda v: (rank(v), v["path"]))
+    pages = max(1, -(-len(sel) // per_page))
+    page = max(1, min(page, pages))
+    info = {
+        "page": page,
+        "pages": pages,
+        "per_page": per_page,
+        "matching": len(sel),
+        "total": len(vms),
+        "state": state,
+        "q": q,
+    }
+    return sel[(page - 1) * per_page : page * per_page], info
 
 
 def state_of(

@@ -14,6 +14,7 @@ from typing import Any
 import anyio
 
 from policies.model import Policy
+from protector import phases
 from protector.backup import BackupOptions, backup_vm
 from protector.config import Config
 from protector.context import Context
@@ -24,6 +25,15 @@ from protector.daemon.state import VmState
 from protector.policyaccess import options_of
 from watcher.session import Session
 from watcher.soap import VsphereError, VsphereFault
+
+
+def job_phase(announced: str) -> str:
+    """The status page's phase word for a slow step phases.announce() names."""
+    if "removing" in announced or "removed" in announced:
+        return "snapshot removal"
+    if "creating the snapshot" in announced:
+        return "snapshot"
+    return announced
 
 
 class VmGone(Exception):
@@ -71,15 +81,26 @@ class BackupWorker:
         session = await self.sessions.session()
         ctx = self.context(session)
         vm = session.moref("VirtualMachine", node.moref)
+
+        def progress(done: int, total: int) -> None:
+            rec.phase, rec.read_bytes, rec.total_bytes = "read", done, total
+
+        async def committing() -> None:
+            rec.phase = "commit"
+            if before_commit is not None:
+                await before_commit()
+
         try:
-            result = await backup_vm(
-                ctx,
-                vm,
-                opts,
-                path=node.path,
-                job_id=f"job-{rec.id}",
-                before_commit=before_commit,
-            )
+            with phases.listening(lambda text: setattr(rec, "phase", job_phase(text))):
+                result = await backup_vm(
+                    ctx,
+                    vm,
+                    opts,
+                    path=node.path,
+                    job_id=f"job-{rec.id}",
+                    progress=progress,
+                    before_commit=committing,
+                )
         except Exception as exc:
             if await vm_deleted(session, vm):
                 raise VmGone(

@@ -13,13 +13,13 @@ from urllib.parse import urlsplit
 
 import anyio
 import pytest
-from conftest import PASSWORD_ENV, open_rig
 from pyVmomi import vim
 
 from protector.errors import UserError
 from protector.restore import Placement, restore_as_new
 from protector.restore.placing import choose_host, original_gone, parse_mapping
 from protector.vsphere.placement import HostFacts
+from tests.protector.conftest import PASSWORD_ENV, open_rig
 from watcher.soap import VsphereConnectionError, VsphereFault
 
 MIB = 1024 * 1024

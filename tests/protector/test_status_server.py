@@ -131,3 +131,44 @@ def age_cell(page: str, vm: str) -> tuple[str, str]:
     cell = row[row.index("class='age'") :]
     colour = cell.split("color:")[1].split(";")[0]
     return colour, cell.split(">")[1].split("<")[0]
+
+
+async def test_status_is_paged_filtered_and_problems_first():
+    vms = [
+        {"path": f"/DC0/vm/vm-{i:05}", "state": "ok", "policy": "gold", "why": ""}
+        for i in range(2_500)
+    ]
+    vms[2_400] = {**vms[2_400], "state": "failing", "last_error": "no datastore"}
+    status = {**STATUS, "vms": vms, "counts": {"ok": 2_499, "failing": 1}}
+    srv = StatusServer(lambda: status, lambda: True, Metrics())
+    await srv.start("127.0.0.1:0")
+    base = f"http://127.0.0.1:{srv.port}"
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{base}/status.json") as r:
+                body = await r.json()
+            assert len(body["vms"]) == 100 and body["vms"][0]["path"].endswith("02400")
+            assert body["vms_page"]["pages"] == 25 and body["counts"]["ok"] == 2_499
+            async with http.get(f"{base}/status.json?page=3&per_page=50&q=vm-01") as r:
+                body = await r.json()
+            assert body["vms_page"] == {
+                "page": 3,
+                "pages": 20,
+                "per_page": 50,
+                "matching": 1000,
+                "total": 2500,
+                "state": "",
+                "q": "vm-01",
+            }
+            assert body["vms"][0]["path"] == "/DC0/vm/vm-01100"
+            async with http.get(f"{base}/status.json?per_page=all") as r:
+                assert len((await r.json())["vms"]) == 2_500, "scripts can still have all"
+            async with http.get(f"{base}/status?state=failing") as r:
+                page = await r.text()
+            assert page.count("<tr><td>/DC0/vm/") == 1 and "no datastore" in page
+            async with http.get(f"{base}/status?page=2&q=vm") as r:
+                page = await r.text()
+            assert page.count("<tr><td>/DC0/vm/") == 100, "never every VM on one page"
+            assert "href='?page=3&amp;q=vm'" in page and "href='?page=1&amp;q=vm'" in page
+    finally:
+        await srv.stop()

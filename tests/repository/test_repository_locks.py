@@ -70,15 +70,17 @@ def test_stale_locks_are_ignored(repo: Repository, tmp_path: Path) -> None:
     assert held.key is not None
     with pytest.raises(RepositoryBusyError, match="backup that dies"):
         repo.lock(exclusive=True, timeout=0.2)
+    dead = json.loads((repo.root / held.key).read_bytes())
     old = time.time() - 3600  # older than the 30 minutes a lock stays valid unrefreshed
     os.utime(repo.root / held.key, (old, old))
     repo.lock(exclusive=True, timeout=0.2).release()
+    assert not (repo.root / held.key).exists()  # the stale object is removed, not piled up
 
     # This host: a lock object whose process is gone (kill -9) is stale at once.
-    dead = json.loads((repo.root / held.key).read_bytes())
     dead |= {"host_id": repo.state.host_id(), "pid": 999999, "pid_start": "1"}
     (repo.root / held.key).write_text(json.dumps(dead))
     repo.lock(exclusive=True, timeout=0.2).release()
+    assert not (repo.root / held.key).exists()
 
 
 def test_a_lock_is_refreshed_by_a_new_object_and_released(repo: Repository) -> None:
