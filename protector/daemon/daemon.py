@@ -18,7 +18,6 @@ within its RPO.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import time
@@ -236,7 +235,8 @@ class Daemon:
         spawn(self.planner.run(self.ready, self.stopping), "scheduler")
         spawn(self.pruner.run(self.ready), "pruner")
         spawn(self.notifier.run(self.stopping), "notifier")
-        spawn(self._watch_breaches(), "rpo-watch")
+        breached = lambda: views.breached(self.planner, datetime.now(UTC))  # noqa: E731
+        spawn(self.notifier.watch_breaches(breached, self.ready, self.stopping), "rpo-watch")
 
     def request_stop(self) -> None:
         self.supervisor.request_stop()
@@ -359,15 +359,6 @@ class Daemon:
         self.planner.job_finished(req, rec, ran_with)
         if self.catalog is not None:  # on_finish only ever sees a finished record
             self.supervisor.background(self.worker.record(rec))
-
-    async def _watch_breaches(self, every: float = 60.0) -> None:
-        if not self.notifier.enabled:
-            return
-        await self.ready.wait()
-        while not self.stopping.is_set():
-            self.notifier.breaches(views.breached(self.planner, datetime.now(UTC)))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), every)
 
     async def prune_now(self, *, dry_run: bool = False) -> PruneResult | None:
         """Apply retention and sweep now (pruner.py); None when deferred."""

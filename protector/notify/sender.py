@@ -7,6 +7,7 @@ is down is logged and the message dropped (the status page still has it all)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -127,3 +128,19 @@ class Notifier:
                 await asyncio.wait_for(self._wake.wait(), min(delay, 3600.0))
             except TimeoutError:
                 pass
+
+    async def watch_breaches(
+        self,
+        breached: Callable[[], dict[str, str]],
+        ready: asyncio.Event,
+        stopping: asyncio.Event,
+        every: float = 60.0,
+    ) -> None:
+        """Poll the VMs past their RPO (a breach is the passing of time, not an event)."""
+        if not self.enabled:
+            return
+        await ready.wait()
+        while not stopping.is_set():
+            self.breaches(breached())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), every)
