@@ -105,6 +105,65 @@ class DaemonConfig:
 
 
 @dataclass(frozen=True)
+class NotifyConfig:
+    """`[notify]`: Apprise URLs (docs/notifications.md). The URLs usually hold a token or a
+    password, so they come from the environment or a 0600 file; `urls` in the config file
+    is for URLs without a secret (a loopback webhook, say)."""
+
+    inline_urls: tuple[str, ...] = ()
+    urls_env: str = ""
+    urls_file: str = ""
+    status_url: str = ""
+    min_interval: float = 300.0  # at most one message per event kind this often
+    group_window: float = 30.0  # events collected this long into one message
+    config_path: str = field(default="notify", compare=False)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.inline_urls or self.urls_env or self.urls_file)
+
+    def urls(self) -> list[str]:
+        """Read the URLs now (never stored on this object): whitespace-separated in the
+        variable, one a line in the file (`#` starts a comment)."""
+        out = list(self.inline_urls)
+        if self.urls_env:
+            value = os.environ.get(self.urls_env)
+            if value is None:
+                raise ConfigError(
+                    self.config_path,
+                    [f"notify.urls_env: environment variable {self.urls_env} is not set"],
+                )
+            out += value.split()
+        if self.urls_file:
+            text = read_secret_file(self.urls_file, "notify.urls_file", self.config_path)
+            for line in text.splitlines():
+                out += line.partition("#")[0].split()
+        return out
+
+
+def _parse_notify(n: dict[str, Any], base: Path, problems: list[str]) -> NotifyConfig | None:
+    if not n:
+        return None
+    from urllib.parse import urlsplit
+
+    urls = n.pop("urls", [])
+    for i, url in enumerate(urls):
+        if not isinstance(url, str) or "://" not in url:
+            problems.append(f"notify.urls[{i}]: must be an Apprise URL like json://host/path")
+        elif urlsplit(url).password:
+            problems.append(
+                f"notify.urls[{i}]: holds a password; put the URL in notify.urls_env or "
+                "notify.urls_file (mode 0600) instead, secrets never go in this file"
+            )
+    for key in ("min_interval", "group_window"):
+        if key in n and n[key] < 0:
+            problems.append(f"notify.{key}: must be 0 seconds or more, got {n[key]}")
+    if n.get("urls_file"):
+        n["urls_file"] = str(base / n["urls_file"])
+    return NotifyConfig(inline_urls=tuple(u for u in urls if isinstance(u, str)), **n)
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     vcenter: VcenterConfig
@@ -116,6 +175,7 @@ class Config:
     # `[cluster]`: several nodes on one PostgreSQL (docs/cluster.md); None = one machine.
     cluster: ClusterConfig | None = None
     state_dir: str = ""  # [state] dir; "" = $VIGIL_STATE_DIR or /var/lib/vigil/state
+    notify: NotifyConfig | None = None  # [notify]; None = no notifications
     # [copies.NAME]: offsite copies (`vigil copy --to NAME`), each a complete repository.
     copies: dict[str, RepositoryConfig] = field(default_factory=dict, hash=False)
 
@@ -135,6 +195,14 @@ _SCHEMA: dict[str, dict[str, tuple[Any, bool]]] = {
     "repository": REPOSITORY_KEYS,
     "policies": {"path": (str, True)},
     "state": {"dir": (str, False)},
+    "notify": {
+        "urls": (list, False),
+        "urls_env": (str, False),
+        "urls_file": (str, False),
+        "status_url": (str, False),
+        "min_interval": ((int, float), False),
+        "group_window": ((int, float), False),
+    },
     "transport": {
         "modes": (list, False),
         "vddk_libdir": (str, False),
@@ -383,6 +451,7 @@ def _parse_config(doc: dict[str, Any], path: str) -> Config:
         p["path"] = str(base / p["path"])
 
     cluster = _parse_cluster(doc, base, lim, problems) if "cluster" in doc else None
+    notify = _parse_notify(values.get("notify", {}), base, problems)
 
     if problems:
         raise ConfigError(path, problems)
@@ -402,6 +471,7 @@ def _parse_config(doc: dict[str, Any], path: str) -> Config:
         limits=LimitsConfig(**lim),
         daemon=DaemonConfig(**d),
         cluster=cluster,
+        notify=replace(notify, config_path=path) if notify else None,
         state_dir=str(base / values["state"]["dir"]) if "dir" in values.get("state", {}) else "",
         copies=copies,
     )

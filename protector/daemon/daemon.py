@@ -44,11 +44,14 @@ from protector.daemon.status_server import StatusServer
 from protector.daemon.supervisor import Supervisor
 from protector.daemon.worker import BackupWorker, VmGone
 from protector.errors import UserError
+from protector.notify.events import Kind
+from protector.notify.sender import Notifier
 from protector.policyaccess import lock_problems, vm_facts
 from protector.repoaccess import open_catalog, open_repository
 from protector.vmlock import VmBusyError
 from protector.vsphere.snapshots import remove_leftovers_everywhere
 from repository import Repository
+from repository.points import warn_damaged
 from repository.prune import PruneResult
 from watcher.session import Session
 from watcher.soap import VsphereError
@@ -119,6 +122,7 @@ class Daemon:
         )
         self.pruner = Pruner(cfg, self.tz, self.stats, self.errors, self.stopping, self.in_sync)
         self.pruner.vms = lambda: self.watcher.tree.vms() if self.watcher else []
+        self.notifier = self.planner.notify = self.pruner.notify = Notifier(cfg.notify)
         self.repo: Repository | None = None
         self.repo_size = RepoSizeCache(lambda: self.repo)
         self.catalog: Any = None
@@ -135,6 +139,7 @@ class Daemon:
     async def run(self, *, install_signals: bool = True) -> int:
         cfg = self.cfg
         token = self._preflight()
+        self.notifier.prepare()
         self._load_policies()
         self.repo = await open_repository(cfg, create=True)
         self.catalog = await open_catalog(self.repo)
@@ -203,7 +208,10 @@ class Daemon:
         cfg = self.cfg
         assert self.policies is not None
         self.repo, self.catalog = repo, catalog
-        manifests = await anyio.to_thread.run_sync(repo.manifests)
+        manifests, damaged = await anyio.to_thread.run_sync(repo.scan_manifests)
+        warn_damaged(damaged)
+        for d in damaged:
+            self.notifier.report(Kind.REPO_DAMAGE, d.point_id, f"manifest unreadable: {d.reason}")
         self.state.update(states_from(manifests))
         self.watcher = Watcher(
             self.sessions.connect,
@@ -226,6 +234,9 @@ class Daemon:
         spawn(self._watch_policies(), "policy-reload")
         spawn(self.planner.run(self.ready, self.stopping), "scheduler")
         spawn(self.pruner.run(self.ready), "pruner")
+        spawn(self.notifier.run(self.stopping), "notifier")
+        breached = lambda: views.breached(self.planner, datetime.now(UTC))  # noqa: E731
+        spawn(self.notifier.watch_breaches(breached, self.ready, self.stopping), "rpo-watch")
 
     def request_stop(self) -> None:
         self.supervisor.request_stop()
@@ -316,6 +327,9 @@ class Daemon:
             self.metrics.policy_reload_errors.inc()
             for e in outcome.errors:
                 self.errors.append(f"policy error (old policies kept): {e}")
+            self.notifier.report(
+                Kind.POLICY_REJECTED, "policies", "; ".join(map(str, outcome.errors))
+            )
             return
         # The reloader (policies/) knows no repository: the object-lock check is reported
         # here; prune keeps (and reports) what the lock holds meanwhile.
@@ -338,6 +352,10 @@ class Daemon:
         ran_with = self.worker.finished(req, rec)
         if rec.outcome == "failed":
             self.errors.append(f"{req.vm_name}: backup attempt {rec.attempt} failed: {rec.error}")
+            if self.runner.in_cooldown(req.vm_key):  # its retries are used up
+                self.notifier.failing(req.vm_name, rec.error)
+        elif rec.outcome == "success":
+            self.notifier.succeeded(req.vm_name)
         self.planner.job_finished(req, rec, ran_with)
         if self.catalog is not None:  # on_finish only ever sees a finished record
             self.supervisor.background(self.worker.record(rec))

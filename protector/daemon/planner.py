@@ -29,6 +29,8 @@ from policies.schedule import DEFAULT_MARGIN, in_window, next_run
 from protector.backup.model import BackupOptions
 from protector.daemon.jobs import JobRecord, JobRequest
 from protector.daemon.state import VmState
+from protector.notify.events import Kind
+from protector.notify.sender import Notifier
 from protector.policyaccess import options_of, vm_facts
 from watcher.events import VmAdded, VmChanged, VmEvent, VmMoved, VmRemoved, VmRenamed
 
@@ -153,6 +155,7 @@ class Planner:
         self.policies: PolicyStore | None = None
         self.jobs: JobQueue | None = None
         self.find_node: Callable[[str], Any] = lambda key: None
+        self.notify = Notifier(None)  # the Daemon's, once composed
 
     def policy(self, name: str | None) -> Policy | None:
         if name is None or self.policies is None:
@@ -167,6 +170,8 @@ class Planner:
         res = evaluate_one(compiled, vm_facts(node))
         key = node.identity
         if res.conflict:
+            if key not in self.conflicts:
+                self.notify.report(Kind.CONFLICT, node.name, "policies " + ", ".join(res.conflict))
             self.conflicts[key] = res.conflict
         else:
             self.conflicts.pop(key, None)
@@ -259,6 +264,7 @@ class Planner:
         """Counted and logged; a job still queued for it is dropped (nothing protects it
         now), a running one finishes and its point is kept like the others."""
         self.stats.orphaned += 1
+        self.notify.report(Kind.UNPROTECTED, node.name, f"left policy {old} ({why})")
         log.warning(
             "daemon.vm_left_policies",
             vm=node.path,

@@ -18,6 +18,8 @@ import structlog
 from policies.engine import evaluate_one
 from policies.reload import PolicyStore
 from protector.config import Config, parse_hhmm
+from protector.notify.events import Kind
+from protector.notify.sender import Notifier
 from protector.policyaccess import PruneScope, retention_rules
 from repository import prune
 from repository.prune import PruneResult
@@ -45,6 +47,7 @@ class Pruner:
         self.tz = tz
         self.stats = stats  # its prune_failures count is kept here
         self.errors = errors  # a deque of lines for the status page
+        self.notify = Notifier(None)  # the Daemon's, once composed
         self.stopping = stopping
         self.in_sync = in_sync
         self.repo: Any = None
@@ -76,6 +79,7 @@ class Pruner:
             self.stats.prune_failures += 1
             log.error("daemon.prune_failed", error=repr(exc), exc_info=exc)
             self.errors.append(f"prune failed (next try tomorrow): {exc!r}")
+            self.notify.report(Kind.PRUNE_ERROR, "prune", f"failed, next try tomorrow: {exc!r}")
             self.last_prune = {
                 "at": datetime.now(UTC).isoformat(),
                 "outcome": "failed",
@@ -143,6 +147,10 @@ class Pruner:
         }
         if result.sweep_deferred:
             self.errors.append(f"prune: chunk sweep deferred: {result.sweep_deferred}")
+            self.notify.report(
+                Kind.PRUNE_ERROR, "prune", f"sweep deferred: {result.sweep_deferred}"
+            )
         if result.sweep_limited:
             self.errors.append(f"prune: chunk sweep limited: {result.sweep_limited}")
+            self.notify.report(Kind.REPO_DAMAGE, "repository", result.sweep_limited)
         return result

@@ -220,6 +220,20 @@ def state_of(
     return "due" if age > 0.9 * policy.schedule.rpo.total_seconds() else "ok"
 
 
+def breached(plan: Planner, now: datetime) -> dict[str, str]:
+    """The protected VMs whose newest good point is older than their RPO (name → why), for
+    the notifications; a VM never backed up is not here: its first backup is on its way, or
+    failing (reported as such)."""
+    out = {}
+    for key, name in plan.winners.items():
+        policy, st = plan.policy(name), plan.state.get(key)
+        if policy and st and st.newest_good and now - st.newest_good > policy.schedule.rpo:
+            node = plan.find_node(key)
+            age = format_age((now - st.newest_good).total_seconds())
+            out[node.name if node else key] = f"newest point {age} old (policy {policy.name})"
+    return out
+
+
 def jobs_view(runner: Any) -> dict[str, Any]:
     return {
         "running": [r.as_dict() for _, r, _ in runner.running.values()] if runner else [],
