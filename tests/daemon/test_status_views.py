@@ -90,7 +90,7 @@ def test_gone_vms_are_those_with_points_but_no_node() -> None:
 
 
 async def test_the_repository_size_is_walked_in_the_background_once_per_ttl(tmp_path) -> None:
-    import asyncio
+    import threading
 
     from protector.daemon.repo_size import RepoSizeCache
     from repository import Repository
@@ -98,12 +98,29 @@ async def test_the_repository_size_is_walked_in_the_background_once_per_ttl(tmp_
     Repository.init(tmp_path / "repo")
     repo = Repository.open(tmp_path / "repo")
     expected = sum(info.size for info in repo.backend.list(""))
-    cache = RepoSizeCache(lambda: repo, ttl=3600)
+    release = threading.Event()
+    walks = []
+
+    class SlowBackend:
+        """The repository's own backend, whose listing waits until the test says go: a
+        walk that takes minutes on a large bucket, made deterministic."""
+
+        def list(self, prefix: str):
+            walks.append(prefix)
+            assert release.wait(30), "the test never released the walk"
+            return repo.backend.list(prefix)
+
+    class SlowRepo:
+        backend = SlowBackend()
+
+    cache = RepoSizeCache(lambda: SlowRepo(), ttl=3600)
     assert cache.figure() == {}, "a request never waits for the walk"
-    for _ in range(100):
-        if cache.figure():
-            break
-        await asyncio.sleep(0.05)
+    assert cache.figure() == {}, "one walk at a time: a second request starts none"
+    release.set()
+    walking = cache._task
+    assert walking is not None
+    await walking
     assert cache.figure()["size_bytes"] == expected > 0
     (tmp_path / "repo" / "extra").write_bytes(b"x" * 1000)
     assert cache.figure()["size_bytes"] == expected, "within the TTL: the cached figure"
+    assert cache._task is None and walks == [""], "no second walk within the TTL"
