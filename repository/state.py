@@ -22,7 +22,7 @@ import json
 import os
 import re
 import threading
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -142,6 +142,31 @@ class LocalState:
             return {}
         keys = [n.removesuffix(".json") for n in names if n.endswith(".json")]
         return {k: self.head(k)[0] for k in sorted(keys) if _VM_KEY.fullmatch(k)}
+
+    # -- the last whole-repository verify, for the status page -----------------------------
+
+    def record_verify(self, ok: bool, read_data: bool, points: int, problems: int) -> None:
+        body = {
+            "at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "ok": ok,
+            "read_data": read_data,
+            "points_checked": points,
+            "problems": problems,
+        }
+        _write_private(self.ensure() / "last_verify.json", json.dumps(body).encode())
+
+    def last_verify(self) -> dict[str, Any] | None:
+        """What the last `vigil verify` of the whole repository on this machine found."""
+        try:
+            fd = os.open(self.dir / "last_verify.json", os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            return None
+        with os.fdopen(fd, "rb") as f:
+            try:
+                body = json.loads(f.read(4096))
+            except ValueError:
+                return None
+        return body if isinstance(body, dict) else None
 
     # -- the catalog's interface, kept for protector --------------------------------------
 

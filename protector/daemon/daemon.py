@@ -390,7 +390,11 @@ class Daemon:
             "jobs": views.jobs_view(runner),
             "gone": self.gone_vms(),
             "repository": {
-                **views.repository_view(self.state, self.pruner.last_prune),
+                **views.repository_view(
+                    self.state,
+                    self.pruner.last_prune,
+                    self.repo.state.last_verify() if self.repo else None,
+                ),
                 **self.repo_size.figure(),
             },
             "prune": self.pruner.last_prune,

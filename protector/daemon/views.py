@@ -125,14 +125,25 @@ def gone_vms(present: set[str], state: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-def repository_view(state: dict[str, Any], last_prune: dict[str, Any] | None) -> dict[str, Any]:
+def repository_view(
+    state: dict[str, Any],
+    last_prune: dict[str, Any] | None,
+    last_verify: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Cheap repository figures from what the daemon holds (no repository walk per request):
-    the restore points per the manifests read at start and since, and the last prune."""
-    return {
+    the restore points per the manifests read at start and since, the last prune, and what
+    the last `vigil verify` of the whole repository found (from the state directory)."""
+    view: dict[str, Any] = {
         "points": sum(st.points for st in state.values()),
         "vms_with_points": sum(1 for st in state.values() if st.points),
         "last_prune": (last_prune or {}).get("at"),
     }
+    if last_verify:
+        how = "read data" if last_verify.get("read_data") else "structure"
+        found = "OK" if last_verify.get("ok") else f"DAMAGED ({last_verify.get('problems')})"
+        view["last_verify"] = f"{last_verify.get('at')} {found}, {how}"
+        view["last_verify_ok"] = bool(last_verify.get("ok"))
+    return view
 
 
 # Problems first: what needs an admin at the top of every page.

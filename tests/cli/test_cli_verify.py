@@ -6,6 +6,8 @@ import json
 import os
 from pathlib import Path
 
+from protector.daemon.views import repository_view
+from repository import Repository
 from tests.cli.test_cli_prune import setup, vigil
 
 
@@ -26,6 +28,12 @@ def test_verify_json_names_bad_chunks_manifests_and_affected_points(tmp_path, vc
     assert clean.returncode == 0 and json.loads(clean.stdout)["affected"] == {}
     # A clean repository has no problem entries (issue 19 item 6: it listed "OK" as one).
     assert json.loads(clean.stdout)["problems"] == [] and json.loads(clean.stdout)["ok"]
+    # The status page's "last verify" (issue 19 item 4) is what this run found.
+    record = Repository.open(tmp_path / "repo").state.dir / "last_verify.json"
+    last = json.loads(record.read_text())
+    assert last["ok"] and last["read_data"] and last["points_checked"] == 1
+    assert oct(record.stat().st_mode & 0o777) == "0o600"
+    assert repository_view({}, None, last)["last_verify"].endswith("OK, read data")
 
     chunk = files(tmp_path / "repo" / "chunks")[0]
     raw = bytearray(chunk.read_bytes())
@@ -35,6 +43,9 @@ def test_verify_json_names_bad_chunks_manifests_and_affected_points(tmp_path, vc
     assert r.returncode == 1, r.stdout + r.stderr
     out = json.loads(r.stdout)
     assert not out["ok"]
+    damaged = json.loads(record.read_text())
+    assert not damaged["ok"] and damaged["problems"] >= 1
+    assert "DAMAGED" in repository_view({}, None, damaged)["last_verify"]
     [bad] = out["bad_chunks"]
     assert chunk.name in bad["chunk"] and bad["reason"]
     assert {a["point"] for a in bad["affects"]} == {point}
