@@ -4,6 +4,12 @@ Exit codes: 0 success; 1 the operation ran and found a problem (damage, a failed
 backup); 2 the operation could not run (bad config or policies, login refused,
 vCenter unreachable, bad arguments). Expected failures print one clear line to
 stderr, never a traceback.
+
+Start-up cost: `vigil --help` and a command's start import only what that command uses.
+Each command module imports its heavy dependencies (aiohttp and pyVmomi for vCenter, the
+repository, policies, explorer/dissect) inside its handler; this module recognises their
+errors through `sys.modules` (an error of a package never imported cannot occur), so it
+imports none of them. tests/protector/test_cli_startup.py holds this.
 """
 
 from __future__ import annotations
@@ -18,15 +24,10 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-import aiohttp
-
-from disk_io.errors import DiskIoError
 from protector import logs
 from protector.cli.common import print_json
 from protector.config import ConfigError
 from protector.errors import UserError
-from repository.errors import RepositoryError
-from watcher.soap import VsphereConnectionError, VsphereError
 
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
 
@@ -177,9 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     except Terminated:
         print("vigil: terminated (SIGTERM)", file=sys.stderr)
         return 128 + signal.SIGTERM
-    except (ConfigError, UserError, VsphereError, RepositoryError, DiskIoError, OSError) as exc:
-        return report_error(exc, json_output=bool(getattr(args, "json", False)))
-    except aiohttp.ClientError as exc:
+    except _expected_errors() as exc:
         return report_error(exc, json_output=bool(getattr(args, "json", False)))
 
 
@@ -212,17 +211,50 @@ async def _stoppable(handler: Handler, args: argparse.Namespace) -> int:
         loop.remove_signal_handler(signal.SIGTERM)
 
 
-# Failures to reach vCenter at all (refused, DNS, TLS, timeouts): the command could not run.
-CONNECTION_ERRORS = (VsphereConnectionError, ConnectionError, ssl.SSLError, aiohttp.ClientError)
+class _NeverRaised(Exception):
+    """Stands in for the error class of a package this process never imported."""
+
+
+def _loaded(module: str, name: str) -> type[BaseException]:
+    """`module.name` if that module is imported, else a class no error is an instance of:
+    the error classes of heavy packages without importing them."""
+    mod = sys.modules.get(module)
+    return getattr(mod, name) if mod is not None else _NeverRaised
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    """The errors reported as one line (exit 1 or 2) rather than a traceback."""
+    return (
+        ConfigError,
+        UserError,
+        OSError,
+        _loaded("watcher.soap", "VsphereError"),
+        _loaded("repository.errors", "RepositoryError"),
+        _loaded("disk_io.errors", "DiskIoError"),
+        _loaded("aiohttp", "ClientError"),
+    )
+
+
+def _connection_errors() -> tuple[type[BaseException], ...]:
+    """Failures to reach vCenter at all (refused, DNS, TLS, timeouts): could not run."""
+    return (
+        _loaded("watcher.soap", "VsphereConnectionError"),
+        ConnectionError,
+        ssl.SSLError,
+        _loaded("aiohttp", "ClientError"),
+    )
 
 
 def describe_error(exc: BaseException) -> tuple[str, int, str]:
     """(one-line message, exit code, kind) for an error that ends a command."""
+    VsphereError = _loaded("watcher.soap", "VsphereError")
+    RepositoryError = _loaded("repository.errors", "RepositoryError")
+    DiskIoError = _loaded("disk_io.errors", "DiskIoError")
     if isinstance(exc, ConfigError):
         return str(exc), EXIT_USAGE, "config"  # one line per problem: file:line: key: what
     if isinstance(exc, UserError):
         return str(exc), exc.exit_code, "user"
-    if isinstance(exc, CONNECTION_ERRORS):
+    if isinstance(exc, _connection_errors()):
         return (
             f"cannot reach vCenter: {_oneline(exc)}; if vCenter is down or restarting, run the "
             "command again once it is back (a snapshot left behind is removed then); otherwise "

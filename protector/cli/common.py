@@ -12,8 +12,6 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import anyio
-
 from protector.config import Config, load_config, resolve_path
 from protector.errors import UserError
 
@@ -82,6 +80,8 @@ def _what(spec: str) -> str:
 
 
 async def require_point(repo: Any, point_id: str) -> None:
+    import anyio
+
     """A UserError naming the closest existing ids when `point_id` does not exist."""
     ids = await anyio.to_thread.run_sync(repo.list_points)
     if point_id in ids:

@@ -5,11 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-import anyio
-
 from protector.cli.common import config_of, json_option, open_repository, print_json, require_point
 from protector.errors import UserError
-from repository.errors import CorruptChunkError, RepositoryError
 
 
 def register(sub: Any) -> None:
@@ -43,6 +40,10 @@ def register(sub: Any) -> None:
 
 
 async def run(args: argparse.Namespace) -> int:
+    import anyio
+
+    from repository.errors import CorruptChunkError, RepositoryError
+
     cfg = config_of(args)
     repo = await open_repository(cfg)
     await require_point(repo, args.point)

@@ -6,7 +6,6 @@ import argparse
 from typing import Any
 
 from protector.cli.common import config_of, did_you_mean, json_option, open_repository, print_json
-from protector.repoaccess import all_manifests, matches_vm, point_summary
 
 
 def register(sub: Any) -> None:
@@ -47,6 +46,8 @@ def human_size(n: int | None) -> str:
 
 
 async def run(args: argparse.Namespace) -> int:
+    from protector.repoaccess import all_manifests, matches_vm, point_summary
+
     cfg = config_of(args)
     repo = await open_repository(cfg)
     manifests = all_points = await all_manifests(repo)

@@ -6,11 +6,6 @@ import argparse
 from datetime import datetime
 from typing import Any
 
-import anyio
-
-from policies.engine import evaluate_one
-from policies.errors import PolicyLoadError
-from policies.loader import load_policies
 from protector.cli.common import (
     config_of,
     json_option,
@@ -19,10 +14,6 @@ from protector.cli.common import (
     require_policies_path,
 )
 from protector.errors import UserError
-from protector.policyaccess import PruneScope, retention_rules
-from protector.vsphere.connect import open_session
-from repository import prune
-from watcher.inventory import read_inventory_with_tags
 
 
 def register(sub: Any) -> None:
@@ -44,6 +35,16 @@ def register(sub: Any) -> None:
 
 
 async def run(args: argparse.Namespace) -> int:
+    import anyio
+
+    from policies.engine import evaluate_one
+    from policies.errors import PolicyLoadError
+    from policies.loader import load_policies
+    from protector.policyaccess import PruneScope, retention_rules
+    from protector.vsphere.connect import open_session
+    from repository import prune
+    from watcher.inventory import read_inventory_with_tags
+
     cfg = config_of(args)
     require_policies_path(cfg)
     try:

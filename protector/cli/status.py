@@ -6,8 +6,6 @@ import argparse
 import os
 from typing import Any
 
-import aiohttp
-
 from protector.cli.common import config_of, json_option, print_json
 from protector.errors import UserError
 
@@ -53,6 +51,8 @@ def render(status: dict[str, Any]) -> str:
 
 
 def _reason(exc: BaseException) -> str:
+    import aiohttp
+
     if isinstance(exc, aiohttp.ClientConnectorError) and exc.os_error.errno:
         return os.strerror(exc.os_error.errno) if exc.os_error.errno > 0 else str(exc.os_error)
     if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
@@ -68,6 +68,8 @@ def _state(vm: dict[str, Any]) -> str:
 
 
 async def run(args: argparse.Namespace) -> int:
+    import aiohttp
+
     cfg = config_of(args)
     listen = cfg.daemon.status_listen
     headers = {}
