@@ -18,7 +18,7 @@ Argon2id slot, as `vigil init` makes; restic: its calibrated scrypt; borg: repok
 borg: `--chunker-params fixed,4194304 --compression zstd,1`; restic `--compression auto`
 (zstd fastest, restic's only non-max level). vigil: its default chunk size and zstd level.
 Each time is the whole process (fork to exit) measured here; for vigil the per-phase
-figures come from its `--log-level debug` `backup.phase` lines, including the simulator's
+figures come from its `--log-level debug` `phase` lines, including the simulator's
 CreateSnapshot (it hashes the whole flat file to emulate CBT, which ESXi does not do).
 Also measured: the daemon's per-job overhead (a job started by `vigil watch` for a VM
 entering scope: event to job start) is bench_daemon.py's, run separately.
@@ -112,13 +112,14 @@ async def prepare_vm(sim: Simulator, size: int) -> Path:
 
 
 def phases(stderr: str) -> dict[str, float]:
-    """vigil's `backup.phase` debug lines: {phase: seconds}."""
+    """vigil's `phase` debug lines (protector/phases.py): {phase: seconds}."""
     out: dict[str, float] = {}
     for line in stderr.splitlines():
-        if '"backup.phase"' not in line:
+        if '"phase"' not in line:
             continue
         rec = json.loads(line)
-        out[rec["phase"]] = out.get(rec["phase"], 0.0) + rec["seconds"]
+        if rec.get("event") == "phase":
+            out[rec["phase"]] = out.get(rec["phase"], 0.0) + rec["seconds"]
     return out
 
 

@@ -9,6 +9,8 @@ committed (the manifest is the commit point) → catalog updated.
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -18,6 +20,7 @@ import anyio
 import structlog
 from pyVmomi import vim
 
+from protector import phases
 from protector.backup.changeplan import ReadMode
 from protector.backup.diskcopy import ProgressTracker, backup_disk
 from protector.backup.model import BackupOptions, BackupResult, DiskResult, Progress
@@ -41,6 +44,7 @@ log = structlog.get_logger(__name__)
 
 VM_PROPS = [
     "name",
+    "snapshot",  # leftover snapshots of a crashed run, found in the same read
     "config.instanceUuid",
     "config.uuid",
     "config.changeTrackingEnabled",
@@ -112,18 +116,34 @@ async def _backup_locked(
     group: dict[str, Any] | None,
 ) -> BackupResult:
     bound = log.bind(vm=ident.name, moref=vm._moId, job=job_id)
-    leftovers = await remove_leftovers(ctx.session, vm)
-    cbt_now = False
-    if (
-        opts.enable_cbt
-        and props.get("capability.changeTrackingSupported")
-        and not props.get("config.changeTrackingEnabled")
-    ):
-        bound.info("backup.enable_cbt")
-        await enable_cbt(ctx, vm)
-        cbt_now = True
 
-    writer: PointWriter = await anyio.to_thread.run_sync(ctx.repo.begin_point, ident)
+    async def prepare_vm() -> tuple[int, bool]:
+        leftovers = await remove_leftovers(ctx.session, vm, props.get("snapshot"))
+        if (
+            opts.enable_cbt
+            and props.get("capability.changeTrackingSupported")
+            and not props.get("config.changeTrackingEnabled")
+        ):
+            bound.info("backup.enable_cbt")
+            await enable_cbt(ctx, vm)
+            return leftovers, True
+        return leftovers, False
+
+    # Independent: the VM's preparation (vCenter) and the point's start (the repository's
+    # lock and previous point); a writer opened when the other failed is closed.
+    clock = time.monotonic()
+    prepared, begun = await asyncio.gather(
+        prepare_vm(), anyio.to_thread.run_sync(ctx.repo.begin_point, ident), return_exceptions=True
+    )
+    if isinstance(prepared, BaseException):
+        if not isinstance(begun, BaseException):
+            await in_thread_shielded(begun.close)
+        raise prepared
+    if isinstance(begun, BaseException):
+        raise begun
+    leftovers, cbt_now = prepared
+    writer: PointWriter = begun
+    clock = _lap("prepare", clock, bound)
     try:
         async with backup_snapshot(
             ctx.session,
@@ -132,6 +152,7 @@ async def _backup_locked(
             fallback=opts.quiesce_fallback,
             description=snapshot_description(job_id),
         ) as snap:
+            clock = _lap("snapshot", clock, bound)
             snap_props = await ctx.session.properties(snap.ref, ["config"])
             config = snap_props["config"]
             vss, vss_error = await _vss_manifest(ctx, vm, config, snap.consistency, bound)
@@ -162,7 +183,9 @@ async def _backup_locked(
                 records.append(rec)
                 results.append(res)
             config_blob = {"format": "vim.vm.ConfigInfo/soap-xml", "xml": serialize_config(config)}
+            clock = _lap("read", clock, bound)
         # The snapshot is gone here (removed by the context manager, also on error).
+        clock = _lap("snapshot_removal", clock, bound)
         finished = datetime.now(UTC)
         changed = ReadMode.CHANGED.value
         kind = "incremental" if any(r.mode == changed for r in results) else "full"
@@ -191,6 +214,7 @@ async def _backup_locked(
                 vss_manifest=vss,
             )
         )
+        clock = _lap("commit", clock, bound)
     finally:
         await in_thread_shielded(writer.close)
     result = BackupResult(
@@ -206,6 +230,7 @@ async def _backup_locked(
         snapshot_left=snap.left_behind,
     )
     await ctx.record_point(point_id)
+    _lap("record", clock, bound)
     bound.info(
         "backup.done",
         point=point_id,
@@ -215,6 +240,13 @@ async def _backup_locked(
         seconds=round((finished - started).total_seconds(), 2),
     )
     return result
+
+
+def _lap(phase: str, since: float, bound: Any) -> float:
+    """Logs the phase that began at `since` (a `phase` debug line); returns now."""
+    now = time.monotonic()
+    phases.record(phase, now - since, bound)
+    return now
 
 
 async def _vss_manifest(

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import importlib
 import os
 import signal
 import ssl
 import sys
+import threading
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -165,7 +167,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "watch":  # the daemon handles its signals itself
             return asyncio.run(handler(args))
-        return asyncio.run(_stoppable(handler, args))
+        code = asyncio.run(_stoppable(handler, args))
+        if args.command in FAST_EXIT:
+            _exit_now(code)
+        return code
     except BrokenPipeError:
         # The reader went away (`vigil list --json | head`): nothing to report, and Python
         # must not complain again when it flushes stdout at exit.
@@ -180,6 +185,27 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + signal.SIGTERM
     except _expected_errors() as exc:
         return report_error(exc, json_output=bool(getattr(args, "json", False)))
+
+
+# Commands whose process ends without Python's interpreter teardown (freeing every module's
+# objects: 0.3-0.5 s after a backup, measured by bench/bench_backup_cli.py) once they have
+# succeeded and closed everything: atexit handlers still run and output is flushed.
+FAST_EXIT = frozenset({"backup"})
+
+
+def _exit_now(code: int) -> None:
+    """Ends the process at once, as the interpreter would after its atexit handlers, unless
+    a non-daemon thread is still running (the normal exit waits for it)."""
+    main = threading.main_thread()
+    if any(t is not main and t.is_alive() and not t.daemon for t in threading.enumerate()):
+        return
+    atexit._run_exitfuncs()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (BrokenPipeError, ValueError):
+        return  # the normal exit path reports or ignores it
+    os._exit(code)
 
 
 class Terminated(Exception):

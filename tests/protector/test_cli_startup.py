@@ -81,3 +81,49 @@ def test_backup_does_not_import_restore_or_cluster_stacks(tmp_path: Path) -> Non
     assert code == 2  # could not reach vCenter
     assert "aiohttp" in modules  # it did get as far as talking to vCenter
     assert roots(modules, NOT_FOR_BACKUP) == []
+
+
+BACKUP_PHASES = [
+    "startup",
+    "login",
+    "repository_open",
+    "lookup",
+    "catalog_open",
+    "prepare",
+    "snapshot",
+    "read",
+    "snapshot_removal",
+    "commit",
+    "record",
+    "exit",
+]
+
+
+def test_debug_log_times_each_phase_of_a_backup(tmp_path: Path, vcsim_fresh: object) -> None:
+    """`--log-level debug` says where a backup's time went: one `phase` line per phase
+    (protector/phases.py), and the backup itself still succeeds and prints its point."""
+    (tmp_path / "pol").mkdir()
+    cfg = tmp_path / "vigil.toml"
+    cfg.write_text(
+        f'[vcenter]\nurl = "{vcsim_fresh.url}"\nuser = "user"\n'  # type: ignore[attr-defined]
+        'password_env = "VIGIL_T_PW"\n[repository]\npath = "repo"\n'
+        '[policies]\npath = "pol"\n[transport]\nmodes = ["http"]\n'
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "protector.cli", "--config", str(cfg), "--log-level", "debug"]
+        + ["--log-json", "backup", "DC0_H0_VM0", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "VIGIL_T_PW": "pass"},
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout)["status"] == "committed"
+    lines = [json.loads(ln) for ln in out.stderr.splitlines() if ln.startswith("{")]
+    timed = [(r["phase"], r["seconds"]) for r in lines if r.get("event") == "phase"]
+    assert sorted(p for p, _ in timed) == sorted(BACKUP_PHASES)
+    assert all(isinstance(s, float | int) and s >= 0 for _, s in timed)
+    # The workflow's phases carry the job's context (which VM, which job).
+    snap = next(r for r in lines if r.get("phase") == "snapshot")
+    assert snap["vm"] == "DC0_H0_VM0" and snap["job"]
