@@ -123,21 +123,35 @@ def phases(stderr: str) -> dict[str, float]:
     return out
 
 
-def one_run(sim: Simulator, work: Path, base: Path, size: int) -> dict[str, Any]:
-    flat = asyncio.run(prepare_vm(sim, size))
+def vigil_setup(
+    sim: Simulator, work: Path, name: str, code: Path
+) -> tuple[list[str], Path, dict[str, str]]:
+    """(argv of `vigil backup VM`, its repository, its environment) for vigil from `code`
+    (this checkout, or --baseline's) with a fresh repository of its own."""
     ds_dir = next(d for d in sim.datastore_dirs if "-LocalDS_0-" in d.name)
-    vrepo, rrepo, brepo = work / "vigil-repo", work / "restic-repo", work / "borg-repo"
-    for p in (vrepo, rrepo, brepo):
-        shutil.rmtree(p, ignore_errors=True)
+    repo = work / f"{name}-repo"
+    shutil.rmtree(repo, ignore_errors=True)
     (work / "policies").mkdir(exist_ok=True)
-    cfgfile = work / "vigil.toml"
+    cfgfile = work / f"{name}.toml"
     cfgfile.write_text(
         f'[vcenter]\nurl = "{sim.url}"\nuser = "{sim.user}"\npassword_env = "VIGIL_BENCH_PW"\n'
-        f'[repository]\npath = "{vrepo}"\npassphrase_env = "VIGIL_BENCH_PASS"\n'
+        f'[repository]\npath = "{repo}"\npassphrase_env = "VIGIL_BENCH_PASS"\n'
         f'[policies]\npath = "{work / "policies"}"\n'
         f'[transport]\nmodes = ["file"]\n[transport.file.datastores]\nLocalDS_0 = "{ds_dir}"\n'
     )
-    Repository.init(vrepo, passphrase=PASS)  # what `vigil init` makes: the default KDF
+    Repository.init(repo, passphrase=PASS)  # what `vigil init` makes: the default KDF
+    argv = [sys.executable, "-m", "protector.cli", "--config", str(cfgfile)]
+    argv += ["--log-level", "debug", "--log-json", "backup", VM_NAME]
+    return argv, repo, {"PYTHONPATH": str(code)}
+
+
+def one_run(
+    sim: Simulator, work: Path, base: Path, size: int, baseline: Path | None
+) -> dict[str, Any]:
+    flat = asyncio.run(prepare_vm(sim, size))
+    rrepo, brepo = work / "restic-repo", work / "borg-repo"
+    for p in (rrepo, brepo):
+        shutil.rmtree(p, ignore_errors=True)
     env = dict(
         os.environ,
         VIGIL_BENCH_PW=sim.password,
@@ -146,12 +160,12 @@ def one_run(sim: Simulator, work: Path, base: Path, size: int) -> dict[str, Any]
         BORG_PASSPHRASE=PASS,
         BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK="yes",
         BORG_RELOCATED_REPO_ACCESS_IS_OK="yes",
-        PYTHONPATH=str(ROOT),
     )
+    vigils = {"vigil": vigil_setup(sim, work, "vigil", ROOT)}
+    if baseline is not None:
+        vigils["baseline"] = vigil_setup(sim, work, "baseline", baseline)
     sh(["restic", "init", "--repository-version", "2", "-r", str(rrepo)], env)
     sh(["borg", "init", "-e", "repokey", str(brepo)], env)
-    vigil = [sys.executable, "-m", "protector.cli", "--config", str(cfgfile)]
-    vigil += ["--log-level", "debug", "--log-json", "backup", VM_NAME]
     restic = ["restic", "-r", str(rrepo), "backup", "--compression", "auto", "-q", str(flat)]
 
     def borg(name: str) -> list[str]:
@@ -166,25 +180,28 @@ def one_run(sim: Simulator, work: Path, base: Path, size: int) -> dict[str, Any]
             str(flat),
         ]
 
+    def each_vigil(kind: str, extra: list[str]) -> None:
+        for name, (argv, _repo, venv) in vigils.items():
+            out[f"{name}_{kind}_s"], err = sh([*argv, *extra], {**env, **venv})
+            out[f"{name}_{kind}_phases"] = phases(err)
+
     out: dict[str, Any] = {}
     shutil.copyfile(base, flat)
-    out["vigil_full_s"], err = sh(vigil, env)
-    out["vigil_full_phases"] = phases(err)
+    each_vigil("full", [])
     out["restic_full_s"], _ = sh(restic, env)
     out["borg_full_s"], _ = sh(borg("full"), env)
     mkimage(flat, "--mutate", "1", "--seed", "2")
-    out["vigil_incr_nocbt_s"], err = sh([*vigil, "--full"], env)
-    out["vigil_incr_nocbt_phases"] = phases(err)
+    each_vigil("incr_nocbt", ["--full"])
     out["restic_incr_nocbt_s"], _ = sh(restic, env)
     out["borg_incr_nocbt_s"], _ = sh(borg("incr"), env)
     # Sizes after the same two backups (before vigil's third, CBT, point).
-    out["vigil_repo_bytes"] = du(vrepo)
+    for name, (_argv, repo, _venv) in vigils.items():
+        out[f"{name}_repo_bytes"] = du(repo)
     out["restic_repo_bytes"] = du(rrepo)
     out["borg_repo_bytes"] = du(brepo)
     out["repo_vs_restic"] = out["vigil_repo_bytes"] / out["restic_repo_bytes"]
     mkimage(flat, "--mutate", "1", "--seed", "3")
-    out["vigil_incr_cbt_s"], err = sh(vigil, env)
-    out["vigil_incr_cbt_phases"] = phases(err)
+    each_vigil("incr_cbt", [])
     return out
 
 
@@ -193,6 +210,11 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/dev/shm/vigil-bench-cli"))
     ap.add_argument("--size", default="1G")
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument(
+        "--baseline",
+        type=Path,
+        help="another vigil checkout (e.g. main's) run beside this one, same VM, same run",
+    )
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     base = args.work / f"base-{args.size}.img"
@@ -205,43 +227,51 @@ def main() -> None:
     simdir.mkdir()
     with Simulator(tmpdir=str(simdir)) as sim:
         for i in range(args.runs):
-            r = one_run(sim, args.work, base, size)
+            r = one_run(sim, args.work, base, size, args.baseline)
             runs.append(r)
             flat = {k: round(v, 3) for k, v in r.items() if isinstance(v, (int, float))}
             print(f"run {i + 1}: {json.dumps(flat)}", file=sys.stderr, flush=True)
     shutil.rmtree(simdir, ignore_errors=True)
+    names = ["vigil", *(["baseline"] if args.baseline else [])]
     for r in runs:
         for kind in ("full", "incr_nocbt"):
             peer = min(r[f"restic_{kind}_s"], r[f"borg_{kind}_s"])
-            r[f"{kind}_vs_faster_peer"] = peer / r[f"vigil_{kind}_s"]
+            for name in names:
+                r[f"{name}_{kind}_vs_faster_peer"] = peer / r[f"{name}_{kind}_s"]
     med = {
         k: statistics.median(r[k] for r in runs)
         for k, v in runs[0].items()
         if not isinstance(v, dict)
     }
     med_phases = {
-        kind: {
-            ph: statistics.median(r[f"vigil_{kind}_phases"].get(ph, 0.0) for r in runs)
-            for ph in runs[0][f"vigil_{kind}_phases"]
+        f"{name}_{kind}": {
+            ph: statistics.median(r[f"{name}_{kind}_phases"].get(ph, 0.0) for r in runs)
+            for ph in runs[0][f"{name}_{kind}_phases"]
         }
+        for name in names
         for kind in ("full", "incr_nocbt", "incr_cbt")
     }
     print(f"\n{size / 2**20:.0f} MiB guest-like image, whole process, median of {args.runs} runs\n")
-    print("| backup | vigil s | restic s | borg s | vigil vs faster peer (goal >= 1.5x) |")
-    print("|---|---|---|---|---|")
-    for kind in ("full", "incr_nocbt"):
-        print(
-            f"| {kind} | {med[f'vigil_{kind}_s']:.2f} | {med[f'restic_{kind}_s']:.2f} | "
-            f"{med[f'borg_{kind}_s']:.2f} | {med[f'{kind}_vs_faster_peer']:.2f}x |"
-        )
-    print(f"| incr_cbt | {med['vigil_incr_cbt_s']:.2f} | - | - | - |")
+    print("| backup | tool | seconds | vs faster peer (goal >= 1.5x) |")
+    print("|---|---|---|---|")
+    for kind in ("full", "incr_nocbt", "incr_cbt"):
+        for name in [*names, "restic", "borg"]:
+            if f"{name}_{kind}_s" not in med:
+                continue
+            ratio = med.get(f"{name}_{kind}_vs_faster_peer")
+            print(
+                f"| {kind} | {name} | {med[f'{name}_{kind}_s']:.2f} | "
+                f"{f'{ratio:.2f}x' if ratio else '-'} |"
+            )
+    sizes = ", ".join(
+        f"{n} {med[f'{n}_repo_bytes'] / 2**20:.1f}" for n in [*names, "restic", "borg"]
+    )
     print(
-        f"\nrepository MiB after full + incr_nocbt: vigil {med['vigil_repo_bytes'] / 2**20:.1f}, "
-        f"restic {med['restic_repo_bytes'] / 2**20:.1f}, borg {med['borg_repo_bytes'] / 2**20:.1f}"
-        f"; vigil/restic {med['repo_vs_restic']:.3f} (goal <= 1.05)"
+        f"\nrepository MiB after full + incr_nocbt: {sizes}; "
+        f"vigil/restic {med['repo_vs_restic']:.3f} (goal <= 1.05)"
     )
     for kind, ph in med_phases.items():
-        print(f"vigil {kind} phases: " + ", ".join(f"{k} {v:.3f}" for k, v in ph.items()))
+        print(f"{kind} phases: " + ", ".join(f"{k} {v:.3f}" for k, v in ph.items()))
     results = ROOT / "bench" / "results"
     results.mkdir(exist_ok=True)
     (results / "backup_cli.json").write_text(

@@ -83,6 +83,8 @@ def test_backup_does_not_import_restore_or_cluster_stacks(tmp_path: Path) -> Non
     assert roots(modules, NOT_FOR_BACKUP) == []
 
 
+VIGIL = [sys.executable, "-m", "protector.cli"]
+DEBUG = ["--log-level", "debug", "--log-json"]
 BACKUP_PHASES = [
     "startup",
     "login",
@@ -110,8 +112,7 @@ def test_debug_log_times_each_phase_of_a_backup(tmp_path: Path, vcsim_fresh: obj
         '[policies]\npath = "pol"\n[transport]\nmodes = ["http"]\n'
     )
     out = subprocess.run(
-        [sys.executable, "-m", "protector.cli", "--config", str(cfg), "--log-level", "debug"]
-        + ["--log-json", "backup", "DC0_H0_VM0", "--json"],
+        [*VIGIL, "--config", str(cfg), *DEBUG, "backup", "DC0_H0_VM0", "--json"],
         capture_output=True,
         text=True,
         timeout=180,
