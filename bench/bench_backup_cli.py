@@ -12,6 +12,10 @@ VM's `-flat.vmdk` (file transport, datastore and repositories in tmpfs), then `-
   incr_nocbt    after the 1 % mutation, a second backup that reads the whole disk and stores
                 what is new: vigil `backup VM --full` (no CBT), restic and borg again
   incr_cbt      vigil only: a third backup after another 1 % mutation through CBT
+  daemon job    the daemon's per-job overhead: the same VM (a policy covers it) backed up
+                by the daemon's job runner in-process into a fresh repository (a full
+                read): time from the daemon's first complete inventory to the job's start,
+                and the job's duration, beside the CLI's full backup
 
 Settings: all three encrypted with their default key derivation (vigil: its default
 Argon2id slot, as `vigil init` makes; restic: its calibrated scrypt; borg: repokey).
@@ -20,8 +24,7 @@ borg: `--chunker-params fixed,4194304 --compression zstd,1`; restic `--compressi
 Each time is the whole process (fork to exit) measured here; for vigil the per-phase
 figures come from its `--log-level debug` `phase` lines, including the simulator's
 CreateSnapshot (it hashes the whole flat file to emulate CBT, which ESXi does not do).
-Also measured: the daemon's per-job overhead (a job started by `vigil watch` for a VM
-entering scope: event to job start) is bench_daemon.py's, run separately.
+bench_daemon.py has the daemon's event -> job start latency over many VM moves.
 
 Writes bench/results/backup_cli.json. Goals: vigil >= 1.5x the faster peer (full and
 incr_nocbt), repository size <= 1.05x restic's.
@@ -65,10 +68,12 @@ PASS = "bench-passphrase"
 VM_NAME = "DC0_H0_VM0"
 
 
-def sh(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, str]:
+def sh(
+    cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = None
+) -> tuple[float, str]:
     """Runs cmd to completion; (wall seconds, stderr)."""
     t = time.perf_counter()
-    p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=cwd)
     wall = time.perf_counter() - t
     if p.returncode:
         raise SystemExit(f"{' '.join(map(str, cmd))}: exit {p.returncode}\n{p.stderr[-3000:]}")
@@ -145,6 +150,58 @@ def vigil_setup(
     return argv, repo, {"PYTHONPATH": str(code)}
 
 
+async def daemon_job(sim: Simulator, work: Path) -> dict[str, Any]:
+    """The same VM backed up by `vigil watch`'s machinery in-process (a policy covers it, a
+    fresh repository, so the daemon starts a full backup once its inventory is ready):
+    ready -> job started, and the job's own duration (no process start-up or login)."""
+    from protector.config import load_config
+    from protector.daemon.daemon import Daemon
+
+    ds_dir = next(d for d in sim.datastore_dirs if "-LocalDS_0-" in d.name)
+    repo, pol = work / "daemon-repo", work / "daemon-policies"
+    shutil.rmtree(repo, ignore_errors=True)
+    pol.mkdir(exist_ok=True)
+    (pol / "main.toml").write_text(
+        f'[[policy]]\nname = "bench"\npriority = 10\n[policy.select]\nnames = ["{VM_NAME}"]\n'
+        '[policy.schedule]\nrpo = "24h"\n[policy.retention]\nkeep_last = 3\n'
+    )
+    cfgfile = work / "daemon.toml"
+    cfgfile.write_text(
+        f'[vcenter]\nurl = "{sim.url}"\nuser = "{sim.user}"\npassword_env = "VIGIL_BENCH_PW"\n'
+        f'[repository]\npath = "{repo}"\npassphrase_env = "VIGIL_BENCH_PASS"\n'
+        f'[policies]\npath = "{pol}"\n'
+        f'[transport]\nmodes = ["file"]\n[transport.file.datastores]\nLocalDS_0 = "{ds_dir}"\n'
+        '[daemon]\nstatus_listen = "127.0.0.1:0"\n'
+    )
+    Repository.init(repo, passphrase=PASS)
+    os.environ.update(VIGIL_BENCH_PW=sim.password, VIGIL_BENCH_PASS=PASS)
+    daemon = Daemon(load_config(cfgfile))
+    task = asyncio.create_task(daemon.run(install_signals=False))
+    try:
+        await asyncio.wait_for(daemon.ready.wait(), 300)
+        ready = time.time()
+        assert daemon.runner is not None
+        while True:
+            done = [r for r in daemon.runner.history if r.vm_name == VM_NAME and r.finished]
+            if done:
+                rec = done[0]
+                break
+            if task.done():
+                task.result()
+                raise SystemExit("the daemon stopped before backing up the VM")
+            await asyncio.sleep(0.01)
+    finally:
+        daemon.request_stop()
+        await asyncio.wait_for(task, 120)
+    if rec.outcome != "success":
+        raise SystemExit(f"daemon job: {rec.outcome}: {rec.error}")
+    assert rec.finished is not None
+    return {
+        "daemon_ready_to_job_s": rec.started - ready,
+        "daemon_job_s": rec.finished - rec.started,
+    }
+
+
 def one_run(
     sim: Simulator, work: Path, base: Path, size: int, baseline: Path | None
 ) -> dict[str, Any]:
@@ -182,7 +239,9 @@ def one_run(
 
     def each_vigil(kind: str, extra: list[str]) -> None:
         for name, (argv, _repo, venv) in vigils.items():
-            out[f"{name}_{kind}_s"], err = sh([*argv, *extra], {**env, **venv})
+            # cwd: `python -m` puts the current directory first on sys.path
+            code = Path(venv["PYTHONPATH"])
+            out[f"{name}_{kind}_s"], err = sh([*argv, *extra], {**env, **venv}, cwd=code)
             out[f"{name}_{kind}_phases"] = phases(err)
 
     out: dict[str, Any] = {}
@@ -202,6 +261,7 @@ def one_run(
     out["repo_vs_restic"] = out["vigil_repo_bytes"] / out["restic_repo_bytes"]
     mkimage(flat, "--mutate", "1", "--seed", "3")
     each_vigil("incr_cbt", [])
+    out.update(asyncio.run(daemon_job(sim, work)))
     return out
 
 
