@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_scale.py [--clusters 50] [--vms-per-cluster 1000]
         [--idle-seconds 60] [--reconcile-interval 120] [--status-gets 5]
 
-1. The simulator alone (`-cluster N -cluster-host 1 -host 0 -vm M`): its start time and
+1. The simulator alone (`-cluster N -host 1 -pool 0 -standalone-host 0 -vm M`): start time and
    resident memory, so a reader knows whether the machine held the whole estate.
 2. `vigil watch` as a process over it, with a policy that covers no VM (the cost of
    watching, not of backing up): first sync (process start -> `daemon.inventory_ready`),
@@ -103,8 +103,9 @@ def main() -> None:
     ap.add_argument("--status-gets", type=int, default=5)
     args = ap.parse_args()
     vms = args.clusters * args.vms_per_cluster
-    sim_args = ["-cluster", str(args.clusters), "-cluster-host", "1", "-host", "0"]
-    sim_args += ["-vm", str(args.vms_per_cluster)]
+    # Each cluster: one host, its root resource pool holding the VMs; no standalone host.
+    sim_args = ["-dc", "1", "-cluster", str(args.clusters), "-host", "1", "-pool", "0"]
+    sim_args += ["-standalone-host", "0", "-vm", str(args.vms_per_cluster)]
     out: dict[str, Any] = {"vms": vms, "simulator_args": sim_args}
     t0 = time.monotonic()
     with Simulator(args=sim_args) as sim:
