@@ -108,7 +108,8 @@ def main() -> None:
     sim_args += ["-standalone-host", "0", "-vm", str(args.vms_per_cluster)]
     out: dict[str, Any] = {"vms": vms, "simulator_args": sim_args}
     t0 = time.monotonic()
-    with Simulator(args=sim_args) as sim:
+    sim = Simulator(args=sim_args).start(timeout=3600)  # minutes at 50,000 VMs
+    try:
         assert sim.proc is not None
         out["simulator_start_s"] = round(time.monotonic() - t0, 1)
         out["simulator_rss_mb"] = round(proc_mb(sim.proc.pid, "VmRSS"), 1)
@@ -169,6 +170,8 @@ def main() -> None:
         finally:
             proc.terminate()
             proc.wait(120)
+    finally:
+        sim.stop()
     print(json.dumps(out, indent=1))
     results = ROOT / "bench" / "results"
     results.mkdir(exist_ok=True)
