@@ -116,15 +116,27 @@ def test_debug_log_times_each_phase_of_a_backup(tmp_path: Path, vcsim_fresh: obj
     cfg.write_text(
         f'[vcenter]\nurl = "{vcsim_fresh.url}"\nuser = "user"\n'  # type: ignore[attr-defined]
         'password_env = "VIGIL_T_PW"\n[repository]\npath = "repo"\n'
+        'passphrase_env = "VIGIL_T_PP"\n'
         '[policies]\npath = "pol"\n[transport]\nmodes = ["http"]\n'
     )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "VIGIL_T_PW": "pass", "VIGIL_T_PP": "pp"}
+    # An encrypted repository, so repository_open includes the key derivation.
+    init = subprocess.run(
+        [*VIGIL, "--config", str(cfg), "init"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env=env,
+    )
+    assert init.returncode == 0, init.stderr
     out = subprocess.run(
         [*VIGIL, "--config", str(cfg), *DEBUG, "backup", "DC0_H0_VM0", "--json"],
         capture_output=True,
         text=True,
         timeout=180,
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "VIGIL_T_PW": "pass"},
+        env=env,
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads(out.stdout)["status"] == "committed"
