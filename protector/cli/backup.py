@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import sys
 from typing import Any
 
@@ -177,9 +176,14 @@ async def login_then_repository(cfg: Any, opening: asyncio.Future[Any]) -> tuple
 
         phases.record("startup", phases.process_age())
         session = await phases.timed_await("login", open_session(cfg))
-    except BaseException:
-        with contextlib.suppress(Exception):
+    except BaseException as login_exc:
+        try:
             await opening
+        except Exception as repo_exc:
+            # What the sequential order reported first: a missing or unreadable repository
+            # (a config problem) outranks an unreachable vCenter (not a cancellation).
+            if isinstance(login_exc, Exception):
+                raise repo_exc from None
         raise
     try:
         return session, await opening
