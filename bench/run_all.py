@@ -18,6 +18,7 @@ ORDER = [
     "repository",
     "disk_io",
     "e2e",
+    "backup_cli",
     "watcher",
     "daemon",
     "metrics",

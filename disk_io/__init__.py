@@ -1,5 +1,7 @@
 """vigil's data plane: VixDiskLib (cffi), datastore HTTP and direct-file transports behind
-one small interface, changed/allocated extent logic, and the I/O thread pool."""
+one small interface, changed/allocated extent logic. The threads that read disks for a
+backup are the caller's (protector/parallel.py); a transport's reads are blocking calls
+that several threads may make at once."""
 
 from .errors import (
     DiskIoError,
@@ -21,7 +23,6 @@ from .extents import (
     slot_ranges,
 )
 from .model import SECTOR, DiskLocation, Extent, VcenterAccess
-from .pool import IoPool
 from .transport import DiskTransport, OpenAttempt, OpenedDisk, TransportSettings, open_disk
 
 __all__ = [
@@ -33,7 +34,6 @@ __all__ = [
     "DiskTransport",
     "Extent",
     "InvalidChangedAreas",
-    "IoPool",
     "OpenAttempt",
     "OpenedDisk",
     "ThumbprintMismatch",

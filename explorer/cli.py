@@ -17,16 +17,17 @@ import json
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from repository import Repository, RepositoryError
+if TYPE_CHECKING:  # imported where used: `vigil --help` must not load the repository/dissect
+    from repository import Repository
 
-from .disk import ChunkCache
-from .point import ExplorerError, OpenPoint, entry_record, open_point
+    from .disk import ChunkCache
+    from .point import OpenPoint
 
-OpenRepo = Callable[[argparse.Namespace], Awaitable[Repository]]
+OpenRepo = Callable[[argparse.Namespace], Awaitable["Repository"]]
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
 
 
@@ -126,6 +127,10 @@ def _guarded(
     fn: Callable[[argparse.Namespace, Repository], Awaitable[int]], *, open_repository: OpenRepo
 ) -> Callable[[argparse.Namespace], Awaitable[int]]:
     async def handler(args: argparse.Namespace) -> int:
+        from repository import RepositoryError
+
+        from .point import ExplorerError
+
         repo = await open_repository(args)
         try:
             return await fn(args, repo)
@@ -158,6 +163,8 @@ def print_json(data: Any) -> None:
 
 
 def _require_point(repo: Repository, point_id: str) -> None:
+    from .point import ExplorerError
+
     ids = repo.list_points()
     if point_id not in ids:
         close = [i for i in ids if i.startswith(point_id[:12])][:2] if point_id else []
@@ -166,6 +173,8 @@ def _require_point(repo: Repository, point_id: str) -> None:
 
 
 def _open(repo: Repository, point_id: str, cache: ChunkCache | None = None) -> OpenPoint:
+    from .point import open_point
+
     _require_point(repo, point_id)
     return open_point(repo, point_id, cache)
 
@@ -174,6 +183,8 @@ def _open(repo: Repository, point_id: str, cache: ChunkCache | None = None) -> O
 
 
 def files_ls(repo: Repository, point_id: str, path: str | None, disk: int | None) -> list[dict]:
+    from .point import ExplorerError, entry_record
+
     with _open(repo, point_id) as point:
         if not path or not path.strip("/"):
             vols = [v for v in point.volumes if disk is None or v.disk == disk]
@@ -267,6 +278,8 @@ def files_get(
 
 
 def files_cat(repo: Repository, point_id: str, path: str, out: Any) -> int:
+    from .point import ExplorerError
+
     with _open(repo, point_id) as point:
         _vol, node = point.resolve(path)
         if node.kind != "file":
@@ -288,6 +301,8 @@ def files_cat(repo: Repository, point_id: str, path: str, out: Any) -> int:
 
 
 async def cmd_files_get(args: argparse.Namespace, repo: Repository) -> int:
+    from .point import ExplorerError
+
     if args.stdout:
         if len(args.paths) != 1:
             raise ExplorerError("--stdout takes exactly one file")
@@ -317,6 +332,7 @@ async def cmd_files_get(args: argparse.Namespace, repo: Repository) -> int:
 
 
 def files_find(repo: Repository, point_id: str, pattern: str) -> list[dict[str, Any]]:
+    from .point import entry_record
     from .tree import find
 
     with _open(repo, point_id) as point:
@@ -337,6 +353,7 @@ async def cmd_files_find(args: argparse.Namespace, repo: Repository) -> int:
 
 
 def files_diff(repo: Repository, a: str, b: str, path: str | None) -> list[dict[str, Any]]:
+    from .disk import ChunkCache
     from .tree import diff_records, tree_records
 
     cache = ChunkCache()  # shared: the two points have most chunks in common

@@ -10,8 +10,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from repository.config import DEFAULT_CHUNK_SIZE, chunk_size_problem
-
 # key -> (type, required); `path` or `url` is required, checked by repository_table_problems.
 REPOSITORY_KEYS: dict[str, tuple[Any, bool]] = {
     "path": (str, False),
@@ -37,7 +35,10 @@ class RepositoryConfig:
     s3: dict[str, Any] = field(default_factory=dict, hash=False)
     passphrase_env: str = ""
     passphrase_file: str = ""
-    chunk_size: int = DEFAULT_CHUNK_SIZE
+    # repository.config.DEFAULT_CHUNK_SIZE, written out: importing any repository module
+    # loads the whole package, which `vigil --help` must not (tests/protector/
+    # test_cli_startup.py checks both the import and that the two values agree).
+    chunk_size: int = 1 << 20
     orphan_keep_days: int = 30
     config_path: str = field(default="repository", compare=False)
     where: str = field(default="repository", compare=False)
@@ -109,6 +110,8 @@ def repository_table_problems(r: dict[str, Any], where: str, base: Path) -> list
         r["path"] = str(base / r["path"])
     if r.get("passphrase_file"):
         r["passphrase_file"] = str(base / r["passphrase_file"])
+    from repository.config import chunk_size_problem
+
     if "chunk_size" in r and (problem := chunk_size_problem(r["chunk_size"])):
         problems.append(f"{where}.chunk_size: {problem}")
     s3 = r.get("s3")

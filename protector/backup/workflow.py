@@ -9,8 +9,10 @@ committed (the manifest is the commit point) → catalog updated.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
@@ -19,6 +21,7 @@ from typing import Any
 import anyio
 import structlog
 
+from protector import phases
 from protector.backup.changeplan import ReadMode
 from protector.backup.consistency import point_consistency, unquiesced_refusal
 from protector.backup.diskcopy import ProgressTracker, backup_disk
@@ -44,6 +47,7 @@ log = structlog.get_logger(__name__)
 
 VM_PROPS = [
     "name",
+    "snapshot",  # leftover snapshots of a crashed run, found in the same read
     "config.instanceUuid",
     "config.uuid",
     "config.changeTrackingEnabled",
@@ -137,16 +141,33 @@ async def _backup_locked(
         # Nothing changes under a template and it cannot be reconfigured (no CBT to
         # enable): every backup reads its allocated areas afresh; dedup keeps it small.
         opts = dataclasses.replace(opts, full=True, enable_cbt=False)
-    leftovers = await remove_leftovers(ctx.session, vm)
-    cbt_now, cbt_note = False, ""
-    if (
-        opts.enable_cbt
-        and props.get("capability.changeTrackingSupported")
-        and not props.get("config.changeTrackingEnabled")
-    ):
-        cbt_now, cbt_note = await enable_cbt_checked(ctx.session, vm, bound)
 
-    writer: PointWriter = await anyio.to_thread.run_sync(ctx.repo.begin_point, ident)
+    async def prepare_vm() -> tuple[int, bool, str]:
+        leftovers = await remove_leftovers(ctx.session, vm, props.get("snapshot"))
+        if (
+            opts.enable_cbt
+            and props.get("capability.changeTrackingSupported")
+            and not props.get("config.changeTrackingEnabled")
+        ):
+            cbt_now, cbt_note = await enable_cbt_checked(ctx.session, vm, bound)
+            return leftovers, cbt_now, cbt_note
+        return leftovers, False, ""
+
+    # Independent: the VM's preparation (vCenter) and the point's start (the repository's
+    # lock and previous point); a writer opened when the other failed is closed.
+    clock = time.monotonic()
+    prepared, begun = await asyncio.gather(
+        prepare_vm(), anyio.to_thread.run_sync(ctx.repo.begin_point, ident), return_exceptions=True
+    )
+    if isinstance(prepared, BaseException):
+        if not isinstance(begun, BaseException):
+            await in_thread_shielded(begun.close)
+        raise prepared
+    if isinstance(begun, BaseException):
+        raise begun
+    leftovers, cbt_now, cbt_note = prepared
+    writer: PointWriter = begun
+    clock = _lap("prepare", clock, bound)
     try:
         source = (
             template_source()
@@ -160,6 +181,7 @@ async def _backup_locked(
             )
         )
         async with source as snap, vddk_access(ctx, vm, opts.transports):
+            clock = _lap("snapshot", clock, bound)
             if not template:
                 snap.consistency, why = await point_consistency(
                     ctx.session, vm, snap.ref, snap.consistency
@@ -200,7 +222,9 @@ async def _backup_locked(
                 records.append(rec)
                 results.append(res)
             config_blob = {"format": "vim.vm.ConfigInfo/soap-xml", "xml": serialize_config(config)}
+            clock = _lap("read", clock, bound)
         # The snapshot is gone here (removed by the context manager, also on error).
+        clock = _lap("snapshot_removal", clock, bound)
         consolidation = (
             None
             if snap.left_behind or template
@@ -239,6 +263,7 @@ async def _backup_locked(
                 vss_manifest=vss,
             )
         )
+        clock = _lap("commit", clock, bound)
     finally:
         await in_thread_shielded(writer.close)
     result = BackupResult(
@@ -254,6 +279,7 @@ async def _backup_locked(
         snapshot_left=snap.left_behind,
     )
     await ctx.record_point(point_id)
+    _lap("record", clock, bound)
     bound.info(
         "backup.done",
         point=point_id,
@@ -263,3 +289,10 @@ async def _backup_locked(
         seconds=round((finished - started).total_seconds(), 2),
     )
     return result
+
+
+def _lap(phase: str, since: float, bound: Any) -> float:
+    """Logs the phase that began at `since` (a `phase` debug line); returns now."""
+    now = time.monotonic()
+    phases.record(phase, now - since, bound)
+    return now

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from typing import Any
 
@@ -109,20 +110,29 @@ async def run(args: argparse.Namespace) -> int:
         return await run_scope(args)
     if args.vapp is not None:
         return await run_vapp(args)
+    from protector import phases
+    from protector.cli.common import open_repository
+
+    cfg = config_of(args)
+    # The repository's key derivation (~0.1-0.5 s of CPU, in a thread) starts first: it runs
+    # while this process imports the vCenter and backup code and logs in.
+    opening = asyncio.ensure_future(
+        phases.timed_await("repository_open", open_repository(cfg, create=True))
+    )
+    await asyncio.sleep(0)  # it reaches its thread
     from protector.backup import backup_vm
-    from protector.cli.common import find_vm, open_repository
+    from protector.cli.common import find_vm
     from protector.context import Context
     from protector.policyaccess import backup_options_for
     from protector.repoaccess import open_catalog
-    from protector.vsphere.connect import open_session
     from watcher.inventory import read_inventory_with_tags
 
-    cfg = config_of(args)
-    repo = await open_repository(cfg, create=True)
-    session = await open_session(cfg)
-    catalog = await open_catalog(repo)
+    session, repo = await login_then_repository(cfg, opening)
+    catalog = None
     try:
-        tree = await read_inventory_with_tags(session, required=False)  # policies use tags
+        catalog = await open_catalog(repo)  # this machine's state (repo.state): nothing to open
+        # policies select by tags, so the VM's node comes with its tags
+        tree = await phases.timed_await("lookup", read_inventory_with_tags(session, required=False))
         node = find_vm(tree.vms(), args.vm)
         opts = backup_options_for(cfg, tree, node, full=args.full)
         ctx = Context.create(cfg, session, repo, catalog)
@@ -132,8 +142,8 @@ async def run(args: argparse.Namespace) -> int:
             result = await backup_vm(ctx, vm, opts, path=node.path, progress=progress)
         progress.finish()
     finally:
-        await catalog.close()
-        await session.close()
+        with phases.timed("exit"):
+            await close_all(session, catalog)
     if args.json:
         print_json(result_record(result))
     else:
@@ -154,6 +164,40 @@ async def run(args: argparse.Namespace) -> int:
             f"({result.snapshot_left}); the next backup of this VM removes it",
         )
     return 0
+
+
+async def login_then_repository(cfg: Any, opening: asyncio.Future[Any]) -> tuple[Any, Any]:
+    """Imports the vCenter code and logs in while the repository opens (`opening`); the
+    session is closed if the repository failed, the opening awaited if the login did."""
+    from protector import phases
+
+    try:
+        from protector.vsphere.connect import open_session
+
+        phases.record("startup", phases.process_age())
+        session = await phases.timed_await("login", open_session(cfg))
+    except BaseException as login_exc:
+        try:
+            await opening
+        except Exception as repo_exc:
+            # What the sequential order reported first: a missing or unreadable repository
+            # (a config problem) outranks an unreachable vCenter (not a cancellation).
+            if isinstance(login_exc, Exception):
+                raise repo_exc from None
+        raise
+    try:
+        return session, await opening
+    except BaseException:
+        await session.close()
+        raise
+
+
+async def close_all(session: Any, catalog: Any) -> None:
+    """The catalog and the vCenter session (Logout) closed together."""
+    closing = [session.close(), *([catalog.close()] if catalog is not None else [])]
+    for outcome in await asyncio.gather(*closing, return_exceptions=True):
+        if isinstance(outcome, BaseException):
+            raise outcome
 
 
 async def run_vapp(args: argparse.Namespace) -> int:

@@ -6,7 +6,6 @@ import argparse
 from typing import Any
 
 from protector.cli.common import config_of, json_option, open_repository, print_json
-from protector.repoaccess import open_catalog
 
 
 def register(sub: Any) -> None:
@@ -28,6 +27,8 @@ def register(sub: Any) -> None:
 
 
 async def run(args: argparse.Namespace) -> int:
+    from protector.repoaccess import open_catalog
+
     cfg = config_of(args)
     repo = await open_repository(cfg)
     catalog = await open_catalog(repo)

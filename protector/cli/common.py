@@ -15,8 +15,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-import anyio
-
 from protector.config import Config, RepositoryConfig, load_config, resolve_path
 from protector.errors import UserError
 
@@ -149,6 +147,8 @@ POINT_HELP = "restore point: id, unique id prefix, `latest` or VM@latest (`vigil
 async def require_point(repo: Any, spec: str) -> str:
     """The id of the point `spec` names (an id, a unique prefix, `latest`, VM@latest: see
     protector.pointref), else a UserError naming the candidates or the closest ids."""
+    import anyio
+
     from protector.pointref import needs_manifests, resolve_point
 
     ids = await anyio.to_thread.run_sync(repo.list_points)

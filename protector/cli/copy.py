@@ -7,12 +7,9 @@ import argparse
 import sys
 from typing import Any
 
-import anyio
-
 from protector.cli.common import config_of, copy_config, json_option, open_repository, print_json
 from protector.cli.progress import human_bytes
 from protector.errors import UserError
-from protector.repoaccess import all_manifests, matches_vm, open_configured
 
 
 def register(sub: Any) -> None:
@@ -39,6 +36,9 @@ def register(sub: Any) -> None:
 
 
 async def run(args: argparse.Namespace) -> int:
+    import anyio
+
+    from protector.repoaccess import all_manifests, matches_vm, open_configured
     from repository.copy import copy_points
 
     cfg = config_of(args)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-import anyio
-
 from protector.cli.common import (
     POINT_HELP,
     config_of,
@@ -16,7 +14,6 @@ from protector.cli.common import (
     require_point,
 )
 from protector.errors import UserError
-from repository.errors import CorruptChunkError, RepositoryError
 
 
 def register(sub: Any) -> None:
@@ -54,6 +51,10 @@ def register(sub: Any) -> None:
 
 
 async def run(args: argparse.Namespace) -> int:
+    import anyio
+
+    from repository.errors import CorruptChunkError, RepositoryError
+
     cfg = config_of(args)
     repo = await open_repository(cfg)
     args.point = await require_point(repo, args.point)

@@ -7,12 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import anyio
-
 from protector.cli.common import check_location, config_of, copy_config, print_json
 from protector.errors import UserError
-from repository.admin import init_cmd
-from repository.errors import RepositoryError
 
 
 def register(sub: Any) -> None:
@@ -43,7 +39,11 @@ def register(sub: Any) -> None:
 
 
 async def run(args: argparse.Namespace) -> int:
+    import anyio
+
     from protector.repoaccess import open_backend
+    from repository.admin import init_cmd
+    from repository.errors import RepositoryError
 
     cfg = config_of(args)
     rc = copy_config(cfg, args.copy) if args.copy else cfg.repository

@@ -9,7 +9,6 @@ import sys
 from typing import Any
 
 from protector.cli.common import json_option, print_json
-from protector.vsphere.connect import open_session
 
 
 def register(sub: Any) -> None:
@@ -69,6 +68,7 @@ def render_tree(vms: list[Any]) -> str:
 
 async def run(args: argparse.Namespace) -> int:
     from protector.cli.common import config_of
+    from protector.vsphere.connect import open_session
     from watcher.inventory import read_inventory_with_tags
 
     cfg = config_of(args)
@@ -88,7 +88,7 @@ async def run(args: argparse.Namespace) -> int:
 
 
 async def _watch(cfg: Any, as_json: bool) -> int:
-    from protector.vsphere.connect import connect_session
+    from protector.vsphere.connect import connect_session, open_session
     from watcher.events import event_to_json
     from watcher.updates import Watcher
 

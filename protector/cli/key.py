@@ -6,11 +6,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-import anyio
-
 from protector.cli.common import config_of, open_repository
 from protector.cli.init import print_outcome
-from repository import admin
 
 NEW_ENV = "VIGIL_NEW_PASSPHRASE"
 
@@ -43,10 +40,14 @@ def register(sub: Any) -> None:
 
 
 async def run(args: argparse.Namespace) -> int:
+    import anyio
+
+    from repository import admin
+
     repo = await open_repository(config_of(args))
     action = args.key_command
 
-    def go() -> admin.Outcome:
+    def go() -> Any:
         if action == "list":
             return admin.key_list(repo)
         if action == "remove":

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-import anyio
-
 from protector.cli.common import (
     as_of_option,
     clean,
@@ -17,7 +15,6 @@ from protector.cli.common import (
     print_json,
 )
 from protector.errors import UserError
-from protector.repoaccess import all_manifests, matches_vm, point_summary
 
 
 def register(sub: Any) -> None:
@@ -82,6 +79,10 @@ def refuse_ambiguous(spec: str, manifests: list[Any]) -> None:
 
 
 async def run(args: argparse.Namespace) -> int:
+    import anyio
+
+    from protector.repoaccess import all_manifests, matches_vm, point_summary
+
     cfg = config_of(args)
     repo = await open_repository(cfg, as_of=args.as_of)
     manifests = all_points = await all_manifests(repo)

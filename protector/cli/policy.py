@@ -6,11 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from policies.cli import check_exit_code, check_report, diff_report, render_check, render_diff
-from policies.errors import PolicyLoadError
 from protector.cli.common import config_of, json_option, print_json, require_policies_path
-from protector.policyaccess import load_checked, vm_facts
-from protector.vsphere.connect import open_session
 
 
 def register(sub: Any) -> None:
@@ -53,6 +49,8 @@ def register(sub: Any) -> None:
 
 
 async def _facts(cfg: Any) -> list[Any]:
+    from protector.policyaccess import vm_facts
+    from protector.vsphere.connect import open_session
     from watcher.inventory import read_inventory_with_tags
 
     session = await open_session(cfg)
@@ -63,12 +61,16 @@ async def _facts(cfg: Any) -> list[Any]:
     return [vm_facts(v) for v in tree.vms()]
 
 
-def _errors(exc: PolicyLoadError) -> int:
+def _errors(exc: Any) -> int:
     print(str(exc), file=sys.stderr)
     return 2
 
 
 async def run_check(args: argparse.Namespace) -> int:
+    from policies.cli import check_exit_code, check_report, render_check
+    from policies.errors import PolicyLoadError
+    from protector.policyaccess import load_checked
+
     cfg = config_of(args)
     require_policies_path(cfg)
     try:
@@ -90,6 +92,9 @@ async def run_check(args: argparse.Namespace) -> int:
 
 
 async def run_diff(args: argparse.Namespace) -> int:
+    from policies.cli import diff_report, render_diff
+    from policies.errors import PolicyLoadError
+
     cfg = config_of(args)
     from policies.loader import load_policies
 

@@ -6,10 +6,6 @@ import argparse
 from datetime import datetime
 from typing import Any
 
-import anyio
-
-from policies.engine import evaluate_one
-from policies.errors import PolicyLoadError
 from protector.cli.common import (
     config_of,
     json_option,
@@ -18,10 +14,6 @@ from protector.cli.common import (
     require_policies_path,
 )
 from protector.errors import UserError
-from protector.policyaccess import PruneScope, load_checked, retention_rules
-from protector.vsphere.connect import open_session
-from repository import prune
-from watcher.inventory import read_inventory_with_tags
 
 
 def register(sub: Any) -> None:
@@ -43,6 +35,15 @@ def register(sub: Any) -> None:
 
 
 async def run(args: argparse.Namespace) -> int:
+    import anyio
+
+    from policies.engine import evaluate_one
+    from policies.errors import PolicyLoadError
+    from protector.policyaccess import PruneScope, load_checked, retention_rules
+    from protector.vsphere.connect import open_session
+    from repository import prune
+    from watcher.inventory import read_inventory_with_tags
+
     cfg = config_of(args)
     require_policies_path(cfg)
     try:

@@ -6,11 +6,8 @@ import argparse
 from datetime import UTC, datetime
 from typing import Any
 
-import anyio
-
 from protector.cli.common import clean, config_of, json_option, open_repository, print_json
 from protector.cli.progress import human_bytes
-from protector.stats import PointChunks, compute
 
 KINDS = ("chunks", "indexes", "manifests", "tombstones", "pins")
 
@@ -34,6 +31,8 @@ def register(sub: Any) -> None:
 
 def gather(repo: Any) -> dict[str, Any]:
     """The I/O half: manifests, their indexes (each loaded once), object sizes."""
+    from protector.stats import PointChunks, compute
+
     objects = {}
     for kind in KINDS:
         infos = list(repo.backend.list(f"{kind}/"))
@@ -103,6 +102,8 @@ def render(s: dict[str, Any]) -> str:
 
 
 async def run(args: argparse.Namespace) -> int:
+    import anyio
+
     repo = await open_repository(config_of(args))
     with repo.reading():  # a prune sweep does not pull indexes from under us
         stats = await anyio.to_thread.run_sync(gather, repo)

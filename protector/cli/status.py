@@ -6,8 +6,6 @@ import argparse
 import os
 from typing import Any
 
-import aiohttp
-
 from protector.cli.common import clean, config_of, json_option, print_json
 from protector.errors import UserError
 
@@ -105,6 +103,8 @@ def _job(j: dict[str, Any]) -> str:
 
 
 def _reason(exc: BaseException) -> str:
+    import aiohttp
+
     if isinstance(exc, aiohttp.ClientConnectorError) and exc.os_error.errno:
         return os.strerror(exc.os_error.errno) if exc.os_error.errno > 0 else str(exc.os_error)
     if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
@@ -120,6 +120,8 @@ def _state(vm: dict[str, Any]) -> str:
 
 
 async def run(args: argparse.Namespace) -> int:
+    import aiohttp
+
     cfg = config_of(args)
     listen = cfg.daemon.status_listen
     headers = {}

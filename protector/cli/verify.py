@@ -5,11 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-import anyio
-
 from protector.cli.common import config_of, json_option, open_repository, print_json, require_point
-from protector.repoaccess import open_catalog
-from repository import verify
 
 
 def register(sub: Any) -> None:
@@ -46,6 +42,11 @@ def register(sub: Any) -> None:
 
 
 async def run(args: argparse.Namespace) -> int:
+    import anyio
+
+    from protector.repoaccess import open_catalog
+    from repository import verify
+
     cfg = config_of(args)
     repo = await open_repository(cfg)
     if args.point:

@@ -295,8 +295,9 @@ async def test_cli_backup_list_restore_export_json(rig: Rig) -> None:
 
     [p] = await vigil(rig, "list", "DC0_H0_VM0", "--json")
     assert set(p) == {
-        "id", "vm", "created_at", "type", "status", "policy", "consistency", "disks"
+        "id", "vm", "created_at", "type", "status", "policy", "consistency", "disks", "pinned"
     }  # fmt: skip
+    assert p["pinned"] is False
     assert p["id"] == b["id"] and p["type"] == "full" and p["status"] == "committed"
     assert p["consistency"] in ("quiesced", "crash")
     assert set(p["vm"]) == {"name", "path", "instance_uuid", "moref"}

@@ -1,0 +1,343 @@
+"""The fixed cost of one backup (issue 18 part 3): `vigil backup` as a whole process against
+restic and borg on the same flat file, in the same run.
+
+    .venv/bin/python bench/bench_backup_cli.py [--size 1G] [--runs 3] [--work /dev/shm/...]
+
+Workload: ../shared/bench/mkimage.py's guest-like image (seed 1) copied into the simulator
+VM's `-flat.vmdk` (file transport, datastore and repositories in tmpfs), then `--mutate 1`
+(seed 2) for the second backup. Per run, each tool starts from an empty repository:
+
+  full          vigil: `vigil backup VM` (a new repository: every allocated block);
+                restic: `restic backup FLAT`; borg: `borg create FLAT`
+  incr_nocbt    after the 1 % mutation, a second backup that reads the whole disk and stores
+                what is new: vigil `backup VM --full` (no CBT), restic and borg again
+  incr_cbt      vigil only: a third backup after another 1 % mutation through CBT
+  daemon job    the daemon's per-job overhead: the same VM (a policy covers it) backed up
+                by the daemon's job runner in-process into a fresh repository (a full
+                read): time from the daemon's first complete inventory to the job's start,
+                and the job's duration, beside the CLI's full backup
+
+Settings: all three encrypted with their default key derivation (vigil: its default
+Argon2id slot, as `vigil init` makes; restic: its calibrated scrypt; borg: repokey).
+borg: `--chunker-params fixed,4194304 --compression zstd,1`; restic `--compression auto`
+(zstd fastest, restic's only non-max level). vigil: its default chunk size and zstd level.
+Each time is the whole process (fork to exit) measured here; for vigil the per-phase
+figures come from its `--log-level debug` `phase` lines, including the simulator's
+CreateSnapshot (it hashes the whole flat file to emulate CBT, which ESXi does not do).
+bench_daemon.py has the daemon's event -> job start latency over many VM moves.
+
+Writes bench/results/backup_cli.json. Goals: vigil >= 1.5x the faster peer (full and
+incr_nocbt), repository size <= 1.05x restic's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pyVmomi import vim  # noqa: E402
+
+from protector.devtools.simulator import Simulator  # noqa: E402
+from repository import Repository  # noqa: E402
+from watcher.session import Credentials, Session  # noqa: E402
+from watcher.soap import Endpoint  # noqa: E402
+from watcher.tasks import wait_for_task  # noqa: E402
+
+# ../shared from the main checkout, ../../shared from a worktree under wt/; or $VIGIL_MKIMAGE.
+MKIMAGE = (
+    Path(os.environ["VIGIL_MKIMAGE"])
+    if "VIGIL_MKIMAGE" in os.environ
+    else next(
+        (p for p in (r / "shared" / "bench" / "mkimage.py" for r in ROOT.parents) if p.exists()),
+        ROOT.parent / "shared" / "bench" / "mkimage.py",
+    )
+)
+PASS = "bench-passphrase"
+VM_NAME = "DC0_H0_VM0"
+
+
+def sh(
+    cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = None
+) -> tuple[float, str]:
+    """Runs cmd to completion; (wall seconds, stderr)."""
+    t = time.perf_counter()
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=cwd)
+    wall = time.perf_counter() - t
+    if p.returncode:
+        raise SystemExit(f"{' '.join(map(str, cmd))}: exit {p.returncode}\n{p.stderr[-3000:]}")
+    return wall, p.stderr
+
+
+def du(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def mkimage(path: Path, *args: str) -> None:
+    subprocess.run([sys.executable, MKIMAGE, path, *args], check=True, stdout=subprocess.DEVNULL)
+
+
+async def prepare_vm(sim: Simulator, size: int) -> Path:
+    """Grows the VM's first disk to `size`, CBT off; returns its flat file."""
+    session = await Session(Endpoint(sim.url), Credentials(sim.user, sim.password)).connect()
+    try:
+        idx = session.content.searchIndex
+        ref = await session.call(idx, "FindByInventoryPath", inventoryPath=f"DC0/vm/{VM_NAME}")
+        vm = session.client.bind(ref)
+        config = (await session.properties(vm, ["config"]))["config"]
+        disk = next(d for d in config.hardware.device if isinstance(d, vim.vm.device.VirtualDisk))
+        t = await session.call(
+            vm, "ReconfigVM_Task", spec=vim.vm.ConfigSpec(changeTrackingEnabled=False)
+        )
+        await wait_for_task(session, t)
+        if disk.capacityInKB * 1024 != size:
+            disk.capacityInKB = size // 1024
+            change = vim.vm.device.VirtualDeviceSpec(operation="edit", device=disk)
+            t = await session.call(
+                vm, "ReconfigVM_Task", spec=vim.vm.ConfigSpec(deviceChange=[change])
+            )
+            await wait_for_task(session, t)
+        # No snapshot of an earlier run left on the VM (the flat file is the base disk).
+        rel = disk.backing.fileName.split("] ", 1)[1].replace(".vmdk", "-flat.vmdk", 1)
+    finally:
+        await session.close()
+    ds_dir = next(d for d in sim.datastore_dirs if "-LocalDS_0-" in d.name)
+    return ds_dir / rel
+
+
+def phases(stderr: str) -> dict[str, float]:
+    """vigil's `phase` debug lines (protector/phases.py): {phase: seconds}."""
+    out: dict[str, float] = {}
+    for line in stderr.splitlines():
+        if '"phase"' not in line:
+            continue
+        rec = json.loads(line)
+        if rec.get("event") == "phase":
+            out[rec["phase"]] = out.get(rec["phase"], 0.0) + rec["seconds"]
+    return out
+
+
+def vigil_setup(
+    sim: Simulator, work: Path, name: str, code: Path
+) -> tuple[list[str], Path, dict[str, str]]:
+    """(argv of `vigil backup VM`, its repository, its environment) for vigil from `code`
+    (this checkout, or --baseline's) with a fresh repository of its own."""
+    ds_dir = next(d for d in sim.datastore_dirs if "-LocalDS_0-" in d.name)
+    repo = work / f"{name}-repo"
+    shutil.rmtree(repo, ignore_errors=True)
+    (work / "policies").mkdir(exist_ok=True)
+    cfgfile = work / f"{name}.toml"
+    cfgfile.write_text(
+        f'[vcenter]\nurl = "{sim.url}"\nuser = "{sim.user}"\npassword_env = "VIGIL_BENCH_PW"\n'
+        f'[repository]\npath = "{repo}"\npassphrase_env = "VIGIL_BENCH_PASS"\n'
+        f'[policies]\npath = "{work / "policies"}"\n'
+        f'[transport]\nmodes = ["file"]\n[transport.file.datastores]\nLocalDS_0 = "{ds_dir}"\n'
+    )
+    Repository.init(repo, passphrase=PASS)  # what `vigil init` makes: the default KDF
+    argv = [sys.executable, "-m", "protector.cli", "--config", str(cfgfile)]
+    argv += ["--log-level", "debug", "--log-json", "backup", VM_NAME]
+    return argv, repo, {"PYTHONPATH": str(code)}
+
+
+async def daemon_job(sim: Simulator, work: Path) -> dict[str, Any]:
+    """The same VM backed up by `vigil watch`'s machinery in-process (a policy covers it, a
+    fresh repository, so the daemon starts a full backup once its inventory is ready):
+    ready -> job started, and the job's own duration (no process start-up or login)."""
+    from protector.config import load_config
+    from protector.daemon.daemon import Daemon
+
+    ds_dir = next(d for d in sim.datastore_dirs if "-LocalDS_0-" in d.name)
+    repo, pol = work / "daemon-repo", work / "daemon-policies"
+    shutil.rmtree(repo, ignore_errors=True)
+    pol.mkdir(exist_ok=True)
+    (pol / "main.toml").write_text(
+        f'[[policy]]\nname = "bench"\npriority = 10\n[policy.select]\nnames = ["{VM_NAME}"]\n'
+        '[policy.schedule]\nrpo = "24h"\n[policy.retention]\nkeep_last = 3\n'
+    )
+    cfgfile = work / "daemon.toml"
+    cfgfile.write_text(
+        f'[vcenter]\nurl = "{sim.url}"\nuser = "{sim.user}"\npassword_env = "VIGIL_BENCH_PW"\n'
+        f'[repository]\npath = "{repo}"\npassphrase_env = "VIGIL_BENCH_PASS"\n'
+        f'[policies]\npath = "{pol}"\n'
+        f'[transport]\nmodes = ["file"]\n[transport.file.datastores]\nLocalDS_0 = "{ds_dir}"\n'
+        '[daemon]\nstatus_listen = "127.0.0.1:0"\n'
+    )
+    Repository.init(repo, passphrase=PASS)
+    os.environ.update(VIGIL_BENCH_PW=sim.password, VIGIL_BENCH_PASS=PASS)
+    daemon = Daemon(load_config(cfgfile))
+    task = asyncio.create_task(daemon.run(install_signals=False))
+    try:
+        await asyncio.wait_for(daemon.ready.wait(), 300)
+        ready = time.time()
+        assert daemon.runner is not None
+        while True:
+            done = [r for r in daemon.runner.history if r.vm_name == VM_NAME and r.finished]
+            if done:
+                rec = done[0]
+                break
+            if task.done():
+                task.result()
+                raise SystemExit("the daemon stopped before backing up the VM")
+            await asyncio.sleep(0.01)
+    finally:
+        daemon.request_stop()
+        await asyncio.wait_for(task, 120)
+    if rec.outcome != "success":
+        raise SystemExit(f"daemon job: {rec.outcome}: {rec.error}")
+    assert rec.finished is not None
+    return {
+        "daemon_ready_to_job_s": rec.started - ready,
+        "daemon_job_s": rec.finished - rec.started,
+    }
+
+
+def one_run(
+    sim: Simulator, work: Path, base: Path, size: int, baseline: Path | None
+) -> dict[str, Any]:
+    flat = asyncio.run(prepare_vm(sim, size))
+    rrepo, brepo = work / "restic-repo", work / "borg-repo"
+    for p in (rrepo, brepo):
+        shutil.rmtree(p, ignore_errors=True)
+    env = dict(
+        os.environ,
+        VIGIL_BENCH_PW=sim.password,
+        VIGIL_BENCH_PASS=PASS,
+        RESTIC_PASSWORD=PASS,
+        BORG_PASSPHRASE=PASS,
+        BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK="yes",
+        BORG_RELOCATED_REPO_ACCESS_IS_OK="yes",
+    )
+    vigils = {"vigil": vigil_setup(sim, work, "vigil", ROOT)}
+    if baseline is not None:
+        vigils["baseline"] = vigil_setup(sim, work, "baseline", baseline)
+    sh(["restic", "init", "--repository-version", "2", "-r", str(rrepo)], env)
+    sh(["borg", "init", "-e", "repokey", str(brepo)], env)
+    restic = ["restic", "-r", str(rrepo), "backup", "--compression", "auto", "-q", str(flat)]
+
+    def borg(name: str) -> list[str]:
+        return [
+            "borg",
+            "create",
+            "--chunker-params",
+            "fixed,4194304",
+            "--compression",
+            "zstd,1",
+            f"{brepo}::{name}",
+            str(flat),
+        ]
+
+    def each_vigil(kind: str, extra: list[str]) -> None:
+        for name, (argv, _repo, venv) in vigils.items():
+            # cwd: `python -m` puts the current directory first on sys.path
+            code = Path(venv["PYTHONPATH"])
+            out[f"{name}_{kind}_s"], err = sh([*argv, *extra], {**env, **venv}, cwd=code)
+            out[f"{name}_{kind}_phases"] = phases(err)
+
+    out: dict[str, Any] = {}
+    shutil.copyfile(base, flat)
+    each_vigil("full", [])
+    out["restic_full_s"], _ = sh(restic, env)
+    out["borg_full_s"], _ = sh(borg("full"), env)
+    mkimage(flat, "--mutate", "1", "--seed", "2")
+    each_vigil("incr_nocbt", ["--full"])
+    out["restic_incr_nocbt_s"], _ = sh(restic, env)
+    out["borg_incr_nocbt_s"], _ = sh(borg("incr"), env)
+    # Sizes after the same two backups (before vigil's third, CBT, point).
+    for name, (_argv, repo, _venv) in vigils.items():
+        out[f"{name}_repo_bytes"] = du(repo)
+    out["restic_repo_bytes"] = du(rrepo)
+    out["borg_repo_bytes"] = du(brepo)
+    out["repo_vs_restic"] = out["vigil_repo_bytes"] / out["restic_repo_bytes"]
+    mkimage(flat, "--mutate", "1", "--seed", "3")
+    each_vigil("incr_cbt", [])
+    out.update(asyncio.run(daemon_job(sim, work)))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", type=Path, default=Path("/dev/shm/vigil-bench-cli"))
+    ap.add_argument("--size", default="1G")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument(
+        "--baseline",
+        type=Path,
+        help="another vigil checkout (e.g. main's) run beside this one, same VM, same run",
+    )
+    args = ap.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    base = args.work / f"base-{args.size}.img"
+    if not base.exists():
+        mkimage(base, "--size", args.size, "--seed", "1")
+    size = base.stat().st_size
+    runs: list[dict[str, Any]] = []
+    simdir = args.work / "vcsim"
+    shutil.rmtree(simdir, ignore_errors=True)
+    simdir.mkdir()
+    with Simulator(tmpdir=str(simdir)) as sim:
+        for i in range(args.runs):
+            r = one_run(sim, args.work, base, size, args.baseline)
+            runs.append(r)
+            flat = {k: round(v, 3) for k, v in r.items() if isinstance(v, (int, float))}
+            print(f"run {i + 1}: {json.dumps(flat)}", file=sys.stderr, flush=True)
+    shutil.rmtree(simdir, ignore_errors=True)
+    names = ["vigil", *(["baseline"] if args.baseline else [])]
+    for r in runs:
+        for kind in ("full", "incr_nocbt"):
+            peer = min(r[f"restic_{kind}_s"], r[f"borg_{kind}_s"])
+            for name in names:
+                r[f"{name}_{kind}_vs_faster_peer"] = peer / r[f"{name}_{kind}_s"]
+    med = {
+        k: statistics.median(r[k] for r in runs)
+        for k, v in runs[0].items()
+        if not isinstance(v, dict)
+    }
+    med_phases = {
+        f"{name}_{kind}": {
+            ph: statistics.median(r[f"{name}_{kind}_phases"].get(ph, 0.0) for r in runs)
+            for ph in runs[0][f"{name}_{kind}_phases"]
+        }
+        for name in names
+        for kind in ("full", "incr_nocbt", "incr_cbt")
+    }
+    print(f"\n{size / 2**20:.0f} MiB guest-like image, whole process, median of {args.runs} runs\n")
+    print("| backup | tool | seconds | vs faster peer (goal >= 1.5x) |")
+    print("|---|---|---|---|")
+    for kind in ("full", "incr_nocbt", "incr_cbt"):
+        for name in [*names, "restic", "borg"]:
+            if f"{name}_{kind}_s" not in med:
+                continue
+            ratio = med.get(f"{name}_{kind}_vs_faster_peer")
+            print(
+                f"| {kind} | {name} | {med[f'{name}_{kind}_s']:.2f} | "
+                f"{f'{ratio:.2f}x' if ratio else '-'} |"
+            )
+    sizes = ", ".join(
+        f"{n} {med[f'{n}_repo_bytes'] / 2**20:.1f}" for n in [*names, "restic", "borg"]
+    )
+    print(
+        f"\nrepository MiB after full + incr_nocbt: {sizes}; "
+        f"vigil/restic {med['repo_vs_restic']:.3f} (goal <= 1.05)"
+    )
+    for kind, ph in med_phases.items():
+        print(f"{kind} phases: " + ", ".join(f"{k} {v:.3f}" for k, v in ph.items()))
+    results = ROOT / "bench" / "results"
+    results.mkdir(exist_ok=True)
+    (results / "backup_cli.json").write_text(
+        json.dumps({"runs": runs, "median": med, "median_phases": med_phases}, indent=1)
+    )
+
+
+if __name__ == "__main__":
+    main()
