@@ -99,10 +99,12 @@ def result_record(r: Any) -> dict[str, Any]:
 
 async def run(args: argparse.Namespace) -> int:
     scoped = args.policy is not None or args.folder is not None
-    if sum((args.vm is not None, args.vapp is not None, scoped)) != 1:
+    given = sum((args.vm is not None, args.vapp is not None, scoped))
+    if given != 1:
         raise UserError(
-            "name one VM, or a vApp with --vapp PATH, or a scope with --policy NAME and/or "
-            "--folder PATH (one of these)"
+            ("only one of these, not several: " if given else "name what to back up: ")
+            + "one VM, or a vApp with --vapp PATH, or a scope with --policy NAME and/or "
+            "--folder PATH"
         )
     if scoped:
         from protector.cli.backup_scope import run_scope

@@ -219,4 +219,4 @@ async def test_cli_backup_vapp(vapp_rig: Rig, monkeypatch: pytest.MonkeyPatch) -
     err = await vigil(rig, "backup", "--vapp", "/DC0/host/DC0_C0/Resources/nope", ok=False)
     assert "no vApp at inventory path" in err
     err = await vigil(rig, "backup", "DC0_H0_VM0", "--vapp", path, ok=False)
-    assert "not both" in err
+    assert "only one of these, not several" in err and "--vapp" in err

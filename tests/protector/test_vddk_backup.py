@@ -66,7 +66,7 @@ async def test_backup_and_restore_through_vddk_keep_vmwares_rules(
     # The restore writes (no snapshot: a restore writes the VM's current disks), bracketed too.
     log.unlink()
     rig.flat(await rig.disk(vm)).write_bytes(bytes(4 * MIB))  # the VM's disk, wiped
-    await restore_to_existing(rig.ctx, result.point_id, vm, power_off=True)
+    await restore_to_existing(rig.ctx, result.point_id, vm, power_off=True, force=True)
     fns = [fn for _, fn, _ in calls(log)]
     assert fns[0] == "PrepareForAccess" and fns[-1] == "EndAccess"
     assert "ConnectEx" in fns and "Cleanup" not in fns  # once per process and server
@@ -122,7 +122,7 @@ async def test_metadata_goes_to_new_disks_only_without_identity_keys(
 
     log.unlink()
     await anyio.Path(meta).write_text(uuid + "adapterType=ide\n")
-    await restore_to_existing(rig.ctx, point, vm, power_off=True)
+    await restore_to_existing(rig.ctx, point, vm, power_off=True, force=True)
     assert "WriteMetadata" not in [fn for _, fn, _ in calls(log)]
     assert (
         "adapterType=ide" in await anyio.Path(meta).read_text()
