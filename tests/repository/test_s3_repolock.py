@@ -48,8 +48,10 @@ def test_lock_refreshed_by_a_new_object_and_released_without_trace(
     lock = repo.lock(purpose="long backup")
     first = lock.key
     assert first is not None and backend.retention_of(first) is None  # no retention
+    # The refresher writes the new object, then deletes the old one: wait for both steps
+    # rather than reading between them.
     deadline = time.monotonic() + 20
-    while lock.key == first and time.monotonic() < deadline:
+    while time.monotonic() < deadline and (lock.key == first or backend.exists(str(first))):
         time.sleep(0.05)
     assert lock.key != first and not backend.exists(str(first))
     other = Repository.open("s3", PASSPHRASE, tmp_path / "b", backend=backend)
