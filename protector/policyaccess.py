@@ -36,6 +36,7 @@ def vm_facts(node: Any) -> VmFacts:
         attributes=dict(node.attributes),
         annotation=node.annotation or "",
         template=node.template,
+        vapps=tuple(getattr(node, "vapps", ()) or ()),
     )
 
 

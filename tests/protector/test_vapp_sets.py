@@ -286,3 +286,45 @@ async def test_a_failed_member_leaves_the_set_incomplete(failing_vapp_rig: Rig) 
     )  # fmt: skip
     assert [m["vm"]["name"] for m in r["members"]] == ["DC0_C0_APP0_VM0-half"]
     assert any("not restored" in n for n in r["notes"])
+
+
+SHOP_POLICY = f"""\
+[[policy]]
+name = "shop"
+priority = 10
+
+[policy.select]
+vapps = ["{APP}"]
+
+[policy.schedule]
+rpo = "24h"
+
+[policy.retention]
+keep_last = 3
+
+[policy.backup]
+quiesce = false
+"""
+
+
+async def test_a_policy_selecting_a_vapp_backs_it_up_as_one_set(
+    vapp_rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`vapps` selects the vApp by path; its VMs, the nested vApp's too, are one set."""
+    rig = vapp_rig
+    monkeypatch.setenv("VIGIL_TEST_VCENTER_PASSWORD", rig.sim.password)
+    shop = await build_shop(rig)
+    (rig.tmp / "policies" / "shop.toml").write_text(SHOP_POLICY)
+
+    out = await vigil(rig, "backup", "--policy", "shop", "--json")
+    assert out["failures"] == [] and out["skipped"] == []
+    [vset] = out["vapp_sets"]
+    assert vset["vapp"] == APP and vset["complete"] is True and len(vset["points"]) == 3
+    assert sorted(p["vm"]["moref"] for p in out["points"]) == sorted(
+        m._moId for m in shop["members"]
+    )
+    [listed] = await vigil(rig, "list", "--vapps", "--json")
+    assert listed["id"] == vset["id"] and listed["complete"] and listed["vapp"]["nested_vapps"] == 1
+    # the points carry the policy
+    for p in out["points"]:
+        assert rig.repo.load_manifest(p["id"]).policy == "shop"
