@@ -9,6 +9,7 @@ when the process dies half-way. docs/repository-format.md, "vApp sets"."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +46,7 @@ async def backup_vapp(
     vm_paths: dict[str, str] | None = None,
     job_id: str | None = None,
     progress: Progress | None = None,
+    before_commit: Callable[[], Awaitable[None]] | None = None,
 ) -> VappBackupResult:
     """Back up every VM of a vApp (nested vApps included) as one job. Each VM gets its own
     restore point (each restores on its own); the points carry the same set record (id,
@@ -66,6 +68,10 @@ async def backup_vapp(
         "tree": saved,
     }
     out = VappBackupResult(group["id"], group["name"], vapp._moId, members)
+    # A member's path when the caller has none: where vCenter lists a VM that lives only
+    # in a vApp, under the vApp's path (watcher/tree.py).
+    paths = dict(_paths_in(saved, path)) if path else {}
+    paths.update(vm_paths or {})
     log.info("backup.vapp_start", vapp=group["name"], vms=len(vms), group=group["id"])
     for vm in vms:
         try:
@@ -73,14 +79,22 @@ async def backup_vapp(
                 ctx,
                 vm,
                 opts,
-                path=(vm_paths or {}).get(vm._moId, ""),
+                path=paths.get(vm._moId, ""),
                 job_id=job_id,
                 progress=progress,
                 group=group,
+                before_commit=before_commit,
             )
         except Exception as exc:  # the other VMs of the vApp still get their points
             log.error("backup.vapp_member_failed", vapp=group["name"], vm=vm._moId, error=str(exc))
             out.failures.append((vm._moId, str(exc)))
             continue
         out.results.append(res)
+    return out
+
+
+def _paths_in(node: dict[str, Any], path: str) -> list[tuple[str, str]]:
+    out = [(vm, f"{path}/{name}") for vm, name in (node.get("vm_names") or {}).items()]
+    for child in node.get("children") or []:
+        out.extend(_paths_in(child, f"{path}/{child['name']}"))
     return out

@@ -25,6 +25,7 @@ from policies.model import PolicySet, VmFacts
 from protector.cli.common import clean, config_of, did_you_mean, print_json
 from protector.cli.progress import human_bytes
 from protector.errors import UserError
+from protector.policyaccess import vapp_root
 
 
 @dataclass
@@ -36,15 +37,6 @@ class Scope:
     skipped: list[tuple[Any, str]] = field(default_factory=list)
     # vApp path -> (the policy that selected it, the VMs of the scope in it)
     vapps: dict[str, tuple[str, list[Any]]] = field(default_factory=dict)
-
-
-def vapp_root(node: Any, patterns: tuple[str, ...]) -> str | None:
-    """The outermost vApp around the VM that one of a policy's `vapps` patterns matches."""
-    if not patterns:
-        return None
-    crit = compile_criterion("vapps", None, patterns)
-    hits = [p for p in getattr(node, "vapps", ()) or () if crit.match(p)]
-    return hits[-1] if hits else None  # innermost first: the last hit is the outermost
 
 
 def folder_glob(path: str) -> str:
