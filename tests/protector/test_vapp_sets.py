@@ -328,3 +328,22 @@ async def test_a_policy_selecting_a_vapp_backs_it_up_as_one_set(
     # the points carry the policy
     for p in out["points"]:
         assert rig.repo.load_manifest(p["id"]).policy == "shop"
+
+
+async def test_a_vapp_member_restored_as_new_lands_in_its_vapp(vapp_rig: Rig) -> None:
+    """The default placement is the original's pool, here its vApp: the VM is made with the
+    vApp's CreateChildVM_Task (Folder.CreateVM_Task into a vApp is refused, as on vCenter)."""
+    from protector.restore import Placement, restore_as_new
+
+    rig = vapp_rig
+    s = rig.session
+    app = await find(rig, APP)
+    vm = s.client.bind((await s.properties(app, ["vm"]))["vm"][0])
+    data = os.urandom(MIB)
+    await rig.put_flat(vm, data)
+    point = await rig.backup(vm)
+    res = await restore_as_new(rig.ctx, point.point_id, Placement("member-copy"), verify=True)
+    new_vm = s.moref("VirtualMachine", res.vm_moref)
+    assert (await s.properties(new_vm, ["resourcePool"]))["resourcePool"]._moId == app._moId
+    assert res.vm_moref in [v._moId for v in (await s.properties(app, ["vm"]))["vm"]]
+    assert await rig.read_flat(new_vm, MIB) == data
