@@ -175,6 +175,26 @@ async def test_simulator_vapp_configuration_like_vcenter(vapp_rig: Rig) -> None:
     with pytest.raises(VsphereFault) as e:
         await s.call(s.client.bind(folder), "CreateVM_Task", config=spec, pool=app)
     assert e.value.fault_type == "InvalidArgument"
+    # CreateVApp applies the whole spec (the simulator kept only annotation and products)
+    root_pool = s.client.bind((await s.properties(app, ["parent"]))["parent"])
+    made = await s.call(
+        root_pool,
+        "CreateVApp",
+        name="made",
+        resSpec=resource_spec(),
+        configSpec=vim.vApp.VAppConfigSpec(
+            property=[
+                vim.vApp.PropertySpec(
+                    operation="add", info=vim.vApp.PropertyInfo(key=1, id="x", value="y")
+                )
+            ],
+            ipAssignment=vim.vApp.IPAssignmentInfo(ipAllocationPolicy="dhcpPolicy"),
+        ),
+        vmFolder=s.client.bind(folder),
+    )
+    cfg = (await s.properties(s.client.bind(made), ["vAppConfig"]))["vAppConfig"]
+    assert [(p.id, p.value) for p in cfg.property] == [("x", "y")]
+    assert cfg.ipAssignment.ipAllocationPolicy == "dhcpPolicy"
 
 
 async def test_vapp_set_backup_list_and_restore_as_new_vapp(
