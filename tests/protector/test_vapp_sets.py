@@ -266,6 +266,9 @@ async def test_vapp_set_backup_list_and_restore_as_new_vapp(
     assert inner_cfg.cpuAllocation.reservation == 100
     assert inner_cfg.memoryAllocation.shares.level == "high"
 
+    # a second restore under the same name fails before anything is made, and says so
+    err = await vigil(rig, "restore", "--vapp-set", vset["id"], "--new-name", "shop2", ok=False)
+    assert "DuplicateName" in err and "created so far: vApps nothing, members none" in err
     err = await vigil(rig, "restore", "--vapp-set", "ffff", "--new-name", "x", ok=False)
     assert "no vApp set 'ffff'" in err
     err = await vigil(rig, "restore", "--vapp-set", vset["id"], "--to-existing", ok=False)
