@@ -338,6 +338,11 @@ async def test_a_policy_selecting_a_vapp_backs_it_up_as_one_set(
     monkeypatch.setenv("VIGIL_TEST_VCENTER_PASSWORD", rig.sim.password)
     shop = await build_shop(rig)
     (rig.tmp / "policies" / "shop.toml").write_text(SHOP_POLICY)
+    # the VM of the nested vApp is selected too: its vApp is inside the one named
+    check = await vigil(rig, "policy", "check", "--json")
+    unprotected = json.dumps(check["unprotected"])
+    assert "inner-db" not in unprotected and "DC0_C0_APP0_VM0" not in unprotected
+    assert "DC0_H0_VM0" in unprotected
 
     out = await vigil(rig, "backup", "--policy", "shop", "--json")
     assert out["failures"] == [] and out["skipped"] == []
