@@ -99,9 +99,12 @@ class BackupWorker:
         try:
             with phases.listening(lambda text: setattr(rec, "phase", job_phase(text))):
                 if root is not None:
-                    result = await self._set_member(
+                    result, covered = await self._set_member(
                         req, rec, node, root, opts, ctx, progress, committing
                     )
+                    if covered:  # booked (state, metrics) by the job that ran the set
+                        rec.point_id = result.point_id
+                        return
                 else:
                     result = await backup_vm(
                         ctx,
@@ -143,15 +146,17 @@ class BackupWorker:
         ctx: Context,
         progress: Callable[[int, int], None],
         committing: Callable[[], Awaitable[None]],
-    ) -> BackupResult:
-        """The VM's point from a backup of its whole vApp as one set (backup/vapp.py): a set
-        that ended after this job was submitted covers it; else this job backs the set up,
-        every member's state booked. The VM's own failure in the set fails this job."""
+    ) -> tuple[BackupResult, bool]:
+        """The VM's point from a backup of its whole vApp as one set (backup/vapp.py), and
+        whether an earlier job's set covered it (a set that ended after this job was
+        submitted); else this job backs the set up, booking the other members' state and
+        bytes. The VM's own failure in the set fails this job."""
         lock = self._set_locks.setdefault(root, asyncio.Lock())
         async with lock:
             done = self._sets_done.get(root)
             mine = _member_result(done[1], node.moref) if done else None
-            if done is None or done[0] < req.submitted or mine is None:
+            covered = not (done is None or done[0] < req.submitted or mine is None)
+            if not covered:
                 session = ctx.session
                 idx = session.content.searchIndex
                 ref = await session.call(idx, "FindByInventoryPath", inventoryPath=root.strip("/"))
@@ -170,16 +175,17 @@ class BackupWorker:
                 )
                 self._sets_done[root] = (time.time(), res)
                 for r in res.results:  # the other members are fresh now, too
-                    st = self.state.setdefault(
-                        f"{r.vm.vcenter_uuid}/{r.vm.instance_uuid}", VmState()
-                    )
                     if r.vm.moref != node.moref:
+                        key = f"{r.vm.vcenter_uuid}/{r.vm.instance_uuid}"
+                        st = self.state.setdefault(key, VmState())
                         st.newest_good, st.newest_point = r.finished_at, r.point_id
                         st.points += 1
+                        self.metrics.bytes_read.inc(r.read_bytes)
+                        self.metrics.bytes_stored.inc(r.stored_bytes)
                         st.last_error = ""
                 mine = _member_result(res, node.moref)
             if isinstance(mine, BackupResult):
-                return mine
+                return mine, covered
             raise RuntimeError(
                 f"VM {req.vm_name} failed in the backup of its vApp {root}: {mine}"
                 if mine

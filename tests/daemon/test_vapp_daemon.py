@@ -38,3 +38,9 @@ async def test_daemon_backs_up_a_selected_vapp_as_one_set(tmp_path, make_vcsim):
         assert all(m.policy == "shop" for m in manifests)
         outcomes = [r.outcome for r in daemon.runner.history if r.vm_name in members]
         assert outcomes.count("success") == 2, outcomes
+        # each member's state counts its one point (none twice for the covered job)
+        by_name = {m.vm.name: f"{m.vm.vcenter_uuid}/{m.vm.instance_uuid}" for m in manifests}
+        assert [daemon.state[by_name[n]].points for n in members] == [1, 1]
+        assert daemon.gone_vms() == []  # the booked keys are the watcher's identities
+        jobs = {r.vm_name: r.point_id for r in daemon.runner.history if r.outcome == "success"}
+        assert {m.vm.name: m.point_id for m in manifests} == jobs
