@@ -300,6 +300,9 @@ async def test_a_failed_member_leaves_the_set_incomplete(failing_vapp_rig: Rig) 
     assert vset["complete"] is False
     assert [m["name"] for m in vset["missing"]] == ["DC0_C0_APP0_VM1"]
     assert "1/2 members  INCOMPLETE" in await vigil(rig, "list", "--vapps")
+    assert len(await vigil(rig, "list", "--vapps", "DC0_C0_APP0", "--json")) == 1
+    assert len(await vigil(rig, "list", "--vapps", APP, "--json")) == 1
+    assert "no vApp sets of 'nope'" in await vigil(rig, "list", "--vapps", "nope")
 
     err = await vigil(rig, "restore", "--vapp-set", vset["id"], "--new-name", "half", ok=False)
     assert "incomplete" in err and "DC0_C0_APP0_VM1" in err and "--allow-incomplete" in err
