@@ -95,7 +95,11 @@ class BackupWorker:
             if before_commit is not None:
                 await before_commit()
 
-        root = vapp_root(node, policy.select.vapps) if policy is not None else None
+        # With [cluster], another node may run a job of the same vApp at the same time, and
+        # the per-VM locks are per node: two sets would snapshot the same VMs at once. Until
+        # the queue locks a whole vApp, cluster workers back members up one VM at a time.
+        in_set = policy is not None and self.cfg.cluster is None
+        root = vapp_root(node, policy.select.vapps) if in_set else None
         try:
             with phases.listening(lambda text: setattr(rec, "phase", job_phase(text))):
                 if root is not None:
