@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from .matching import VALUE_GETTERS, CompiledPolicy, Criterion
+from .matching import MULTI_KEYS, VALUE_GETTERS, CompiledPolicy, Criterion
 from .model import Policy, PolicySet, VmFacts
 
 
@@ -259,7 +259,7 @@ class _Index:
     def narrow(self, cand: int, c: Criterion) -> int:
         """The candidates for which criterion `c` holds."""
         ck = (c.key, c.attribute, c.patterns)
-        if ck in self.cache or ck in self.shared or c.key == "tags":
+        if ck in self.cache or ck in self.shared or c.key in MULTI_KEYS:
             return cand & self.full_mask(c)
         if cand.bit_count() >= len(self.table(c)):
             return cand & self.full_mask(c)

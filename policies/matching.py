@@ -2,10 +2,11 @@
 
 A pattern is a glob or, after the prefix `re:`, a regular expression in RE2 syntax, both
 matched in linear time (see patterns.py). Globs match the whole value and are case-sensitive
-(vSphere names are). In *path* globs (`folders`, `resource_pools`) `*` and `?` stay within one
-path level and `**` spans any number of levels, including none, so `/DC0/vm/prod/**` covers
-the folder `prod` itself and everything below. A regular expression matches anywhere in the
-value (a search); anchor it with `^...$`.
+(vSphere names are). In *path* globs (`folders`, `resource_pools`, `vapps`) `*` and `?` stay
+within one path level and `**` spans any number of levels, including none, so
+`/DC0/vm/prod/**` covers the folder `prod` itself and everything below. A regular expression
+matches anywhere in the value (a search); anchor it with `^...$`. `vapps` holds every vApp
+around a VM (nested ones too), so a vApp's path selects all of its VMs.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from .patterns import (
 )
 
 __all__ = [
+    "MULTI_KEYS",
     "PATH_KEYS",
     "REGEX_PREFIX",
     "CompiledPolicy",
@@ -38,7 +40,9 @@ __all__ = [
     "glob_to_regex",
 ]
 
-PATH_KEYS = frozenset({"folders", "resource_pools"})
+PATH_KEYS = frozenset({"folders", "resource_pools", "vapps"})
+# Keys a VM may hold several values of (any one matching is enough).
+MULTI_KEYS = frozenset({"tags", "vapps"})
 
 
 def check_pattern(key: str, pattern: str) -> None:
@@ -75,6 +79,8 @@ VALUE_GETTERS: dict[str, Callable[[VmFacts], tuple[str, ...]]] = {
     "power_states": _single(lambda vm: vm.power_state),
     "guest_ids": _single(lambda vm: vm.guest_id),
     "annotation": _single(lambda vm: vm.annotation),
+    # A vApp, also one nested in another: a VM in /.../shop/db matches "/.../shop" too.
+    "vapps": lambda vm: vm.vapps,
 }
 
 

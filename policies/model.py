@@ -26,6 +26,7 @@ SELECTOR_LIST_KEYS = (
     "power_states",
     "guest_ids",
     "annotation",
+    "vapps",
 )
 
 
@@ -45,6 +46,7 @@ class VmFacts:
     attributes: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     annotation: str = ""
     template: bool = False
+    vapps: tuple[str, ...] = ()  # the vApps the VM is in, innermost first (nested ones too)
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,7 @@ class Selector:
     guest_ids: tuple[str, ...] = ()
     attributes: tuple[tuple[str, tuple[str, ...]], ...] = ()  # sorted by attribute name
     annotation: tuple[str, ...] = ()
+    vapps: tuple[str, ...] = ()
     templates: bool | None = None
 
     def criteria(self) -> Iterator[tuple[str, str | None, tuple[str, ...]]]:

@@ -12,7 +12,7 @@ Layout, by role (each subpackage's __init__ says what it owns and may import):
 Shared by them, at this level: config, logs, errors, context (what a job opens), parallel
 (bounded thread maps, cancellation-proof cleanup), vmlock, repoaccess and policyaccess
 (the adapters to repository and policies; policyaccess builds backup.model.BackupOptions
-from a policy).
+from a policy), vappsets (vApp sets read back from the points' set records).
 
 Import direction: cli → daemon → backup/restore → vsphere → shared modules → lower
 packages; never upwards (devtools may use any of them; nothing imports devtools but the

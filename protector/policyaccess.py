@@ -36,7 +36,21 @@ def vm_facts(node: Any) -> VmFacts:
         attributes=dict(node.attributes),
         annotation=node.annotation or "",
         template=node.template,
+        vapps=tuple(getattr(node, "vapps", ()) or ()),
     )
+
+
+def vapp_root(node: Any, patterns: tuple[str, ...]) -> str | None:
+    """The outermost vApp around the VM (node.vapps, innermost first) that one of a
+    policy's `vapps` patterns matches: the set a VM selected through its vApp is backed up
+    with. None when the policy does not select it through a vApp."""
+    if not patterns:
+        return None
+    from policies.matching import compile_criterion
+
+    crit = compile_criterion("vapps", None, patterns)
+    hits = [p for p in getattr(node, "vapps", ()) or () if crit.match(p)]
+    return hits[-1] if hits else None
 
 
 def options_of(policy: Policy | None, *, full: bool = False) -> BackupOptions:

@@ -110,6 +110,7 @@ func main() {
 	srv.Server.Config.Handler = newQuiesceFault(srv.Server.Config.Handler, *quiesceGlob)
 	srv.Server.Config.Handler = newSnapshotRDM(srv.Server.Config.Handler, *rdmGlob)
 	srv.Server.Config.Handler = newInPlaceMoves(srv.Server.Config.Handler)
+	srv.Server.Config.Handler = newVappConfig(srv.Server.Config.Handler)
 	srv.Server.Config.Handler = newPoolViews(srv.Server.Config.Handler)
 	srv.Server.Config.Handler = newVapiAPI(srv.Server.Config.Handler, *restOnly)
 	srv.Server.Config.Handler = newTemplateSnapshot(srv.Server.Config.Handler)

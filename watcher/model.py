@@ -56,6 +56,8 @@ class VmNode:
     attributes: dict[str, str]
     tags: frozenset[str]
     vapp: str | None
+    # Every vApp the VM is in, innermost first: `vapp`, then the vApps it is nested in.
+    vapps: tuple[str, ...] = ()
 
     @property
     def location(self) -> str:

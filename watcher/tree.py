@@ -394,7 +394,22 @@ class InventoryTree:
             attributes=attributes,
             tags=self._tags.get(key, frozenset()),
             vapp=self._resolved(vapp_ref),
+            vapps=self._vapp_chain(vapp_ref),
         )
+
+    def _vapp_chain(self, ref: MoRef | None) -> tuple[str, ...]:
+        """The paths of the vApp `ref` and of the vApps it is nested in (a nested vApp's
+        `parent` is its parent vApp), innermost first."""
+        out: list[str] = []
+        while ref is not None and ref.type == "VirtualApp" and len(out) < 64:
+            path = self._resolved(ref)
+            obj = self._objs.get(ref.value)
+            if path is None or obj is None:
+                break
+            out.append(path)
+            parent = obj.props.get("parent")
+            ref = parent if isinstance(parent, MoRef) else None
+        return tuple(out)
 
 
 def _opt_str(value: Any) -> str | None:

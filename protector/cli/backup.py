@@ -38,7 +38,8 @@ def register(sub: Any) -> None:
         "--vapp",
         metavar="PATH",
         help="back up every VM of this vApp (inventory path, e.g. /DC0/host/C0/Resources/APP0) "
-        "as one job; each VM gets its own restore point, linked to the others",
+        "as one set, nested vApps included; each VM gets its own restore point, and each "
+        "point carries the vApp's configuration and the set's members (`vigil list --vapps`)",
     )
     p.add_argument(
         "--policy",
@@ -227,7 +228,8 @@ async def run_vapp(args: argparse.Namespace) -> int:
             )
         vapp = session.client.bind(ref)
         tree = await read_inventory_with_tags(session, required=False)  # policies use tags
-        members = [v for v in tree.vms() if v.vapp == path]
+        # The VMs of the vApp and of the vApps nested in it (their paths are below its own).
+        members = [v for v in tree.vms() if v.vapp and (v.vapp + "/").startswith(path + "/")]
         # One job, one set of options: the members' policy when they share one.
         choices = {backup_options_for(cfg, tree, v, full=args.full) for v in members}
         if len(choices) == 1:
@@ -247,6 +249,7 @@ async def run_vapp(args: argparse.Namespace) -> int:
                 ctx,
                 vapp,
                 opts,
+                path=path,
                 vm_paths={v.moref: v.path for v in members},
                 progress=progress,
             )

@@ -5,7 +5,11 @@ The scope is chosen the way the daemon chooses: `--policy` takes the VMs the pol
 gives to that policy now (a VM in conflict is listed as skipped, with the policies); and
 `--folder` uses the policy engine's own path glob (`/DC0/vm/prod` means the folder and
 everything below it, as `/DC0/vm/prod/**` does in a policy). Templates cannot be
-snapshotted and are skipped, as the daemon skips them."""
+snapshotted and are skipped, as the daemon skips them.
+
+A VM whose policy selects it through `vapps` is backed up with its vApp, as one set
+(backup/vapp.py): the outermost vApp around it that the policy's `vapps` patterns match,
+with every VM in it, nested vApps included (docs/policies.md, "vApps")."""
 
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from policies.model import PolicySet, VmFacts
 from protector.cli.common import clean, config_of, did_you_mean, print_json
 from protector.cli.progress import human_bytes
 from protector.errors import UserError
+from protector.policyaccess import vapp_root
 
 
 @dataclass
@@ -30,6 +35,8 @@ class Scope:
     what: str
     vms: list[tuple[Any, str | None]] = field(default_factory=list)
     skipped: list[tuple[Any, str]] = field(default_factory=list)
+    # vApp path -> (the policy that selected it, the VMs of the scope in it)
+    vapps: dict[str, tuple[str, list[Any]]] = field(default_factory=dict)
 
 
 def folder_glob(path: str) -> str:
@@ -66,7 +73,14 @@ def select(
         if facts.template:
             scope.skipped.append((node, "a template (templates cannot be snapshotted)"))
             continue
-        scope.vms.append((node, winner))
+        root = None
+        if policies is not None and winner is not None:
+            chosen = next(p for p in policies if p.name == winner)
+            root = vapp_root(node, chosen.select.vapps)
+        if root is not None:
+            scope.vapps.setdefault(root, (winner or "", []))[1].append(node)
+        else:
+            scope.vms.append((node, winner))
     return scope
 
 
@@ -108,12 +122,13 @@ async def run_scope(args: argparse.Namespace) -> int:
     catalog = await open_catalog(repo)
     results: list[Any] = []
     failures: list[tuple[str, str]] = []
+    sets: list[dict[str, Any]] = []
     try:
         tree = await read_inventory_with_tags(
             session, required=bool(policies and policies.selects_by_tag)
         )
         scope = select(tree.vms(), vm_facts, policies, policy=args.policy, folder=args.folder)
-        if not scope.vms and not scope.skipped:
+        if not scope.vms and not scope.skipped and not scope.vapps:
             raise UserError(f"{scope.what} covers no VM (`vigil inventory` shows the VMs)", 1)
         by_name = {p.name: p for p in policies} if policies is not None else {}
         ctx = Context.create(cfg, session, repo, catalog)
@@ -138,16 +153,60 @@ async def run_scope(args: argparse.Namespace) -> int:
                     f"{human_bytes(result.stored_bytes)} new"
                 )
 
+        async def one_set(path: str, policy_name: str) -> None:
+            from protector.backup import backup_vapp
+
+            opts = options_of(by_name.get(policy_name), full=args.full)
+            paths = {n.moref: n.path for n in tree.vms()}
+            async with gate:
+                try:
+                    ref = await session.call(
+                        session.content.searchIndex,
+                        "FindByInventoryPath",
+                        inventoryPath=path.strip("/"),
+                    )
+                    if ref is None:
+                        raise UserError(f"vApp {path} is gone from the inventory", 1)
+                    res = await backup_vapp(
+                        ctx, session.client.bind(ref), opts, path=path, vm_paths=paths
+                    )
+                except Exception as exc:  # the other sets and VMs still run
+                    failures.append((path, describe_error(exc)[0]))
+                    if not args.json:
+                        print(f"  vApp {clean(path)}: FAILED — {describe_error(exc)[0]}")
+                    return
+            results.extend(res.results)
+            failures.extend((paths.get(vm, vm), err) for vm, err in res.failures)
+            sets.append(
+                {
+                    "id": res.group_id,
+                    "vapp": path,
+                    "complete": res.ok,
+                    "points": [r.point_id for r in res.results],
+                    "failures": [{"vm": paths.get(vm, vm), "error": e} for vm, e in res.failures],
+                }
+            )
+            if not args.json:
+                state = "complete" if res.ok else "INCOMPLETE"
+                print(
+                    f"  vApp {clean(path)}: set {res.group_id}, {len(res.results)}/"
+                    f"{len(res.members)} members, {state}"
+                )
+                for vm, err in res.failures:
+                    print(f"    {clean(paths.get(vm, vm))}: FAILED — {err}")
+
         if not args.json:
             print(
-                f"backing up {len(scope.vms)} VM(s) of {scope.what}, "
-                f"{cfg.limits.concurrent_backups} at a time"
+                f"backing up {len(scope.vms)} VM(s) and {len(scope.vapps)} vApp(s) of "
+                f"{scope.what}, {cfg.limits.concurrent_backups} at a time"
             )
             for node, why in scope.skipped:
                 print(f"  {clean(node.path)}: skipped — {why}")
         async with asyncio.TaskGroup() as tg:
             for node, policy_name in scope.vms:
                 tg.create_task(one(node, policy_name))
+            for path, (policy_name, _nodes) in scope.vapps.items():
+                tg.create_task(one_set(path, policy_name))
     finally:
         await catalog.close()
         await session.close()
@@ -156,6 +215,7 @@ async def run_scope(args: argparse.Namespace) -> int:
             {
                 "scope": scope.what,
                 "points": [result_record(r) for r in results],
+                "vapp_sets": sets,
                 "failures": [{"vm": vm, "error": err} for vm, err in failures],
                 "skipped": [{"vm": n.path, "reason": why} for n, why in scope.skipped],
             }

@@ -28,13 +28,20 @@ def register(sub: Any) -> None:
         epilog="Examples:\n\n"
         "  vigil list\n"
         "  vigil list web-1\n"
-        "  vigil list web-1 --json | jq -r '.[0].id'      # the newest point's id",
+        "  vigil list web-1 --json | jq -r '.[0].id'      # the newest point's id\n"
+        "  vigil list --vapps                               # vApp sets, complete or not",
     )
     p.add_argument(
         "vm",
         nargs="?",
         metavar="VM",
         help="only this VM's points: name, inventory path, MoRef or instance UUID",
+    )
+    p.add_argument(
+        "--vapps",
+        action="store_true",
+        help="list vApp sets instead of points: one line per vApp backup, its members' "
+        "points and whether every member has one (complete) or not",
     )
     json_option(
         p,
@@ -86,6 +93,8 @@ async def run(args: argparse.Namespace) -> int:
     cfg = config_of(args)
     repo = await open_repository(cfg, as_of=args.as_of)
     manifests = all_points = await all_manifests(repo)
+    if args.vapps:
+        return list_vapp_sets(args, manifests)
     if args.vm:
         # A VM without points (or unknown) is an empty listing, not a failure: scripts
         # iterate over the result.
@@ -122,4 +131,33 @@ async def run(args: argparse.Namespace) -> int:
         for d in r["disks"]:
             if d["skipped_reason"]:
                 print(f"    disk {d['key']} {d['name']}: skipped — {d['skipped_reason']}")
+    return 0
+
+
+def list_vapp_sets(args: argparse.Namespace, manifests: list[Any]) -> int:
+    """`vigil list --vapps [VAPP]`: the sets, newest first (VAPP: a name, path or MoRef)."""
+    from protector.vappsets import vapp_sets
+
+    sets = vapp_sets(manifests)
+    if args.vm:
+        spec = args.vm.strip()
+        sets = [s for s in sets if spec in (s.group.get(k) for k in ("name", "path", "moref"))]
+    records = [s.record() for s in sets]
+    if args.json:
+        print_json(records)
+        return 0
+    if not records:
+        print("no vApp sets" + (f" of {args.vm!r}" if args.vm else ""))
+        return 0
+    for r in records:
+        have = sum(1 for m in r["members"] if m["point"])
+        state = "complete" if r["complete"] else "INCOMPLETE"
+        nested = r["vapp"]["nested_vapps"]
+        print(
+            f"{r['id']}  {r['created_at']}  {clean(r['vapp']['path'] or r['vapp']['name'])}  "
+            f"{have}/{len(r['members'])} members  {state}"
+            + (f"  ({nested} nested vApp{'s' if nested != 1 else ''})" if nested else "")
+        )
+        for m in r["members"]:
+            print(f"    {clean(m['name'])}: {m['point'] or 'no point'}")
     return 0

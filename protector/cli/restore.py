@@ -25,12 +25,33 @@ def register(sub: Any) -> None:
         "  vigil restore POINT --new-name web-1-dr --datastore-map ds1=ds3 "
         "--network-map prod=isolated\n"
         "  vigil restore POINT --to-existing --power-off --changed-only --power-on\n\n"
-        "POINT is an id from `vigil list VM` (or a unique prefix of one), `latest`, or VM@latest.",
+        "  vigil restore --vapp-set SET --new-name shop-restored --pool /DC0/host/C0/Resources\n\n"
+        "POINT is an id from `vigil list VM` (or a unique prefix of one), `latest`, or VM@latest; "
+        "SET an id from `vigil list --vapps` (or a unique prefix).",
     )
     p.add_argument(
         "point",
         metavar="POINT",
+        nargs="?",
         help=POINT_HELP,
+    )
+    p.add_argument(
+        "--vapp-set",
+        metavar="SET",
+        help="with --new-name: restore a whole vApp set as a new vApp of that name (its nested "
+        "vApps, every member as a new VM in it, then start order, product/OVF properties and IP "
+        "allocation); --pool is the parent pool (default: the original's), --folder the VM folder",
+    )
+    p.add_argument(
+        "--member-suffix",
+        metavar="TEXT",
+        help="with --vapp-set: appended to each member's name (default: '-' and the new vApp's "
+        "name, so the copies do not clash with the originals)",
+    )
+    p.add_argument(
+        "--allow-incomplete",
+        action="store_true",
+        help="with --vapp-set: restore a set some members have no point in (default: refused)",
     )
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--to-existing", action="store_true", help="overwrite the original VM")
@@ -119,6 +140,12 @@ async def run(args: argparse.Namespace) -> int:
     from protector.restore.points import load_point
     from protector.vsphere.connect import open_session
 
+    if args.vapp_set is not None:
+        return await run_vapp_set(args)
+    if args.point is None:
+        raise UserError("name what to restore: a POINT, or a vApp set with --vapp-set SET")
+    if args.member_suffix is not None or args.allow_incomplete:
+        raise UserError("--member-suffix and --allow-incomplete apply to --vapp-set only")
     placing = (args.folder, args.pool, args.datastore, args.host)
     if args.to_existing and (any(placing) or args.datastore_map or args.network_map):
         raise UserError(
@@ -195,4 +222,70 @@ async def run(args: argparse.Namespace) -> int:
                 print(f"  {d.target}: {human_bytes(d.written_bytes)} written ({d.reason})")
         for note in result.notes:
             print(f"  note: {note}")
+    return 0
+
+
+async def run_vapp_set(args: argparse.Namespace) -> int:
+    """`vigil restore --vapp-set SET --new-name NAME`: a whole vApp set as a new vApp."""
+    from protector.cli.common import open_repository
+    from protector.context import Context
+    from protector.repoaccess import all_manifests
+    from protector.restore.vapp import restore_vapp_set
+    from protector.vappsets import find_set, vapp_sets
+    from protector.vsphere.connect import open_session
+
+    if args.point is not None:
+        raise UserError("give a POINT or --vapp-set SET, not both")
+    if not args.new_name:
+        raise UserError("--vapp-set restores as a new vApp: give its name with --new-name")
+    unsupported = {
+        "--datastore": args.datastore,
+        "--host": args.host,
+        "--datastore-map": args.datastore_map,
+        "--network-map": args.network_map,
+        "--power-off": args.power_off,
+        "--power-on": args.power_on,
+        "--changed-only": args.changed_only,
+        "--connect-network": args.connect_network,
+        "--keep-failed": args.keep_failed,
+    }
+    given = [k for k, v in unsupported.items() if v]
+    if given:
+        raise UserError(
+            f"{', '.join(given)} do not apply to --vapp-set (members go back to their "
+            "datastores, disconnected; power the vApp on in vCenter, in its start order)"
+        )
+    cfg = config_of(args)
+    repo = await open_repository(cfg, as_of=args.as_of)
+    vset = find_set(vapp_sets(await all_manifests(repo)), args.vapp_set)  # before logging in
+    session = await open_session(cfg)
+    try:
+        ctx = Context.create(cfg, session, repo, None)
+        progress = ProgressLine(f"restore vApp set {vset.id[:12]}")
+        result = await restore_vapp_set(
+            ctx,
+            vset,
+            args.new_name,
+            pool=args.pool,
+            folder=args.folder,
+            member_suffix=args.member_suffix,
+            allow_incomplete=args.allow_incomplete,
+            verify=args.verify,
+            progress=progress,
+        )
+        progress.finish()
+    finally:
+        await session.close()
+    if args.json:
+        print_json(result.as_dict())
+        return 0
+    print(
+        f"restored vApp set {vset.id} as vApp {result.name} ({result.moref}): "
+        f"{len(result.members)} member(s), {len(result.vapps) - 1} nested vApp(s)"
+        + (", verified" if args.verify else "")
+    )
+    for _src, r in result.members:
+        print(f"  {r.vm_name} ({r.vm_moref}): {human_bytes(r.written_bytes)} written")
+    for note in result.notes:
+        print(f"  note: {note}")
     return 0

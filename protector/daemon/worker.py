@@ -5,6 +5,7 @@ no planner: a worker role can run it against any queue of JobRequests."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
@@ -15,14 +16,14 @@ import anyio
 
 from policies.model import Policy
 from protector import phases
-from protector.backup import BackupOptions, backup_vm
+from protector.backup import BackupOptions, BackupResult, VappBackupResult, backup_vapp, backup_vm
 from protector.config import Config
 from protector.context import Context
 from protector.daemon.jobs import JobRecord, JobRequest
 from protector.daemon.metrics import Metrics
 from protector.daemon.sessions import JobSessions
 from protector.daemon.state import VmState
-from protector.policyaccess import options_of
+from protector.policyaccess import options_of, vapp_root
 from watcher.session import Session
 from watcher.soap import VsphereError, VsphereFault
 
@@ -60,6 +61,10 @@ class BackupWorker:
         self.repo: Any = None  # set before any job runs
         self.catalog: Any = None
         self.ran_with: dict[str, BackupOptions] = {}  # vm key → options of its running job
+        # vApp sets (a policy selecting VMs through `vapps`): one set backup at a time per
+        # vApp, and the last one's result, which covers member jobs submitted before it ended.
+        self._set_locks: dict[str, asyncio.Lock] = {}
+        self._sets_done: dict[str, tuple[float, VappBackupResult]] = {}
         self._io_limiter: anyio.CapacityLimiter | None = None
 
     async def run_job(
@@ -90,17 +95,30 @@ class BackupWorker:
             if before_commit is not None:
                 await before_commit()
 
+        # With [cluster], another node may run a job of the same vApp at the same time, and
+        # the per-VM locks are per node: two sets would snapshot the same VMs at once. Until
+        # the queue locks a whole vApp, cluster workers back members up one VM at a time.
+        in_set = policy is not None and self.cfg.cluster is None
+        root = vapp_root(node, policy.select.vapps) if in_set else None
         try:
             with phases.listening(lambda text: setattr(rec, "phase", job_phase(text))):
-                result = await backup_vm(
-                    ctx,
-                    vm,
-                    opts,
-                    path=node.path,
-                    job_id=f"job-{rec.id}",
-                    progress=progress,
-                    before_commit=committing,
-                )
+                if root is not None:
+                    result, covered = await self._set_member(
+                        req, rec, node, root, opts, ctx, progress, committing
+                    )
+                    if covered:  # booked (state, metrics) by the job that ran the set
+                        rec.point_id = result.point_id
+                        return
+                else:
+                    result = await backup_vm(
+                        ctx,
+                        vm,
+                        opts,
+                        path=node.path,
+                        job_id=f"job-{rec.id}",
+                        progress=progress,
+                        before_commit=committing,
+                    )
         except Exception as exc:
             if await vm_deleted(session, vm):
                 raise VmGone(
@@ -121,6 +139,62 @@ class BackupWorker:
         self.metrics.backup_duration.observe(
             (result.finished_at - result.started_at).total_seconds()
         )
+
+    async def _set_member(
+        self,
+        req: JobRequest,
+        rec: JobRecord,
+        node: Any,
+        root: str,
+        opts: BackupOptions,
+        ctx: Context,
+        progress: Callable[[int, int], None],
+        committing: Callable[[], Awaitable[None]],
+    ) -> tuple[BackupResult, bool]:
+        """The VM's point from a backup of its whole vApp as one set (backup/vapp.py), and
+        whether an earlier job's set covered it (a set that ended after this job was
+        submitted); else this job backs the set up, booking the other members' state and
+        bytes. The VM's own failure in the set fails this job."""
+        lock = self._set_locks.setdefault(root, asyncio.Lock())
+        async with lock:
+            done = self._sets_done.get(root)
+            mine = _member_result(done[1], node.moref) if done else None
+            covered = not (done is None or done[0] < req.submitted or mine is None)
+            if not covered:
+                session = ctx.session
+                idx = session.content.searchIndex
+                ref = await session.call(idx, "FindByInventoryPath", inventoryPath=root.strip("/"))
+                if ref is None:
+                    raise VmGone(f"vApp {root} of VM {req.vm_name} is gone from vCenter")
+                paths = {node.moref: node.path}
+                res = await backup_vapp(
+                    ctx,
+                    session.client.bind(ref),
+                    opts,
+                    path=root,
+                    vm_paths=paths,
+                    job_id=f"job-{rec.id}",
+                    progress=progress,
+                    before_commit=committing,
+                )
+                self._sets_done[root] = (time.time(), res)
+                for r in res.results:  # the other members are fresh now, too
+                    if r.vm.moref != node.moref:
+                        key = f"{r.vm.vcenter_uuid}/{r.vm.instance_uuid}"
+                        st = self.state.setdefault(key, VmState())
+                        st.newest_good, st.newest_point = r.finished_at, r.point_id
+                        st.points += 1
+                        self.metrics.bytes_read.inc(r.read_bytes)
+                        self.metrics.bytes_stored.inc(r.stored_bytes)
+                        st.last_error = ""
+                mine = _member_result(res, node.moref)
+            if isinstance(mine, BackupResult):
+                return mine, covered
+            raise RuntimeError(
+                f"VM {req.vm_name} failed in the backup of its vApp {root}: {mine}"
+                if mine
+                else f"VM {req.vm_name} is no longer in vApp {root}"
+            )
 
     def context(self, session: Session) -> Context:
         """A job's context; all jobs share one I/O limiter, so concurrent backups together
@@ -165,3 +239,14 @@ async def vm_deleted(session: Session, vm: Any) -> bool:
     except VsphereError:
         return False
     return False
+
+
+def _member_result(res: VappBackupResult, moref: str) -> BackupResult | str | None:
+    """A member's point in a set, else its error, else None (not a member)."""
+    for r in res.results:
+        if r.vm.moref == moref:
+            return r
+    for vm, err in res.failures:
+        if vm == moref:
+            return err
+    return None

@@ -11,6 +11,7 @@ import uuid
 from typing import Any
 
 import structlog
+from pyVmomi import vim
 
 from protector.context import Context
 from protector.errors import RestoreFailedError, UserError
@@ -148,7 +149,13 @@ async def _create_vm(ctx: Context, folder: Any, spec: Any, pool: Any, host: Any,
     """CreateVM_Task. Cancelled while vCenter still creates the VM, the VM would be made
     anyway and stay behind, empty: wait for the task regardless, destroy what it made, then
     let the cancellation through."""
-    task = await ctx.session.call(folder, "CreateVM_Task", config=spec, pool=pool, host=host)
+    if isinstance(pool, vim.VirtualApp):
+        # "A virtual machine in a vApp is not associated with a VM folder and therefore
+        # cannot be created using the method on a Folder" (vSphere API,
+        # ResourcePool.CreateChildVM_Task): a VM restored into a vApp is made by the vApp.
+        task = await ctx.session.call(pool, "CreateChildVM_Task", config=spec, host=host)
+    else:
+        task = await ctx.session.call(folder, "CreateVM_Task", config=spec, pool=pool, host=host)
     waiter, cancelled = await to_the_end(
         wait_for_task(ctx.session, task, description=f"create VM {name}")
     )

@@ -54,6 +54,8 @@ class Placement:
     host: str | None = None  # inventory path or host name
     datastore_map: dict[str, str] = field(default_factory=dict)  # source name → target name
     network_map: dict[str, str] = field(default_factory=dict)
+    # A pool (or vApp) already in hand, e.g. the new vApp a vApp set restores into.
+    pool_ref: Any = None
 
 
 @dataclass
@@ -214,7 +216,9 @@ async def _networks(
 
 async def resolve(ctx: Context, manifest: Manifest, config: Any, placement: Placement) -> Resolved:
     folder = await find_by_path(ctx, placement.folder, "folder") if placement.folder else None
-    pool = await find_by_path(ctx, placement.pool, "resource pool") if placement.pool else None
+    pool = placement.pool_ref
+    if pool is None and placement.pool:
+        pool = await find_by_path(ctx, placement.pool, "resource pool")
     host = await find_by_path(ctx, placement.host, "host") if placement.host else None
     if folder is None or pool is None:
         orig = await original_location(ctx, manifest)

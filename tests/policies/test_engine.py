@@ -181,3 +181,25 @@ def test_full_evaluation_equals_one_by_one(ps: list[Policy], inventory: list[VmF
     ev = evaluate(ps, inventory)
     for vm in inventory:
         assert ev.results[vm.key] == evaluate_one(ps, vm)
+
+
+def test_a_vapps_selector_matches_every_vm_of_the_vapp_nested_ones_too() -> None:
+    shop = "/DC0/host/C0/Resources/shop"
+    web = make_vm("/DC0/vm/web", vapps=(shop,))
+    db = make_vm("/DC0/vm/db", vapps=(f"{shop}/db", shop))  # in a vApp nested in shop
+    other = make_vm("/DC0/vm/other", vapps=("/DC0/host/C0/Resources/crm",))
+    plain = make_vm("/DC0/vm/plain")
+    inventory = [web, db, other, plain]
+    by_path = pol("shop", 10, vapps=(shop,))
+    inner_only = pol("inner", 20, vapps=("/DC0/host/C0/Resources/*/db",))
+    for ps in ([by_path], [by_path, inner_only]):
+        full = evaluate(ps, inventory)
+        for vm in inventory:  # the indexed evaluation and the one-VM path agree
+            assert full.results[vm.key].winner == evaluate_one(ps, vm).winner
+    full = evaluate([by_path, inner_only], inventory)
+    assert {vm.path: full.results[vm.key].winner for vm in inventory} == {
+        "/DC0/vm/web": "shop",
+        "/DC0/vm/db": "inner",
+        "/DC0/vm/other": None,
+        "/DC0/vm/plain": None,
+    }

@@ -160,7 +160,7 @@ def test_unknown_keys_everywhere_are_errors(write) -> None:
         f'{path}:38: policy "prod-gold": backups: unknown key (allowed: name, priority, '
         "enabled, select, exclude, schedule, trigger, retention, backup)",
         f'{path}:20: policy "prod-gold": exclude.tag: unknown key (allowed: folders, names, '
-        "tags, resource_pools, datacenters, power_states, guest_ids, annotation, "
+        "tags, resource_pools, datacenters, power_states, guest_ids, annotation, vapps, "
         "attributes, templates)",
         f'{path}:33: policy "prod-gold": retention.dayly: unknown key (allowed: keep_last, '
         "daily, weekly, monthly, yearly)",
@@ -312,3 +312,14 @@ def test_on_quiesce_failure(write) -> None:
     )
     (err,) = errors_of(write("both.toml", both))
     assert "backup.quiesce_fallback: set either on_quiesce_failure" in err
+
+
+def test_vapps_selector_is_a_path_glob(tmp_path: Path) -> None:
+    f = tmp_path / "p.toml"
+    f.write_text(policy_toml(select='vapps = ["/DC0/host/*/Resources/shop/**"]'))
+    [p] = load_policies(f)
+    assert p.select.vapps == ("/DC0/host/*/Resources/shop/**",)
+    f.write_text(policy_toml(select="vapps = []"))
+    with pytest.raises(PolicyLoadError) as e:
+        load_policies(f)
+    assert f"{f}:" in str(e.value) and "select.vapps" in str(e.value)

@@ -186,11 +186,35 @@ def test_vapp_vm_without_folder_gets_the_vapp_path():
     got = {(type(e).__name__, e.vm.moref): e for e in events}
     assert set(got) == {("VmMoved", "vm-5"), ("VmChanged", "vm-5"), ("VmChanged", "vm-6")}
     assert got["VmMoved", "vm-5"].new_path == "/DC0/host/C0/Resources/APP1/app-db"
-    assert set(got["VmChanged", "vm-5"].changes) == {"resource_pool"}
+    # `vapps` (the chain of vApps the VM is in, which `vapps` policy selectors match) too
+    assert set(got["VmChanged", "vm-5"].changes) == {"resource_pool", "vapps"}
     assert got["VmChanged", "vm-6"].changes["vapp"] == (
         "/DC0/host/C0/Resources/APP0",
         "/DC0/host/C0/Resources/APP1",
     )
+    assert got["VmChanged", "vm-6"].changes["vapps"] == (
+        ("/DC0/host/C0/Resources/APP0",),
+        ("/DC0/host/C0/Resources/APP1",),
+    )
+
+
+def test_vm_in_a_nested_vapp_lists_every_enclosing_vapp():
+    t = InventoryTree(VC)
+    outer = MoRef("VirtualApp", "resgroup-v30")
+    inner = MoRef("VirtualApp", "resgroup-v31")
+    t.apply(
+        [
+            *skeleton(),
+            enter("VirtualApp", outer.value, name="shop", parent=RP),
+            enter("VirtualApp", inner.value, name="db", parent=outer),
+        ]
+    )
+    [ev] = t.apply(vm("vm-7", "db-1", None, parentVApp=inner, resourcePool=inner))
+    assert ev.vm.vapp == "/DC0/host/C0/Resources/shop/db"
+    assert ev.vm.vapps == ("/DC0/host/C0/Resources/shop/db", "/DC0/host/C0/Resources/shop")
+    # a VM in a plain pool is in no vApp
+    [ev] = t.apply(vm("vm-8", "plain", VMF, resourcePool=RP))
+    assert ev.vm.vapps == ()
 
 
 def test_sync_to_matches_by_identity_even_when_morefs_change():
