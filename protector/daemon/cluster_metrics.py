@@ -79,6 +79,10 @@ class ClusterMetrics(Collector):
                 log.warning("cluster.metrics_read_failed", error=str(exc).strip() or repr(exc))
                 self.stats = None
                 await self._drop()
+            except asyncio.CancelledError:
+                # Left mid-statement: never reuse that connection.
+                await asyncio.shield(self._drop())
+                raise
             self._read_at = self.clock()
 
     async def _read(self) -> ClusterStats:
