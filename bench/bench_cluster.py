@@ -8,6 +8,8 @@ throughput (the backup here is a no-op).
   worker processes × concurrency 8; jobs/s from procrastinate's own event timestamps;
 - PostgreSQL work per job during the drain: top-level statements (pg_stat_statements
   `calls`, ~ round trips) and new sessions (pg_stat_database.sessions) per job;
+- housekeeping: one /metrics read of the whole cluster (cluster/observe.py) with the
+  drained jobs in the table, then pruning them all (cluster/retention.py);
 - scheduler failover: kill -9 the leading elector process, time until the standby leads;
 - backups (cluster_backups.py): aggregate backup throughput of real `vigil watch`
   processes — one machine without [cluster], then 1 scheduler + 1, 2 and 3 workers —
@@ -46,7 +48,16 @@ import psycopg  # noqa: E402
 from pg_server import PostgresServer  # noqa: E402
 from procs import create_test_tables  # noqa: E402
 
-from cluster.queue import BackupJob, defer_backup, make_app, prepare_database  # noqa: E402
+from cluster import db  # noqa: E402
+from cluster.observe import read_stats  # noqa: E402
+from cluster.queue import (  # noqa: E402
+    MAINT_QUEUE,
+    BackupJob,
+    defer_backup,
+    make_app,
+    prepare_database,
+)
+from cluster.retention import Retention, prune_jobs  # noqa: E402
 
 PROCS = ROOT / "tests" / "cluster" / "procs.py"
 MIB = 1024 * 1024
@@ -190,6 +201,31 @@ async def throughput(url: str, tmp: Path, n: int, workers: int, concurrency: int
     }
 
 
+async def housekeeping(url: str, reads: int = 20) -> dict[str, float]:
+    """With the drained jobs still in the table: what one /metrics read of the cluster
+    costs (observe.STATS_QUERY), then pruning them all once they are past retention."""
+    finished = int(q(url, "SELECT count(*) FROM procrastinate_jobs")[0][0])  # type: ignore[call-overload]
+    times = []
+    async with await db.connect(url, "bench-metrics") as conn:
+        for _ in range(reads):
+            t = time.perf_counter()
+            await read_stats(conn, host_slots=2, datastore_slots=4)
+            times.append(time.perf_counter() - t)
+    q(url, "UPDATE procrastinate_events SET at = at - interval '8 days'")
+    app = make_app(url)
+    async with app.open_async():
+        t = time.perf_counter()
+        deleted = await prune_jobs(app, Retention(), maintenance_queue=MAINT_QUEUE)
+        prune_s = time.perf_counter() - t
+    return {
+        "job_rows": finished,
+        "metrics_read_ms_median": statistics.median(times) * 1000,
+        "metrics_read_ms_max": max(times) * 1000,
+        "pruned_rows": sum(deleted.values()),
+        "prune_s": prune_s,
+    }
+
+
 def failover(url: str, tmp: Path, rounds: int) -> dict[str, object]:
     times = []
     for r in range(rounds):
@@ -257,6 +293,7 @@ async def queue_and_failover(args: argparse.Namespace, parts: set[str], results:
             out["throughput"] = await throughput(
                 url, tmp, args.jobs, args.workers, args.concurrency
             )
+            out["housekeeping"] = await housekeeping(url)
         if "failover" in parts:
             out["failover"] = failover(url, tmp, args.failover_rounds)
     if "queue" in parts:
@@ -277,6 +314,13 @@ async def queue_and_failover(args: argparse.Namespace, parts: set[str], results:
         )
         for calls, text in tp["top_statements"]:
             print(f"   {calls:>7}  {text}")
+        hk = out["housekeeping"]
+        assert isinstance(hk, dict)
+        print(
+            f"/metrics cluster read with {hk['job_rows']} job rows: median "
+            f"{hk['metrics_read_ms_median']:.1f} ms, max {hk['metrics_read_ms_max']:.1f} ms; "
+            f"pruning {hk['pruned_rows']} rows past retention: {hk['prune_s']:.2f} s"
+        )
     if "failover" in parts:
         fo = out["failover"]
         assert isinstance(fo, dict)
