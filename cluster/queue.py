@@ -35,7 +35,7 @@ from procrastinate.schema import SchemaManager
 from cluster import db, slots
 from cluster.fencing import StaleEpochError, check_epoch
 from cluster.leases import LeasePool
-from cluster.retention import Retention, prune_jobs
+from cluster.retention import Retention, forget_silent_nodes, prune_jobs
 
 log = structlog.get_logger("vigil.cluster.queue")
 
@@ -182,11 +182,12 @@ def make_app(
     @app.periodic(cron=prune_cron, periodic_id="prune-jobs")
     @app.task(name=PRUNE_TASK, queue=MAINT_QUEUE, queueing_lock=PRUNE_TASK, pass_context=True)
     async def prune_jobs_task(context: procrastinate.JobContext, timestamp: int) -> None:
-        deleted = await prune_jobs(
-            app, _worker_context(context).retention, maintenance_queue=MAINT_QUEUE
-        )
+        retention = _worker_context(context).retention
+        deleted = await prune_jobs(app, retention, maintenance_queue=MAINT_QUEUE)
         if deleted:
             log.info("pruned finished jobs", **deleted)
+        if forgotten := await forget_silent_nodes(app, retention):
+            log.info("forgot nodes silent past the retention", nodes=forgotten)
 
     return app
 

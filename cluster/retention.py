@@ -16,6 +16,10 @@ long transaction on a table that was never pruned. This one takes `batch` rows a
 (SKIP LOCKED: never waits on a worker finishing a job) and looks up each candidate's last
 event through the events' job_id index. procrastinate's own trigger on DELETE unlinks the
 periodic-task bookkeeping that references a deleted job.
+
+The same task forgets the heartbeat rows of nodes silent for longer than the succeeded
+jobs' retention (a node taken out of service): until then `vigil status` lists them as
+gone and /metrics has them with `vigil_cluster_node_up 0`.
 """
 
 from __future__ import annotations
@@ -78,3 +82,17 @@ async def prune_jobs(
         deleted.update(str(r["status"]) for r in rows)
         if len(rows) < batch:
             return deleted
+
+
+FORGET_NODES_QUERY = """
+DELETE FROM vigil_cluster_nodes WHERE last_seen < now() - make_interval(secs => %(age_s)s)
+RETURNING node
+"""
+
+
+async def forget_silent_nodes(app: procrastinate.App, retention: Retention) -> int:
+    """Delete the heartbeat rows of nodes silent for longer than `retention.succeeded_s`."""
+    rows = await app.connector.execute_query_all_async(
+        FORGET_NODES_QUERY, age_s=float(retention.succeeded_s)
+    )
+    return len(rows)

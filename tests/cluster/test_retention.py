@@ -116,6 +116,20 @@ async def test_a_worker_prunes_on_its_own_schedule(pg_url, tmp_path):
             60,
             "both backups to succeed",
         )
+        # A node taken out of service 8 days ago, and one that went quiet an hour ago.
+        rows(
+            url,
+            "INSERT INTO vigil_cluster_nodes (node, role, pid, last_seen) VALUES "
+            "('retired', 'worker', 1, now() - interval '8 days'), "
+            "('quiet', 'worker', 2, now() - interval '1 hour') RETURNING 1",
+        )
         age(url, old, "8 days")
         await wait_for(lambda: old not in status(url), 60, "the worker's prune task")
         assert status(url)[new] == "succeeded"
+        await wait_for(
+            lambda: not rows(url, "SELECT 1 FROM vigil_cluster_nodes WHERE node = 'retired'"),
+            30,
+            "the retired node to be forgotten",
+        )
+        known = {r[0] for r in rows(url, "SELECT node FROM vigil_cluster_nodes")}
+        assert known == {"quiet", "w1"}, known
