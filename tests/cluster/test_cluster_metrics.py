@@ -66,7 +66,8 @@ async def test_any_nodes_metrics_show_the_whole_cluster(pg_url, tmp_path):
     elector = LeaderElector(url, "vc-1", "s1")
     electing = asyncio.create_task(elector.run())
     metrics = Metrics()
-    cm = ClusterMetrics(url, "s1", host_slots=2, datastore_slots=3, heartbeat_s=1.0, ttl=0.0)
+    # Alive: seen within 3 heartbeats of 2 s (procs.py workers beat every second).
+    cm = ClusterMetrics(url, "s1", host_slots=2, datastore_slots=3, heartbeat_s=2.0, ttl=0.0)
     metrics.registry.register(cm)
     server = StatusServer(lambda: {}, lambda: True, metrics, before_metrics=cm.refresh)
     await server.start("127.0.0.1:0")
@@ -116,7 +117,7 @@ async def test_any_nodes_metrics_show_the_whole_cluster(pg_url, tmp_path):
                 "the stale job to fail",
             )
             async with await db.connect(url, "test") as conn:
-                await cnodes.beat(conn, "s1", "scheduler")  # fresh for the 3 s liveness
+                await cnodes.beat(conn, "s1", "scheduler")  # fresh: alive means seen within 3 × 2 s
             text = await scrape(server.port)
             found = samples(text)
 
