@@ -8,11 +8,18 @@ throughput (the backup here is a no-op).
   worker processes × concurrency 8; jobs/s from procrastinate's own event timestamps;
 - PostgreSQL work per job during the drain: top-level statements (pg_stat_statements
   `calls`, ~ round trips) and new sessions (pg_stat_database.sessions) per job;
-- scheduler failover: kill -9 the leading elector process, time until the standby leads.
+- housekeeping: one /metrics read of the whole cluster (cluster/observe.py) with the
+  drained jobs in the table, then pruning them all (cluster/retention.py);
+- scheduler failover: kill -9 the leading elector process, time until the standby leads;
+- backups (cluster_backups.py): aggregate backup throughput of real `vigil watch`
+  processes — one machine without [cluster], then 1 scheduler + 1, 2 and 3 workers —
+  and the cluster's overhead per job.
 
     PYTHONPATH=. .venv/bin/python bench/bench_cluster.py [--jobs 10000] [--latency-jobs 200]
+        [--parts queue,failover,backups] [--vms 6] [--disk-mib 256]
 
-Prints a table; writes bench/results/cluster.json. A timing goal, never a pass/fail test.
+Prints a table; writes bench/results/cluster.json (queue and failover parts) and
+bench/results/cluster_backups.json. A timing goal, never a pass/fail test.
 """
 
 from __future__ import annotations
@@ -30,15 +37,30 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "tests" / "cluster")]
+sys.path[:0] = [
+    str(ROOT),
+    str(ROOT / "tests"),
+    str(ROOT / "tests" / "cluster"),
+    str(ROOT / "bench"),
+]
 
 import psycopg  # noqa: E402
 from pg_server import PostgresServer  # noqa: E402
 from procs import create_test_tables  # noqa: E402
 
-from cluster.queue import BackupJob, defer_backup, make_app, prepare_database  # noqa: E402
+from cluster import db  # noqa: E402
+from cluster.observe import read_stats  # noqa: E402
+from cluster.queue import (  # noqa: E402
+    MAINT_QUEUE,
+    BackupJob,
+    defer_backup,
+    make_app,
+    prepare_database,
+)
+from cluster.retention import Retention, prune_jobs  # noqa: E402
 
 PROCS = ROOT / "tests" / "cluster" / "procs.py"
+MIB = 1024 * 1024
 
 
 def start(tmp: Path, name: str, *args: str) -> tuple[subprocess.Popen[bytes], Path]:
@@ -179,6 +201,31 @@ async def throughput(url: str, tmp: Path, n: int, workers: int, concurrency: int
     }
 
 
+async def housekeeping(url: str, reads: int = 20) -> dict[str, float]:
+    """With the drained jobs still in the table: what one /metrics read of the cluster
+    costs (observe.STATS_QUERY), then pruning them all once they are past retention."""
+    finished = int(q(url, "SELECT count(*) FROM procrastinate_jobs")[0][0])  # type: ignore[call-overload]
+    times = []
+    async with await db.connect(url, "bench-metrics") as conn:
+        for _ in range(reads):
+            t = time.perf_counter()
+            await read_stats(conn, host_slots=2, datastore_slots=4)
+            times.append(time.perf_counter() - t)
+    q(url, "UPDATE procrastinate_events SET at = at - interval '8 days'")
+    app = make_app(url)
+    async with app.open_async():
+        t = time.perf_counter()
+        deleted = await prune_jobs(app, Retention(), maintenance_queue=MAINT_QUEUE)
+        prune_s = time.perf_counter() - t
+    return {
+        "job_rows": finished,
+        "metrics_read_ms_median": statistics.median(times) * 1000,
+        "metrics_read_ms_max": max(times) * 1000,
+        "pruned_rows": sum(deleted.values()),
+        "prune_s": prune_s,
+    }
+
+
 def failover(url: str, tmp: Path, rounds: int) -> dict[str, object]:
     times = []
     for r in range(rounds):
@@ -213,7 +260,26 @@ async def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--failover-rounds", type=int, default=3)
+    ap.add_argument("--parts", default="queue,failover,backups")
+    ap.add_argument("--vms", type=int, default=6, help="backups: VMs per round")
+    ap.add_argument("--disk-mib", type=int, default=256, help="backups: each VM's disk")
+    ap.add_argument("--backup-workers", default="1,2,3", help="backups: worker counts")
+    ap.add_argument("--work", default="/dev/shm/vigil-bench-cluster", help="backups: tmpfs")
     args = ap.parse_args()
+    parts = set(args.parts.split(","))
+    results = ROOT / "bench" / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    if parts & {"queue", "failover"}:
+        await queue_and_failover(args, parts, results)
+    if "backups" in parts:
+        from cluster_backups import run_backups
+
+        counts = [int(n) for n in args.backup_workers.split(",")]
+        out = await run_backups(Path(args.work), counts, args.vms, args.disk_mib * MIB)
+        (results / "cluster_backups.json").write_text(json.dumps(out, indent=2, default=str))
+
+
+async def queue_and_failover(args: argparse.Namespace, parts: set[str], results: Path) -> None:
     with PostgresServer() as pg:
         url = pg.url()
         tmp = pg.base
@@ -221,34 +287,47 @@ async def main() -> None:
         create_test_tables(url)
         q(url, "CREATE TABLE bench_latency (job_id bigint, seconds float8)")
         q(url, "INSERT INTO vigil_cluster_epochs VALUES ('vc-1', 1, 'bench')")
-        out = {
-            "postgresql": q(url, "SHOW server_version")[0][0],
-            "latency": await latency(url, tmp, args.latency_jobs),
-            "throughput": await throughput(url, tmp, args.jobs, args.workers, args.concurrency),
-            "failover": failover(url, tmp, args.failover_rounds),
-        }
-    lat, tp, fo = out["latency"], out["throughput"], out["failover"]
-    print(
-        f"dispatch latency (defer → start, {lat['jobs']} jobs): "
-        f"p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms, max {lat['max_ms']:.1f} ms"
-    )
-    print(f"defer rate: {tp['defer_jobs_per_s']:.0f} jobs/s (one at a time, per-VM locks)")
-    print(
-        f"drain {tp['jobs']} queued no-op jobs with {tp['workers']} workers × "
-        f"{tp['concurrency']}: {tp['drain_s']:.1f} s = {tp['jobs_per_s']:.0f} jobs/s"
-    )
-    print(
-        f"PostgreSQL per job: {tp['statements_per_job']:.1f} statements, "
-        f"{tp['sessions_per_job']:.2f} new sessions"
-    )
-    for calls, text in tp["top_statements"]:
-        print(f"   {calls:>7}  {text}")
-    print(
-        f"scheduler failover after kill -9: median {fo['median_s']:.2f} s "
-        f"({', '.join(f'{s:.2f}' for s in fo['seconds'])})"
-    )
-    results = ROOT / "bench" / "results"
-    results.mkdir(parents=True, exist_ok=True)
+        out: dict[str, object] = {"postgresql": q(url, "SHOW server_version")[0][0]}
+        if "queue" in parts:
+            out["latency"] = await latency(url, tmp, args.latency_jobs)
+            out["throughput"] = await throughput(
+                url, tmp, args.jobs, args.workers, args.concurrency
+            )
+            out["housekeeping"] = await housekeeping(url)
+        if "failover" in parts:
+            out["failover"] = failover(url, tmp, args.failover_rounds)
+    if "queue" in parts:
+        lat, tp = out["latency"], out["throughput"]
+        assert isinstance(lat, dict) and isinstance(tp, dict)
+        print(
+            f"dispatch latency (defer → start, {lat['jobs']} jobs): "
+            f"p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms, max {lat['max_ms']:.1f} ms"
+        )
+        print(f"defer rate: {tp['defer_jobs_per_s']:.0f} jobs/s (one at a time, per-VM locks)")
+        print(
+            f"drain {tp['jobs']} queued no-op jobs with {tp['workers']} workers × "
+            f"{tp['concurrency']}: {tp['drain_s']:.1f} s = {tp['jobs_per_s']:.0f} jobs/s"
+        )
+        print(
+            f"PostgreSQL per job: {tp['statements_per_job']:.1f} statements, "
+            f"{tp['sessions_per_job']:.2f} new sessions"
+        )
+        for calls, text in tp["top_statements"]:
+            print(f"   {calls:>7}  {text}")
+        hk = out["housekeeping"]
+        assert isinstance(hk, dict)
+        print(
+            f"/metrics cluster read with {hk['job_rows']} job rows: median "
+            f"{hk['metrics_read_ms_median']:.1f} ms, max {hk['metrics_read_ms_max']:.1f} ms; "
+            f"pruning {hk['pruned_rows']} rows past retention: {hk['prune_s']:.2f} s"
+        )
+    if "failover" in parts:
+        fo = out["failover"]
+        assert isinstance(fo, dict)
+        print(
+            f"scheduler failover after kill -9: median {fo['median_s']:.2f} s "
+            f"({', '.join(f'{s:.2f}' for s in fo['seconds'])})"
+        )
     (results / "cluster.json").write_text(json.dumps(out, indent=2, default=str))
 
 

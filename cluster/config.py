@@ -48,10 +48,19 @@ class ClusterConfig:
     shutdown_timeout_s: float = 60.0
     # A job whose worker has not heart-beaten for this long is requeued.
     stalled_after_s: float = 30.0
+    # Finished job rows kept this long (cluster/retention.py): succeeded and cancelled
+    # backups, then failed and aborted ones (kept longer: worth looking into).
+    job_retention_days: float = 7.0
+    failed_job_retention_days: float = 30.0
 
 
 _INT_KEYS = {"host_slots": (1, 1000), "datastore_slots": (1, 1000), "worker_concurrency": (1, 256)}
-_FLOAT_KEYS = {"shutdown_timeout_s": (0.0, 86400.0), "stalled_after_s": (5.0, 3600.0)}
+_FLOAT_KEYS = {
+    "shutdown_timeout_s": (0.0, 86400.0),
+    "stalled_after_s": (5.0, 3600.0),
+    "job_retention_days": (1.0, 3650.0),
+    "failed_job_retention_days": (1.0, 3650.0),
+}
 _STR_KEYS = {"node", "database_url_env", "database_url_file"}
 _FORBIDDEN = {"database_url", "url", "password", "dsn"}
 

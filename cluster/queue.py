@@ -7,7 +7,8 @@ worker rows with a heartbeat every `update_heartbeat_interval`. What it does not
 whose worker died stays `doing` for ever ("Retry stalled jobs" in its how-to guides). So
 a periodic task here asks `JobManager.get_stalled_jobs` (jobs whose worker has not beaten
 for `stalled_after_s`, or whose worker row was pruned) and hands them to
-`JobManager.retry_job` — procrastinate's own API, no SQL of ours on its tables.
+`JobManager.retry_job` — procrastinate's own API. Another periodic task deletes finished
+jobs past their retention (retention.py: the one statement of ours on its tables).
 
 One backup per VM at a time: every job of a VM carries the VM's identity as both `lock`
 and `queueing_lock`, so one may run and one more may wait; a further defer is refused
@@ -34,11 +35,15 @@ from procrastinate.schema import SchemaManager
 from cluster import db, slots
 from cluster.fencing import StaleEpochError, check_epoch
 from cluster.leases import LeasePool
+from cluster.retention import Retention, forget_silent_nodes, prune_jobs
 
 log = structlog.get_logger("vigil.cluster.queue")
 
 BACKUP_TASK = "vigil.backup_vm"
 REQUEUE_TASK = "vigil.requeue_stalled"
+PRUNE_TASK = "vigil.prune_jobs"
+# Every 15 minutes: the statement is cheap on a table kept short by this very task.
+PRUNE_CRON = "*/15 * * * *"
 BACKUP_QUEUE = "backups"
 MAINT_QUEUE = "maintenance"
 CONTEXT_KEY = "vigil"
@@ -114,6 +119,7 @@ class WorkerContext:
     max_attempts: int = 5
     lease_check_interval: float = 1.0
     lease_keep: int = 4  # idle slot connections kept for the next jobs (= concurrency)
+    retention: Retention = field(default_factory=Retention)
     leases: LeasePool = field(init=False)
 
     def __post_init__(self) -> None:
@@ -143,6 +149,7 @@ def make_app(
     max_attempts: int = 5,
     retry_wait_s: int = 5,
     retry_exponential_s: int = 2,
+    prune_cron: str = PRUNE_CRON,
 ) -> procrastinate.App:
     """The procrastinate app on `url`. Schedulers use it to defer, workers to run."""
     connector = procrastinate.PsycopgConnector(
@@ -171,6 +178,16 @@ def make_app(
     async def requeue_stalled_task(context: procrastinate.JobContext, timestamp: int) -> None:
         ctx = _worker_context(context)
         await requeue_stalled(app, ctx.stalled_after_s, max_attempts=ctx.max_attempts)
+
+    @app.periodic(cron=prune_cron, periodic_id="prune-jobs")
+    @app.task(name=PRUNE_TASK, queue=MAINT_QUEUE, queueing_lock=PRUNE_TASK, pass_context=True)
+    async def prune_jobs_task(context: procrastinate.JobContext, timestamp: int) -> None:
+        retention = _worker_context(context).retention
+        deleted = await prune_jobs(app, retention, maintenance_queue=MAINT_QUEUE)
+        if deleted:
+            log.info("pruned finished jobs", **deleted)
+        if forgotten := await forget_silent_nodes(app, retention):
+            log.info("forgot nodes silent past the retention", nodes=forgotten)
 
     return app
 
@@ -249,7 +266,7 @@ async def requeue_stalled(
     stalled = await jm.get_stalled_jobs(seconds_since_heartbeat=stalled_after_s)
     for job in stalled:
         assert job.id is not None
-        if job.task_name == REQUEUE_TASK:
+        if job.task_name in (REQUEUE_TASK, PRUNE_TASK):
             # A maintenance run that died with its worker: drop it, the next tick runs.
             await jm.finish_job_by_id_async(job.id, pjobs.Status.FAILED, delete_job=False)
             continue
@@ -266,7 +283,6 @@ async def requeue_stalled(
         log.warning("requeued a job whose worker stopped heart-beating", job=job.id)
         requeued.append(job.id)
     await jm.prune_stalled_workers(stalled_after_s)
-    await jm.delete_old_jobs(nb_hours=1, queue=MAINT_QUEUE, include_failed=True)
     return requeued
 
 

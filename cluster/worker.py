@@ -29,11 +29,13 @@ from cluster.queue import (
     BACKUP_QUEUE,
     CONTEXT_KEY,
     MAINT_QUEUE,
+    PRUNE_CRON,
     BackupCallable,
     WorkerContext,
     make_app,
     prepare_database,
 )
+from cluster.retention import Retention
 
 log = structlog.get_logger("vigil.cluster.worker")
 
@@ -54,6 +56,9 @@ class WorkerSettings:
     node_heartbeat_s: float = 5.0
     lease_check_interval_s: float = 1.0
     fetch_poll_s: float = 5.0
+    job_retention_days: float = 7.0
+    failed_job_retention_days: float = 30.0
+    prune_cron: str = PRUNE_CRON
 
     @classmethod
     def from_config(cls, cfg: ClusterConfig) -> WorkerSettings:
@@ -66,6 +71,8 @@ class WorkerSettings:
             stalled_after_s=cfg.stalled_after_s,
             # procrastinate's rule of thumb: a worker is stalled after 3 missed beats.
             heartbeat_interval_s=min(10.0, cfg.stalled_after_s / 3),
+            job_retention_days=cfg.job_retention_days,
+            failed_job_retention_days=cfg.failed_job_retention_days,
         )
 
 
@@ -102,6 +109,9 @@ async def run_worker(
         max_attempts=settings.max_attempts,
         lease_check_interval=settings.lease_check_interval_s,
         lease_keep=settings.concurrency,
+        retention=Retention.from_days(
+            settings.job_retention_days, settings.failed_job_retention_days
+        ),
     )
     backoff = 1.0
     try:
@@ -142,6 +152,7 @@ async def _run_once(
         max_attempts=settings.max_attempts,
         retry_wait_s=settings.retry_wait_s,
         retry_exponential_s=settings.retry_exponential_s,
+        prune_cron=settings.prune_cron,
     )
     async with app.open_async():
         worker = asyncio.create_task(

@@ -31,6 +31,7 @@ from cluster.fencing import current_epochs
 from cluster.queue import BACKUP_TASK, make_app, prepare_database
 from cluster.worker import WorkerSettings, run_worker
 from protector.config import Config
+from protector.daemon.cluster_metrics import ClusterMetrics
 from protector.daemon.clustered import ClusterBackup, SchedulerTerm
 from protector.daemon.daemon import preflight
 from protector.daemon.metrics import Metrics
@@ -63,6 +64,7 @@ class ClusterNode:
         self.cluster_view: dict[str, Any] = {}
         self.repo: Any = None
         self.catalog: Any = None
+        self.cluster_metrics: ClusterMetrics | None = None
 
     async def run(self) -> int:
         token = preflight(self.cfg)
@@ -79,12 +81,22 @@ class ClusterNode:
             ) from None
         self.repo = await open_repository(self.cfg, create=True)
         self.catalog = await open_catalog(self.repo)
+        # The whole cluster's series on this node's /metrics, read at scrape time (cached).
+        cluster_metrics = ClusterMetrics(
+            self.url,
+            self.cc.node,
+            host_slots=self.cc.host_slots,
+            datastore_slots=self.cc.datastore_slots,
+            heartbeat_s=NODE_BEAT_S,
+        )
+        self.cluster_metrics = cluster_metrics
+        self.metrics.registry.register(cluster_metrics)
         status = StatusServer(
             self.status_data,
             self.healthy,
             self.metrics,
             token=token,
-            before_metrics=lambda: self.term.refresh_metrics() if self.term else None,
+            before_metrics=self._before_metrics,
         )
         try:
             await status.start(self.cfg.daemon.status_listen)
@@ -141,6 +153,7 @@ class ClusterNode:
         if self.backup is not None:
             await self.backup.sessions.close()
         await status.stop()
+        await cluster_metrics.close()
         await self.catalog.close()
         log.info("cluster.node_stopped", node=self.cc.node)
         return 1 if any(self._failed(t) for t in tasks) else 0
@@ -199,6 +212,12 @@ class ClusterNode:
                 await runner
 
     # -- status ------------------------------------------------------------------------
+
+    async def _before_metrics(self) -> None:
+        if self.term is not None:
+            self.term.refresh_metrics()  # the leader's VM states
+        if self.cluster_metrics is not None:
+            await self.cluster_metrics.refresh()
 
     async def _view_loop(self) -> None:
         """The cluster's picture, read every few seconds (status_data must not block)."""

@@ -8,7 +8,8 @@ carry `Authorization: Bearer <token>` (compared in constant time). /healthz answ
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable
+import inspect
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -31,7 +32,7 @@ class StatusServer:
         metrics: Metrics,
         *,
         token: str = "",
-        before_metrics: Callable[[], None] | None = None,
+        before_metrics: Callable[[], Awaitable[None] | None] | None = None,
     ) -> None:
         self._status = status
         self._healthy = healthy
@@ -83,7 +84,10 @@ class StatusServer:
 
     async def metrics(self, _: web.Request) -> web.Response:
         if self._before_metrics:
-            self._before_metrics()
+            # A cluster node reads the cluster's state here (cached: cluster_metrics.py).
+            done = self._before_metrics()
+            if inspect.isawaitable(done):
+                await done
         body = generate_latest(self._metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

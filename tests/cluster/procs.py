@@ -20,7 +20,7 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from cluster.election import LeaderElector
-from cluster.queue import BackupJob, JobRun
+from cluster.queue import PRUNE_CRON, BackupJob, JobRun
 from cluster.worker import WorkerSettings, run_worker
 
 EVENTS_SCHEMA = """
@@ -123,6 +123,7 @@ def main() -> None:
     ap.add_argument("--stalled-after", type=float, default=3.0)
     ap.add_argument("--shutdown-timeout", type=float, default=10.0)
     ap.add_argument("--requeue-every", type=int, default=1)
+    ap.add_argument("--prune-cron", default=PRUNE_CRON)
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     if args.mode == "elector":
@@ -141,6 +142,7 @@ def main() -> None:
         retry_exponential_s=1,
         node_heartbeat_s=1.0,
         fetch_poll_s=1.0,
+        prune_cron=args.prune_cron,
     )
     print("WORKER STARTED", flush=True)
     asyncio.run(run_worker(args.url, recording_backup, settings))

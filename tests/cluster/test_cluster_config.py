@@ -44,6 +44,18 @@ def test_keys_are_parsed():
         ({"host_slots": True}, "cluster.host_slots", "must be an integer, not a boolean"),
         ({"stalled_after_s": "30"}, "cluster.stalled_after_s", "must be a number"),
         ({"nodes": "x"}, "cluster.nodes", "unknown key"),
+        ({"job_retention_days": 0}, "cluster.job_retention_days", "between 1 and 3650"),
+        ({"job_retention_days": "7d"}, "cluster.job_retention_days", "must be a number"),
+        (
+            {"failed_job_retention_days": 4000},
+            "cluster.failed_job_retention_days",
+            "between 1 and 3650",
+        ),
+        (
+            {"failed_job_retention_days": False},
+            "cluster.failed_job_retention_days",
+            "must be a number, not a boolean",
+        ),
         ({"database_url": "postgresql://u:pw@h/db"}, "cluster.database_url", "secrets are not"),
         (
             {"database_url_env": "A", "database_url_file": "/x"},
@@ -59,6 +71,17 @@ def test_errors_name_the_key(table, key, words):
     assert str(err.value).startswith(f"{key}: ")
     assert words in str(err.value)
     assert "pw" not in str(err.value)
+
+
+def test_job_retention_defaults_and_keys():
+    cfg = parse_cluster({}, hostname="h")
+    assert (cfg.job_retention_days, cfg.failed_job_retention_days) == (7.0, 30.0)
+    cfg = parse_cluster({"job_retention_days": 2, "failed_job_retention_days": 90.5}, hostname="h")
+    assert (cfg.job_retention_days, cfg.failed_job_retention_days) == (2.0, 90.5)
+    from cluster.worker import WorkerSettings
+
+    settings = WorkerSettings.from_config(cfg)
+    assert (settings.job_retention_days, settings.failed_job_retention_days) == (2.0, 90.5)
 
 
 def test_bad_default_node_says_it_came_from_the_host_name():

@@ -130,6 +130,15 @@ async def test_two_workers_share_the_work_within_cluster_wide_limits(
     assert sched.metric("vigil_vms", state="ok") == 8
     done = [w.metric("vigil_jobs_total", outcome="success") for w in (w1, w2)]
     assert sum(done) == 8 and all(done), done
+    # ... and every node's /metrics has the whole cluster, read from PostgreSQL.
+    st = sched.status()
+    assert st is not None
+    [lead] = st["cluster"]["leaders"]
+    for n in (sched, w1, w2):
+        assert n.metric("vigil_cluster_leader_holding", vcenter=lead["vcenter"], node="sched-1")
+        assert n.metric("vigil_cluster_node_up", node="worker-2", role="worker") == 1
+        assert n.metric("vigil_cluster_jobs", queue="backups", status="succeeded") == 8
+        assert n.metric("vigil_database_up") == 1
     # SIGTERM: each node stops cleanly (exit 0), and says so.
     for n in nodes:
         assert n.stop(timeout=60) == 0, n.tail()
