@@ -75,6 +75,8 @@ VALUE_GETTERS: dict[str, Callable[[VmFacts], tuple[str, ...]]] = {
     "power_states": _single(lambda vm: vm.power_state),
     "guest_ids": _single(lambda vm: vm.guest_id),
     "annotation": _single(lambda vm: vm.annotation),
+    # Not a selector key: a policy's top-level `vcenters` list, added to its selection.
+    "vcenters": _single(lambda vm: vm.vcenter),
 }
 
 
@@ -125,7 +127,14 @@ class CompiledPolicy:
 
     @classmethod
     def of(cls, policy: Policy) -> CompiledPolicy:
-        return cls(policy, CompiledSelector.of(policy.select), CompiledSelector.of(policy.exclude))
+        select = CompiledSelector.of(policy.select)
+        if policy.vcenters:
+            # `vcenters` narrows the selection like any criterion, so the full evaluation's
+            # index (engine.py) handles it with the rest.
+            names = tuple(policy.vcenters)
+            only = Criterion("vcenters", None, names, frozenset(names).__contains__)
+            select = CompiledSelector((*select.criteria, only), select.templates)
+        return cls(policy, select, CompiledSelector.of(policy.exclude))
 
     def matches(self, vm: VmFacts) -> bool:
         """Every select criterion holds, no exclude criterion does, templates only if asked."""

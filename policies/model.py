@@ -45,6 +45,7 @@ class VmFacts:
     attributes: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     annotation: str = ""
     template: bool = False
+    vcenter: str = ""  # the configured name of its vCenter (vigil.toml), for `vcenters`
 
 
 @dataclass(frozen=True)
@@ -148,6 +149,8 @@ class Policy:
     exclude: Selector = Selector()
     trigger: Trigger = Trigger()
     backup: BackupOptions = BackupOptions()
+    # The configured vCenters (by name) whose VMs it may select; empty: every vCenter.
+    vcenters: tuple[str, ...] = ()
     source: str = ""  # the file it came from, for messages
 
 

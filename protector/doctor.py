@@ -186,7 +186,7 @@ async def repository_check(cfg: Config) -> Check:
 
 def policies_check(cfg: Config) -> Check:
     try:
-        ps = load_policies(cfg.policies_path)
+        ps = load_policies(cfg.policies_path, vcenters=cfg.vcenters)
     except PolicyLoadError as exc:
         first = "; ".join(str(e) for e in exc.errors[:3])
         more = f" (and {len(exc.errors) - 3} more)" if len(exc.errors) > 3 else ""

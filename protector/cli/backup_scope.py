@@ -88,7 +88,7 @@ async def run_scope(args: argparse.Namespace) -> int:
     if args.policy is not None:
         require_policies_path(cfg)
         try:
-            policies = load_policies(cfg.policies_path)
+            policies = load_policies(cfg.policies_path, vcenters=cfg.vcenters)
         except PolicyLoadError as exc:
             raise UserError(f"policies are invalid; nothing backed up:\n{exc}") from None
         names = [p.name for p in policies]
@@ -100,7 +100,7 @@ async def run_scope(args: argparse.Namespace) -> int:
             )
     else:
         try:  # the VMs' own policies supply the options, when the policies load
-            policies = load_policies(cfg.policies_path)
+            policies = load_policies(cfg.policies_path, vcenters=cfg.vcenters)
         except (PolicyLoadError, OSError):
             policies = None
     repo = await open_repository(cfg, create=True)
@@ -112,7 +112,14 @@ async def run_scope(args: argparse.Namespace) -> int:
         tree = await read_inventory_with_tags(
             session, required=bool(policies and policies.selects_by_tag)
         )
-        scope = select(tree.vms(), vm_facts, policies, policy=args.policy, folder=args.folder)
+        name = cfg.vcenter.name
+        scope = select(
+            tree.vms(),
+            lambda n: vm_facts(n, name),
+            policies,
+            policy=args.policy,
+            folder=args.folder,
+        )
         if not scope.vms and not scope.skipped:
             raise UserError(f"{scope.what} covers no VM (`vigil inventory` shows the VMs)", 1)
         by_name = {p.name: p for p in policies} if policies is not None else {}

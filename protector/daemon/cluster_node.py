@@ -34,8 +34,8 @@ from protector.config import Config
 from protector.daemon.clustered import ClusterBackup, SchedulerTerm
 from protector.daemon.daemon import preflight
 from protector.daemon.metrics import Metrics
-from protector.daemon.sessions import JobSessions
 from protector.daemon.status_server import StatusServer
+from protector.daemon.vcenters import VcenterSet
 from protector.errors import UserError
 from protector.repoaccess import open_catalog, open_repository
 from protector.vsphere.connect import connect_session
@@ -113,7 +113,7 @@ class ClusterNode:
             )
             tasks.append(asyncio.create_task(beat, name="node-heartbeat"))
         if self.role in ("worker", "all"):
-            sessions = JobSessions(self.cfg)
+            sessions = VcenterSet(self.cfg)  # a session per vCenter, opened on first use
             self.backup = ClusterBackup(self.cfg, self.repo, self.catalog, self.metrics, sessions)
             settings = WorkerSettings.from_config(self.cc)
             work = run_worker(

@@ -32,8 +32,8 @@ from protector.daemon.cluster_queue import ClusterJobQueue
 from protector.daemon.daemon import Daemon
 from protector.daemon.jobs import JobRecord, JobRequest
 from protector.daemon.metrics import Metrics
-from protector.daemon.sessions import JobSessions
 from protector.daemon.state import VmState, states_from
+from protector.daemon.vcenters import VcenterSet
 from protector.daemon.worker import BackupWorker, VmGone
 from repository import Repository, VmIdentity
 from watcher.session import Session
@@ -57,7 +57,8 @@ class SchedulerTerm(Daemon):
         tz: tzinfo | None,
         metrics: Metrics | None = None,
     ) -> None:
-        super().__init__(cfg, tz=tz)
+        # One term leads one vCenter (cfg.vcenter): it watches and plans that one alone.
+        super().__init__(cfg, tz=tz, vcenters=[cfg.vcenter.name])
         if metrics is not None:  # the node's /metrics: VM states, events, policy errors
             self.metrics = metrics
         self.app = app
@@ -131,10 +132,8 @@ class SchedulerTerm(Daemon):
         self.supervisor.stopping.set()
         if self.runner is not None:
             await self.runner.stop()
-        if self.watcher is not None:
-            await self.watcher.close()
+        await self.vcenters.close()
         await self.supervisor.cancel_all()
-        await self.sessions.close()
         log.info("cluster.term_ended", vcenter=self.vcenter, epoch=self.epoch)
 
 
@@ -169,10 +168,10 @@ class ClusterBackup:
     """`await backup(job, run)` for cluster.worker.run_worker."""
 
     def __init__(
-        self, cfg: Config, repo: Repository, catalog: Any, metrics: Metrics, sessions: JobSessions
+        self, cfg: Config, repo: Repository, catalog: Any, metrics: Metrics, sessions: VcenterSet
     ) -> None:
         self.cfg = cfg
-        self.policies = PolicyStore(cfg.policies_path)
+        self.policies = PolicyStore(cfg.policies_path, vcenters=cfg.vcenters)
         self.nodes: dict[str, VmRef] = {}
         self.state: dict[str, VmState] = {}
         self.worker = BackupWorker(
@@ -204,7 +203,7 @@ class ClusterBackup:
         self.running[run.job_id] = rec
         try:
             await self.policies.reload()  # the policy's options as the files say now
-            session = await self.sessions.session()
+            session = await self.sessions.session_for(job.vm)  # the VM's own vCenter
             ref = await find_vm(session, job.vm)
             if ref is None:
                 raise VmGone(f"VM {req.vm_name} is no longer in vCenter; nothing to back up")

@@ -53,6 +53,8 @@ class Pruner:
         self.repo: Any = None
         self.policies: PolicyStore | None = None
         self.vms: Callable[[], list[Any]] = list  # the inventory tree's VMs now
+        # The configured name of a VM's vCenter (policies' `vcenters`).
+        self.vcenter_of: Callable[[Any], str] = lambda node: ""
         self.runner: Any = None  # pause / wait_idle_running / resume
         self.last_prune: dict[str, Any] | None = None
 
@@ -98,7 +100,7 @@ class Pruner:
         """Evaluated afresh from the tree, not from events that may still be queued."""
         assert self.policies is not None
         compiled = self.policies.compiled
-        return PruneScope.of(self.vms(), lambda f: evaluate_one(compiled, f))
+        return PruneScope.of(self.vms(), lambda f: evaluate_one(compiled, f), self.vcenter_of)
 
     async def prune_now(self, *, dry_run: bool = False) -> PruneResult | None:
         """Apply retention and sweep; None when deferred because the inventory is not in

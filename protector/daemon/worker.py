@@ -22,6 +22,7 @@ from protector.daemon.jobs import JobRecord, JobRequest
 from protector.daemon.metrics import Metrics
 from protector.daemon.sessions import JobSessions
 from protector.daemon.state import VmState
+from protector.daemon.vcenters import VcenterSet
 from protector.policyaccess import options_of
 from watcher.session import Session
 from watcher.soap import VsphereError, VsphereFault
@@ -44,7 +45,7 @@ class BackupWorker:
     def __init__(
         self,
         cfg: Config,
-        sessions: JobSessions,
+        sessions: JobSessions | VcenterSet,
         state: dict[str, VmState],
         metrics: Metrics,
         *,
@@ -78,7 +79,7 @@ class BackupWorker:
         rec.policy = policy.name if policy else req.policy
         opts = options_of(policy, full=req.full)
         self.ran_with[req.vm_key] = opts
-        session = await self.sessions.session()
+        session = await self.sessions.session_for(req.vm_key)  # the VM's own vCenter
         ctx = self.context(session)
         vm = session.moref("VirtualMachine", node.moref)
 
