@@ -20,6 +20,7 @@ from policies.matching import compile_criterion
 from policies.model import PolicySet, VmFacts
 from protector.cli.common import clean, config_of, did_you_mean, print_json
 from protector.cli.progress import human_bytes
+from protector.cli.vcenter_choice import one_vcenter
 from protector.errors import UserError
 
 
@@ -83,7 +84,7 @@ async def run_scope(args: argparse.Namespace) -> int:
     from protector.vsphere.connect import open_session
     from watcher.inventory import read_inventory_with_tags
 
-    cfg = config_of(args)
+    cfg = one_vcenter(config_of(args), args, "backup --policy/--folder")
     policies: PolicySet | None = None
     if args.policy is not None:
         require_policies_path(cfg)
