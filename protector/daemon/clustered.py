@@ -33,7 +33,7 @@ from protector.daemon.daemon import Daemon
 from protector.daemon.jobs import JobRecord, JobRequest
 from protector.daemon.metrics import Metrics
 from protector.daemon.state import VmState, states_from
-from protector.daemon.vcenters import VcenterSet
+from protector.daemon.vcenters import VcenterLink, VcenterSet
 from protector.daemon.worker import BackupWorker, VmGone
 from repository import Repository, VmIdentity
 from watcher.session import Session
@@ -64,6 +64,8 @@ class SchedulerTerm(Daemon):
         self.app = app
         self.vcenter = vcenter
         self.epoch = epoch
+        if cfg.several_vcenters:  # the other vCenters' points are their leaders' to prune
+            self.pruner.judges = lambda vcenter_uuid: vcenter_uuid == vcenter
         self.superseded: list[int] = []
 
     def _make_runner(self) -> ClusterJobQueue:
@@ -79,7 +81,7 @@ class SchedulerTerm(Daemon):
             cooldown_max=d.failure_cooldown_max,
         )
 
-    async def _clean_leftovers(self) -> None:
+    async def _clean_leftovers(self, link: VcenterLink) -> None:
         # Not the scheduler's to do in a cluster: the workers' running jobs hold snapshots
         # of ours right now. A job killed with its worker is retried, and the retry removes
         # the leftover first (backup/workflow.py).

@@ -81,9 +81,7 @@ async def test_restore_a_point_from_one_vcenter_into_another(tmp_path, make_vcsi
         # The name is on both vCenters: a clear error, no guess.
         r = vigil(cfg, "backup", "DC0_H0_VM0")
         assert r.returncode == 2, r.stderr
-        assert "'DC0_H0_VM0' is on several vCenters (east, west); pass --vcenter NAME" in (
-            r.stderr
-        )
+        assert "'DC0_H0_VM0' is on several vCenters (east, west); pass --vcenter NAME" in (r.stderr)
         r = vigil(cfg, "backup", "DC0_H0_VM0", "--vcenter", "nope")
         assert r.returncode == 2 and "no vCenter named 'nope'" in r.stderr
 

@@ -14,8 +14,10 @@ from typing import Any
 
 import pytest
 
+from protector.cli.status import render
 from protector.config import load_config
 from protector.daemon.daemon import Daemon
+from protector.daemon.status_html import render_html
 from repository import Repository
 
 from .helpers import wait_for
@@ -153,6 +155,10 @@ async def test_a_vcenter_that_is_down_holds_back_none_of_the_others(tmp_path, ma
         assert not down_row["connected"] and not down_row["synced"]
         assert not status["healthy"]  # `vigil status` exits 1: a vCenter is cut off
         assert not daemon.in_sync()  # so prune waits rather than orphan the down one's VMs
+        text = render(status)
+        assert f"vCenter up ({up.url}): live, 2 VMs" in text
+        assert f"vCenter down ({down_url}): NOT CONNECTED, inventory not read yet" in text
+        assert f"down ({down_url}): <b>NOT CONNECTED</b>" in render_html(status)
 
 
 async def _metrics(port: int) -> str:
