@@ -134,8 +134,9 @@ class SchedulerTerm(Daemon):
         self.supervisor.stopping.set()
         if self.runner is not None:
             await self.runner.stop()
-        await self.vcenters.close()
+        await self.vcenters.close_watchers()
         await self.supervisor.cancel_all()
+        await self.vcenters.close_sessions()  # after the tasks that might still use them
         log.info("cluster.term_ended", vcenter=self.vcenter, epoch=self.epoch)
 
 

@@ -267,8 +267,9 @@ class Daemon:
         # No new jobs; running ones are cancelled and remove their snapshots first.
         if self.runner:
             await self.runner.stop(timeout=50)
-        await self.vcenters.close()
+        await self.vcenters.close_watchers()
         await self.supervisor.cancel_all()
+        await self.vcenters.close_sessions()  # after the tasks that might still use them
         if self.status:
             await self.status.stop()
         if self.catalog:

@@ -123,12 +123,18 @@ class VcenterSet:
         """Every vCenter's first tree evaluated and its inventory live (prune's condition)."""
         return all(lk.synced.is_set() for lk in self.links) and self.healthy
 
-    async def close(self) -> None:
+    async def close_watchers(self) -> None:
         for lk in self.links:
             if lk.watcher is not None:
                 await lk.watcher.close()
+
+    async def close_sessions(self) -> None:
         for lk in self.links:
             await lk.sessions.close()
+
+    async def close(self) -> None:
+        await self.close_watchers()
+        await self.close_sessions()
 
     def status(self) -> list[dict[str, Any]]:
         """Per vCenter: connected, in sync, VM count and lag (status page, `vigil status`)."""
