@@ -114,6 +114,14 @@ async def test_restore_a_point_from_one_vcenter_into_another(tmp_path, make_vcsi
         )
         r = vigil(cfg, "backup", "--policy", "p")
         assert r.returncode == 2 and "pass --vcenter NAME" in r.stderr
+
+        # doctor logs in to each vCenter and names its checks after it.
+        r = vigil(cfg, "doctor", "--json")
+        checks = {c["name"]: c for c in json.loads(r.stdout)["checks"]}
+        for name, sim in (("east", east), ("west", west)):
+            assert checks[f"vcenter {name}"]["status"] == "ok"
+            assert sim.url in checks[f"vcenter {name}"]["detail"]
+            assert f"transport http {name}" in checks
     finally:
         await es.close()
         await ws.close()
