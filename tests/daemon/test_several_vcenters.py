@@ -169,3 +169,38 @@ async def _metrics(port: int) -> str:
         http.get(f"http://127.0.0.1:{port}/metrics") as resp,
     ):
         return await resp.text()
+
+
+async def test_a_vcenter_going_down_mid_run_stalls_none_of_the_others(tmp_path, make_vcsim):
+    from .helpers import create_vm, session_for
+
+    east = make_vcsim(args=[*SMALL, "-instance-uuid", EAST_UUID])
+    west = make_vcsim(args=[*SMALL, "-instance-uuid", WEST_UUID])
+    cfg = write_config(
+        tmp_path,
+        {"east": east.url, "west": west.url},
+        policy("all", 'folders = ["/**"]', priority=1),
+    )
+    async with running(cfg) as daemon:
+        await wait_for(lambda: len(points(daemon)) >= 4, 90, "a point of every VM")
+        west.stop()
+        await wait_for(
+            lambda: (
+                not next(v for v in daemon.status_data()["vcenters"] if v["name"] == "west")[
+                    "connected"
+                ]
+            ),
+            60,
+            "west seen as down",
+        )
+        s = await session_for(east)
+        try:
+            await create_vm(s, "/DC0/vm", "newcomer")
+        finally:
+            await s.close()
+        await wait_for(
+            lambda: any(p.vm.name == "newcomer" for p in points(daemon)),
+            60,
+            "east's new VM backed up while west is down",
+        )
+        assert not daemon.healthy()
