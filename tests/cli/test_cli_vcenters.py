@@ -66,7 +66,7 @@ async def vm_named(session: Session, name: str) -> object | None:
     return session.client.bind(ref) if ref is not None else None
 
 
-async def test_restore_a_point_from_one_vcenter_into_another(tmp_path, make_vcsim):
+async def test_restore_a_point_from_one_vcenter_into_another(tmp_path, make_vcsim, monkeypatch):
     east = make_vcsim(args=[*SMALL, "-instance-uuid", EAST_UUID])
     west = make_vcsim(args=[*SMALL, "-instance-uuid", WEST_UUID])
     cfg = setup(tmp_path, east.url, west.url)
@@ -122,6 +122,16 @@ async def test_restore_a_point_from_one_vcenter_into_another(tmp_path, make_vcsi
             assert checks[f"vcenter {name}"]["status"] == "ok"
             assert sim.url in checks[f"vcenter {name}"]["detail"]
             assert f"transport http {name}" in checks
+
+        # `vigil watch` checks every vCenter's credentials before it starts: a wrong
+        # password on the second never heals, so it stops at once, naming that table.
+        monkeypatch.setenv("VIGIL_T_WRONG", "not-the-password")
+        text = cfg.read_text()
+        head, _, tail = text.partition("[vcenters.west]")
+        cfg.write_text(head + "[vcenters.west]" + tail.replace("VIGIL_T_PW", "VIGIL_T_WRONG", 1))
+        r = vigil(cfg, "watch")
+        assert r.returncode == 2, r.stderr
+        assert "check vcenters.west.user and the password in $VIGIL_T_WRONG" in r.stderr
     finally:
         await es.close()
         await ws.close()
