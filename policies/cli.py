@@ -5,7 +5,7 @@ the caller passes the inventory as VmFacts). Loading errors raise PolicyLoadErro
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import replace
 from typing import Any
 
@@ -29,11 +29,16 @@ def _check(policies: PolicySet, ev: Evaluation) -> Report:
     }
 
 
-def check_report(policy_path: str | os.PathLike[str], vms: Iterable[VmFacts]) -> Report:
+def check_report(
+    policy_path: str | os.PathLike[str],
+    vms: Iterable[VmFacts],
+    *,
+    vcenters: Collection[str] | None = None,
+) -> Report:
     """`{"policies": [{"name", "vms"}], "overlaps": [{"vm", "policies", "winner"}],
     "unprotected": [path]}`, VMs by inventory path, every list sorted. A VM whose top
     policies share a priority has `"winner": None` and is listed as unprotected."""
-    policies = load_policies(policy_path)
+    policies = load_policies(policy_path, vcenters=vcenters)
     return _check(policies, evaluate(policies, vms))
 
 
@@ -71,13 +76,15 @@ def diff_report(
     current_path: str | os.PathLike[str],
     new_path: str | os.PathLike[str],
     vms: Iterable[VmFacts],
+    *,
+    vcenters: Collection[str] | None = None,
 ) -> Report:
     """What would change if the policies at `new_path` replaced those at `current_path`:
     `{"protected": [{"vm", "policy"}], "unprotected": [{"vm", "policy"}],
     "changed": [{"vm", "from", "to"}], "policies": {"added", "removed", "modified"},
     "conflicts": [{"vm", "policies"}]}` (conflicts under the new set), lists sorted."""
-    old_set = load_policies(current_path)
-    new_set = load_policies(new_path)
+    old_set = load_policies(current_path, vcenters=vcenters)
+    new_set = load_policies(new_path, vcenters=vcenters)
     vm_list = list(vms)
     old_ev, new_ev = evaluate(old_set, vm_list), evaluate(new_set, vm_list)
     d = diff(old_ev, new_ev)

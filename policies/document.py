@@ -7,6 +7,7 @@ Pure: works on a document `tomllib` already parsed (and, for line numbers, its t
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from datetime import time, timedelta
 from typing import Any
 
@@ -37,6 +38,7 @@ POLICY_KEYS = (
     "trigger",
     "retention",
     "backup",
+    "vcenters",
 )
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 DURATION_RE = re.compile(r"([0-9]+)([smhd])")
@@ -75,7 +77,14 @@ def parse_window(text: str) -> Window:
 class _Checker:
     """Validates one `[[policy]]` table, collecting errors."""
 
-    def __init__(self, file: str, index: int, locator: Locator | None) -> None:
+    def __init__(
+        self,
+        file: str,
+        index: int,
+        locator: Locator | None,
+        vcenters: Collection[str] | None = None,
+    ) -> None:
+        self.known_vcenters = vcenters  # the configured names; None: not known here
         self.file = file
         self.index = index
         self.locator = locator
@@ -262,6 +271,30 @@ class _Checker:
             return {}
         return {"on_quiesce_failure": v}
 
+    def vcenters(self, value: Any) -> tuple[str, ...]:
+        """`vcenters = ["east", ...]`: names of configured vCenters (vigil.toml)."""
+        names = self.typed(value, "vcenters", list, "a list of vCenter names")
+        if names is None:
+            return ()
+        if not names:
+            self.error("vcenters", "empty list: it would match nothing (leave it out for all)")
+        out: list[str] = []
+        known = self.known_vcenters
+        for i, n in enumerate(names):
+            if not isinstance(n, str):
+                self.error(f"vcenters[{i}]", f"expected a vCenter name, got {_describe(n)}")
+            elif known is not None and n not in known:
+                have = ", ".join(known)
+                lone = ' (a lone [vcenter] table is named "default")'
+                hint = lone if "default" in known else ""
+                self.error(
+                    f"vcenters[{i}]",
+                    f'no vCenter named "{n}" is configured (configured: {have}){hint}',
+                )
+            elif n not in out:
+                out.append(n)
+        return tuple(out)
+
     # -- the whole policy -----------------------------------------------------------------
 
     def policy(self, doc: Any) -> Policy | None:
@@ -311,6 +344,7 @@ class _Checker:
         retention = self.retention(t) if t is not None else None
         t = self.table(doc, "backup", required=False)
         backup = self.backup(t) if t is not None else BackupOptions()
+        vcenters = self.vcenters(doc["vcenters"]) if "vcenters" in doc else ()
 
         if self.errors:
             return None
@@ -325,6 +359,7 @@ class _Checker:
             trigger=trigger,
             retention=retention,
             backup=backup,
+            vcenters=vcenters,
             source=self.file,
         )
 
@@ -346,9 +381,15 @@ def _describe(value: Any) -> str:
 
 
 def parse_document(
-    doc: dict[str, Any], file: str, text: str | None = None
+    doc: dict[str, Any],
+    file: str,
+    text: str | None = None,
+    *,
+    vcenters: Collection[str] | None = None,
 ) -> tuple[list[Policy], list[PolicyError]]:
-    """Validate one parsed TOML document; `text` (the source) helps place errors on lines."""
+    """Validate one parsed TOML document; `text` (the source) helps place errors on lines;
+    `vcenters`, the configured vCenter names, are the only ones a policy may name (None:
+    names are not checked, the caller does not know them)."""
     errors: list[PolicyError] = []
     for k in doc:
         if k != "policy":
@@ -366,7 +407,7 @@ def parse_document(
     locator = Locator(text) if text is not None else None
     policies: list[Policy] = []
     for i, entry in enumerate(raw):
-        checker = _Checker(file, i, locator)
+        checker = _Checker(file, i, locator, vcenters)
         p = checker.policy(entry)
         errors.extend(checker.errors)
         if p is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 from .document import parse_document, parse_duration, parse_window
@@ -29,9 +29,13 @@ def policy_files(path: str | os.PathLike[str]) -> list[str]:
 
 
 def load_policies(
-    path: str | os.PathLike[str], *, read: Callable[[str], bytes] | None = None
+    path: str | os.PathLike[str],
+    *,
+    read: Callable[[str], bytes] | None = None,
+    vcenters: Collection[str] | None = None,
 ) -> PolicySet:
-    """Load and validate a policy file or directory; raise PolicyLoadError with every error."""
+    """Load and validate a policy file or directory; raise PolicyLoadError with every error.
+    `vcenters`: the configured vCenter names a policy's `vcenters` may use (None: unchecked)."""
     read = read or (lambda f: Path(f).read_bytes())
     errors: list[PolicyError] = []
     policies: list[Policy] = []
@@ -60,7 +64,7 @@ def load_policies(
             msg = TOML_LINE_RE.sub("", msg).strip()
             errors.append(PolicyError(file, f"invalid TOML: {msg}", line))
             continue
-        ps, errs = parse_document(doc, file, text)
+        ps, errs = parse_document(doc, file, text, vcenters=vcenters)
         policies.extend(ps)
         errors.extend(errs)
 

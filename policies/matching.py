@@ -81,6 +81,8 @@ VALUE_GETTERS: dict[str, Callable[[VmFacts], tuple[str, ...]]] = {
     "annotation": _single(lambda vm: vm.annotation),
     # A vApp, also one nested in another: a VM in /.../shop/db matches "/.../shop" too.
     "vapps": lambda vm: vm.vapps,
+    # Not a selector key: a policy's top-level `vcenters` list, added to its selection.
+    "vcenters": _single(lambda vm: vm.vcenter),
 }
 
 
@@ -131,7 +133,14 @@ class CompiledPolicy:
 
     @classmethod
     def of(cls, policy: Policy) -> CompiledPolicy:
-        return cls(policy, CompiledSelector.of(policy.select), CompiledSelector.of(policy.exclude))
+        select = CompiledSelector.of(policy.select)
+        if policy.vcenters:
+            # `vcenters` narrows the selection like any criterion, so the full evaluation's
+            # index (engine.py) handles it with the rest.
+            names = tuple(policy.vcenters)
+            only = Criterion("vcenters", None, names, frozenset(names).__contains__)
+            select = CompiledSelector((*select.criteria, only), select.templates)
+        return cls(policy, select, CompiledSelector.of(policy.exclude))
 
     def matches(self, vm: VmFacts) -> bool:
         """Every select criterion holds, no exclude criterion does, templates only if asked."""

@@ -47,6 +47,7 @@ class VmFacts:
     annotation: str = ""
     template: bool = False
     vapps: tuple[str, ...] = ()  # the vApps the VM is in, innermost first (nested ones too)
+    vcenter: str = ""  # the configured name of its vCenter (vigil.toml), for `vcenters`
 
 
 @dataclass(frozen=True)
@@ -151,6 +152,8 @@ class Policy:
     exclude: Selector = Selector()
     trigger: Trigger = Trigger()
     backup: BackupOptions = BackupOptions()
+    # The configured vCenters (by name) whose VMs it may select; empty: every vCenter.
+    vcenters: tuple[str, ...] = ()
     source: str = ""  # the file it came from, for messages
 
 

@@ -54,12 +54,15 @@ class PolicyStore:
         inventory: Inventory | None = None,
         debounce_ms: int = 500,
         step_ms: int = 50,
+        vcenters: Iterable[str] | None = None,
     ) -> None:
         self.path = Path(path)
+        # The configured vCenter names: a reload naming another is rejected like any error.
+        self.vcenters = tuple(vcenters) if vcenters is not None else None
         self.inventory = inventory
         self.debounce_ms = debounce_ms
         self.step_ms = step_ms
-        self._set = load_policies(self.path)
+        self._set = load_policies(self.path, vcenters=self.vcenters)
         self._compiled = compile_set(self._set)
         self.errors: tuple[PolicyError, ...] = ()
         self.generation = 1
@@ -95,7 +98,7 @@ class PolicyStore:
     def _prepare(self, vms: list[VmFacts] | None) -> _Prepared:
         """The blocking part: read, validate, compile, evaluate (safe in a worker thread)."""
         try:
-            new = load_policies(self.path)
+            new = load_policies(self.path, vcenters=self.vcenters)
         except PolicyLoadError as exc:
             return _Prepared(None, None, None, None, tuple(exc.errors))
         compiled = compile_set(new)

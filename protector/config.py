@@ -40,6 +40,10 @@ from protector.repoconfig import (
 
 DEFAULT_PATH = "vigil.toml"
 TRANSPORT_MODES = ("vddk", "http", "file")
+# The name of the vCenter a lone `[vcenter]` table configures (policies' `vcenters` and
+# `--vcenter` may use it); `[vcenters.NAME]` tables name each of several.
+DEFAULT_VCENTER = "default"
+VCENTER_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
 
 @dataclass(frozen=True)
@@ -52,8 +56,17 @@ class VcenterConfig:
     thumbprint: str = ""
     ca_file: str = ""
     connect_timeout: float = 10.0
+    # Its name: the NAME of `[vcenters.NAME]`, or DEFAULT_VCENTER for a lone `[vcenter]`.
+    name: str = "default"
+    # The table it came from ("vcenter" or "vcenters.NAME"): the prefix of every key an
+    # error message names, so the admin edits the right table.
+    table: str = field(default="vcenter", compare=False)
     # The file these settings came from, so a secret that cannot be read is reported there.
     config_path: str = field(default="vcenter", compare=False)
+
+    def key(self, key: str) -> str:
+        """The key path of one of its settings in the file, "vcenters.b.url" say."""
+        return f"{self.table}.{key}"
 
     def password(self) -> str:
         """Read the secret now (never stored on this object)."""
@@ -63,12 +76,13 @@ class VcenterConfig:
                 raise ConfigError(
                     self.config_path,
                     [
-                        f"vcenter.password_env: environment variable {self.password_env} is "
-                        f"not set; export {self.password_env}=… (or set vcenter.password_file)"
+                        f"{self.key('password_env')}: environment variable {self.password_env}"
+                        f" is not set; export {self.password_env}=… (or set "
+                        f"{self.key('password_file')})"
                     ],
                 )
             return value
-        return read_secret_file(self.password_file, "vcenter.password_file", self.config_path)
+        return read_secret_file(self.password_file, self.key("password_file"), self.config_path)
 
 
 @dataclass(frozen=True)
@@ -178,6 +192,32 @@ class Config:
     notify: NotifyConfig | None = None  # [notify]; None = no notifications
     # [copies.NAME]: offsite copies (`vigil copy --to NAME`), each a complete repository.
     copies: dict[str, RepositoryConfig] = field(default_factory=dict, hash=False)
+    # Every configured vCenter by name, in file order; `vcenter` is the first of them (the
+    # one a command talks to unless told otherwise: `for_vcenter`).
+    vcenters: dict[str, VcenterConfig] = field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        if not self.vcenters:  # built in code with one vcenter= only
+            object.__setattr__(self, "vcenters", {self.vcenter.name: self.vcenter})
+
+    @property
+    def several_vcenters(self) -> bool:
+        """Whether output must say which vCenter a VM is on."""
+        return len(self.vcenters) > 1
+
+    def for_vcenter(self, name: str) -> Config:
+        """This configuration aimed at one vCenter: `vcenter` is that one, so everything
+        that talks to "the" vCenter (sessions, the watcher, a backup) talks to it."""
+        vc = self.vcenters.get(name)
+        if vc is None:
+            raise ConfigError(
+                self.path,
+                [
+                    f"vcenters: no vCenter named {name!r} is configured (configured: "
+                    f"{', '.join(self.vcenters)})" + _did_you_mean(name, list(self.vcenters))
+                ],
+            )
+        return replace(self, vcenter=vc)
 
 
 # Each section: key -> (type(s), required, default)
@@ -227,9 +267,10 @@ _SCHEMA: dict[str, dict[str, tuple[Any, bool]]] = {
         "prune_max_pause": ((int, float), False),
     },
 }
-_REQUIRED_SECTIONS = ("vcenter", "repository", "policies")
-# Parsed by cluster.config (its own keys and checks), not through _SCHEMA.
-_OTHER_SECTIONS = ("cluster", "copies")
+_REQUIRED_SECTIONS = ("repository", "policies")  # and [vcenter] or [vcenters.NAME]
+# Parsed apart, not through _SCHEMA: cluster.config has its own keys and checks, and
+# [copies.NAME] and [vcenters.NAME] are tables of tables.
+_OTHER_SECTIONS = ("cluster", "copies", "vcenters")
 
 
 def _type_name(t: Any) -> str:
@@ -276,7 +317,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     return parse_config(doc, path, text)
 
 
-def _thumbprint_problem(url: str, thumbprint: str, exc: ValueError) -> str:
+def _thumbprint_problem(url: str, thumbprint: str, exc: ValueError, prefix: str) -> str:
     from urllib.parse import urlsplit
 
     digits = thumbprint.replace(":", "").replace(" ", "")
@@ -284,11 +325,11 @@ def _thumbprint_problem(url: str, thumbprint: str, exc: ValueError) -> str:
         parts = urlsplit(url)
         host = f"{parts.hostname or 'VCENTER'}:{parts.port or 443}"
         return (
-            "vcenter.thumbprint: this is a SHA-1 thumbprint (40 hex digits, what the vSphere "
+            f"{prefix}.thumbprint: this is a SHA-1 thumbprint (40 hex digits, what the vSphere "
             f"Client shows by default); vigil pins SHA-256: `openssl s_client -connect {host} "
             "</dev/null | openssl x509 -noout -fingerprint -sha256` prints it"
         )
-    return f"vcenter.thumbprint: {exc}"
+    return f"{prefix}.thumbprint: {exc}"
 
 
 def parse_config(doc: dict[str, Any], path: str, text: str = "") -> Config:
@@ -317,59 +358,15 @@ def _parse_config(doc: dict[str, Any], path: str) -> Config:
 
     values: dict[str, dict[str, Any]] = {}
     for section, schema in _SCHEMA.items():
+        if section == "vcenter" and section not in doc:
+            continue
         table = doc.get(section, {})
         if not isinstance(table, dict):
             problems.append(f"{section}: must be a table")
             continue
-        values[section] = {}
-        for key, val in table.items():
-            if key not in schema:
-                problems.append(
-                    f"{section}.{key}: unknown key (known: {', '.join(sorted(schema))})"
-                    + _did_you_mean(key, list(schema))
-                )
-                continue
-            typ = schema[key][0]
-            ok = isinstance(val, typ) and not (typ is int and isinstance(val, bool))
-            if isinstance(typ, tuple) and isinstance(val, bool):
-                ok = False
-            if not ok:
-                problems.append(f"{section}.{key}: must be {_type_name(typ)}, got {val!r}")
-                continue
-            values[section][key] = val
-        if section in doc:
-            for key, (_, required) in schema.items():
-                if required and key not in table:
-                    problems.append(f"{section}.{key}: required key is missing")
+        values[section] = _typed_table(table, schema, section, problems, required=section in doc)
 
-    v = values.get("vcenter", {})
-    if v:
-        if "password_env" in v and "password_file" in v:
-            problems.append("vcenter: set password_env or password_file, not both")
-        elif "password_env" not in v and "password_file" not in v:
-            problems.append(
-                "vcenter.password_env: required (or vcenter.password_file); "
-                "the password itself never goes in this file"
-            )
-        if "url" in v:
-            from watcher.soap import Endpoint
-
-            try:
-                Endpoint(v["url"], thumbprint=v.get("thumbprint", ""))
-            except ValueError as exc:
-                if "thumbprint" in str(exc):
-                    problems.append(_thumbprint_problem(v["url"], v.get("thumbprint", ""), exc))
-                else:
-                    problems.append(f"vcenter.url: {exc}")
-        if v.get("password_file"):
-            v["password_file"] = str(base / v["password_file"])
-        if v.get("ca_file"):
-            v["ca_file"] = str(base / v["ca_file"])
-            if not Path(v["ca_file"]).is_file():
-                problems.append(
-                    f"vcenter.ca_file: {v['ca_file']} does not exist; put the vCenter CA "
-                    "certificate (PEM) there, or pin vcenter.thumbprint instead"
-                )
+    vcenters = _parse_vcenters(doc, path, base, problems)
     r = values.get("repository", {})
     if "repository" in doc:
         problems += repository_table_problems(r, "repository", base)
@@ -456,9 +453,11 @@ def _parse_config(doc: dict[str, Any], path: str) -> Config:
     if problems:
         raise ConfigError(path, problems)
 
+    first = next(iter(vcenters.values()))
     return Config(
         path=path,
-        vcenter=VcenterConfig(**v, config_path=path),
+        vcenter=first,
+        vcenters=vcenters,
         repository=RepositoryConfig(**r, config_path=path),
         policies_path=p["path"],
         transport=TransportConfig(
@@ -475,6 +474,128 @@ def _parse_config(doc: dict[str, Any], path: str) -> Config:
         state_dir=str(base / values["state"]["dir"]) if "dir" in values.get("state", {}) else "",
         copies=copies,
     )
+
+
+def _typed_table(
+    table: dict[str, Any],
+    schema: dict[str, tuple[Any, bool]],
+    prefix: str,
+    problems: list[str],
+    *,
+    required: bool,
+) -> dict[str, Any]:
+    """A table's keys checked against its schema: unknown keys, types, required keys."""
+    out: dict[str, Any] = {}
+    for key, val in table.items():
+        if key not in schema:
+            problems.append(
+                f"{prefix}.{key}: unknown key (known: {', '.join(sorted(schema))})"
+                + _did_you_mean(key, list(schema))
+            )
+            continue
+        typ = schema[key][0]
+        ok = isinstance(val, typ) and not (typ is int and isinstance(val, bool))
+        if isinstance(typ, tuple) and isinstance(val, bool):
+            ok = False
+        if not ok:
+            problems.append(f"{prefix}.{key}: must be {_type_name(typ)}, got {val!r}")
+            continue
+        out[key] = val
+    if required:
+        for key, (_, needed) in schema.items():
+            if needed and key not in table:
+                problems.append(f"{prefix}.{key}: required key is missing")
+    return out
+
+
+def _parse_vcenters(
+    doc: dict[str, Any], path: str, base: Path, problems: list[str]
+) -> dict[str, VcenterConfig]:
+    """`[vcenter]` (one vCenter, named DEFAULT_VCENTER) or `[vcenters.NAME]` tables (each
+    with the keys of `[vcenter]`), never both: which one a command meant would be a guess."""
+    one, many = doc.get("vcenter"), doc.get("vcenters")
+    if one is not None and many is not None:
+        problems.append(
+            "vcenters: set either [vcenter] (one vCenter) or [vcenters.NAME] tables (one per "
+            "vCenter), not both; move [vcenter] into a [vcenters.NAME] table"
+        )
+        return {}
+    if one is None and many is None:
+        problems.append("[vcenter]: required section is missing (or [vcenters.NAME] tables)")
+        return {}
+    tables: dict[str, tuple[str, Any]]
+    if one is not None:
+        if not isinstance(one, dict):
+            return {}  # "vcenter: must be a table", said by the schema pass
+        tables = {DEFAULT_VCENTER: ("vcenter", one)}
+    elif not isinstance(many, dict) or not many:
+        problems.append(
+            "vcenters: must hold one [vcenters.NAME] table per vCenter, like "
+            '[vcenters.east] url = "https://vc-east.example.com/sdk"'
+        )
+        return {}
+    else:
+        tables = {name: (f"vcenters.{name}", t) for name, t in many.items()}
+    out: dict[str, VcenterConfig] = {}
+    urls: dict[str, str] = {}
+    for name, (prefix, table) in tables.items():
+        if not VCENTER_NAME_RE.fullmatch(name):
+            problems.append(
+                f"{prefix}: invalid name {name!r}: use letters, digits, '_' and '-', "
+                "starting with a letter or digit"
+            )
+            continue
+        if not isinstance(table, dict):
+            problems.append(f"{prefix}: must be a table")
+            continue
+        v = _typed_table(table, _SCHEMA["vcenter"], prefix, problems, required=True)
+        before = len(problems)
+        _check_vcenter(v, prefix, base, problems)
+        if len(problems) > before or "url" not in v or "user" not in v:
+            continue
+        from watcher.soap import Endpoint
+
+        # One vCenter under two names would be watched, and its VMs backed up, twice.
+        where = Endpoint(v["url"]).base_url
+        if where in urls:
+            problems.append(
+                f"{prefix}.url: the same vCenter as vcenters.{urls[where]} ({v['url']}); "
+                "configure each vCenter once"
+            )
+            continue
+        urls[where] = name
+        out[name] = VcenterConfig(**v, name=name, table=prefix, config_path=path)
+    return out
+
+
+def _check_vcenter(v: dict[str, Any], prefix: str, base: Path, problems: list[str]) -> None:
+    """One vCenter table's values (paths made absolute in `v`)."""
+    if "password_env" in v and "password_file" in v:
+        problems.append(f"{prefix}: set password_env or password_file, not both")
+    elif "password_env" not in v and "password_file" not in v:
+        problems.append(
+            f"{prefix}.password_env: required (or {prefix}.password_file); "
+            "the password itself never goes in this file"
+        )
+    if "url" in v:
+        from watcher.soap import Endpoint
+
+        try:
+            Endpoint(v["url"], thumbprint=v.get("thumbprint", ""))
+        except ValueError as exc:
+            if "thumbprint" in str(exc):
+                problems.append(_thumbprint_problem(v["url"], v.get("thumbprint", ""), exc, prefix))
+            else:
+                problems.append(f"{prefix}.url: {exc}")
+    if v.get("password_file"):
+        v["password_file"] = str(base / v["password_file"])
+    if v.get("ca_file"):
+        v["ca_file"] = str(base / v["ca_file"])
+        if not Path(v["ca_file"]).is_file():
+            problems.append(
+                f"{prefix}.ca_file: {v['ca_file']} does not exist; put the vCenter CA "
+                f"certificate (PEM) there, or pin {prefix}.thumbprint instead"
+            )
 
 
 def _parse_cluster(

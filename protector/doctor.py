@@ -186,7 +186,7 @@ async def repository_check(cfg: Config) -> Check:
 
 def policies_check(cfg: Config) -> Check:
     try:
-        ps = load_policies(cfg.policies_path)
+        ps = load_policies(cfg.policies_path, vcenters=cfg.vcenters)
     except PolicyLoadError as exc:
         first = "; ".join(str(e) for e in exc.errors[:3])
         more = f" (and {len(exc.errors) - 3} more)" if len(exc.errors) > 3 else ""
@@ -215,7 +215,22 @@ def transport_checks(cfg: Config, http: Check | None) -> list[Check]:
 
 async def run_checks(cfg: Config, connect: Any) -> list[Check]:
     """Every check, in order. `connect(cfg)` opens the vCenter session (a UserError when it
-    cannot)."""
+    cannot). With several vCenters each is checked (login, privileges, transports), its
+    checks named after it ("vcenter east", "privileges east", ...)."""
+    checks: list[Check] = []
+    for name in cfg.vcenters:
+        one = await vcenter_checks(cfg.for_vcenter(name), connect)
+        if cfg.several_vcenters:
+            for c in one:
+                c.name = f"{c.name} {name}"
+        checks.extend(one)
+    checks.append(await repository_check(cfg))
+    checks.append(policies_check(cfg))
+    return checks
+
+
+async def vcenter_checks(cfg: Config, connect: Any) -> list[Check]:
+    """Login, privileges and transports of one vCenter (`cfg.vcenter`)."""
     checks: list[Check] = []
     session: Session | None = None
     try:
@@ -230,7 +245,8 @@ async def run_checks(cfg: Config, connect: Any) -> list[Check]:
             )
         )
     except UserError as exc:
-        checks.append(Check("vcenter", FAIL, str(exc), "fix [vcenter] in the configuration"))
+        fix = f"fix [{cfg.vcenter.table}] in the configuration"
+        checks.append(Check("vcenter", FAIL, str(exc), fix))
     try:
         http = None
         if session is not None:
@@ -241,6 +257,4 @@ async def run_checks(cfg: Config, connect: Any) -> list[Check]:
     finally:
         if session is not None:
             await session.close()
-    checks.append(await repository_check(cfg))
-    checks.append(policies_check(cfg))
     return checks

@@ -21,9 +21,11 @@ from repository import KeepRule, Manifest, VmIdentity
 log = structlog.get_logger(__name__)
 
 
-def vm_facts(node: Any) -> VmFacts:
-    """The plain facts the policy engine matches on, from a watcher VmNode."""
+def vm_facts(node: Any, vcenter: str) -> VmFacts:
+    """The plain facts the policy engine matches on, from a watcher VmNode and the
+    configured name of its vCenter (a policy's `vcenters`)."""
     return VmFacts(
+        vcenter=vcenter,
         key=node.identity,
         path=node.path,
         name=node.name,
@@ -68,8 +70,8 @@ def options_of(policy: Policy | None, *, full: bool = False) -> BackupOptions:
     )
 
 
-def winning_policy(policies: PolicySet, node: Any) -> Policy | None:
-    result = evaluate_one(policies, vm_facts(node))
+def winning_policy(policies: PolicySet, node: Any, vcenter: str) -> Policy | None:
+    result = evaluate_one(policies, vm_facts(node, vcenter))
     if result.winner is None:
         return None
     return next(p for p in policies if p.name == result.winner)
@@ -114,20 +116,21 @@ def lock_problems(policies: PolicySet, cfg: Config) -> list[PolicyError]:
 def load_checked(cfg: Config) -> PolicySet:
     """The policy set, refused (PolicyLoadError) when one is invalid or keeps points for
     less time than the repository's object lock."""
-    policies = load_policies(cfg.policies_path)
+    policies = load_policies(cfg.policies_path, vcenters=cfg.vcenters)
     if problems := lock_problems(policies, cfg):
         raise PolicyLoadError(problems)
     return policies
 
 
 def backup_options_for(cfg: Config, tree: Any, node: Any, *, full: bool) -> BackupOptions:
-    """Options for a one-off backup: the VM's policy's, or defaults when none covers it."""
+    """Options for a one-off backup: the VM's policy's, or defaults when none covers it
+    (`cfg.vcenter` is the VM's vCenter)."""
     try:
-        policies = load_policies(cfg.policies_path)
+        policies = load_policies(cfg.policies_path, vcenters=cfg.vcenters)
     except PolicyLoadError as exc:
         log.warning("policies.unusable_for_backup", errors=str(exc), using="defaults")
         return BackupOptions(full=full)
-    return options_of(winning_policy(policies, node), full=full)
+    return options_of(winning_policy(policies, node, cfg.vcenter.name), full=full)
 
 
 class GfsRule:
@@ -216,11 +219,14 @@ class PruneScope:
             )
 
     @classmethod
-    def of(cls, nodes: Any, evaluate: Callable[[VmFacts], Any]) -> PruneScope:
-        """The scope of every VM in `nodes`; `evaluate` gives the engine's VmResult."""
+    def of(
+        cls, nodes: Any, evaluate: Callable[[VmFacts], Any], vcenter_of: Callable[[Any], str]
+    ) -> PruneScope:
+        """The scope of every VM in `nodes`; `evaluate` gives the engine's VmResult,
+        `vcenter_of` the configured name of a node's vCenter."""
         scope = cls()
         for node in nodes:
-            res = evaluate(vm_facts(node))
+            res = evaluate(vm_facts(node, vcenter_of(node)))
             scope.add(node, res.winner, tuple(res.conflict))
         return scope
 

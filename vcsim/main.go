@@ -62,6 +62,7 @@ func main() {
 	vssFail := flag.String("vss-fail", "", "VM name pattern: quiesced snapshots of matching Windows VMs get no VSS manifest (a VSS error)")
 	denyPriv := flag.String("deny-privileges", "", "ID,...: HasPrivilegeOnEntities reports these privileges as not granted")
 	toolsGlob := flag.String("tools-running", "", "VM name pattern: matching VMs report VMware Tools running")
+	instUUID := flag.String("instance-uuid", "", "about.instanceUuid of this vCenter (default: govmomi's fixed one)")
 	flag.Parse()
 	if err := checkCBTFlags(*cbtGrain, *cbtWindow); err != nil {
 		fail("%v", err)
@@ -79,6 +80,11 @@ func main() {
 	model.Datastore = *ds
 	model.Portgroup = *pg
 	simulator.SessionIdleTimeout = *idle
+	if *instUUID != "" {
+		// Every real vCenter has its own instance uuid; govmomi's model has one fixed
+		// value, so two simulators would look like one vCenter (docs/vcsim.md).
+		model.ServiceContent.About.InstanceUuid = *instUUID
+	}
 
 	if err := model.Create(); err != nil {
 		fail("creating model: %v", err)

@@ -9,6 +9,7 @@ from typing import Any
 
 from protector.cli.common import config_of, json_option, print_json
 from protector.cli.progress import ProgressLine, human_bytes
+from protector.cli.vcenter_choice import vcenter_option
 from protector.errors import UserError
 from protector.phases import listening
 
@@ -59,6 +60,7 @@ def register(sub: Any) -> None:
         help="read every allocated block, not only the blocks CBT says changed",
     )
     json_option(p, "print the new restore point as JSON (see `list`)")
+    vcenter_option(p, "the VM, vApp or scope is on")
     p.set_defaults(handler=run)
 
 
@@ -117,6 +119,10 @@ async def run(args: argparse.Namespace) -> int:
     from protector.cli.common import open_repository
 
     cfg = config_of(args)
+    if cfg.several_vcenters or args.vcenter:
+        from protector.cli.vcenter_choice import vcenter_of_vm
+
+        cfg = await vcenter_of_vm(cfg, args, args.vm)
     # The repository's key derivation (~0.1-0.5 s of CPU, in a thread) starts first: it runs
     # while this process imports the vCenter and backup code and logs in.
     opening = asyncio.ensure_future(
@@ -206,13 +212,14 @@ async def close_all(session: Any, catalog: Any) -> None:
 async def run_vapp(args: argparse.Namespace) -> int:
     from protector.backup import backup_vapp
     from protector.cli.common import open_repository
+    from protector.cli.vcenter_choice import one_vcenter
     from protector.context import Context
     from protector.policyaccess import backup_options_for
     from protector.repoaccess import open_catalog
     from protector.vsphere.connect import open_session
     from watcher.inventory import read_inventory_with_tags
 
-    cfg = config_of(args)
+    cfg = one_vcenter(config_of(args), args, "backup --vapp")
     path = "/" + args.vapp.strip("/")
     repo = await open_repository(cfg, create=True)
     session = await open_session(cfg)

@@ -24,6 +24,7 @@ from policies.matching import compile_criterion
 from policies.model import PolicySet, VmFacts
 from protector.cli.common import clean, config_of, did_you_mean, print_json
 from protector.cli.progress import human_bytes
+from protector.cli.vcenter_choice import one_vcenter
 from protector.errors import UserError
 from protector.policyaccess import vapp_root
 
@@ -97,12 +98,12 @@ async def run_scope(args: argparse.Namespace) -> int:
     from protector.vsphere.connect import open_session
     from watcher.inventory import read_inventory_with_tags
 
-    cfg = config_of(args)
+    cfg = one_vcenter(config_of(args), args, "backup --policy/--folder")
     policies: PolicySet | None = None
     if args.policy is not None:
         require_policies_path(cfg)
         try:
-            policies = load_policies(cfg.policies_path)
+            policies = load_policies(cfg.policies_path, vcenters=cfg.vcenters)
         except PolicyLoadError as exc:
             raise UserError(f"policies are invalid; nothing backed up:\n{exc}") from None
         names = [p.name for p in policies]
@@ -114,7 +115,7 @@ async def run_scope(args: argparse.Namespace) -> int:
             )
     else:
         try:  # the VMs' own policies supply the options, when the policies load
-            policies = load_policies(cfg.policies_path)
+            policies = load_policies(cfg.policies_path, vcenters=cfg.vcenters)
         except (PolicyLoadError, OSError):
             policies = None
     repo = await open_repository(cfg, create=True)
@@ -127,7 +128,14 @@ async def run_scope(args: argparse.Namespace) -> int:
         tree = await read_inventory_with_tags(
             session, required=bool(policies and policies.selects_by_tag)
         )
-        scope = select(tree.vms(), vm_facts, policies, policy=args.policy, folder=args.folder)
+        name = cfg.vcenter.name
+        scope = select(
+            tree.vms(),
+            lambda n: vm_facts(n, name),
+            policies,
+            policy=args.policy,
+            folder=args.folder,
+        )
         if not scope.vms and not scope.skipped and not scope.vapps:
             raise UserError(f"{scope.what} covers no VM (`vigil inventory` shows the VMs)", 1)
         by_name = {p.name: p for p in policies} if policies is not None else {}

@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from protector.cli.common import json_option, print_json
+from protector.cli.vcenter_choice import vcenter_option
 
 
 def register(sub: Any) -> None:
@@ -32,12 +33,16 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--watch", action="store_true", help="follow inventory changes until Ctrl-C/SIGTERM"
     )
+    vcenter_option(p, "to show (default: every configured one)")
     p.set_defaults(handler=run)
 
 
-def vm_record(vm: Any) -> dict[str, Any]:
+def vm_record(vm: Any, vcenter: str = "") -> dict[str, Any]:
+    """One VM; `vcenter`, the configured name of its vCenter, when several are configured
+    (then the path carries it too: `east:/DC0/vm/web-1`)."""
     return {
-        "path": vm.path,
+        **({"vcenter": vcenter} if vcenter else {}),
+        "path": f"{vcenter}:{vm.path}" if vcenter else vm.path,
         "name": vm.name,
         "moref": vm.moref,
         "instance_uuid": vm.instance_uuid,
@@ -68,12 +73,16 @@ def render_tree(vms: list[Any]) -> str:
 
 async def run(args: argparse.Namespace) -> int:
     from protector.cli.common import config_of
+    from protector.cli.vcenter_choice import chosen, one_vcenter
     from protector.vsphere.connect import open_session
     from watcher.inventory import read_inventory_with_tags
 
     cfg = config_of(args)
     if args.watch:
-        return await _watch(cfg, args.json)
+        return await _watch(one_vcenter(cfg, args, "inventory --watch"), args.json)
+    if cfg.several_vcenters and not args.vcenter:
+        return await _several(cfg, args.json)
+    cfg = chosen(cfg, args)
     session = await open_session(cfg)
     try:
         tree = await read_inventory_with_tags(session, required=False)
@@ -84,6 +93,21 @@ async def run(args: argparse.Namespace) -> int:
         print_json(sorted((vm_record(v) for v in vms), key=lambda r: r["path"]))
     else:
         print(render_tree(vms))
+    return 0
+
+
+async def _several(cfg: Any, as_json: bool) -> int:
+    """Every configured vCenter's VMs, each under its vCenter's name."""
+    from protector.vcenters import read_trees
+
+    trees = await read_trees(cfg, tags_required=False)
+    if as_json:
+        records = [vm_record(v, name) for name, tree in trees.items() for v in tree.vms()]
+        print_json(sorted(records, key=lambda r: r["path"]))
+        return 0
+    for name, tree in trees.items():
+        print(f"{name}: {cfg.vcenters[name].url}")
+        print("\n".join("  " + line for line in render_tree(tree.vms()).splitlines()))
     return 0
 
 

@@ -14,6 +14,7 @@ from protector.cli.common import (
     open_repository,
     print_json,
 )
+from protector.cli.vcenter_choice import vcenter_option
 from protector.errors import UserError
 
 
@@ -49,6 +50,7 @@ def register(sub: Any) -> None:
         "disks, pinned), newest first",
     )
     as_of_option(p)
+    vcenter_option(p, "whose VMs' points to list (it logs in to learn its instance uuid)")
     p.set_defaults(handler=run)
 
 
@@ -74,13 +76,15 @@ def refuse_ambiguous(spec: str, manifests: list[Any]) -> None:
             newest[key] = m
     if len(newest) < 2:
         return
+    several = len({vc for vc, _ in newest}) > 1
     listing = "\n".join(
         f"  {clean(m.vm.path or m.vm.name)}  (instance UUID {m.vm.instance_uuid})"
         for m in sorted(newest.values(), key=lambda m: m.vm.path)
     )
     raise UserError(
         f"{len(newest)} VMs with restore points answer to {spec.strip()!r}; name one by "
-        f"inventory path or instance UUID:\n{listing}",
+        + ("--vcenter NAME, " if several else "")
+        + f"inventory path or instance UUID:\n{listing}",
         2,
     )
 
@@ -93,6 +97,12 @@ async def run(args: argparse.Namespace) -> int:
     cfg = config_of(args)
     repo = await open_repository(cfg, as_of=args.as_of)
     manifests = all_points = await all_manifests(repo)
+    if args.vcenter:
+        from protector.cli.vcenter_choice import vcenter_names_by_uuid
+
+        cfg.for_vcenter(args.vcenter)  # an unknown name: exit 2 before logging in
+        uuid = {n: u for u, n in (await vcenter_names_by_uuid(cfg)).items()}[args.vcenter]
+        manifests = [m for m in manifests if m.vm.vcenter_uuid == uuid]
     if args.vapps:
         return list_vapp_sets(args, manifests)
     if args.vm:

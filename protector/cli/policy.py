@@ -49,16 +49,18 @@ def register(sub: Any) -> None:
 
 
 async def _facts(cfg: Any) -> list[Any]:
-    from protector.policyaccess import vm_facts
-    from protector.vsphere.connect import open_session
-    from watcher.inventory import read_inventory_with_tags
+    """Every configured vCenter's VMs, paths carrying the vCenter's name when several."""
+    from dataclasses import replace
 
-    session = await open_session(cfg)
-    try:
-        tree = await read_inventory_with_tags(session, required=False)
-    finally:
-        await session.close()
-    return [vm_facts(v) for v in tree.vms()]
+    from protector.policyaccess import vm_facts
+    from protector.vcenters import read_trees, shown_path
+
+    trees = await read_trees(cfg, tags_required=False)
+    return [
+        replace(f, path=shown_path(cfg, name, f.path))
+        for name, tree in trees.items()
+        for f in (vm_facts(v, name) for v in tree.vms())
+    ]
 
 
 def _errors(exc: Any) -> int:
@@ -77,7 +79,7 @@ async def run_check(args: argparse.Namespace) -> int:
         load_checked(cfg)  # fail before logging in (with the object-lock check)
     except PolicyLoadError as exc:
         return _errors(exc)
-    report = check_report(cfg.policies_path, await _facts(cfg))
+    report = check_report(cfg.policies_path, await _facts(cfg), vcenters=cfg.vcenters)
     if args.json:
         print_json(report)
     else:
@@ -100,11 +102,12 @@ async def run_diff(args: argparse.Namespace) -> int:
 
     require_policies_path(cfg)
     try:
-        load_policies(cfg.policies_path)
-        load_policies(args.new_path)
+        load_policies(cfg.policies_path, vcenters=cfg.vcenters)
+        load_policies(args.new_path, vcenters=cfg.vcenters)
     except PolicyLoadError as exc:
         return _errors(exc)
-    report = diff_report(cfg.policies_path, args.new_path, await _facts(cfg))
+    facts = await _facts(cfg)
+    report = diff_report(cfg.policies_path, args.new_path, facts, vcenters=cfg.vcenters)
     if args.json:
         print_json(report)
     else:

@@ -40,9 +40,8 @@ async def run(args: argparse.Namespace) -> int:
     from policies.engine import evaluate_one
     from policies.errors import PolicyLoadError
     from protector.policyaccess import PruneScope, load_checked, retention_rules
-    from protector.vsphere.connect import open_session
+    from protector.vcenters import read_trees
     from repository import prune
-    from watcher.inventory import read_inventory_with_tags
 
     cfg = config_of(args)
     require_policies_path(cfg)
@@ -51,15 +50,17 @@ async def run(args: argparse.Namespace) -> int:
     except PolicyLoadError as exc:
         raise UserError(f"policies are invalid; nothing pruned:\n{exc}") from None
     repo = await open_repository(cfg)
-    session = await open_session(cfg)
-    try:
-        # A tag read failure stops the prune: VMs a tag policy protects would look like
-        # orphans and lose their old points.
-        tree = await read_inventory_with_tags(session, required=policies.selects_by_tag)
-    finally:
-        await session.close()
+    # Every configured vCenter's inventory: a VM of one left unread would look like an
+    # orphan. A tag read failure stops the prune: VMs a tag policy protects would look like
+    # orphans and lose their old points.
+    trees = await read_trees(cfg, tags_required=policies.selects_by_tag)
     # A conflicted VM, or one whose identity is unknown yet, keeps all its points.
-    scope = PruneScope.of(tree.vms(), lambda facts: evaluate_one(policies, facts))
+    names = {id(n): name for name, tree in trees.items() for n in tree.vms()}
+    scope = PruneScope.of(
+        [n for tree in trees.values() for n in tree.vms()],
+        lambda facts: evaluate_one(policies, facts),
+        lambda node: names[id(node)],
+    )
     tz = datetime.now().astimezone().tzinfo
     assert tz is not None
     rule_for = retention_rules(policies, scope, tz)

@@ -7,6 +7,7 @@ from typing import Any
 
 from protector.cli.common import POINT_HELP, as_of_option, config_of, json_option, print_json
 from protector.cli.progress import ProgressLine, human_bytes
+from protector.cli.vcenter_choice import vcenter_option
 from protector.errors import UserError
 
 
@@ -124,6 +125,11 @@ def register(sub: Any) -> None:
     )
     json_option(p, "print the restored VM and disks as JSON")
     as_of_option(p)
+    vcenter_option(
+        p,
+        "to restore into; default: the one the point was taken on (with --new-name any "
+        "configured vCenter: placement is resolved there)",
+    )
     p.set_defaults(handler=run)
 
 
@@ -166,6 +172,19 @@ async def run(args: argparse.Namespace) -> int:
     repo = await open_repository(cfg, as_of=args.as_of)
     # Before logging in: a typo needs no vCenter.
     args.point = await require_point(repo, args.point)
+    if cfg.several_vcenters or args.vcenter:
+        import anyio
+
+        from protector.cli.vcenter_choice import vcenter_of_point
+        from repository.errors import PointNotFoundError
+
+        try:
+            source = await anyio.to_thread.run_sync(repo.load_manifest, args.point)
+        except PointNotFoundError:
+            raise UserError(
+                f"no restore point {args.point!r}; `vigil list` shows the points", 2
+            ) from None
+        cfg = await vcenter_of_point(cfg, args, source, to_existing=args.to_existing)
     session = await open_session(cfg)
     try:
         ctx = Context.create(cfg, session, repo, None)
@@ -258,6 +277,12 @@ async def run_vapp_set(args: argparse.Namespace) -> int:
     cfg = config_of(args)
     repo = await open_repository(cfg, as_of=args.as_of)
     vset = find_set(vapp_sets(await all_manifests(repo)), args.vapp_set)  # before logging in
+    if (cfg.several_vcenters or args.vcenter) and vset.points:
+        from protector.cli.vcenter_choice import vcenter_of_point
+
+        # The set's own vCenter unless --vcenter names another (placement is resolved there).
+        member = next(iter(vset.points.values()))
+        cfg = await vcenter_of_point(cfg, args, member, to_existing=False)
     session = await open_session(cfg)
     try:
         ctx = Context.create(cfg, session, repo, None)

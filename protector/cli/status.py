@@ -28,9 +28,24 @@ def register(sub: Any) -> None:
     p.set_defaults(handler=run)
 
 
+def vcenter_lines(status: dict[str, Any]) -> list[str]:
+    """One line per vCenter when several are configured (each syncs and fails on its own),
+    else the one vCenter's."""
+    several = status.get("vcenters")
+    if not several:
+        return [f"vCenter {status['vcenter']}: {'live' if status['healthy'] else 'NOT CONNECTED'}"]
+    return [
+        f"vCenter {clean(v['name'])} ({v['url']}): "
+        + ("live" if v["connected"] else "NOT CONNECTED")
+        + ("" if v["synced"] else ", inventory not read yet")
+        + f", {v['vms']} VMs"
+        for v in several
+    ]
+
+
 def render(status: dict[str, Any]) -> str:
     lines = [
-        f"vCenter {status['vcenter']}: {'live' if status['healthy'] else 'NOT CONNECTED'}",
+        *vcenter_lines(status),
         "  ".join(f"{k}={v}" for k, v in sorted(status["counts"].items())),
     ]
     for err in status["policy_errors"]:

@@ -53,7 +53,10 @@ async def run(args: argparse.Namespace) -> int:
         )
     require_policies_path(cfg)
     check_repository_location(cfg, create=True)
-    await preflight_login(cfg)
+    import asyncio
+
+    # Every vCenter's credentials and certificate (an unreachable one may come back).
+    await asyncio.gather(*(preflight_login(cfg.for_vcenter(n)) for n in cfg.vcenters))
     if cfg.cluster is not None:
         from protector.daemon.cluster_node import ClusterNode
 

@@ -35,8 +35,8 @@ from protector.daemon.cluster_metrics import ClusterMetrics
 from protector.daemon.clustered import ClusterBackup, SchedulerTerm
 from protector.daemon.daemon import preflight
 from protector.daemon.metrics import Metrics
-from protector.daemon.sessions import JobSessions
 from protector.daemon.status_server import StatusServer
+from protector.daemon.vcenters import VcenterSet
 from protector.errors import UserError
 from protector.repoaccess import open_catalog, open_repository
 from protector.vsphere.connect import connect_session
@@ -59,7 +59,8 @@ class ClusterNode:
         self.metrics = Metrics()
         self.errors: deque[str] = deque(maxlen=100)
         self.electors: list[LeaderElector] = []
-        self.term: SchedulerTerm | None = None
+        # The terms this node leads now, by vCenter name (one election per vCenter).
+        self.terms: dict[str, SchedulerTerm] = {}
         self.backup: ClusterBackup | None = None
         self.cluster_view: dict[str, Any] = {}
         self.repo: Any = None
@@ -125,7 +126,7 @@ class ClusterNode:
             )
             tasks.append(asyncio.create_task(beat, name="node-heartbeat"))
         if self.role in ("worker", "all"):
-            sessions = JobSessions(self.cfg)
+            sessions = VcenterSet(self.cfg)  # a session per vCenter, opened on first use
             self.backup = ClusterBackup(self.cfg, self.repo, self.catalog, self.metrics, sessions)
             settings = WorkerSettings.from_config(self.cc)
             work = run_worker(
@@ -175,13 +176,18 @@ class ClusterNode:
 
     # -- the scheduler role ------------------------------------------------------------
 
-    async def _vcenter_uuid(self) -> str:
+    async def _vcenter_uuid(self, cfg: Config) -> str:
         delay = 1.0
         while True:
             try:
-                session = await connect_session(self.cfg, keepalive_interval=0)
+                session = await connect_session(cfg, keepalive_interval=0)
             except VsphereConnectionError as exc:
-                log.info("cluster.vcenter_waiting", error=str(exc), retry_in=delay)
+                log.info(
+                    "cluster.vcenter_waiting",
+                    vcenter=cfg.vcenter.name,
+                    error=str(exc),
+                    retry_in=delay,
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
                 continue
@@ -191,17 +197,24 @@ class ClusterNode:
                 await session.close()
 
     async def _schedule(self) -> None:
-        vcenter = await self._vcenter_uuid()
+        """One election per configured vCenter, each on its own: a vCenter that is down
+        (its uuid unknown yet) delays only its own."""
+        await asyncio.gather(*(self._schedule_one(name) for name in self.cfg.vcenters))
+
+    async def _schedule_one(self, name: str) -> None:
+        cfg = self.cfg.for_vcenter(name)
+        vcenter = await self._vcenter_uuid(cfg)
         elector = LeaderElector(self.url, vcenter, self.cc.node)
         self.electors.append(elector)
         app = make_app(self.url, node=self.cc.node)
 
         async def term(epoch: int) -> None:
-            self.term = SchedulerTerm(self.cfg, app, vcenter, epoch, tz=None, metrics=self.metrics)
+            t = SchedulerTerm(cfg, app, vcenter, epoch, tz=None, metrics=self.metrics)
+            self.terms[name] = t
             try:
-                await self.term.run_term(self.repo, self.catalog)
+                await t.run_term(self.repo, self.catalog)
             finally:
-                self.term = None
+                self.terms.pop(name, None)
 
         async with app.open_async():
             runner = asyncio.create_task(elector.run(), name="election")
@@ -214,8 +227,7 @@ class ClusterNode:
     # -- status ------------------------------------------------------------------------
 
     async def _before_metrics(self) -> None:
-        if self.term is not None:
-            self.term.refresh_metrics()  # the leader's VM states
+        self.refresh_metrics()  # the VM states of every vCenter this node leads
         if self.cluster_metrics is not None:
             await self.cluster_metrics.refresh()
 
@@ -229,15 +241,36 @@ class ClusterNode:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), 2.0)
 
+    @property
+    def term(self) -> SchedulerTerm | None:
+        """A term this node leads (the first configured vCenter's, when it leads several)."""
+        return next((self.terms[n] for n in self.cfg.vcenters if n in self.terms), None)
+
     def healthy(self) -> bool:
-        if self.term is not None:
-            return self.term.healthy()
+        if self.terms:
+            return all(t.healthy() for t in self.terms.values())
         return not self.cluster_view.get("error")
+
+    def refresh_metrics(self) -> None:
+        """The per-VM series of every vCenter this node leads (one set, all terms')."""
+        terms = list(self.terms.values())
+        if not terms:
+            return
+        from protector.daemon import views
+
+        lags = [t.watcher.lag_seconds if t.watcher else None for t in terms]
+        views.refresh_metrics(
+            self.metrics,
+            [v for t in terms for v in t.vm_status()],
+            None if None in lags else max(x for x in lags if x is not None),
+            sum(len(t.policies.errors) if t.policies else 0 for t in terms),
+            self.healthy(),
+        )
 
     def status_data(self) -> dict[str, Any]:
         base: dict[str, Any]
-        if self.term is not None:
-            base = self.term.status_data()
+        if self.terms:
+            base = merge_terms([self.terms[n] for n in self.cfg.vcenters if n in self.terms])
         else:
             # A node that does not lead shows its own backups; the VMs are the leader's.
             mine = self.backup
@@ -310,3 +343,26 @@ async def read_cluster_view(url: str, node: str, role: str) -> dict[str, Any]:
         ],
         "queued_jobs": sum(1 for j in jobs if j[3] == "todo"),
     }
+
+
+def merge_terms(terms: list[SchedulerTerm]) -> dict[str, Any]:
+    """The status of the vCenters this node leads as one: the first term's, with every
+    term's VMs, counts, jobs and errors (each term plans one vCenter)."""
+    datas = [t.status_data() for t in terms]
+    base = datas[0]
+    if len(datas) == 1:
+        return base
+    from protector.daemon import views
+
+    vms = sorted((v for d in datas for v in d["vms"]), key=lambda v: v["path"])
+    base["vms"] = vms
+    base["counts"] = views.state_counts(vms)
+    base["breached"] = sum(d["breached"] for d in datas)
+    base["healthy"] = all(d["healthy"] for d in datas)
+    base["vcenters"] = [row for d in datas for row in d.get("vcenters", [])]
+    for key in ("running", "queued", "recent"):
+        base["jobs"][key] = [j for d in datas for j in d["jobs"].get(key, [])]
+    base["gone"] = [g for d in datas for g in d.get("gone", [])]
+    base["errors"] = [e for d in datas for e in d["errors"]]
+    base["policy_errors"] = sorted({e for d in datas for e in d["policy_errors"]})
+    return base

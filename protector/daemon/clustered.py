@@ -32,8 +32,8 @@ from protector.daemon.cluster_queue import ClusterJobQueue
 from protector.daemon.daemon import Daemon
 from protector.daemon.jobs import JobRecord, JobRequest
 from protector.daemon.metrics import Metrics
-from protector.daemon.sessions import JobSessions
 from protector.daemon.state import VmState, states_from
+from protector.daemon.vcenters import VcenterLink, VcenterSet
 from protector.daemon.worker import BackupWorker, VmGone
 from repository import Repository, VmIdentity
 from watcher.session import Session
@@ -57,12 +57,15 @@ class SchedulerTerm(Daemon):
         tz: tzinfo | None,
         metrics: Metrics | None = None,
     ) -> None:
-        super().__init__(cfg, tz=tz)
+        # One term leads one vCenter (cfg.vcenter): it watches and plans that one alone.
+        super().__init__(cfg, tz=tz, vcenters=[cfg.vcenter.name])
         if metrics is not None:  # the node's /metrics: VM states, events, policy errors
             self.metrics = metrics
         self.app = app
         self.vcenter = vcenter
         self.epoch = epoch
+        if cfg.several_vcenters:  # the other vCenters' points are their leaders' to prune
+            self.pruner.judges = lambda vcenter_uuid: vcenter_uuid == vcenter
         self.superseded: list[int] = []
 
     def _make_runner(self) -> ClusterJobQueue:
@@ -78,7 +81,7 @@ class SchedulerTerm(Daemon):
             cooldown_max=d.failure_cooldown_max,
         )
 
-    async def _clean_leftovers(self) -> None:
+    async def _clean_leftovers(self, link: VcenterLink) -> None:
         # Not the scheduler's to do in a cluster: the workers' running jobs hold snapshots
         # of ours right now. A job killed with its worker is retried, and the retry removes
         # the leftover first (backup/workflow.py).
@@ -131,10 +134,9 @@ class SchedulerTerm(Daemon):
         self.supervisor.stopping.set()
         if self.runner is not None:
             await self.runner.stop()
-        if self.watcher is not None:
-            await self.watcher.close()
+        await self.vcenters.close_watchers()
         await self.supervisor.cancel_all()
-        await self.sessions.close()
+        await self.vcenters.close_sessions()  # after the tasks that might still use them
         log.info("cluster.term_ended", vcenter=self.vcenter, epoch=self.epoch)
 
 
@@ -169,10 +171,10 @@ class ClusterBackup:
     """`await backup(job, run)` for cluster.worker.run_worker."""
 
     def __init__(
-        self, cfg: Config, repo: Repository, catalog: Any, metrics: Metrics, sessions: JobSessions
+        self, cfg: Config, repo: Repository, catalog: Any, metrics: Metrics, sessions: VcenterSet
     ) -> None:
         self.cfg = cfg
-        self.policies = PolicyStore(cfg.policies_path)
+        self.policies = PolicyStore(cfg.policies_path, vcenters=cfg.vcenters)
         self.nodes: dict[str, VmRef] = {}
         self.state: dict[str, VmState] = {}
         self.worker = BackupWorker(
@@ -204,7 +206,7 @@ class ClusterBackup:
         self.running[run.job_id] = rec
         try:
             await self.policies.reload()  # the policy's options as the files say now
-            session = await self.sessions.session()
+            session = await self.sessions.session_for(job.vm)  # the VM's own vCenter
             ref = await find_vm(session, job.vm)
             if ref is None:
                 raise VmGone(f"VM {req.vm_name} is no longer in vCenter; nothing to back up")

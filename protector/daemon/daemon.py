@@ -42,6 +42,7 @@ from protector.daemon.sessions import JobSessions
 from protector.daemon.state import VmState, states_from
 from protector.daemon.status_server import StatusServer
 from protector.daemon.supervisor import Supervisor
+from protector.daemon.vcenters import VcenterLink, VcenterSet
 from protector.daemon.worker import BackupWorker, VmGone
 from protector.errors import UserError
 from protector.notify.events import Kind
@@ -84,20 +85,23 @@ def preflight(cfg: Config) -> str:
                 "daemon's environment (e.g. systemd EnvironmentFile=), or remove "
                 "daemon.status_token_env to serve the status page without a token"
             )
-    vc = cfg.vcenter
-    if not vc.verify_tls and not vc.thumbprint and vc.url.startswith("https:"):
-        log.warning(
-            "daemon.tls_unverified",
-            vcenter=vc.url,
-            risk="anyone on the path can impersonate vCenter and read the password",
-            next_step="pin the certificate with vcenter.thumbprint (SHA-256) or set "
-            "vcenter.verify_tls = true",
-        )
+    for vc in cfg.vcenters.values():
+        if not vc.verify_tls and not vc.thumbprint and vc.url.startswith("https:"):
+            log.warning(
+                "daemon.tls_unverified",
+                vcenter=vc.url,
+                risk="anyone on the path can impersonate vCenter and read the password",
+                next_step=f"pin the certificate with {vc.key('thumbprint')} (SHA-256) or set "
+                f"{vc.key('verify_tls')} = true",
+            )
     return token
 
 
 class Daemon:
-    def __init__(self, cfg: Config, *, tz: tzinfo | None = None) -> None:
+    def __init__(
+        self, cfg: Config, *, tz: tzinfo | None = None, vcenters: list[str] | None = None
+    ) -> None:
+        """`vcenters`: the configured names to protect (default: every one)."""
         self.cfg = cfg
         self.tz = tz or datetime.now().astimezone().tzinfo or UTC
         self.metrics = Metrics()
@@ -107,12 +111,13 @@ class Daemon:
         self.supervisor = Supervisor(self.errors)
         self.stopping = self.supervisor.stopping
         self.ready = asyncio.Event()
-        self.sessions = JobSessions(cfg)
+        self.vcenters = VcenterSet(cfg, vcenters)
         self.planner = Planner(self.state, self.stats, self.tz)
         self.planner.find_node = self._find_node
+        self.planner.vcenter_of = self.vcenters.name_of
         self.worker = BackupWorker(
             cfg,
-            self.sessions,
+            self.vcenters,
             self.state,
             self.metrics,
             find_node=self._find_node,
@@ -122,12 +127,14 @@ class Daemon:
         )
         self.pruner = Pruner(cfg, self.tz, self.stats, self.errors, self.stopping, self.in_sync)
         self.pruner.vms = lambda: self.watcher.tree.vms() if self.watcher else []
+        self.pruner.vcenter_of = self.vcenters.name_of
         self.notifier = self.planner.notify = self.pruner.notify = Notifier(cfg.notify)
         self.repo: Repository | None = None
         self.repo_size = RepoSizeCache(lambda: self.repo)
         self.catalog: Any = None
         self.policies: PolicyStore | None = None
-        self.watcher: Watcher | None = None
+        # Every vCenter's watcher as one inventory (vcenters.py); set by _compose.
+        self.watcher: VcenterSet | None = None
         self.runner: Any = None  # JobRunner, or the cluster's queue (planner.JobQueue)
         self.status: StatusServer | None = None
 
@@ -181,7 +188,9 @@ class Daemon:
 
     def _load_policies(self) -> None:
         try:
-            self.policies = PolicyStore(self.cfg.policies_path, inventory=self._all_facts)
+            self.policies = PolicyStore(
+                self.cfg.policies_path, inventory=self._all_facts, vcenters=self.cfg.vcenters
+            )
             if lock_errors := lock_problems(self.policies.current, self.cfg):
                 raise PolicyLoadError(lock_errors)
         except PolicyLoadError as exc:
@@ -213,11 +222,14 @@ class Daemon:
         for d in damaged:
             self.notifier.report(Kind.REPO_DAMAGE, d.point_id, f"manifest unreadable: {d.reason}")
         self.state.update(states_from(manifests))
-        self.watcher = Watcher(
-            self.sessions.connect,
-            tag_interval=cfg.daemon.tag_interval,
-            reconcile_interval=cfg.daemon.reconcile_interval,
+        self.vcenters.make_watchers(
+            lambda connect: Watcher(
+                connect,
+                tag_interval=cfg.daemon.tag_interval,
+                reconcile_interval=cfg.daemon.reconcile_interval,
+            )
         )
+        self.watcher = self.vcenters
         self.runner = self._make_runner()
         self.planner.policies = self.pruner.policies = self.policies
         self.planner.jobs = self.pruner.runner = self.runner
@@ -227,10 +239,14 @@ class Daemon:
     def _spawn_scheduling(self) -> None:
         assert self.watcher is not None and self.runner is not None
         spawn = self.supervisor.spawn
-        spawn(self.watcher.run(), "watcher")
+        for link in self.vcenters.links:
+            # Each vCenter on its own: one that is down holds back none of the others.
+            suffix = f":{link.name}" if self.vcenters.several else ""
+            assert link.watcher is not None
+            spawn(link.watcher.run(), "watcher" + suffix)
+            spawn(self._consume_events(link), "events" + suffix)
+            spawn(self._initial_sync(link), "initial-sync" + suffix)
         spawn(self.runner.run(), "job-runner")
-        spawn(self._consume_events(), "events")
-        spawn(self._initial_sync(), "initial-sync")
         spawn(self._watch_policies(), "policy-reload")
         spawn(self.planner.run(self.ready, self.stopping), "scheduler")
         spawn(self.pruner.run(self.ready), "pruner")
@@ -251,64 +267,75 @@ class Daemon:
         # No new jobs; running ones are cancelled and remove their snapshots first.
         if self.runner:
             await self.runner.stop(timeout=50)
-        if self.watcher:
-            await self.watcher.close()
+        await self.vcenters.close_watchers()
         await self.supervisor.cancel_all()
-        await self.sessions.close()
+        await self.vcenters.close_sessions()  # after the tasks that might still use them
         if self.status:
             await self.status.stop()
         if self.catalog:
             await self.catalog.close()
         log.info("daemon.stopped")
 
+    @property
+    def sessions(self) -> JobSessions:
+        """The first (with one configured, the) vCenter's jobs' sessions."""
+        return self.vcenters.links[0].sessions
+
     async def session(self) -> Session:
-        """The jobs' vCenter session (sessions.py)."""
+        """The first vCenter's jobs' session (sessions.py)."""
         return await self.sessions.session()
 
     def healthy(self) -> bool:
+        """Every vCenter connected and its inventory live."""
         return bool(self.watcher and self.watcher.healthy)
 
     def in_sync(self) -> bool:
-        """Whether the inventory is live and complete: only then can prune tell an orphan
-        from a VM it merely cannot see."""
-        return self.ready.is_set() and self.healthy()
+        """Whether every vCenter's inventory is live and complete: only then can prune tell
+        an orphan from a VM it merely cannot see."""
+        return self.ready.is_set() and self.vcenters.in_sync()
 
     def _find_node(self, key: str) -> Any:
         return self.watcher.tree.find_vm_by_identity(key) if self.watcher else None
 
     def _all_facts(self) -> list[Any]:
         tree = self.watcher.tree if self.watcher else None
-        return [vm_facts(v) for v in tree.vms()] if tree else []
+        return [vm_facts(v, self.vcenters.name_of(v)) for v in tree.vms()] if tree else []
 
     # -- inventory events and policy edits → the planner ---------------------------------
 
-    async def _consume_events(self) -> None:
-        assert self.watcher is not None
-        async for ev in self.watcher.events():
+    async def _consume_events(self, link: VcenterLink) -> None:
+        assert link.watcher is not None
+        async for ev in link.watcher.events():
             self.stats.events += 1
             self.metrics.events.labels(type(ev).__name__).inc()
-            # Until the first complete tree, _initial_sync evaluates everything at once.
-            self.planner.on_event(ev, initial=not self.ready.is_set())
+            # Until its first complete tree, _initial_sync evaluates everything at once.
+            self.planner.on_event(ev, initial=not link.synced.is_set())
 
-    async def _initial_sync(self) -> None:
-        """Once the first tree is complete: clean leftovers, evaluate all, start scheduling."""
-        assert self.watcher is not None and self.policies is not None
-        await self.watcher.ready.wait()
-        await self._clean_leftovers()
-        self.planner.evaluate_all(self.watcher.tree.vms())
+    async def _initial_sync(self, link: VcenterLink) -> None:
+        """Once a vCenter's first tree is complete: clean its leftovers, evaluate its VMs,
+        and start scheduling (with the first vCenter in sync: the others join as they
+        come, so one that is down delays nobody)."""
+        assert link.watcher is not None and self.policies is not None
+        await link.watcher.ready.wait()
+        await self._clean_leftovers(link)
+        vms = link.watcher.tree.vms()
+        self.planner.evaluate_all(vms)
+        link.synced.set()
         self.ready.set()
         log.info(
             "daemon.inventory_ready",
-            vms=len(self.watcher.tree.vms()),
-            protected=sum(1 for w in self.planner.winners.values() if w),
+            **({"vcenter": link.name} if self.vcenters.several else {}),
+            vms=len(vms),
+            protected=sum(1 for v in vms if self.planner.winners.get(v.identity)),
         )
 
-    async def _clean_leftovers(self) -> None:
+    async def _clean_leftovers(self, link: VcenterLink) -> None:
         # Before any job can start: a job's own fresh snapshot must never look like a leftover.
         try:
-            self.errors.extend(await remove_leftovers_everywhere(await self.session()))
+            session = await link.sessions.session()
+            self.errors.extend(await remove_leftovers_everywhere(session))
         except VsphereError as exc:
-            log.warning("daemon.leftover_scan_failed", error=str(exc))
+            log.warning("daemon.leftover_scan_failed", vcenter=link.name, error=str(exc))
 
     async def _watch_policies(self) -> None:
         assert self.policies is not None
@@ -341,7 +368,8 @@ class Daemon:
         self.planner.policies_changed(self.watcher.tree.vms())
 
     def backup_now(self, moref: str, reason: str = "requested") -> bool:
-        """Queue a backup of a protected VM now (coalesced with a running or queued one)."""
+        """Queue a backup of a protected VM now (coalesced with a running or queued one);
+        `moref` may be its identity (a MoRef is unique within one vCenter only)."""
         node = self.watcher.tree.get_vm(moref) if self.watcher else None
         policy = self.planner.policy_of(node.identity) if node else None
         if node is None or policy is None:
@@ -369,7 +397,9 @@ class Daemon:
     def vm_status(self) -> list[dict[str, Any]]:
         if self.watcher is None or self.runner is None:
             return []
-        return views.vm_status(self.watcher.tree.vms(), self.planner, self.runner)
+        return views.vm_status(
+            self.watcher.tree.vms(), self.planner, self.runner, self.vcenters.shown_path
+        )
 
     def gone_vms(self) -> list[dict[str, Any]]:
         if self.watcher is None:
@@ -382,6 +412,7 @@ class Daemon:
         return {
             "generated_at": datetime.now(UTC).isoformat(),
             "vcenter": self.cfg.vcenter.url,
+            **({"vcenters": self.vcenters.status()} if self.vcenters.several else {}),
             "healthy": self.healthy(),
             "inventory_lag_seconds": self.watcher.lag_seconds if self.watcher else None,
             "counts": views.state_counts(vms),

@@ -155,6 +155,8 @@ class Planner:
         self.policies: PolicyStore | None = None
         self.jobs: JobQueue | None = None
         self.find_node: Callable[[str], Any] = lambda key: None
+        # The configured name of a node's vCenter (a policy's `vcenters` matches on it).
+        self.vcenter_of: Callable[[Any], str] = lambda node: ""
         self.notify = Notifier(None)  # the Daemon's, once composed
 
     def policy(self, name: str | None) -> Policy | None:
@@ -167,7 +169,7 @@ class Planner:
         return self.policy(self.winners.get(key))
 
     def evaluate(self, node: Any, compiled: CompiledSet) -> str | None:
-        res = evaluate_one(compiled, vm_facts(node))
+        res = evaluate_one(compiled, vm_facts(node, self.vcenter_of(node)))
         key = node.identity
         if res.conflict:
             if key not in self.conflicts:

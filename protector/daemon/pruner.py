@@ -20,7 +20,7 @@ from policies.reload import PolicyStore
 from protector.config import Config, parse_hhmm
 from protector.notify.events import Kind
 from protector.notify.sender import Notifier
-from protector.policyaccess import PruneScope, retention_rules
+from protector.policyaccess import KeepAll, PruneScope, retention_rules
 from repository import prune
 from repository.prune import PruneResult
 
@@ -53,6 +53,12 @@ class Pruner:
         self.repo: Any = None
         self.policies: PolicyStore | None = None
         self.vms: Callable[[], list[Any]] = list  # the inventory tree's VMs now
+        # The configured name of a VM's vCenter (policies' `vcenters`).
+        self.vcenter_of: Callable[[Any], str] = lambda node: ""
+        # Whether this prune judges the points of VMs of that vCenter (by instance uuid): a
+        # cluster's leader of one vCenter sees only its VMs, so the others' would look
+        # like orphans; their own leaders prune them.
+        self.judges: Callable[[str], bool] = lambda vcenter_uuid: True
         self.runner: Any = None  # pause / wait_idle_running / resume
         self.last_prune: dict[str, Any] | None = None
 
@@ -98,7 +104,15 @@ class Pruner:
         """Evaluated afresh from the tree, not from events that may still be queued."""
         assert self.policies is not None
         compiled = self.policies.compiled
-        return PruneScope.of(self.vms(), lambda f: evaluate_one(compiled, f))
+        return PruneScope.of(self.vms(), lambda f: evaluate_one(compiled, f), self.vcenter_of)
+
+    def _only_judged(self, rule_for: Callable[[Any, str | None], Any]) -> Any:
+        def rule(vm: Any, point_policy: str | None) -> Any:
+            if not self.judges(vm.vcenter_uuid):
+                return KeepAll("another vCenter's: its own leader prunes it")
+            return rule_for(vm, point_policy)
+
+        return rule
 
     async def prune_now(self, *, dry_run: bool = False) -> PruneResult | None:
         """Apply retention and sweep; None when deferred because the inventory is not in
@@ -110,7 +124,7 @@ class Pruner:
             log.warning("daemon.prune_deferred", reason=reason)
             self.last_prune = {"at": started.isoformat(), "outcome": "deferred", "reason": reason}
             return None
-        rule_for = retention_rules(self.policies.current, self._scope(), self.tz)
+        rule_for = self._only_judged(retention_rules(self.policies.current, self._scope(), self.tz))
         max_pause = self.cfg.daemon.prune_max_pause
         if not dry_run:
             # Backups hold the repository lock shared; with new ones starting all the time

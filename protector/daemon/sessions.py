@@ -10,6 +10,7 @@ import contextlib
 import structlog
 
 from protector.config import Config
+from protector.vcenters import VcenterNames
 from protector.vsphere.connect import connect_session
 from watcher.session import Session
 from watcher.soap import VsphereConnectionError
@@ -18,15 +19,28 @@ log = structlog.get_logger(__name__)
 
 
 class JobSessions:
-    def __init__(self, cfg: Config) -> None:
+    """The sessions of one vCenter (`cfg.vcenter`); each login tells `names` which
+    vCenter instance uuid that configured name stands for."""
+
+    def __init__(self, cfg: Config, names: VcenterNames | None = None) -> None:
         self.cfg = cfg
+        self.names = names
         self.current: Session | None = None
         self._lock = asyncio.Lock()
 
     async def connect(self) -> Session:
         """A new session (the watcher's): connect_session closes the HTTP client of a failed
         attempt, as the watcher retries for as long as vCenter is away."""
-        return await connect_session(self.cfg)
+        return self._learn(await connect_session(self.cfg))
+
+    def _learn(self, session: Session) -> Session:
+        if self.names is not None:
+            self.names.learn(session.vcenter_uuid, self.cfg.vcenter.name)
+        return session
+
+    async def session_for(self, identity: str) -> Session:
+        """The jobs' session for a VM: this one vCenter's (VcenterSet routes by VM)."""
+        return await self.session()
 
     async def session(self) -> Session:
         """The jobs' session: logged in on first use, re-logged in by Session itself when
@@ -42,7 +56,7 @@ class JobSessions:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 30.0)
                     continue
-                self.current = session
+                self.current = self._learn(session)
             return self.current
 
     async def close(self) -> None:

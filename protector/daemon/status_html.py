@@ -31,6 +31,22 @@ def age_colour(vm: dict[str, Any]) -> str:
     return STATE_COLOURS["due"] if age > 0.9 * rpo else STATE_COLOURS["ok"]
 
 
+def _vcenters_line(status: dict[str, Any], health: str) -> str:
+    """The opening of the first line: the vCenter and whether it is live, or each of
+    several (one that is down is named, the others keep working)."""
+    esc = html.escape
+    several = status.get("vcenters")
+    if not several:
+        return f"<p>vCenter {esc(status['vcenter'])}: <b>{health}</b>"
+    parts = [
+        f"{esc(v['name'])} ({esc(v['url'])}): <b>"
+        + ("live" if v["connected"] else "NOT CONNECTED")
+        + "</b>"
+        for v in several
+    ]
+    return "<p>vCenters " + " · ".join(parts)
+
+
 def render_html(status: dict[str, Any]) -> str:
     esc = html.escape
 
@@ -88,7 +104,7 @@ def render_html(status: dict[str, Any]) -> str:
 td,th{{border-bottom:1px solid #ddd;padding:3px 8px;text-align:left;font-size:90%}}
 h2{{margin-top:1.2em}}</style></head><body>
 <h1>vigil</h1>
-<p>vCenter {esc(status["vcenter"])}: <b>{health}</b> · generated {esc(status["generated_at"])}</p>
+{_vcenters_line(status, health)} · generated {esc(status["generated_at"])}</p>
 <p>{esc(counts)}</p>
 {_repository_line(status.get("repository"))}
 {f"<p>{esc(prune)}</p>" if prune else ""}

@@ -4,6 +4,7 @@ Pure functions of what the parts hold; nothing here changes them."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,11 +33,18 @@ def _iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat() if ts is not None else None
 
 
-def vm_status(nodes: list[Any], plan: Planner, runner: Any) -> list[dict[str, Any]]:
+def vm_status(
+    nodes: list[Any],
+    plan: Planner,
+    runner: Any,
+    shown_path: Callable[[Any], str] = lambda node: node.path,
+) -> list[dict[str, Any]]:
+    """One row per VM; `shown_path` gives the path to show (with several vCenters it names
+    the VM's: `east:/DC0/vm/web-1`, which the metrics' `vm` label carries too)."""
     now = datetime.now(UTC)
     running = {k: rec for k, (_, rec, _) in runner.running.items()} if runner else {}
     out = []
-    for node in sorted(nodes, key=lambda v: v.path):
+    for path, node in sorted(((shown_path(n), n) for n in nodes), key=lambda pn: pn[0]):
         key = node.identity
         policy = plan.policy_of(key)
         st = plan.state.get(key)
@@ -47,7 +55,7 @@ def vm_status(nodes: list[Any], plan: Planner, runner: Any) -> list[dict[str, An
         failures = runner.consecutive_failures.get(key, 0)
         out.append(
             {
-                "path": node.path,
+                "path": path,
                 "name": node.name,
                 "moref": node.moref,
                 "identity": node.identity,

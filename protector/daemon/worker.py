@@ -23,6 +23,7 @@ from protector.daemon.jobs import JobRecord, JobRequest
 from protector.daemon.metrics import Metrics
 from protector.daemon.sessions import JobSessions
 from protector.daemon.state import VmState
+from protector.daemon.vcenters import VcenterSet
 from protector.policyaccess import options_of, vapp_root
 from watcher.session import Session
 from watcher.soap import VsphereError, VsphereFault
@@ -45,7 +46,7 @@ class BackupWorker:
     def __init__(
         self,
         cfg: Config,
-        sessions: JobSessions,
+        sessions: JobSessions | VcenterSet,
         state: dict[str, VmState],
         metrics: Metrics,
         *,
@@ -83,7 +84,7 @@ class BackupWorker:
         rec.policy = policy.name if policy else req.policy
         opts = options_of(policy, full=req.full)
         self.ran_with[req.vm_key] = opts
-        session = await self.sessions.session()
+        session = await self.sessions.session_for(req.vm_key)  # the VM's own vCenter
         ctx = self.context(session)
         vm = session.moref("VirtualMachine", node.moref)
 
@@ -155,9 +156,11 @@ class BackupWorker:
         whether an earlier job's set covered it (a set that ended after this job was
         submitted); else this job backs the set up, booking the other members' state and
         bytes. The VM's own failure in the set fails this job."""
-        lock = self._set_locks.setdefault(root, asyncio.Lock())
+        # Keyed by vCenter too: two vCenters may each have a vApp at the same path.
+        set_key = f"{req.vm_key.partition('/')[0]}:{root}"
+        lock = self._set_locks.setdefault(set_key, asyncio.Lock())
         async with lock:
-            done = self._sets_done.get(root)
+            done = self._sets_done.get(set_key)
             mine = _member_result(done[1], node.moref) if done else None
             covered = not (done is None or done[0] < req.submitted or mine is None)
             if not covered:
@@ -177,7 +180,7 @@ class BackupWorker:
                     progress=progress,
                     before_commit=committing,
                 )
-                self._sets_done[root] = (time.time(), res)
+                self._sets_done[set_key] = (time.time(), res)
                 for r in res.results:  # the other members are fresh now, too
                     if r.vm.moref != node.moref:
                         key = f"{r.vm.vcenter_uuid}/{r.vm.instance_uuid}"

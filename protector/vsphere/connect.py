@@ -72,29 +72,30 @@ def untrusted_certificate(exc: BaseException) -> ssl.SSLCertVerificationError | 
 def password_source(cfg: Config) -> str:
     v = cfg.vcenter
     if v.password_env:
-        return f"${v.password_env} (vcenter.password_env)"
-    return f"{v.password_file} (vcenter.password_file)"
+        return f"${v.password_env} ({v.key('password_env')})"
+    return f"{v.password_file} ({v.key('password_file')})"
 
 
 async def explain_connect_error(cfg: Config, exc: VsphereError) -> str:
     """One line for a failed login or connection: what failed, and the key to fix."""
+    vc = cfg.vcenter
     if isinstance(exc, LoginError):
-        return f"{exc}; check vcenter.user and the password in {password_source(cfg)}"
+        return f"{exc}; check {vc.key('user')} and the password in {password_source(cfg)}"
     if isinstance(exc, TlsPinError):
         return str(exc)  # names both thumbprints and vcenter.thumbprint
     if isinstance(exc, VsphereTimeout):
         return (
-            f"vCenter at {cfg.vcenter.url} did not answer within {cfg.vcenter.connect_timeout:g} s "
-            f"(vcenter.connect_timeout); check vcenter.url in {cfg.path} and the network"
+            f"vCenter at {vc.url} did not answer within {vc.connect_timeout:g} s "
+            f"({vc.key('connect_timeout')}); check {vc.key('url')} in {cfg.path} and the network"
         )
     if isinstance(exc, VsphereConnectionError):
         if (cert_error := untrusted_certificate(exc)) is not None:
             return await _untrusted_certificate(cfg, cert_error)
         return (
-            f"cannot reach vCenter at {cfg.vcenter.url}: {_reason(exc)}; check vcenter.url in "
+            f"cannot reach vCenter at {vc.url}: {_reason(exc)}; check {vc.key('url')} in "
             f"{cfg.path} and that this host can reach it"
         )
-    return f"vCenter at {cfg.vcenter.url}: {exc}"
+    return f"vCenter at {vc.url}: {exc}"
 
 
 def _reason(exc: BaseException) -> str:
@@ -111,16 +112,18 @@ def _reason(exc: BaseException) -> str:
 
 async def _untrusted_certificate(cfg: Config, exc: ssl.SSLCertVerificationError) -> str:
     why = (exc.verify_message or "").strip() or "not trusted"
-    parts = urlsplit(cfg.vcenter.url)
+    vc = cfg.vcenter
+    parts = urlsplit(vc.url)
     thumbprint = await fetch_thumbprint(parts.hostname or "", parts.port or 443)
     pin = (
         f'or, once you have checked it is vCenter\'s, pin it: thumbprint = "{thumbprint}"'
         if thumbprint
-        else "or pin its SHA-256 thumbprint (vcenter.thumbprint)"
+        else f"or pin its SHA-256 thumbprint ({vc.key('thumbprint')})"
     )
     return (
-        f"TLS certificate of {parts.hostname} is not trusted ({why}); in [vcenter] of "
-        f"{cfg.path} set vcenter.ca_file to the CA that signed it, {pin} (vcenter.thumbprint)"
+        f"TLS certificate of {parts.hostname} is not trusted ({why}); in [{vc.table}] of "
+        f"{cfg.path} set {vc.key('ca_file')} to the CA that signed it, {pin} "
+        f"({vc.key('thumbprint')})"
     )
 
 

@@ -248,10 +248,12 @@ async def test_a_watcher_reconnect_does_not_break_a_running_backup(tmp_path, mak
     sim = make_vcsim(args=["-task-delay", "CreateSnapshot_Task=2000"])
     cfg = write_config(tmp_path, sim, policy("one", 'names = ["DC0_H0_VM0"]'))
     async with running(cfg) as daemon:
-        assert daemon.runner is not None and daemon.watcher is not None
+        assert daemon.runner is not None and daemon.vcenters.links[0].watcher is not None
         await wait_for(lambda: daemon.runner.running, 30, "a running backup")
         await asyncio.sleep(0.3)  # the snapshot task is under way
-        await daemon.watcher._drop_session()  # what the loop does after a transport error
+        await daemon.vcenters.links[
+            0
+        ].watcher._drop_session()  # what the loop does after a transport error
         await wait_for(lambda: daemon.runner.history, 60, "the backup to finish")
         rec = daemon.runner.history[0]
         assert (rec.outcome, rec.attempt) == ("success", 1), rec.error
@@ -269,7 +271,9 @@ async def test_jobs_have_a_session_of_their_own_that_a_watcher_reconnect_keeps(
         assert daemon.watcher is not None
         jobs = await daemon.session()
         cookie = jobs.session_cookie
-        await daemon.watcher._drop_session()  # what the loop does after a transport error
+        await daemon.vcenters.links[
+            0
+        ].watcher._drop_session()  # what the loop does after a transport error
         await wait_for(lambda: daemon.watcher.healthy, 20, "the watcher back")
         # A raw call (no transparent re-login) with the cookie the disk reader holds.
         sm = jobs.content.sessionManager

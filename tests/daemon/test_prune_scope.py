@@ -62,3 +62,33 @@ def test_a_plain_protected_by_mapping_still_works(tmp_path: Path):
     rule_for = retention_rules(load_policies(tmp_path), {f"{VC}/iu-1": "a"}, UTC)
     assert rule_for(VmIdentity(VC, "iu-1", "x"), "a") is not None
     assert rule_for(VmIdentity(VC, "iu-2", "y"), "a") is None
+
+
+def test_a_cluster_term_of_one_vcenter_keeps_the_points_of_the_others(tmp_path: Path):
+    """With several vCenters each cluster term sees only its own vCenter's VMs: another
+    vCenter's VM would look like an orphan, so its points are kept (its leader prunes)."""
+    import asyncio
+
+    from protector.config import load_config
+    from protector.daemon.pruner import Pruner
+
+    (tmp_path / "pol").mkdir()
+    (tmp_path / "pol" / "p.toml").write_text(policy("a", 'names = ["*"]'))
+    mine = VmIdentity(VC, "iu-orphan", "orphan-here", moref="vm-1")
+    theirs = VmIdentity("other-vc-uuid", "iu-elsewhere", "elsewhere", moref="vm-1")
+    cfg_path = tmp_path / "vigil.toml"
+    cfg_path.write_text(
+        '[vcenter]\nurl = "https://vc.example.com"\nuser = "u"\npassword_env = "X"\n'
+        '[repository]\npath = "repo"\n[policies]\npath = "pol"\n'
+    )
+    pruner = Pruner(
+        load_config(cfg_path), UTC, SimpleNamespace(), [], asyncio.Event(), lambda: True
+    )
+    pruner.judges = lambda vcenter_uuid: vcenter_uuid == VC
+    policies = load_policies(tmp_path / "pol")
+    rule_for = pruner._only_judged(retention_rules(policies, PruneScope(), UTC))
+    decisions = plan([*points(mine, 3), *points(theirs, 3)], rule_for, NOW, orphan_keep_days=0)
+    deleted = {d.point_id for d in decisions if d.delete}
+    assert deleted == {f"orphan-here-{i}" for i in range(3)}  # a real orphan of its own
+    why = {d.point_id: d.reason for d in decisions}
+    assert "its own leader prunes it" in why["elsewhere-0"]

@@ -69,7 +69,7 @@ async def test_daemon_logs_pages_and_reprs_show_no_secret(tmp_path, make_vcsim, 
         await wait_for(
             lambda: any(r.outcome == "success" for r in daemon.runner.history), 90, "a backup"
         )
-        for session in (daemon.sessions.current, daemon.watcher._session):
+        for session in (daemon.sessions.current, daemon.vcenters.links[0].watcher._session):
             if session is not None:
                 cookies.add(session.session_cookie)
                 seen += [repr(session), repr(session.credentials), repr(session.client)]

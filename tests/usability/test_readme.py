@@ -1,6 +1,7 @@
 """The README's "Using it" block, run as written: only the paths under /etc and /var are
-moved into a temporary directory, the vCenter is the simulator, and `web-1` / `POINT` are
-replaced by a simulator VM and the point its backup made."""
+moved into a temporary directory, the vCenter is the simulator (with one vApp), and `web-1`,
+the vApp's path, `POINT` and `SET` are replaced by a simulator VM, the simulator's vApp, and
+the point and vApp set the backups made."""
 
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ def test_the_block_has_the_commands_an_admin_needs():
 
 
 @pytest.mark.slow
-def test_using_it_works_as_written(tmp_path, vcsim_fresh):
+def test_using_it_works_as_written(tmp_path, make_vcsim):
+    sim = make_vcsim(args=["-app", "1"])  # DC0_C0_APP0 with two VMs: the README's vApp
     root = tmp_path / "root"
     env = dict(os.environ)
     env.pop("VIGIL_CONFIG", None)
@@ -44,9 +46,10 @@ def test_using_it_works_as_written(tmp_path, vcsim_fresh):
     def localize(line: str) -> str:
         line = line.replace("/etc/vigil", f"{root}/etc/vigil")
         line = line.replace("/var/lib/vigil", f"{root}/var/lib/vigil")
+        line = line.replace("/DC0/host/C0/Resources/shop", "/DC0/host/DC0_C0/Resources/DC0_C0_APP0")
         return line.replace("web-1", "DC0_H0_VM0").replace("…", "pass")
 
-    point = ""
+    point = vapp_set = ""
     for raw in using_it_block():
         line = localize(raw)
         if line.startswith("export "):
@@ -56,12 +59,12 @@ def test_using_it_works_as_written(tmp_path, vcsim_fresh):
             continue
         if line.startswith("cp config.example.toml"):
             subprocess.run(line, shell=True, cwd=ROOT, check=True)
-            _point_at_simulator(root / "etc/vigil/vigil.toml", vcsim_fresh.url, root)
+            _point_at_simulator(root / "etc/vigil/vigil.toml", sim.url, root)
             continue
         if not line.startswith("vigil "):
             subprocess.run(line, shell=True, cwd=ROOT, check=True, env=env)
             continue
-        line = line.replace("POINT", point)
+        line = line.replace("POINT", point).replace("--vapp-set SET", f"--vapp-set {vapp_set}")
         assert shutil.which("vigil", path=env["PATH"]), "vigil is on the PATH the README sets"
         if line == "vigil watch":
             daemon = subprocess.Popen(
@@ -76,7 +79,12 @@ def test_using_it_works_as_written(tmp_path, vcsim_fresh):
             assert r.returncode in (0, 1) and "live" in r.stdout, f"{raw}\n{r.stderr}"
             continue
         assert r.returncode == 0, f"{raw}\n{r.stderr}"
-        if line.startswith("vigil list"):
+        if line.startswith("vigil list --vapps"):
+            listed = subprocess.run(
+                [*shlex.split(line), "--json"], cwd=ROOT, env=env, capture_output=True, text=True
+            )
+            vapp_set = json.loads(listed.stdout)[0]["id"]
+        elif line.startswith("vigil list"):
             listed = subprocess.run(
                 [*shlex.split(line), "--json"], cwd=ROOT, env=env, capture_output=True, text=True
             )
@@ -84,6 +92,7 @@ def test_using_it_works_as_written(tmp_path, vcsim_fresh):
     daemon.send_signal(signal.SIGTERM)
     assert daemon.wait(60) == 0
     assert point, "the README's `vigil list` showed the backup's point"
+    assert vapp_set, "the README's `vigil list --vapps` showed the vApp set"
 
 
 def _point_at_simulator(cfg: Path, url: str, root: Path) -> None:
