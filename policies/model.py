@@ -149,6 +149,14 @@ class Policy:
     trigger: Trigger = Trigger()
     backup: BackupOptions = BackupOptions()
     source: str = ""  # the file it came from, for messages
+    # Offsite copies ([copies.NAME] of vigil.toml) each new point goes to, and how long a
+    # copy keeps points (None: as long as `retention` says).
+    copy_to: tuple[str, ...] = ()
+    copy_retention: Retention | None = None
+
+    @property
+    def retention_of_copies(self) -> Retention:
+        return self.copy_retention or self.retention
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from policies.errors import PolicyLoadError
 from policies.reload import PolicyStore, ReloadOutcome
 from protector.config import Config
 from protector.daemon import views
+from protector.daemon.copier import Copier
 from protector.daemon.jobs import JobRecord, JobRequest, JobRunner, Limits
 from protector.daemon.metrics import Metrics
 from protector.daemon.planner import Planner
@@ -46,7 +47,7 @@ from protector.daemon.worker import BackupWorker, VmGone
 from protector.errors import UserError
 from protector.notify.events import Kind
 from protector.notify.sender import Notifier
-from protector.policyaccess import lock_problems, vm_facts
+from protector.policyaccess import config_problems, vm_facts
 from protector.repoaccess import open_catalog, open_repository
 from protector.vmlock import VmBusyError
 from protector.vsphere.snapshots import remove_leftovers_everywhere
@@ -124,6 +125,12 @@ class Daemon:
         self.pruner.vms = lambda: self.watcher.tree.vms() if self.watcher else []
         self.notifier = self.planner.notify = self.pruner.notify = Notifier(cfg.notify)
         self.repo: Repository | None = None
+        self.copier = Copier(cfg, self.tz, self.errors, self.stopping)
+        self.copier.src = lambda: self.repo
+        self.copier.protected = lambda: {
+            key: self.planner.policy(name) for key, name in self.planner.winners.items()
+        }
+        self.pruner.copier = self.copier
         self.repo_size = RepoSizeCache(lambda: self.repo)
         self.catalog: Any = None
         self.policies: PolicyStore | None = None
@@ -182,7 +189,7 @@ class Daemon:
     def _load_policies(self) -> None:
         try:
             self.policies = PolicyStore(self.cfg.policies_path, inventory=self._all_facts)
-            if lock_errors := lock_problems(self.policies.current, self.cfg):
+            if lock_errors := config_problems(self.policies.current, self.cfg):
                 raise PolicyLoadError(lock_errors)
         except PolicyLoadError as exc:
             raise UserError(f"policies are invalid, nothing started:\n{exc}") from None
@@ -219,7 +226,7 @@ class Daemon:
             reconcile_interval=cfg.daemon.reconcile_interval,
         )
         self.runner = self._make_runner()
-        self.planner.policies = self.pruner.policies = self.policies
+        self.planner.policies = self.pruner.policies = self.copier.policies = self.policies
         self.planner.jobs = self.pruner.runner = self.runner
         self.worker.repo = self.pruner.repo = repo
         self.worker.catalog = catalog
@@ -234,6 +241,7 @@ class Daemon:
         spawn(self._watch_policies(), "policy-reload")
         spawn(self.planner.run(self.ready, self.stopping), "scheduler")
         spawn(self.pruner.run(self.ready), "pruner")
+        spawn(self.copier.run(self.ready), "copier")
         spawn(self.notifier.run(self.stopping), "notifier")
         breached = lambda: views.breached(self.planner, datetime.now(UTC))  # noqa: E731
         spawn(self.notifier.watch_breaches(breached, self.ready, self.stopping), "rpo-watch")
@@ -331,11 +339,12 @@ class Daemon:
                 Kind.POLICY_REJECTED, "policies", "; ".join(map(str, outcome.errors))
             )
             return
-        # The reloader (policies/) knows no repository: the object-lock check is reported
-        # here; prune keeps (and reports) what the lock holds meanwhile.
-        for e in lock_problems(outcome.policies, self.cfg):
+        # The reloader (policies/) knows no vigil.toml: the object-lock and copy checks are
+        # reported here; prune keeps (and reports) what the lock holds meanwhile, and the
+        # copier skips a copy that does not exist.
+        for e in config_problems(outcome.policies, self.cfg):
             self.errors.append(f"policy error: {e}")
-            log.error("policies.shorter_than_object_lock", error=str(e))
+            log.error("policies.config_mismatch", error=str(e))
         if not outcome.changed or not self.ready.is_set() or self.watcher is None:
             return
         self.planner.policies_changed(self.watcher.tree.vms())
@@ -356,6 +365,7 @@ class Daemon:
                 self.notifier.failing(req.vm_name, rec.error)
         elif rec.outcome == "success":
             self.notifier.succeeded(req.vm_name)
+            self.copier.point_committed()
         self.planner.job_finished(req, rec, ran_with)
         if self.catalog is not None:  # on_finish only ever sees a finished record
             self.supervisor.background(self.worker.record(rec))
@@ -398,6 +408,7 @@ class Daemon:
                 **self.repo_size.figure(),
             },
             "prune": self.pruner.last_prune,
+            "copies": self.copier.view(),
             "dispatch_paused": runner.paused if runner else None,
             "errors": list(self.errors),
             "policy_errors": [str(e) for e in self.policies.errors] if self.policies else [],
