@@ -131,6 +131,9 @@ class Daemon:
             key: self.planner.policy(name) for key, name in self.planner.winners.items()
         }
         self.pruner.copier = self.copier
+        self.copy_sizes = {
+            name: RepoSizeCache(lambda t=t: t.repo) for name, t in self.copier.targets.items()
+        }
         self.repo_size = RepoSizeCache(lambda: self.repo)
         self.catalog: Any = None
         self.policies: PolicyStore | None = None
@@ -408,12 +411,21 @@ class Daemon:
                 **self.repo_size.figure(),
             },
             "prune": self.pruner.last_prune,
-            "copies": self.copier.view(),
+            "repositories": self.repositories(),
             "dispatch_paused": runner.paused if runner else None,
             "errors": list(self.errors),
             "policy_errors": [str(e) for e in self.policies.errors] if self.policies else [],
             "stats": dict(self.stats.__dict__),
         }
+
+    def repositories(self) -> list[dict[str, Any]]:
+        """Per repository, the primary first, then each copy in use: size and objects (a
+        background walk, repo_size.py), the points under no lock any more, and for a copy
+        the points waiting to be copied and its failures (copier.py)."""
+        figures = {name: cache.figure() for name, cache in self.copy_sizes.items()}
+        return views.repositories_view(
+            self.cfg, self.repo_size.figure(), self.copier.view(), figures
+        )
 
     def refresh_metrics(self) -> None:
         views.refresh_metrics(
@@ -423,3 +435,4 @@ class Daemon:
             len(self.policies.errors) if self.policies else 0,
             self.healthy(),
         )
+        self.metrics.set_repositories(self.repositories())

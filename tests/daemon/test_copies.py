@@ -15,15 +15,22 @@ import contextlib
 import json
 import os
 import random
+import shutil
+import socket
+from asyncio.subprocess import PIPE, STDOUT
 from collections.abc import AsyncIterator, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import anyio
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from protector.config import load_config
 from protector.daemon.daemon import Daemon
+from protector.daemon.repo_size import point_time
 from protector.devtools.demo import flat_url, get_disk, put_disk
 from protector.repoaccess import open_configured
 from tests.s3_server import ACCESS_KEY, SECRET_KEY, SeaweedServer
@@ -35,6 +42,7 @@ pytestmark = pytest.mark.slow
 VIGIL = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "vigil")
 BUCKET = "vigil-copies"
 MIB = 1024 * 1024
+PROMTOOL = shutil.which("promtool")  # Debian's prometheus package (make apt)
 
 POLICY = """
 [[policy]]
@@ -76,13 +84,39 @@ def s3_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VIGIL_TEST_S3_SECRET", SECRET_KEY)
 
 
-async def vigil(cfg: Path, *args: str) -> Any:
+async def vigil(cfg: Path, *args: str, code: int = 0) -> Any:
     proc = await anyio.run_process(
         [VIGIL, "--config", str(cfg), *args], check=False, env=dict(os.environ)
     )
     out, err = proc.stdout.decode(), proc.stderr.decode()
-    assert proc.returncode == 0, (args, out, err[-3000:])
+    assert proc.returncode == code, (args, out, err[-3000:])
     return json.loads(out) if "--json" in args else out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def scrape(daemon: Daemon) -> str:
+    assert daemon.status is not None
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"http://127.0.0.1:{daemon.status.port}/metrics") as resp,
+    ):
+        assert resp.status == 200
+        return await resp.text()
+
+
+def samples(text: str, name: str) -> dict[str, float]:
+    """{repository label: value} of every sample called `name`."""
+    return {
+        s.labels["repository"]: s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name
+    }
 
 
 @contextlib.asynccontextmanager
@@ -99,8 +133,12 @@ async def running(cfg_path: Path) -> AsyncIterator[Daemon]:
         await asyncio.wait_for(task, 60)
 
 
+def repo_view(daemon: Daemon, where: str) -> dict[str, Any]:
+    return next(r for r in daemon.status_data()["repositories"] if r["where"] == where)
+
+
 def copy_view(daemon: Daemon, name: str) -> dict[str, Any]:
-    return next(c for c in daemon.status_data()["copies"] if c["name"] == name)
+    return repo_view(daemon, f"copies.{name}")
 
 
 def point_ids(repo: Any) -> list[str]:
@@ -113,7 +151,7 @@ async def test_daemon_copies_each_new_point_keeps_copy_retention_and_restores_fr
 ) -> None:
     sim = vcsim_fresh
     cfg_path = write_config(tmp_path, sim, POLICY, daemon="failure_cooldown_max = 4")
-    base = cfg_path.read_text()
+    base = cfg_path.read_text().replace("127.0.0.1:0", f"127.0.0.1:{free_port()}")
     cfg_path.write_text(base + copy_tables(weed, "daemon"))
     await vigil(cfg_path, "init", "--copy", "home", "--encryption", "none")
     await vigil(cfg_path, "init", "--copy", "cloud")
@@ -149,6 +187,10 @@ async def test_daemon_copies_each_new_point_keeps_copy_retention_and_restores_fr
             )
             assert failing["error"] and failing["consecutive_failures"] >= 1
             assert any("copy to cloud" in e for e in daemon.status_data()["errors"])
+            # `vigil status` says so, and exits 1 like for a failing VM.
+            text = await vigil(cfg_path, "status", code=1)
+            assert f"copy cloud s3://{BUCKET}/daemon:" in text and "FAILING" in text
+            assert "\n  error: " in text
             await wait_for(lambda: copy_view(daemon, "home")["state"] == "ok", 30, "home idle")
 
             # Back up again: retried with back-off, the copy catches up with both points.
@@ -161,6 +203,55 @@ async def test_daemon_copies_each_new_point_keeps_copy_retention_and_restores_fr
                 await wait_for(lambda r=repo: point_ids(r) == points, 60, "every point copied")
             await wait_for(lambda: copy_view(daemon, "cloud")["state"] == "ok", 30, "recovered")
             assert copy_view(daemon, "cloud")["error"] == ""
+
+            # Per repository: size and objects from a background walk (made to walk again
+            # at every request here), nothing waiting, the oldest unlocked point.
+            for cache in (daemon.repo_size, *daemon.copy_sizes.values()):
+                cache.ttl = 0
+            await wait_for(
+                lambda: all(
+                    "size_at" in r
+                    and datetime.fromisoformat(r["size_at"]) >= point_time(points[-1])
+                    for r in daemon.status_data()["repositories"]
+                ),
+                30,
+                "every repository measured",
+            )
+            await wait_for(
+                lambda: copy_view(daemon, "home")["points_waiting"] == 0, 10, "home has all"
+            )
+            status = await vigil(cfg_path, "status", "--json")
+            repos = {r["where"]: r for r in status["repositories"]}
+            assert list(repos) == ["repository", "copies.cloud", "copies.home"]
+            for r in repos.values():
+                assert r["size_bytes"] > 3 * 4 * MIB and r["objects"] > 12
+            assert repos["copies.cloud"]["points_waiting"] == 0
+            assert repos["copies.cloud"]["object_lock_days"] == 1
+            assert repos["copies.cloud"]["unlocked_points"] == 0
+            assert repos["copies.cloud"]["oldest_unlocked"] is None
+            assert "unlocked_points" not in repos["repository"]
+            text = await vigil(cfg_path, "status")
+            assert "oldest unlocked point: n/a (no object lock)" in text
+            assert "oldest unlocked point: none (every point locked)" in text
+            assert "ok: 0 point(s) waiting to be copied" in text
+
+            metrics = await scrape(daemon)
+            size = samples(metrics, "vigil_repository_size_bytes")
+            assert set(size) == {"repository", "copies.home", "copies.cloud"}
+            assert size["copies.home"] == repos["copies.home"]["size_bytes"]
+            assert samples(metrics, "vigil_repository_points_waiting") == {
+                "copies.home": 0,
+                "copies.cloud": 0,
+            }
+            assert samples(metrics, "vigil_repository_copy_failing")["copies.cloud"] == 0
+            assert samples(metrics, "vigil_repository_copied_points_total")["copies.cloud"] == 3
+            assert samples(metrics, "vigil_repository_unlocked_points") == {"copies.cloud": 0}
+            if PROMTOOL is not None:
+                proc = await asyncio.create_subprocess_exec(
+                    PROMTOOL, "check", "metrics", stdin=PIPE, stdout=PIPE, stderr=STDOUT
+                )
+                out, _ = await proc.communicate(metrics.encode())
+                assert proc.returncode == 0, out.decode()
 
             # Retention: the primary keeps 3, the local copy 1; the locked copy keeps its
             # points until their object lock expires (a day), like the primary's prune.
