@@ -30,6 +30,7 @@ from repository.locks import locked
 from repository.manifest import DiskRecord, Manifest, Tombstone
 from repository.objects import manifest_key, tombstone_key
 from repository.repo import Repository
+from repository.s3.errors import BACKUP_ADVICE
 from repository.s3.pointlock import retain_new_point
 
 log = structlog.get_logger(__name__)
@@ -47,6 +48,13 @@ class CopyResult:
 
     def as_dict(self) -> dict[str, object]:
         return dataclasses.asdict(self)
+
+
+def failure_reason(exc: BaseException) -> str:
+    """Why a copy stopped, without the backend's advice for a backup (an unavailable S3
+    service says to run the backup again; what a copy does next is the caller's to say)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text.replace(f": {BACKUP_ADVICE}", "")
 
 
 def copy_points(

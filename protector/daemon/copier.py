@@ -30,7 +30,7 @@ from policies.model import Policy, PolicySet
 from protector.config import Config
 from protector.policyaccess import PruneScope, retention_rules
 from protector.repoconfig import RepositoryConfig
-from repository.copy import copy_points
+from repository.copy import copy_points, failure_reason
 from repository.manifest import VmIdentity
 from repository.points import seq_of, vm_key_of
 from repository.repo import Repository
@@ -199,7 +199,7 @@ class Copier:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            self._failed(t, f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc))
+            self._failed(t, failure_reason(exc))
             return
         if t.error:
             log.info("daemon.copy_recovered", copy=t.name)

@@ -30,6 +30,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from repository.backend import ObjectInfo
 from repository.errors import ObjectNotFoundError
 from repository.s3.errors import (
+    BACKUP_ADVICE,
     DENIED,
     ReadOnlyError,
     S3BackendError,
@@ -127,8 +128,7 @@ class S3Backend(ObjectLockOps):
                 key,
                 exc,
                 f"the S3 service {self.opts.endpoint or 'AWS'} did not answer after "
-                f"{self.opts.max_attempts} attempts: earlier restore points are intact; "
-                "run the backup again once the service is back",
+                f"{self.opts.max_attempts} attempts: {BACKUP_ADVICE}",
             ) from None
 
     def _lock_args(self, key: str) -> dict[str, Any]:
