@@ -73,6 +73,11 @@ def make_client(opts: S3Options) -> Any:
 class S3Backend(ObjectLockOps):
     """One repository under `s3://bucket/prefix`. Thread-safe."""
 
+    # put_if_absent is one conditional PUT (412 when the key exists; the probe checks the
+    # service honours it) and touch() refreshes nothing: a write needs no check before it
+    # (repository/objects.py, put_chunk).
+    conditional_put = True
+
     def __init__(self, opts: S3Options, *, as_of_time: datetime | None = None) -> None:
         self.opts = opts
         self.client = make_client(opts)
