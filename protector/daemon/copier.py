@@ -48,6 +48,10 @@ class CopyTarget:
     rc: RepositoryConfig
     repo: Repository | None = None
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    # VMs (manifest keys) that committed a point since the last pass: a pass after a commit
+    # compares only them; every COPY_TICK, after a failure and at start, all VMs.
+    committed: set[str] = field(default_factory=set)
+    full_due: float = 0.0  # time.monotonic() of the next comparison of every VM
     # vm key -> seqs the source has and the copy lacks, for VMs whose policy copies here
     waiting: dict[str, list[int]] = field(default_factory=dict)
     compared_at: str | None = None
@@ -81,20 +85,25 @@ class CopyTarget:
         }
 
 
-def missing_points(src: Repository, dst: Repository) -> dict[str, list[int]]:
+def missing_points(
+    src: Repository, dst: Repository, vm_keys: set[str] | None = None
+) -> dict[str, list[int]]:
     """vm key -> seqs of points the source holds and the copy has neither as a point nor as
-    a tombstone, from object names alone (listings, no reads)."""
+    a tombstone, from object names alone (listings, no reads); of the VMs `vm_keys` only
+    (their own prefixes listed) when given."""
+    scopes = [""] if vm_keys is None else [f"{k}-" for k in sorted(vm_keys)]
     have: dict[str, set[int]] = {}
-    for prefix in ("manifests/", "tombstones/"):
-        for info in dst.backend.list(prefix):
-            pid = info.key.removeprefix(prefix)
-            have.setdefault(vm_key_of(pid), set()).add(seq_of(pid))
     out: dict[str, list[int]] = {}
-    for info in src.backend.list("manifests/"):
-        pid = info.key.removeprefix("manifests/")
-        vm, seq = vm_key_of(pid), seq_of(pid)
-        if seq not in have.get(vm, ()):
-            out.setdefault(vm, []).append(seq)
+    for scope in scopes:
+        for prefix in ("manifests/", "tombstones/"):
+            for info in dst.backend.list(prefix + scope):
+                pid = info.key.removeprefix(prefix)
+                have.setdefault(vm_key_of(pid), set()).add(seq_of(pid))
+        for info in src.backend.list("manifests/" + scope):
+            pid = info.key.removeprefix("manifests/")
+            vm, seq = vm_key_of(pid), seq_of(pid)
+            if seq not in have.get(vm, ()):
+                out.setdefault(vm, []).append(seq)
     return {vm: sorted(seqs) for vm, seqs in out.items()}
 
 
@@ -158,9 +167,16 @@ class Copier:
 
     # -- the loops -----------------------------------------------------------------------
 
-    def point_committed(self) -> None:
-        """A backup committed: compare (and copy) now, not at the next tick."""
+    def point_committed(self, identity: str = "") -> None:
+        """A backup of the VM `identity` ("vcenter uuid/instance uuid") committed: compare
+        it (and copy) now, not at the next tick; "" compares every VM."""
+        vc, _, inst = identity.partition("/")
+        key = VmIdentity(vcenter_uuid=vc, instance_uuid=inst).key if inst else ""
         for t in self.targets.values():
+            if key:
+                t.committed.add(key)
+            else:
+                t.full_due = 0.0
             t.wake.set()
 
     async def run(self, ready: asyncio.Event) -> None:
@@ -190,32 +206,45 @@ class Copier:
         src = self.src()
         if src is None:
             return
+        only: set[str] | None = None
+        if time.monotonic() < t.full_due and t.committed:
+            only = set(t.committed)
+        t.committed.clear()
         try:
             if t.repo is None:
                 from protector.repoaccess import open_configured
 
                 t.repo = await anyio.to_thread.run_sync(open_configured, t.rc, self.cfg)
-            await self._copy_missing(t, src, t.repo)
+            if only is None:
+                t.full_due = time.monotonic() + COPY_TICK
+            await self._copy_missing(t, src, t.repo, only)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            t.full_due = 0.0  # the retry compares every VM
             self._failed(t, failure_reason(exc))
             return
         if t.error:
             log.info("daemon.copy_recovered", copy=t.name)
         t.error, t.failures, t.retry_at = "", 0, 0.0
 
-    async def _copy_missing(self, t: CopyTarget, src: Repository, dst: Repository) -> None:
-        missing = await anyio.to_thread.run_sync(missing_points, src, dst)
-        self._named = {k: v for k, v in self._named.items() if k in missing}
+    async def _copy_missing(
+        self, t: CopyTarget, src: Repository, dst: Repository, only: set[str] | None
+    ) -> None:
+        missing = await anyio.to_thread.run_sync(missing_points, src, dst, only)
+        if only is None:
+            self._named = {k: v for k, v in self._named.items() if k in missing}
         wanted: dict[str, list[int]] = {}
         now = self._by_vm_key()
         for vm_key, seqs in missing.items():
             policy = await anyio.to_thread.run_sync(self._policy_for, vm_key, src, now)
             if policy is not None and t.name in policy.copy_to:
                 wanted[vm_key] = seqs
-        t.waiting = wanted
-        t.compared_at = datetime.now(UTC).isoformat(timespec="seconds")
+        if only is None:
+            t.waiting = wanted
+            t.compared_at = datetime.now(UTC).isoformat(timespec="seconds")
+        else:
+            t.waiting = {k: v for k, v in t.waiting.items() if k not in only} | wanted
         threads = self.cfg.limits.io_threads
         stopped: list[str] = []
         for vm_key in sorted(wanted):
@@ -259,7 +288,7 @@ class Copier:
 
     def resume(self) -> None:
         self._paused.clear()
-        self.point_committed()
+        self.point_committed()  # a pass cut short by the pause: compare every VM again
 
     async def wait_idle(self, timeout: float) -> bool:
         """Wait for the running copy jobs to end (a copy job is one VM's missing points)."""

@@ -368,7 +368,7 @@ class Daemon:
                 self.notifier.failing(req.vm_name, rec.error)
         elif rec.outcome == "success":
             self.notifier.succeeded(req.vm_name)
-            self.copier.point_committed()
+            self.copier.point_committed(req.vm_key)
         self.planner.job_finished(req, rec, ran_with)
         if self.catalog is not None:  # on_finish only ever sees a finished record
             self.supervisor.background(self.worker.record(rec))
