@@ -152,15 +152,16 @@ class Copier:
             out[VmIdentity(vcenter_uuid=vc, instance_uuid=inst).key] = policy
         return out
 
-    def _policy_for(
+    async def _policy_for(
         self, vm_key: str, src: Repository, now: dict[str, Policy | None]
     ) -> Policy | None:
         """The policy protecting the VM now; for a VM gone from vCenter, the one named in
-        its newest point (so its last points still reach the copy)."""
+        its newest point (so its last points still reach the copy; read once, in a thread,
+        and remembered here on the event loop)."""
         if vm_key in now:
             return now[vm_key]
         if vm_key not in self._named:
-            newest = src.latest_point(vm_key)
+            newest = await anyio.to_thread.run_sync(src.latest_point, vm_key)
             self._named[vm_key] = newest.policy if newest is not None else None
         name = self._named[vm_key]
         return self._current().get(name) if name else None
@@ -237,7 +238,7 @@ class Copier:
         wanted: dict[str, list[int]] = {}
         now = self._by_vm_key()
         for vm_key, seqs in missing.items():
-            policy = await anyio.to_thread.run_sync(self._policy_for, vm_key, src, now)
+            policy = await self._policy_for(vm_key, src, now)
             if policy is not None and t.name in policy.copy_to:
                 wanted[vm_key] = seqs
         if only is None:
