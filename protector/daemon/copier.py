@@ -28,6 +28,8 @@ import structlog
 
 from policies.model import Policy, PolicySet
 from protector.config import Config
+from protector.notify.events import Kind
+from protector.notify.sender import Notifier
 from protector.policyaccess import PruneScope, retention_rules
 from protector.repoconfig import RepositoryConfig
 from repository.copy import copy_points, failure_reason
@@ -126,6 +128,7 @@ class Copier:
         self.cfg = cfg
         self.tz = tz
         self.errors = errors  # the status page's deque of lines
+        self.notify = Notifier(None)  # the Daemon's, once composed
         self.stopping = stopping
         self.src: Callable[[], Repository | None] = lambda: None
         self.policies: Any = None  # PolicyStore
@@ -135,6 +138,7 @@ class Copier:
         self._paused = asyncio.Event()
         self._idle: dict[str, asyncio.Event] = {}
         self._named: dict[str, str | None] = {}  # vm key -> policy named in its newest point
+        self._keys: dict[str, str] = {}  # identity -> the vm key its points are named with
 
     # -- which copies are wanted ---------------------------------------------------------
 
@@ -148,8 +152,11 @@ class Copier:
         """The policies protecting VMs now, by the key their points are named with."""
         out: dict[str, Policy | None] = {}
         for identity, policy in self.protected().items():
-            vc, _, inst = identity.partition("/")
-            out[VmIdentity(vcenter_uuid=vc, instance_uuid=inst).key] = policy
+            key = self._keys.get(identity)
+            if key is None:  # a hash per VM, once: identities never change
+                vc, _, inst = identity.partition("/")
+                key = self._keys[identity] = VmIdentity(vcenter_uuid=vc, instance_uuid=inst).key
+            out[key] = policy
         return out
 
     async def _policy_for(
@@ -280,6 +287,8 @@ class Copier:
         line = f"copy to {t.name} ({t.rc.location}) failed, retried in {wait:g} s: {error}"
         self.errors.append(line)
         log.warning("daemon.copy_failed", copy=t.name, error=error, retry_in=wait)
+        if t.failures == d.retry_attempts:  # once per streak, when a retry did not help
+            self.notify.report(Kind.COPY_ERROR, t.name, line)
 
     # -- the prune's window ----------------------------------------------------------------
 

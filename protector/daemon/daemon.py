@@ -127,6 +127,7 @@ class Daemon:
         self.repo: Repository | None = None
         self.copier = Copier(cfg, self.tz, self.errors, self.stopping)
         self.copier.src = lambda: self.repo
+        self.copier.notify = self.notifier
         self.copier.protected = lambda: {
             key: self.planner.policy(name) for key, name in self.planner.winners.items()
         }

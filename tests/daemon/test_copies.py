@@ -33,6 +33,7 @@ from protector.daemon.daemon import Daemon
 from protector.daemon.repo_size import point_time
 from protector.devtools.demo import flat_url, get_disk, put_disk
 from protector.repoaccess import open_configured
+from tests.notify.test_sender import Webhook
 from tests.s3_server import ACCESS_KEY, SECRET_KEY, SeaweedServer
 
 from .helpers import create_vm, find, load, session_for, wait_for, write_config
@@ -150,9 +151,13 @@ async def test_daemon_copies_each_new_point_keeps_copy_retention_and_restores_fr
     tmp_path: Path, vcsim_fresh: Any, weed: SeaweedServer
 ) -> None:
     sim = vcsim_fresh
-    cfg_path = write_config(tmp_path, sim, POLICY, daemon="failure_cooldown_max = 4")
+    hook = Webhook()
+    cfg_path = write_config(
+        tmp_path, sim, POLICY, daemon="failure_cooldown_max = 4\nretry_attempts = 2"
+    )
     base = cfg_path.read_text().replace("127.0.0.1:0", f"127.0.0.1:{free_port()}")
-    cfg_path.write_text(base + copy_tables(weed, "daemon"))
+    notify = f'[notify]\nurls = ["json://127.0.0.1:{hook.port}/v"]\ngroup_window = 0\n'
+    cfg_path.write_text(base + copy_tables(weed, "daemon") + notify)
     await vigil(cfg_path, "init", "--copy", "home", "--encryption", "none")
     await vigil(cfg_path, "init", "--copy", "cloud")
     cfg = load_config(cfg_path)
@@ -186,6 +191,11 @@ async def test_daemon_copies_each_new_point_keeps_copy_retention_and_restores_fr
                 lambda: (c := copy_view(daemon, "cloud"))["state"] == "failing" and c, 60, "fail"
             )
             assert failing["error"] and failing["consecutive_failures"] >= 1
+            # Once a retry did not help either, a notification (once per streak).
+            await wait_for(lambda: hook.posts, 30, "the copy's notification")
+            [(_, post)] = hook.posts
+            assert post["title"] == "vigil: offsite copy failing: cloud"
+            assert "copy to cloud" in post["message"]
             assert any("copy to cloud" in e for e in daemon.status_data()["errors"])
             # `vigil status` says so, and exits 1 like for a failing VM.
             text = await vigil(cfg_path, "status", code=1)
@@ -266,6 +276,7 @@ async def test_daemon_copies_each_new_point_keeps_copy_retention_and_restores_fr
             assert copy_view(daemon, "home")["last_prune"]["points_deleted"] == 2
     finally:
         await s.close()
+        hook.close()
 
     # A configuration whose [repository] is a copy verifies and restores from it.
     head = base.split("[repository]")[0] + base.split('path = "repo"\n', 1)[1]
