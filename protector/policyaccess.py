@@ -264,6 +264,16 @@ class PruneScope:
         )
 
 
+def copy_policies(policies: PolicySet) -> PolicySet:
+    """The policies with each one's copy retention in place of its retention: what prune
+    applies to a copy ([copies.NAME]; `vigil prune --copy`, the daemon's copier)."""
+    from dataclasses import replace
+
+    return PolicySet(
+        tuple(replace(p, retention=p.retention_of_copies) for p in policies), policies.source
+    )
+
+
 def retention_rules(
     policies: PolicySet,
     scope: PruneScope | Mapping[str, str | None],

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 from typing import Any
 
@@ -30,7 +30,7 @@ from policies.model import Policy, PolicySet
 from protector.config import Config
 from protector.notify.events import Kind
 from protector.notify.sender import Notifier
-from protector.policyaccess import PruneScope, retention_rules
+from protector.policyaccess import PruneScope, copy_policies, retention_rules
 from protector.repoconfig import RepositoryConfig
 from repository.copy import copy_points, failure_reason
 from repository.manifest import VmIdentity
@@ -107,14 +107,6 @@ def missing_points(
             if seq not in have.get(vm, ()):
                 out.setdefault(vm, []).append(seq)
     return {vm: sorted(seqs) for vm, seqs in out.items()}
-
-
-def copy_policies(policies: PolicySet) -> PolicySet:
-    """The policies with each one's copy retention in place of its retention: what prune
-    applies to a copy."""
-    return PolicySet(
-        tuple(replace(p, retention=p.retention_of_copies) for p in policies), policies.source
-    )
 
 
 class Copier:

@@ -24,6 +24,22 @@ MIB = 1024 * 1024
 BUCKET = "vigil-copy-crash"
 
 
+POLICY = f"""
+[[policy]]
+name = "vm0"
+priority = 10
+copy_to = ["cloud"]
+[policy.select]
+names = ["{VM_NAME}"]
+[policy.schedule]
+rpo = "24h"
+[policy.retention]
+keep_last = 5
+[policy.copy_retention]
+keep_last = 1
+"""
+
+
 class Killer:
     """Counts chunk uploads and kills the server at the `at`-th one, once armed."""
 
@@ -119,5 +135,19 @@ async def test_copy_with_the_s3_server_killed_mid_point_then_resumed(
                 await ok(cloud, "restore", point, "--new-name", name, "--verify")
                 got = await rig.read_flat(await rig.vm(name), len(data))
                 assert got[: len(data)] == data
+
+            # `vigil prune --copy` applies copy_retention (keep 1) to the copy, the primary
+            # keeps its 5; the copy's object lock (a day) keeps the older point whole.
+            (tmp_path / "policies" / "p.toml").write_text(POLICY)
+            primary = await ok(site, "prune", "--dry-run", "--json")
+            assert not [d for d in primary["decisions"] if d["delete"]]
+            planned = await ok(site, "prune", "--copy", "cloud", "--dry-run", "--json")
+            assert {d["point_id"]: d["delete"] for d in planned["decisions"]} == {
+                p1: True,
+                p2: False,
+            }
+            text = await ok(site, "prune", "--copy", "cloud")
+            assert "under object lock" in text
+            assert sorted(p["id"] for p in await ok(cloud, "list", "--json")) == [p1, p2]
         finally:
             await rig.session.close()
