@@ -59,6 +59,7 @@ def run_vigil(
     slots: list[int],
     threads: int,
     chunk_size: int,
+    put_first: bool | None = None,
 ) -> dict[str, Any]:
     shutil.rmtree(state, ignore_errors=True)
     repo = Repository.init(
@@ -68,6 +69,7 @@ def run_vigil(
         backend=backend,
         state_dir=state.with_name(state.name + ".state"),
     )
+    repo.objects.put_first = put_first  # None: as the backend says (S3: write first)
     calls0 = Counter(backend.calls) if isinstance(backend, S3Backend) else Counter()
     t = time.perf_counter()
     p1 = ours_backup(repo, base, None, threads)
@@ -205,6 +207,74 @@ def run_restic(work: Path, server: SeaweedServer, bucket: str, base: Path, mut: 
     }
 
 
+def compare_put_first(args: argparse.Namespace, base: Path, mut: Path, slots: list[int]) -> None:
+    """The chunk write on S3 with and without the check before it, alternated in one run
+    (the machine's load drifts): medians of full and incremental throughput and of S3
+    requests per GiB of image in the full backup. Writes bench/results/s3_put_first.json."""
+    import statistics
+
+    weed_dir = args.work / "weed"
+    shutil.rmtree(weed_dir, ignore_errors=True)
+    runs: dict[str, list[dict[str, Any]]] = {"check first": [], "put first": []}
+    with SeaweedServer(weed_dir) as server:
+        server.make_bucket("bench")
+        for i in range(args.put_first_runs):
+            for name, put_first in (("check first", False), ("put first", True)):
+                s3 = open_s3_backend(
+                    server.options("bench", f"cmp-{i}-{put_first}", max_connections=args.threads)
+                )
+                r = run_vigil(
+                    name,
+                    args.work / "cmp-state",
+                    s3,
+                    base,
+                    mut,
+                    slots,
+                    args.threads,
+                    args.chunk_size,
+                    put_first=put_first,
+                )
+                runs[name].append(r)
+                print(
+                    name,
+                    f"full {r['full_mib_s']:.0f} MiB/s, incr {r['incr_s']:.2f} s, "
+                    f"{r['requests_per_gib_image_full']:.0f} req/GiB, "
+                    f"full {r['requests_full']}, incr {r['requests_incr']}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    shutil.rmtree(weed_dir, ignore_errors=True)
+    med = {
+        name: {
+            k: statistics.median(r[k] for r in rs)
+            for k in ("full_mib_s", "incr_s", "requests_per_gib_image_full")
+        }
+        | {
+            "incr_requests": statistics.median(sum(r["requests_incr"].values()) for r in rs),
+        }
+        for name, rs in runs.items()
+    }
+    print(
+        f"\nimage {base.stat().st_size / GIB:.2f} GiB, {args.put_first_runs} runs each, medians\n"
+    )
+    print("| chunk write | full MiB/s | incr s | S3 requests / GiB (full) | requests (incr) |")
+    print("|---|---|---|---|---|")
+    for name, m in med.items():
+        print(
+            f"| {name} | {m['full_mib_s']:.0f} | {m['incr_s']:.2f} | "
+            f"{m['requests_per_gib_image_full']:.0f} | {m['incr_requests']:.0f} |"
+        )
+    out = ROOT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    (out / "s3_put_first.json").write_text(
+        json.dumps(
+            {"date": datetime.now(UTC).isoformat(), "medians": med, "runs": runs},
+            indent=1,
+            default=str,
+        )
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=Path("/var/tmp/vigil-bench-s3"))
@@ -212,6 +282,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=4)
     ap.add_argument("--chunk-size", type=int, default=1 << 20)
     ap.add_argument("--skip-restic", action="store_true")
+    ap.add_argument(
+        "--put-first-runs",
+        type=int,
+        default=0,
+        help="only compare, N times each in alternation on one SeaweedFS, the chunk write "
+        "with a check before it (the old way) and without (put first); print medians",
+    )
     ap.add_argument(
         "--mkimage",
         type=Path,
@@ -233,6 +310,9 @@ def main() -> None:
     run = lambda name, state, backend: run_vigil(  # noqa: E731
         name, state, backend, base, mut, slots, args.threads, args.chunk_size
     )
+    if args.put_first_runs:
+        compare_put_first(args, base, mut, slots)
+        return
     local_repo = args.work / "local-repo"
     report(run("vigil → local", local_repo, None))
     weed_dir = args.work / "weed"

@@ -39,11 +39,15 @@ POLICY_KEYS = (
     "retention",
     "backup",
     "vcenters",
+    "copy_to",
+    "copy_retention",
 )
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 DURATION_RE = re.compile(r"([0-9]+)([smhd])")
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 WINDOW_RE = re.compile(r"([0-9]{2}):([0-9]{2})-([0-9]{2}):([0-9]{2})")
+# A [copies.NAME] of vigil.toml (protector/repoconfig.py checks the same shape there).
+COPY_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
 DISK_RE = re.compile(r"(scsi|ide|sata|nvme)[0-9]+:[0-9]+")
 
 
@@ -192,22 +196,22 @@ class _Checker:
                 kw[k] = t[k]
         return Trigger(**kw)
 
-    def retention(self, t: dict[str, Any]) -> Retention:
+    def retention(self, t: dict[str, Any], table: str = "retention") -> Retention:
         keys = ("keep_last", "daily", "weekly", "monthly", "yearly")
-        self.unknown(t, keys, "retention.")
+        self.unknown(t, keys, f"{table}.")
         kw: dict[str, int] = {}
         for k in keys:
             if k not in t:
                 continue
-            v = self.typed(t[k], f"retention.{k}", int, "a whole number")
+            v = self.typed(t[k], f"{table}.{k}", int, "a whole number")
             if v is None:
                 continue
             if v < 0:
-                self.error(f"retention.{k}", f"must not be negative, got {v}")
+                self.error(f"{table}.{k}", f"must not be negative, got {v}")
                 continue
             kw[k] = v
         if not any(kw.values()) and all(k not in t or k in kw for k in keys):
-            self.error("retention", f"no keep rule above zero (set one of {', '.join(keys)})")
+            self.error(table, f"no keep rule above zero (set one of {', '.join(keys)})")
         return Retention(**kw)
 
     def backup(self, t: dict[str, Any]) -> BackupOptions:
@@ -248,6 +252,23 @@ class _Checker:
                     good.append(m)
             kw["transport"] = tuple(good) or None
         return BackupOptions(**kw)
+
+    def copy_to(self, value: Any) -> tuple[str, ...]:
+        """`copy_to = ["offsite", ...]`: names only; whether vigil.toml has such a
+        [copies.NAME] is checked where the configuration is known (protector/policyaccess)."""
+        names = self.typed(value, "copy_to", list, 'a list of copy names like ["offsite"]')
+        out: list[str] = []
+        for i, n in enumerate(names or []):
+            if not isinstance(n, str) or not COPY_NAME_RE.fullmatch(n):
+                self.error(
+                    f"copy_to[{i}]",
+                    f"expected the name of a [copies.NAME] table of vigil.toml, got {_describe(n)}",
+                )
+            elif n in out:
+                self.error(f"copy_to[{i}]", f'"{n}" is listed twice')
+            else:
+                out.append(n)
+        return tuple(out)
 
     def on_quiesce_failure(self, t: dict[str, Any], fallback: bool | None) -> dict[str, str]:
         """`on_quiesce_failure`, or its older spelling `quiesce_fallback = true|false`; both
@@ -345,6 +366,16 @@ class _Checker:
         t = self.table(doc, "backup", required=False)
         backup = self.backup(t) if t is not None else BackupOptions()
         vcenters = self.vcenters(doc["vcenters"]) if "vcenters" in doc else ()
+        copy_to = self.copy_to(doc["copy_to"]) if "copy_to" in doc else ()
+        copy_retention = None
+        t = self.table(doc, "copy_retention", required=False)
+        if t is not None:
+            copy_retention = self.retention(t, "copy_retention")
+            if not doc.get("copy_to"):
+                self.error(
+                    "copy_retention",
+                    "applies only to a policy with copy_to (the copies its points go to)",
+                )
 
         if self.errors:
             return None
@@ -361,6 +392,8 @@ class _Checker:
             backup=backup,
             vcenters=vcenters,
             source=self.file,
+            copy_to=copy_to,
+            copy_retention=copy_retention,
         )
 
 

@@ -155,6 +155,14 @@ class Policy:
     # The configured vCenters (by name) whose VMs it may select; empty: every vCenter.
     vcenters: tuple[str, ...] = ()
     source: str = ""  # the file it came from, for messages
+    # Offsite copies ([copies.NAME] of vigil.toml) each new point goes to, and how long a
+    # copy keeps points (None: as long as `retention` says).
+    copy_to: tuple[str, ...] = ()
+    copy_retention: Retention | None = None
+
+    @property
+    def retention_of_copies(self) -> Retention:
+        return self.copy_retention or self.retention
 
 
 @dataclass(frozen=True)

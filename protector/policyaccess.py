@@ -12,7 +12,7 @@ import structlog
 from policies.engine import evaluate_one
 from policies.errors import PolicyError, PolicyLoadError
 from policies.loader import load_policies
-from policies.model import Policy, PolicySet, VmFacts
+from policies.model import Policy, PolicySet, Retention, VmFacts
 from policies.retention import RetentionPoint, plan_retention
 from protector.backup.model import BackupOptions
 from protector.config import Config
@@ -83,8 +83,9 @@ def winning_policy(policies: PolicySet, node: Any, vcenter: str) -> Policy | Non
 _DAYS = {"daily": 1, "weekly": 7, "monthly": 28, "yearly": 365}
 
 
-def retention_days(policy: Policy) -> float:
-    r = policy.retention
+def retention_days(policy: Policy, r: Retention | None = None) -> float:
+    """Days `r` (default: the policy's retention) keeps points, at least."""
+    r = r or policy.retention
     spans = [getattr(r, k) * d for k, d in _DAYS.items()]
     spans.append(r.keep_last * policy.schedule.rpo.total_seconds() / 86400)
     return max(spans)
@@ -113,11 +114,58 @@ def lock_problems(policies: PolicySet, cfg: Config) -> list[PolicyError]:
     return out
 
 
+def copy_problems(policies: PolicySet, cfg: Config) -> list[PolicyError]:
+    """Policies naming a copy vigil.toml has no [copies.NAME] for, or keeping points in a
+    copy for less time than that copy's object lock (`copy_retention`, else `retention`)."""
+    from protector.config_checks import _did_you_mean
+
+    out: list[PolicyError] = []
+    known = sorted(cfg.copies)
+    for p in policies:
+        source = p.source or cfg.policies_path
+        for i, name in enumerate(p.copy_to):
+            rc = cfg.copies.get(name)
+            if rc is None:
+                have = f"(it has: {', '.join(known)})" if known else "(it has none)"
+                out.append(
+                    PolicyError(
+                        source,
+                        f"no [copies.{name}] in {cfg.path} {have}; add the table or fix the "
+                        "name" + _did_you_mean(name, known),
+                        policy=p.name,
+                        key=f"copy_to[{i}]",
+                    )
+                )
+                continue
+            days = rc.object_lock_days
+            keeps = retention_days(p, p.retention_of_copies)
+            if days and keeps < days:
+                key = "copy_retention" if p.copy_retention else "retention"
+                out.append(
+                    PolicyError(
+                        source,
+                        f"the copy {name} keeps points about {keeps:g} days ({key}), shorter "
+                        f"than copies.{name}.s3.object_lock_days = {days} in {cfg.path}: its "
+                        f"prune could not delete them before their lock expires; keep them at "
+                        f"least {days} days in [policy.copy_retention] or lower the lock",
+                        policy=p.name,
+                        key=key,
+                    )
+                )
+    return out
+
+
+def config_problems(policies: PolicySet, cfg: Config) -> list[PolicyError]:
+    """What the policies get wrong about vigil.toml: retention under the repository's or a
+    copy's object lock, copies that do not exist."""
+    return lock_problems(policies, cfg) + copy_problems(policies, cfg)
+
+
 def load_checked(cfg: Config) -> PolicySet:
-    """The policy set, refused (PolicyLoadError) when one is invalid or keeps points for
-    less time than the repository's object lock."""
+    """The policy set, refused (PolicyLoadError) when one is invalid, keeps points for
+    less time than the repository's object lock or names a copy vigil.toml lacks."""
     policies = load_policies(cfg.policies_path, vcenters=cfg.vcenters)
-    if problems := lock_problems(policies, cfg):
+    if problems := config_problems(policies, cfg):
         raise PolicyLoadError(problems)
     return policies
 
@@ -234,6 +282,16 @@ class PruneScope:
         return self.hold.get(f"{vm.vcenter_uuid}/{vm.instance_uuid}") or (
             self.hold_moref.get((vm.vcenter_uuid, vm.moref)) if vm.moref else None
         )
+
+
+def copy_policies(policies: PolicySet) -> PolicySet:
+    """The policies with each one's copy retention in place of its retention: what prune
+    applies to a copy ([copies.NAME]; `vigil prune --copy`, the daemon's copier)."""
+    from dataclasses import replace
+
+    return PolicySet(
+        tuple(replace(p, retention=p.retention_of_copies) for p in policies), policies.source
+    )
 
 
 def retention_rules(

@@ -265,7 +265,9 @@ class LocalBackend:
         try:
             with self._dir(parts) as top:
                 for dirpath, _dirs, files, dfd in os.fwalk(".", dir_fd=top):
-                    rel = os.path.normpath(os.path.join(base, dirpath)) if base else dirpath
+                    # fwalk names subdirectories "./chunks/ab": normalised, or no key of a
+                    # subdirectory would match its shape when listing from the top ("").
+                    rel = os.path.normpath(os.path.join(base, dirpath))
                     for name in sorted(files):
                         key = name if rel == "." else f"{rel}/{name}"
                         if not key.startswith(prefix) or not _KEY_SHAPES.fullmatch(key):

@@ -30,6 +30,7 @@ from repository.locks import locked
 from repository.manifest import DiskRecord, Manifest, Tombstone
 from repository.objects import manifest_key, tombstone_key
 from repository.repo import Repository
+from repository.s3.errors import BACKUP_ADVICE
 from repository.s3.pointlock import retain_new_point
 
 log = structlog.get_logger(__name__)
@@ -47,6 +48,13 @@ class CopyResult:
 
     def as_dict(self) -> dict[str, object]:
         return dataclasses.asdict(self)
+
+
+def failure_reason(exc: BaseException) -> str:
+    """Why a copy stopped, without the backend's advice for a backup (an unavailable S3
+    service says to run the backup again; what a copy does next is the caller's to say)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text.replace(f": {BACKUP_ADVICE}", "")
 
 
 def copy_points(
@@ -67,13 +75,17 @@ def copy_points(
         raise RepositoryError("source and copy are the same repository")
     result = CopyResult()
     with src.reading(), dst.lock(False, None, "copy into this repository"):
-        good, bad = src.scan_manifests()
+        # Only the VMs asked for are read (the daemon copies one VM at a time).
+        scopes: list[str | None] = [None] if vm_keys is None else sorted(set(vm_keys))
         by_vm: dict[str, dict[int, Manifest | Tombstone]] = {}
-        for t in src.tombstones():
-            by_vm.setdefault(t.vm_key, {})[t.seq] = t
-        for m in good:
-            by_vm.setdefault(m.vm.key, {})[m.seq] = m
-        damaged = {d.point_id for d in bad}
+        damaged: set[str] = set()
+        for scope in scopes:
+            good, bad = src.scan_manifests(scope)
+            for t in src.tombstones(scope):
+                by_vm.setdefault(t.vm_key, {})[t.seq] = t
+            for m in good:
+                by_vm.setdefault(m.vm.key, {})[m.seq] = m
+            damaged |= {d.point_id for d in bad}
         wanted = set(by_vm) if vm_keys is None else set(vm_keys) & set(by_vm)
         with ThreadPoolExecutor(max(1, threads), thread_name_prefix="copy") as pool:
             for vm_key in sorted(wanted):

@@ -3,6 +3,7 @@ and healing a damaged content-addressed object by replacing it with a fresh copy
 
 from __future__ import annotations
 
+import threading
 from dataclasses import replace
 from typing import Any
 
@@ -42,6 +43,25 @@ def pin_key(point_id: str) -> str:
     return f"pins/{point_id}"
 
 
+class ReuseOdds:
+    """How likely, lately, a chunk being stored is one the repository holds already: a
+    moving average over the last few dozen put_chunk calls (all writers of this process
+    share it). Thread-safe; a heuristic, so a lost race costs one request, never data."""
+
+    def __init__(self, weight: float = 0.1) -> None:
+        self.weight = weight
+        self._existing = 0.0  # a first backup stores new chunks
+        self._lock = threading.Lock()
+
+    def likely_new(self) -> bool:
+        with self._lock:
+            return self._existing < 0.5
+
+    def saw(self, existed: bool) -> None:
+        with self._lock:
+            self._existing += self.weight * (float(existed) - self._existing)
+
+
 class ObjectStore:
     """Typed objects over a backend. Thread-safe (the backend and codec are)."""
 
@@ -49,6 +69,14 @@ class ObjectStore:
         self.backend = backend
         self.keys = keys
         self.chunk_size = chunk_size
+        # A backend whose put_if_absent is one request that fails cheaply on an existing
+        # key, and whose touch() refreshes nothing (S3: PUT + If-None-Match, 412), needs no
+        # check before a write: while chunks are mostly new, put_chunk writes first and
+        # checks only what the write found there (one request per new chunk, not two).
+        # While they are mostly there already (a second full backup of the same disks) it
+        # checks first, so unchanged data is not uploaded again. None: as the backend says.
+        self.put_first: bool | None = None
+        self.reuse = ReuseOdds()
 
     def index_limit(self, capacity: int | None) -> int:
         """The most an index may inflate to: its disk's slots (the largest VMDK, 62 TiB,
@@ -70,19 +98,48 @@ class ObjectStore:
         """See Repository.put_chunk; `created` collects the keys of objects this call
         brought into being (not reused, not healed)."""
         key = chunk_key(chunk_id)
+        put_first = self.put_first
+        if put_first is None:
+            put_first = bool(getattr(self.backend, "conditional_put", False))
+        if put_first and self.reuse.likely_new():
+            return self._put_chunk_first(key, chunk_id, data, verify_existing, created)
         if not verify_existing:
             if self.backend.touch(key):
+                self.reuse.saw(True)
                 return 0
+            self.reuse.saw(False)
             blob = codec.encode(self.keys, ObjectType.CHUNK, chunk_id, data)
             return len(blob) if self._put_new(key, blob, created) else 0
         if self.intact(key, ObjectType.CHUNK, chunk_id):
+            self.reuse.saw(True)
             self.backend.touch(key)
             return 0
+        self.reuse.saw(False)
         blob = codec.encode(self.keys, ObjectType.CHUNK, chunk_id, data)
         if self._put_new(key, blob, created):
             return len(blob)
         if self.intact(key, ObjectType.CHUNK, chunk_id):
             return 0  # another writer stored it a moment ago
+        self.heal(key, blob)
+        return len(blob)
+
+    def _put_chunk_first(
+        self,
+        key: str,
+        chunk_id: bytes,
+        data: bytes | bytearray | memoryview,
+        verify_existing: bool,
+        created: set[str] | None,
+    ) -> int:
+        """The write as the check: If-None-Match makes it write-once, so a key that exists
+        is refused untouched (412) and only then looked at."""
+        blob = codec.encode(self.keys, ObjectType.CHUNK, chunk_id, data)
+        if self._put_new(key, blob, created):
+            self.reuse.saw(False)
+            return len(blob)
+        self.reuse.saw(True)
+        if not verify_existing or self.intact(key, ObjectType.CHUNK, chunk_id):
+            return 0
         self.heal(key, blob)
         return len(blob)
 

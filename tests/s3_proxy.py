@@ -2,12 +2,15 @@
 host and every header, so a proxy that changes anything must sign again):
 
 - IgnoringProxy: drops `If-None-Match`, as some S3 clones silently do;
-- with `fail_first=N`: answers the first N requests 503 SlowDown (throttling)."""
+- with `fail_first=N`: answers the first N requests 503 SlowDown (throttling);
+- with `before=f`: calls f(method, path) before relaying each request (a test kills the
+  server there, at an exact point of a copy, instead of racing it with a timer)."""
 
 from __future__ import annotations
 
 import threading
 import urllib.request
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -33,6 +36,7 @@ class IgnoringProxy:
         *,
         strip: bool = True,
         fail_first: int = 0,
+        before: Callable[[str, str], None] | None = None,
     ) -> None:
         self.upstream = upstream.rstrip("/")
         creds = Credentials(access_key, secret_key)
@@ -50,6 +54,8 @@ class IgnoringProxy:
                     proxy.requests += 1
                     fail = proxy.failures_left > 0
                     proxy.failures_left -= int(fail)
+                if before is not None:
+                    before(self.command, self.path)
                 if fail:
                     self.send_response(503)
                     self.send_header("Content-Type", "application/xml")
@@ -67,6 +73,10 @@ class IgnoringProxy:
                     resp: Any = urllib.request.urlopen(out, timeout=30)
                 except urllib.error.HTTPError as err:
                     resp = err
+                except urllib.error.URLError:
+                    # The server is gone: drop the connection unanswered, as it would.
+                    self.close_connection = True
+                    return
                 data = resp.read()
                 self.send_response(resp.status if hasattr(resp, "status") else resp.code)
                 for k, v in resp.headers.items():

@@ -39,7 +39,8 @@ async def run(args: argparse.Namespace) -> int:
     import anyio
 
     from protector.repoaccess import all_manifests, matches_vm, open_configured
-    from repository.copy import copy_points
+    from repository.copy import copy_points, failure_reason
+    from repository.errors import BackendError
 
     cfg = config_of(args)
     rc = copy_config(cfg, args.to)
@@ -55,13 +56,27 @@ async def run(args: argparse.Namespace) -> int:
                 raise UserError(f"no restore points of VM {spec!r} (`vigil list` shows them)")
             vm_keys |= keys
 
+    copied: list[str] = []
+
     def progress(point: str) -> None:
+        copied.append(point)
         if not args.json:
             print(f"copied {point}", file=sys.stderr)
 
-    result = await anyio.to_thread.run_sync(
-        lambda: copy_points(src, dst, vm_keys, threads=cfg.limits.io_threads, progress=progress)
-    )
+    try:
+        result = await anyio.to_thread.run_sync(
+            lambda: copy_points(src, dst, vm_keys, threads=cfg.limits.io_threads, progress=progress)
+        )
+    except BackendError as exc:
+        # A point's manifest is written last, after everything it references was read back:
+        # a point cut off is simply not in the copy, and the next run copies what is missing.
+        raise UserError(
+            f"copy to {args.to} ({rc.location}) stopped: {failure_reason(exc)}. "
+            f"{len(copied)} point(s) were copied whole before that; the point being copied is "
+            f"not in the copy. Run `vigil copy --to {args.to}` again once the storage answers: "
+            "it sends only what the copy lacks",
+            exit_code=1,
+        ) from None
     if args.json:
         print_json(result.as_dict() | {"to": args.to, "location": rc.location})
     else:

@@ -24,8 +24,16 @@ def register(sub: Any) -> None:
         "the points of the VMs it covers now; points of VMs no policy covers are kept for "
         "repository.orphan_keep_days. Manifests go first, then chunks nothing references any "
         "more. --dry-run lists what would go and why. The daemon runs this daily "
-        "(daemon.prune_at).",
-        epilog="Examples:\n\n  vigil prune --dry-run\n  vigil prune --json | jq '.bytes_freed'",
+        "(daemon.prune_at), for the repository and each copy in use. --copy NAME prunes the "
+        "copy [copies.NAME] instead, by each policy's [policy.copy_retention] (default: its "
+        "retention).",
+        epilog="Examples:\n\n  vigil prune --dry-run\n  vigil prune --json | jq '.bytes_freed'"
+        "\n  vigil prune --copy offsite --dry-run",
+    )
+    p.add_argument(
+        "--copy",
+        metavar="NAME",
+        help="prune the copy [copies.NAME] by the policies' copy_retention",
     )
     p.add_argument(
         "--dry-run", action="store_true", help="change nothing; list each point kept or deleted"
@@ -39,7 +47,9 @@ async def run(args: argparse.Namespace) -> int:
 
     from policies.engine import evaluate_one
     from policies.errors import PolicyLoadError
-    from protector.policyaccess import PruneScope, load_checked, retention_rules
+    from protector.cli.common import copy_config
+    from protector.policyaccess import PruneScope, copy_policies, load_checked, retention_rules
+    from protector.repoaccess import open_configured
     from protector.vcenters import read_trees
     from repository import prune
 
@@ -49,7 +59,13 @@ async def run(args: argparse.Namespace) -> int:
         policies = load_checked(cfg)
     except PolicyLoadError as exc:
         raise UserError(f"policies are invalid; nothing pruned:\n{exc}") from None
-    repo = await open_repository(cfg)
+    rc = cfg.repository
+    if args.copy:  # a copy keeps points by copy_retention, not by the primary's retention
+        rc = copy_config(cfg, args.copy)
+        repo = await anyio.to_thread.run_sync(open_configured, rc, cfg)
+        policies = copy_policies(policies)
+    else:
+        repo = await open_repository(cfg)
     # Every configured vCenter's inventory: a VM of one left unread would look like an
     # orphan. A tag read failure stops the prune: VMs a tag policy protects would look like
     # orphans and lose their old points.
@@ -65,9 +81,7 @@ async def run(args: argparse.Namespace) -> int:
     assert tz is not None
     rule_for = retention_rules(policies, scope, tz)
     result = await anyio.to_thread.run_sync(
-        lambda: prune(
-            repo, rule_for, dry_run=args.dry_run, orphan_keep_days=cfg.repository.orphan_keep_days
-        )
+        lambda: prune(repo, rule_for, dry_run=args.dry_run, orphan_keep_days=rc.orphan_keep_days)
     )
     if args.json:
         print_json(

@@ -18,8 +18,10 @@ def register(sub: Any) -> None:
         "and print every VM's policy, newest good restore point and its age against the RPO; "
         "with a [cluster] table also the nodes and their roles, the leader per vCenter and "
         "the backups running now and where (the VMs are shown by the leading scheduler). "
-        "Exit 1 when the daemon is not connected to vCenter or a VM is failing or has breached "
-        "its RPO (a monitoring check), 2 when no daemon answers.",
+        "Per repository (the primary and each [copies.NAME]) it shows the size and objects, "
+        "the points waiting to be copied and the oldest point no longer under object lock. "
+        "Exit 1 when the daemon is not connected to vCenter, a VM is failing or has breached "
+        "its RPO, or copying to a copy fails (a monitoring check), 2 when no daemon answers.",
         epilog="Examples:\n\n"
         "  vigil status\n"
         "  vigil status --json | jq '.vms[] | select(.breached)'",
@@ -73,9 +75,39 @@ def render(status: dict[str, Any]) -> str:
             lines.append(
                 f"  {clean(g['identity'])}: {g['points']} points, newest {g['newest_point']}"
             )
+    lines += render_repositories(status.get("repositories") or [])
     if status.get("cluster"):
         lines += render_cluster(status["cluster"])
     return "\n".join(lines)
+
+
+def render_repositories(repos: list[dict[str, Any]]) -> list[str]:
+    """Per repository: size and objects (as of the daemon's last walk), the points waiting
+    to be copied and a copy's failure, the oldest point no longer under object lock."""
+    from protector.daemon.views import unlocked_text
+
+    lines = []
+    for r in repos:
+        copy = r.get("role") == "copy"
+        head = f"copy {r['name']}" if copy else "repository"
+        size = (
+            f"{r['size_bytes'] / 2**30:.2f} GiB in {r['objects']} objects (as of {r['size_at']})"
+            if r.get("size_bytes") is not None
+            else "size not measured yet"
+        )
+        lines.append(f"{head} {clean(r['location'])}: {size}")
+        if copy:
+            state = "FAILING" if r.get("error") else r.get("state", "ok")
+            lines.append(
+                f"  {state}: {r.get('points_waiting', 0)} point(s) waiting to be copied, "
+                f"{r.get('copied', 0)} copied since the daemon started"
+            )
+            if r.get("error"):
+                lines.append(f"  error: {clean(r['error'])} (next try {r.get('retry_at')})")
+            for vm, why in (r.get("problems") or {}).items():
+                lines.append(f"  VM {vm}: {clean(why)}")
+        lines.append(f"  oldest unlocked point: {unlocked_text(r)}")
+    return lines
 
 
 def render_cluster(c: dict[str, Any]) -> list[str]:
@@ -163,5 +195,6 @@ async def run(args: argparse.Namespace) -> int:
         print(render(status))
     breached = status.get("breached", status["counts"].get("breached", 0))
     bad = breached + status["counts"].get("failing", 0)
+    bad += sum(1 for r in status.get("repositories") or [] if r.get("error"))  # a copy failing
     # A daemon cut off from vCenter backs nothing up: a failure for a monitoring check too.
     return 1 if bad or not status.get("healthy", False) else 0

@@ -102,6 +102,8 @@ class SchedulerTerm(Daemon):
         # plan moves on.
         if rec.outcome == "failed":
             self.errors.append(f"{req.vm_name}: {rec.error}")
+        elif rec.outcome == "success":
+            self.copier.point_committed(req.vm_key)
         self.planner.job_finished(req, rec, None)
 
     async def _refresh_vm(self, key: str) -> None:

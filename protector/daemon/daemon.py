@@ -33,6 +33,7 @@ from policies.errors import PolicyLoadError
 from policies.reload import PolicyStore, ReloadOutcome
 from protector.config import Config
 from protector.daemon import views
+from protector.daemon.copier import Copier
 from protector.daemon.jobs import JobRecord, JobRequest, JobRunner, Limits
 from protector.daemon.metrics import Metrics
 from protector.daemon.planner import Planner
@@ -47,7 +48,7 @@ from protector.daemon.worker import BackupWorker, VmGone
 from protector.errors import UserError
 from protector.notify.events import Kind
 from protector.notify.sender import Notifier
-from protector.policyaccess import lock_problems, vm_facts
+from protector.policyaccess import config_problems, vm_facts
 from protector.repoaccess import open_catalog, open_repository
 from protector.vmlock import VmBusyError
 from protector.vsphere.snapshots import remove_leftovers_everywhere
@@ -130,6 +131,16 @@ class Daemon:
         self.pruner.vcenter_of = self.vcenters.name_of
         self.notifier = self.planner.notify = self.pruner.notify = Notifier(cfg.notify)
         self.repo: Repository | None = None
+        self.copier = Copier(cfg, self.tz, self.errors, self.stopping)
+        self.copier.src = lambda: self.repo
+        self.copier.notify = self.notifier
+        self.copier.protected = lambda: {
+            key: self.planner.policy(name) for key, name in self.planner.winners.items()
+        }
+        self.pruner.copier = self.copier
+        self.copy_sizes = {
+            name: RepoSizeCache(lambda t=t: t.repo) for name, t in self.copier.targets.items()
+        }
         self.repo_size = RepoSizeCache(lambda: self.repo)
         self.catalog: Any = None
         self.policies: PolicyStore | None = None
@@ -191,7 +202,7 @@ class Daemon:
             self.policies = PolicyStore(
                 self.cfg.policies_path, inventory=self._all_facts, vcenters=self.cfg.vcenters
             )
-            if lock_errors := lock_problems(self.policies.current, self.cfg):
+            if lock_errors := config_problems(self.policies.current, self.cfg):
                 raise PolicyLoadError(lock_errors)
         except PolicyLoadError as exc:
             raise UserError(f"policies are invalid, nothing started:\n{exc}") from None
@@ -231,7 +242,7 @@ class Daemon:
         )
         self.watcher = self.vcenters
         self.runner = self._make_runner()
-        self.planner.policies = self.pruner.policies = self.policies
+        self.planner.policies = self.pruner.policies = self.copier.policies = self.policies
         self.planner.jobs = self.pruner.runner = self.runner
         self.worker.repo = self.pruner.repo = repo
         self.worker.catalog = catalog
@@ -250,6 +261,7 @@ class Daemon:
         spawn(self._watch_policies(), "policy-reload")
         spawn(self.planner.run(self.ready, self.stopping), "scheduler")
         spawn(self.pruner.run(self.ready), "pruner")
+        spawn(self.copier.run(self.ready), "copier")
         spawn(self.notifier.run(self.stopping), "notifier")
         breached = lambda: views.breached(self.planner, datetime.now(UTC))  # noqa: E731
         spawn(self.notifier.watch_breaches(breached, self.ready, self.stopping), "rpo-watch")
@@ -358,11 +370,12 @@ class Daemon:
                 Kind.POLICY_REJECTED, "policies", "; ".join(map(str, outcome.errors))
             )
             return
-        # The reloader (policies/) knows no repository: the object-lock check is reported
-        # here; prune keeps (and reports) what the lock holds meanwhile.
-        for e in lock_problems(outcome.policies, self.cfg):
+        # The reloader (policies/) knows no vigil.toml: the object-lock and copy checks are
+        # reported here; prune keeps (and reports) what the lock holds meanwhile, and the
+        # copier skips a copy that does not exist.
+        for e in config_problems(outcome.policies, self.cfg):
             self.errors.append(f"policy error: {e}")
-            log.error("policies.shorter_than_object_lock", error=str(e))
+            log.error("policies.config_mismatch", error=str(e))
         if not outcome.changed or not self.ready.is_set() or self.watcher is None:
             return
         self.planner.policies_changed(self.watcher.tree.vms())
@@ -384,6 +397,7 @@ class Daemon:
                 self.notifier.failing(req.vm_name, rec.error)
         elif rec.outcome == "success":
             self.notifier.succeeded(req.vm_name)
+            self.copier.point_committed(req.vm_key)
         self.planner.job_finished(req, rec, ran_with)
         if self.catalog is not None:  # on_finish only ever sees a finished record
             self.supervisor.background(self.worker.record(rec))
@@ -429,11 +443,21 @@ class Daemon:
                 **self.repo_size.figure(),
             },
             "prune": self.pruner.last_prune,
+            "repositories": self.repositories(),
             "dispatch_paused": runner.paused if runner else None,
             "errors": list(self.errors),
             "policy_errors": [str(e) for e in self.policies.errors] if self.policies else [],
             "stats": dict(self.stats.__dict__),
         }
+
+    def repositories(self) -> list[dict[str, Any]]:
+        """Per repository, the primary first, then each copy in use: size and objects (a
+        background walk, repo_size.py), the points under no lock any more, and for a copy
+        the points waiting to be copied and its failures (copier.py)."""
+        figures = {name: cache.figure() for name, cache in self.copy_sizes.items()}
+        return views.repositories_view(
+            self.cfg, self.repo_size.figure(), self.copier.view(), figures
+        )
 
     def refresh_metrics(self) -> None:
         views.refresh_metrics(
@@ -443,3 +467,4 @@ class Daemon:
             len(self.policies.errors) if self.policies else 0,
             self.healthy(),
         )
+        self.metrics.set_repositories(self.repositories())

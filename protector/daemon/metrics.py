@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 # Every state `vigil status` shows (vigil_vm_state's `state` label).
@@ -54,11 +54,17 @@ class Metrics:
         )
         self._per_vm = _PerVmCollector()
         r.register(self._per_vm)
+        self._repos = _RepositoryCollector()
+        r.register(self._repos)
 
     def set_vms(self, vms: Iterable[Mapping[str, Any]]) -> None:
         """The per-VM series from now on: those of `vms` (the daemon's vm_status()), so a VM
         that is gone or changed policy leaves no stale series behind."""
         self._per_vm.vms = list(vms)
+
+    def set_repositories(self, repos: Iterable[Mapping[str, Any]]) -> None:
+        """The per-repository series from now on (the daemon's repositories())."""
+        self._repos.repos = list(repos)
 
 
 class _PerVmCollector(Collector):
@@ -94,3 +100,68 @@ class _PerVmCollector(Collector):
                 rpo.add_metric(labels, v["rpo_seconds"])
             state.add_metric([*labels, v["state"]], 1)
         yield from (last, rpo, state)
+
+
+class _RepositoryCollector(Collector):
+    """Per-repository series, label `repository` = its table in vigil.toml ("repository",
+    "copies.NAME"). Size and objects come from the last background walk (absent before the
+    first one ends); the unlocked figures only for a repository under object lock; the
+    copy series only for copies."""
+
+    def __init__(self) -> None:
+        self.repos: list[Mapping[str, Any]] = []
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        lab = ["repository"]
+        size = GaugeMetricFamily(
+            "vigil_repository_size_bytes", "Bytes stored in the repository", labels=lab
+        )
+        objects = GaugeMetricFamily(
+            "vigil_repository_objects", "Objects (files) in the repository", labels=lab
+        )
+        measured = GaugeMetricFamily(
+            "vigil_repository_size_timestamp_seconds",
+            "When the size and object count were last measured",
+            labels=lab,
+        )
+        unlocked = GaugeMetricFamily(
+            "vigil_repository_unlocked_points",
+            "Restore points whose object lock has run out (object-locked repositories only)",
+            labels=lab,
+        )
+        oldest = GaugeMetricFamily(
+            "vigil_repository_oldest_unlocked_point_timestamp_seconds",
+            "Commit time of the oldest restore point no longer under object lock",
+            labels=lab,
+        )
+        waiting = GaugeMetricFamily(
+            "vigil_repository_points_waiting",
+            "Restore points of copy_to policies the copy lacks (copies only)",
+            labels=lab,
+        )
+        failing = GaugeMetricFamily(
+            "vigil_repository_copy_failing",
+            "1 while copying to this copy fails (retried with back-off), else 0",
+            labels=lab,
+        )
+        copied = CounterMetricFamily(
+            "vigil_repository_copied_points",
+            "Restore points copied into this copy by the daemon since it started",
+            labels=lab,
+        )
+        for r in self.repos:
+            labels = [str(r["where"])]
+            if r.get("size_bytes") is not None:
+                size.add_metric(labels, r["size_bytes"])
+                objects.add_metric(labels, r["objects"])
+                measured.add_metric(labels, datetime.fromisoformat(r["size_at"]).timestamp())
+            if r.get("unlocked_points") is not None:
+                unlocked.add_metric(labels, r["unlocked_points"])
+                if r.get("oldest_unlocked"):
+                    at = datetime.fromisoformat(r["oldest_unlocked"]["committed_at"])
+                    oldest.add_metric(labels, at.timestamp())
+            if r.get("role") == "copy":
+                waiting.add_metric(labels, r.get("points_waiting", 0))
+                failing.add_metric(labels, 1 if r.get("error") else 0)
+                copied.add_metric(labels, r.get("copied", 0))
+        yield from (size, objects, measured, unlocked, oldest, waiting, failing, copied)

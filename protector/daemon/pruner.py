@@ -60,6 +60,7 @@ class Pruner:
         # like orphans; their own leaders prune them.
         self.judges: Callable[[str], bool] = lambda vcenter_uuid: True
         self.runner: Any = None  # pause / wait_idle_running / resume
+        self.copier: Any = None  # copier.Copier: paused too, and prunes the copies
         self.last_prune: dict[str, Any] | None = None
 
     async def run(self, ready: asyncio.Event) -> None:
@@ -124,15 +125,23 @@ class Pruner:
             log.warning("daemon.prune_deferred", reason=reason)
             self.last_prune = {"at": started.isoformat(), "outcome": "deferred", "reason": reason}
             return None
-        rule_for = self._only_judged(retention_rules(self.policies.current, self._scope(), self.tz))
+        scope = self._scope()
+        rule_for = self._only_judged(retention_rules(self.policies.current, scope, self.tz))
         max_pause = self.cfg.daemon.prune_max_pause
+        copier = self.copier if not dry_run else None
         if not dry_run:
             # Backups hold the repository lock shared; with new ones starting all the time
             # the sweep would never get it exclusive. Hold them back, for a bounded time.
+            # Copy jobs read it shared too (and write the copies prune sweeps next).
             self.runner.pause("prune: chunk sweep")
+            if copier is not None:
+                copier.pause()
         try:
             if not dry_run:
                 await self.runner.wait_idle_running(max_pause)
+                if copier is not None:
+                    spent = (datetime.now(UTC) - started).total_seconds()
+                    await copier.wait_idle(max(1.0, max_pause - spent))
             left = max(5.0, max_pause - (datetime.now(UTC) - started).total_seconds())
             result = await anyio.to_thread.run_sync(
                 lambda: prune(
@@ -144,7 +153,14 @@ class Pruner:
                 )
             )
         finally:
-            self.runner.resume()
+            self.runner.resume()  # backups go on while the copies are pruned
+            if copier is not None and not self.stopping.is_set():
+                try:
+                    await copier.prune_copies(scope, max_pause, self._only_judged)
+                finally:
+                    copier.resume()
+            elif copier is not None:
+                copier.resume()
         for line in result.lines()[-2:]:
             log.info("daemon.prune", result=line)
         self.last_prune = {

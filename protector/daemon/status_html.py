@@ -107,6 +107,7 @@ h2{{margin-top:1.2em}}</style></head><body>
 {_vcenters_line(status, health)} · generated {esc(status["generated_at"])}</p>
 <p>{esc(counts)}</p>
 {_repository_line(status.get("repository"))}
+{_repositories_html(status.get("repositories") or [])}
 {f"<p>{esc(prune)}</p>" if prune else ""}
 {
         "<h2>Policy errors (last good policies still in force)</h2><ul>" + policy_errors + "</ul>"
@@ -236,6 +237,40 @@ def _repository_line(repo: dict[str, Any] | None) -> str:
     if repo.get("last_verify"):
         parts.append(f"last verify {repo['last_verify']}")
     return f"<p id='repository'>repository: {html.escape(' · '.join(parts))}</p>" if parts else ""
+
+
+def _repositories_html(repos: list[dict[str, Any]]) -> str:
+    """Per repository (the primary and each copy): size and objects as of the last walk,
+    the points waiting to be copied and a copy's failure, the oldest unlocked point."""
+    if len(repos) < 2 and not any(r.get("size_bytes") is not None for r in repos):
+        return ""  # no copies and nothing measured yet: the summary line says it all
+    from protector.daemon.views import unlocked_text
+
+    esc = html.escape
+    rows = []
+    for r in repos:
+        copy = r.get("role") == "copy"
+        state = r.get("state", "") if copy else "primary"
+        colour = STATE_COLOURS["failing"] if r.get("error") else STATE_COLOURS["ok"]
+        size = (
+            f"{_bytes(r['size_bytes'])} · {r['objects']} objects"
+            if r.get("size_bytes") is not None
+            else "not measured yet"
+        )
+        waiting = str(r.get("points_waiting", 0)) if copy else "—"
+        problem = r.get("error") or "; ".join((r.get("problems") or {}).values())
+        if problem and r.get("retry_at"):
+            problem += f" (next try {_short_time(r['retry_at'])})"
+        rows.append(
+            f"<tr><td>{esc(r.get('name') or 'primary')}</td><td>{esc(r['location'])}</td>"
+            f"<td style='color:{colour};font-weight:bold'>{esc(state)}</td>"
+            f"<td>{esc(size)}</td><td class='waiting'>{esc(waiting)}</td>"
+            f"<td>{esc(unlocked_text(r))}</td><td>{esc(problem)}</td></tr>"
+        )
+    return f"""<h2 id='repositories'>Repositories</h2>
+<table><tr><th>repository</th><th>location</th><th>state</th><th>size</th>
+<th>points waiting to be copied</th><th>oldest unlocked point</th><th>problem</th></tr>
+{"".join(rows)}</table>"""
 
 
 def _cluster_html(c: dict[str, Any] | None) -> str:

@@ -154,6 +154,54 @@ def repository_view(
     return view
 
 
+def repositories_view(
+    cfg: Any,
+    primary: dict[str, Any],
+    copies: list[dict[str, Any]],
+    figures: dict[str, dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """One entry per repository: the primary ([repository]) and each copy ([copies.NAME],
+    with the copier's view of it), each with the figures of its last background walk."""
+    rc = cfg.repository
+    out: list[dict[str, Any]] = [
+        {
+            "where": rc.where,
+            "name": "",
+            "role": "primary",
+            "location": rc.location,
+            "object_lock_days": rc.object_lock_days,
+            **primary,
+        }
+    ]
+    for c in copies:
+        crc = cfg.copies[c["name"]]
+        out.append(
+            {
+                "where": crc.where,
+                "role": "copy",
+                **c,
+                "object_lock_days": crc.object_lock_days,
+                **figures.get(c["name"], {}),
+            }
+        )
+    return out
+
+
+def unlocked_text(repo: dict[str, Any]) -> str:
+    """The oldest point no longer under object lock, in words ("n/a" without a lock)."""
+    if not repo.get("object_lock_days"):
+        return "n/a (no object lock)"
+    if "unlocked_points" not in repo:
+        return "not measured yet"
+    oldest = repo.get("oldest_unlocked")
+    if not oldest:
+        return "none (every point locked)"
+    return (
+        f"{oldest['point']} (unlocked since {oldest['unlocked_since'][:10]}; "
+        f"{repo['unlocked_points']} point(s) unlocked)"
+    )
+
+
 # Problems first: what needs an admin at the top of every page.
 STATE_RANK = {
     "failing": 0,

@@ -23,6 +23,7 @@ class Kind(StrEnum):
     POLICY_REJECTED = "policy_rejected"
     PRUNE_ERROR = "prune_error"
     REPO_DAMAGE = "repository_damage"
+    COPY_ERROR = "copy_error"
 
 
 # Kinds after which a VM counts as in trouble until it recovers.
@@ -38,6 +39,7 @@ _TITLES: dict[Kind, tuple[str, str]] = {
     Kind.POLICY_REJECTED: ("policy files rejected", "policy files rejected ({n} errors)"),
     Kind.PRUNE_ERROR: ("prune error", "{n} prune errors"),
     Kind.REPO_DAMAGE: ("repository damage found", "repository damage found ({n} reports)"),
+    Kind.COPY_ERROR: ("offsite copy failing", "{n} offsite copies failing"),
 }
 _SEVERITY = {Kind.RECOVERED: "success", Kind.UNPROTECTED: "warning", Kind.CONFLICT: "warning"}
 

@@ -30,6 +30,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from repository.backend import ObjectInfo
 from repository.errors import ObjectNotFoundError
 from repository.s3.errors import (
+    BACKUP_ADVICE,
     DENIED,
     ReadOnlyError,
     S3BackendError,
@@ -71,6 +72,11 @@ def make_client(opts: S3Options) -> Any:
 
 class S3Backend(ObjectLockOps):
     """One repository under `s3://bucket/prefix`. Thread-safe."""
+
+    # put_if_absent is one conditional PUT (412 when the key exists; the probe checks the
+    # service honours it) and touch() refreshes nothing: a write needs no check before it
+    # (repository/objects.py, put_chunk).
+    conditional_put = True
 
     def __init__(self, opts: S3Options, *, as_of_time: datetime | None = None) -> None:
         self.opts = opts
@@ -127,8 +133,7 @@ class S3Backend(ObjectLockOps):
                 key,
                 exc,
                 f"the S3 service {self.opts.endpoint or 'AWS'} did not answer after "
-                f"{self.opts.max_attempts} attempts: earlier restore points are intact; "
-                "run the backup again once the service is back",
+                f"{self.opts.max_attempts} attempts: {BACKUP_ADVICE}",
             ) from None
 
     def _lock_args(self, key: str) -> dict[str, Any]:

@@ -8,6 +8,8 @@ from typing import Any
 from repository.errors import BackendError, RepositoryError
 
 DENIED = {"AccessDenied", "403"}
+# What an unavailable service means for a backup; a copy says its own next step instead.
+BACKUP_ADVICE = "earlier restore points are intact; run the backup again once the service is back"
 
 
 def error_code(exc: Any) -> str:

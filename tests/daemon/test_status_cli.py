@@ -168,7 +168,12 @@ async def test_status_exits_1_when_the_daemon_is_not_connected_to_vcenter(
             out = capsys.readouterr().out
             assert "NOT CONNECTED" in out
             assert await vigil_status(cfg, "--json") == 1
-            assert json.loads(capsys.readouterr().out)["healthy"] is False
+            # The daemon runs in this process: its log lines (reconnect attempts) share
+            # stdout with the JSON, before or after it, never inside one print.
+            out = capsys.readouterr().out
+            start = 0 if out.startswith("{") else out.index("\n{") + 1
+            body, _ = json.JSONDecoder().raw_decode(out, start)
+            assert body["healthy"] is False
         finally:
             daemon.request_stop()
             await asyncio.wait_for(task, 60)

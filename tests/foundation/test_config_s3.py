@@ -139,3 +139,66 @@ def test_policies_shorter_than_the_object_lock_are_refused(tmp_path: Path) -> No
     plain = load(tmp_path, '[repository]\npath = "r"\n')
     (tmp_path / "policies.d" / "p.toml").write_text(POLICY.format(daily=1))
     assert len(load_checked(plain)) == 1
+
+
+COPYING = """
+[[policy]]
+name = "offsite"
+priority = 10
+copy_to = {copy_to}
+[policy.select]
+names = ["*"]
+[policy.schedule]
+rpo = "24h"
+[policy.retention]
+daily = 30
+{copy_retention}
+"""
+
+LOCKED_COPY = (
+    '[repository]\npath = "r"\n[copies.cloud]\nurl = "s3://far/v"\n'
+    "[copies.cloud.s3]\nobject_lock_days = 14\n"
+)
+
+
+def test_copy_to_and_copy_retention(tmp_path: Path) -> None:
+    from policies.errors import PolicyLoadError
+    from protector.policyaccess import load_checked, retention_days
+
+    cfg = load(tmp_path, LOCKED_COPY)
+    (tmp_path / "policies.d").mkdir()
+    p = tmp_path / "policies.d" / "p.toml"
+
+    def refused(copy_to: str, copy_retention: str = "") -> str:
+        p.write_text(COPYING.format(copy_to=copy_to, copy_retention=copy_retention))
+        with pytest.raises(PolicyLoadError) as exc:
+            load_checked(cfg)
+        return str(exc.value)
+
+    # A copy vigil.toml lacks: file, policy and key named, with the copies it has.
+    msg = refused('["clod"]')
+    assert f'{p}: policy "offsite": copy_to[0]: no [copies.clod] in' in msg
+    assert "(it has: cloud)" in msg and "did you mean cloud?" in msg
+    # The shape of the key, checked by the policy loader itself.
+    assert 'copy_to[1]: "cloud" is listed twice' in refused('["cloud", "cloud"]')
+    assert "copy_to[0]: expected the name of a [copies.NAME]" in refused("[3]")
+    assert "copy_to: expected a list" in refused('"cloud"')
+    msg = refused("[]", "[policy.copy_retention]\nkeep_last = 2")
+    assert "copy_retention: applies only to a policy with copy_to" in msg
+    assert "copy_retention.hourly: unknown key" in refused(
+        '["cloud"]', "[policy.copy_retention]\nhourly = 2"
+    )
+    # Shorter than the copy's object lock: refused like the primary's retention.
+    msg = refused('["cloud"]', "[policy.copy_retention]\ndaily = 7")
+    assert 'policy "offsite": copy_retention: the copy cloud keeps points about 7 days' in msg
+    assert "copies.cloud.s3.object_lock_days = 14" in msg
+
+    p.write_text(COPYING.format(copy_to='["cloud"]', copy_retention=""))
+    [policy] = load_checked(cfg)  # copy retention defaults to the retention: 30 days
+    assert policy.copy_to == ("cloud",) and policy.copy_retention is None
+    assert retention_days(policy, policy.retention_of_copies) == 30
+    p.write_text(
+        COPYING.format(copy_to='["cloud"]', copy_retention="[policy.copy_retention]\ndaily = 14")
+    )
+    [policy] = load_checked(cfg)
+    assert policy.copy_retention is not None and policy.copy_retention.daily == 14

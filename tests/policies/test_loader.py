@@ -156,9 +156,11 @@ def test_unknown_keys_everywhere_are_errors(write) -> None:
     errs = errors_of(path)
     assert errs == [
         f'{path}:4: policy "prod-gold": enabeld: unknown key (allowed: name, priority, '
-        "enabled, select, exclude, schedule, trigger, retention, backup, vcenters)",
+        "enabled, select, exclude, schedule, trigger, retention, backup, vcenters, copy_to, "
+        "copy_retention)",
         f'{path}:38: policy "prod-gold": backups: unknown key (allowed: name, priority, '
-        "enabled, select, exclude, schedule, trigger, retention, backup, vcenters)",
+        "enabled, select, exclude, schedule, trigger, retention, backup, vcenters, copy_to, "
+        "copy_retention)",
         f'{path}:20: policy "prod-gold": exclude.tag: unknown key (allowed: folders, names, '
         "tags, resource_pools, datacenters, power_states, guest_ids, annotation, vapps, "
         "attributes, templates)",

@@ -58,7 +58,8 @@ async def test_watch_applies_a_valid_edit_and_rejects_an_invalid_one(tmp_path: P
     assert store.current is in_force and store.generation == 2
     assert [str(e) for e in store.errors] == [
         f'{prod}:13: policy "prod": retenton: unknown key (allowed: name, priority, enabled, '
-        "select, exclude, schedule, trigger, retention, backup, vcenters)"
+        "select, exclude, schedule, trigger, retention, backup, vcenters, "
+        "copy_to, copy_retention)"
     ]
     assert store.rejections == 1
 

@@ -100,6 +100,12 @@ def test_list_by_prefix_and_delete(backend: S3Backend | LocalBackend) -> None:
         f"manifests/{b1}",
         f"manifests/{a2}",
     ]
+    # The empty prefix lists every object, in subdirectories too (the daemon's size walk;
+    # the local backend once listed only the top-level `config` for it).
+    backend.put_if_absent(INDEX_KEY, b"index")
+    assert sorted(i.key for i in backend.list("")) == sorted(
+        [f"manifests/{b1}", f"manifests/{a2}", f"tombstones/{a1}", INDEX_KEY]
+    )
 
 
 def test_bad_keys_refused(backend: S3Backend | LocalBackend) -> None:
