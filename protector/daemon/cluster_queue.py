@@ -407,14 +407,17 @@ class ClusterJobQueue:
             await self.refresh(key)
             self._book(req, rec)
             return
-        # A set's job: each member's points are re-read and its plan moves on.
+        # A set's job: each member's points are re-read and its plan moves on. All are
+        # re-read before any is free again: the planner runs between these awaits, and a
+        # member freed with its old points would look due and defer the set a second time.
         self.history.append(rec)
+        for member_key in list(self.set_members.get(key, {})):
+            await self.refresh(member_key)
         members = self._release_members(key)
         for member in members.values():
             mrec = JobRecord.start(job_id or 0, member, rec.attempt)
             mrec.started, mrec.finished = rec.started, rec.finished
             mrec.outcome, mrec.error = rec.outcome, rec.error
-            await self.refresh(member.vm_key)
             self._book(member, mrec, history=False)
 
     def _release_members(self, key: str) -> dict[str, JobRequest]:

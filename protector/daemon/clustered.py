@@ -243,19 +243,10 @@ class ClusterBackup:
             await self.policies.reload()  # the policy's options as the files say now
             if job.vapp:
                 await self.run_set(job, run, req, rec)
-                return
-            session = await self.sessions.session()
-            ref = await find_vm(session, job.vm)
-            if ref is None:
-                raise VmGone(f"VM {req.vm_name} is no longer in vCenter; nothing to back up")
-            ref.path = str(p.get("path") or ref.name)
-            if done := await self.already_done(job):
-                rec.outcome, rec.point_id = "already done", done
-                log.info("job.already_done", vm=req.vm_name, job=run.job_id, point=done)
-                return
-            self.nodes[job.vm] = ref
-            await self.worker.run_job(req, rec, before_commit=run.check_epoch)
-            rec.outcome = "success"
+            else:
+                await self.run_vm(job, run, req, rec)
+            if rec.outcome == "running":
+                rec.outcome = "success"
         except VmGone as exc:
             rec.outcome, rec.error = "gone", str(exc)
             log.warning("job.gone", vm=req.vm_name, job=run.job_id, error=rec.error)
@@ -278,6 +269,21 @@ class ClusterBackup:
             self.history.append(rec)
             log.info("job.finished", vm=req.vm_name, job=run.job_id, outcome=rec.outcome)
         await self.worker.record(rec)
+
+    async def run_vm(self, job: BackupJob, run: JobRun, req: JobRequest, rec: JobRecord) -> None:
+        """A VM job: the VM found by its identity, skipped when a newer point made it moot,
+        else today's BackupWorker.run_job with the epoch checked before the commit."""
+        session = await self.sessions.session()
+        ref = await find_vm(session, job.vm)
+        if ref is None:
+            raise VmGone(f"VM {req.vm_name} is no longer in vCenter; nothing to back up")
+        ref.path = str(job.payload.get("path") or ref.name)
+        if done := await self.already_done(job):
+            rec.outcome, rec.point_id = "already done", done
+            log.info("job.already_done", vm=req.vm_name, job=run.job_id, point=done)
+            return
+        self.nodes[job.vm] = ref
+        await self.worker.run_job(req, rec, before_commit=run.check_epoch)
 
     async def run_set(self, job: BackupJob, run: JobRun, req: JobRequest, rec: JobRecord) -> None:
         """A vApp set job: every member of the vApp backed up as one set, through the
