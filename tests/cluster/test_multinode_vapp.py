@@ -6,14 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
-from chaos.helpers import wait_until
-from multinode import DB_ENV, make_node, points
+from chaos.helpers import datastore_dir, export_bytes, first_disk, wait_until
+from daemon.helpers import our_snapshots, session_for
+from multinode import DB_ENV, MIB, Node, make_node, points
+from pyVmomi import vim
 
 from protector.vappsets import group_of, vapp_sets
 from repository import Repository
+from watcher.tasks import wait_for_task
 
 pytestmark = pytest.mark.slow
 
@@ -87,3 +93,83 @@ async def test_workers_back_up_a_selected_vapp_as_one_set_once_per_rpo(
     # One job did it, on one worker: the set's, deferred once by the scheduler.
     assert [e["vm"] for e in deferred] == ["vApp DC0_C0_APP0"], deferred
     assert [(e["vm"], e["outcome"]) for e in finished] == [("vApp DC0_C0_APP0", "success")]
+
+
+async def fill_members(session: Any, sim: Any, size: int) -> dict[str, tuple[Any, bytes]]:
+    """Each member's first disk grown to `size` and filled with random data (a set backup
+    that takes long enough to kill its worker in the middle); name → (VM, its bytes)."""
+    idx = session.content.searchIndex
+    ref = await session.call(idx, "FindByInventoryPath", inventoryPath=APP.strip("/"))
+    assert ref is not None, f"no vApp {APP} in the simulator"
+    refs = (await session.properties(session.client.bind(ref), ["vm"]))["vm"]
+    out: dict[str, tuple[Any, bytes]] = {}
+    for i, r in enumerate(refs):
+        vm = session.client.bind(r)
+        name = (await session.properties(vm, ["name"]))["name"]
+        disk = await first_disk(session, vm)
+        disk.capacityInKB = size // 1024
+        change = vim.vm.device.VirtualDeviceSpec(operation="edit", device=disk)
+        spec = vim.vm.ConfigSpec(deviceChange=[change])
+        await wait_for_task(session, await session.call(vm, "ReconfigVM_Task", spec=spec))
+        disk = await first_disk(session, vm)
+        rel = disk.backing.fileName.split("] ", 1)[1]
+        flat = datastore_dir(sim) / rel.replace(".vmdk", "-flat.vmdk", 1)
+        rng = random.Random(i)
+        data = b"".join(rng.randbytes(MIB) for _ in range(size // MIB))
+        flat.write_bytes(data)
+        out[name] = (vm, data)
+    assert sorted(out) == MEMBERS
+    return out
+
+
+async def test_a_set_whose_worker_is_killed_is_finished_by_the_other_worker(
+    tmp_path, make_vcsim, pg_url
+):
+    sim = make_vcsim(args=["-app", "1"])
+    os.environ[DB_ENV] = pg_url
+    write_vapp_policy(tmp_path)
+    s = await session_for(sim)
+    disks = await fill_members(s, sim, 256 * MIB)
+    sched = make_node(tmp_path, sim, "sched-1", "scheduler")
+    workers = [make_node(tmp_path, sim, f"worker-{i}", "worker", concurrency=1) for i in (1, 2)]
+    nodes = [sched, *workers]
+    for n in nodes:
+        n.start()
+    try:
+        victim = await wait_until(
+            lambda: next((w for w in workers if w.running_here()), None), 120, "the set job", 0.1
+        )
+        assert isinstance(victim, Node)
+        # Mid-set: the first member's snapshot is there, nothing is committed yet.
+        deadline = time.monotonic() + 60
+        while not any([await our_snapshots(s, vm) for vm, _ in disks.values()]):
+            assert time.monotonic() < deadline, "the set's backup never took a snapshot"
+            await asyncio.sleep(0.1)
+        victim.kill9()
+        assert not points(tmp_path / "repo"), "killed before the first member's point"
+        other = workers[1] if victim is workers[0] else workers[0]
+        await wait_until(
+            lambda: sorted(points(tmp_path / "repo")) == MEMBERS, 180, "the retry's set", 1
+        )
+        await wait_until(lambda: not other.running_here(), 60, "the retry to end", 0.5)
+        manifests = Repository.open(tmp_path / "repo").manifests()
+        finished = [e for e in other.events("job.finished") if e["vm"] == "vApp DC0_C0_APP0"]
+    except AssertionError as exc:
+        logs = "\n".join(f"--- {n.name} ---\n{n.tail()}" for n in nodes)
+        raise AssertionError(f"{exc}\n{logs}") from None
+    finally:
+        for n in nodes:
+            n.stop(timeout=30)
+    assert [e["outcome"] for e in finished] == ["success"], finished
+    # One point per member, one complete set; the killed attempt's snapshot was removed.
+    assert sorted(m.vm.name for m in manifests) == MEMBERS
+    [vset] = vapp_sets(manifests)
+    assert vset.complete
+    removed = [m.config_info["backup"]["leftover_snapshots_removed"] for m in manifests]
+    assert any(removed), removed
+    for vm, _ in disks.values():
+        assert await our_snapshots(s, vm) == []
+    repo = Repository.open(tmp_path / "repo")
+    for m in manifests:
+        assert export_bytes(repo, m.point_id, tmp_path / f"{m.vm.name}.img") == disks[m.vm.name][1]
+    await s.close()
