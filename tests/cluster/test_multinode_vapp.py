@@ -147,6 +147,12 @@ async def test_a_set_whose_worker_is_killed_is_finished_by_the_other_worker(
             await asyncio.sleep(0.1)
         victim.kill9()
         assert not points(tmp_path / "repo"), "killed before the first member's point"
+        # The scheduler shows both members in their set's job (running until the stalled
+        # job is requeued, then queued), neither as due on its own.
+        st = sched.status()
+        assert st is not None
+        states = [v["state"] for v in st["vms"] if v["name"] in MEMBERS]
+        assert states in (["running"] * 2, ["queued"] * 2), states
         other = workers[1] if victim is workers[0] else workers[0]
         await wait_until(
             lambda: sorted(points(tmp_path / "repo")) == MEMBERS, 180, "the retry's set", 1
