@@ -312,9 +312,17 @@ class ClusterBackup:
         def progress(done: int, total: int) -> None:
             rec.phase, rec.read_bytes, rec.total_bytes = "read", done, total
 
+        stale: list[StaleEpochError] = []
+
         async def committing() -> None:
             rec.phase = "commit"
-            await run.check_epoch()
+            try:
+                await run.check_epoch()
+            except StaleEpochError as exc:
+                # backup_vapp records a member's failure and goes on with the next one
+                # (which is refused too); the job must end as stale, never be retried.
+                stale.append(exc)
+                raise
 
         paths = {str(k): str(v) for k, v in (p.get("paths") or {}).items()}
         with phases.listening(lambda text: setattr(rec, "phase", job_phase(text))):
@@ -328,6 +336,8 @@ class ClusterBackup:
                 progress=progress,
                 before_commit=committing,
             )
+        if stale:
+            raise stale[0]
         rec.point_id = res.group_id
         rec.read_bytes = sum(r.read_bytes for r in res.results)
         rec.stored_bytes = sum(r.stored_bytes for r in res.results)

@@ -17,6 +17,12 @@ from daemon.helpers import our_snapshots, session_for
 from multinode import DB_ENV, MIB, Node, make_node, points
 from pyVmomi import vim
 
+from cluster.fencing import StaleEpochError
+from cluster.queue import BackupJob, JobRun, set_key
+from protector.config import load_config
+from protector.daemon.clustered import ClusterBackup
+from protector.daemon.metrics import Metrics
+from protector.daemon.sessions import JobSessions
 from protector.vappsets import group_of, vapp_sets
 from repository import Repository
 from watcher.tasks import wait_for_task
@@ -179,3 +185,73 @@ async def test_a_set_whose_worker_is_killed_is_finished_by_the_other_worker(
     for m in manifests:
         assert export_bytes(repo, m.point_id, tmp_path / f"{m.vm.name}.img") == disks[m.vm.name][1]
     await s.close()
+
+
+class Fence(JobRun):
+    """The job's epoch fence, deposed or not: what `check_epoch` answers when a newer
+    leader took over (the SQL of it is tested in tests/cluster/test_election.py)."""
+
+    deposed = False
+
+    async def check_epoch(self) -> None:
+        if self.deposed:
+            raise StaleEpochError(self.job.vcenter, self.job.epoch, self.job.epoch + 1)
+
+
+async def test_set_job_fenced_by_the_epoch_then_run_then_moot(tmp_path, make_vcsim):
+    """ClusterBackup on a set job, on the simulator and a repository: a deposed leader's
+    job commits no member and ends as stale (not retried); a current one makes one complete
+    set; the same plan again (a second job of the plan the set fulfilled) is moot."""
+    sim = make_vcsim(args=["-app", "1"])
+    write_vapp_policy(tmp_path)
+    cfg = load_config(make_node(tmp_path, sim, "worker-1", "worker").cfg)
+    repo = Repository.open(tmp_path / "repo")
+    backup = ClusterBackup(cfg, repo, None, Metrics(), JobSessions(cfg))
+    s = await session_for(sim)
+    idx = s.content.searchIndex
+    app = s.client.bind(await s.call(idx, "FindByInventoryPath", inventoryPath=APP.strip("/")))
+    refs = (await s.properties(app, ["vm"]))["vm"]
+    members = []
+    for r in refs:
+        props = await s.properties(s.client.bind(r), ["config.instanceUuid"])
+        members.append(f"{s.vcenter_uuid}/{props['config.instanceUuid']}")
+    payload = {
+        "name": "vApp DC0_C0_APP0",
+        "policy": "shop",
+        "path": APP,
+        "known_points": dict.fromkeys(members, ""),
+    }
+    job = BackupJob(
+        s.vcenter_uuid,
+        set_key(s.vcenter_uuid, app._moId),
+        "",
+        (),
+        1,
+        payload,
+        app._moId,
+        tuple(sorted(members)),
+    )
+    try:
+        run = Fence(1, 0, "worker-1", None, job)  # type: ignore[arg-type]
+        run.deposed = True
+        with pytest.raises(StaleEpochError):
+            await backup(job, run)
+        assert repo.manifests() == []
+        assert [r.outcome for r in backup.history] == ["stale"]
+
+        await backup(job, Fence(2, 0, "worker-1", None, job))  # type: ignore[arg-type]
+        manifests = repo.manifests()
+        [vset] = vapp_sets(manifests)
+        assert vset.complete and len(manifests) == 2
+        assert backup.history[-1].outcome == "success"
+        assert backup.history[-1].point_id == vset.id
+
+        await backup(job, Fence(3, 0, "worker-1", None, job))  # type: ignore[arg-type]
+        assert (backup.history[-1].outcome, backup.history[-1].point_id) == (
+            "already done",
+            vset.id,
+        )
+        assert len(repo.manifests()) == 2
+    finally:
+        await backup.sessions.close()
+        await s.close()
