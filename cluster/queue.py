@@ -14,6 +14,11 @@ One backup per VM at a time: every job of a VM carries the VM's identity as both
 and `queueing_lock`, so one may run and one more may wait; a further defer is refused
 (`defer_backup` returns None: the waiting job will pick up the latest state anyway).
 
+A vApp set (a policy selecting VMs through `vapps`) is one job for all its members: its
+lock is the vApp's identity (vCenter uuid + vApp MoRef), and it holds every member's
+per-VM mutex with its slots, all or none, so no member is in a set job and a VM job at
+once.
+
 The backup itself is an async callable given to the worker (`additional_context`), so
 this package never imports protector.
 """
@@ -59,9 +64,14 @@ class BackupJob:
     datastores: tuple[str, ...]  # where its disks live (per-datastore slots)
     epoch: int  # the deferring scheduler's epoch (fencing token)
     payload: Mapping[str, Any] = field(default_factory=dict)  # opaque: reason, policy...
+    # A vApp set: `vm` is then the set's key (set_key), `vapp` the vApp's MoRef, `members`
+    # the member VMs' identities and `hosts` every host they run on ("" / empty: a VM job).
+    vapp: str = ""
+    members: tuple[str, ...] = ()
+    hosts: tuple[str, ...] = ()
 
     def to_args(self) -> dict[str, Any]:
-        return {
+        args: dict[str, Any] = {
             "vcenter": self.vcenter,
             "vm": self.vm,
             "host": self.host,
@@ -69,6 +79,9 @@ class BackupJob:
             "epoch": self.epoch,
             "payload": dict(self.payload),
         }
+        if self.vapp:
+            args |= {"vapp": self.vapp, "members": list(self.members), "hosts": list(self.hosts)}
+        return args
 
     @classmethod
     def from_args(cls, args: Mapping[str, Any]) -> BackupJob:
@@ -79,11 +92,31 @@ class BackupJob:
             datastores=tuple(str(d) for d in args.get("datastores", ())),
             epoch=int(args["epoch"]),
             payload=dict(args.get("payload") or {}),
+            vapp=str(args.get("vapp") or ""),
+            members=tuple(str(m) for m in args.get("members") or ()),
+            hosts=tuple(str(h) for h in args.get("hosts") or ()),
         )
 
     @property
     def lock(self) -> str:
-        return f"vm:{self.vm}"
+        return lock_for(self.vm)
+
+    @property
+    def mutexes(self) -> tuple[str, ...]:
+        """The VMs whose per-VM mutex the job holds while it runs: its VM, or every member
+        of its set (the same mutex a member's own job takes, so the two never overlap)."""
+        return tuple(sorted(self.members)) if self.vapp else (self.vm,)
+
+
+def set_key(vcenter: str, vapp_moref: str) -> str:
+    """The identity of a vApp set job: the vCenter's uuid and the vApp's MoRef (a MoRef is
+    unique within its vCenter and survives a rename or a move)."""
+    return f"{vcenter}/vapp:{vapp_moref}"
+
+
+def lock_for(key: str) -> str:
+    """The procrastinate lock and queueing lock of the job for a VM identity or set key."""
+    return f"vapp:{key}" if "/vapp:" in key else f"vm:{key}"
 
 
 @dataclass
@@ -210,8 +243,9 @@ async def _run_backup(context: procrastinate.JobContext, job: BackupJob) -> None
         # running at once as long as its bookkeeping is right; this one holds even when a
         # live but silent worker's job was requeued, because it lives and dies with the
         # session that runs the backup.
-        needs = [slots.SlotNeed("vm", job.vm, 1)]
-        needs += slots.slot_needs(job.host, job.datastores, ctx.host_slots, ctx.datastore_slots)
+        needs = [slots.SlotNeed("vm", vm, 1) for vm in job.mutexes]
+        hosts = (job.host, *job.hosts)
+        needs += slots.slot_needs(hosts, job.datastores, ctx.host_slots, ctx.datastore_slots)
         await slots.run_holding(conn, slots.take(conn, needs), check_interval=2.0)
         run = JobRun(context.job.id, context.job.attempts, ctx.node, conn, job)
         log.info("backup starts", vm=job.vm, job=run.job_id, attempt=run.attempt, node=ctx.node)

@@ -78,11 +78,13 @@ class SlotNeed:
 
 
 def slot_needs(
-    host: str, datastores: Sequence[str], host_slots: int, ds_slots: int
+    host: str | Sequence[str], datastores: Sequence[str], host_slots: int, ds_slots: int
 ) -> list[SlotNeed]:
-    """Pure: what a backup of a VM on `host` with disks on `datastores` must hold. Sorted
+    """Pure: what a backup of a VM on `host` with disks on `datastores` must hold — or of a
+    vApp set, whose members may run on several hosts (one slot per distinct host). Sorted
     so every job asks in the same order."""
-    needs = [SlotNeed("host", host, host_slots)] if host else []
+    hosts = [host] if isinstance(host, str) else list(host)
+    needs = [SlotNeed("host", h, host_slots) for h in sorted(set(hosts)) if h]
     needs += [SlotNeed("datastore", d, ds_slots) for d in sorted(set(datastores)) if d]
     return needs
 

@@ -400,16 +400,33 @@ class InventoryTree:
     def _vapp_chain(self, ref: MoRef | None) -> tuple[str, ...]:
         """The paths of the vApp `ref` and of the vApps it is nested in (a nested vApp's
         `parent` is its parent vApp), innermost first."""
-        out: list[str] = []
+        return tuple(path for _, path in self._vapp_refs(ref))
+
+    def _vapp_refs(self, ref: MoRef | None) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
         while ref is not None and ref.type == "VirtualApp" and len(out) < 64:
             path = self._resolved(ref)
             obj = self._objs.get(ref.value)
             if path is None or obj is None:
                 break
-            out.append(path)
+            out.append((ref.value, path))
             parent = obj.props.get("parent")
             ref = parent if isinstance(parent, MoRef) else None
-        return tuple(out)
+        return out
+
+    def vapp_morefs(self, moref: str) -> tuple[str, ...]:
+        """The MoRefs of the vApps VM `moref` is in, innermost first: the same chain, in
+        the same order, as its node's `vapps` paths (a path names a vApp for people; the
+        MoRef stays the same through a rename, so it identifies one across jobs)."""
+        obj = self._objs.get(moref)
+        if obj is None:
+            return ()
+        p = obj.props
+        vapp_ref: MoRef | None = p.get("parentVApp")
+        pool: MoRef | None = p.get("resourcePool")
+        if vapp_ref is None and pool is not None and pool.type == "VirtualApp":
+            vapp_ref = pool
+        return tuple(value for value, _ in self._vapp_refs(vapp_ref))
 
 
 def _opt_str(value: Any) -> str | None:

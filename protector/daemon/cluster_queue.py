@@ -14,6 +14,10 @@ the planner, the pruner and the status views work unchanged. What differs:
 - Limits per host and datastore are the workers' cluster-wide slots; `host`/`datastores`
   travel with the job, prefixed with the vCenter's uuid (two vCenters may both have a
   `host-21`).
+- A VM a policy selects through `vapps` is backed up with its vApp as one set: the first
+  member due defers ONE job for the whole set (`route`), keyed by the vApp (set_key); every
+  member is busy while it waits or runs, and when it ends each member's points are re-read
+  and its plan moves on, as if it had run a job of its own.
 """
 
 from __future__ import annotations
@@ -22,13 +26,15 @@ import asyncio
 import contextlib
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 import procrastinate
 import structlog
 
-from cluster.queue import BACKUP_TASK, BackupJob, defer_backup
+from cluster.queue import BACKUP_TASK, BackupJob, defer_backup, lock_for
 from protector.daemon.jobs import JobRecord, JobRequest, failure_cooldown
 
 log = structlog.get_logger(__name__)
@@ -52,6 +58,98 @@ def job_of(req: JobRequest, vcenter: str, epoch: int, extra: Mapping[str, Any]) 
             "manual": req.manual,
             **extra,
         },
+    )
+
+
+@dataclass(frozen=True)
+class SetMember:
+    key: str  # the VM's identity
+    name: str
+    moref: str
+    path: str
+    host: str
+    datastores: tuple[str, ...]
+    known_point: str  # its newest point as the plan knew it ("" none)
+
+
+@dataclass(frozen=True)
+class SetUnit:
+    """A vApp set as the scheduler sees it: the outermost vApp a policy's `vapps` selects
+    around a VM, with every VM in it (nested vApps too)."""
+
+    key: str  # cluster.queue.set_key(vcenter, moref)
+    moref: str
+    path: str
+    members: tuple[SetMember, ...]
+
+    @property
+    def name(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+
+class Route(Enum):
+    BUSY = "busy"  # the VM's own job, or its set's, waits or runs
+    VM = "vm"  # a job of its own
+    SET = "set"  # one job for its whole vApp set
+    JOIN = "join"  # its set's job already waits or runs (a member it did not know): covered
+
+
+def route(
+    vm_key: str, unit: SetUnit | None, active: Collection[str], member_of: Mapping[str, str]
+) -> Route:
+    """Pure: what a submitted request of `vm_key` becomes. `active` holds the keys (VM
+    identities and set keys) whose jobs wait or run; `member_of` maps a VM to the set job
+    it is part of. A member of an active set never gets a job of its own, and a set is
+    never deferred twice, so no VM is in two jobs at once from this scheduler (the
+    workers' per-VM mutexes cover jobs from anywhere else)."""
+    if vm_key in active or member_of.get(vm_key) in active:
+        return Route.BUSY
+    if unit is None:
+        return Route.VM
+    return Route.JOIN if unit.key in active else Route.SET
+
+
+def job_of_set(
+    req: JobRequest, unit: SetUnit, vcenter: str, epoch: int, extra: Mapping[str, Any]
+) -> BackupJob:
+    """Pure: the cluster job that backs up a vApp set: the union of the members' hosts and
+    datastores (slots all or none), each member's mutex, what the plan knew of each."""
+    members = unit.members
+    return BackupJob(
+        vcenter=vcenter,
+        vm=unit.key,
+        host="",
+        datastores=tuple(sorted({f"{vcenter}/{d}" for m in members for d in m.datastores})),
+        epoch=epoch,
+        payload={
+            "name": f"vApp {unit.name}",
+            "reason": req.reason,
+            "policy": req.policy,
+            "full": req.full,
+            "manual": req.manual,
+            "path": unit.path,
+            "paths": {m.moref: m.path for m in members},
+            "known_points": {m.key: m.known_point for m in members},
+            **extra,
+        },
+        vapp=unit.moref,
+        members=tuple(sorted(m.key for m in members)),
+        hosts=tuple(sorted({f"{vcenter}/{m.host}" for m in members if m.host})),
+    )
+
+
+def member_request(unit: SetUnit, m: SetMember, like: JobRequest) -> JobRequest:
+    """A member's request, as if it had been submitted with its set's first one."""
+    return JobRequest(
+        vm_key=m.key,
+        vm_name=m.name,
+        host=m.host,
+        datastores=m.datastores,
+        reason=f"{like.reason} (vApp set {unit.path})",
+        policy=like.policy,
+        full=like.full,
+        manual=like.manual,
+        cooldown_cap=like.cooldown_cap,
     )
 
 
@@ -79,6 +177,7 @@ class ClusterJobQueue:
         on_finish: Callable[[JobRequest, JobRecord], None],
         refresh: Callable[[str], Awaitable[None]],
         describe: Callable[[str], Mapping[str, Any]] = lambda key: {},
+        unit_of: Callable[[JobRequest], SetUnit | None] = lambda req: None,
         retry_backoff: float = 60.0,
         cooldown_max: float = 3600.0,
         poll_interval: float = 1.0,
@@ -90,6 +189,12 @@ class ClusterJobQueue:
         self.on_finish = on_finish
         self.refresh = refresh  # re-read the VM's points once its job is done
         self.describe = describe  # extra payload (the inventory path) for a VM
+        self.unit_of = unit_of  # the vApp set a VM is backed up with, if any
+        # vApp sets: set key → the set and its members' requests, and each member's set,
+        # while the set's job waits or runs.
+        self.units: dict[str, SetUnit] = {}
+        self.set_members: dict[str, dict[str, JobRequest]] = {}
+        self.member_of: dict[str, str] = {}
         self.retry_backoff = retry_backoff
         self.cooldown_max = cooldown_max
         self.poll_interval = poll_interval
@@ -113,7 +218,10 @@ class ClusterJobQueue:
     # -- the planner's JobQueue ------------------------------------------------------------
 
     def busy(self, vm_key: str) -> bool:
-        return vm_key in self.running or vm_key in self.queued
+        return route(vm_key, None, self._active(), self.member_of) is Route.BUSY
+
+    def _active(self) -> Collection[str]:
+        return self.running.keys() | self.queued.keys()
 
     def in_cooldown(self, vm_key: str, now: float | None = None) -> bool:
         until = self.cooldown_until.get(vm_key)
@@ -134,11 +242,45 @@ class ClusterJobQueue:
             return False
         if not req.manual and self.in_cooldown(req.vm_key):
             return False
-        if self.busy(req.vm_key):
+        unit = self.unit_of(req)
+        decision = route(req.vm_key, unit, self._active(), self.member_of)
+        if decision is Route.BUSY:
             self.coalesced += 1
             return False
+        if decision is Route.JOIN:
+            assert unit is not None
+            self.member_of[req.vm_key] = unit.key
+            self.set_members[unit.key].setdefault(req.vm_key, req)
+            self.coalesced += 1
+            return False
+        if decision is Route.SET:
+            assert unit is not None
+            return self._submit_set(req, unit)
         self.queued[req.vm_key] = req
         self._spawn(self._defer(req))
+        return True
+
+    def _submit_set(self, req: JobRequest, unit: SetUnit) -> bool:
+        """One job for the whole vApp set; every member is busy until it ends."""
+        members = {m.key: member_request(unit, m, req) for m in unit.members}
+        members[req.vm_key] = req
+        self.units[unit.key] = unit
+        self.set_members[unit.key] = members
+        for key in members:
+            self.member_of[key] = unit.key
+        self.queued[unit.key] = JobRequest(
+            vm_key=unit.key,
+            vm_name=f"vApp {unit.name}",
+            host="",
+            datastores=tuple(sorted({d for m in unit.members for d in m.datastores})),
+            reason=req.reason,
+            deadline=req.deadline,
+            policy=req.policy,
+            full=req.full,
+            manual=req.manual,
+            cooldown_cap=req.cooldown_cap,
+        )
+        self._spawn(self._defer(self.queued[unit.key]))
         return True
 
     # -- the pruner's hooks ----------------------------------------------------------------
@@ -166,12 +308,17 @@ class ClusterJobQueue:
         task.add_done_callback(self._tasks.discard)
 
     async def _defer(self, req: JobRequest) -> None:
-        job = job_of(req, self.vcenter, self.epoch, self.describe(req.vm_key))
+        unit = self.units.get(req.vm_key)
+        if unit is not None:
+            job = job_of_set(req, unit, self.vcenter, self.epoch, {})
+        else:
+            job = job_of(req, self.vcenter, self.epoch, self.describe(req.vm_key))
         try:
             job_id = await defer_backup(self.app, job)
         except Exception as exc:  # the database is away: the planner submits again
             log.warning("cluster.defer_failed", vm=req.vm_name, error=str(exc) or repr(exc))
             self.queued.pop(req.vm_key, None)
+            self._release_members(req.vm_key)
             return
         self.deferred += 1 if job_id is not None else 0
         self.job_ids[req.vm_key] = job_id
@@ -232,7 +379,7 @@ class ClusterJobQueue:
         if job_id is not None:
             jobs = list(await jm.list_jobs_async(id=job_id))
         else:
-            jobs = list(await jm.list_jobs_async(task=BACKUP_TASK, lock=f"vm:{key}"))
+            jobs = list(await jm.list_jobs_async(task=BACKUP_TASK, lock=lock_for(key)))
         statuses = {j.status for j in jobs}
         if statuses & {"todo", "doing"}:
             return None
@@ -256,11 +403,35 @@ class ClusterJobQueue:
         rec.finished = time.time()
         if rec.outcome == "failed":
             rec.error = f"job {job_id} {status} on the cluster (its worker logged why)"
-        await self.refresh(key)
-        self._book(req, rec)
-
-    def _book(self, req: JobRequest, rec: JobRecord) -> None:
+        if key not in self.units:
+            await self.refresh(key)
+            self._book(req, rec)
+            return
+        # A set's job: each member's points are re-read and its plan moves on. All are
+        # re-read before any is free again: the planner runs between these awaits, and a
+        # member freed with its old points would look due and defer the set a second time.
         self.history.append(rec)
+        for member_key in list(self.set_members.get(key, {})):
+            await self.refresh(member_key)
+        members = self._release_members(key)
+        for member in members.values():
+            mrec = JobRecord.start(job_id or 0, member, rec.attempt)
+            mrec.started, mrec.finished = rec.started, rec.finished
+            mrec.outcome, mrec.error = rec.outcome, rec.error
+            self._book(member, mrec, history=False)
+
+    def _release_members(self, key: str) -> dict[str, JobRequest]:
+        """A set's job ended (or was never deferred): its members are free again."""
+        self.units.pop(key, None)
+        members = self.set_members.pop(key, {})
+        for member in members:
+            if self.member_of.get(member) == key:
+                del self.member_of[member]
+        return members
+
+    def _book(self, req: JobRequest, rec: JobRecord, *, history: bool = True) -> None:
+        if history:
+            self.history.append(rec)
         self.outcomes[rec.outcome] += 1
         if rec.outcome == "success":
             self.failures.pop(req.vm_key, None)

@@ -33,6 +33,12 @@ def _iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat() if ts is not None else None
 
 
+def job_key(runner: Any, key: str) -> str:
+    """The key of the job a VM is part of: its own, or its vApp set's (a cluster scheduler
+    queues one job for a whole set: ClusterJobQueue.member_of)."""
+    return getattr(runner, "member_of", {}).get(key, key) if runner else key
+
+
 def vm_status(
     nodes: list[Any],
     plan: Planner,
@@ -74,7 +80,9 @@ def vm_status(
                 "consecutive_failures": failures,
                 "retry_at": _iso(runner.cooldown_until.get(key)),
                 "why": why_text(key, state, policy, plan, runner, now, failures),
-                "progress": progress_of(running[key]) if key in running else None,
+                "progress": progress_of(running[jk])
+                if (jk := job_key(runner, key)) in running
+                else None,
             }
         )
     return out
@@ -99,7 +107,7 @@ def why_text(
         return "no policy selects it"
     if state == "running":
         return ""
-    queued = runner.queued.get(key)
+    queued = runner.queued.get(job_key(runner, key))
     if queued is not None:
         held = runner.held_by(queued) if hasattr(runner, "held_by") else ""
         return f"queued ({queued.reason})" + (f"; waits for the {held}" if held else "")
@@ -271,11 +279,11 @@ def state_of(
     key: str, policy: Policy | None, age: float | None, breached: bool, plan: Planner, runner: Any
 ) -> str:
     """One word per VM; an RPO breach is also a flag of its own, whatever the state."""
-    if key in runner.running:
+    if job_key(runner, key) in runner.running:
         return "running"
     if key in runner.failures:
         return "failing"  # retries used up; cooling down or trying again
-    if key in runner.queued or key in runner.retry_timers:
+    if job_key(runner, key) in runner.queued or key in runner.retry_timers:
         return "queued"
     if key in plan.conflicts:
         return "conflict"

@@ -96,9 +96,8 @@ class BackupWorker:
             if before_commit is not None:
                 await before_commit()
 
-        # With [cluster], another node may run a job of the same vApp at the same time, and
-        # the per-VM locks are per node: two sets would snapshot the same VMs at once. Until
-        # the queue locks a whole vApp, cluster workers back members up one VM at a time.
+        # With [cluster], a vApp set is a job of its own (ClusterBackup.run_set, locked on
+        # the vApp and every member's mutex); a VM job there backs up its VM alone.
         in_set = policy is not None and self.cfg.cluster is None
         root = vapp_root(node, policy.select.vapps) if in_set else None
         try:
@@ -169,27 +168,18 @@ class BackupWorker:
                 ref = await session.call(idx, "FindByInventoryPath", inventoryPath=root.strip("/"))
                 if ref is None:
                     raise VmGone(f"vApp {root} of VM {req.vm_name} is gone from vCenter")
-                paths = {node.moref: node.path}
-                res = await backup_vapp(
+                res = await self.backup_set(
                     ctx,
                     session.client.bind(ref),
+                    root,
                     opts,
-                    path=root,
-                    vm_paths=paths,
-                    job_id=f"job-{rec.id}",
+                    rec,
+                    vm_paths={node.moref: node.path},
                     progress=progress,
                     before_commit=committing,
+                    booked_by_caller=node.moref,
                 )
                 self._sets_done[set_key] = (time.time(), res)
-                for r in res.results:  # the other members are fresh now, too
-                    if r.vm.moref != node.moref:
-                        key = f"{r.vm.vcenter_uuid}/{r.vm.instance_uuid}"
-                        st = self.state.setdefault(key, VmState())
-                        st.newest_good, st.newest_point = r.finished_at, r.point_id
-                        st.points += 1
-                        self.metrics.bytes_read.inc(r.read_bytes)
-                        self.metrics.bytes_stored.inc(r.stored_bytes)
-                        st.last_error = ""
                 mine = _member_result(res, node.moref)
             if isinstance(mine, BackupResult):
                 return mine, covered
@@ -198,6 +188,45 @@ class BackupWorker:
                 if mine
                 else f"VM {req.vm_name} is no longer in vApp {root}"
             )
+
+    async def backup_set(
+        self,
+        ctx: Context,
+        vapp: Any,
+        path: str,
+        opts: BackupOptions,
+        rec: JobRecord,
+        *,
+        vm_paths: dict[str, str],
+        progress: Callable[[int, int], None],
+        before_commit: Callable[[], Awaitable[None]] | None,
+        booked_by_caller: str = "",
+    ) -> VappBackupResult:
+        """Back a vApp up as one set (backup/vapp.py) and book every member's new point
+        (state, bytes) but `booked_by_caller`'s, whose job books its own. Used by the
+        in-process daemon (a member's job runs its set) and by a cluster worker (a set
+        job, cluster mode: protector/daemon/clustered.py)."""
+        res = await backup_vapp(
+            ctx,
+            vapp,
+            opts,
+            path=path,
+            vm_paths=vm_paths,
+            job_id=f"job-{rec.id}",
+            progress=progress,
+            before_commit=before_commit,
+        )
+        for r in res.results:
+            if r.vm.moref == booked_by_caller:
+                continue
+            key = f"{r.vm.vcenter_uuid}/{r.vm.instance_uuid}"
+            st = self.state.setdefault(key, VmState())
+            st.newest_good, st.newest_point = r.finished_at, r.point_id
+            st.points += 1
+            self.metrics.bytes_read.inc(r.read_bytes)
+            self.metrics.bytes_stored.inc(r.stored_bytes)
+            st.last_error = ""
+        return res
 
     def context(self, session: Session) -> Context:
         """A job's context; all jobs share one I/O limiter, so concurrent backups together

@@ -212,9 +212,12 @@ def test_vm_in_a_nested_vapp_lists_every_enclosing_vapp():
     [ev] = t.apply(vm("vm-7", "db-1", None, parentVApp=inner, resourcePool=inner))
     assert ev.vm.vapp == "/DC0/host/C0/Resources/shop/db"
     assert ev.vm.vapps == ("/DC0/host/C0/Resources/shop/db", "/DC0/host/C0/Resources/shop")
+    # the same chain by MoRef (a cluster's vApp set job is keyed by it)
+    assert t.vapp_morefs("vm-7") == (inner.value, outer.value)
     # a VM in a plain pool is in no vApp
     [ev] = t.apply(vm("vm-8", "plain", VMF, resourcePool=RP))
-    assert ev.vm.vapps == ()
+    assert ev.vm.vapps == () and t.vapp_morefs("vm-8") == ()
+    assert t.vapp_morefs("vm-404") == ()
 
 
 def test_sync_to_matches_by_identity_even_when_morefs_change():
