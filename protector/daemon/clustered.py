@@ -113,7 +113,9 @@ class SchedulerTerm(Daemon):
         root = vapp_root(node, policy.select.vapps)
         if root is None:
             return None
-        tree = self.watcher.tree
+        tree = self.vcenters.tree_of(node.identity)  # its own vCenter's: MoRefs are per vCenter
+        if tree is None:
+            return None
         refs = dict(zip(node.vapps, tree.vapp_morefs(node.moref), strict=False))
         if root not in refs:
             return None  # the tree lost the chain mid-update: a VM job this time

@@ -95,6 +95,11 @@ class VcenterSet:
     def vms(self) -> list[Any]:
         return [v for lk in self.links if lk.watcher for v in lk.watcher.tree.vms()]
 
+    def tree_of(self, identity: str) -> Any:
+        """The inventory tree of the VM's own vCenter (MoRefs are unique only within it)."""
+        link = self.link_of(identity)
+        return link.watcher.tree if link and link.watcher else None
+
     def find_vm_by_identity(self, identity: str) -> Any:
         link = self.link_of(identity)
         return link.watcher.tree.find_vm_by_identity(identity) if link and link.watcher else None
