@@ -6,11 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from repo_helpers import CHUNK, make_disk, read_back, vm, write_point
+from repo_helpers import CHUNK, make_disk, new_repo, read_back, vm, write_point
 from structlog.testing import capture_logs
 
 from repository import CorruptChunkError, Repository, verify
-from repository.codec import chunk_key
+from repository.codec import HEADER, chunk_key
 from repository.repo import index_key
 
 
@@ -18,6 +18,43 @@ def _flip(path: Path) -> None:
     blob = bytearray(path.read_bytes())
     blob[len(blob) // 2] ^= 0x01
     path.write_bytes(bytes(blob))
+
+
+def _flip_keeping_crc(path: Path, at: int) -> None:
+    """Damage the body and recompute the envelope's CRC, as a forger (or a disk that
+    rewrote the whole object) would: only authentication or decoding can tell."""
+    import struct
+
+    import google_crc32c
+
+    blob = bytearray(path.read_bytes())
+    blob[at] ^= 0x01
+    crc = google_crc32c.extend(google_crc32c.value(bytes(blob[:8])), bytes(blob[12:]))
+    blob[8:12] = struct.pack("<I", crc)
+    path.write_bytes(bytes(blob))
+
+
+@pytest.mark.parametrize("encrypted", [True, False])
+@pytest.mark.parametrize("where", ["nonce", "body", "tag"])
+def test_full_backup_heals_damage_the_crc_does_not_show(
+    tmp_path: Path, encrypted: bool, where: str
+) -> None:
+    """A reused chunk is checked by its AES-GCM tag when encrypted (codec.check_stored:
+    not inflated nor re-hashed), by decoding it when not; either way the damage heals."""
+    repo = new_repo(tmp_path / "r", "pw" if encrypted else None)
+    disk = make_disk(4 * CHUNK, 9)
+    p1 = write_point(repo, vm(), {"d": disk})
+    bad = repo.disk_index(p1, "d")[1].ids[1]
+    path = repo.root / chunk_key(bad)
+    size = path.stat().st_size
+    at = {"nonce": HEADER.size + 3, "body": size // 2, "tag": size - 2}[where]
+    _flip_keeping_crc(path, at)
+    assert not verify(repo, read_data=True).ok
+    with capture_logs() as logs:
+        write_point(repo, vm(), {"d": disk})
+    assert any(e["event"] == "repository.object_healed" for e in logs), logs
+    assert verify(repo, read_data=True).ok
+    assert read_back(repo, p1, "d") == disk
 
 
 def test_full_backup_replaces_a_corrupt_chunk(repo: Repository) -> None:
