@@ -5,12 +5,14 @@ pick one (`vmlookup.find_vm` over `tree.vms()`): 20 ms at a few VMs, minutes at 
 Here each kind of spec asks vCenter for the candidates only, then reads the full
 properties of those candidates and their ancestors, and the tags of the one chosen:
 
-- inventory path: SearchIndex.FindByInventoryPath ("Finds a managed entity based on its
-  location in the inventory. The path is separated by slashes ('/')", vSphere API
-  reference, SearchIndex; govmomi's simulator walks it with FindChild,
-  simulator/search_index.go);
-- UUID: SearchIndex.FindByUuid with vmSearch and instanceUuid true ("search for virtual
-  machines whose instance UUID matches the given uuid", FindByUuidRequestType);
+- inventory path: SearchIndex.FindByInventoryPath, the managed entity at a slash-separated
+  inventory location (vSphere API reference, SearchIndex:
+  https://vijava.sourceforge.net/vSphereAPIDoc/ver5/ReferenceGuide/vim.SearchIndex.html;
+  govmomi's simulator walks it with FindChild, simulator/search_index.go);
+- UUID: SearchIndex.FindByUuid with vmSearch and instanceUuid true: "search for virtual
+  machines whose instance UUID matches the given uuid"; without a datacenter "the entire
+  inventory is searched" (https://developer.broadcom.com/xapis/virtual-infrastructure-json-
+  api/latest/data-structures/FindByUuidRequestType);
 - MoRef: the object itself;
 - name: a ContainerView of VirtualMachines read for `name` alone.
 
@@ -21,12 +23,12 @@ as govmomi's mo.Ancestors does (vim25/mo/ancestors.go: TraversalSpec type Manage
 path parent, recursive by name). Tags come from one batched
 `list-attached-tags-on-objects` naming that VM (watcher.tags).
 
-Where the index cannot answer exactly as the full read would, the lookup falls back to
-reading one or two small properties of every VM (never the full set): a path that names
-no VM, or one only reachable as a vApp member's path (the tree lists a VM under its
-folder), is settled by the VMs of that name; a UUID that is no VM's instance UUID as
-typed (other case, or a BIOS UUID, which copied VMs share) by `config.instanceUuid` and
-`config.uuid`. An instance UUID identifies one VM (vigil keys every point by it), so
+Where the index's answer is not what the full read would pick, the lookup settles it by
+one or two small properties of every VM (never the full set): a path that names no VM, or
+that the index resolved through a resource pool or vApp to a VM the tree lists under its
+folder, by the VMs of that name; a UUID that is no VM's instance UUID as typed (other
+case, or a BIOS UUID, which copied VMs share) by `config.instanceUuid` and `config.uuid`.
+An instance UUID identifies one VM (vigil keys every point by it), so
 FindByUuid's single answer is taken.
 """
 
@@ -41,7 +43,7 @@ from typing import Any
 import structlog
 from pyVmomi import vim, vmodl
 
-from protector.vsphere.vmlookup import MOREF_RE, UUID_RE, find_vm
+from protector.vsphere.vmlookup import MOREF_RE, UUID_RE, VmNotFound, find_vm
 from watcher.inventory import read_field_names
 from watcher.rawcall import retrieve_parsed
 from watcher.session import Session
@@ -144,18 +146,25 @@ async def read_all(session: Session, paths: Sequence[str]) -> list[tuple[str, di
     return [(u.obj.value, {c.name: c.val for c in u.changes}) for u in result.objects]
 
 
-async def candidates(session: Session, spec: str) -> list[str]:
-    """MoRefs that may be the VM `spec` names (a superset of the full read's matches)."""
+async def indexed(session: Session, spec: str) -> list[str] | None:
+    """The MoRef SearchIndex (or the spec itself) gives for `spec`, or None when the
+    spec is a name or the index found nothing: then `scanned` decides."""
     idx = session.content.searchIndex
     if spec.startswith("/"):
         ref = await session.call(idx, "FindByInventoryPath", inventoryPath=spec.strip("/"))
-        if isinstance(ref, vim.VirtualMachine):
-            return [ref._moId]
-        return await by_name(session, leaf(spec))
-    if UUID_RE.match(spec):
+    elif UUID_RE.match(spec):
         ref = await session.call(idx, "FindByUuid", uuid=spec, vmSearch=True, instanceUuid=True)
-        if isinstance(ref, vim.VirtualMachine):
-            return [ref._moId]
+    elif MOREF_RE.match(spec):
+        return [spec]
+    else:
+        return None
+    return [ref._moId] if isinstance(ref, vim.VirtualMachine) else None
+
+
+async def scanned(session: Session, spec: str) -> list[str]:
+    """Every VM that may be the one `spec` names, by one or two small properties of all
+    VMs: the same name (for a path: its last element), or either UUID in any case."""
+    if UUID_RE.match(spec):
         low = spec.lower()
         rows = await read_all(session, ["config.instanceUuid", "config.uuid"])
         return [
@@ -169,7 +178,7 @@ async def candidates(session: Session, spec: str) -> list[str]:
         ]
     if MOREF_RE.match(spec):
         return [spec]
-    return await by_name(session, spec)
+    return await by_name(session, leaf(spec) if spec.startswith("/") else spec)
 
 
 def leaf(path: str) -> str:
@@ -191,17 +200,21 @@ async def lookup_vm(session: Session, spec: str, *, with_tags: bool = True) -> L
     login = asyncio.ensure_future(tags.login()) if with_tags else None
     fields = asyncio.ensure_future(read_field_names(session))
     try:
-        morefs = await candidates(session, spec)
+        morefs = await indexed(session, spec)
+        from_index = morefs is not None
+        if morefs is None:
+            morefs = await scanned(session, spec)
         tree = await read_nodes(session, morefs, await fields)
-        if (
-            spec.startswith("/")
-            and len(morefs) == 1
-            and not any(v.path == spec.rstrip("/") for v in tree.vms())
-        ):
-            # The index resolved the path through a resource pool or vApp, where the tree
-            # lists the VM under its folder: settle it as the full read would, by name.
-            tree = await read_nodes(session, await by_name(session, leaf(spec)), await fields)
-        node = find_vm(tree.vms(), spec)
+        try:
+            node = find_vm(tree.vms(), spec)
+        except VmNotFound:
+            if not from_index or MOREF_RE.match(spec):
+                raise
+            # The index's answer is not what the full read would pick: a path resolved
+            # through a resource pool or vApp (the tree lists such a VM under its folder),
+            # a VM not yet rooted in the inventory. Settle it as the full read would.
+            tree = await read_nodes(session, await scanned(session, spec), await fields)
+            node = find_vm(tree.vms(), spec)
         if login is not None:
             node = await with_vm_tags(tags, login, tree, node)
         return Lookup(tree, node)
