@@ -209,7 +209,7 @@ async def run_vapp(args: argparse.Namespace) -> int:
     from protector.policyaccess import backup_options_for
     from protector.repoaccess import open_catalog
     from protector.vsphere.connect import open_session
-    from watcher.inventory import read_inventory_with_tags
+    from protector.vsphere.vmfind import read_vms
 
     cfg = config_of(args)
     path = "/" + args.vapp.strip("/")
@@ -226,7 +226,10 @@ async def run_vapp(args: argparse.Namespace) -> int:
                 2,
             )
         vapp = session.client.bind(ref)
-        tree = await read_inventory_with_tags(session, required=False)  # policies use tags
+        # Its VMs (ResourcePool.vm: those directly in it) with their ancestry and tags
+        # (policies select by path and tag), not the whole inventory: vmfind.py.
+        refs = (await session.properties(vapp, ["vm"])).get("vm") or []
+        tree = await read_vms(session, [r._moId for r in refs])
         members = [v for v in tree.vms() if v.vapp == path]
         # One job, one set of options: the members' policy when they share one.
         choices = {backup_options_for(cfg, tree, v, full=args.full) for v in members}

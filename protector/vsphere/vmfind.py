@@ -271,3 +271,25 @@ def close_to(want: str, pool: Iterable[str], n: int) -> list[str]:
     ordered = sorted(pool)
     close = difflib.get_close_matches(want, ordered, n=n, cutoff=0.6)
     return close or [c for c in ordered if want and c.startswith(want)][:n]
+
+
+async def read_vms(session: Session, vm_morefs: Sequence[str]) -> InventoryTree:
+    """A tree of these VMs (with their ancestors) and their tags: what `vigil backup --vapp`
+    needs of its members, without the whole inventory. A tag read failure is a warning
+    (policies that select by tag then match none of them), as in the full read."""
+    tree = await read_nodes(session, vm_morefs, await read_field_names(session))
+    if not tree.vms():
+        return tree
+    creds = session.credentials
+    tags = TagClient(session.endpoint, creds.user, creds.password)
+    try:
+        tree.set_tags(await tags.vm_tags(v.moref for v in tree.vms()))
+    except VsphereError as exc:
+        log.warning(
+            "inventory.tags_unreadable",
+            error=str(exc),
+            effect="policies that select by tag match no VM in this read",
+        )
+    finally:
+        await tags.close()
+    return tree

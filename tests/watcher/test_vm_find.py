@@ -144,3 +144,24 @@ async def test_a_mistyped_name_or_path_gets_the_closest(sim: Any) -> None:
             await find_vm_live(s, "DC0_H0_VM")
         with pytest.raises(UserError, match=r"no VM with MoRef 'vm-999999' \(`vigil inventory`"):
             await find_vm_live(s, "vm-999999")
+
+
+async def test_vapp_members_as_the_full_read(sim: Any) -> None:
+    """`vigil backup --vapp`: the vApp's `vm` list, read with ancestry and tags, gives the
+    same member nodes as filtering the full read by `vapp`."""
+    from protector.vsphere.vmfind import read_vms
+
+    async with session_of(sim) as s:
+        await tag_some(
+            sim, sorted((await read_inventory_with_tags(s, required=True)).vms(), key=str)
+        )
+        tree = await read_inventory_with_tags(s, required=True)
+        vapps = sorted({v.vapp for v in tree.vms() if v.vapp})
+        assert len(vapps) >= 2
+        for path in vapps:
+            ref = await s.call(s.content.searchIndex, "FindByInventoryPath", inventoryPath=path)
+            refs = (await s.properties(s.client.bind(ref), ["vm"])).get("vm") or []
+            got = (await read_vms(s, [r._moId for r in refs])).vms()
+            want = [v for v in tree.vms() if v.vapp == path]
+            assert sorted(got, key=str) == sorted(want, key=str) and want, path
+            assert any(v.tags for v in got) or len(got) < 3
