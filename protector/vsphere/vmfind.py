@@ -220,10 +220,11 @@ async def lookup_vm(session: Session, spec: str, *, with_tags: bool = True) -> L
         return Lookup(tree, node)
     finally:
         for task in (login, fields):
-            if task is not None and not task.done():
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
+            if task is None:
+                continue
+            task.cancel()  # (no-op when done) and its outcome retrieved: a failed tag
+            with contextlib.suppress(BaseException):  # login is no error of a lookup
+                await task  # that failed first
         await tags.close()
 
 
