@@ -4,6 +4,7 @@ instead of being reused ("already exists") forever."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from repo_helpers import CHUNK, make_disk, new_repo, read_back, vm, write_point
@@ -111,3 +112,46 @@ def test_a_corrupt_index_is_replaced_when_the_same_index_is_stored(repo: Reposit
     write_point(repo, vm(), {"d": disk})
     assert read_back(repo, p1, "d") == disk
     assert verify(repo, read_data=True).ok
+
+
+def counting_inflate(inflate: Any, calls: dict[str, int]) -> Any:
+    def wrapper(key: str, *a: Any) -> Any:
+        calls["chunk_inflate"] += key.startswith("chunks/")
+        return inflate(key, *a)
+
+    return wrapper
+
+
+@pytest.mark.parametrize("encrypted", [True, False])
+def test_a_full_backup_does_no_encoding_work_for_what_is_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, encrypted: bool
+) -> None:
+    """A full backup of a disk whose chunks are mostly stored already (the incremental
+    without CBT): the reused chunks are checked, not compressed, encrypted or written
+    again; only the changed one is. Encrypted, the check inflates nothing either."""
+    from repository import codec
+
+    repo = new_repo(tmp_path / "r", "pw" if encrypted else None)
+    disk = make_disk(6 * CHUNK, 10)
+    write_point(repo, vm(), {"d": disk})
+    disk[3 * CHUNK + 5] ^= 0xFF
+    calls = {"encode": 0, "chunk_decode": 0, "chunk_inflate": 0}
+
+    def counting(name: str, fn: Any, chunks_only: bool = False) -> Any:
+        def wrapper(*a: Any, **kw: Any) -> Any:
+            if not chunks_only or str(a[1]).startswith("chunks/"):  # (keys, key, ...)
+                calls[name] += 1
+            return fn(*a, **kw)
+
+        return wrapper
+
+    monkeypatch.setattr(codec, "encode", counting("encode", codec.encode))
+    monkeypatch.setattr(codec, "decode", counting("chunk_decode", codec.decode, True))
+    monkeypatch.setattr(codec, "_inflate", counting_inflate(codec._inflate, calls))
+    write_point(repo, vm(), {"d": disk})  # full: no base, every slot put
+    # the changed chunk, then the index, the manifest and the head record
+    assert calls["encode"] - 3 == 1, calls
+    if encrypted:
+        assert calls["chunk_decode"] == calls["chunk_inflate"] == 0, calls
+    else:
+        assert calls["chunk_decode"] == 5, calls  # the 5 reused chunks, decoded in full
