@@ -30,8 +30,9 @@ bench_daemon.py has the daemon's event -> job start latency over many VM moves.
 Each tool's CPU time (user + system, its process and children) is reported beside the
 wall time: on this shared 2-core machine the wall time swings with other jobs, the CPU
 time much less (vigil spreads its work over threads, restic too; borg uses one core).
-The vigil checkouts take turns going first. Writes bench/results/backup_cli.json. Goals: vigil >= 1.5x the faster peer (full and
-incr_nocbt), repository size <= 1.05x restic's.
+The vigil checkouts take turns going first. Writes bench/results/backup_cli.json.
+Goals: vigil >= 1.5x the faster peer (full and incr_nocbt), repository size <= 1.05x
+restic's.
 """
 
 from __future__ import annotations
