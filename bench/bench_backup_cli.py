@@ -21,13 +21,18 @@ Settings: all three encrypted with their default key derivation (vigil: its defa
 Argon2id slot, as `vigil init` makes; restic: its calibrated scrypt; borg: repokey).
 borg: `--chunker-params fixed,4194304 --compression zstd,1`; restic `--compression auto`
 (zstd fastest, restic's only non-max level). vigil: its default chunk size and zstd level.
+Both vigil checkouts are byte-compiled first, as an installed vigil is (compile_tree).
 Each time is the whole process (fork to exit) measured here; for vigil the per-phase
 figures come from its `--log-level debug` `phase` lines, including the simulator's
 CreateSnapshot (it hashes the whole flat file to emulate CBT, which ESXi does not do).
 bench_daemon.py has the daemon's event -> job start latency over many VM moves.
 
-Writes bench/results/backup_cli.json. Goals: vigil >= 1.5x the faster peer (full and
-incr_nocbt), repository size <= 1.05x restic's.
+Each tool's CPU time (user + system, its process and children) is reported beside the
+wall time: on this shared 2-core machine the wall time swings with other jobs, the CPU
+time much less (vigil spreads its work over threads, restic too; borg uses one core).
+The vigil checkouts take turns going first. Writes bench/results/backup_cli.json.
+Goals: vigil >= 1.5x the faster peer (full and incr_nocbt), repository size <= 1.05x
+restic's.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -72,12 +78,25 @@ def sh(
     cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = None
 ) -> tuple[float, str]:
     """Runs cmd to completion; (wall seconds, stderr)."""
+    wall, _cpu, err = timed(cmd, env, cwd)
+    return wall, err
+
+
+def timed(
+    cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = None
+) -> tuple[float, float, str]:
+    """Runs cmd to completion; (wall seconds, CPU seconds (user + system) of the process
+    and its children, stderr). The CPU time hardly moves with the load of other work on
+    the machine (it shares 2 cores with other jobs), the wall time does."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=cwd)
     wall = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if p.returncode:
         raise SystemExit(f"{' '.join(map(str, cmd))}: exit {p.returncode}\n{p.stderr[-3000:]}")
-    return wall, p.stderr
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu, p.stderr
 
 
 def du(path: Path) -> int:
@@ -128,6 +147,29 @@ def phases(stderr: str) -> dict[str, float]:
     return out
 
 
+def compile_tree(code: Path) -> None:
+    """Byte-compile a checkout's packages, as installing vigil does (pip writes the .pyc
+    files; borg from the distribution has them too). Without them every `vigil` process
+    compiles each module it imports from source again when the environment sets
+    PYTHONDONTWRITEBYTECODE (this build machine's does): measured 1.6-2.8 s of start-up
+    under load instead of well under 1 s."""
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "compileall",
+            "-q",
+            "-j",
+            "0",
+            "-x",
+            r"/(tests|\.venv|build)/",
+            code,
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+
+
 def vigil_setup(
     sim: Simulator, work: Path, name: str, code: Path
 ) -> tuple[list[str], Path, dict[str, str]]:
@@ -145,6 +187,7 @@ def vigil_setup(
         f'[transport]\nmodes = ["file"]\n[transport.file.datastores]\nLocalDS_0 = "{ds_dir}"\n'
     )
     Repository.init(repo, passphrase=PASS)  # what `vigil init` makes: the default KDF
+    compile_tree(code)
     argv = [sys.executable, "-m", "protector.cli", "--config", str(cfgfile)]
     argv += ["--log-level", "debug", "--log-json", "backup", VM_NAME]
     return argv, repo, {"PYTHONPATH": str(code)}
@@ -203,8 +246,10 @@ async def daemon_job(sim: Simulator, work: Path) -> dict[str, Any]:
 
 
 def one_run(
-    sim: Simulator, work: Path, base: Path, size: int, baseline: Path | None
+    sim: Simulator, work: Path, base: Path, size: int, baseline: Path | None, swap: bool = False
 ) -> dict[str, Any]:
+    """One run of every backup; `swap`: the baseline checkout goes first this time (runs
+    alternate, so neither gets the warmer page cache or the quieter moment every time)."""
     flat = asyncio.run(prepare_vm(sim, size))
     rrepo, brepo = work / "restic-repo", work / "borg-repo"
     for p in (rrepo, brepo):
@@ -238,21 +283,26 @@ def one_run(
         ]
 
     def each_vigil(kind: str, extra: list[str]) -> None:
-        for name, (argv, _repo, venv) in vigils.items():
+        items = list(vigils.items())
+        for name, (argv, _repo, venv) in items[::-1] if swap else items:
             # cwd: `python -m` puts the current directory first on sys.path
             code = Path(venv["PYTHONPATH"])
-            out[f"{name}_{kind}_s"], err = sh([*argv, *extra], {**env, **venv}, cwd=code)
+            wall, cpu, err = timed([*argv, *extra], {**env, **venv}, cwd=code)
+            out[f"{name}_{kind}_s"], out[f"{name}_{kind}_cpu_s"] = wall, cpu
             out[f"{name}_{kind}_phases"] = phases(err)
+
+    def peer(name: str, kind: str, cmd: list[str]) -> None:
+        out[f"{name}_{kind}_s"], out[f"{name}_{kind}_cpu_s"], _ = timed(cmd, env)
 
     out: dict[str, Any] = {}
     shutil.copyfile(base, flat)
     each_vigil("full", [])
-    out["restic_full_s"], _ = sh(restic, env)
-    out["borg_full_s"], _ = sh(borg("full"), env)
+    peer("restic", "full", restic)
+    peer("borg", "full", borg("full"))
     mkimage(flat, "--mutate", "1", "--seed", "2")
     each_vigil("incr_nocbt", ["--full"])
-    out["restic_incr_nocbt_s"], _ = sh(restic, env)
-    out["borg_incr_nocbt_s"], _ = sh(borg("incr"), env)
+    peer("restic", "incr_nocbt", restic)
+    peer("borg", "incr_nocbt", borg("incr"))
     # Sizes after the same two backups (before vigil's third, CBT, point).
     for name, (_argv, repo, _venv) in vigils.items():
         out[f"{name}_repo_bytes"] = du(repo)
@@ -287,7 +337,7 @@ def main() -> None:
     simdir.mkdir()
     with Simulator(tmpdir=str(simdir)) as sim:
         for i in range(args.runs):
-            r = one_run(sim, args.work, base, size, args.baseline)
+            r = one_run(sim, args.work, base, size, args.baseline, swap=i % 2 == 1)
             runs.append(r)
             flat = {k: round(v, 3) for k, v in r.items() if isinstance(v, (int, float))}
             print(f"run {i + 1}: {json.dumps(flat)}", file=sys.stderr, flush=True)
@@ -295,9 +345,11 @@ def main() -> None:
     names = ["vigil", *(["baseline"] if args.baseline else [])]
     for r in runs:
         for kind in ("full", "incr_nocbt"):
-            peer = min(r[f"restic_{kind}_s"], r[f"borg_{kind}_s"])
-            for name in names:
-                r[f"{name}_{kind}_vs_faster_peer"] = peer / r[f"{name}_{kind}_s"]
+            for unit in ("s", "cpu_s"):
+                peer = min(r[f"restic_{kind}_{unit}"], r[f"borg_{kind}_{unit}"])
+                for name in names:
+                    ratio = peer / r[f"{name}_{kind}_{unit}"]
+                    r[f"{name}_{kind}_{'vs_faster_peer' if unit == 's' else 'cpu_vs_peer'}"] = ratio
     med = {
         k: statistics.median(r[k] for r in runs)
         for k, v in runs[0].items()
@@ -312,16 +364,20 @@ def main() -> None:
         for kind in ("full", "incr_nocbt", "incr_cbt")
     }
     print(f"\n{size / 2**20:.0f} MiB guest-like image, whole process, median of {args.runs} runs\n")
-    print("| backup | tool | seconds | vs faster peer (goal >= 1.5x) |")
-    print("|---|---|---|---|")
+    print(
+        "| backup | tool | seconds | vs faster peer (goal >= 1.5x) | CPU s | CPU vs leaner peer |"
+    )
+    print("|---|---|---|---|---|---|")
     for kind in ("full", "incr_nocbt", "incr_cbt"):
         for name in [*names, "restic", "borg"]:
             if f"{name}_{kind}_s" not in med:
                 continue
             ratio = med.get(f"{name}_{kind}_vs_faster_peer")
+            cpu_ratio = med.get(f"{name}_{kind}_cpu_vs_peer")
             print(
                 f"| {kind} | {name} | {med[f'{name}_{kind}_s']:.2f} | "
-                f"{f'{ratio:.2f}x' if ratio else '-'} |"
+                f"{f'{ratio:.2f}x' if ratio else '-'} | {med[f'{name}_{kind}_cpu_s']:.2f} | "
+                f"{f'{cpu_ratio:.2f}x' if cpu_ratio else '-'} |"
             )
     sizes = ", ".join(
         f"{n} {med[f'{n}_repo_bytes'] / 2**20:.1f}" for n in [*names, "restic", "borg"]

@@ -29,7 +29,12 @@ sys.path.insert(0, str(ROOT))
 
 from repository import DEFAULT_CHUNK_SIZE, DiskRecord, Repository, VmIdentity  # noqa: E402
 
-MKIMAGE = ROOT.parent / "shared" / "bench" / "mkimage.py"
+# ../shared from the main checkout, ../../shared from a worktree under wt/ (as
+# bench_backup_cli.py finds it).
+MKIMAGE = next(
+    (p for p in (r / "shared" / "bench" / "mkimage.py" for r in ROOT.parents) if p.exists()),
+    ROOT.parent / "shared" / "bench" / "mkimage.py",
+)
 PASS = "bench-passphrase"
 VM = VmIdentity("bench-vc", "bench-vm", "bench")
 

@@ -20,6 +20,7 @@ ORDER = [
     "e2e",
     "backup_cli",
     "watcher",
+    "vm_lookup",
     "daemon",
     "metrics",
     "cluster",

@@ -176,10 +176,10 @@ class ObjectStore:
             raise CorruptObjectError(key, str(exc)) from None
 
     def intact(self, key: str, otype: ObjectType, oid: bytes) -> bool:
-        """Whether the stored object decodes to content matching its id."""
+        """Whether the stored object is as written for its id (codec.check_stored)."""
         limit = self.chunk_size if otype == ObjectType.CHUNK else self.index_limit(None)
         try:
-            codec.decode(self.keys, key, self.backend.get(key), otype, oid, True, limit)
+            codec.check_stored(self.keys, key, self.backend.get(key), otype, oid, limit)
         except (CorruptObjectError, ObjectNotFoundError):
             return False
         return True

@@ -130,20 +130,20 @@ async def run(args: argparse.Namespace) -> int:
     )
     await asyncio.sleep(0)  # it reaches its thread
     from protector.backup import backup_vm
-    from protector.cli.common import find_vm
+    from protector.cli.common import find_vm_live
     from protector.context import Context
     from protector.policyaccess import backup_options_for
     from protector.repoaccess import open_catalog
-    from watcher.inventory import read_inventory_with_tags
 
     session, repo = await login_then_repository(cfg, opening)
     catalog = None
     try:
         catalog = await open_catalog(repo)  # this machine's state (repo.state): nothing to open
-        # policies select by tags, so the VM's node comes with its tags
-        tree = await phases.timed_await("lookup", read_inventory_with_tags(session, required=False))
-        node = find_vm(tree.vms(), args.vm)
-        opts = backup_options_for(cfg, tree, node, full=args.full)
+        # The VM, its ancestors and its tags only (policies select by path and tag), not
+        # the whole inventory: protector/vsphere/vmfind.py.
+        found = await phases.timed_await("lookup", find_vm_live(session, args.vm))
+        node = found.node
+        opts = backup_options_for(cfg, found.tree, node, full=args.full)
         ctx = Context.create(cfg, session, repo, catalog)
         progress = ProgressLine(f"backup {node.name}")
         vm = session.moref("VirtualMachine", node.moref)

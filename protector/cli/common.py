@@ -131,6 +131,26 @@ def find_vm(vms: Sequence[Any], spec: str) -> Any:
         ) from None
 
 
+async def find_vm_live(session: Any, spec: str) -> Any:
+    """vmfind.lookup_vm (one VM from vCenter without the whole inventory, with its tags),
+    with the names or paths closest to a mistyped one."""
+    from protector.vsphere.vmfind import closest, lookup_vm
+    from protector.vsphere.vmlookup import MOREF_RE, UUID_RE, VmNotFound
+
+    try:
+        return await lookup_vm(session, spec)
+    except VmNotFound as exc:
+        key = spec.strip()
+        hint = ""
+        if not (UUID_RE.match(key) or MOREF_RE.match(key)):
+            near = await closest(session, key)
+            hint = "; did you mean " + " or ".join(near) + "?" if near else ""
+        raise UserError(
+            f"no VM {_what(key)} {key!r}{hint} (`vigil inventory` lists the VMs vigil can see)",
+            exc.exit_code,
+        ) from None
+
+
 def _what(spec: str) -> str:
     from protector.vsphere.vmlookup import MOREF_RE, UUID_RE
 

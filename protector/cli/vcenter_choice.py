@@ -45,19 +45,25 @@ async def vcenter_of_vm(cfg: Config, args: argparse.Namespace, spec: str) -> Con
     """The configuration aimed at the vCenter that holds the VM `spec`."""
     if getattr(args, "vcenter", None) or not cfg.several_vcenters:
         return chosen(cfg, args)
-    from protector.vcenters import read_trees
-    from protector.vsphere.vmlookup import VmAmbiguous, VmNotFound, find_vm
+    from protector.vsphere.connect import open_session
+    from protector.vsphere.vmfind import lookup_vm
+    from protector.vsphere.vmlookup import VmAmbiguous, VmNotFound
 
-    trees = await read_trees(cfg, tags_required=False)
-    holders: list[str] = []
-    for name, tree in trees.items():
+    async def holds(name: str) -> bool:
+        # The targeted lookup on each vCenter (vmfind.py), not every inventory read whole.
+        session = await open_session(cfg.for_vcenter(name))
         try:
-            find_vm(tree.vms(), spec)
+            await lookup_vm(session, spec)
         except VmNotFound:
-            continue
+            return False
         except VmAmbiguous:
-            pass  # ambiguous within that vCenter too: the lookup there says so, listing them
-        holders.append(name)
+            return True  # ambiguous within that vCenter too: the lookup there says so
+        finally:
+            await session.close()
+        return True
+
+    found = await asyncio.gather(*(holds(n) for n in cfg.vcenters))
+    holders = [n for n, h in zip(cfg.vcenters, found, strict=True) if h]
     if len(holders) > 1:
         raise UserError(
             f"VM {spec!r} is on several vCenters ({', '.join(holders)}); pass --vcenter NAME "

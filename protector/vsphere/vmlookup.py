@@ -43,7 +43,11 @@ def find_vm(vms: Sequence[Any], spec: str) -> Any:
             f"no VM with {what} {spec!r}; `vigil inventory` lists the VMs vigil can see"
         )
     if len(matches) > 1:
-        listing = "\n".join(f"  {v.path}  ({v.moref}, {v.instance_uuid})" for v in matches)
+        # sorted: the same listing whichever read found them (vmfind.py or the full read)
+        listing = "\n".join(
+            f"  {v.path}  ({v.moref}, {v.instance_uuid})"
+            for v in sorted(matches, key=lambda v: (v.path, v.moref))
+        )
         raise VmAmbiguous(
             f"{len(matches)} VMs have the {what} {spec!r}; name one by inventory path or "
             f"instance UUID:\n{listing}"

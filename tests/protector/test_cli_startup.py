@@ -89,6 +89,10 @@ def test_backup_does_not_import_restore_or_cluster_stacks(tmp_path: Path) -> Non
     assert code == 2  # could not reach vCenter
     assert "aiohttp" in modules  # it did get as far as talking to vCenter
     assert roots(modules, NOT_FOR_BACKUP) == []
+    # VixDiskLib's cffi declarations load when a disk is opened through VDDK, not because
+    # protector.config imports disk_io.vddk.thumbprint (~0.19 s of start-up otherwise).
+    assert "disk_io.vddk.thumbprint" in modules
+    assert roots(modules, ("disk_io.vddk.disk", "disk_io.vddk.abi", "disk_io.vddk.library")) == []
 
 
 VIGIL = [sys.executable, "-m", "protector.cli"]

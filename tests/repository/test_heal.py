@@ -4,13 +4,14 @@ instead of being reused ("already exists") forever."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
-from repo_helpers import CHUNK, make_disk, read_back, vm, write_point
+from repo_helpers import CHUNK, make_disk, new_repo, read_back, vm, write_point
 from structlog.testing import capture_logs
 
 from repository import CorruptChunkError, Repository, verify
-from repository.codec import chunk_key
+from repository.codec import HEADER, chunk_key
 from repository.repo import index_key
 
 
@@ -18,6 +19,43 @@ def _flip(path: Path) -> None:
     blob = bytearray(path.read_bytes())
     blob[len(blob) // 2] ^= 0x01
     path.write_bytes(bytes(blob))
+
+
+def _flip_keeping_crc(path: Path, at: int) -> None:
+    """Damage the body and recompute the envelope's CRC, as a forger (or a disk that
+    rewrote the whole object) would: only authentication or decoding can tell."""
+    import struct
+
+    import google_crc32c
+
+    blob = bytearray(path.read_bytes())
+    blob[at] ^= 0x01
+    crc = google_crc32c.extend(google_crc32c.value(bytes(blob[:8])), bytes(blob[12:]))
+    blob[8:12] = struct.pack("<I", crc)
+    path.write_bytes(bytes(blob))
+
+
+@pytest.mark.parametrize("encrypted", [True, False])
+@pytest.mark.parametrize("where", ["nonce", "body", "tag"])
+def test_full_backup_heals_damage_the_crc_does_not_show(
+    tmp_path: Path, encrypted: bool, where: str
+) -> None:
+    """A reused chunk is checked by its AES-GCM tag when encrypted (codec.check_stored:
+    not inflated nor re-hashed), by decoding it when not; either way the damage heals."""
+    repo = new_repo(tmp_path / "r", "pw" if encrypted else None)
+    disk = make_disk(4 * CHUNK, 9)
+    p1 = write_point(repo, vm(), {"d": disk})
+    bad = repo.disk_index(p1, "d")[1].ids[1]
+    path = repo.root / chunk_key(bad)
+    size = path.stat().st_size
+    at = {"nonce": HEADER.size + 3, "body": size // 2, "tag": size - 2}[where]
+    _flip_keeping_crc(path, at)
+    assert not verify(repo, read_data=True).ok
+    with capture_logs() as logs:
+        write_point(repo, vm(), {"d": disk})
+    assert any(e["event"] == "repository.object_healed" for e in logs), logs
+    assert verify(repo, read_data=True).ok
+    assert read_back(repo, p1, "d") == disk
 
 
 def test_full_backup_replaces_a_corrupt_chunk(repo: Repository) -> None:
@@ -74,3 +112,46 @@ def test_a_corrupt_index_is_replaced_when_the_same_index_is_stored(repo: Reposit
     write_point(repo, vm(), {"d": disk})
     assert read_back(repo, p1, "d") == disk
     assert verify(repo, read_data=True).ok
+
+
+def counting_inflate(inflate: Any, calls: dict[str, int]) -> Any:
+    def wrapper(key: str, *a: Any) -> Any:
+        calls["chunk_inflate"] += key.startswith("chunks/")
+        return inflate(key, *a)
+
+    return wrapper
+
+
+@pytest.mark.parametrize("encrypted", [True, False])
+def test_a_full_backup_does_no_encoding_work_for_what_is_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, encrypted: bool
+) -> None:
+    """A full backup of a disk whose chunks are mostly stored already (the incremental
+    without CBT): the reused chunks are checked, not compressed, encrypted or written
+    again; only the changed one is. Encrypted, the check inflates nothing either."""
+    from repository import codec
+
+    repo = new_repo(tmp_path / "r", "pw" if encrypted else None)
+    disk = make_disk(6 * CHUNK, 10)
+    write_point(repo, vm(), {"d": disk})
+    disk[3 * CHUNK + 5] ^= 0xFF
+    calls = {"encode": 0, "chunk_decode": 0, "chunk_inflate": 0}
+
+    def counting(name: str, fn: Any, chunks_only: bool = False) -> Any:
+        def wrapper(*a: Any, **kw: Any) -> Any:
+            if not chunks_only or str(a[1]).startswith("chunks/"):  # (keys, key, ...)
+                calls[name] += 1
+            return fn(*a, **kw)
+
+        return wrapper
+
+    monkeypatch.setattr(codec, "encode", counting("encode", codec.encode))
+    monkeypatch.setattr(codec, "decode", counting("chunk_decode", codec.decode, True))
+    monkeypatch.setattr(codec, "_inflate", counting_inflate(codec._inflate, calls))
+    write_point(repo, vm(), {"d": disk})  # full: no base, every slot put
+    # the changed chunk, then the index, the manifest and the head record
+    assert calls["encode"] - 3 == 1, calls
+    if encrypted:
+        assert calls["chunk_decode"] == calls["chunk_inflate"] == 0, calls
+    else:
+        assert calls["chunk_decode"] == 5, calls  # the 5 reused chunks, decoded in full
