@@ -44,7 +44,7 @@ class Collected:
                 self._cond.notify_all()
 
     async def expect(
-        self, pred: Callable[[VmEvent], bool], what: str, timeout: float = 5.0
+        self, pred: Callable[[VmEvent], bool], what: str, timeout: float = 20.0
     ) -> VmEvent:
         """The first not-yet-consumed event matching `pred` (events before it are skipped)."""
 
