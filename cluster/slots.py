@@ -143,7 +143,10 @@ async def run_holding(
             if done:
                 return task.result()
             try:
-                await asyncio.wait_for(conn.execute("SELECT 1"), check_timeout)
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns the ping's
+                # answer when the cancel lands as the answer arrives, and the job runs on.
+                async with asyncio.timeout(check_timeout):
+                    await conn.execute("SELECT 1")
             except (psycopg.Error, TimeoutError) as exc:
                 task.cancel()
                 with contextlib.suppress(BaseException):

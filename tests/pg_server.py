@@ -99,8 +99,25 @@ class PostgresServer:
         pwfile.unlink()
 
     def start(self) -> PostgresServer:
-        if not self.port:
-            self.port = free_port()
+        if self.port:  # a restart: the clients know this port
+            self._start_on_port()
+        else:
+            # A port chosen free is bound by the postmaster a moment later; a connect()
+            # meanwhile may take it. Nobody knows the port yet: try another one then.
+            for attempt in range(3):
+                self.port = free_port()
+                try:
+                    self._start_on_port()
+                    break
+                except subprocess.CalledProcessError:
+                    log = self.log.read_text(errors="replace") if self.log.exists() else ""
+                    if attempt == 2 or "Address already in use" not in log:
+                        raise
+        self._wait_ready()
+        self._ensure_database()
+        return self
+
+    def _start_on_port(self) -> None:
         opts = " ".join(
             [
                 f"-p {self.port}",
@@ -117,9 +134,6 @@ class PostgresServer:
         self._run(
             self.bindir / "pg_ctl", "-D", self.data, "-l", self.log, "-o", opts, "-w", "start"
         )
-        self._wait_ready()
-        self._ensure_database()
-        return self
 
     def _wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout

@@ -55,10 +55,7 @@ class SeaweedServer:
         self.dir = Path(workdir)
         self.data = self.dir / "data"
         self.data.mkdir(parents=True, exist_ok=True)
-        names = ["master", "volume", "filer", "s3", "admin"]
-        ports = free_ports(2 * len(names))
-        self.ports = {n: (ports[2 * i], ports[2 * i + 1]) for i, n in enumerate(names)}
-        self.endpoint = f"http://127.0.0.1:{self.ports['s3'][0]}"
+        self._pick_ports()
         self.proc: subprocess.Popen[bytes] | None = None
         iam = {
             "identities": [
@@ -72,6 +69,12 @@ class SeaweedServer:
         self.iam = self.dir / "s3.json"
         self.iam.write_text(json.dumps(iam))
         os.chmod(self.iam, 0o600)
+
+    def _pick_ports(self) -> None:
+        names = ["master", "volume", "filer", "s3", "admin"]
+        ports = free_ports(2 * len(names))
+        self.ports = {n: (ports[2 * i], ports[2 * i + 1]) for i, n in enumerate(names)}
+        self.endpoint = f"http://127.0.0.1:{self.ports['s3'][0]}"
 
     def argv(self) -> list[str]:
         p = self.ports
@@ -140,8 +143,21 @@ class SeaweedServer:
         self.stop(signal.SIGKILL)
 
     def __enter__(self) -> SeaweedServer:
-        self.start()
-        return self
+        # Ten ports chosen free, bound by weed a moment later: any connect() meanwhile (weed's
+        # own servers connect to each other as they come up) may take one. Before anyone
+        # knows the endpoint, a clash is retried on other ports instead of failing the test.
+        for attempt in range(3):
+            try:
+                self.start()
+                return self
+            except RuntimeError:
+                log = (self.dir / "weed.log").read_text(errors="replace")
+                clash = "Port allocation failed" in log or "address already in use" in log
+                if attempt == 2 or not clash:
+                    raise
+                (self.dir / "weed.log").rename(self.dir / f"weed-clash-{attempt}.log")
+                self._pick_ports()
+        raise AssertionError("unreachable")
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

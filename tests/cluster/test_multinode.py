@@ -85,7 +85,9 @@ async def test_two_workers_share_the_work_within_cluster_wide_limits(
         for vm in vms:
             await move_vm(s, vm, "/DC0/vm/prod")
         await wait_until(lambda: len(points(tmp_path / "repo")) == 8, 180, "8 VMs backed up", 1)
-        # Let the scheduler see the jobs end; nothing more may follow within the RPO.
+        # Let the scheduler see the jobs end; nothing more may follow within the RPO. It
+        # drops a job from "running" before it has read the VM's new point back from the
+        # repository: wait for the eight VMs to show "ok" as well.
         await wait_until(
             lambda: (
                 (st := sched.status())
@@ -93,6 +95,7 @@ async def test_two_workers_share_the_work_within_cluster_wide_limits(
                 and not st["cluster"]["queued_jobs"]
                 and not st["jobs"]["running"]
                 and not st["jobs"]["queued"]
+                and st["counts"].get("ok") == 8
             ),
             60,
             "the queue to drain",

@@ -95,3 +95,41 @@ async def test_job_is_cancelled_when_its_slot_connection_dies(pg_url):
         await slots.run_holding(conn, backup(), check_interval=0.2)
     assert cancelled.is_set()
     await killer
+
+
+class _AnsweringConn:
+    """A connection whose ping the test answers by hand, so that a cancel can land in the
+    very loop turn the answer does (what a worker's shutdown abort met now and then)."""
+
+    def __init__(self) -> None:
+        self.pinged = asyncio.Event()
+        self.answer: asyncio.Future[None] | None = None
+
+    async def execute(self, query: str) -> None:
+        self.answer = asyncio.get_running_loop().create_future()
+        self.pinged.set()
+        await self.answer
+
+
+async def test_a_cancel_landing_as_a_ping_answers_still_cancels_the_job():
+    """Python 3.11's asyncio.wait_for returns the inner result when the outer task is
+    cancelled as the inner one finishes: the cancel is lost, the job ran on, and a worker
+    told to stop waited for it (test_queue's SIGTERM-past-the-timeout test, 1 in ~20)."""
+    conn = _AnsweringConn()
+    body_cancelled = asyncio.Event()
+
+    async def backup() -> None:
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            body_cancelled.set()
+            raise
+
+    job = asyncio.create_task(slots.run_holding(conn, backup(), check_interval=0.01))  # type: ignore[arg-type]
+    await asyncio.wait_for(conn.pinged.wait(), 10)
+    assert conn.answer is not None
+    conn.answer.set_result(None)
+    job.cancel()
+    done, _ = await asyncio.wait({job}, timeout=10)
+    assert done, "the cancel was swallowed: the job runs on"
+    assert job.cancelled() and body_cancelled.is_set()

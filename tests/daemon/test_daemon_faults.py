@@ -224,12 +224,18 @@ async def test_a_vm_held_by_another_process_is_backed_up_once_it_is_free(tmp_pat
         other.acquire()
         try:
             async with running(cfg) as daemon:
-                await wait_for(lambda: busy_recs(daemon), 20, "a busy answer")
-                await asyncio.sleep(1.2)  # retry_backoff is 0.5 s: asked again meanwhile
-                assert len(busy_recs(daemon)) >= 2
+                # retry_backoff is 0.5 s: asked again and again. Polled, not slept on: a
+                # snapshot of the state taken while a retry runs would read "running".
+                await wait_for(
+                    lambda: (
+                        len(busy_recs(daemon)) >= 2
+                        and vm_state(daemon, "DC0_H0_VM0")["state"] == "queued"
+                    ),
+                    20,
+                    "a second busy answer, the VM queued for the next try",
+                )
                 assert not [r for r in recs_of(daemon) if r.outcome == "failed"]
                 assert not daemon.runner.failures and not daemon.runner.consecutive_failures
-                assert vm_state(daemon, "DC0_H0_VM0")["state"] == "queued"
                 other.release()
                 await wait_for(lambda: points_of(daemon, "DC0_H0_VM0"), 20, "the backup")
         finally:

@@ -99,7 +99,7 @@ async def test_sigterm_during_backup_removes_snapshot_and_exits_zero(tmp_path, m
     try:
         await wait_for(lambda: running_job(d.status()), 30, "a running backup")
         # Signalled while vCenter holds our snapshot, so there is something to clean up.
-        await wait_for_snapshot(sim, "DC0_H0_VM0", 3)
+        await wait_for_snapshot(sim, "DC0_H0_VM0", 30)
         start = time.monotonic()
         d.proc.send_signal(sig)
         rc = await asyncio.to_thread(d.proc.wait, 60)
@@ -118,7 +118,9 @@ async def test_kill_9_during_backup_then_restart_cleans_up_and_backs_up(tmp_path
     d = DaemonProcess(cfg, port)
     try:
         await wait_for(lambda: running_job(d.status()), 30, "a running backup")
-        await asyncio.sleep(0.5)  # the snapshot exists in vCenter; the daemon still waits
+        # Killed once the snapshot exists in vCenter (its task runs 3 s: the daemon still
+        # waits for it); "running" on the status page comes a few calls before that.
+        await wait_for_snapshot(sim, "DC0_H0_VM0", 30)
         d.proc.kill()
         d.proc.wait()
     finally:

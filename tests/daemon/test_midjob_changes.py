@@ -32,7 +32,16 @@ async def test_a_vm_deleted_mid_backup_is_not_retried_nor_shown_failing(tmp_path
             await asyncio.sleep(0.3)
             await wait_for_task(s, await s.call(vm, "Destroy_Task"), description="destroy")
             await wait_for(lambda: recs_of(daemon, "doomed"), 30, "the job to end")
-            await asyncio.sleep(3)
+            # The watcher reports the deletion on its own time, not with the job's end.
+            await wait_for(
+                lambda: (
+                    daemon.stats.orphaned == 1
+                    and "doomed" not in {v["name"] for v in daemon.status_data()["vms"]}
+                ),
+                30,
+                "the watcher to drop the deleted VM",
+            )
+            await asyncio.sleep(3)  # a wrongly retried job shows up meanwhile
             recs = recs_of(daemon, "doomed")
             assert len(recs) == 1, [(r.reason, r.outcome, r.error) for r in recs]
             assert recs[0].outcome == "gone", (recs[0].outcome, recs[0].error)

@@ -123,8 +123,13 @@ async def test_power_off_outside_the_window_backs_up_only_where_the_policy_allow
                 for name in ("DC0_H0_VM1", "DC0_H0_VM0"):
                     vm = await find(s, f"/DC0/vm/{name}")
                     await wait_for_task(s, await s.call(vm, "PowerOffVM_Task"), description="off")
-                await wait_for(lambda: points_of(daemon, "DC0_H0_VM0"), 20, "VM0 backed up")
-                await asyncio.sleep(1)
+                # The point is committed a moment before the job's record reaches the history.
+                await wait_for(
+                    lambda: points_of(daemon, "DC0_H0_VM0") and recs_of(daemon, "DC0_H0_VM0"),
+                    20,
+                    "VM0 backed up and its job recorded",
+                )
+                await asyncio.sleep(1)  # time for a wrongly started backup of VM1 to show
             assert recs_of(daemon, "DC0_H0_VM0")[0].reason == "guest powered off"
             assert not recs_of(daemon, "DC0_H0_VM1"), "outside_window = false: wait"
             deferred = [e for e in logs if e["event"] == "daemon.trigger_deferred"]

@@ -96,7 +96,12 @@ async def test_ctrl_c_says_the_snapshot_is_being_removed_and_removes_it(
     rig = slow_snapshot_rig
     t = Terminal(rig, "backup", "DC0_H0_VM0")
     await t.wait_for("creating the snapshot")
-    await asyncio.sleep(0.5)  # CreateSnapshot_Task runs for 3 s: Ctrl-C lands in it
+    # The snapshot exists as soon as vCenter took the call; its task then runs for 3 s:
+    # Ctrl-C lands in it (polled for: the words come a moment before the call).
+    deadline = time.monotonic() + 30
+    while not await our_snapshots(rig):
+        assert time.monotonic() < deadline and t.proc.poll() is None, t.text
+        await asyncio.sleep(0.05)
     t.proc.send_signal(signal.SIGINT)
     code = await t.finish()
     assert code == 130, t.text

@@ -6,6 +6,8 @@ import asyncio
 import random
 import time
 
+import pytest
+
 from protector.daemon.jobs import JobRecord, JobRequest, JobRunner, Limits
 
 
@@ -22,6 +24,15 @@ def max_overlap(records: list[JobRecord], key) -> int:
         load[k] = load.get(k, 0) + delta
         worst = max(worst, load[k])
     return worst
+
+
+async def until(cond, what: str, timeout: float = 10.0) -> None:
+    """Let the loop run until `cond()` holds: a job starting takes a few loop turns, which a
+    descheduled process may not get within a fixed sleep."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
+        await asyncio.sleep(0.005)
 
 
 async def test_limits_are_never_exceeded_with_twenty_vms():
@@ -71,7 +82,8 @@ async def test_busy_host_does_not_hold_up_other_hosts():
     loop = asyncio.create_task(runner.run())
     for name, host, dl in [("a", "h1", 0), ("b", "h1", 1), ("c", "h2", 2)]:
         runner.submit(JobRequest(name, name, host, (), "t", deadline=dl))
-    await asyncio.sleep(0.05)
+    await until(lambda: len(started) >= 2, "two jobs to start")
+    await asyncio.sleep(0.05)  # room for b to start wrongly
     assert started == ["a", "c"], "b waits for h1; c must not wait behind b"
     gate.set()
     await asyncio.wait_for(runner.drain(), 5)
@@ -134,7 +146,7 @@ async def test_stop_cancels_running_jobs_and_lets_them_clean_up():
     runner = JobRunner(run, Limits())
     loop = asyncio.create_task(runner.run())
     runner.submit(JobRequest("v", "v", "h", (), "t"))
-    await asyncio.sleep(0.02)
+    await until(lambda: runner.running, "the job to start")
     await asyncio.wait_for(runner.stop(timeout=5), 6)
     loop.cancel()
     assert cleaned.is_set()
@@ -142,7 +154,24 @@ async def test_stop_cancels_running_jobs_and_lets_them_clean_up():
     assert not runner.submit(JobRequest("w", "w", "h", (), "t")), "no new jobs after stop"
 
 
-async def test_after_the_last_retry_the_vm_cools_down_instead_of_failing_in_a_loop():
+class WallClock:
+    """time.time() for the runner's cooldowns, moved by the test: the remaining cooldown is
+    then exact, not what is left of it after however long this process was descheduled."""
+
+    monotonic = staticmethod(time.monotonic)  # the runner's timeouts stay real
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def time(self) -> float:
+        return self.now
+
+
+async def test_after_the_last_retry_the_vm_cools_down_instead_of_failing_in_a_loop(monkeypatch):
+    from protector.daemon import jobs
+
+    clock = WallClock()
+    monkeypatch.setattr(jobs, "time", clock)
     attempts = {"n": 0}
     healthy = {"ok": False}
 
@@ -158,26 +187,26 @@ async def test_after_the_last_retry_the_vm_cools_down_instead_of_failing_in_a_lo
         await asyncio.wait_for(runner.drain(), 5)
         assert attempts["n"] == 2
         assert runner.consecutive_failures["bad"] == 2
-        first = runner.cooldown_until["bad"] - time.time()
-        assert 0 < first <= 0.1 + 0.01, "backoff doubles per consecutive failure: 0.05 * 2"
+        first = runner.cooldown_until["bad"] - clock.now
+        assert first == pytest.approx(0.1), "backoff doubles per consecutive failure: 0.05 * 2"
         # A scheduler or an event asking again during the cooldown is refused, not run.
         assert not runner.submit(JobRequest("bad", "bad", "h", (), "RPO due"))
         await asyncio.sleep(0.05)
         assert attempts["n"] == 2
-        # Asked for by a person: runs anyway.
-        await asyncio.sleep(first)
+        # Once the cooldown is over, it runs again.
+        clock.now += first + 0.001
         assert runner.submit(JobRequest("bad", "bad", "h", (), "again"))
         await asyncio.wait_for(runner.drain(), 5)
         assert attempts["n"] == 4 and runner.consecutive_failures["bad"] == 4
-        second = runner.cooldown_until["bad"] - time.time()
-        assert 0.2 < second <= 0.25 + 0.01, "0.05 * 2**3 = 0.4, capped at cooldown_max"
+        second = runner.cooldown_until["bad"] - clock.now
+        assert second == pytest.approx(0.25), "0.05 * 2**3 = 0.4, capped at cooldown_max"
         # A per-request cap (the policy's RPO) is smaller still.
-        await asyncio.sleep(second)
+        clock.now += second + 0.001
         runner.submit(JobRequest("bad", "bad", "h", (), "again", cooldown_cap=0.08))
         await asyncio.wait_for(runner.drain(), 5)
-        assert runner.cooldown_until["bad"] - time.time() <= 0.08 + 0.01
+        assert runner.cooldown_until["bad"] - clock.now == pytest.approx(0.08)
         # Success clears the failure streak.
-        await asyncio.sleep(0.1)
+        clock.now += 0.1
         healthy["ok"] = True
         assert runner.submit(JobRequest("bad", "bad", "h", (), "again"))
         await asyncio.wait_for(runner.drain(), 5)
@@ -222,7 +251,7 @@ async def test_pause_holds_back_new_jobs_but_lets_running_ones_finish():
     loop = asyncio.create_task(runner.run())
     try:
         runner.submit(JobRequest("a", "a", "h1", (), "t"))
-        await asyncio.sleep(0.02)
+        await until(lambda: started == ["a"], "a to start")
         runner.pause("prune sweep")
         assert runner.paused == "prune sweep"
         runner.submit(JobRequest("b", "b", "h2", (), "t"))
@@ -303,12 +332,12 @@ async def test_forget_drops_a_vms_queued_job_retry_and_cooldown():
             return
         raise RuntimeError("datastore unreachable")
 
-    runner = JobRunner(run, Limits(concurrent=1), retry_attempts=3, retry_backoff=0.05)
+    # A backoff long enough that the retry is still pending when forget() comes.
+    runner = JobRunner(run, Limits(concurrent=1), retry_attempts=3, retry_backoff=0.5)
     loop = asyncio.create_task(runner.run())
     try:
         runner.submit(JobRequest("bad", "bad", "h", (), "t", deadline=0))
-        await asyncio.sleep(0.01)
-        assert "bad" in runner.retry_timers
+        await until(lambda: "bad" in runner.retry_timers, "bad's first failure")
         runner.forget("bad")
         runner.submit(JobRequest("blocker", "blocker", "h", (), "t", deadline=0))
         runner.submit(JobRequest("queued", "queued", "h", (), "t", deadline=1))
@@ -317,7 +346,7 @@ async def test_forget_drops_a_vms_queued_job_retry_and_cooldown():
         assert not runner.busy("bad") and not runner.busy("queued")
         gate.set()
         await asyncio.wait_for(runner.drain(), 5)
-        await asyncio.sleep(0.2)  # the cancelled retry would have run by now
+        await asyncio.sleep(0.7)  # the cancelled retry would have run by now
     finally:
         loop.cancel()
     assert [r.vm_name for r in runner.history] == ["bad", "blocker"]

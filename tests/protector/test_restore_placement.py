@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import random
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -84,7 +85,8 @@ async def enter_maintenance(rig: Rig, host: Any) -> None:
             conn.close()
 
     await anyio.to_thread.run_sync(post)
-    for _ in range(100):
+    deadline = time.monotonic() + 30  # a bound on a broken simulator, not a timing goal
+    while time.monotonic() < deadline:
         props = await rig.session.properties(host, ["runtime.inMaintenanceMode"])
         if props.get("runtime.inMaintenanceMode"):
             return

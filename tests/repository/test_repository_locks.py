@@ -87,8 +87,10 @@ def test_a_lock_is_refreshed_by_a_new_object_and_released(repo: Repository) -> N
     repo.lock_timing = {"refresh_every": 0.1}
     lock = repo.lock(purpose="long backup")
     first = lock.key
-    deadline = time.monotonic() + 10
-    while lock.key == first and time.monotonic() < deadline:
+    # The refresher writes the new object, then deletes the old one: wait for both steps
+    # rather than reading between them (the race tests/repository/test_s3_repolock.py hit).
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and (lock.key == first or (repo.root / str(first)).exists()):
         time.sleep(0.05)
     assert lock.key != first and not (repo.root / str(first)).exists()
     lock.release()

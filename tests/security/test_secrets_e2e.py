@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -54,22 +55,21 @@ def run(cfg: Path, *args: str, password: str = PASSWORD) -> tuple[int, str, list
     """Run vigil; returns its exit code, all it printed, and what /proc showed of it and
     of any child it started while it ran."""
     cmd = [sys.executable, "-m", "protector.cli", "--log-level", "debug", "--config", str(cfg)]
-    p = subprocess.Popen(
-        [*cmd, *args],
-        cwd=ROOT,
-        env=env(password),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    seen: list[str] = []
-    while p.poll() is None:
-        seen.append(proc_text(p.pid, "cmdline"))
-        for child in children(p.pid):
-            seen.append(f"child {child}: " + proc_text(child, "cmdline"))
-            seen.append(proc_text(child, "environ"))
-        time.sleep(0.02)
-    out = p.stdout.read() if p.stdout else ""
+    # Output to a file, not a pipe nobody reads while the process runs: debug logs past
+    # the pipe's 64 KiB would block vigil and this loop would wait for ever.
+    with tempfile.TemporaryFile() as sink:
+        p = subprocess.Popen(
+            [*cmd, *args], cwd=ROOT, env=env(password), stdout=sink, stderr=subprocess.STDOUT
+        )
+        seen: list[str] = []
+        while p.poll() is None:
+            seen.append(proc_text(p.pid, "cmdline"))
+            for child in children(p.pid):
+                seen.append(f"child {child}: " + proc_text(child, "cmdline"))
+                seen.append(proc_text(child, "environ"))
+            time.sleep(0.02)
+        sink.seek(0)
+        out = sink.read().decode(errors="replace")
     return p.wait(), out, seen
 
 

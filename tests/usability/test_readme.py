@@ -116,11 +116,15 @@ def _free_port() -> int:
 
 
 def _wait_for_status(env: dict[str, str]) -> None:
-    """Until the daemon's status page answers (exit 2 means nobody listens yet)."""
+    """Until the daemon's status page answers (exit 2 means nobody listens yet) and says it
+    is connected: the page is served before the first inventory sync, and a `vigil status`
+    in between reads NOT CONNECTED."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        r = subprocess.run(["vigil", "status"], cwd=ROOT, env=env, capture_output=True)
-        if r.returncode != 2:
+        r = subprocess.run(
+            ["vigil", "status", "--json"], cwd=ROOT, env=env, capture_output=True, text=True
+        )
+        if r.returncode in (0, 1) and json.loads(r.stdout).get("healthy"):
             return
         time.sleep(0.5)
-    raise AssertionError("the daemon's status page never answered")
+    raise AssertionError("the daemon's status page never answered as connected")

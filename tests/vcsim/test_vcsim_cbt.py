@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
@@ -179,11 +180,15 @@ def wait_by_collector(si: vim.ServiceInstance, task: vim.Task) -> None:
         objectSet=[vmodl.query.PropertyCollector.ObjectSpec(obj=task)],
         propSet=[vmodl.query.PropertyCollector.PropertySpec(type=vim.Task, pathSet=["info.state"])],
     )
-    for _ in range(100):
+    # Polled against a deadline: a hundred quick polls were over before a loaded machine
+    # had run the task.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
         (content,) = pc.RetrieveContents([spec])
         if content.propSet[0].val in ("success", "error"):
             assert content.propSet[0].val == "success"
             return
+        time.sleep(0.02)
     raise AssertionError("task did not finish")
 
 

@@ -9,11 +9,10 @@ tests check both what goes over the wire and what the watcher makes of it."""
 
 from __future__ import annotations
 
-import asyncio
 import re
 
 from pyVmomi import vim
-from watchkit import SoapProxy, run_task, soap_fault, vm_spec, watching
+from watchkit import SoapProxy, run_task, soap_fault, vm_spec, wait_until, watching
 
 from watcher.events import VmAdded, VmEvent, VmMoved, VmRemoved
 from watcher.inventory import read_inventory, read_snapshot
@@ -153,10 +152,7 @@ async def test_views_are_destroyed_on_resync_close_and_after_one_shot_reads(vcsi
             session = w._session
             for round_ in range(1, 4):
                 faults, target = 1, 1 + round_
-                for _ in range(200):
-                    if w.resyncs == target and w.healthy:
-                        break
-                    await asyncio.sleep(0.05)
+                await wait_until(lambda: w.resyncs == target and w.healthy, "a resync")  # noqa: B023
                 assert w.resyncs == target
             views = _returned(proxy, "CreateContainerView")
             assert len(views) == 4

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -43,7 +44,7 @@ class Collected:
                 self._cond.notify_all()
 
     async def expect(
-        self, pred: Callable[[VmEvent], bool], what: str, timeout: float = 5.0
+        self, pred: Callable[[VmEvent], bool], what: str, timeout: float = 20.0
     ) -> VmEvent:
         """The first not-yet-consumed event matching `pred` (events before it are skipped)."""
 
@@ -71,6 +72,16 @@ class Collected:
         """Everything that arrives in the next `seconds`."""
         await asyncio.sleep(seconds)
         return self.drain()
+
+
+async def wait_until(pred: Callable[[], Any], what: str, timeout: float = 60.0) -> None:
+    """Poll `pred` until true; fail naming `what` after `timeout` (a bound on a broken
+    watcher, not a timing assertion: a loaded machine may take many times the usual)."""
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        await asyncio.sleep(0.05)
 
 
 def connector(sim: Simulator) -> Callable[[], Any]:
