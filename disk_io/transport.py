@@ -78,7 +78,7 @@ class TransportSettings:
     vddk_libdir: str = "/opt/vmware-vix-disklib-distrib"
     file_datastores: Mapping[str, str] = field(default_factory=dict)
     vddk_transport_modes: str | None = None  # e.g. "hotadd:nbdssl"; None = VDDK's default
-    vddk_thumbprint: str = "auto"  # "auto" (by library version) | "sha1" | "sha256"
+    vddk_thumbprint: str = "auto"  # "auto" (SHA-1: VDDK 6.5-9.x) | "sha1" | "sha256"
     http_connections: int = 4
 
 

@@ -23,7 +23,8 @@
  *                                 thumbPrint is t (case-insensitive); a thumbprint of the
  *                                 wrong hash for this library version always fails (none
  *                                 at all passes when t is unset, as vixDiskLibSample allows)
- *                                 (SHA-1, 20 pairs, up to major 8; SHA-256 from major 9)
+ *                                 (SHA-1, 20 pairs, for every major: VDDK 9.x still takes
+ *                                 the SHA-1 form, docs/vddk.md)
  *   FAKEVDDK_POWERED_ON=1         the VMs run: a read-only connection without a snapshotRef
  *                                 cannot open their disks (VDDK guide, ConnectEx: the
  *                                 snapshot MoRef is required to access a powered-on VM)
@@ -406,11 +407,9 @@ static const char *pick_mode(const Connection *c) {
 /* Why a remote Open is refused, or NULL: the thumbprint and the snapshot rules. */
 static const char *remote_refusal(const Connection *c, VixError *rc) {
     const char *want = getenv("FAKEVDDK_EXPECT_THUMBPRINT");
-    int pairs = FAKE_MAJOR >= 9 ? 32 : 20;
-    if (*c->thumbprint && !thumb_shape(c->thumbprint, pairs)) {
+    if (*c->thumbprint && !thumb_shape(c->thumbprint, 20)) {
         *rc = ERR(VIX_E_FAIL);
-        return FAKE_MAJOR >= 9 ? "SSL thumbprint is not a SHA-256 fingerprint"
-                               : "SSL thumbprint is not a SHA-1 fingerprint";
+        return "SSL thumbprint is not a SHA-1 fingerprint";
     }
     if (want && *want && !streq_nocase(c->thumbprint, want)) {
         *rc = ERR(VIX_E_FAIL);
