@@ -109,7 +109,8 @@ class LeaderElector:
                 # Closing ends the session, which releases the lock (if the server still
                 # has it); never let a dead socket hold the loop.
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(conn.close(), 2.0)
+                    async with asyncio.timeout(2.0):
+                        await conn.close()
             if self._resign.is_set():
                 self._resign.clear()
                 await self._sleep(self.resign_pause)
@@ -119,16 +120,16 @@ class LeaderElector:
     async def _campaign(self, conn: psycopg.AsyncConnection) -> None:
         await db.apply_schema(conn)
         while not self._stop.is_set():
-            cur = await asyncio.wait_for(
-                conn.execute("SELECT pg_try_advisory_lock(%s)", (self.key,)), self.check_timeout
-            )
+            async with asyncio.timeout(self.check_timeout):
+                cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", (self.key,))
             row = await cur.fetchone()
             if row and row[0]:
                 break
             await self._sleep(self.retry_interval)
         else:
             return
-        epoch = await asyncio.wait_for(take_over(conn, self.vcenter, self.node), self.check_timeout)
+        async with asyncio.timeout(self.check_timeout):
+            epoch = await take_over(conn, self.vcenter, self.node)
         self.terms += 1
         self.epoch = epoch
         self._ended.clear()
@@ -136,8 +137,10 @@ class LeaderElector:
         log.info("leader", vcenter=self.vcenter, node=self.node, epoch=epoch)
         while not self._stop.is_set() and not self._resign.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._resign.wait(), self.check_interval)
-            await asyncio.wait_for(conn.execute("SELECT 1"), self.check_timeout)
+                async with asyncio.timeout(self.check_interval):
+                    await self._resign.wait()
+            async with asyncio.timeout(self.check_timeout):
+                await conn.execute("SELECT 1")
 
     def _step_down(self) -> None:
         if self.epoch is not None:
@@ -148,7 +151,8 @@ class LeaderElector:
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await self._stop.wait()
 
     async def lead(self, work: Callable[[int], Awaitable[None]]) -> None:
         """Run `work(epoch)` in every term until `stop()`; the term's work is cancelled the

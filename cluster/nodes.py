@@ -94,16 +94,20 @@ async def heartbeat_loop(
                 if conn is None or conn.closed:
                     conn = await db.connect(url, f"vigil-node:{node}")
                     await db.apply_schema(conn)
-                await asyncio.wait_for(beat(conn, node, role), interval)
+                async with asyncio.timeout(interval):
+                    await beat(conn, node, role)
             except (psycopg.Error, TimeoutError) as exc:
                 log.warning("node heartbeat failed", node=node, error=str(exc).strip())
                 if conn is not None:
                     with contextlib.suppress(Exception):
-                        await asyncio.wait_for(conn.close(), 2.0)
+                        async with asyncio.timeout(2.0):
+                            await conn.close()
                 conn = None
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), interval)
+                async with asyncio.timeout(interval):
+                    await stop.wait()
     finally:
         if conn is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(conn.close(), 2.0)
+                async with asyncio.timeout(2.0):
+                    await conn.close()

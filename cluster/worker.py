@@ -128,7 +128,8 @@ async def run_worker(
                     retry_in_s=backoff,
                 )
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), backoff)
+                    async with asyncio.timeout(backoff):
+                        await stop.wait()
                 backoff = min(backoff * 2, 10.0)
     finally:
         stop.set()

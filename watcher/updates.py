@@ -243,13 +243,15 @@ class Watcher:
         tags, self._tags = self._tags, None
         if tags is not None:
             with contextlib.suppress(VsphereError):
-                await asyncio.wait_for(tags.close(), 2)
+                async with asyncio.timeout(2):
+                    await tags.close()
         if session is None:
             return
         self._collector = collector
         await self._discard_collector(session)
         with contextlib.suppress(VsphereError, TimeoutError):
-            await asyncio.wait_for(session.close(), 5)
+            async with asyncio.timeout(5):
+                await session.close()
 
     async def _discard_collector(self, session: Session | None) -> None:
         """Destroy our filter, view and collector (best effort: they may be gone already)."""
@@ -277,7 +279,8 @@ class Watcher:
     async def _backoff(self, attempt: int) -> None:
         delay = min(self.backoff_cap, self.backoff_base * 2**attempt) * random.uniform(0.5, 1.0)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._closing.wait(), delay)
+            async with asyncio.timeout(delay):
+                await self._closing.wait()
 
     # -- the update loop -----------------------------------------------------------
 
@@ -432,7 +435,8 @@ class Watcher:
         await self.ready.wait()
         while not self._closing.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closing.wait(), self.tag_interval)
+                async with asyncio.timeout(self.tag_interval):
+                    await self._closing.wait()
             session = self._session
             if self._closing.is_set() or session is None or not self.healthy:
                 continue

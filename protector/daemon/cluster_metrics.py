@@ -74,7 +74,8 @@ class ClusterMetrics(Collector):
             if self.fresh():
                 return  # a concurrent scrape read it while this one waited
             try:
-                self.stats = await asyncio.wait_for(self._read(), self.timeout)
+                async with asyncio.timeout(self.timeout):
+                    self.stats = await self._read()
             except (psycopg.Error, TimeoutError, OSError) as exc:
                 log.warning("cluster.metrics_read_failed", error=str(exc).strip() or repr(exc))
                 self.stats = None
@@ -97,7 +98,8 @@ class ClusterMetrics(Collector):
         conn, self._conn = self._conn, None
         if conn is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(conn.close(), 2.0)
+                async with asyncio.timeout(2.0):
+                    await conn.close()
 
     async def close(self) -> None:
         await self._drop()

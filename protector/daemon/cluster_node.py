@@ -239,7 +239,8 @@ class ClusterNode:
             except Exception as exc:
                 self.cluster_view = {**self.cluster_view, "error": str(exc) or repr(exc)}
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop.wait(), 2.0)
+                async with asyncio.timeout(2.0):
+                    await self.stop.wait()
 
     @property
     def term(self) -> SchedulerTerm | None:

@@ -341,7 +341,8 @@ class ClusterJobQueue:
         """Follow the deferred jobs until stopped."""
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+                async with asyncio.timeout(self.poll_interval):
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 await self.poll()

@@ -200,7 +200,8 @@ class Copier:
             if t.error:
                 delay = min(delay, max(0.05, t.retry_at - time.time()))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(t.wake.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await t.wake.wait()
 
     async def _pass(self, t: CopyTarget) -> None:
         src = self.src()

@@ -244,7 +244,8 @@ class JobRunner:
                 return False
             self._idle.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), left)
+                async with asyncio.timeout(left):
+                    await self._idle.wait()
         return True
 
     def _dispatch(self) -> None:

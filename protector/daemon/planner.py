@@ -364,7 +364,8 @@ class Planner:
             self.wake.clear()
             delay = max(0.05, (soonest - datetime.now(UTC)).total_seconds())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await self.wake.wait()
 
     # -- after a job -------------------------------------------------------------------------
 

@@ -71,7 +71,8 @@ class Pruner:
             now = datetime.now(self.tz)
             at = next_prune_at(now, hhmm)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), (at - now).total_seconds())
+                async with asyncio.timeout((at - now).total_seconds()):
+                    await self.stopping.wait()
             await self._wait_in_sync()
             if not self.stopping.is_set():
                 await self.scheduled_prune()
@@ -99,7 +100,8 @@ class Pruner:
         log.warning("daemon.prune_waiting", until="the vCenter inventory is live and in sync")
         while not self.in_sync() and not self.stopping.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), 5)
+                async with asyncio.timeout(5):
+                    await self.stopping.wait()
 
     def _scope(self) -> PruneScope:
         """Evaluated afresh from the tree, not from events that may still be queued."""

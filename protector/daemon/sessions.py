@@ -62,4 +62,5 @@ class JobSessions:
     async def close(self) -> None:
         if self.current is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.current.close(), 5)
+                async with asyncio.timeout(5):
+                    await self.current.close()

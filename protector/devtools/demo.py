@@ -231,14 +231,16 @@ async def tour(keep: bool) -> int:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.Event().wait()
         daemon.request_stop()
-        await asyncio.wait_for(task, 60)
+        async with asyncio.timeout(60):
+            await task
         return 0 if same else 1
     finally:
         # Also when a step failed: stop the daemon before its vCenter and files go away.
         if daemon is not None and task is not None and not task.done():
             daemon.request_stop()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(task, 60)
+                async with asyncio.timeout(60):
+                    await task
         if session is not None:
             with contextlib.suppress(Exception):
                 await session.close()

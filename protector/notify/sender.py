@@ -125,7 +125,8 @@ class Notifier:
             nxt = self.batcher.next_wakeup(self._clock())
             delay = 3600.0 if nxt is None else max(0.5, nxt - self._clock())
             try:
-                await asyncio.wait_for(self._wake.wait(), min(delay, 3600.0))
+                async with asyncio.timeout(min(delay, 3600.0)):
+                    await self._wake.wait()
             except TimeoutError:
                 pass
 
@@ -143,4 +144,5 @@ class Notifier:
         while not stopping.is_set():
             self.breaches(breached())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), every)
+                async with asyncio.timeout(every):
+                    await stopping.wait()

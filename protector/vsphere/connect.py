@@ -134,9 +134,8 @@ async def fetch_thumbprint(host: str, port: int, timeout: float = 5.0) -> str | 
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     try:
-        _, writer = await asyncio.wait_for(
-            asyncio.open_connection(host, port, ssl=ctx, server_hostname=host), timeout
-        )
+        async with asyncio.timeout(timeout):
+            _, writer = await asyncio.open_connection(host, port, ssl=ctx, server_hostname=host)
     except (OSError, TimeoutError, ssl.SSLError):
         return None
     try:

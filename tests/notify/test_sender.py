@@ -248,3 +248,37 @@ def test_breaches_are_edges_and_their_end_is_a_recovery():
     due = {m.kind: m for m in n.batcher.due(clock.now)}
     assert due[Kind.RECOVERED].title == "vigil: VM backed up again: a"
     assert "b" in due[Kind.FAILING].title
+
+
+class _ClockThatTells:
+    """A fixed clock that records being read: Notifier.run reads it in the same step as it
+    starts to wait (flush has nothing to send), so once read, the task is in its wait."""
+
+    def __init__(self) -> None:
+        self.read = False
+
+    def __call__(self) -> float:
+        self.read = True
+        return 1000.0
+
+
+async def test_a_cancel_landing_as_an_event_wakes_the_loop_still_cancels_it():
+    """Python 3.11's asyncio.wait_for(event.wait(), t) returns True when the task is
+    cancelled as the event is set (CPython gh-86296): the loop went round and waited again,
+    and Supervisor.cancel_all, which awaits every task without a limit, hung the daemon's
+    SIGTERM. Every loop that waits for an event with a timeout had that shape."""
+    clock = _ClockThatTells()
+    # group_window 30 s on a clock that stands still: the event below is never due, so
+    # the loop touches no receiver (the port is never dialled).
+    n = Notifier(NotifyConfig(inline_urls=("json://127.0.0.1:9/x",)), clock=clock)
+    task = asyncio.create_task(n.run(asyncio.Event()))
+    for _ in range(100):  # event-loop steps, not time: run's first step reads the clock
+        if clock.read:
+            break
+        await asyncio.sleep(0)
+    assert clock.read and not task.done()
+    n.report(Kind.PRUNE_ERROR, "prune", "lock timeout")  # wakes the loop ...
+    task.cancel()  # ... in the same turn as the cancel arrives
+    done, _ = await asyncio.wait({task}, timeout=10)
+    assert done, "the cancel was swallowed: the loop runs on"
+    assert task.cancelled()
