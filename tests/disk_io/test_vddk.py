@@ -310,9 +310,7 @@ def test_thumbprint_is_checked_at_open_with_vddks_bare_unknown_error(
 @pytest.mark.parametrize(
     ("soname", "want"), [("libvixDiskLib.so.8", "sha1"), ("libvixDiskLib.so.9", "sha1")]
 )
-def test_vddk_8_and_9_both_get_the_sha1_thumbprint(
-    tmp_path: Path, soname: str, want: str
-) -> None:
+def test_vddk_8_and_9_both_get_the_sha1_thumbprint(tmp_path: Path, soname: str, want: str) -> None:
     distrib = tmp_path / soname
     build(distrib, soname=soname)
     make_worker_disks(tmp_path)
