@@ -217,7 +217,8 @@ async def run_vapp(args: argparse.Namespace) -> int:
     from protector.policyaccess import backup_options_for
     from protector.repoaccess import open_catalog
     from protector.vsphere.connect import open_session
-    from watcher.inventory import read_inventory_with_tags
+    from protector.vsphere.vapps import vapp_vms
+    from protector.vsphere.vmfind import read_vms
 
     cfg = one_vcenter(config_of(args), args, "backup --vapp")
     path = "/" + args.vapp.strip("/")
@@ -234,9 +235,10 @@ async def run_vapp(args: argparse.Namespace) -> int:
                 2,
             )
         vapp = session.client.bind(ref)
-        tree = await read_inventory_with_tags(session, required=False)  # policies use tags
-        # The VMs of the vApp and of the vApps nested in it (their paths are below its own).
-        members = [v for v in tree.vms() if v.vapp and (v.vapp + "/").startswith(path + "/")]
+        # The VMs of the vApp and of the vApps nested in it, read with their ancestry and
+        # tags (policies use both) — not the whole inventory, minutes at 50,000 VMs.
+        tree = await read_vms(session, await vapp_vms(session, vapp))
+        members = tree.vms()
         # One job, one set of options: the members' policy when they share one.
         choices = {backup_options_for(cfg, tree, v, full=args.full) for v in members}
         if len(choices) == 1:

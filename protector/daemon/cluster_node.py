@@ -24,14 +24,14 @@ from typing import Any
 
 import structlog
 
-from cluster import db, nodes
+from cluster import nodes
 from cluster.config import ClusterConfig, database_url, redact_url
 from cluster.election import LeaderElector
-from cluster.fencing import current_epochs
-from cluster.queue import BACKUP_TASK, make_app, prepare_database
+from cluster.queue import make_app, prepare_database
 from cluster.worker import WorkerSettings, run_worker
 from protector.config import Config
 from protector.daemon.cluster_metrics import ClusterMetrics
+from protector.daemon.cluster_view import ClusterView
 from protector.daemon.clustered import ClusterBackup, SchedulerTerm
 from protector.daemon.daemon import preflight
 from protector.daemon.metrics import Metrics
@@ -63,6 +63,7 @@ class ClusterNode:
         self.terms: dict[str, SchedulerTerm] = {}
         self.backup: ClusterBackup | None = None
         self.cluster_view: dict[str, Any] = {}
+        self.view: ClusterView | None = None  # the reader of cluster_view, while it runs
         self.repo: Any = None
         self.catalog: Any = None
         self.cluster_metrics: ClusterMetrics | None = None
@@ -233,14 +234,19 @@ class ClusterNode:
 
     async def _view_loop(self) -> None:
         """The cluster's picture, read every few seconds (status_data must not block)."""
-        while not self.stop.is_set():
-            try:
-                self.cluster_view = await read_cluster_view(self.url, self.cc.node, self.role)
-            except Exception as exc:
-                self.cluster_view = {**self.cluster_view, "error": str(exc) or repr(exc)}
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(2.0):
-                    await self.stop.wait()
+        view = ClusterView(self.url, self.cc.node, alive_s=NODE_BEAT_S)
+        self.view = view
+        try:
+            while not self.stop.is_set():
+                try:
+                    self.cluster_view = await view.read()
+                except Exception as exc:  # shown on the page; the next read reconnects
+                    self.cluster_view = {**self.cluster_view, "error": str(exc) or repr(exc)}
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(2.0):
+                        await self.stop.wait()
+        finally:
+            await asyncio.shield(view.close())
 
     @property
     def term(self) -> SchedulerTerm | None:
@@ -307,43 +313,6 @@ class ClusterNode:
             "worker": worker,
         }
         return base
-
-
-async def read_cluster_view(url: str, node: str, role: str) -> dict[str, Any]:
-    """Nodes (alive or not), the leader and epoch per vCenter, the backup jobs running now
-    and where, and how many wait — what `vigil status` shows for a cluster."""
-    async with await db.connect(url, f"vigil-status:{node}") as conn:
-        rows = await nodes.list_nodes(conn)
-        epochs = await current_epochs(conn)
-        running = await nodes.running_jobs(conn)
-        cur = await conn.execute(
-            "SELECT id, args->>'vm', args->'payload'->>'name', status FROM procrastinate_jobs "
-            "WHERE task_name = %s AND status IN ('todo', 'doing') ORDER BY id",
-            (BACKUP_TASK,),
-        )
-        jobs = await cur.fetchall()
-    alive = {r.node for r in rows if r.is_alive(NODE_BEAT_S)}
-    names = {j[0]: j[2] or j[1] for j in jobs}
-    return {
-        "nodes": [
-            {
-                "node": r.node,
-                "role": r.role,
-                "pid": r.pid,
-                "alive": r.is_alive(NODE_BEAT_S),
-                "last_seen_seconds": round(r.age_s, 1),
-            }
-            for r in rows
-        ],
-        "leaders": [
-            {"vcenter": vc, "epoch": ep, "node": leader, "alive": leader in alive}
-            for vc, (ep, leader) in sorted(epochs.items())
-        ],
-        "running_jobs": [
-            {"job": r.job_id, "node": r.node, "vm": names.get(r.job_id, "")} for r in running
-        ],
-        "queued_jobs": sum(1 for j in jobs if j[3] == "todo"),
-    }
 
 
 def merge_terms(terms: list[SchedulerTerm]) -> dict[str, Any]:

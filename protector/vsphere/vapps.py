@@ -126,6 +126,28 @@ async def read_vapp(
     }
 
 
+async def vapp_vms(
+    session: Session, vapp: Any, *, children: dict[str, list[Any]] | None = None
+) -> list[str]:
+    """The MoRef values of every VM of the vApp, nested vApps included, in member_morefs
+    order — without the configuration read_vapp saves: one `vm` read per vApp of the tree
+    and one read of every vApp's `parentVApp` (child_vapps). `vigil backup --vapp` reads
+    these members' nodes (vmfind.read_vms) instead of the whole inventory."""
+    if children is None:
+        children = await child_vapps(session)
+    out: list[str] = []
+    todo, seen = [vapp], set()
+    while todo:  # depth-first, parents before children, as walk()
+        node = todo.pop()
+        if node._moId in seen:  # a cycle is no inventory vCenter makes; never loop on one
+            continue
+        seen.add(node._moId)
+        vms = (await session.properties(node, ["vm"])).get("vm") or []
+        out.extend(v._moId for v in vms)
+        todo.extend(reversed(children.get(node._moId, [])))
+    return out
+
+
 def walk(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """Every vApp of a saved tree, parents before children."""
     yield node

@@ -9,6 +9,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
+from pyVmomi import vim
 from watchkit import SoapProxy, run_task
 
 from protector.vsphere.vmfind import lookup_vm
@@ -146,22 +147,81 @@ async def test_a_mistyped_name_or_path_gets_the_closest(sim: Any) -> None:
             await find_vm_live(s, "vm-999999")
 
 
+async def nest_vapps(s: Session, outer: Any) -> list[str]:
+    """INNER (one VM) inside `outer`, DEEP (one VM) inside INNER and EMPTY (no VM) inside
+    `outer`, as an admin builds them (ResourcePool.CreateVApp, CreateChildVM_Task); the
+    new VMs' MoRefs."""
+    resources = vim.ResourceConfigSpec(
+        cpuAllocation=vim.ResourceAllocationInfo(
+            reservation=0,
+            expandableReservation=True,
+            limit=-1,
+            shares=vim.SharesInfo(level="normal", shares=0),
+        ),
+        memoryAllocation=vim.ResourceAllocationInfo(
+            reservation=0,
+            expandableReservation=True,
+            limit=-1,
+            shares=vim.SharesInfo(level="normal", shares=0),
+        ),
+    )
+    made = []
+    parent = outer
+    for name in ("INNER", "DEEP"):
+        parent = s.client.bind(
+            await s.call(
+                parent,
+                "CreateVApp",
+                name=name,
+                resSpec=resources,
+                configSpec=vim.vApp.VAppConfigSpec(),
+            )
+        )
+        spec = vim.vm.ConfigSpec(
+            name=f"{name.lower()}-vm",
+            guestId="otherGuest",
+            numCPUs=1,
+            memoryMB=32,
+            files=vim.vm.FileInfo(vmPathName="[LocalDS_0]"),
+        )
+        made.append((await run_task(s, parent, "CreateChildVM_Task", config=spec))._moId)
+    await s.call(
+        outer, "CreateVApp", name="EMPTY", resSpec=resources, configSpec=vim.vApp.VAppConfigSpec()
+    )
+    return made
+
+
 async def test_vapp_members_as_the_full_read(sim: Any) -> None:
-    """`vigil backup --vapp`: the vApp's `vm` list, read with ancestry and tags, gives the
-    same member nodes as filtering the full read by `vapp`."""
+    """`vigil backup --vapp`: the VMs of the vApp and of the vApps nested in it (vapp_vms),
+    read with ancestry and tags, give the same member nodes as filtering the full read by
+    a `vapp` path at or below the vApp's."""
+    from protector.vsphere.vapps import vapp_vms
     from protector.vsphere.vmfind import read_vms
 
     async with session_of(sim) as s:
+        first = sorted(
+            {v.vapp for v in (await read_inventory_with_tags(s, required=True)).vms() if v.vapp}
+        )[0]
+        outer = s.client.bind(
+            await s.call(s.content.searchIndex, "FindByInventoryPath", inventoryPath=first)
+        )
+        nested = await nest_vapps(s, outer)
         await tag_some(
             sim, sorted((await read_inventory_with_tags(s, required=True)).vms(), key=str)
         )
         tree = await read_inventory_with_tags(s, required=True)
         vapps = sorted({v.vapp for v in tree.vms() if v.vapp})
-        assert len(vapps) >= 2
+        # Both nested vApps hold a VM the full read lists under their paths.
+        assert f"{first}/INNER" in vapps and f"{first}/INNER/DEEP" in vapps
+        vapps.append(f"{first}/EMPTY")
+        assert len(vapps) >= 5
         for path in vapps:
             ref = await s.call(s.content.searchIndex, "FindByInventoryPath", inventoryPath=path)
-            refs = (await s.properties(s.client.bind(ref), ["vm"])).get("vm") or []
-            got = (await read_vms(s, [r._moId for r in refs])).vms()
-            want = [v for v in tree.vms() if v.vapp == path]
-            assert sorted(got, key=str) == sorted(want, key=str) and want, path
+            got = (await read_vms(s, await vapp_vms(s, s.client.bind(ref)))).vms()
+            want = [v for v in tree.vms() if v.vapp and (v.vapp + "/").startswith(path + "/")]
+            assert sorted(got, key=str) == sorted(want, key=str), path
+            assert want or path.endswith("/EMPTY"), path
             assert any(v.tags for v in got) or len(got) < 3
+        # The outer vApp's members are its own VMs and the nested vApps' VMs.
+        outer_members = await vapp_vms(s, outer)
+        assert set(nested) <= set(outer_members) and len(outer_members) > len(nested)
