@@ -60,9 +60,13 @@ def diagnostics(nodes: list[Node]) -> str:
 
 
 async def test_two_workers_share_the_work_within_cluster_wide_limits(
-    tmp_path, vcsim_fresh, cluster_env
+    tmp_path, make_vcsim, cluster_env
 ):
-    sim = vcsim_fresh
+    # Each snapshot takes 2 s (as a real one takes seconds): every job then holds its slots
+    # for over 2 s, so with eight jobs queued the second datastore slot is taken while the
+    # first is held on any machine, and `max_overlap == 2` below does not depend on how
+    # fast a loaded machine hands out the next job.
+    sim = make_vcsim(args=["-task-delay", "CreateSnapshot_Task=2000"])
     s = await session_for(sim)
     await create_folder(s, "/DC0/vm", "prod")
     await create_folder(s, "/DC0/vm", "staging")
