@@ -74,6 +74,9 @@ class VcenterProxy:
         self._refuse: dict[bytes, int] = {}
         self._lose: dict[bytes, int] = {}
         self.refused = 0
+        # Bytes sent server to client so far (one int, written by the proxy's thread only):
+        # lets a test strike once a disk read is under way, not after a guessed delay.
+        self.served = 0
 
     def refuse(self, method: str, times: int = 1) -> None:
         """The next `times` requests calling SOAP `method` get their connection reset before
@@ -157,12 +160,15 @@ class VcenterProxy:
         try:
             await asyncio.gather(
                 self._pump(cr, sw, self.upload_rate, refuse),
-                self._pump(sr, cw, self.rate, lost=lost),
+                self._pump(sr, cw, self.rate, lost=lost, count=self._count),
             )
         finally:
             for w in (cw, sw):
                 self._writers.discard(w)
                 w.transport.abort()
+
+    def _count(self, n: int) -> None:
+        self.served += n
 
     @staticmethod
     async def _pump(
@@ -171,6 +177,7 @@ class VcenterProxy:
         rate: float | None,
         refuse: Callable[[bytes], bool] | None = None,
         lost: asyncio.Event | None = None,
+        count: Callable[[int], None] | None = None,
     ) -> None:
         with contextlib.suppress(OSError, asyncio.IncompleteReadError):
             while data := await r.read(64 * KIB):
@@ -179,6 +186,8 @@ class VcenterProxy:
                     raise ConnectionResetError("refused by the test")
                 w.write(data)
                 await w.drain()
+                if count is not None:
+                    count(len(data))
                 if rate:
                     await asyncio.sleep(len(data) / rate)
             if w.can_write_eof():

@@ -12,7 +12,7 @@ import random
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ pytestmark = pytest.mark.slow
 
 VM = "DC0_H0_VM0"
 SIZE = 16 * MIB  # at 2 MiB/s per connection through the proxy: a 2 s read
+READ_UNDER_WAY = 1 * MIB  # far more than the SOAP answers after the snapshot; far less than SIZE
 
 
 @contextlib.contextmanager
@@ -106,9 +107,18 @@ def backup_ok(cfg: Path) -> str:
 
 
 async def backup_failing_midway(
-    cfg: Path, sim: Any, tmp_path: Path, inject: Any, prefix: tuple[str, ...] = ()
+    cfg: Path,
+    sim: Any,
+    proxy: VcenterProxy,
+    tmp_path: Path,
+    inject: Any,
+    prefix: tuple[str, ...] = (),
 ) -> tuple[int, str]:
-    """`vigil backup` whose disk read is under way when `inject()` strikes; (rc, output)."""
+    """`vigil backup` whose disk read is under way when `inject()` strikes; (rc, output).
+
+    It strikes once the proxy has passed READ_UNDER_WAY bytes after the snapshot (the read
+    has begun, whatever the machine's speed), and the read, throttled by the proxy, still
+    has most of SIZE to go: no guessed delay that a slow or a fast run could miss."""
     log = tmp_path / f"backup-{time.monotonic_ns()}.log"
     p = start_vigil(cfg, "backup", VM, log=log, prefix=prefix)
     try:
@@ -121,7 +131,7 @@ async def backup_failing_midway(
                 await asyncio.sleep(0.05)
         finally:
             await session.close()
-        await asyncio.sleep(1.0)  # reading the disk now
+        await until_reading(proxy, lambda: p.poll() is None)
         assert p.poll() is None, "the backup ended before the failure could strike"
         inject()
         rc = await asyncio.to_thread(p.wait, 90)
@@ -130,6 +140,17 @@ async def backup_failing_midway(
             p.kill()
             p.wait()
     return rc, log.read_text(errors="replace")
+
+
+async def until_reading(proxy: VcenterProxy, alive: Callable[[], bool]) -> None:
+    """Return once READ_UNDER_WAY more bytes have passed the proxy towards vigil: called
+    after the backup's snapshot, that is its disk read under way."""
+    reading_from = proxy.served + READ_UNDER_WAY
+    deadline = time.monotonic() + 60
+    while proxy.served < reading_from:
+        assert alive(), "the backup ended before the failure could strike"
+        assert time.monotonic() < deadline, "the backup never started reading the disk"
+        await asyncio.sleep(0.02)
 
 
 def check_points(repo_root: Path, disk: DataDisk, expected: dict[str, int], tmp: Path) -> None:
@@ -156,7 +177,7 @@ async def test_repository_turning_read_only_mid_backup(make_vcsim: Any, tmp_path
         expected = {backup_ok(cfg): 0}
         disk.write(random.Random(1).randbytes(SIZE))  # all new: a long read, many writes
         rc, out = await backup_failing_midway(
-            cfg, sim, tmp_path, lambda: chmod_tree(repo_root, False), prefix=NO_DAC
+            cfg, sim, proxy, tmp_path, lambda: chmod_tree(repo_root, False), prefix=NO_DAC
         )
         assert rc == 1, out
         assert "Permission denied" in out, out
@@ -195,7 +216,7 @@ async def test_repository_turning_read_only_under_the_daemon(
                 await asyncio.sleep(0.05)
         finally:
             await session.close()
-        await asyncio.sleep(0.5)  # reading the disk now
+        await until_reading(proxy, lambda: d.proc.poll() is None)
         chmod_tree(repo_root, False)
         await wait_until(lambda: "job.failed" in d.tail(100_000), 60, "the failing backup")
         assert await snapshots_left(sim, [VM]) == {}, d.tail()
@@ -273,7 +294,7 @@ async def test_vcenter_gone_mid_read_cli_backup(make_vcsim: Any, tmp_path: Path)
         expected = {backup_ok(cfg): 0}
         disk.write(random.Random(3).randbytes(SIZE))  # a long read
         started = time.monotonic()
-        rc, out = await backup_failing_midway(cfg, sim, tmp_path, proxy.down)
+        rc, out = await backup_failing_midway(cfg, sim, proxy, tmp_path, proxy.down)
         assert rc != 0, out
         assert time.monotonic() - started < 60, "a backup must not hang on a dead vCenter"
         assert await snapshots_left(sim, [VM]) == {VM: 1}, "the snapshot could not be removed"
@@ -301,7 +322,7 @@ async def test_vcenter_gone_mid_read_daemon(make_vcsim: Any, tmp_path: Path) -> 
             while not await snapshots_left(session, [VM]):
                 assert time.monotonic() < deadline, "no backup snapshot"
                 await asyncio.sleep(0.05)
-            await asyncio.sleep(1.0)
+            await until_reading(proxy, lambda: d.proc.poll() is None)
             proxy.down()
             await asyncio.sleep(3)
             assert await snapshots_left(session, [VM]) == {VM: 1}

@@ -57,7 +57,17 @@ async def test_two_workers_share_jobs_and_per_host_limit_holds_cluster_wide(pg_u
             60,
             "both workers to be up",
         )
-        await defer(url, *[job(f"vm-{i}", seconds=1.0) for i in range(8)])
+        # Every job waits at a gate: the first two hold both host slots until it opens, so
+        # the limit is reached on any machine (not only if a 1 s job outlasts the hand-out
+        # of the next), and a third start while they hold them would show as 3 below.
+        await defer(url, *[job(f"vm-{i}", seconds=0.2, gate="go") for i in range(8)])
+        await wait_for(
+            lambda: len(rows(url, "SELECT 1 FROM test_events WHERE kind = 'start'")) >= 2,
+            60,
+            "two backups to hold the host's slots",
+        )
+        await asyncio.sleep(2.0)  # room for a wrong third start; max_overlap below would see it
+        open_gate(url, "go")
         await wait_for(_succeeded(url, 8), 90, "8 backups to succeed")
     assert max_overlap(url, "host") == {"host-1": 2}
     points = rows(url, "SELECT vm, count(*) FROM test_points GROUP BY vm")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
+import psycopg
 import pytest
 from cluster_helpers import job_status
 
@@ -28,8 +29,16 @@ def job(vm: str, vcenter: str = "vc-1", epoch: int = 1) -> BackupJob:
     return BackupJob(vcenter, vm, "h", ("ds",), epoch, {})
 
 
-async def _take_and_die(app, n: int = 1) -> tuple[int, list[int]]:
-    """Register a worker, fetch `n` jobs with it, then never beat again."""
+# A worker is stalled once its heartbeat is older than this. The dead workers below went
+# silent an hour ago (their heartbeat is set back in the database, not waited for), so
+# the live one's fresh heartbeat is far inside the limit however slow the machine: which
+# worker counts as stalled does not depend on how fast the test runs.
+STALLED_S = 60.0
+
+
+async def _take_and_die(app, url: str, n: int = 1) -> tuple[int, list[int]]:
+    """Register a worker, fetch `n` jobs with it, then never beat again: its last
+    heartbeat an hour ago, as a worker killed then would have left it."""
     jm = app.job_manager
     worker_id = await jm.register_worker()
     taken = []
@@ -37,6 +46,12 @@ async def _take_and_die(app, n: int = 1) -> tuple[int, list[int]]:
         fetched = await jm.fetch_job(queues=[BACKUP_QUEUE], worker_id=worker_id)
         assert fetched is not None
         taken.append(fetched.id)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE procrastinate_workers SET last_heartbeat = now() - interval '1 hour' "
+            "WHERE id = %s",
+            (worker_id,),
+        )
     return worker_id, taken
 
 
@@ -45,13 +60,12 @@ async def test_requeue_only_jobs_of_silent_workers(pg_url):
     app = make_app(pg_url)
     async with app.open_async():
         await defer_backup(app, job("vm-dead"))
-        _, (dead_job,) = await _take_and_die(app)
-        await asyncio.sleep(1.5)  # its worker's heartbeat is now older than 1 s
+        _, (dead_job,) = await _take_and_die(app, pg_url)
         live_worker = await app.job_manager.register_worker()
         await defer_backup(app, job("vm-live"))
         live_job = await app.job_manager.fetch_job(queues=[BACKUP_QUEUE], worker_id=live_worker)
         assert live_job is not None
-        assert await requeue_stalled(app, 1.0) == [dead_job]
+        assert await requeue_stalled(app, STALLED_S) == [dead_job]
     status = job_status(pg_url)
     assert status[dead_job] == ("todo", 1)
     assert status[live_job.id] == ("doing", 0)
@@ -62,11 +76,10 @@ async def test_stalled_job_superseded_by_a_waiting_one_is_failed(pg_url):
     app = make_app(pg_url)
     async with app.open_async():
         await defer_backup(app, job("vm-a"))
-        _, (dead_job,) = await _take_and_die(app)
+        _, (dead_job,) = await _take_and_die(app, pg_url)
         waiting = await defer_backup(app, job("vm-a"))  # allowed: the first is `doing`
         assert waiting is not None
-        await asyncio.sleep(1.5)
-        assert await requeue_stalled(app, 1.0) == []
+        assert await requeue_stalled(app, STALLED_S) == []
     status = job_status(pg_url)
     assert status[dead_job][0] == "failed"
     assert status[waiting] == ("todo", 0)
@@ -78,13 +91,11 @@ async def test_stalled_job_out_of_attempts_is_failed(pg_url):
     async with app.open_async():
         jid = await defer_backup(app, job("vm-poison"))
         for _ in range(2):  # it killed its worker twice
-            await _take_and_die(app)
-            await asyncio.sleep(1.5)
-            await requeue_stalled(app, 1.0, max_attempts=3)
+            await _take_and_die(app, pg_url)
+            await requeue_stalled(app, STALLED_S, max_attempts=3)
         assert job_status(pg_url)[jid] == ("todo", 2)
-        await _take_and_die(app)
-        await asyncio.sleep(1.5)
-        assert await requeue_stalled(app, 1.0, max_attempts=3) == []
+        await _take_and_die(app, pg_url)
+        assert await requeue_stalled(app, STALLED_S, max_attempts=3) == []
     assert job_status(pg_url)[jid][0] == "failed"
 
 

@@ -24,25 +24,37 @@ def recs_of(daemon, name: str) -> list:
 async def test_rpo_scheduler_backs_up_again_before_the_rpo_runs_out_but_not_in_a_loop(
     tmp_path, vcsim_fresh
 ):
-    # An 8 s RPO: the next backup must start before the point is 8 s old, and (the 30 min
-    # planning margin being far larger than the RPO) must not start the moment the last ends.
-    cfg = write_config(tmp_path, vcsim_fresh, policy("fast", 'names = ["DC0_H0_VM0"]', rpo="8s"))
+    # A 30 s RPO: the next backup must start before the point is 30 s old, and (the 30 min
+    # planning margin being far larger than the RPO, it is cut to a quarter: 7.5 s) must not
+    # start the moment the last ends. The RPO was 8 s, whose 2 s margin a backup on a loaded
+    # machine could outlast and breach: 7.5 s is room for one backup of this small VM.
+    rpo = 30
+    cfg = write_config(
+        tmp_path, vcsim_fresh, policy("fast", 'names = ["DC0_H0_VM0"]', rpo=f"{rpo}s")
+    )
     async with running(cfg) as daemon:
         await wait_for(lambda: points_of(daemon, "DC0_H0_VM0"), 30, "the first point")
         first = points_of(daemon, "DC0_H0_VM0")[0]
         await wait_for(
             lambda: [r for r in recs_of(daemon, "DC0_H0_VM0") if r.reason == "RPO due"],
-            20,
+            rpo + 30,
             "a scheduled backup",
         )
         rec = next(r for r in recs_of(daemon, "DC0_H0_VM0") if r.reason == "RPO due")
         age_at_start = rec.started - first.committed_at.timestamp()
-        assert 0 < age_at_start < 8, f"started when the point was {age_at_start:.1f} s old"
+        assert 0 < age_at_start < rpo, f"started when the point was {age_at_start:.1f} s old"
+        # The scheduled backup's point: committed before the first point was an RPO old.
+        await wait_for(lambda: len(points_of(daemon, "DC0_H0_VM0")) >= 2, 60, "a second point")
+        second = max(points_of(daemon, "DC0_H0_VM0"), key=lambda m: m.committed_at)
+        gap = (second.committed_at - first.committed_at).total_seconds()
+        assert gap < rpo, f"the second point came {gap:.1f} s after the first: RPO breached"
+        assert vm_state(daemon, "DC0_H0_VM0")["breached"] is False
+        # A fresh point: the next backup is due 22.5 s on, so none starts meanwhile (a loop
+        # would start one as soon as the last ended).
         before = len(recs_of(daemon, "DC0_H0_VM0"))
         await asyncio.sleep(8)
         extra = len(recs_of(daemon, "DC0_H0_VM0")) - before
-        assert extra <= 3, f"{extra} backups in 8 s for an 8 s RPO: a backup loop"
-        assert vm_state(daemon, "DC0_H0_VM0")["breached"] is False
+        assert extra == 0, f"{extra} backups within 8 s of a fresh point: a backup loop"
 
 
 async def test_policy_edit_protects_newly_covered_vms_and_counts_those_that_leave(
