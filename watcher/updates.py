@@ -196,17 +196,20 @@ class Watcher:
             self._queue.put_nowait(_STOP)
 
     async def close(self) -> None:
-        """Stop watching: cancels the pending WaitForUpdatesEx so run() ends within 1 s."""
+        """Stop watching: cancels the pending WaitForUpdatesEx so run() ends within a few
+        seconds. 2 s for each step, not less: on a loaded host vCenter's answer to
+        CancelWaitForUpdates can take longer than a fraction of a second, and cancelling the
+        task instead ends the wait uncleanly."""
         if self._closing.is_set():
             return
         self._closing.set()
         session, collector = self._session, self._collector
         if session is not None and collector is not None:
             with contextlib.suppress(VsphereError, TimeoutError):
-                await session.call(collector, "CancelWaitForUpdates", timeout=0.5)
+                await session.call(collector, "CancelWaitForUpdates", timeout=2.0)
         task = self._run_task
         if task is not None and not task.done() and task is not asyncio.current_task():
-            done, _ = await asyncio.wait({task}, timeout=0.5)
+            done, _ = await asyncio.wait({task}, timeout=2.0)
             if not done:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
