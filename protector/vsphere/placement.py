@@ -19,9 +19,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from pyVmomi import vim, vmodl
+from pyVmomi import vim
 
 from protector.errors import UserError
+from protector.vsphere.views import read_through_view
 from watcher.session import Session
 
 
@@ -54,32 +55,7 @@ async def datacenters_holding(session: Session, datastore_name: str) -> list[Any
 
 
 async def _named(session: Session, container: Any, kind: type) -> dict[str, Any]:
-    content = session.content
-    view = await session.call(
-        content.viewManager,
-        "CreateContainerView",
-        container=container,
-        type=[kind],
-        recursive=True,
-    )
-    view = session.client.bind(view)
-    try:
-        pc = vmodl.query.PropertyCollector
-        spec = pc.FilterSpec(
-            objectSet=[
-                pc.ObjectSpec(
-                    obj=view,
-                    skip=True,
-                    selectSet=[
-                        pc.TraversalSpec(name="view", type=vim.view.ContainerView, path="view")
-                    ],
-                )
-            ],
-            propSet=[pc.PropertySpec(type=kind, pathSet=["name"], all=False)],
-        )
-        objs = await session.retrieve([spec])
-    finally:
-        await session.call(view, "DestroyView")
+    objs = await read_through_view(session, container, kind, ["name"])
     return {
         str(p.val): session.client.bind(oc.obj)
         for oc in objs

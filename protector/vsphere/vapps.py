@@ -32,8 +32,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from pyVmomi import SoapAdapter, vim, vmodl
+from pyVmomi import SoapAdapter, vim
 
+from protector.vsphere.views import read_through_view
 from protector.vsphere.vmconfig import SERIALIZE_VERSION, ConfigFormatError
 from watcher.session import Session
 
@@ -61,31 +62,9 @@ def _from_xml(text: str | None, kind: type, source: str) -> Any:
 
 async def child_vapps(session: Session) -> dict[str, list[Any]]:
     """Parent vApp MoRef value -> its child vApps, for the whole inventory (one read)."""
-    view = await session.call(
-        session.content.viewManager,
-        "CreateContainerView",
-        container=session.content.rootFolder,
-        type=[vim.VirtualApp],
-        recursive=True,
+    objs = await read_through_view(
+        session, session.content.rootFolder, vim.VirtualApp, ["parentVApp"]
     )
-    view = session.client.bind(view)
-    try:
-        pc = vmodl.query.PropertyCollector
-        spec = pc.FilterSpec(
-            objectSet=[
-                pc.ObjectSpec(
-                    obj=view,
-                    skip=True,
-                    selectSet=[
-                        pc.TraversalSpec(name="view", type=vim.view.ContainerView, path="view")
-                    ],
-                )
-            ],
-            propSet=[pc.PropertySpec(type=vim.VirtualApp, pathSet=["parentVApp"], all=False)],
-        )
-        objs = await session.retrieve([spec])
-    finally:
-        await session.call(view, "DestroyView")
     out: dict[str, list[Any]] = {}
     for oc in objs:
         for p in oc.propSet or []:
