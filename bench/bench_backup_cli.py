@@ -53,13 +53,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pyVmomi import vim  # noqa: E402
+from simvm import fresh_flat_disk  # noqa: E402
 
 from protector.devtools.simulator import Simulator  # noqa: E402
 from repository import Repository  # noqa: E402
 from watcher.session import Credentials, Session  # noqa: E402
 from watcher.soap import Endpoint  # noqa: E402
-from watcher.tasks import wait_for_task  # noqa: E402
 
 # ../shared from the main checkout, ../../shared from a worktree under wt/; or $VIGIL_MKIMAGE.
 MKIMAGE = (
@@ -111,24 +110,7 @@ async def prepare_vm(sim: Simulator, size: int) -> Path:
     """Grows the VM's first disk to `size`, CBT off; returns its flat file."""
     session = await Session(Endpoint(sim.url), Credentials(sim.user, sim.password)).connect()
     try:
-        idx = session.content.searchIndex
-        ref = await session.call(idx, "FindByInventoryPath", inventoryPath=f"DC0/vm/{VM_NAME}")
-        vm = session.client.bind(ref)
-        config = (await session.properties(vm, ["config"]))["config"]
-        disk = next(d for d in config.hardware.device if isinstance(d, vim.vm.device.VirtualDisk))
-        t = await session.call(
-            vm, "ReconfigVM_Task", spec=vim.vm.ConfigSpec(changeTrackingEnabled=False)
-        )
-        await wait_for_task(session, t)
-        if disk.capacityInKB * 1024 != size:
-            disk.capacityInKB = size // 1024
-            change = vim.vm.device.VirtualDeviceSpec(operation="edit", device=disk)
-            t = await session.call(
-                vm, "ReconfigVM_Task", spec=vim.vm.ConfigSpec(deviceChange=[change])
-            )
-            await wait_for_task(session, t)
-        # No snapshot of an earlier run left on the VM (the flat file is the base disk).
-        rel = disk.backing.fileName.split("] ", 1)[1].replace(".vmdk", "-flat.vmdk", 1)
+        _, rel = await fresh_flat_disk(session, VM_NAME, size)
     finally:
         await session.close()
     ds_dir = next(d for d in sim.datastore_dirs if "-LocalDS_0-" in d.name)

@@ -40,7 +40,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pyVmomi import vim  # noqa: E402
+from simvm import fresh_flat_disk  # noqa: E402
 
 from protector.backup import BackupOptions, backup_vm  # noqa: E402
 from protector.config import parse_config  # noqa: E402
@@ -51,7 +51,6 @@ from protector.vsphere import snapshots  # noqa: E402
 from repository import DiskRecord, KdfParams, Repository, VmIdentity  # noqa: E402
 from watcher.session import Credentials, Session  # noqa: E402
 from watcher.soap import Endpoint  # noqa: E402
-from watcher.tasks import wait_for_task  # noqa: E402
 
 MKIMAGE = ROOT.parent / "shared" / "bench" / "mkimage.py"
 PASS = "bench-passphrase"
@@ -150,24 +149,7 @@ async def one_run(
 
     session = await Session(Endpoint(sim.url), Credentials("user", "pass")).connect()
     try:
-        idx = session.content.searchIndex
-        ref = await session.call(idx, "FindByInventoryPath", inventoryPath=f"DC0/vm/{VM_NAME}")
-        vm = session.client.bind(ref)
-        config = (await session.properties(vm, ["config"]))["config"]
-        disk = next(d for d in config.hardware.device if isinstance(d, vim.vm.device.VirtualDisk))
-        # CBT off: each run starts from a disk that was never backed up.
-        t = await session.call(
-            vm, "ReconfigVM_Task", spec=vim.vm.ConfigSpec(changeTrackingEnabled=False)
-        )
-        await wait_for_task(session, t)
-        if disk.capacityInKB * 1024 != size:
-            disk.capacityInKB = size // 1024
-            change = vim.vm.device.VirtualDeviceSpec(operation="edit", device=disk)
-            t = await session.call(
-                vm, "ReconfigVM_Task", spec=vim.vm.ConfigSpec(deviceChange=[change])
-            )
-            await wait_for_task(session, t)
-        rel = disk.backing.fileName.split("] ", 1)[1].replace(".vmdk", "-flat.vmdk", 1)
+        vm, rel = await fresh_flat_disk(session, VM_NAME, size)  # CBT off: never backed up
         flat = ds_dir / rel
         shutil.copyfile(base, flat)
 
