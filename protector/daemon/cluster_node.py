@@ -94,9 +94,10 @@ class ClusterNode:
         self.cluster_metrics = cluster_metrics
         self.metrics.registry.register(cluster_metrics)
         status = StatusServer(
-            self.status_data,
+            self.status_view,
             self.healthy,
             self.metrics,
+            complete=self.complete_rows,
             token=token,
             before_metrics=self._before_metrics,
         )
@@ -268,13 +269,31 @@ class ClusterNode:
         lags = [t.watcher.lag_seconds if t.watcher else None for t in terms]
         views.refresh_metrics(
             self.metrics,
-            [v for t in terms for v in t.vm_status()],
+            [v for t in terms for v in t.vm_rows()],
             None if None in lags else max(x for x in lags if x is not None),
             sum(len(t.policies.errors) if t.policies else 0 for t in terms),
             self.healthy(),
         )
 
     def status_data(self) -> dict[str, Any]:
+        """The whole status with every VM's full row, by path (for callers in process)."""
+        from protector.daemon import views
+
+        return views.completed(self.status_view(), self.complete_rows)
+
+    def complete_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Full rows of light rows from any term this node leads: each by its own term."""
+        terms = [t for t in self.terms.values() if t.watcher is not None]
+        out = []
+        for row in rows:
+            term = next(
+                (t for t in terms if t.watcher.tree.find_vm_by_identity(row["identity"])), None
+            )
+            out.extend(term.complete_rows([row]) if term else [row])
+        return out
+
+    def status_view(self) -> dict[str, Any]:
+        """The status with light VM rows (the status server completes those it shows)."""
         base: dict[str, Any]
         if self.terms:
             base = merge_terms([self.terms[n] for n in self.cfg.vcenters if n in self.terms])
@@ -318,13 +337,13 @@ class ClusterNode:
 def merge_terms(terms: list[SchedulerTerm]) -> dict[str, Any]:
     """The status of the vCenters this node leads as one: the first term's, with every
     term's VMs, counts, jobs and errors (each term plans one vCenter)."""
-    datas = [t.status_data() for t in terms]
+    datas = [t.status_view() for t in terms]
     base = datas[0]
     if len(datas) == 1:
         return base
     from protector.daemon import views
 
-    vms = sorted((v for d in datas for v in d["vms"]), key=lambda v: v["path"])
+    vms = [v for d in datas for v in d["vms"]]
     base["vms"] = vms
     base["counts"] = views.state_counts(vms)
     base["breached"] = sum(d["breached"] for d in datas)

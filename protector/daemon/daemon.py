@@ -163,9 +163,10 @@ class Daemon:
         self.catalog = await open_catalog(self.repo)
         await self._compose(self.repo, self.catalog)
         self.status = StatusServer(
-            self.status_data,
+            self.status_view,
             self.healthy,
             self.metrics,
+            complete=self.complete_rows,
             token=token,
             before_metrics=self.refresh_metrics,
         )
@@ -408,12 +409,21 @@ class Daemon:
 
     # -- status ------------------------------------------------------------------------
 
-    def vm_status(self) -> list[dict[str, Any]]:
+    def vm_rows(self) -> list[dict[str, Any]]:
+        """Every VM's light row (views.vm_rows): cheap enough for every request."""
         if self.watcher is None or self.runner is None:
             return []
-        return views.vm_status(
+        return views.vm_rows(
             self.watcher.tree.vms(), self.planner, self.runner, self.vcenters.shown_path
         )
+
+    def complete_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The full rows of light rows from vm_rows() (views.complete)."""
+        return views.complete(rows, self.planner, self.runner)
+
+    def vm_status(self) -> list[dict[str, Any]]:
+        """Every VM's full row, by path."""
+        return self.complete_rows(sorted(self.vm_rows(), key=lambda v: v["path"]))
 
     def gone_vms(self) -> list[dict[str, Any]]:
         if self.watcher is None:
@@ -421,7 +431,13 @@ class Daemon:
         return views.gone_vms({n.identity for n in self.watcher.tree.vms()}, self.state)
 
     def status_data(self) -> dict[str, Any]:
-        vms = self.vm_status()
+        """The whole status with every VM's full row, by path (for callers in process)."""
+        return views.completed(self.status_view(), self.complete_rows)
+
+    def status_view(self) -> dict[str, Any]:
+        """The status with light VM rows, unsorted: the status server pages them, then
+        completes only the rows it shows (views.complete)."""
+        vms = self.vm_rows()
         runner = self.runner
         return {
             "generated_at": datetime.now(UTC).isoformat(),
@@ -462,7 +478,7 @@ class Daemon:
     def refresh_metrics(self) -> None:
         views.refresh_metrics(
             self.metrics,
-            self.vm_status(),
+            self.vm_rows(),
             self.watcher.lag_seconds if self.watcher else None,
             len(self.policies.errors) if self.policies else 0,
             self.healthy(),

@@ -31,10 +31,12 @@ class StatusServer:
         healthy: Callable[[], bool],
         metrics: Metrics,
         *,
+        complete: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] = lambda rows: rows,
         token: str = "",
         before_metrics: Callable[[], Awaitable[None] | None] | None = None,
     ) -> None:
-        self._status = status
+        self._status = status  # VM rows light (views.vm_rows) or full
+        self._complete = complete  # full rows of the light rows shown (views.complete)
         self._healthy = healthy
         self._metrics = metrics
         self._token = token
@@ -121,7 +123,7 @@ class StatusServer:
                 state=q.get("state", ""),
                 q=q.get("q", ""),
             )
-        status["vms"], status["vms_page"] = page, info
+        status["vms"], status["vms_page"] = self._complete(page), info
         # Error texts come from any library's exceptions: blank secrets quoted in them.
         return redact_value(status)  # type: ignore[no-any-return]
 

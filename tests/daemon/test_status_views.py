@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 
 from protector.daemon.jobs import JobRequest, Limits, limit_reason
 from protector.daemon.state import VmState
@@ -124,3 +124,86 @@ async def test_the_repository_size_is_walked_in_the_background_once_per_ttl(tmp_
     (tmp_path / "repo" / "extra").write_bytes(b"x" * 1000)
     assert cache.figure()["size_bytes"] == expected, "within the TTL: the cached figure"
     assert cache._task is None and walks == [""], "no second walk within the TTL"
+
+
+async def test_a_page_completes_only_its_rows_and_they_match_the_full_view(tmp_path) -> None:
+    """At 50,000 VMs a request cannot reason about every VM: the server pages light rows
+    (views.vm_rows) and completes only those it shows. What it shows must be exactly the full
+    rows (views.vm_status) of those VMs, with the counts of every VM."""
+    from types import SimpleNamespace
+
+    import aiohttp
+
+    from policies.reload import PolicyStore
+    from protector.daemon.jobs import JobRunner
+    from protector.daemon.metrics import Metrics
+    from protector.daemon.planner import Planner
+    from protector.daemon.status_server import StatusServer
+    from protector.daemon.views import complete, state_counts, vm_rows, vm_status
+
+    (tmp_path / "p.toml").write_text(
+        '[[policy]]\nname = "gold"\npriority = 1\n[policy.select]\nnames = ["*"]\n'
+        '[policy.schedule]\nrpo = "24h"\nwindow = "03:00-03:30"\n'
+        "[policy.retention]\nkeep_last = 3\n"
+    )
+    plan = Planner({}, None, UTC)
+    plan.policies = PolicyStore(tmp_path)
+
+    async def run(_req, _rec) -> None:
+        return None
+
+    plan.jobs = runner = JobRunner(run, Limits())
+    now = datetime.now(UTC)
+    nodes = []
+    for i in range(250):
+        key = f"vc/{i}"
+        nodes.append(
+            SimpleNamespace(
+                identity=key, path=f"/DC0/vm/vm-{i:03}", name=f"vm-{i:03}", moref=f"vm-{i}"
+            )
+        )
+        plan.winners[key] = None if i % 10 == 0 else "gold"
+        if i % 4:
+            plan.state[key] = VmState(now - timedelta(hours=i % 30), f"p-{i}", 3)
+    completed: list[int] = []
+
+    def completer(rows: list[dict]) -> list[dict]:
+        completed.append(len(rows))
+        return complete(rows, plan, runner)
+
+    def view() -> dict:
+        rows = vm_rows(nodes, plan, runner)
+        return {
+            "generated_at": now.isoformat(),
+            "vcenter": "https://vc.example.com/sdk",
+            "healthy": True,
+            "counts": state_counts(rows),
+            "breached": sum(1 for v in rows if v["breached"]),
+            "vms": rows,
+            "jobs": {"running": [], "queued": [], "recent": [], "outcomes": {}},
+            "gone": [],
+            "errors": [],
+            "policy_errors": [],
+        }
+
+    full = {v["identity"]: v for v in vm_status(nodes, plan, runner)}
+    srv = StatusServer(view, lambda: True, Metrics(), complete=completer)
+    await srv.start("127.0.0.1:0")
+    try:
+        async with aiohttp.ClientSession() as http:
+            url = f"http://127.0.0.1:{srv.port}/status.json?per_page=40&page=2"
+            async with http.get(url) as r:
+                body = await r.json()
+            async with http.get(f"http://127.0.0.1:{srv.port}/status") as r:
+                assert r.status == 200 and "vm-" in await r.text()
+    finally:
+        await srv.stop()
+    assert completed == [40, 100]  # the JSON page, then the HTML page: never all 250
+    assert body["counts"] == state_counts(list(full.values()))
+    assert body["vms_page"]["matching"] == 250 and len(body["vms"]) == 40
+    for row in body["vms"]:
+        want = dict(full[row["identity"]], conflict=list(full[row["identity"]]["conflict"]))
+        if want["age_seconds"] is not None:  # both measured against their own "now"
+            assert abs(row.pop("age_seconds") - want.pop("age_seconds")) < 60
+        assert row == want, row["path"]
+    assert any(r["why"].startswith(("backup window", "RPO not yet due")) for r in body["vms"])
