@@ -60,6 +60,7 @@ def run_vigil(
     threads: int,
     chunk_size: int,
     put_first: bool | None = None,
+    server_pid: int | None = None,
 ) -> dict[str, Any]:
     shutil.rmtree(state, ignore_errors=True)
     repo = Repository.init(
@@ -71,9 +72,11 @@ def run_vigil(
     )
     repo.objects.put_first = put_first  # None: as the backend says (S3: write first)
     calls0 = Counter(backend.calls) if isinstance(backend, S3Backend) else Counter()
+    cpu0, peer0 = time.process_time(), proc_cpu(server_pid)
     t = time.perf_counter()
     p1 = ours_backup(repo, base, None, threads)
     full_s = time.perf_counter() - t
+    full_cpu, full_peer_cpu = time.process_time() - cpu0, proc_cpu(server_pid) - peer0
     calls_full = Counter(backend.calls) - calls0 if isinstance(backend, S3Backend) else Counter()
     size = stored_bytes(repo.backend)
     t = time.perf_counter()
@@ -87,6 +90,10 @@ def run_vigil(
         "target": name,
         "full_s": full_s,
         "full_mib_s": image / (1 << 20) / full_s,
+        # CPU seconds per GiB of image in the full backup: vigil's (this process, all its
+        # threads) and the S3 server's; on 2 shared cores they add up to the wall time.
+        "full_cpu_s_per_gib": full_cpu / (image / GIB),
+        "full_server_cpu_s_per_gib": full_peer_cpu / (image / GIB),
         "incr_s": incr_s,
         "incr_mib_s": image / (1 << 20) / incr_s,
         "stored_bytes": size,
@@ -102,6 +109,21 @@ def run_vigil(
     if isinstance(backend, S3Backend) and backend.retention is not None:
         out["retention"] = retention_calls(repo, backend, p1, p2)
     return out
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of process `pid` onto `cpus` (sched_setaffinity acts on one thread;
+    threads started later inherit their creator's)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        os.sched_setaffinity(int(task.name), cpus)
+
+
+def proc_cpu(pid: int | None) -> float:
+    """User + system CPU seconds of a process (0 without one)."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run_copy(local_repo: Path, server: SeaweedServer, threads: int) -> dict[str, Any]:
@@ -191,6 +213,7 @@ def run_restic(work: Path, server: SeaweedServer, bucket: str, base: Path, mut: 
 
     def sh(cmd: str) -> float:
         t = time.perf_counter()
+        # Under --pin restic inherits this process's CPU (the one vigil has).
         subprocess.run(cmd, shell=True, check=True, env=env, stdout=subprocess.DEVNULL)
         return time.perf_counter() - t
 
@@ -283,6 +306,13 @@ def main() -> None:
     ap.add_argument("--chunk-size", type=int, default=1 << 20)
     ap.add_argument("--skip-restic", action="store_true")
     ap.add_argument(
+        "--pin",
+        action="store_true",
+        help="vigil (and restic) on CPU 0 only, SeaweedFS on CPU 1 only: the S3 service on a "
+        "core of its own, as an appliance or a cloud is, and every backup tool given the same "
+        "one core; without it all share both cores",
+    )
+    ap.add_argument(
         "--put-first-runs",
         type=int,
         default=0,
@@ -298,6 +328,10 @@ def main() -> None:
     args = ap.parse_args()
     bench_repository.MKIMAGE = args.mkimage
     args.work.mkdir(parents=True, exist_ok=True)
+    if args.pin:
+        if len(os.sched_getaffinity(0)) < 2:
+            raise SystemExit("--pin needs two CPUs")
+        pin(os.getpid(), {0})  # before the backups start their thread pools
     base, mut, extents = make_images(args.work, args.size)
     slots = changed_slots(extents, args.chunk_size)
     results: list[dict[str, Any]] = []
@@ -307,8 +341,8 @@ def main() -> None:
         short = {k: round(v, 2) for k, v in r.items() if isinstance(v, float)}
         print(r["target"], json.dumps(short), file=sys.stderr, flush=True)
 
-    run = lambda name, state, backend: run_vigil(  # noqa: E731
-        name, state, backend, base, mut, slots, args.threads, args.chunk_size
+    run = lambda name, state, backend, pid=None: run_vigil(  # noqa: E731
+        name, state, backend, base, mut, slots, args.threads, args.chunk_size, server_pid=pid
     )
     if args.put_first_runs:
         compare_put_first(args, base, mut, slots)
@@ -318,10 +352,13 @@ def main() -> None:
     weed_dir = args.work / "weed"
     shutil.rmtree(weed_dir, ignore_errors=True)
     with SeaweedServer(weed_dir) as server:
+        if args.pin and server.proc is not None:
+            pin(server.proc.pid, {1})
         server.make_bucket("bench")
         server.make_bucket("bench-locked", lock=True)
         s3 = open_s3_backend(server.options("bench", "vigil", max_connections=args.threads))
-        report(run("vigil → SeaweedFS", args.work / "s3-state", s3))
+        pid = server.proc.pid if server.proc else None
+        report(run("vigil → SeaweedFS", args.work / "s3-state", s3, pid))
         locked = open_s3_backend(
             server.options(
                 "bench-locked",
@@ -331,7 +368,7 @@ def main() -> None:
                 object_lock_generation_days=GENERATION,
             )
         )
-        report(run("vigil → SeaweedFS, object lock", args.work / "s3l-state", locked))
+        report(run("vigil → SeaweedFS, object lock", args.work / "s3l-state", locked, pid))
         if not args.skip_restic and shutil.which("restic"):
             report(run_restic(args.work, server, "bench", base, mut))
         copy = run_copy(local_repo, server, args.threads)
@@ -354,18 +391,24 @@ def main() -> None:
             "full_vs_restic": s3r["full_mib_s"] / restic["full_mib_s"],
             "incr_vs_restic": s3r["incr_mib_s"] / restic["incr_mib_s"],
         }
+    cores = "vigil and restic on CPU 0, SeaweedFS on CPU 1" if args.pin else "all share 2 CPUs"
     print(
-        f"\nimage {base.stat().st_size / GIB:.2f} GiB, {len(slots)} changed 1 MiB slots, "
-        f"{args.threads} threads\n"
+        f"\nimage {base.stat().st_size / GIB:.2f} GiB, {len(slots)} changed slots, "
+        f"{args.threads} threads, {cores}\n"
     )
-    print("| target | full s | full MiB/s | incr s | incr MiB/s | full × local | req/GiB |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| target | full s | full MiB/s | incr s | incr MiB/s | full × local | req/GiB "
+        "| CPU s/GiB vigil + server |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for t, r in by.items():
         req = r.get("requests_per_gib_image_full")
         print(
             f"| {t} | {r['full_s']:.1f} | {r['full_mib_s']:.0f} | {r['incr_s']:.1f} "
             f"| {r['incr_mib_s']:.0f} | {ratios[t]['full_vs_local']:.2f} "
-            f"| {f'{req:.0f}' if req else '-'} |"
+            f"| {f'{req:.0f}' if req else '-'} "
+            f"| {r.get('full_cpu_s_per_gib', 0):.2f} "
+            f"+ {r.get('full_server_cpu_s_per_gib', 0):.2f} |"
         )
     print(
         f"\nvigil copy local → SeaweedFS (both points, re-encrypted): {copy['s']:.1f} s, "
@@ -390,6 +433,7 @@ def main() -> None:
         "changed_slots": len(slots),
         "threads": args.threads,
         "chunk_size": args.chunk_size,
+        "pinned": args.pin,
         "policy": RetentionPolicy(LOCK_DAYS, "COMPLIANCE", GENERATION).__repr__(),
     }
     (out / "s3.json").write_text(
