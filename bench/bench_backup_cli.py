@@ -10,7 +10,11 @@ VM's `-flat.vmdk` (file transport, datastore and repositories in tmpfs), then `-
   full          vigil: `vigil backup VM` (a new repository: every allocated block);
                 restic: `restic backup FLAT`; borg: `borg create FLAT`
   incr_nocbt    after the 1 % mutation, a second backup that reads the whole disk and stores
-                what is new: vigil `backup VM --full` (no CBT), restic and borg again
+                what is new: vigil `backup VM` with the VM's CBT off and a policy that keeps
+                it off (enable_cbt = false; the previous point's chunks are reused unread,
+                as restic and borg reuse theirs), restic and borg again
+  full_verify   vigil only: `backup VM --full`, the same read trusting nothing stored (each
+                reused chunk is read back and its AES-GCM tag checked, damage healed)
   incr_cbt      vigil only: a third backup after another 1 % mutation through CBT
   daemon job    the daemon's per-job overhead: the same VM (a policy covers it) backed up
                 by the daemon's job runner in-process into a fresh repository (a full
@@ -53,7 +57,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from simvm import fresh_flat_disk  # noqa: E402
+from simvm import fresh_flat_disk, set_cbt  # noqa: E402
 
 from protector.devtools.simulator import Simulator  # noqa: E402
 from repository import Repository  # noqa: E402
@@ -115,6 +119,14 @@ async def prepare_vm(sim: Simulator, size: int) -> Path:
         await session.close()
     ds_dir = next(d for d in sim.datastore_dirs if "-LocalDS_0-" in d.name)
     return ds_dir / rel
+
+
+async def cbt(sim: Simulator, on: bool) -> None:
+    session = await Session(Endpoint(sim.url), Credentials(sim.user, sim.password)).connect()
+    try:
+        await set_cbt(session, VM_NAME, on)
+    finally:
+        await session.close()
 
 
 def phases(stderr: str) -> dict[str, float]:
@@ -282,15 +294,28 @@ def one_run(
     peer("restic", "full", restic)
     peer("borg", "full", borg("full"))
     mkimage(flat, "--mutate", "1", "--seed", "2")
-    each_vigil("incr_nocbt", ["--full"])
+    # No CBT: the VM's tracking off and a policy that keeps it off (enable_cbt = false), so
+    # vigil reads every allocated block and stores what the previous point lacks.
+    asyncio.run(cbt(sim, False))
+    nocbt = work / "policies" / "nocbt.toml"
+    nocbt.write_text(
+        f'[[policy]]\nname = "nocbt"\npriority = 10\n[policy.select]\nnames = ["{VM_NAME}"]\n'
+        '[policy.schedule]\nrpo = "24h"\n[policy.retention]\nkeep_last = 9\n'
+        "[policy.backup]\nenable_cbt = false\n"
+    )
+    each_vigil("incr_nocbt", [])
     peer("restic", "incr_nocbt", restic)
     peer("borg", "incr_nocbt", borg("incr"))
-    # Sizes after the same two backups (before vigil's third, CBT, point).
+    # Sizes after the same two backups (before vigil's later points).
     for name, (_argv, repo, _venv) in vigils.items():
         out[f"{name}_repo_bytes"] = du(repo)
     out["restic_repo_bytes"] = du(rrepo)
     out["borg_repo_bytes"] = du(brepo)
     out["repo_vs_restic"] = out["vigil_repo_bytes"] / out["restic_repo_bytes"]
+    # `--full`: the same read, trusting nothing stored (every reused chunk checked).
+    each_vigil("full_verify", ["--full"])
+    nocbt.unlink()
+    each_vigil("cbt_on", [])  # untimed: turns CBT back on, the changeId the next one asks
     mkimage(flat, "--mutate", "1", "--seed", "3")
     each_vigil("incr_cbt", [])
     out.update(asyncio.run(daemon_job(sim, work)))
@@ -343,14 +368,14 @@ def main() -> None:
             for ph in runs[0][f"{name}_{kind}_phases"]
         }
         for name in names
-        for kind in ("full", "incr_nocbt", "incr_cbt")
+        for kind in ("full", "incr_nocbt", "full_verify", "incr_cbt")
     }
     print(f"\n{size / 2**20:.0f} MiB guest-like image, whole process, median of {args.runs} runs\n")
     print(
         "| backup | tool | seconds | vs faster peer (goal >= 1.5x) | CPU s | CPU vs leaner peer |"
     )
     print("|---|---|---|---|---|---|")
-    for kind in ("full", "incr_nocbt", "incr_cbt"):
+    for kind in ("full", "incr_nocbt", "full_verify", "incr_cbt"):
         for name in [*names, "restic", "borg"]:
             if f"{name}_{kind}_s" not in med:
                 continue

@@ -29,3 +29,13 @@ async def fresh_flat_disk(session: Session, vm_name: str, size: int) -> tuple[An
         t = await session.call(vm, "ReconfigVM_Task", spec=vim.vm.ConfigSpec(deviceChange=[change]))
         await wait_for_task(session, t)
     return vm, disk.backing.fileName.split("] ", 1)[1].replace(".vmdk", "-flat.vmdk", 1)
+
+
+async def set_cbt(session: Session, vm_name: str, on: bool) -> None:
+    """Turns Changed Block Tracking of `vm_name` on or off (ReconfigVM_Task), as an admin or
+    a storage migration does between two backups."""
+    idx = session.content.searchIndex
+    ref = await session.call(idx, "FindByInventoryPath", inventoryPath=f"DC0/vm/{vm_name}")
+    vm: Any = session.client.bind(ref)
+    t = await session.call(vm, "ReconfigVM_Task", spec=vim.vm.ConfigSpec(changeTrackingEnabled=on))
+    await wait_for_task(session, t)

@@ -143,10 +143,15 @@ class PointWriter:
         base: DiskIndex | None = None,
         *,
         verify_existing: bool | None = None,
+        known_from: DiskIndex | None = None,
     ) -> DiskWriter:
-        """`verify_existing` (default: True for a full backup, i.e. no base) decodes each
-        chunk that is already stored and replaces it if it is damaged."""
-        w = DiskWriter(self.repo, capacity, base, verify_existing, self.created)
+        """`base`: the index an incremental starts from (slots not put keep its chunks).
+        `known_from`: for a full read that is not a full backup (a disk without CBT, a
+        template), the previous point's index: its chunks are reused without being read back,
+        as an incremental's are; the new index starts all-zero. `verify_existing` (default:
+        True with neither, i.e. a full backup) decodes each chunk that is already stored and
+        replaces it if it is damaged."""
+        w = DiskWriter(self.repo, capacity, base, verify_existing, self.created, known_from)
         w.failures = self.failures
         return w
 
@@ -239,6 +244,7 @@ class DiskWriter:
         base: DiskIndex | None,
         verify_existing: bool | None = None,
         created: set[str] | None = None,
+        known_from: DiskIndex | None = None,
     ) -> None:
         if capacity <= 0:
             raise ValueError(f"disk capacity {capacity} must be positive")
@@ -256,8 +262,15 @@ class DiskWriter:
         self._ids: list[bytes] = list(base.ids) if base else [ZERO_ID] * n
         # A full backup trusts nothing already stored: it re-checks every chunk it reuses,
         # so a damaged chunk gets healed instead of being referenced again forever.
-        self._verify = base is None if verify_existing is None else verify_existing
-        self._known: set[bytes] = base.referenced() if base and not self._verify else set()
+        # A full read that is not a full backup (no CBT to ask) dedups against the previous
+        # point's chunks as an incremental does (`known_from`), without reading them back.
+        trusted = base or known_from
+        self._verify = trusted is None if verify_existing is None else verify_existing
+        self._known: set[bytes] = set()
+        if not self._verify:
+            for idx in (base, known_from):
+                if idx is not None:
+                    self._known |= idx.referenced()
         self._lock = threading.Lock()
         self._zeros = bytes(self.chunk_size)
         self._stats = {f.name: 0 for f in fields(WriteStats)}

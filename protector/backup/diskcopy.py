@@ -72,11 +72,17 @@ async def backup_disk(
     bound: Any,
 ) -> tuple[DiskRecord, DiskResult]:
     key = str(disk.key)
-    base = None if opts.full else await anyio.to_thread.run_sync(writer.previous_index, key)
+    # The previous point's index of this disk: an incremental's base, and for a full read
+    # that is not a full backup (no CBT, a reset changeId, a template) the chunks it reuses
+    # without reading them back, so a VM without CBT does not download its whole stored
+    # image from S3 every RPO. Only `--full` (opts.full) trusts nothing stored.
+    prior = None if opts.full else await anyio.to_thread.run_sync(writer.previous_index, key)
+    base = prior
     if base is not None and base.capacity != disk.capacity_bytes:
         base = None  # the disk was resized: its old index cannot seed an incremental
     prev = writer.previous.disk(key) if (writer.previous and base is not None) else None
-    plan = plan_read(prev.change_id if prev else None, disk.change_id or "", force_full=opts.full)
+    force_full = opts.full or opts.read_all
+    plan = plan_read(prev.change_id if prev else None, disk.change_id or "", force_full=force_full)
     plan, areas = await _plan_areas(ctx, vm, snap, disk, plan)
     if not plan.incremental:
         base = None  # a full read starts from an all-zero index
@@ -90,7 +96,9 @@ async def backup_disk(
             if extents is None:
                 plan = ReadPlan(plan.mode, None, plan.reason + "; reading every block")
         slots = chunk_slots(areas, disk.capacity_bytes, chunk)
-        dw = writer.disk_writer(disk.capacity_bytes, base)
+        dw = writer.disk_writer(
+            disk.capacity_bytes, base, known_from=prior if base is None else None
+        )
         planned = sum(min(chunk, disk.capacity_bytes - s * chunk) for s in slots)
         tracker.replan(planned - disk.capacity_bytes)
         read_bytes = await _copy_slots(ctx, reader, dw, slots, disk.capacity_bytes, tracker)

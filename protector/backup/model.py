@@ -20,7 +20,12 @@ class BackupOptions:
     enable_cbt: bool = True
     exclude_disks: tuple[str, ...] = ()  # "scsi0:1"
     transports: tuple[str, ...] | None = None
+    # A full backup (`--full`): read every allocated block and check every stored chunk it
+    # reuses, healing damage; it trusts no earlier point.
     full: bool = False
+    # Read every allocated block (a template: no snapshot to ask CBT about) but reuse the
+    # previous point's chunks without reading them back, as an incremental does.
+    read_all: bool = False
     policy: str | None = None
 
 

@@ -140,7 +140,7 @@ async def _backup_locked(
     if template:
         # Nothing changes under a template and it cannot be reconfigured (no CBT to
         # enable): every backup reads its allocated areas afresh; dedup keeps it small.
-        opts = dataclasses.replace(opts, full=True, enable_cbt=False)
+        opts = dataclasses.replace(opts, read_all=True, enable_cbt=False)
 
     async def prepare_vm() -> tuple[int, bool, str]:
         leftovers = await remove_leftovers(ctx.session, vm, props.get("snapshot"))

@@ -118,10 +118,20 @@ async def test_cbt_reset_and_forgotten_change_id_mean_full_reads(rig: Rig) -> No
         await rig.snapshot(vm, f"other-{n}")
     mutate(rig.flat(await rig.disk(vm)), size, 1, seed=6)
     changed = await rig.read_flat(vm, size)
-    forgot = await rig.backup(vm)
+    # A full read is not a full backup: what the previous point stored is reused without
+    # being read back (as an incremental's is), so no chunk is fetched from the repository.
+    fetched: list[str] = []
+    get = rig.repo.backend.get
+    rig.repo.backend.get = lambda key: fetched.append(key) or get(key)  # type: ignore[method-assign]
+    try:
+        forgot = await rig.backup(vm)
+    finally:
+        del rig.repo.backend.get
     [d] = forgot.disks
     assert d.mode == "allocated-cbt" and "FileFault" in d.reason, d.reason
     assert d.read_bytes == size and forgot.type == "full"
+    assert not [k for k in fetched if k.startswith("chunks/")], fetched
+    assert d.stored_bytes < size // 4  # the 1 % changed, not the disk again
     assert SNAPSHOT_NAME not in await rig.snapshots(vm)
     rig.repo.export_raw(forgot.point_id, d.key, rig.tmp / "x.img")
     assert (rig.tmp / "x.img").read_bytes() == changed

@@ -3,6 +3,7 @@ instead of being reused ("already exists") forever."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ import pytest
 from repo_helpers import CHUNK, make_disk, new_repo, read_back, vm, write_point
 from structlog.testing import capture_logs
 
-from repository import CorruptChunkError, Repository, verify
+from repository import CorruptChunkError, DiskRecord, Repository, verify
 from repository.codec import HEADER, chunk_key
 from repository.repo import index_key
 
@@ -155,3 +156,43 @@ def test_a_full_backup_does_no_encoding_work_for_what_is_stored(
         assert calls["chunk_decode"] == calls["chunk_inflate"] == 0, calls
     else:
         assert calls["chunk_decode"] == 5, calls  # the 5 reused chunks, decoded in full
+
+
+def test_a_full_read_without_cbt_reuses_the_previous_points_chunks_unread(
+    repo: Repository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk without CBT is read whole every time, but that is not a full backup: the
+    previous point's chunks are reused as an incremental reuses them (`known_from`), not
+    read back (on S3 that would download the VM's whole stored image every RPO). Slots it
+    does not put are zero, not the previous point's: a trimmed area stays trimmed."""
+    from repository import codec
+
+    disk = make_disk(6 * CHUNK, 11)
+    p1 = write_point(repo, vm(), {"d": disk})
+    disk[2 * CHUNK + 1] ^= 0xFF
+    disk[5 * CHUNK :] = bytes(CHUNK)  # unallocated now: the full read skips it
+    reads: list[str] = []
+    get = repo.backend.get
+    monkeypatch.setattr(repo.backend, "get", lambda key: reads.append(key) or get(key))
+    encodes = {"n": 0}
+    encode = codec.encode
+
+    def counting(*a: Any, **kw: Any) -> bytes:
+        encodes["n"] += 1
+        return encode(*a, **kw)
+
+    monkeypatch.setattr(codec, "encode", counting)
+    with repo.begin_point(vm()) as pw:
+        prior = pw.previous_index("d")
+        w = pw.disk_writer(len(disk), None, known_from=prior)
+        for s in range(5):  # the allocated slots only
+            w.put(s, bytes(disk[s * CHUNK : (s + 1) * CHUNK]))
+        index = w.finish()
+        p2 = pw.commit(
+            disks=[DiskRecord.for_index("d", index, change_id="")], started_at=datetime.now(UTC)
+        )
+    assert not [k for k in reads if k.startswith("chunks/")], reads
+    assert encodes["n"] - 3 == 1, encodes  # the changed chunk (then index, manifest, head)
+    assert read_back(repo, p2, "d") == bytes(disk)
+    assert read_back(repo, p1, "d") != bytes(disk)
+    assert verify(repo, read_data=True).ok
