@@ -144,14 +144,18 @@ class PointWriter:
         *,
         verify_existing: bool | None = None,
         known_from: DiskIndex | None = None,
+        recheck: tuple[int, int] | None = None,
     ) -> DiskWriter:
         """`base`: the index an incremental starts from (slots not put keep its chunks).
         `known_from`: for a full read that is not a full backup (a disk without CBT, a
         template), the previous point's index: its chunks are reused without being read back,
         as an incremental's are; the new index starts all-zero. `verify_existing` (default:
         True with neither, i.e. a full backup) decodes each chunk that is already stored and
-        replaces it if it is damaged."""
-        w = DiskWriter(self.repo, capacity, base, verify_existing, self.created, known_from)
+        replaces it if it is damaged. `recheck` (part, of): with `known_from`, the share of
+        reused chunks checked as a full backup checks them (recheck_share)."""
+        w = DiskWriter(
+            self.repo, capacity, base, verify_existing, self.created, known_from, recheck
+        )
         w.failures = self.failures
         return w
 
@@ -234,6 +238,20 @@ class PointWriter:
         return local if local[0] > best[0] else best
 
 
+# A full read without CBT re-checks 1/RECHECK_ROTATION of the chunks it reuses, a different
+# share each day (DiskWriter `recheck`): daily backups check every reused chunk within a month.
+RECHECK_ROTATION = 30
+
+
+def recheck_share(when: datetime, rotation: int = RECHECK_ROTATION) -> tuple[int, int]:
+    """The share of reused chunks a full read re-checks on `when`'s day: (part, of)."""
+    return (when.toordinal() % rotation, rotation)
+
+
+def _in_share(chunk_id: bytes, part: int, of: int) -> bool:
+    return int.from_bytes(chunk_id[:4], "big") % of == part
+
+
 class DiskWriter:
     """Fills one disk's index. put() is thread-safe; call it for changed slots only."""
 
@@ -245,6 +263,7 @@ class DiskWriter:
         verify_existing: bool | None = None,
         created: set[str] | None = None,
         known_from: DiskIndex | None = None,
+        recheck: tuple[int, int] | None = None,
     ) -> None:
         if capacity <= 0:
             raise ValueError(f"disk capacity {capacity} must be positive")
@@ -271,6 +290,11 @@ class DiskWriter:
             for idx in (base, known_from):
                 if idx is not None:
                     self._known |= idx.referenced()
+        # A rolling check of what `known_from` lets a full read reuse: the chunks whose id
+        # falls in share `part` of `of` are read back (and healed) as a full backup's are, so
+        # over `of` backups every reused chunk is checked once, at 1/`of` of the cost.
+        self._recheck = recheck if known_from is not None and not self._verify else None
+        self._done: set[bytes] = set()  # chunks this writer has put (checked or not)
         self._lock = threading.Lock()
         self._zeros = bytes(self.chunk_size)
         self._stats = {f.name: 0 for f in fields(WriteStats)}
@@ -297,10 +321,14 @@ class DiskWriter:
             self._count(changed_slots=1, zero_slots=1)
             return
         cid = codec.object_id(self.repo.keys, data)
+        verify = self._verify
         with self._lock:
             known = cid in self._known
+            if known and self._recheck and cid not in self._done and _in_share(cid, *self._recheck):
+                known, verify = False, True
+            self._done.add(cid)
         try:
-            written = 0 if known else self.repo.put_chunk(cid, data, self._verify, self._created)
+            written = 0 if known else self.repo.put_chunk(cid, data, verify, self._created)
         except BaseException as exc:
             # The slot now holds neither old nor new data: this disk cannot be finished.
             self._failed = f"slot {slot}: {exc}"

@@ -5,6 +5,7 @@ the I/O thread pool (parallel.map_bounded), with progress."""
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -22,6 +23,7 @@ from protector.vsphere.disks import (
 )
 from protector.vsphere.vmconfig import DiskInfo
 from repository import DiskRecord, PointWriter
+from repository.writer import recheck_share
 from watcher.soap import VsphereFault
 
 log = structlog.get_logger(__name__)
@@ -97,7 +99,12 @@ async def backup_disk(
                 plan = ReadPlan(plan.mode, None, plan.reason + "; reading every block")
         slots = chunk_slots(areas, disk.capacity_bytes, chunk)
         dw = writer.disk_writer(
-            disk.capacity_bytes, base, known_from=prior if base is None else None
+            disk.capacity_bytes,
+            base,
+            known_from=prior if base is None else None,
+            # Not a full backup, but every day a thirtieth of what it reuses is read back
+            # and healed: damage to a VM without CBT heals within a month of daily backups.
+            recheck=recheck_share(datetime.now(UTC)),
         )
         planned = sum(min(chunk, disk.capacity_bytes - s * chunk) for s in slots)
         tracker.replan(planned - disk.capacity_bytes)

@@ -196,3 +196,36 @@ def test_a_full_read_without_cbt_reuses_the_previous_points_chunks_unread(
     assert read_back(repo, p2, "d") == bytes(disk)
     assert read_back(repo, p1, "d") != bytes(disk)
     assert verify(repo, read_data=True).ok
+
+
+def test_a_full_read_without_cbt_rechecks_its_share_of_reused_chunks(repo: Repository) -> None:
+    """The rolling check: each day a full read without CBT reads back the reused chunks in
+    that day's share and heals them, so damage to a VM that never has CBT (and never gets a
+    `--full`) does not last past one rotation; the chunks outside the share are not read."""
+    from repository.writer import _in_share
+
+    disk = make_disk(8 * CHUNK, 12)
+    p1 = write_point(repo, vm(), {"d": disk})
+    ids = repo.disk_index(p1, "d")[1].ids
+    of = 4
+    part = int.from_bytes(ids[0][:4], "big") % of  # the day whose share holds slot 0
+    for cid in ids:
+        _flip(repo.root / chunk_key(cid))
+    assert not verify(repo, read_data=True).ok
+    with repo.begin_point(vm()) as pw:
+        w = pw.disk_writer(len(disk), None, known_from=pw.previous_index("d"), recheck=(part, of))
+        for s in range(8):
+            w.put(s, bytes(disk[s * CHUNK : (s + 1) * CHUNK]))
+        pw.commit(
+            disks=[DiskRecord.for_index("d", w.finish(), change_id="")],
+            started_at=datetime.now(UTC),
+        )
+    healed = {cid for cid in ids if _in_share(cid, part, of)}
+    assert ids[0] in healed and len(healed) < len(set(ids))
+    for cid in set(ids):
+        ok = True
+        try:
+            repo.objects.load_chunk(cid)
+        except Exception:
+            ok = False
+        assert ok == (cid in healed), cid.hex()
