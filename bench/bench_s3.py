@@ -328,10 +328,11 @@ def main() -> None:
     args = ap.parse_args()
     bench_repository.MKIMAGE = args.mkimage
     args.work.mkdir(parents=True, exist_ok=True)
+    cpus = sorted(os.sched_getaffinity(0))
     if args.pin:
-        if len(os.sched_getaffinity(0)) < 2:
+        if len(cpus) < 2:
             raise SystemExit("--pin needs two CPUs")
-        pin(os.getpid(), {0})  # before the backups start their thread pools
+        pin(os.getpid(), {cpus[0]})  # before the backups start their thread pools
     base, mut, extents = make_images(args.work, args.size)
     slots = changed_slots(extents, args.chunk_size)
     results: list[dict[str, Any]] = []
@@ -352,8 +353,10 @@ def main() -> None:
     weed_dir = args.work / "weed"
     shutil.rmtree(weed_dir, ignore_errors=True)
     with SeaweedServer(weed_dir) as server:
-        if args.pin and server.proc is not None:
-            pin(server.proc.pid, {1})
+        if args.pin:
+            if server.proc is None:
+                raise SystemExit("--pin: no SeaweedFS process to pin")
+            pin(server.proc.pid, {cpus[1]})
         server.make_bucket("bench")
         server.make_bucket("bench-locked", lock=True)
         s3 = open_s3_backend(server.options("bench", "vigil", max_connections=args.threads))
@@ -391,7 +394,11 @@ def main() -> None:
             "full_vs_restic": s3r["full_mib_s"] / restic["full_mib_s"],
             "incr_vs_restic": s3r["incr_mib_s"] / restic["incr_mib_s"],
         }
-    cores = "vigil and restic on CPU 0, SeaweedFS on CPU 1" if args.pin else "all share 2 CPUs"
+    cores = (
+        f"vigil and restic on CPU {cpus[0]}, SeaweedFS on CPU {cpus[1]}"
+        if args.pin
+        else f"all share {len(cpus)} CPUs"
+    )
     print(
         f"\nimage {base.stat().st_size / GIB:.2f} GiB, {len(slots)} changed slots, "
         f"{args.threads} threads, {cores}\n"

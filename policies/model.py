@@ -183,7 +183,7 @@ class PolicySet:
         by_name: dict[str, Policy] = {}
         for p in ordered:
             by_name.setdefault(p.name, p)
-        object.__setattr__(self, "_by_name", MappingProxyType(by_name))
+        object.__setattr__(self, "_by_name", by_name)  # a dict: copies and pickles
 
     @property
     def selects_by_tag(self) -> bool:

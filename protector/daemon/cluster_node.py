@@ -283,13 +283,18 @@ class ClusterNode:
 
     def complete_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Full rows of light rows from any term this node leads: each by its own term."""
+        from protector.daemon import views
+
         terms = [t for t in self.terms.values() if t.watcher is not None]
         out = []
         for row in rows:
             term = next(
                 (t for t in terms if t.watcher.tree.find_vm_by_identity(row["identity"])), None
             )
-            out.extend(term.complete_rows([row]) if term else [row])
+            if term is not None:
+                out.extend(term.complete_rows([row]))
+            else:  # gone from the inventory since the page was cut: the same keys, said so
+                out.append({**views.GONE_DETAIL, **row})
         return out
 
     def status_view(self) -> dict[str, Any]:

@@ -421,10 +421,6 @@ class Daemon:
         """The full rows of light rows from vm_rows() (views.complete)."""
         return views.complete(rows, self.planner, self.runner)
 
-    def vm_status(self) -> list[dict[str, Any]]:
-        """Every VM's full row, by path."""
-        return self.complete_rows(sorted(self.vm_rows(), key=lambda v: v["path"]))
-
     def gone_vms(self) -> list[dict[str, Any]]:
         if self.watcher is None:
             return []

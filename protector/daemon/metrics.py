@@ -58,7 +58,7 @@ class Metrics:
         r.register(self._repos)
 
     def set_vms(self, vms: Iterable[Mapping[str, Any]]) -> None:
-        """The per-VM series from now on: those of `vms` (the daemon's vm_status()), so a VM
+        """The per-VM series from now on: those of `vms` (the daemon's vm_rows()), so a VM
         that is gone or changed policy leaves no stale series behind."""
         self._per_vm.vms = list(vms)
 

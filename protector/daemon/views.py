@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -67,13 +68,26 @@ def _no_gc() -> Iterator[None]:
     towards the collector's thresholds; what the build itself allocates does, and at 50,000
     rows the collections it set off walked the daemon's whole heap (the inventory tree):
     about 40 % of a /status request, measured with bench_status.py."""
-    was = gc.isenabled()
-    gc.disable()
+    global _pauses
+    with _pause_lock:
+        if _pauses == 0:
+            _pause_was_enabled[0] = gc.isenabled()
+            gc.disable()
+        _pauses += 1
     try:
         yield
     finally:
-        if was:
-            gc.enable()
+        with _pause_lock:
+            _pauses -= 1
+            if _pauses == 0 and _pause_was_enabled[0]:
+                gc.enable()
+
+
+# Overlapping pauses (the status page and a metrics scrape, or another thread) nest: the
+# collector comes back on when the last one ends, and only if it was on before the first.
+_pause_lock = threading.Lock()
+_pauses = 0
+_pause_was_enabled = [True]
 
 
 def _light_row(
@@ -124,6 +138,17 @@ def complete(rows: list[dict[str, Any]], plan: Planner, runner: Any) -> list[dic
             }
         )
     return out
+
+
+# The detail of a row whose VM left the inventory between paging and completion.
+GONE_DETAIL: dict[str, Any] = {
+    "age_text": "",
+    "rpo_text": "",
+    "next_run": None,
+    "retry_at": None,
+    "why": "no longer in the inventory",
+    "progress": None,
+}
 
 
 def completed(
