@@ -421,7 +421,7 @@ def _parse_config(doc: dict[str, Any], path: str) -> Config:
                 f'one), like "127.0.0.1:9273", got {listen!r}'
             )
         else:
-            from watcher.soap import is_loopback
+            from watcher.endpoint import is_loopback
 
             if not is_loopback(host.strip("[]")) and not d.get("status_token_env"):
                 problems.append(
@@ -553,7 +553,7 @@ def _parse_vcenters(
         _check_vcenter(v, prefix, base, problems)
         if len(problems) > before or "url" not in v or "user" not in v:
             continue
-        from watcher.soap import Endpoint
+        from watcher.endpoint import Endpoint
 
         # One vCenter under two names would be watched, and its VMs backed up, twice.
         where = Endpoint(v["url"]).base_url
@@ -578,7 +578,7 @@ def _check_vcenter(v: dict[str, Any], prefix: str, base: Path, problems: list[st
             "the password itself never goes in this file"
         )
     if "url" in v:
-        from watcher.soap import Endpoint
+        from watcher.endpoint import Endpoint  # not watcher.soap: no HTTP stack to load a file
 
         try:
             Endpoint(v["url"], thumbprint=v.get("thumbprint", ""))
@@ -625,7 +625,7 @@ def _parse_cluster(
 
 
 def endpoint_of(cfg: Config) -> Any:
-    from watcher.soap import Endpoint
+    from watcher.endpoint import Endpoint
 
     return Endpoint(
         cfg.vcenter.url,

@@ -1,32 +1,20 @@
-"""Where vCenter is and how to trust it: the `Endpoint`, its TLS options and the
-SHA-256 certificate pin (compared in constant time)."""
+"""Where vCenter is and how to trust it: the `Endpoint` and its TLS options. Free of
+aiohttp at import (the pin's class is in pinning.py), so loading a configuration, which
+checks each vCenter url here, does not wait for the HTTP stack: `vigil backup` starts its
+repository's key derivation before that import, not after it."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import hmac
 import ipaddress
 import re
 import ssl
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-import aiohttp
-
-
-class PinnedFingerprint(aiohttp.Fingerprint):
-    """aiohttp's SHA-256 pin, compared in constant time (aiohttp itself uses `!=`)."""
-
-    def check(self, transport: asyncio.Transport) -> None:
-        if not transport.get_extra_info("sslcontext"):
-            return
-        sslobj = transport.get_extra_info("ssl_object")
-        der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
-        got = hashlib.sha256(der or b"").digest()
-        if not der or not hmac.compare_digest(got, self.fingerprint):
-            host, port, *_ = transport.get_extra_info("peername")
-            raise aiohttp.ServerFingerprintMismatch(self.fingerprint, got, host, port)
+if TYPE_CHECKING:
+    import aiohttp
 
 
 def normalize_thumbprint(thumbprint: str) -> bytes:
@@ -99,6 +87,8 @@ class Endpoint:
             return False
         if self.thumbprint:
             # A pin replaces CA validation: the admin vouched for this exact certificate.
+            from watcher.pinning import PinnedFingerprint
+
             return PinnedFingerprint(normalize_thumbprint(self.thumbprint))
         if not self.verify_tls:
             return False
@@ -124,7 +114,6 @@ def cert_thumbprint(der: bytes) -> str:
 
 __all__ = [
     "Endpoint",
-    "PinnedFingerprint",
     "cert_thumbprint",
     "is_loopback",
     "normalize_thumbprint",

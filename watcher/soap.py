@@ -21,7 +21,6 @@ from pyVmomi import SoapAdapter, VmomiSupport, vim, vmodl
 
 from .endpoint import (
     Endpoint,
-    PinnedFingerprint,
     cert_thumbprint,
     is_loopback,
     normalize_thumbprint,
@@ -34,6 +33,7 @@ from .errors import (
     VsphereProtocolError,
     VsphereTimeout,
 )
+from .pinning import PinnedFingerprint
 
 COOKIE_NAME = "vmware_soap_session"
 # Responses larger than this are deserialized in a worker thread so a big

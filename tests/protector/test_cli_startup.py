@@ -95,6 +95,25 @@ def test_backup_does_not_import_restore_or_cluster_stacks(tmp_path: Path) -> Non
     assert roots(modules, ("disk_io.vddk.disk", "disk_io.vddk.abi", "disk_io.vddk.library")) == []
 
 
+def test_repository_commands_do_not_load_the_vsphere_stack(tmp_path: Path) -> None:
+    """Loading the configuration checks each vCenter url (watcher.endpoint) without
+    importing the SOAP and HTTP stack (aiohttp, pyVmomi: ~0.3 s), so a command that only
+    reads the repository (`vigil list`, `stats`, `verify`, `prune --dry-run`) never pays for
+    it, and `vigil backup` starts its key derivation before that import."""
+    (tmp_path / "policies").mkdir()
+    cfg = tmp_path / "vigil.toml"
+    cfg.write_text(
+        '[vcenter]\nurl = "https://vc.example.com/sdk"\nuser = "u"\n'
+        'password_env = "VIGIL_T_PW"\nthumbprint = "' + "ab" * 32 + '"\n'
+        f'[repository]\npath = "{tmp_path / "repo"}"\n'
+        f'[policies]\npath = "{tmp_path / "policies"}"\n'
+    )
+    code, modules = loaded_by("--config", str(cfg), "list", env={"VIGIL_T_PW": "x"})
+    assert code == 2  # no repository there yet: the configuration was loaded, then refused
+    assert "protector.config" in modules and "watcher.endpoint" in modules
+    assert roots(modules, ("aiohttp", "pyVmomi", "watcher.soap", "watcher.pinning")) == []
+
+
 VIGIL = [sys.executable, "-m", "protector.cli"]
 DEBUG = ["--log-level", "debug", "--log-json"]
 BACKUP_PHASES = [
