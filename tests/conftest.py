@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 
 import pytest
 
 from protector.devtools.simulator import Simulator, build
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """SIGTERM (a CI timeout, `kill`) ends the run as Ctrl-C does: pytest then tears down
+    every fixture, so the simulators, SeaweedFS, PostgreSQL clusters and daemons the tests
+    started are stopped by PID instead of outliving the run."""
+
+    def interrupt(_signum: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt("SIGTERM")
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 @pytest.fixture(scope="session", autouse=True)
