@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from protector.daemon import views
 from protector.daemon.metrics import Metrics
@@ -90,7 +90,7 @@ class StatusServer:
             done = self._before_metrics()
             if inspect.isawaitable(done):
                 await done
-        body = generate_latest(self._metrics.registry)
+        body = self._metrics.exposition()
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def status_json(self, request: web.Request) -> web.Response:

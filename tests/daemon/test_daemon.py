@@ -184,10 +184,8 @@ async def test_broken_policy_edit_keeps_old_policies_and_shows_error(tmp_path, v
 
 
 def _metrics(daemon: Daemon) -> str:
-    from prometheus_client import generate_latest
-
     daemon.refresh_metrics()
-    return generate_latest(daemon.metrics.registry).decode()
+    return daemon.metrics.exposition().decode()
 
 
 async def test_simulator_restart_recovers_without_duplicate_jobs(tmp_path, vcsim_binary):
