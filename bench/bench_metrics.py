@@ -12,14 +12,12 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily
 
-from protector.daemon.metrics import _PER_VM_FAMILIES, VM_STATES, Metrics
+from protector.daemon.metrics import VM_STATES, ClientRendered, Metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,27 +33,6 @@ def vms(n: int) -> list[dict[str, object]]:
         }
         for i in range(n)
     ]
-
-
-class ClientRendered:
-    """The per-VM series through prometheus_client (a collector, then generate_latest)."""
-
-    def __init__(self, rows: list[dict[str, Any]]) -> None:
-        self.rows = rows
-
-    def collect(self) -> Any:
-        (n1, h1), (n2, h2), (n3, h3) = _PER_VM_FAMILIES
-        last = GaugeMetricFamily(n1, h1, labels=["vm", "policy"])
-        rpo = GaugeMetricFamily(n2, h2, labels=["vm", "policy"])
-        state = GaugeMetricFamily(n3, h3, labels=["vm", "policy", "state"])
-        for v in self.rows:
-            labels = [v["path"], v["policy"] or ""]
-            if v.get("newest_point_at"):
-                last.add_metric(labels, datetime.fromisoformat(v["newest_point_at"]).timestamp())
-            if v.get("rpo_seconds") is not None:
-                rpo.add_metric(labels, v["rpo_seconds"])
-            state.add_metric([*labels, v["state"]], 1)
-        yield from (last, rpo, state)
 
 
 def timed(fn: Any) -> tuple[float, bytes]:

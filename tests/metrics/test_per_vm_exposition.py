@@ -5,13 +5,10 @@ the alert rules see no difference."""
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
 
-from protector.daemon.metrics import _PER_VM_FAMILIES, Metrics
+from protector.daemon.metrics import _PER_VM_FAMILIES, ClientRendered, Metrics
 
 ROWS = [
     {
@@ -32,30 +29,12 @@ ROWS = [
 ]
 
 
-class Reference:
-    """The per-VM collector as prometheus_client renders it (the code before 2026-12-07)."""
-
-    def collect(self):  # type: ignore[no-untyped-def]
-        (n1, h1), (n2, h2), (n3, h3) = _PER_VM_FAMILIES
-        last = GaugeMetricFamily(n1, h1, labels=["vm", "policy"])
-        rpo = GaugeMetricFamily(n2, h2, labels=["vm", "policy"])
-        state = GaugeMetricFamily(n3, h3, labels=["vm", "policy", "state"])
-        for v in ROWS:
-            labels = [v["path"], v["policy"] or ""]
-            if v.get("newest_point_at"):
-                last.add_metric(labels, datetime.fromisoformat(v["newest_point_at"]).timestamp())
-            if v.get("rpo_seconds") is not None:
-                rpo.add_metric(labels, v["rpo_seconds"])
-            state.add_metric([*labels, v["state"]], 1)
-        yield from (last, rpo, state)
-
-
 def test_per_vm_text_is_what_prometheus_client_writes() -> None:
     m = Metrics()
     m.set_vms(ROWS)
     ours = m.exposition().decode()
     registry = CollectorRegistry()
-    registry.register(Reference())
+    registry.register(ClientRendered(ROWS))
     theirs = generate_latest(registry).decode()
     assert ours.endswith(theirs), (ours[-2000:], theirs)
     families = {f.name: f for f in text_string_to_metric_families(ours)}
