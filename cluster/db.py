@@ -10,6 +10,8 @@ released after idle + interval × count = 5 + 2 × 3 = 11 s, inside the 15 s fai
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import struct
 
@@ -68,6 +70,15 @@ async def connect(
         raise psycopg.OperationalError(
             f"cannot connect to {redact_url(url)}: {str(exc).strip()}"
         ) from None
+
+
+async def close_quietly(conn: psycopg.AsyncConnection | None, timeout: float = 2.0) -> None:
+    """Close a connection whose state is unknown (a failed or cancelled read), giving up
+    after `timeout`: a dead server must not hold up the caller."""
+    if conn is not None:
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(timeout):
+                await conn.close()
 
 
 def lock_key(namespace: str, *parts: str) -> int:

@@ -17,7 +17,6 @@ current).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable, Iterator
 
@@ -96,10 +95,7 @@ class ClusterMetrics(Collector):
 
     async def _drop(self) -> None:
         conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(2.0):
-                    await conn.close()
+        await db.close_quietly(conn)
 
     async def close(self) -> None:
         await self._drop()

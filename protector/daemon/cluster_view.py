@@ -11,7 +11,6 @@ opens a new one, so the view recovers by itself when the database is back.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Any
 
 import psycopg
@@ -52,10 +51,7 @@ class ClusterView:
 
     async def _drop(self) -> None:
         conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(2.0):
-                    await conn.close()
+        await db.close_quietly(conn)
 
     async def close(self) -> None:
         await self._drop()

@@ -43,13 +43,14 @@ from typing import Any
 import structlog
 from pyVmomi import vim, vmodl
 
+from protector.vsphere.views import container_view, view_filter
 from protector.vsphere.vmlookup import MOREF_RE, UUID_RE, VmNotFound, find_vm
 from watcher.inventory import read_field_names
 from watcher.rawcall import retrieve_parsed
 from watcher.session import Session
 from watcher.soap import VsphereError
 from watcher.tags import TagClient
-from watcher.traversal import TYPE_PROPS, destroy_view
+from watcher.traversal import TYPE_PROPS
 from watcher.tree import InventoryTree, VmNode
 
 log = structlog.get_logger(__name__)
@@ -116,33 +117,9 @@ async def read_nodes(
 async def read_all(session: Session, paths: Sequence[str]) -> list[tuple[str, dict[str, Any]]]:
     """(MoRef, {path: value}) of every VM for a few small properties, through a view of
     VirtualMachines alone (made and destroyed for this read)."""
-    ref = await session.call(
-        session.content.viewManager,
-        "CreateContainerView",
-        container=session.content.rootFolder,
-        type=["VirtualMachine"],
-        recursive=True,
-    )
-    view = session.client.bind(ref)
-    try:
-        spec = PC.FilterSpec(
-            objectSet=[
-                PC.ObjectSpec(
-                    obj=view,
-                    skip=True,
-                    selectSet=[
-                        PC.TraversalSpec(
-                            name="view", type=vim.view.ContainerView, path="view", skip=False
-                        )
-                    ],
-                )
-            ],
-            propSet=[PC.PropertySpec(type=vim.VirtualMachine, pathSet=list(paths), all=False)],
-        )
+    async with container_view(session, session.content.rootFolder, "VirtualMachine") as view:
+        spec = view_filter(view, vim.VirtualMachine, paths)
         result = await retrieve_parsed(session, session.content.propertyCollector, [spec])
-    finally:
-        with contextlib.suppress(VsphereError):
-            await destroy_view(session, view)
     return [(u.obj.value, {c.name: c.val for c in u.changes}) for u in result.objects]
 
 
