@@ -8,19 +8,23 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import structlog
 
-from protector.config import Config, RepositoryConfig
+from protector.config import Config, ConfigError, RepositoryConfig
 from protector.errors import UserError
 from repository import LocalState, Manifest, Repository
 from repository.admin import MISSING
 from repository.backend import Backend
 from repository.errors import (
     ConfigTamperedError,
+    HostKeyUnmatchedError,
     PassphraseRequiredError,
     RepositoryError,
     RepositoryNotFoundError,
     WrongPassphraseError,
 )
+
+log = structlog.get_logger(__name__)
 
 
 def _open(cfg: Config, create: bool, as_of: datetime | None = None) -> Repository:
@@ -40,9 +44,15 @@ def open_configured(rc: RepositoryConfig, cfg: Config, as_of: datetime | None = 
             f"or {rc.where}.passphrase_file"
         ) from None
     except PassphraseRequiredError:
+        host = (
+            f" ({rc.where}.key_file {rc.key_file} opens no key slot here: add one with "
+            "`vigil key add-host`, which needs the passphrase once)"
+            if rc.key_file
+            else ""
+        )
         raise UserError(
             f"the repository at {where} is encrypted: set {rc.where}.passphrase_env or "
-            f"{rc.where}.passphrase_file"
+            f"{rc.where}.passphrase_file{host}"
         ) from None
     except ConfigTamperedError as exc:
         raise UserError(str(exc)) from None  # already names the repository and the fix
@@ -81,10 +91,30 @@ def label(rc: RepositoryConfig) -> Path:
 
 
 def _open_existing(rc: RepositoryConfig, cfg: Config, backend: Backend | None) -> Repository:
-    passphrase = rc.passphrase()
     state_dir = Path(cfg.state_dir) if cfg.state_dir else None
     try:
-        return Repository.open(label(rc), passphrase, state_dir, backend=backend)
+        host_key = rc.host_key()
+        if host_key is not None:
+            try:
+                return Repository.open(label(rc), None, state_dir, backend, host_key=host_key)
+            except HostKeyUnmatchedError as exc:
+                log.warning(
+                    "repository.host_key_unmatched",
+                    repository=rc.location,
+                    key_file=rc.key_file,
+                    error=str(exc),
+                    fix="opening with the passphrase instead (slow); `vigil key add-host` "
+                    "adds a slot for this host's key",
+                )
+        elif rc.key_file:
+            log.warning(
+                "repository.host_key_missing",
+                repository=rc.location,
+                key_file=rc.key_file,
+                fix="opening with the passphrase instead (slow); `vigil key add-host` creates "
+                "the key file and its slot",
+            )
+        return Repository.open(label(rc), _passphrase(rc), state_dir, backend=backend)
     except RepositoryNotFoundError:
         # Only `vigil init` creates one: a typo in repository.path must not start backups
         # into a fresh repository somewhere else.
@@ -92,6 +122,21 @@ def _open_existing(rc: RepositoryConfig, cfg: Config, backend: Backend | None) -
         if rc.where != "repository":
             missing = missing.replace("`vigil init`", f"`vigil init --copy {rc.name}`")
         raise UserError(f"{missing} ({rc.key} in {cfg.path})") from None
+
+
+def _passphrase(rc: RepositoryConfig) -> str | None:
+    """The passphrase, when the host key did not open the repository; if it cannot be had
+    either, the error names both ways in."""
+    try:
+        return rc.passphrase()
+    except ConfigError as exc:
+        if not rc.key_file:
+            raise
+        raise UserError(
+            f"{rc.where}.key_file {rc.key_file} opens no key slot of the repository at "
+            f"{rc.location}, and the passphrase cannot be read either ({'; '.join(exc.problems)}"
+            f"): make the passphrase available and run `vigil key add-host` once"
+        ) from None
 
 
 async def open_repository(

@@ -17,6 +17,7 @@ REPOSITORY_KEYS: dict[str, tuple[Any, bool]] = {
     "s3": (dict, False),
     "passphrase_env": (str, False),
     "passphrase_file": (str, False),
+    "key_file": (str, False),
     "chunk_size": (int, False),
     "orphan_keep_days": (int, False),
 }
@@ -35,6 +36,9 @@ class RepositoryConfig:
     s3: dict[str, Any] = field(default_factory=dict, hash=False)
     passphrase_env: str = ""
     passphrase_file: str = ""
+    # A host key (protector/hostkey.py): opens the repository on this host without the
+    # passphrase's key derivation; the passphrase stays the way in for other hosts.
+    key_file: str = ""
     # repository.config.DEFAULT_CHUNK_SIZE, written out: importing any repository module
     # loads the whole package, which `vigil --help` must not (tests/protector/
     # test_cli_startup.py checks both the import and that the two values agree).
@@ -72,6 +76,15 @@ class RepositoryConfig:
         except S3ConfigError as exc:
             raise ConfigError(self.config_path, [str(exc)]) from None
 
+    def host_key(self) -> bytes | None:
+        """The host key from key_file; None when none is configured or the file is not
+        there yet (the passphrase opens the repository then)."""
+        if not self.key_file:
+            return None
+        from protector.hostkey import read_host_key
+
+        return read_host_key(self.key_file, f"{self.where}.key_file", self.config_path)
+
     def passphrase(self) -> str | None:
         from protector.config import ConfigError, read_secret_file
 
@@ -108,8 +121,9 @@ def repository_table_problems(r: dict[str, Any], where: str, base: Path) -> list
         )
     if "path" in r:
         r["path"] = str(base / r["path"])
-    if r.get("passphrase_file"):
-        r["passphrase_file"] = str(base / r["passphrase_file"])
+    for key in ("passphrase_file", "key_file"):
+        if r.get(key):
+            r[key] = str(base / r[key])
     from repository.config import chunk_size_problem
 
     if "chunk_size" in r and (problem := chunk_size_problem(r["chunk_size"])):

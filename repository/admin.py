@@ -15,11 +15,20 @@ from pathlib import Path
 
 from repository.cli import Outcome
 
-__all__ = ["MISSING", "Outcome", "init_cmd", "key_add", "key_list", "key_passwd", "key_remove"]
+__all__ = [
+    "MISSING",
+    "Outcome",
+    "init_cmd",
+    "key_add",
+    "key_add_host",
+    "key_list",
+    "key_passwd",
+    "key_remove",
+]
 from repository.backend import Backend
 from repository.config import CONFIG_KEY, DEFAULT_CHUNK_SIZE
 from repository.errors import RepositoryError
-from repository.keys import KdfParams
+from repository.keys import HOST_KEY_KDF, KdfParams, host_key_id, unwrap_master_for_host
 from repository.repo import Repository
 
 MISSING = "no repository at {path} — create it with `vigil init`"
@@ -103,7 +112,10 @@ def key_list(repo: Repository) -> Outcome:
         slot = info.key.removeprefix("keys/")
         try:
             d = json.loads(repo.backend.get(info.key))
-            kdf = f"argon2id t={d['time_cost']} m={d['memory_kib']}KiB p={d['parallelism']}"
+            if d["kdf"] == HOST_KEY_KDF:
+                kdf = f"host key {d['key_id']} ({d.get('host') or 'unnamed host'})"
+            else:
+                kdf = f"argon2id t={d['time_cost']} m={d['memory_kib']}KiB p={d['parallelism']}"
         except (ValueError, KeyError, TypeError):
             kdf = "malformed"
         when = datetime.fromtimestamp(info.mtime, UTC).isoformat(timespec="seconds")
@@ -111,12 +123,42 @@ def key_list(repo: Repository) -> Outcome:
     lines = [
         f"{'*' if r['current'] else ' '} {r['slot']}  {r['kdf']}  added {r['added']}" for r in rows
     ]
-    return Outcome(0, [*lines, "(* = the slot your passphrase opens)"], rows)
+    opener = "host key" if repo.opened_by_host_key else "passphrase"
+    return Outcome(0, [*lines, f"(* = the slot your {opener} opens)"], rows)
 
 
 def key_add(repo: Repository, new_passphrase: str | None, kdf: KdfParams | None = None) -> Outcome:
     slot = repo.add_key(check_passphrase(new_passphrase, "new passphrase"), kdf)
     return Outcome(0, [f"added key slot {repo.root / 'keys' / slot}"], slot)
+
+
+def key_add_host(repo: Repository, host_key: bytes, host: str, key_file: str) -> Outcome:
+    """A slot for this host's key, unless one already opens with it."""
+    mine = host_key_id(host_key)
+    for info in sorted(repo.backend.list("keys/"), key=lambda i: i.key):
+        blob = repo.backend.get(info.key)
+        try:
+            d = json.loads(blob)
+        except ValueError:
+            continue
+        if not isinstance(d, dict) or d.get("kdf") != HOST_KEY_KDF or d.get("key_id") != mine:
+            continue
+        try:
+            if unwrap_master_for_host(blob, host_key, repo.config.repo_id, info.key):
+                slot = info.key.removeprefix("keys/")
+                return Outcome(0, [f"host key {key_file} already opens key slot {slot}"], slot)
+        except ValueError:
+            continue  # a damaged slot with our id: add a good one
+    slot = repo.add_host_key(host_key, host)
+    return Outcome(
+        0,
+        [
+            f"added key slot {repo.root / 'keys' / slot}: host key {mine} in {key_file} opens "
+            f"the repository on {host} without the passphrase",
+            "keep the passphrase: a new host needs it (or its own `vigil key add-host`)",
+        ],
+        slot,
+    )
 
 
 def key_remove(repo: Repository, slot: str) -> Outcome:
@@ -127,8 +169,9 @@ def key_remove(repo: Repository, slot: str) -> Outcome:
         return Outcome(
             2,
             [
-                f"key slot {slot} is the one your passphrase opens: open with another "
-                "passphrase to remove it, or use `vigil key passwd` to replace it"
+                f"key slot {slot} is the one your "
+                f"{'host key' if repo.opened_by_host_key else 'passphrase'} opens: open with "
+                "another passphrase to remove it, or use `vigil key passwd` to replace it"
             ],
         )
     repo.backend.delete(f"keys/{slot}")

@@ -25,6 +25,10 @@ class PassphraseRequiredError(RepositoryError):
     pass
 
 
+class HostKeyUnmatchedError(RepositoryError):
+    """The host key opens no key slot of the repository (not added, or its slot removed)."""
+
+
 class ObjectNotFoundError(RepositoryError):
     def __init__(self, key: str) -> None:
         super().__init__(f"object not found in repository: {key}")

@@ -1,4 +1,5 @@
-"""Key material: the master key, its Argon2id-wrapped key slots, and derived subkeys."""
+"""Key material: the master key, its key slots (wrapped by an Argon2id-stretched passphrase
+or by a host key), and derived subkeys."""
 
 from __future__ import annotations
 
@@ -37,8 +38,25 @@ MAX_PARALLELISM = 16
 MAX_SLOTS_TRIED = 8
 
 
+# The slot kinds: a passphrase stretched by Argon2id, or a host key (32 random bytes in a
+# root-only file on the backup host), which needs no stretching: nobody can guess it.
+PASSPHRASE_KDF = "argon2id"
+HOST_KEY_KDF = "host-key"
+
+
+def slot_kind(slot: bytes) -> str | None:
+    """The `kdf` a slot names (PASSPHRASE_KDF, HOST_KEY_KDF, or something else), None when
+    it is not a JSON object: which secret to try on it."""
+    try:
+        d = json.loads(slot)
+    except ValueError:
+        return None
+    kind = d.get("kdf") if isinstance(d, dict) else None
+    return kind if isinstance(kind, str) else None
+
+
 def _check_slot(d: dict[str, object], slot_name: str) -> KdfParams:
-    if d.get("kdf") != "argon2id" or d.get("cipher") != "aes-256-gcm":
+    if d.get("kdf") != PASSPHRASE_KDF or d.get("cipher") != "aes-256-gcm":
         raise ValueError(
             f"key slot {slot_name}: kdf {d.get('kdf')!r} / cipher {d.get('cipher')!r} are not "
             "argon2id / aes-256-gcm; the slot was edited or damaged"
@@ -118,7 +136,7 @@ def wrap_master(
     wrapped = AESGCM(_kek(passphrase, salt, params)).encrypt(nonce, secret, _slot_aad(repo_id))
     return json.dumps(
         {
-            "kdf": "argon2id",
+            "kdf": PASSPHRASE_KDF,
             "salt": salt.hex(),
             "time_cost": params.time_cost,
             "memory_kib": params.memory_kib,
@@ -162,3 +180,87 @@ def unwrap_master(slot: bytes, passphrase: str, repo_id: str, slot_name: str) ->
     if len(secret) not in (KEY_LEN, 2 * KEY_LEN):
         raise ValueError(f"key slot {slot_name} holds {len(secret)} key bytes")
     return Unwrapped(secret[:KEY_LEN], secret[KEY_LEN:] or None)
+
+
+# -- host-key slots ------------------------------------------------------------------------
+
+
+def _host_kek(host_key: bytes, salt: bytes) -> bytes:
+    # HKDF, not Argon2id: the host key is 256 uniformly random bits, so stretching would
+    # add no strength, only the ~0.4 CPU-s every process that opens the repository pays.
+    return HKDF(
+        algorithm=hashes.SHA256(), length=KEY_LEN, salt=salt, info=b"vigil/v1/host-key-slot"
+    ).derive(host_key)
+
+
+def host_key_id(host_key: bytes) -> str:
+    """A public fingerprint of a host key (16 hex), so `vigil key list` can tell which
+    host's key a slot is for without revealing anything about the key."""
+    return hkdf(host_key, b"vigil/v1/host-key-id")[:8].hex()
+
+
+def wrap_master_for_host(
+    master: bytes, host_key: bytes, repo_id: str, config: bytes, host: str
+) -> bytes:
+    """A key-slot object (JSON) holding master ‖ config_mac(config) encrypted under a key
+    derived from `host_key` (HKDF-SHA256 with the slot's salt). `host` is a label for
+    people (which machine holds the key), not authenticated."""
+    if len(host_key) != KEY_LEN:
+        raise ValueError(f"a host key is {KEY_LEN} bytes, not {len(host_key)}")
+    salt, nonce = os.urandom(16), os.urandom(12)
+    secret = master + config_mac(master, config)
+    wrapped = AESGCM(_host_kek(host_key, salt)).encrypt(nonce, secret, _slot_aad(repo_id))
+    return json.dumps(
+        {
+            "kdf": HOST_KEY_KDF,
+            "key_id": host_key_id(host_key),
+            "host": host,
+            "salt": salt.hex(),
+            "cipher": "aes-256-gcm",
+            "nonce": nonce.hex(),
+            "wrapped_key": wrapped.hex(),
+        },
+        sort_keys=True,
+    ).encode()
+
+
+def unwrap_master_for_host(
+    slot: bytes, host_key: bytes, repo_id: str, slot_name: str
+) -> Unwrapped | None:
+    """The master key (and the sealed config MAC) if `host_key` opens this host-key slot;
+    None when the slot is another key's."""
+    try:
+        d = json.loads(slot)
+        if not isinstance(d, dict):
+            raise ValueError("not a JSON object")
+        if d.get("kdf") != HOST_KEY_KDF or d.get("cipher") != "aes-256-gcm":
+            raise ValueError(f"kdf {d.get('kdf')!r} / cipher {d.get('cipher')!r}")
+        salt = bytes.fromhex(d["salt"])
+        nonce, wrapped = bytes.fromhex(d["nonce"]), bytes.fromhex(d["wrapped_key"])
+        if len(salt) < 16 or len(nonce) != 12:
+            raise ValueError(f"salt of {len(salt)} bytes, nonce of {len(nonce)}")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"key slot {slot_name} is malformed: {exc!r}") from exc
+    try:
+        secret = AESGCM(_host_kek(host_key, salt)).decrypt(nonce, wrapped, _slot_aad(repo_id))
+    except InvalidTag:
+        return None
+    if len(secret) != 2 * KEY_LEN:  # host-key slots were always sealed
+        raise ValueError(f"key slot {slot_name} holds {len(secret)} key bytes")
+    return Unwrapped(secret[:KEY_LEN], secret[KEY_LEN:])
+
+
+def parse_host_key(text: str) -> bytes:
+    """A host key file's content: 64 hex digits (one line). ValueError says what is wrong
+    without echoing the content."""
+    value = text.strip()
+    if len(value) != 2 * KEY_LEN or any(c not in "0123456789abcdefABCDEF" for c in value):
+        raise ValueError(
+            f"a host key file holds {2 * KEY_LEN} hex digits on one line (as `vigil key "
+            f"add-host` writes it); this one holds {len(value)} characters"
+        )
+    return bytes.fromhex(value)
+
+
+def new_host_key_text() -> str:
+    return os.urandom(KEY_LEN).hex() + "\n"

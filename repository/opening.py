@@ -19,6 +19,7 @@ from repository.config import (
     refuse_downgrade,
 )
 from repository.errors import (
+    HostKeyUnmatchedError,
     ObjectNotFoundError,
     PassphraseRequiredError,
     RepositoryError,
@@ -26,13 +27,18 @@ from repository.errors import (
     WrongPassphraseError,
 )
 from repository.keys import (
+    HOST_KEY_KDF,
     MAX_SLOTS_TRIED,
     KdfParams,
     KeySet,
+    host_key_id,
     keyset_from_master,
     keyset_unencrypted,
+    slot_kind,
     unwrap_master,
+    unwrap_master_for_host,
     wrap_master,
+    wrap_master_for_host,
 )
 
 log = structlog.get_logger(__name__)
@@ -46,8 +52,9 @@ class Opened:
     backend: Backend
     config: RepoConfig
     keys: KeySet
-    slot: str | None = None  # the key slot the passphrase opened (without `keys/`)
+    slot: str | None = None  # the key slot that opened (without `keys/`)
     master: bytes | None = None
+    by_host_key: bool = False  # the slot that opened is a host-key slot
 
 
 def refuse_empty(passphrase: str | None) -> None:
@@ -99,7 +106,19 @@ def create(
     return Opened(root, backend, config, keys, slot, master)
 
 
-def open_existing(root: Path, passphrase: str | None, backend: Backend | None = None) -> Opened:
+# Host-key slots cost one HKDF each, so more are tried than passphrase slots; the bound
+# only keeps a flood of planted slots from costing a request each without end.
+MAX_HOST_SLOTS_READ = 64
+
+
+def open_existing(
+    root: Path,
+    passphrase: str | None,
+    backend: Backend | None = None,
+    host_key: bytes | None = None,
+) -> Opened:
+    """Open with `host_key` (only the host-key slots are tried: HostKeyUnmatchedError when
+    none is this key's) or else with `passphrase` (the Argon2id slots)."""
     backend = backend or LocalBackend(root)
     try:
         config = RepoConfig.from_bytes(backend.get(CONFIG_KEY), str(root / CONFIG_KEY))
@@ -107,12 +126,15 @@ def open_existing(root: Path, passphrase: str | None, backend: Backend | None = 
         raise RepositoryNotFoundError(f"{root} is not a vigil repository (no config)") from None
     slots = sorted(info.key for info in backend.list("keys/"))
     if config.encryption == "none":
-        refuse_downgrade(root, passphrase, slots)
+        # A configured host key expects encryption just as a passphrase does.
+        refuse_downgrade(root, passphrase if host_key is None else "host key", slots)
         if config.id_key is None:
             raise RepositoryError(f"{root / CONFIG_KEY}: unencrypted but no id_key")
         return Opened(root, backend, config, keyset_unencrypted(bytes.fromhex(config.id_key)))
     if config.encryption != "aes-256-gcm":
         raise RepositoryError(f"{root / CONFIG_KEY}: unknown encryption {config.encryption!r}")
+    if host_key is not None:
+        return _open_with_host_key(root, backend, config, slots, host_key)
     if passphrase is None:
         raise PassphraseRequiredError(f"repository {root} is encrypted: a passphrase is needed")
     malformed: list[str] = []
@@ -126,7 +148,10 @@ def open_existing(root: Path, passphrase: str | None, backend: Backend | None = 
         )
     for key in slots[:MAX_SLOTS_TRIED]:
         try:
-            got = unwrap_master(backend.get(key), passphrase, config.repo_id, key)
+            blob = backend.get(key)
+            if slot_kind(blob) == HOST_KEY_KDF:
+                continue  # a host's key opens it, not a passphrase
+            got = unwrap_master(blob, passphrase, config.repo_id, key)
         except (ValueError, ObjectNotFoundError) as exc:
             malformed.append(str(exc))  # a stray or damaged slot must not block the others
             continue
@@ -143,6 +168,30 @@ def open_existing(root: Path, passphrase: str | None, backend: Backend | None = 
     raise WrongPassphraseError(f"wrong passphrase for repository {root}{extra}")
 
 
+def _open_with_host_key(
+    root: Path, backend: Backend, config: RepoConfig, slots: list[str], host_key: bytes
+) -> Opened:
+    malformed: list[str] = []
+    for key in slots[:MAX_HOST_SLOTS_READ]:
+        try:
+            blob = backend.get(key)
+            if slot_kind(blob) != HOST_KEY_KDF:
+                continue
+            got = unwrap_master_for_host(blob, host_key, config.repo_id, key)
+        except (ValueError, ObjectNotFoundError) as exc:
+            malformed.append(str(exc))
+            continue
+        if got is not None:
+            check_sealed_config(root, config, got, key)
+            keys = keyset_from_master(got.master)
+            slot = key.removeprefix("keys/")
+            return Opened(root, backend, config, keys, slot, got.master, by_host_key=True)
+    extra = f" (unreadable key slots: {'; '.join(malformed)})" if malformed else ""
+    raise HostKeyUnmatchedError(
+        f"no key slot of repository {root} is for host key {host_key_id(host_key)}{extra}"
+    )
+
+
 def add_slot(
     backend: Backend, config: RepoConfig, master: bytes, passphrase: str, kdf: KdfParams | None
 ) -> str:
@@ -150,5 +199,15 @@ def add_slot(
     refuse_empty(passphrase)
     slot = secrets.token_hex(8)
     blob = wrap_master(master, passphrase, config.repo_id, kdf or KdfParams(), config.canonical())
+    backend.put_if_absent(f"keys/{slot}", blob)
+    return slot
+
+
+def add_host_slot(
+    backend: Backend, config: RepoConfig, master: bytes, host_key: bytes, host: str
+) -> str:
+    """A new key slot wrapping `master` under `host_key`; returns its name."""
+    slot = secrets.token_hex(8)
+    blob = wrap_master_for_host(master, host_key, config.repo_id, config.canonical(), host)
     backend.put_if_absent(f"keys/{slot}", blob)
     return slot

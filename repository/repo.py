@@ -76,6 +76,7 @@ class Repository:
         self.keys = keys
         self._slot = slot
         self._master = master
+        self.opened_by_host_key = False  # set by _of: which kind of secret opened it
         self.objects = ObjectStore(self.backend, self.keys, config.chunk_size)
         # What is local to this machine (locks, heads) lives outside the repository.
         self.state = LocalState(state_dir or default_state_dir(), config.repo_id)
@@ -133,15 +134,21 @@ class Repository:
         passphrase: str | None = None,
         state_dir: Path | None = None,
         backend: Backend | None = None,
+        host_key: bytes | None = None,
     ) -> Repository:
         """`state_dir`: where this machine's state goes (default: $VIGIL_STATE_DIR, else
         /var/lib/vigil/state); one subdirectory per repository id. `backend`: the objects
-        elsewhere (S3); `path` then only names the repository in messages."""
-        return cls._of(opening.open_existing(Path(path), passphrase, backend), state_dir)
+        elsewhere (S3); `path` then only names the repository in messages. `host_key`:
+        open through a host-key slot instead of the passphrase (HostKeyUnmatchedError when
+        none is this key's)."""
+        opened = opening.open_existing(Path(path), passphrase, backend, host_key)
+        return cls._of(opened, state_dir)
 
     @classmethod
     def _of(cls, o: opening.Opened, state_dir: Path | None) -> Repository:
-        return cls(o.root, o.backend, o.config, o.keys, o.slot, o.master, state_dir)
+        repo = cls(o.root, o.backend, o.config, o.keys, o.slot, o.master, state_dir)
+        repo.opened_by_host_key = o.by_host_key
+        return repo
 
     @property
     def encrypted(self) -> bool:
@@ -153,7 +160,8 @@ class Repository:
 
     @property
     def key_slot(self) -> str | None:
-        """The key slot (name under keys/) the passphrase opened; None if unencrypted."""
+        """The key slot (name under keys/) that opened it: the passphrase's, or the host
+        key's when `opened_by_host_key`; None if unencrypted."""
         return self._slot
 
     def add_key(self, passphrase: str, kdf: KdfParams | None = None) -> str:
@@ -164,8 +172,23 @@ class Repository:
         log.info("repository.key_added", path=str(self.root), slot=slot)
         return slot
 
+    def add_host_key(self, host_key: bytes, host: str) -> str:
+        """A new key slot that `host_key` opens (no passphrase needed on that host)."""
+        if self._master is None:
+            raise RepositoryError(f"repository {self.root} is not encrypted: it has no keys")
+        slot = opening.add_host_slot(self.backend, self.config, self._master, host_key, host)
+        log.info("repository.host_key_added", path=str(self.root), slot=slot, host=host)
+        return slot
+
     def change_passphrase(self, new_passphrase: str, kdf: KdfParams | None = None) -> None:
         """Add a slot for the new passphrase, then drop the slot the current one opened."""
+        if self.opened_by_host_key:
+            # The slot that opened is the host key's: deleting it would lock this host out
+            # and leave the old passphrase working.
+            raise RepositoryError(
+                f"repository {self.root} was opened with the host key (repository.key_file); "
+                "to change the passphrase, open with it: comment out key_file for this command"
+            )
         slot = self.add_key(new_passphrase, kdf)
         self.backend.delete(f"keys/{self._slot}")
         self._slot = slot

@@ -137,6 +137,15 @@ def version() -> str:
         return "unknown"
 
 
+class _VersionAction(argparse.Action):
+    """argparse's "version" action, but the version is looked up only when asked for:
+    importlib.metadata costs every other command ~15 ms of start-up."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        print(f"vigil {version()}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(
         prog="vigil",
@@ -159,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     _add_global_options(p, top=True)
-    p.add_argument("--version", action="version", version=f"vigil {version()}")
+    p.add_argument("--version", action=_VersionAction, nargs=0, help="show the version and exit")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     for name in COMMANDS:

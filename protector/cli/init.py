@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,11 @@ def register(sub: Any) -> None:
         "(s3://BUCKET/PREFIX: the bucket must exist, with object lock when "
         "repository.s3.object_lock_days > 0; the service must honour If-None-Match, which is "
         "probed), encrypted with the passphrase from repository.passphrase_env / "
-        "passphrase_file. --copy NAME creates the offsite copy [copies.NAME] instead, with "
-        "its own passphrase. No other command creates one. --encryption none creates an "
-        "unencrypted repository: anyone who can write the storage can then forge data.",
+        "passphrase_file; with repository.key_file, this host's key (made there if absent) "
+        "opens it too, without the passphrase. --copy NAME creates the offsite copy "
+        "[copies.NAME] instead, with its own passphrase. No other command creates one. "
+        "--encryption none creates an unencrypted repository: anyone who can write the "
+        "storage can then forge data.",
     )
     p.add_argument(
         "--copy",
@@ -41,8 +44,9 @@ def register(sub: Any) -> None:
 async def run(args: argparse.Namespace) -> int:
     import anyio
 
+    from protector.hostkey import create_host_key
     from protector.repoaccess import open_backend
-    from repository.admin import init_cmd
+    from repository.admin import init_cmd, key_add_host
     from repository.errors import RepositoryError
 
     cfg = config_of(args)
@@ -52,9 +56,15 @@ async def run(args: argparse.Namespace) -> int:
     passphrase = rc.passphrase()
     state = Path(cfg.state_dir) if cfg.state_dir else None
 
+    if rc.key_file and args.encryption == "none":
+        raise UserError(
+            f"{rc.where}.key_file is set but --encryption none makes a repository with no "
+            f"keys: remove {rc.where}.key_file from {cfg.path}, or drop --encryption none"
+        )
+
     def create() -> Any:
         backend = open_backend(rc, cfg)  # S3: bucket checked, If-None-Match probed
-        return init_cmd(
+        out = init_cmd(
             rc.location,
             passphrase,
             encryption=args.encryption,
@@ -62,6 +72,11 @@ async def run(args: argparse.Namespace) -> int:
             state_dir=state,
             backend=backend,
         )
+        if out.exit_code == 0 and rc.key_file and out.data is not None:
+            key, _made = create_host_key(rc.key_file, f"{rc.where}.key_file", cfg.path)
+            added = key_add_host(out.data, key, socket.gethostname(), rc.key_file)
+            out.lines[-1:-1] = added.lines[:1]  # before the passphrase warning
+        return out
 
     try:
         out = await anyio.to_thread.run_sync(create)

@@ -1,0 +1,209 @@
+"""repository.key_file: a host key that opens the repository without the passphrase (and
+its Argon2id), beside the passphrase, which stays the way in for any other host."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from repository import ConfigTamperedError, Repository
+from repository.errors import HostKeyUnmatchedError, WrongPassphraseError
+from repository.keys import host_key_id
+
+ROOT = Path(__file__).resolve().parents[2]
+SECRET = "correct horse battery staple"
+
+
+def vigil(
+    cfg: Path, *args: str, passphrase: str | None = SECRET
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "VIGIL_T_PP"}
+    env["VIGIL_T_PW"] = "pass"
+    if passphrase is not None:
+        env["VIGIL_T_PP"] = passphrase
+    return subprocess.run(
+        [sys.executable, "-m", "protector.cli", "--config", str(cfg), *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def config(tmp_path: Path, key_file: str | None = "host.key") -> Path:
+    cfg = tmp_path / "vigil.toml"
+    kf = f'key_file = "{key_file}"\n' if key_file else ""
+    cfg.write_text(
+        '[vcenter]\nurl = "https://127.0.0.1:9/sdk"\nuser = "u"\npassword_env = "VIGIL_T_PW"\n'
+        f'[repository]\npath = "repo"\npassphrase_env = "VIGIL_T_PP"\n{kf}'
+        '[policies]\npath = "pol"\n[state]\ndir = "state"\n'
+    )
+    return cfg
+
+
+def key_rows(cfg: Path, passphrase: str | None) -> list[str]:
+    listed = vigil(cfg, "key", "list", "--json", passphrase=passphrase)
+    assert listed.returncode == 0, listed.stderr
+    return json.loads(listed.stdout)["lines"]
+
+
+def test_init_makes_the_host_key_and_this_host_then_needs_no_passphrase(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    done = vigil(cfg, "init")
+    assert done.returncode == 0, done.stderr
+    key_file = tmp_path / "host.key"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    text = key_file.read_text()
+    assert len(text.strip()) == 64 and text.endswith("\n")
+    key = bytes.fromhex(text)
+    assert text.strip() not in done.stdout + done.stderr  # the key is never printed
+    assert host_key_id(key) in done.stdout
+    # Without any passphrase configured, this host opens the repository with its key.
+    rows = key_rows(cfg, passphrase=None)
+    current = [r for r in rows if r.startswith("*")]
+    assert (
+        len(current) == 1 and f"host key {host_key_id(key)} ({socket.gethostname()})" in current[0]
+    )
+    assert any("argon2id" in r for r in rows) and rows[-1] == "(* = the slot your host key opens)"
+    assert vigil(cfg, "list", "--json", passphrase=None).returncode == 0
+    # Both secrets open the same repository: the passphrase is the way in elsewhere.
+    by_key = Repository.open(tmp_path / "repo", None, tmp_path / "state", host_key=key)
+    by_passphrase = Repository.open(tmp_path / "repo", SECRET, tmp_path / "state")
+    assert by_key.opened_by_host_key and not by_passphrase.opened_by_host_key
+    assert by_key.keys == by_passphrase.keys
+
+
+def test_a_key_of_another_repository_falls_back_to_the_passphrase_or_says_what_to_do(
+    tmp_path: Path,
+) -> None:
+    cfg = config(tmp_path)
+    assert vigil(cfg, "init").returncode == 0
+    key_file = tmp_path / "host.key"
+    key_file.write_text(os.urandom(32).hex() + "\n")  # another host's, or a new one
+    opened = vigil(cfg, "list", "--json")
+    assert opened.returncode == 0, opened.stderr
+    assert (
+        "repository.host_key_unmatched" in opened.stderr and "vigil key add-host" in opened.stderr
+    )
+    stuck = vigil(cfg, "list", passphrase=None)
+    assert stuck.returncode == 2
+    assert "repository.key_file" in stuck.stderr and "vigil key add-host" in stuck.stderr
+    # add-host opens with the passphrase once and adds a slot for the key in the file.
+    added = vigil(cfg, "key", "add-host")
+    assert added.returncode == 0, added.stderr
+    assert vigil(cfg, "list", passphrase=None).returncode == 0
+    again = vigil(cfg, "key", "add-host")
+    assert again.returncode == 0 and "already opens key slot" in again.stdout
+    assert len(list((tmp_path / "repo" / "keys").iterdir())) == 3  # passphrase, old, new host
+
+
+def test_add_host_on_a_repository_made_without_one(tmp_path: Path) -> None:
+    assert vigil(config(tmp_path, key_file=None), "init").returncode == 0
+    cfg = config(tmp_path)
+    missing = vigil(cfg, "list")
+    assert missing.returncode == 0 and "repository.host_key_missing" in missing.stderr
+    added = vigil(cfg, "key", "add-host")
+    assert added.returncode == 0, added.stderr
+    assert (tmp_path / "host.key").stat().st_mode & 0o777 == 0o600
+    assert vigil(cfg, "list", passphrase=None).returncode == 0
+    unset = vigil(config(tmp_path, key_file=None), "key", "add-host")
+    assert unset.returncode == 2 and "set repository.key_file" in unset.stderr
+
+
+def test_passwd_replaces_the_passphrase_and_keeps_the_host_key(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    assert vigil(cfg, "init").returncode == 0
+    env_new = {"VIGIL_NEW_PASSPHRASE": "a new one"}
+    os.environ.update(env_new)
+    try:
+        changed = vigil(cfg, "key", "passwd")
+    finally:
+        os.environ.pop("VIGIL_NEW_PASSPHRASE")
+    assert changed.returncode == 0, changed.stderr
+    with pytest.raises(WrongPassphraseError):
+        Repository.open(tmp_path / "repo", SECRET, tmp_path / "state")
+    assert Repository.open(tmp_path / "repo", "a new one", tmp_path / "state").encrypted
+    assert vigil(cfg, "list", passphrase=None).returncode == 0
+    # Opened by its host key, the library refuses a passwd: it would delete the host's slot.
+    key = bytes.fromhex((tmp_path / "host.key").read_text())
+    repo = Repository.open(tmp_path / "repo", None, tmp_path / "state", host_key=key)
+    with pytest.raises(Exception, match="opened with the host key"):
+        repo.change_passphrase("yet another")
+    assert len(list((tmp_path / "repo" / "keys").iterdir())) == 2
+
+
+@pytest.mark.parametrize(
+    ("content", "mode", "expected"),
+    [
+        ("ab" * 32 + "\n", 0o644, "chmod 600"),
+        ("not a key at all\n", 0o600, "holds 64 hex digits"),
+        ("ab" * 31 + "\n", 0o600, "holds 62 characters"),
+    ],
+)
+def test_a_bad_key_file_is_refused_by_name_without_echoing_it(
+    tmp_path: Path, content: str, mode: int, expected: str
+) -> None:
+    cfg = config(tmp_path)
+    assert vigil(cfg, "init").returncode == 0
+    key_file = tmp_path / "host.key"
+    key_file.write_text(content)
+    key_file.chmod(mode)
+    done = vigil(cfg, "list")
+    assert done.returncode == 2
+    assert "repository.key_file" in done.stderr and str(key_file) in done.stderr
+    assert expected in done.stderr
+    assert content.strip() not in done.stderr
+
+
+def test_init_refuses_a_key_file_for_an_unencrypted_repository(tmp_path: Path) -> None:
+    cfg = tmp_path / "vigil.toml"
+    cfg.write_text(config(tmp_path).read_text().replace('passphrase_env = "VIGIL_T_PP"\n', ""))
+    done = vigil(cfg, "init", "--encryption", "none")
+    assert done.returncode == 2 and "key_file" in done.stderr
+    assert not (tmp_path / "repo").exists() and not (tmp_path / "host.key").exists()
+
+
+def test_host_key_slots_are_as_strict_as_passphrase_slots(tmp_path: Path) -> None:
+    repo = Repository.init(tmp_path / "repo", passphrase=SECRET, state_dir=tmp_path / "state")
+    key = os.urandom(32)
+    slot = repo.add_host_key(key, "backup01")
+    # A wrong passphrase names no host-key slot as unreadable: it is simply not its kind.
+    with pytest.raises(WrongPassphraseError) as wrong:
+        Repository.open(tmp_path / "repo", "wrong", tmp_path / "state")
+    assert "unreadable" not in str(wrong.value)
+    with pytest.raises(HostKeyUnmatchedError, match=r"no key slot .* is for host key"):
+        Repository.open(tmp_path / "repo", None, tmp_path / "state", host_key=os.urandom(32))
+    # The config is sealed into the host-key slot as into any other: an edit is caught.
+    config = json.loads((tmp_path / "repo" / "config").read_text())
+    config["chunk_size"] = 65536
+    (tmp_path / "repo" / "config").write_text(json.dumps(config))
+    with pytest.raises(ConfigTamperedError):
+        Repository.open(tmp_path / "repo", None, tmp_path / "state", host_key=key)
+    # An unencrypted config in place of an encrypted one is refused with a host key too.
+    config.update(encryption="none", id_key="00" * 32, chunk_size=repo.chunk_size)
+    (tmp_path / "repo" / "config").write_text(json.dumps(config))
+    with pytest.raises(ConfigTamperedError, match="unencrypted"):
+        Repository.open(tmp_path / "repo", None, tmp_path / "state", host_key=key)
+    # A damaged host-key slot is reported, not trusted.
+    (tmp_path / "repo" / "keys" / slot).write_text('{"kdf": "host-key", "salt": "zz"}')
+    (tmp_path / "repo" / "config").write_bytes(repo.config.to_bytes())
+    with pytest.raises(HostKeyUnmatchedError, match="malformed"):
+        Repository.open(tmp_path / "repo", None, tmp_path / "state", host_key=key)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="root making the key for a service user")
+def test_root_makes_the_key_file_for_the_owner_of_its_directory(tmp_path: Path) -> None:
+    from protector.hostkey import create_host_key, read_host_key
+
+    service = tmp_path / "var-lib-vigil"
+    service.mkdir(mode=0o700)
+    os.chown(service, 61234, 61234)  # as /var/lib/vigil belongs to the service's user
+    key, made = create_host_key(str(service / "repository.key"), "repository.key_file", "cfg")
+    st = (service / "repository.key").stat()
+    assert made and (st.st_uid, st.st_gid, st.st_mode & 0o777) == (61234, 61234, 0o600)
+    assert read_host_key(str(service / "repository.key"), "k", "cfg") == key
+    # Made once: a second call reads the same key, never a new one over it.
+    assert create_host_key(str(service / "repository.key"), "k", "cfg") == (key, False)
