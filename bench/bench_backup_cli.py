@@ -25,7 +25,12 @@ Settings: all three encrypted. vigil runs twice, each repository made by `vigil 
 "vigil" as config.example.toml sets it up, with a host key (repository.key_file: the
 repository opens through the host's key slot, HKDF, no passphrase needed on the host),
 and "passphrase" with only the passphrase (its Argon2id slot, t=3, 64 MiB, p=2, ~0.4
-CPU-s per process). restic: its calibrated scrypt; borg: repokey (PBKDF2).
+CPU-s per process). A third, "handoff", is the same command on a host where `vigil watch`
+runs with that configuration (started once per run, its policy covering the VM with a
+window 12 hours away, so it backs up only when asked): `vigil backup VM` hands the job
+over the daemon's control socket (docs/control-socket.md) and waits for it; its time is
+the command's, fork to exit, and its CPU time only the command's own (the daemon's is not
+counted: it is a process of its own). restic: its calibrated scrypt; borg: repokey (PBKDF2).
 borg: `--chunker-params fixed,4194304 --compression zstd,1`; restic `--compression auto`
 (zstd fastest, restic's only non-max level). vigil: its default chunk size and zstd level.
 Both vigil checkouts are byte-compiled first, as an installed vigil is (compile_tree).
@@ -50,10 +55,12 @@ import json
 import os
 import resource
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -168,7 +175,13 @@ def compile_tree(code: Path) -> None:
 
 
 def vigil_setup(
-    sim: Simulator, work: Path, name: str, code: Path, host_key: bool
+    sim: Simulator,
+    work: Path,
+    name: str,
+    code: Path,
+    host_key: bool,
+    policies: Path | None = None,
+    state: Path | None = None,
 ) -> tuple[list[str], Path, dict[str, str]]:
     """(argv of `vigil backup VM`, its repository, its environment) for vigil from `code`
     (this checkout, or --baseline's) with a fresh repository of its own, made by `vigil
@@ -177,14 +190,16 @@ def vigil_setup(
     repo, key_file = work / f"{name}-repo", work / f"{name}.key"
     shutil.rmtree(repo, ignore_errors=True)
     key_file.unlink(missing_ok=True)
-    (work / "policies").mkdir(exist_ok=True)
+    policies = policies or work / "policies"
+    policies.mkdir(exist_ok=True)
     cfgfile = work / f"{name}.toml"
     cfgfile.write_text(
         f'[vcenter]\nurl = "{sim.url}"\nuser = "{sim.user}"\npassword_env = "VIGIL_BENCH_PW"\n'
         f'[repository]\npath = "{repo}"\npassphrase_env = "VIGIL_BENCH_PASS"\n'
         + (f'key_file = "{key_file}"\n' if host_key else "")
-        + f'[policies]\npath = "{work / "policies"}"\n'
+        + f'[policies]\npath = "{policies}"\n'
         f'[transport]\nmodes = ["file"]\n[transport.file.datastores]\nLocalDS_0 = "{ds_dir}"\n'
+        + (f'[state]\ndir = "{state}"\n[daemon]\nstatus_listen = "127.0.0.1:0"\n' if state else "")
     )
     compile_tree(code)
     argv = [sys.executable, "-m", "protector.cli", "--config", str(cfgfile)]
@@ -193,6 +208,49 @@ def vigil_setup(
     sh([*argv, "init"], init_env, cwd=code)
     argv += ["--log-level", "debug", "--log-json", "backup", VM_NAME]
     return argv, repo, env
+
+
+def handoff_policy(policies: Path, *, cbt: bool) -> None:
+    """The daemon's policy for the VM: backups only when asked (its window 12 hours away,
+    no trigger on coming into scope), CBT kept off for the no-CBT incremental."""
+    start = (datetime.now() + timedelta(hours=12)).strftime("%H:%M")
+    end = (datetime.now() + timedelta(hours=12, minutes=1)).strftime("%H:%M")
+    (policies / "main.toml").write_text(
+        f'[[policy]]\nname = "asked"\npriority = 10\n[policy.select]\nnames = ["{VM_NAME}"]\n'
+        f'[policy.schedule]\nrpo = "24h"\nwindow = "{start}-{end}"\n'
+        '[policy.trigger]\non_match = "schedule"\n[policy.retention]\nkeep_last = 9\n'
+        + ("" if cbt else "[policy.backup]\nenable_cbt = false\n")
+    )
+
+
+class HandoffDaemon:
+    """`vigil watch` with the "handoff" configuration, so that vigil's `backup VM` hands
+    its job over (docs/control-socket.md); stopped with SIGTERM."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], state: Path) -> None:
+        cfg = argv[argv.index("--config") + 1]
+        self.sock = state / "control.sock"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "protector.cli", "--config", cfg, "watch"],
+            env=env,
+            cwd=env["PYTHONPATH"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 120
+        while not self.sock.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("vigil watch did not open its control socket")
+            time.sleep(0.05)
+        time.sleep(1)  # its first inventory read: requests before it are declined
+
+    def reload(self) -> None:
+        self.proc.send_signal(signal.SIGHUP)
+        time.sleep(1)
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(120)
 
 
 async def daemon_job(sim: Simulator, work: Path) -> dict[str, Any]:
@@ -265,9 +323,17 @@ def one_run(
         BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK="yes",
         BORG_RELOCATED_REPO_ACCESS_IS_OK="yes",
     )
+    handoff_state, handoff_pol = work / "handoff-state", work / "handoff-policies"
+    shutil.rmtree(handoff_state, ignore_errors=True)
+    handoff_state.mkdir(mode=0o700)
+    handoff_pol.mkdir(exist_ok=True)
+    handoff_policy(handoff_pol, cbt=True)
     vigils = {
         "vigil": vigil_setup(sim, work, "vigil", ROOT, host_key=True),
         "passphrase": vigil_setup(sim, work, "passphrase", ROOT, host_key=False),
+        "handoff": vigil_setup(
+            sim, work, "handoff", ROOT, True, policies=handoff_pol, state=handoff_state
+        ),
     }
     if baseline is not None:
         vigils["baseline"] = vigil_setup(sim, work, "baseline", baseline, host_key=False)
@@ -293,6 +359,8 @@ def one_run(
             # cwd: `python -m` puts the current directory first on sys.path
             code = Path(venv["PYTHONPATH"])
             wall, cpu, err = timed([*argv, *extra], {**env, **venv}, cwd=code)
+            if name == "handoff" and "backup.handed_to_daemon" not in err:
+                raise SystemExit(f"the daemon did not take the {kind} backup:\n{err[-3000:]}")
             out[f"{name}_{kind}_s"], out[f"{name}_{kind}_cpu_s"] = wall, cpu
             out[f"{name}_{kind}_phases"] = phases(err)
 
@@ -301,6 +369,28 @@ def one_run(
 
     out: dict[str, Any] = {}
     shutil.copyfile(base, flat)
+    argv, _repo, venv = vigils["handoff"]
+    daemon = HandoffDaemon(argv, {**env, **venv}, handoff_state)
+    try:
+        return steps(sim, work, flat, vigils, daemon, each_vigil, peer, restic, borg, out)
+    finally:
+        daemon.stop()
+
+
+def steps(
+    sim: Simulator,
+    work: Path,
+    flat: Path,
+    vigils: dict[str, Any],
+    daemon: HandoffDaemon,
+    each_vigil: Any,
+    peer: Any,
+    restic: list[str],
+    borg: Any,
+    out: dict[str, Any],
+) -> dict[str, Any]:
+    """The backups of one run, in order (the daemon of the "handoff" vigil running)."""
+    rrepo, brepo = work / "restic-repo", work / "borg-repo"
     each_vigil("full", [])
     peer("restic", "full", restic)
     peer("borg", "full", borg("full"))
@@ -314,6 +404,8 @@ def one_run(
         '[policy.schedule]\nrpo = "24h"\n[policy.retention]\nkeep_last = 9\n'
         "[policy.backup]\nenable_cbt = false\n"
     )
+    handoff_policy(work / "handoff-policies", cbt=False)
+    daemon.reload()
     each_vigil("incr_nocbt", [])
     peer("restic", "incr_nocbt", restic)
     peer("borg", "incr_nocbt", borg("incr"))
@@ -326,6 +418,8 @@ def one_run(
     # `--full`: the same read, trusting nothing stored (every reused chunk checked).
     each_vigil("full_verify", ["--full"])
     nocbt.unlink()
+    handoff_policy(work / "handoff-policies", cbt=True)
+    daemon.reload()
     each_vigil("cbt_on", [])  # untimed: turns CBT back on, the changeId the next one asks
     mkimage(flat, "--mutate", "1", "--seed", "3")
     each_vigil("incr_cbt", [])
@@ -360,7 +454,7 @@ def main() -> None:
             flat = {k: round(v, 3) for k, v in r.items() if isinstance(v, (int, float))}
             print(f"run {i + 1}: {json.dumps(flat)}", file=sys.stderr, flush=True)
     shutil.rmtree(simdir, ignore_errors=True)
-    names = ["vigil", "passphrase", *(["baseline"] if args.baseline else [])]
+    names = ["vigil", "passphrase", "handoff", *(["baseline"] if args.baseline else [])]
     for r in runs:
         for kind in ("full", "incr_nocbt"):
             for unit in ("s", "cpu_s"):

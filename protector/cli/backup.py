@@ -7,6 +7,7 @@ import asyncio
 import sys
 from typing import Any
 
+from protector.backup_record import result_record
 from protector.cli.common import config_of, json_option, print_json
 from protector.cli.progress import ProgressLine, human_bytes
 from protector.cli.vcenter_choice import vcenter_option
@@ -59,45 +60,16 @@ def register(sub: Any) -> None:
         action="store_true",
         help="read every allocated block, not only the blocks CBT says changed",
     )
+    p.add_argument(
+        "--in-process",
+        action="store_true",
+        help="back the VM up in this process even when `vigil watch` runs on this host "
+        "(by default a VM the daemon protects is handed to it: its limits apply and the job "
+        "shows in `vigil status`)",
+    )
     json_option(p, "print the new restore point as JSON (see `list`)")
     vcenter_option(p, "the VM, vApp or scope is on")
     p.set_defaults(handler=run)
-
-
-def result_record(r: Any) -> dict[str, Any]:
-    return {
-        "id": r.point_id,
-        "vm": {
-            "name": r.vm.name,
-            "path": r.vm.path,
-            "instance_uuid": r.vm.instance_uuid,
-            "moref": r.vm.moref,
-        },
-        "created_at": r.finished_at.isoformat().replace("+00:00", "Z"),
-        "type": r.type,
-        "status": "committed",
-        "consistency": r.consistency,
-        "read_bytes": r.read_bytes,
-        "stored_bytes": r.stored_bytes,
-        "seconds": round((r.finished_at - r.started_at).total_seconds(), 3),
-        "disks": [
-            {
-                "key": d.key,
-                "name": d.name,
-                "capacity_bytes": d.capacity_bytes,
-                "read_bytes": d.read_bytes,
-                "stored_bytes": d.stored_bytes,
-                "change_id": d.change_id,
-                "transport": d.transport,
-                "mode": d.mode,
-                "reason": d.reason,
-                "skipped_reason": d.skipped_reason,
-            }
-            for d in r.disks
-        ],
-        # Why vigil's snapshot is still on the VM (null when it was removed).
-        "snapshot_left": r.snapshot_left or None,
-    }
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -115,10 +87,16 @@ async def run(args: argparse.Namespace) -> int:
         return await run_scope(args)
     if args.vapp is not None:
         return await run_vapp(args)
+    cfg = config_of(args)
+    if not args.in_process:
+        from protector.cli.handoff import hand_off
+
+        code = await hand_off(cfg, args)  # None: no daemon here took it
+        if code is not None:
+            return code
     from protector import phases
     from protector.cli.common import open_repository
 
-    cfg = config_of(args)
     if cfg.several_vcenters or args.vcenter:
         from protector.cli.vcenter_choice import vcenter_of_vm
 
@@ -153,26 +131,31 @@ async def run(args: argparse.Namespace) -> int:
     finally:
         with phases.timed("exit"):
             await close_all(session, catalog)
-    if args.json:
-        print_json(result_record(result))
-    else:
-        secs = (result.finished_at - result.started_at).total_seconds()
-        print(
-            f"{result.point_id}: {result.type} {result.consistency} backup of {node.path} in "
-            f"{secs:.1f} s; read {human_bytes(result.read_bytes)}, stored "
-            f"{human_bytes(result.stored_bytes)} new"
-        )
-        for d in result.disks:
-            if d.skipped_reason:
-                print(f"  {d.address or d.key}: skipped — {d.skipped_reason}")
-            else:
-                print(f"  {d.address}: {d.mode} via {d.transport} ({d.reason})")
-    if result.snapshot_left:
-        print(
-            f"  note: the point is good, but vigil's snapshot is still on {node.name} "
-            f"({result.snapshot_left}); the next backup of this VM removes it",
-        )
+    show_result(args, result_record(result))
     return 0
+
+
+def show_result(args: argparse.Namespace, rec: dict[str, Any], by: str = "") -> None:
+    """The new point (a result_record, from this process or the daemon's job `by`)."""
+    if args.json:
+        print_json(rec)
+    else:
+        where = f" (by the running daemon, {by})" if by else ""
+        print(
+            f"{rec['id']}: {rec['type']} {rec['consistency']} backup of {rec['vm']['path']} in "
+            f"{rec['seconds']:.1f} s{where}; read {human_bytes(rec['read_bytes'])}, stored "
+            f"{human_bytes(rec['stored_bytes'])} new"
+        )
+        for d in rec["disks"]:
+            if d["skipped_reason"]:
+                print(f"  {d['address'] or d['key']}: skipped — {d['skipped_reason']}")
+            else:
+                print(f"  {d['address']}: {d['mode']} via {d['transport']} ({d['reason']})")
+    if rec["snapshot_left"]:
+        print(
+            f"  note: the point is good, but vigil's snapshot is still on {rec['vm']['name']} "
+            f"({rec['snapshot_left']}); the next backup of this VM removes it",
+        )
 
 
 async def login_then_repository(cfg: Any, opening: asyncio.Future[Any]) -> tuple[Any, Any]:

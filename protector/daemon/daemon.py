@@ -32,7 +32,9 @@ import structlog
 from policies.errors import PolicyLoadError
 from policies.reload import PolicyStore, ReloadOutcome
 from protector.config import Config
+from protector.controlsock import control_socket_path
 from protector.daemon import views
+from protector.daemon.control import ControlServer
 from protector.daemon.copier import Copier
 from protector.daemon.jobs import JobRecord, JobRequest, JobRunner, Limits
 from protector.daemon.metrics import Metrics
@@ -148,6 +150,7 @@ class Daemon:
         self.watcher: VcenterSet | None = None
         self.runner: Any = None  # JobRunner, or the cluster's queue (planner.JobQueue)
         self.status: StatusServer | None = None
+        self.control: ControlServer | None = None  # `vigil backup` hands jobs over here
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -179,6 +182,10 @@ class Daemon:
                 f"the status page ({exc.strerror or exc}); is another `vigil watch` running "
                 "with this configuration? Stop it, or choose another port"
             ) from None
+        if isinstance(self.runner, JobRunner):  # a cluster node's queue is PostgreSQL's
+            self.control = ControlServer(self, control_socket_path(cfg))
+            if not await self.control.start():
+                self.control = None
         log.info(
             "daemon.started",
             status=f"http://{cfg.daemon.status_listen.rpartition(':')[0]}:{self.status.port}/status",
@@ -280,6 +287,9 @@ class Daemon:
         # No new jobs; running ones are cancelled and remove their snapshots first.
         if self.runner:
             await self.runner.stop(timeout=50)
+        if self.control:  # after the jobs: a waiting `vigil backup` hears how they ended
+            await asyncio.sleep(0)
+            await self.control.stop()
         await self.vcenters.close_watchers()
         await self.supervisor.cancel_all()
         await self.vcenters.close_sessions()  # after the tasks that might still use them
@@ -381,16 +391,18 @@ class Daemon:
             return
         self.planner.policies_changed(self.watcher.tree.vms())
 
-    def backup_now(self, moref: str, reason: str = "requested") -> bool:
+    def backup_now(self, moref: str, reason: str = "requested", *, full: bool = False) -> bool:
         """Queue a backup of a protected VM now (coalesced with a running or queued one);
         `moref` may be its identity (a MoRef is unique within one vCenter only)."""
         node = self.watcher.tree.get_vm(moref) if self.watcher else None
         policy = self.planner.policy_of(node.identity) if node else None
         if node is None or policy is None:
             raise LookupError(f"{moref} is not a VM that a policy protects")
-        return self.planner.submit(node, policy, reason, immediate=True, manual=True)
+        return self.planner.submit(node, policy, reason, immediate=True, manual=True, full=full)
 
     def _job_finished(self, req: JobRequest, rec: JobRecord) -> None:
+        if self.control is not None:
+            self.control.job_finished(rec)
         ran_with = self.worker.finished(req, rec)
         if rec.outcome == "failed":
             self.errors.append(f"{req.vm_name}: backup attempt {rec.attempt} failed: {rec.error}")

@@ -69,6 +69,9 @@ class JobRecord:
     # planned for the read, for the status page's progress column.
     phase: str = ""
     total_bytes: int = 0
+    # The new point as `vigil backup --json` prints it (protector/backup_record.py), for a
+    # `vigil backup` that handed its job to this daemon (control.py).
+    summary: dict[str, Any] | None = None
 
     @classmethod
     def start(cls, job_id: int, req: JobRequest, attempt: int) -> JobRecord:
@@ -86,7 +89,9 @@ class JobRecord:
         )
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        d = dict(self.__dict__)
+        del d["summary"]  # the point's disks: for the waiting `vigil backup`, not the status
+        return d
 
 
 @dataclass(frozen=True)
@@ -174,6 +179,13 @@ class JobRunner:
     def in_cooldown(self, vm_key: str, now: float | None = None) -> bool:
         until = self.cooldown_until.get(vm_key)
         return until is not None and (now or time.time()) < until
+
+    def cancel_retry(self, vm_key: str) -> None:
+        """Drop a VM's pending retry (a person asks for its backup now instead)."""
+        timer = self.retry_timers.pop(vm_key, None)
+        if timer is not None:
+            timer.cancel()
+            self._idle.set()
 
     def forget(self, vm_key: str) -> None:
         """Drop everything pending for a VM that was deleted or left every policy: its queued

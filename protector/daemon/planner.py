@@ -311,7 +311,14 @@ class Planner:
         self.submit(node, policy, reason, immediate=True)
 
     def submit(
-        self, node: Any, policy: Policy, reason: str, *, immediate: bool, manual: bool = False
+        self,
+        node: Any,
+        policy: Policy,
+        reason: str,
+        *,
+        immediate: bool,
+        manual: bool = False,
+        full: bool = False,
     ) -> bool:
         assert self.jobs is not None
         key = node.identity
@@ -326,6 +333,7 @@ class Planner:
                 deadline=job_deadline(self.state.get(key), policy, immediate=immediate, now=now),
                 policy=policy.name,
                 manual=manual,
+                full=full,
                 cooldown_cap=policy.schedule.rpo.total_seconds(),
             )
         )

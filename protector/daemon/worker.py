@@ -17,6 +17,7 @@ import anyio
 from policies.model import Policy
 from protector import phases
 from protector.backup import BackupOptions, BackupResult, VappBackupResult, backup_vapp, backup_vm
+from protector.backup_record import result_record
 from protector.config import Config
 from protector.context import Context
 from protector.daemon.jobs import JobRecord, JobRequest
@@ -129,6 +130,7 @@ class BackupWorker:
         rec.point_id = result.point_id
         rec.read_bytes = result.read_bytes
         rec.stored_bytes = result.stored_bytes
+        rec.summary = result_record(result)
         st = self.state.setdefault(req.vm_key, VmState())
         st.newest_good = result.finished_at
         st.newest_point = result.point_id
