@@ -244,6 +244,11 @@ class HandoffDaemon:
             time.sleep(0.05)
         time.sleep(1)  # its first inventory read: requests before it are declined
 
+    def cpu(self) -> float:
+        """The daemon's CPU seconds so far (user + system)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def reload(self) -> None:
         self.proc.send_signal(signal.SIGHUP)
         time.sleep(1)
@@ -353,24 +358,31 @@ def one_run(
             str(flat),
         ]
 
+    argv, _repo, venv = vigils["handoff"]
+    daemon = HandoffDaemon(argv, {**env, **venv}, handoff_state)
+
     def each_vigil(kind: str, extra: list[str]) -> None:
         items = list(vigils.items())
         for name, (argv, _repo, venv) in items[::-1] if swap else items:
             # cwd: `python -m` puts the current directory first on sys.path
             code = Path(venv["PYTHONPATH"])
+            before = daemon.cpu()
             wall, cpu, err = timed([*argv, *extra], {**env, **venv}, cwd=code)
+            # The daemon's CPU meanwhile: its job for "handoff"; for the others, what it
+            # took from them (its idle watch), which must stay near zero.
+            out[f"{name}_{kind}_daemon_cpu_s"] = daemon.cpu() - before
             if name == "handoff" and "backup.handed_to_daemon" not in err:
                 raise SystemExit(f"the daemon did not take the {kind} backup:\n{err[-3000:]}")
             out[f"{name}_{kind}_s"], out[f"{name}_{kind}_cpu_s"] = wall, cpu
             out[f"{name}_{kind}_phases"] = phases(err)
 
     def peer(name: str, kind: str, cmd: list[str]) -> None:
+        before = daemon.cpu()
         out[f"{name}_{kind}_s"], out[f"{name}_{kind}_cpu_s"], _ = timed(cmd, env)
+        out[f"{name}_{kind}_daemon_cpu_s"] = daemon.cpu() - before
 
     out: dict[str, Any] = {}
     shutil.copyfile(base, flat)
-    argv, _repo, venv = vigils["handoff"]
-    daemon = HandoffDaemon(argv, {**env, **venv}, handoff_state)
     try:
         return steps(sim, work, flat, vigils, daemon, each_vigil, peer, restic, borg, out)
     finally:
@@ -497,6 +509,15 @@ def main() -> None:
     print(
         f"\nrepository MiB after full + incr_nocbt: {sizes}; "
         f"vigil/restic {med['repo_vs_restic']:.3f} (goal <= 1.05)"
+    )
+    print(
+        "\nthe handoff daemon's CPU seconds during each command (its job for handoff, what it "
+        "took from the others): "
+        + ", ".join(
+            f"{k.removesuffix('_daemon_cpu_s')} {v:.2f}"
+            for k, v in med.items()
+            if k.endswith("_daemon_cpu_s")
+        )
     )
     for kind, ph in med_phases.items():
         print(f"{kind} phases: " + ", ".join(f"{k} {v:.3f}" for k, v in ph.items()))

@@ -124,10 +124,13 @@ def repository_table_problems(r: dict[str, Any], where: str, base: Path) -> list
     for key in ("passphrase_file", "key_file"):
         if r.get(key):
             r[key] = str(base / r[key])
-    from repository.config import chunk_size_problem
+    if "chunk_size" in r:
+        # Imported only here: the repository package costs ~50 ms, which a command that
+        # never opens the repository (`vigil status`, a backup handed to the daemon) skips.
+        from repository.config import chunk_size_problem
 
-    if "chunk_size" in r and (problem := chunk_size_problem(r["chunk_size"])):
-        problems.append(f"{where}.chunk_size: {problem}")
+        if problem := chunk_size_problem(r["chunk_size"]):
+            problems.append(f"{where}.chunk_size: {problem}")
     s3 = r.get("s3")
     if s3 is not None and "url" not in r:
         problems.append(f'{where}.s3: applies only with {where}.url = "s3://BUCKET/PREFIX"')
