@@ -27,8 +27,15 @@ __all__ = [
 ]
 from repository.backend import Backend
 from repository.config import CONFIG_KEY, DEFAULT_CHUNK_SIZE
-from repository.errors import RepositoryError
-from repository.keys import HOST_KEY_KDF, KdfParams, host_key_id, unwrap_master_for_host
+from repository.errors import ObjectNotFoundError, RepositoryError
+from repository.keys import (
+    HOST_KEY_KDF,
+    PASSPHRASE_KDF,
+    KdfParams,
+    slot_kind,
+    unwrap_master_for_host,
+)
+from repository.opening import host_slot_name
 from repository.repo import Repository
 
 MISSING = "no repository at {path} — create it with `vigil init`"
@@ -133,31 +140,23 @@ def key_add(repo: Repository, new_passphrase: str | None, kdf: KdfParams | None 
 
 
 def key_add_host(repo: Repository, host_key: bytes, host: str, key_file: str) -> Outcome:
-    """A slot for this host's key, unless one already opens with it."""
-    mine = host_key_id(host_key)
-    for info in sorted(repo.backend.list("keys/"), key=lambda i: i.key):
-        blob = repo.backend.get(info.key)
-        try:
-            d = json.loads(blob)
-        except ValueError:
-            continue
-        if not isinstance(d, dict) or d.get("kdf") != HOST_KEY_KDF or d.get("key_id") != mine:
-            continue
-        try:
-            if unwrap_master_for_host(blob, host_key, repo.config.repo_id, info.key):
-                slot = info.key.removeprefix("keys/")
-                return Outcome(0, [f"host key {key_file} already opens key slot {slot}"], slot)
-        except ValueError:
-            continue  # a damaged slot with our id: add a good one
-    slot = repo.add_host_key(host_key, host)
+    """The slot for this host's key (keys/<its id>), unless it opens already."""
+    slot = host_slot_name(host_key)
+    try:
+        opens = unwrap_master_for_host(repo.backend.get(slot), host_key, repo.config.repo_id, slot)
+    except (ObjectNotFoundError, ValueError):
+        opens = None  # missing, or damaged: written (again) below
+    if opens is not None:
+        return Outcome(0, [f"host key {key_file} already opens key slot {slot}"], slot)
+    name = repo.add_host_key(host_key, host)
     return Outcome(
         0,
         [
-            f"added key slot {repo.root / 'keys' / slot}: host key {mine} in {key_file} opens "
-            f"the repository on {host} without the passphrase",
+            f"added key slot {repo.root / 'keys' / name}: host key {key_file} opens the "
+            f"repository on {host} without the passphrase",
             "keep the passphrase: a new host needs it (or its own `vigil key add-host`)",
         ],
-        slot,
+        name,
     )
 
 
@@ -169,13 +168,39 @@ def key_remove(repo: Repository, slot: str) -> Outcome:
         return Outcome(
             2,
             [
-                f"key slot {slot} is the one your "
-                f"{'host key' if repo.opened_by_host_key else 'passphrase'} opens: open with "
-                "another passphrase to remove it, or use `vigil key passwd` to replace it"
+                (
+                    f"key slot {slot} is the one this host's key opens: to revoke it, comment "
+                    "out repository.key_file for this command"
+                )
+                if repo.opened_by_host_key
+                else (
+                    f"key slot {slot} is the one your passphrase opens: open with another "
+                    "passphrase to remove it, or use `vigil key passwd` to replace it"
+                )
+            ],
+        )
+    kinds = {info.key: _slot_kind(repo, info.key) for info in repo.backend.list("keys/")}
+    passphrases = [k for k, kind in kinds.items() if kind == PASSPHRASE_KDF]
+    if passphrases == [f"keys/{slot}"]:
+        # Host keys alone would tie the data to the hosts holding them: a lost host (or
+        # its key file) would lose every backup.
+        return Outcome(
+            2,
+            [
+                f"key slot {slot} is the repository's last passphrase: add another "
+                "(`vigil key add`) before removing it; host keys alone die with their hosts"
             ],
         )
     repo.backend.delete(f"keys/{slot}")
-    return Outcome(0, [f"removed key slot {slot}; its passphrase no longer opens {repo.root}"])
+    what = "its host key" if kinds.get(f"keys/{slot}") == HOST_KEY_KDF else "its passphrase"
+    return Outcome(0, [f"removed key slot {slot}; {what} no longer opens {repo.root}"])
+
+
+def _slot_kind(repo: Repository, key: str) -> str | None:
+    try:
+        return slot_kind(repo.backend.get(key))
+    except ObjectNotFoundError:
+        return None
 
 
 def key_passwd(

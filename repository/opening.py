@@ -106,9 +106,9 @@ def create(
     return Opened(root, backend, config, keys, slot, master)
 
 
-# Host-key slots cost one HKDF each, so more are tried than passphrase slots; the bound
-# only keeps a flood of planted slots from costing a request each without end.
-MAX_HOST_SLOTS_READ = 64
+# Slots one passphrase open reads to find the passphrase slots among host-key ones: the
+# bound keeps a flood of planted slots from costing a request each without end.
+MAX_SLOTS_READ = 64
 
 
 def open_existing(
@@ -138,19 +138,15 @@ def open_existing(
     if passphrase is None:
         raise PassphraseRequiredError(f"repository {root} is encrypted: a passphrase is needed")
     malformed: list[str] = []
-    if len(slots) > MAX_SLOTS_TRIED:
-        log.warning(
-            "repository.too_many_key_slots",
-            path=str(root),
-            slots=len(slots),
-            tried=MAX_SLOTS_TRIED,
-            fix="remove key slots you do not know (`vigil key list`, `vigil key remove`)",
-        )
-    for key in slots[:MAX_SLOTS_TRIED]:
+    tried = 0  # passphrase slots: each may cost an Argon2id at its slot's (bounded) price
+    for key in slots[:MAX_SLOTS_READ]:
         try:
             blob = backend.get(key)
             if slot_kind(blob) == HOST_KEY_KDF:
-                continue  # a host's key opens it, not a passphrase
+                continue  # a host's key opens it, not a passphrase; it costs no Argon2id
+            if tried == MAX_SLOTS_TRIED:
+                break
+            tried += 1
             got = unwrap_master(blob, passphrase, config.repo_id, key)
         except (ValueError, ObjectNotFoundError) as exc:
             malformed.append(str(exc))  # a stray or damaged slot must not block the others
@@ -160,35 +156,44 @@ def open_existing(
             keys = keyset_from_master(got.master)
             return Opened(root, backend, config, keys, key.removeprefix("keys/"), got.master)
     extra = f" (unreadable key slots: {'; '.join(malformed)})" if malformed else ""
-    if len(slots) > MAX_SLOTS_TRIED:
+    if tried == MAX_SLOTS_TRIED or len(slots) > MAX_SLOTS_READ:
+        log.warning(
+            "repository.too_many_key_slots",
+            path=str(root),
+            slots=len(slots),
+            fix="remove key slots you do not know (`vigil key list`, `vigil key remove`)",
+        )
         extra += (
-            f" (tried {MAX_SLOTS_TRIED} of {len(slots)} key slots, the most one open tries: "
-            f"remove slots nobody uses from {root / 'keys'})"
+            f" (tried {tried} passphrase slots of {len(slots)} key slots, the most one open "
+            f"tries: remove slots nobody uses from {root / 'keys'})"
         )
     raise WrongPassphraseError(f"wrong passphrase for repository {root}{extra}")
+
+
+def host_slot_name(host_key: bytes) -> str:
+    """A host key's slot is named by the key's public id: opening reads that one object."""
+    return f"keys/{host_key_id(host_key)}"
 
 
 def _open_with_host_key(
     root: Path, backend: Backend, config: RepoConfig, slots: list[str], host_key: bytes
 ) -> Opened:
-    malformed: list[str] = []
-    for key in slots[:MAX_HOST_SLOTS_READ]:
+    key = host_slot_name(host_key)
+    why = "its slot is not there (never added, or removed)"
+    if key in slots:
         try:
-            blob = backend.get(key)
-            if slot_kind(blob) != HOST_KEY_KDF:
-                continue
-            got = unwrap_master_for_host(blob, host_key, config.repo_id, key)
+            got = unwrap_master_for_host(backend.get(key), host_key, config.repo_id, key)
         except (ValueError, ObjectNotFoundError) as exc:
-            malformed.append(str(exc))
-            continue
+            got, why = None, f"its slot is unreadable ({exc})"
+        else:
+            why = "its slot is another key's (replaced?)"
         if got is not None:
             check_sealed_config(root, config, got, key)
             keys = keyset_from_master(got.master)
             slot = key.removeprefix("keys/")
             return Opened(root, backend, config, keys, slot, got.master, by_host_key=True)
-    extra = f" (unreadable key slots: {'; '.join(malformed)})" if malformed else ""
     raise HostKeyUnmatchedError(
-        f"no key slot of repository {root} is for host key {host_key_id(host_key)}{extra}"
+        f"host key {host_key_id(host_key)} opens no key slot of repository {root}: {why}"
     )
 
 
@@ -206,8 +211,10 @@ def add_slot(
 def add_host_slot(
     backend: Backend, config: RepoConfig, master: bytes, host_key: bytes, host: str
 ) -> str:
-    """A new key slot wrapping `master` under `host_key`; returns its name."""
-    slot = secrets.token_hex(8)
+    """The key slot wrapping `master` under `host_key` (named by the key's id, replacing a
+    damaged or foreign one there); returns its name."""
+    key = host_slot_name(host_key)
     blob = wrap_master_for_host(master, host_key, config.repo_id, config.canonical(), host)
-    backend.put_if_absent(f"keys/{slot}", blob)
-    return slot
+    if not backend.put_if_absent(key, blob):
+        backend.replace(key, blob)
+    return key.removeprefix("keys/")

@@ -22,6 +22,7 @@ from protector.errors import UserError
 log = structlog.get_logger(__name__)
 
 CONNECT_TIMEOUT = 2.0
+IDLE_TIMEOUT = 60.0  # the daemon sends an event at least every 15 s (control.KEEPALIVE)
 MAX_EVENT = 1 << 20  # a finished event carries the point's record (every disk)
 
 
@@ -77,24 +78,43 @@ async def _follow(reader: asyncio.StreamReader, args: argparse.Namespace) -> int
 
     progress = ProgressLine(f"backup {args.vm}")
     job = None
-    while line := await reader.readline():
-        ev = json.loads(line)
-        kind = ev.get("event")
+    while True:
+        try:
+            async with asyncio.timeout(IDLE_TIMEOUT):  # the daemon speaks every 15 s
+                line = await reader.readline()
+        except TimeoutError:
+            raise UserError(
+                f"the daemon said nothing for {IDLE_TIMEOUT:.0f} s (job {job or '?'}): it "
+                "may be hung; `vigil status` shows whether the backup goes on",
+                1,
+            ) from None
+        except ValueError:  # a line over MAX_EVENT
+            raise UserError("the daemon sent an event too large to be one", 1) from None
+        if not line:
+            break
+        try:
+            ev = json.loads(line)
+            kind = ev["event"]
+        except (ValueError, TypeError, KeyError):
+            raise UserError(
+                f"the daemon sent something that is not an event: {line[:200]!r}", 1
+            ) from None
         if kind == "declined":
             log.info("backup.handoff_declined", why=ev.get("why"), effect="backing up here")
             return None
         if kind == "error":
             raise UserError(f"the running daemon refused the backup: {ev.get('message')}", 2)
         if kind == "waiting":
-            progress.phase(f"waiting for the daemon's running backup of it (job {ev['job']})")
+            progress.phase(f"waiting for the daemon's running backup of it (job {ev.get('job')})")
         elif kind == "queued":
             log.info("backup.handed_to_daemon", vm=ev.get("vm"), policy=ev.get("policy"))
             progress.phase("queued in the running daemon (its limits apply)")
         elif kind == "started":
-            job = ev["job"]
+            job = ev.get("job")
         elif kind == "progress":
-            if ev.get("total"):
-                progress(int(ev["done"]), int(ev["total"]))
+            done, total = ev.get("done"), ev.get("total")
+            if isinstance(done, int) and isinstance(total, int) and total > 0:
+                progress(done, total)
             elif ev.get("phase"):
                 progress.phase(str(ev["phase"]))
         elif kind == "finished":
@@ -110,11 +130,14 @@ def _finished(args: argparse.Namespace, ev: dict[str, Any], progress: Any, show:
     progress.finish()
     if ev.get("outcome") == "success":
         point = ev.get("point")
-        if point:
-            show(args, point, by=f"job {ev['job']}")
+        if isinstance(point, dict):
+            show(args, point, by=f"job {ev.get('job')}")
         else:  # a vApp member whose set's job made the point
-            print(f"{ev['point_id']}: backed up by the running daemon (job {ev['job']})")
+            print(f"{ev.get('point_id')}: backed up by the running daemon (job {ev.get('job')})")
         return 0
+    if ev.get("outcome") == "dropped":
+        print(f"vigil: {ev.get('error')}", file=sys.stderr)
+        return 1
     retry = "; the daemon retries it after its back-off" if ev.get("retry_pending") else ""
     print(
         f"vigil: the running daemon's backup of {args.vm} ended {ev.get('outcome')} (job "

@@ -44,7 +44,7 @@ def register(sub: Any) -> None:
 async def run(args: argparse.Namespace) -> int:
     import anyio
 
-    from protector.hostkey import create_host_key
+    from protector.hostkey import create_host_key, read_host_key
     from protector.repoaccess import open_backend
     from repository.admin import init_cmd, key_add_host
     from repository.errors import RepositoryError
@@ -61,6 +61,9 @@ async def run(args: argparse.Namespace) -> int:
             f"{rc.where}.key_file is set but --encryption none makes a repository with no "
             f"keys: remove {rc.where}.key_file from {cfg.path}, or drop --encryption none"
         )
+
+    if rc.key_file:  # its place checked before anything is made
+        read_host_key(rc.key_file, f"{rc.where}.key_file", cfg.path)
 
     def create() -> Any:
         backend = open_backend(rc, cfg)  # S3: bucket checked, If-None-Match probed

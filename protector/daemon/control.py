@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from typing import Any
 import structlog
 
 from protector.controlsock import MAX_PATH_BYTES, is_socket, peer_uid
-from protector.daemon.jobs import JobRecord, JobRequest, JobRunner
+from protector.daemon.jobs import JobRecord, JobRunner
 from protector.vsphere.vmlookup import VmAmbiguous, VmNotFound, find_vm
 
 log = structlog.get_logger(__name__)
@@ -33,6 +33,8 @@ PROTOCOL = 1
 MAX_REQUEST = 4096  # bytes of the one request line
 REQUEST_TIMEOUT = 10.0  # seconds to send it
 PROGRESS_EVERY = 0.5  # seconds between progress events while the job runs
+KEEPALIVE = 15.0  # an event at least this often, so the client can tell a dead daemon
+SEND_TIMEOUT = 30.0  # a client that reads nothing this long is dropped (its job goes on)
 _REQUEST_KEYS = {
     "v": int,
     "op": str,
@@ -55,10 +57,19 @@ class BackupAsk:
     full: bool = False
 
 
+def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        raise RequestError("a request key appears twice")
+    return d
+
+
 def parse_request(line: bytes) -> BackupAsk:
     """One request line, checked strictly: a JSON object with exactly the known keys."""
     try:
-        d = json.loads(line)
+        d = json.loads(line, object_pairs_hook=_no_duplicates)
+    except RequestError:
+        raise
     except (ValueError, UnicodeDecodeError) as exc:
         raise RequestError(f"the request is not JSON: {exc}") from None
     if not isinstance(d, dict):
@@ -83,9 +94,15 @@ def parse_request(line: bytes) -> BackupAsk:
     repository = d.get("repository")
     if not isinstance(repository, str) or not repository:
         raise RequestError("request key 'repository' must name the client's repository")
-    return BackupAsk(
-        vm=vm, repository=repository, vcenter=d.get("vcenter"), full=bool(d.get("full", False))
-    )
+    vcenter = d.get("vcenter")
+    if vcenter == "":
+        raise RequestError("request key 'vcenter' must name a vCenter, or be null")
+    return BackupAsk(vm=vm, repository=repository, vcenter=vcenter, full=bool(d.get("full")))
+
+
+class _Dropped(Exception):
+    """The awaited job will not run: dropped from the queue before it started (the VM was
+    deleted or left every policy, or the daemon is stopping)."""
 
 
 class ControlServer:
@@ -93,9 +110,11 @@ class ControlServer:
         self.daemon = daemon
         self.path = path
         self._server: asyncio.AbstractServer | None = None
-        self._clients: set[asyncio.Task[None]] = set()
-        # vm key -> (asked at, future of the first record of that VM started since)
-        self._waiters: dict[str, list[tuple[float, asyncio.Future[JobRecord]]]] = {}
+        self._lock_fd: int | None = None
+        self._inode: tuple[int, int] | None = None  # of our socket: unlinked only if ours
+        self._clients: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+        # vm key -> [(job id, future of the first record of that VM with a larger id)]
+        self._waiters: dict[str, list[tuple[int, asyncio.Future[JobRecord]]]] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -106,16 +125,24 @@ class ControlServer:
         path = self.path
         if len(os.fsencode(path)) > MAX_PATH_BYTES:
             return self._not_served("its path is longer than a Unix socket path may be")
+        # Who serves the socket is decided by a lock held for the daemon's life: a socket
+        # found there without the lock was left by a daemon that died, and is replaced.
+        lock = path.with_name(path.name + ".lock")
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            return self._not_served(f"{lock}: {exc.strerror or exc}")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return self._not_served("another vigil daemon serves it")
+        self._lock_fd = fd
         if os.path.lexists(path):  # noqa: ASYNC240 (one lstat at start-up)
             if not is_socket(path):
+                self._unlock()
                 return self._not_served("a file that is not a socket is in its place")
-            try:
-                _r, w = await asyncio.open_unix_connection(str(path))
-            except OSError:
-                path.unlink()  # left by a daemon that died: nobody answers on it
-            else:
-                w.close()
-                return self._not_served("another vigil daemon serves it")
+            path.unlink()
         try:
             self._server = await asyncio.start_unix_server(
                 self._accept, str(path), limit=MAX_REQUEST
@@ -123,7 +150,10 @@ class ControlServer:
             # Before chmod the socket is 0755 at worst (umask 022): connecting needs write
             # permission, so nobody but the owner could connect even in that moment.
             os.chmod(path, 0o600)
+            st = os.lstat(path)
+            self._inode = (st.st_dev, st.st_ino)
         except OSError as exc:
+            self._unlock()
             return self._not_served(exc.strerror or str(exc))
         log.info("daemon.control_socket", path=str(path))
         return True
@@ -137,24 +167,37 @@ class ControlServer:
         )
         return False
 
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # the lock goes with it
+            self._lock_fd = None
+
     async def stop(self) -> None:
+        """Stop listening; tell each client the daemon is stopping and let it go. A
+        client that does not read cannot hold the daemon's shutdown up."""
         if self._server is None:
             return
         self._server.close()
-        for task in list(self._clients):
+        for writer in self._clients.values():
+            with contextlib.suppress(Exception):
+                writer.write(_line({"event": "error", "message": "the daemon is stopping"}))
+        if self._clients:
+            await asyncio.wait(list(self._clients), timeout=1.0)
+        for task, writer in list(self._clients.items()):
+            writer.transport.abort()
             task.cancel()
         await asyncio.gather(*self._clients, return_exceptions=True)
         with contextlib.suppress(OSError):
-            self.path.unlink()
+            st = os.lstat(self.path)
+            if (st.st_dev, st.st_ino) == self._inode:
+                self.path.unlink()
+        self._unlock()
         self._server = None
 
     def job_finished(self, rec: JobRecord) -> None:
         """Every finished attempt (Daemon._job_finished): resolves the requests it answers."""
-        waiting = self._waiters.get(rec.vm_key)
-        if not waiting:
-            return
-        for asked, fut in list(waiting):
-            if rec.started >= asked and not fut.done():
+        for after, fut in self._waiters.get(rec.vm_key, ()):
+            if rec.id > after and not fut.done():
                 fut.set_result(rec)
 
     # -- one connection --------------------------------------------------------------------
@@ -162,16 +205,16 @@ class ControlServer:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._clients.add(task)
+        self._clients[task] = writer
         try:
             await self._serve(reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass  # the command went away; a job it started goes on
+        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
+            pass  # the command went away or stopped reading; a job it started goes on
+        except asyncio.CancelledError:
+            return  # stop(): this connection ends with the daemon
         finally:
-            self._clients.discard(task)
-            writer.close()
-            with contextlib.suppress(ConnectionError, asyncio.CancelledError):
-                await writer.wait_closed()
+            self._clients.pop(task, None)
+            writer.transport.abort()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         uid = peer_uid(writer.get_extra_info("socket"))
@@ -190,6 +233,21 @@ class ControlServer:
             return
         await self._backup(ask, uid, writer)
 
+    def _lookup(self, ask: BackupAsk) -> tuple[Any, Any] | str:
+        """(the VM's node, its policy), or why the daemon declines."""
+        d = self.daemon
+        vms = d.watcher.tree.vms()
+        if ask.vcenter:
+            vms = [v for v in vms if d.vcenters.name_of(v.identity) == ask.vcenter]
+        try:
+            node = find_vm(vms, ask.vm)
+        except VmNotFound:
+            return f"the daemon's inventory has no VM {ask.vm!r}"
+        policy = d.planner.policy_of(node.identity)
+        if policy is None:
+            return f"no policy protects {node.path}"
+        return node, policy
+
     async def _backup(self, ask: BackupAsk, uid: int, writer: asyncio.StreamWriter) -> None:
         d = self.daemon
         runner = d.runner
@@ -198,43 +256,59 @@ class ControlServer:
         if ask.repository != d.cfg.repository.location:
             # Another configuration sharing this state directory: its points belong elsewhere.
             return await _declined(writer, f"the daemon writes to {d.cfg.repository.location}")
-        vms = d.watcher.tree.vms()
-        if ask.vcenter:
-            vms = [v for v in vms if d.vcenters.name_of(v.identity) == ask.vcenter]
         try:
-            node = find_vm(vms, ask.vm)
+            found = self._lookup(ask)
         except VmAmbiguous as exc:
             await _send(writer, {"event": "error", "message": str(exc)})
             return
-        except VmNotFound:
-            return await _declined(writer, f"the daemon's inventory has no VM {ask.vm!r}")
-        key = node.identity
-        policy = d.planner.policy_of(key)
-        if policy is None:
-            return await _declined(writer, f"no policy protects {node.path}")
+        if isinstance(found, str):
+            return await _declined(writer, found)
+        key = found[0].identity
         # A job of this VM that started before the request would give a point older than
         # the request: wait for it, then ask for a new one.
         while key in runner.running:
             _req, running, _task = runner.running[key]
-            await _send(writer, {"event": "waiting", "job": running.id, "reason": running.reason})
-            await self._finished_since(key, running.started, writer)
-        asked = time.time()
-        fut: asyncio.Future[JobRecord] = asyncio.get_running_loop().create_future()
-        waiters = self._waiters.setdefault(key, [])
-        waiters.append((asked, fut))
-        try:
+            with self._waiting(key, running.id - 1) as fut:
+                await _send(
+                    writer, {"event": "waiting", "job": running.id, "reason": running.reason}
+                )
+                with contextlib.suppress(_Dropped):
+                    await self._follow(key, running.id - 1, fut, writer, report=False)
+            found = self._lookup(ask)  # the VM may have gone, or left its policy, meanwhile
+            if isinstance(found, str):
+                return await _declined(writer, found)
+        node, policy = found
+        with self._waiting(key, runner.last_id) as fut:
+            after = runner.last_id
             runner.cancel_retry(key)  # a person asks now: not after the back-off
             reason = f"requested by `vigil backup` (uid {uid})"
-            if not d.backup_now(key, reason, full=ask.full) and not runner.busy(key):
+            try:
+                queued = d.backup_now(key, reason, full=ask.full)
+            except LookupError as exc:
+                return await _declined(writer, str(exc))
+            if not queued and not runner.busy(key):
                 await _send(writer, {"event": "error", "message": "the daemon is stopping"})
                 return
             log.info("daemon.control_backup", vm=node.path, uid=uid, full=ask.full)
             await _send(writer, {"event": "queued", "vm": node.path, "policy": policy.name})
-            rec = await self._follow(key, asked, fut, writer)
-        finally:
-            waiters.remove((asked, fut))
-            if not waiters:
-                self._waiters.pop(key, None)
+            try:
+                rec = await self._follow(key, after, fut, writer, report=True)
+            except _Dropped:
+                await _send(
+                    writer,
+                    {
+                        "event": "finished",
+                        "job": None,
+                        "attempt": 0,
+                        "outcome": "dropped",
+                        "error": "the job was dropped before it started: the VM was deleted "
+                        "or left every policy, or the daemon is stopping",
+                        "point_id": "",
+                        "point": None,
+                        "retry_pending": False,
+                    },
+                )
+                return
         await _send(
             writer,
             {
@@ -249,57 +323,75 @@ class ControlServer:
             },
         )
 
+    @contextlib.contextmanager
+    def _waiting(self, key: str, after: int) -> Any:
+        """A future for the first record of `key` with an id above `after` (ids grow with
+        every job started: no clock is compared), registered before anything is sent."""
+        fut: asyncio.Future[JobRecord] = asyncio.get_running_loop().create_future()
+        entry = (after, fut)
+        self._waiters.setdefault(key, []).append(entry)
+        try:
+            yield fut
+        finally:
+            waiters = self._waiters.get(key, [])
+            with contextlib.suppress(ValueError):
+                waiters.remove(entry)
+            if not waiters:
+                self._waiters.pop(key, None)
+
     async def _follow(
         self,
         key: str,
-        asked: float,
+        after: int,
         fut: asyncio.Future[JobRecord],
         writer: asyncio.StreamWriter,
+        *,
+        report: bool,
     ) -> JobRecord:
-        """Progress events while the job runs; the finished record."""
+        """The finished record; meanwhile progress events (`report`), and an event at least
+        every KEEPALIVE seconds. _Dropped when the job can no longer come."""
         runner = self.daemon.runner
         started: int | None = None
         last: tuple[str, int, int] | None = None
+        sent = asyncio.get_running_loop().time()
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(PROGRESS_EVERY):
                     return await asyncio.shield(fut)
+            if not runner.busy(key):
+                raise _Dropped  # neither queued, running nor waiting to retry: never comes
+            event: dict[str, Any] | None = None
             entry = runner.running.get(key)
-            if entry is None or entry[1].started < asked:
-                continue
-            rec = entry[1]
-            if started != rec.id:
-                started = rec.id
-                await _send(writer, {"event": "started", "job": rec.id, "reason": rec.reason})
-            now = (rec.phase, rec.read_bytes, rec.total_bytes)
-            if now != last:
-                last = now
-                await _send(
-                    writer,
-                    {"event": "progress", "phase": now[0], "done": now[1], "total": now[2]},
-                )
+            if report and entry is not None and entry[1].id > after:
+                rec = entry[1]
+                now = (rec.phase, rec.read_bytes, rec.total_bytes)
+                if started != rec.id:
+                    started = rec.id
+                    event = {"event": "started", "job": rec.id, "reason": rec.reason}
+                elif now != last:
+                    last = now
+                    event = {"event": "progress", "phase": now[0], "done": now[1],
+                             "total": now[2]}  # fmt: skip
+            clock = asyncio.get_running_loop().time()
+            if event is None and clock - sent >= KEEPALIVE:
+                event = {"event": "alive"}
+            if event is not None:
+                await _send(writer, event)
+                sent = clock
 
-    async def _finished_since(
-        self, key: str, since: float, writer: asyncio.StreamWriter
-    ) -> JobRecord:
-        fut: asyncio.Future[JobRecord] = asyncio.get_running_loop().create_future()
-        waiters = self._waiters.setdefault(key, [])
-        waiters.append((since, fut))
-        try:
-            return await fut
-        finally:
-            waiters.remove((since, fut))
-            if not waiters:
-                self._waiters.pop(key, None)
+
+def _line(event: dict[str, Any]) -> bytes:
+    return json.dumps(event, separators=(",", ":")).encode() + b"\n"
 
 
 async def _send(writer: asyncio.StreamWriter, event: dict[str, Any]) -> None:
-    writer.write(json.dumps(event, separators=(",", ":")).encode() + b"\n")
-    await writer.drain()
+    writer.write(_line(event))
+    async with asyncio.timeout(SEND_TIMEOUT):  # TimeoutError ends the connection
+        await writer.drain()
 
 
 async def _declined(writer: asyncio.StreamWriter, why: str) -> None:
     await _send(writer, {"event": "declined", "why": why})
 
 
-__all__ = ["BackupAsk", "ControlServer", "JobRequest", "RequestError", "parse_request"]
+__all__ = ["BackupAsk", "ControlServer", "RequestError", "parse_request"]

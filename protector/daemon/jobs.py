@@ -164,6 +164,7 @@ class JobRunner:
         self.outcomes: Counter[str] = Counter()
         self.coalesced = 0
         self._ids = itertools.count(1)
+        self.last_id = 0  # of the newest attempt started: ids only grow
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()  # set whenever a job finishes or a retry is queued
         self._accepting = True
@@ -272,6 +273,7 @@ class JobRunner:
 
     def _start(self, req: JobRequest) -> None:
         rec = JobRecord.start(next(self._ids), req, req.attempt)
+        self.last_id = rec.id
         self._host_load[req.host] += 1
         for d in req.datastores:
             self._ds_load[d] += 1

@@ -174,8 +174,10 @@ def test_host_key_slots_are_as_strict_as_passphrase_slots(tmp_path: Path) -> Non
     with pytest.raises(WrongPassphraseError) as wrong:
         Repository.open(tmp_path / "repo", "wrong", tmp_path / "state")
     assert "unreadable" not in str(wrong.value)
-    with pytest.raises(HostKeyUnmatchedError, match=r"no key slot .* is for host key"):
-        Repository.open(tmp_path / "repo", None, tmp_path / "state", host_key=os.urandom(32))
+    other = os.urandom(32)
+    with pytest.raises(HostKeyUnmatchedError, match=f"host key {host_key_id(other)} opens no"):
+        Repository.open(tmp_path / "repo", None, tmp_path / "state", host_key=other)
+    assert slot == host_key_id(key)  # named by the key's id: opening reads that one slot
     # The config is sealed into the host-key slot as into any other: an edit is caught.
     config = json.loads((tmp_path / "repo" / "config").read_text())
     config["chunk_size"] = 65536
@@ -190,8 +192,72 @@ def test_host_key_slots_are_as_strict_as_passphrase_slots(tmp_path: Path) -> Non
     # A damaged host-key slot is reported, not trusted.
     (tmp_path / "repo" / "keys" / slot).write_text('{"kdf": "host-key", "salt": "zz"}')
     (tmp_path / "repo" / "config").write_bytes(repo.config.to_bytes())
-    with pytest.raises(HostKeyUnmatchedError, match="malformed"):
+    with pytest.raises(HostKeyUnmatchedError, match="its slot is unreadable"):
         Repository.open(tmp_path / "repo", None, tmp_path / "state", host_key=key)
+    # Adding the host again writes a good slot over the damaged one.
+    assert repo.add_host_key(key, "backup01") == slot
+    assert Repository.open(tmp_path / "repo", None, tmp_path / "state", host_key=key)
+
+
+def test_host_slots_never_crowd_out_the_passphrase(tmp_path: Path) -> None:
+    """One open tries at most 8 passphrase slots (each may cost an Argon2id); host-key slots
+    (one HKDF, and read by name) must not use up that allowance."""
+    repo = Repository.init(tmp_path / "repo", passphrase=SECRET, state_dir=tmp_path / "state")
+    for n in range(12):
+        repo.add_host_key(os.urandom(32), f"host-{n}")
+    assert len(list((tmp_path / "repo" / "keys").iterdir())) == 13
+    assert Repository.open(tmp_path / "repo", SECRET, tmp_path / "state").encrypted
+
+
+def test_the_last_passphrase_cannot_be_removed(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    assert vigil(cfg, "init").returncode == 0
+    rows = key_rows(cfg, passphrase=None)  # opened by the host key
+    passphrase_slot = next(r.split()[0] for r in rows if "argon2id" in r)
+    refused = vigil(cfg, "key", "remove", passphrase_slot, passphrase=None)
+    assert refused.returncode == 2 and "last passphrase" in refused.stderr
+    assert Repository.open(tmp_path / "repo", SECRET, tmp_path / "state").encrypted
+    # With a second passphrase the first may go; the host key's slot goes by its id.
+    (tmp_path / "second").write_text("second one\n")
+    assert vigil(cfg, "key", "add", "--file", str(tmp_path / "second")).returncode == 0
+    assert vigil(cfg, "key", "remove", passphrase_slot, passphrase=None).returncode == 0
+    host_slot = host_key_id(bytes.fromhex((tmp_path / "host.key").read_text()))
+    mine = vigil(cfg, "key", "remove", host_slot, passphrase=None)
+    assert mine.returncode == 2 and "comment out repository.key_file" in mine.stderr
+
+
+def test_a_key_file_someone_else_could_know_is_refused(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    assert vigil(cfg, "init").returncode == 0
+    key_file = tmp_path / "host.key"
+    real = tmp_path / "real.key"
+    key_file.rename(real)
+    key_file.symlink_to(real)
+    linked = vigil(cfg, "list", passphrase=None)
+    assert linked.returncode == 2 and "is a symbolic link" in linked.stderr
+    key_file.unlink()
+    real.rename(key_file)
+    if os.geteuid() == 0:
+        os.chown(key_file, 65534, 65534)  # planted by another user
+        foreign = vigil(cfg, "list", passphrase=None)
+        assert foreign.returncode == 2 and "belongs to uid 65534" in foreign.stderr
+        os.chown(key_file, 0, 0)
+    key_file.write_bytes(b"\xff\xfe" * 10)
+    binary = vigil(cfg, "list", passphrase=None)
+    assert binary.returncode == 2 and "does not hold text" in binary.stderr
+    os.chmod(tmp_path, 0o777)
+    try:
+        open_dir = vigil(cfg, "list", passphrase=None)
+        assert open_dir.returncode == 2 and "chmod go-w" in open_dir.stderr
+    finally:
+        os.chmod(tmp_path, 0o700)
+
+
+def test_init_does_not_make_the_key_files_directory(tmp_path: Path) -> None:
+    cfg = config(tmp_path, key_file="missing/dir/host.key")
+    done = vigil(cfg, "init")
+    assert done.returncode == 2 and "create it (mode 0700" in done.stderr
+    assert not (tmp_path / "missing").exists() and not (tmp_path / "repo").exists()
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="root making the key for a service user")

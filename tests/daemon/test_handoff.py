@@ -95,6 +95,33 @@ async def test_backup_of_a_protected_vm_runs_in_the_daemon_and_others_run_here(
 
 
 @pytest.mark.slow
+async def test_a_request_whose_job_never_starts_ends_instead_of_hanging(
+    tmp_path: Path, vcsim_fresh: Any
+) -> None:
+    cfg = write_config(tmp_path, vcsim_fresh, policy("p", f'names = ["{VM}"]'))
+    async with running(cfg) as daemon:
+        await wait_for(
+            lambda: any(r.vm_name == VM and r.finished for r in daemon.runner.history),
+            60,
+            "the daemon's own first backup",
+        )
+        key = next(v.identity for v in daemon.watcher.tree.vms() if v.name == VM)
+        daemon.runner.pause("test: nothing starts")
+        # The VM leaves every policy while its job waits in the queue: dropped, said so.
+        asked = asyncio.create_task(vigil(cfg, "backup", VM))
+        await wait_for(lambda: key in daemon.runner.queued, 30, "the request's job queued")
+        daemon.runner.forget(key)
+        done = await asked
+        assert done.returncode == 1 and "dropped before it started" in done.stderr
+        # The daemon stops while the job waits: the command hears it and ends.
+        asked = asyncio.create_task(vigil(cfg, "backup", VM))
+        await wait_for(lambda: key in daemon.runner.queued, 30, "the second request queued")
+    done = await asked
+    assert done.returncode != 0
+    assert "stopping" in done.stderr or "dropped before it started" in done.stderr
+
+
+@pytest.mark.slow
 async def test_a_second_daemon_leaves_the_socket_to_the_first(
     tmp_path: Path, vcsim_fresh: Any
 ) -> None:

@@ -102,6 +102,6 @@ def test_the_number_of_key_slots_tried_is_bounded(tmp_path: Path) -> None:
     for n in range(12):  # someone plants slots for passphrases of their own
         blob = wrap_master(master, f"other {n}", repo.config.repo_id, cheap, b"x")
         (repo.root / "keys" / f"{n:016x}").write_bytes(blob)
-    with pytest.raises(WrongPassphraseError, match="tried 8 of 13 key slots"):
+    with pytest.raises(WrongPassphraseError, match="tried 8 passphrase slots of 13 key slots"):
         Repository.open(repo.root, "not it")
     assert FAST_KDF.time_cost == 1
