@@ -242,7 +242,14 @@ class HandoffDaemon:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit("vigil watch did not open its control socket")
             time.sleep(0.05)
-        time.sleep(1)  # its first inventory read: requests before it are declined
+        # Settled, as a long-running daemon is when an admin runs a command: its first
+        # inventory read, tag poll and leftover sweep done (requests before the first are
+        # declined), its CPU still for half a second.
+        while True:
+            before = self.cpu()
+            time.sleep(0.5)
+            if self.cpu() - before < 0.02 or time.monotonic() > deadline:
+                break
 
     def cpu(self) -> float:
         """The daemon's CPU seconds so far (user + system)."""

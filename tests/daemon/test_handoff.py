@@ -6,6 +6,7 @@ root and its own user."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -13,6 +14,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -44,21 +46,28 @@ def handed(daemon: Any) -> list[Any]:
     return [r for r in daemon.runner.history if "requested by `vigil backup`" in r.reason]
 
 
-@pytest.mark.slow
-async def test_backup_of_a_protected_vm_runs_in_the_daemon_and_others_run_here(
-    tmp_path: Path, vcsim_fresh: Any
-) -> None:
-    cfg = write_config(tmp_path, vcsim_fresh, policy("p", f'names = ["{VM}"]'))
+@contextlib.asynccontextmanager
+async def protecting(tmp_path: Path, sim: Any) -> AsyncIterator[tuple[Path, Any]]:
+    """(its config, a daemon) whose policy protects VM, after its own first backup of it
+    (the VM came into scope) has ended."""
+    cfg = write_config(tmp_path, sim, policy("p", f'names = ["{VM}"]'))
     async with running(cfg) as daemon:
         assert daemon.control is not None
-        assert is_socket(control_socket_path(load(cfg)))
-        assert os.stat(control_socket_path(load(cfg))).st_mode & 0o777 == 0o600
-        # The daemon's own first backup of the VM (it came into scope) ends first.
         await wait_for(
             lambda: any(r.vm_name == VM and r.finished for r in daemon.runner.history),
             60,
             "the daemon's own first backup",
         )
+        yield cfg, daemon
+
+
+@pytest.mark.slow
+async def test_backup_of_a_protected_vm_runs_in_the_daemon_and_others_run_here(
+    tmp_path: Path, vcsim_fresh: Any
+) -> None:
+    async with protecting(tmp_path, vcsim_fresh) as (cfg, daemon):
+        assert is_socket(control_socket_path(load(cfg)))
+        assert os.stat(control_socket_path(load(cfg))).st_mode & 0o777 == 0o600
         done = await vigil(cfg, "--log-level", "info", "backup", VM, "--json")
         assert done.returncode == 0, done.stderr
         point = json.loads(done.stdout)
@@ -98,13 +107,7 @@ async def test_backup_of_a_protected_vm_runs_in_the_daemon_and_others_run_here(
 async def test_a_request_whose_job_never_starts_ends_instead_of_hanging(
     tmp_path: Path, vcsim_fresh: Any
 ) -> None:
-    cfg = write_config(tmp_path, vcsim_fresh, policy("p", f'names = ["{VM}"]'))
-    async with running(cfg) as daemon:
-        await wait_for(
-            lambda: any(r.vm_name == VM and r.finished for r in daemon.runner.history),
-            60,
-            "the daemon's own first backup",
-        )
+    async with protecting(tmp_path, vcsim_fresh) as (cfg, daemon):
         key = next(v.identity for v in daemon.watcher.tree.vms() if v.name == VM)
         daemon.runner.pause("test: nothing starts")
         # The VM leaves every policy while its job waits in the queue: dropped, said so.
@@ -125,9 +128,7 @@ async def test_a_request_whose_job_never_starts_ends_instead_of_hanging(
 async def test_a_second_daemon_leaves_the_socket_to_the_first(
     tmp_path: Path, vcsim_fresh: Any
 ) -> None:
-    cfg = write_config(tmp_path, vcsim_fresh, policy("p", f'names = ["{VM}"]'))
-    async with running(cfg) as daemon:
-        assert daemon.control is not None
+    async with protecting(tmp_path, vcsim_fresh) as (cfg, daemon):
         second = ControlServer(daemon, control_socket_path(load(cfg)))
         assert not await second.start()
         assert is_socket(control_socket_path(load(cfg)))
