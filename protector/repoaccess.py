@@ -114,7 +114,8 @@ def _open_existing(rc: RepositoryConfig, cfg: Config, backend: Backend | None) -
                 fix="opening with the passphrase instead (slow); `vigil key add-host` creates "
                 "the key file and its slot",
             )
-        return Repository.open(label(rc), _passphrase(rc), state_dir, backend=backend)
+        missing = host_key is None
+        return Repository.open(label(rc), _passphrase(rc, missing), state_dir, backend=backend)
     except RepositoryNotFoundError:
         # Only `vigil init` creates one: a typo in repository.path must not start backups
         # into a fresh repository somewhere else.
@@ -124,7 +125,7 @@ def _open_existing(rc: RepositoryConfig, cfg: Config, backend: Backend | None) -
         raise UserError(f"{missing} ({rc.key} in {cfg.path})") from None
 
 
-def _passphrase(rc: RepositoryConfig) -> str | None:
+def _passphrase(rc: RepositoryConfig, key_missing: bool) -> str | None:
     """The passphrase, when the host key did not open the repository; if it cannot be had
     either, the error names both ways in."""
     try:
@@ -132,10 +133,12 @@ def _passphrase(rc: RepositoryConfig) -> str | None:
     except ConfigError as exc:
         if not rc.key_file:
             raise
+        why = "does not exist yet" if key_missing else "opens no key slot of the repository"
         raise UserError(
-            f"{rc.where}.key_file {rc.key_file} opens no key slot of the repository at "
-            f"{rc.location}, and the passphrase cannot be read either ({'; '.join(exc.problems)}"
-            f"): make the passphrase available and run `vigil key add-host` once"
+            f"{rc.where}.key_file {rc.key_file} {why}, and the passphrase cannot be read "
+            f"either ({'; '.join(exc.problems)}): make the passphrase available; then "
+            "`vigil init` makes the repository and the key, or `vigil key add-host` the key "
+            f"for the repository at {rc.location}"
         ) from None
 
 

@@ -154,7 +154,8 @@ def key_add_host(repo: Repository, host_key: bytes, host: str, key_file: str) ->
         [
             f"added key slot {repo.root / 'keys' / name}: host key {key_file} opens the "
             f"repository on {host} without the passphrase",
-            "keep the passphrase: a new host needs it (or its own `vigil key add-host`)",
+            "keep the passphrase: a new host (or this one, after losing the key file) "
+            "needs it for its own `vigil key add-host`",
         ],
         name,
     )
@@ -187,8 +188,9 @@ def key_remove(repo: Repository, slot: str) -> Outcome:
         return Outcome(
             2,
             [
-                f"key slot {slot} is the repository's last passphrase: add another "
-                "(`vigil key add`) before removing it; host keys alone die with their hosts"
+                f"key slot {slot} holds the repository's last passphrase; give it another "
+                "one with `vigil key add` before removing this slot (host keys alone die "
+                "with their hosts)"
             ],
         )
     repo.backend.delete(f"keys/{slot}")

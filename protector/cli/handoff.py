@@ -100,7 +100,13 @@ async def _follow(reader: asyncio.StreamReader, args: argparse.Namespace) -> int
                 f"the daemon sent something that is not an event: {line[:200]!r}", 1
             ) from None
         if kind == "declined":
-            log.info("backup.handoff_declined", why=ev.get("why"), effect="backing up here")
+            # Said at warning level: the admin expecting the daemon's limits and status
+            # must see that this backup runs here instead.
+            log.warning(
+                "backup.handoff_declined",
+                why=ev.get("why"),
+                effect="backing up in this process, outside the daemon's limits",
+            )
             return None
         if kind == "error":
             raise UserError(f"the running daemon refused the backup: {ev.get('message')}", 2)

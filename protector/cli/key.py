@@ -36,7 +36,8 @@ def register(sub: Any) -> None:
     sp.add_parser(
         "add-host",
         help="let this host open the repository with its own key (repository.key_file)",
-        description="Create repository.key_file (32 random bytes, mode 0600) if it is not "
+        description="Create repository.key_file (32 random bytes written as 64 hex digits, "
+        "mode 0600) if it is not "
         "there, and add a key slot it opens: every vigil process on this host then opens "
         "the repository in a millisecond, without the passphrase's Argon2id (~0.4 CPU-s) "
         "and without needing the passphrase at all. Opens with the passphrase once.",
@@ -45,7 +46,10 @@ def register(sub: Any) -> None:
     r = sp.add_parser(
         "remove",
         help="remove a key slot (not the one you opened with)",
-        description="Remove a key slot: its passphrase no longer opens the repository.",
+        description="Remove a key slot: its passphrase, or its host's key, no longer opens "
+        "the repository (`vigil key list` shows which is which). The master key stays: "
+        "whoever held that secret and a copy of the storage could already have unwrapped "
+        "it. The last passphrase slot is never removed. Needs the passphrase.",
     )
     r.add_argument("slot", metavar="SLOT", help="the slot name `vigil key list` shows")
     for action in sp.choices.values():
@@ -67,9 +71,10 @@ async def run(args: argparse.Namespace) -> int:
             f'set repository.key_file in {cfg.path} first (e.g. "/var/lib/vigil/repository.key"): '
             "`vigil key add-host` creates that file"
         )
-    if action in ("add-host", "passwd") and rc.key_file:
-        # The passphrase's slot is the one these act on (passwd replaces it; add-host must
-        # open without the host key it is about to add).
+    if action != "list" and rc.key_file:
+        # Changing who may open the repository takes the passphrase, not this host's key:
+        # a host must not be able to lock the admin's passphrase out (or, with add-host,
+        # open with the key it is about to add).
         cfg = replace(cfg, repository=replace(rc, key_file=""))
     repo = await open_repository(cfg)
 

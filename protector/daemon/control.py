@@ -129,6 +129,8 @@ class ControlServer:
         # found there without the lock was left by a daemon that died, and is replaced.
         lock = path.with_name(path.name + ".lock")
         try:
+            # The state directory may not exist yet on a first start (nothing stored).
+            os.makedirs(path.parent, mode=0o700, exist_ok=True)
             fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             return self._not_served(f"{lock}: {exc.strerror or exc}")
@@ -238,7 +240,7 @@ class ControlServer:
         d = self.daemon
         vms = d.watcher.tree.vms()
         if ask.vcenter:
-            vms = [v for v in vms if d.vcenters.name_of(v.identity) == ask.vcenter]
+            vms = [v for v in vms if d.vcenters.name_of(v) == ask.vcenter]
         try:
             node = find_vm(vms, ask.vm)
         except VmNotFound:

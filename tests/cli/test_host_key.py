@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from repository import ConfigTamperedError, Repository
+from protector.logs import redact_text
+from repository import ConfigTamperedError, Repository, admin
 from repository.errors import HostKeyUnmatchedError, WrongPassphraseError
 from repository.keys import host_key_id
 
@@ -212,18 +213,33 @@ def test_host_slots_never_crowd_out_the_passphrase(tmp_path: Path) -> None:
 def test_the_last_passphrase_cannot_be_removed(tmp_path: Path) -> None:
     cfg = config(tmp_path)
     assert vigil(cfg, "init").returncode == 0
-    rows = key_rows(cfg, passphrase=None)  # opened by the host key
+    rows = key_rows(cfg, passphrase=None)  # listing: the host key is enough
     passphrase_slot = next(r.split()[0] for r in rows if "argon2id" in r)
-    refused = vigil(cfg, "key", "remove", passphrase_slot, passphrase=None)
-    assert refused.returncode == 2 and "last passphrase" in refused.stderr
-    assert Repository.open(tmp_path / "repo", SECRET, tmp_path / "state").encrypted
-    # With a second passphrase the first may go; the host key's slot goes by its id.
+    # Changing who may open the repository takes the passphrase, not the host's key.
     (tmp_path / "second").write_text("second one\n")
+    by_host = vigil(cfg, "key", "add", "--file", str(tmp_path / "second"), passphrase=None)
+    assert by_host.returncode == 2 and "VIGIL_T_PP" in by_host.stderr
+    refused = vigil(cfg, "key", "remove", passphrase_slot, passphrase="second one")
+    assert refused.returncode == 2 and "wrong passphrase" in refused.stderr
     assert vigil(cfg, "key", "add", "--file", str(tmp_path / "second")).returncode == 0
-    assert vigil(cfg, "key", "remove", passphrase_slot, passphrase=None).returncode == 0
+    # The last passphrase slot stays: host keys alone would die with their hosts.
     host_slot = host_key_id(bytes.fromhex((tmp_path / "host.key").read_text()))
-    mine = vigil(cfg, "key", "remove", host_slot, passphrase=None)
-    assert mine.returncode == 2 and "comment out repository.key_file" in mine.stderr
+    second_slot = next(
+        r.split()[0] for r in key_rows(cfg, None) if "argon2id" in r and passphrase_slot not in r
+    )
+    assert vigil(cfg, "key", "remove", passphrase_slot, passphrase="second one").returncode == 0
+    mine = vigil(cfg, "key", "remove", second_slot, passphrase="second one")
+    assert mine.returncode == 2 and "is the one your passphrase opens" in mine.stderr
+    # Opened by the host key (the library allows it), the last passphrase slot still stays.
+    key = bytes.fromhex((tmp_path / "host.key").read_text())
+    repo = Repository.open(tmp_path / "repo", None, tmp_path / "state", host_key=key)
+    last = admin.key_remove(repo, second_slot)
+    assert last.exit_code == 2 and "holds the repository's last passphrase" in last.lines[0]
+    assert redact_text(last.lines[0]) == last.lines[0]  # nothing in it looks like a secret
+    # A host is revoked with the passphrase, its key then opens nothing.
+    assert vigil(cfg, "key", "remove", host_slot, passphrase="second one").returncode == 0
+    gone = vigil(cfg, "list", passphrase=None)
+    assert gone.returncode == 2 and "opens no key slot" in gone.stderr
 
 
 def test_a_key_file_someone_else_could_know_is_refused(tmp_path: Path) -> None:

@@ -76,6 +76,10 @@ async def test_backup_of_a_protected_vm_runs_in_the_daemon_and_others_run_here(
         assert rec.outcome == "success" and rec.point_id == point["id"]
         assert "uid 0" in rec.reason and "backup.handed_to_daemon" in done.stderr
         assert point["id"] in {m.point_id for m in points_of(daemon, VM)}
+        # --vcenter narrows the daemon's lookup to that vCenter's VMs.
+        named = await vigil(cfg, "backup", VM, "--vcenter", "default")
+        assert named.returncode == 0, named.stderr
+        assert "(by the running daemon, job " in named.stdout
         # --full travels with the request: every block read again.
         full = await vigil(cfg, "backup", VM, "--full")
         assert full.returncode == 0, full.stderr
@@ -84,6 +88,8 @@ async def test_backup_of_a_protected_vm_runs_in_the_daemon_and_others_run_here(
         other = await vigil(cfg, "--log-level", "info", "backup", "DC0_H0_VM1", "--json")
         assert other.returncode == 0, other.stderr
         assert "backup.handoff_declined" in other.stderr and "no policy protects" in other.stderr
+        quiet = await vigil(cfg, "backup", "DC0_H0_VM1")  # said at the default level too
+        assert quiet.returncode == 0 and "backup.handoff_declined" in quiet.stderr
         assert json.loads(other.stdout)["vm"]["name"] == "DC0_H0_VM1"
         # Another configuration on the host (same state directory, another repository):
         # its points do not belong in the daemon's repository.
@@ -97,7 +103,7 @@ async def test_backup_of_a_protected_vm_runs_in_the_daemon_and_others_run_here(
         # --in-process: never handed over, even for a protected VM.
         here = await vigil(cfg, "backup", VM, "--in-process", "--json")
         assert here.returncode == 0, here.stderr
-        assert len(handed(daemon)) == 2
+        assert len(handed(daemon)) == 3
         assert "DC0_H0_VM1" not in {r.vm_name for r in daemon.runner.history}
     # Gone with the daemon: the next command backs up by itself.
     assert not await asyncio.to_thread(os.path.lexists, control_socket_path(load(cfg)))
