@@ -19,7 +19,7 @@ import anyio
 
 from disk_io.vddk.library import candidate_paths, library_version
 from policies import PolicyLoadError, load_policies
-from protector.config import Config
+from protector.config import Config, ConfigError
 from protector.errors import UserError
 from protector.vsphere.privileges import ROLE, missing_privileges
 from watcher.session import Session
@@ -181,7 +181,40 @@ async def repository_check(cfg: Config) -> Check:
         )
     except Exception as exc:  # a damaged repository: repository's own error types
         return Check("repository", FAIL, f"{type(exc).__name__}: {exc}", "run `vigil verify`")
-    return Check("repository", OK, f"{cfg.repository.path}: {len(points)} restore points")
+    where = f"{cfg.repository.path}: {len(points)} restore points"
+    if repo.opened_by_host_key:
+        stale = await _stale_passphrase(cfg)
+        if stale:
+            return Check(
+                "repository",
+                WARN,
+                f"{where}; this host's key opens it, but {stale}",
+                "the passphrase in your vault is the way in for a new host: set the right "
+                "one, or add it with `vigil key add` (which needs a passphrase that opens)",
+                needed=False,
+            )
+        return Check("repository", OK, f"{where} (opened by this host's key)")
+    return Check("repository", OK, where)
+
+
+async def _stale_passphrase(cfg: Config) -> str:
+    """Why the configured passphrase would not open the repository ("" when it would, or
+    when none is configured here: a host with a key need not hold it). One Argon2id."""
+    from dataclasses import replace
+
+    from protector.repoaccess import open_repository
+
+    rc = cfg.repository
+    try:
+        if rc.passphrase() is None:
+            return ""
+    except ConfigError:
+        return ""  # not available on this host: fine with a host key
+    try:
+        await open_repository(replace(cfg, repository=replace(rc, key_file="")))
+    except UserError as exc:
+        return f"the configured passphrase does not: {exc}"
+    return ""
 
 
 def policies_check(cfg: Config) -> Check:

@@ -289,3 +289,25 @@ def test_root_makes_the_key_file_for_the_owner_of_its_directory(tmp_path: Path) 
     assert read_host_key(str(service / "repository.key"), "k", "cfg") == key
     # Made once: a second call reads the same key, never a new one over it.
     assert create_host_key(str(service / "repository.key"), "k", "cfg") == (key, False)
+
+
+async def test_doctor_says_when_the_passphrase_went_stale(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a host key nothing on the host uses the passphrase any more, so a wrong one in
+    the vault would go unnoticed until a new host needs it."""
+    from protector.config import load_config
+    from protector.doctor import repository_check
+
+    cfg_path = config(tmp_path)
+    assert vigil(cfg_path, "init").returncode == 0
+    cfg = load_config(cfg_path)
+    monkeypatch.setenv("VIGIL_T_PP", SECRET)
+    good = await repository_check(cfg)
+    assert good.status == "ok" and "opened by this host's key" in good.detail
+    monkeypatch.setenv("VIGIL_T_PP", "what the vault says now")
+    stale = await repository_check(cfg)
+    assert stale.status == "warn" and "the configured passphrase does not" in stale.detail
+    assert "vigil key add" in stale.fix and not stale.needed
+    monkeypatch.delenv("VIGIL_T_PP")  # a host that holds only its key: nothing to check
+    assert (await repository_check(cfg)).status == "ok"
