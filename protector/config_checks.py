@@ -71,6 +71,15 @@ def _did_you_mean(key: str, known: list[str]) -> str:
     return f"; did you mean {close[0]}?" if close else ""
 
 
+def private_dir_owners(st: os.stat_result) -> set[int] | None:
+    """Who may own a secret (a key file, a socket) in the directory `st` describes: root,
+    us and the directory's owner (the service's user); None when group or others may write
+    the directory, so that anyone could have put the secret there."""
+    if st.st_mode & 0o022:
+        return None
+    return {0, os.geteuid(), st.st_uid}
+
+
 def read_secret_file(path: str, key: str, config_path: str) -> str:
     """A password or passphrase from its file, refused (as ssh refuses a private key) when
     group or others may read it: the secret would already be out of our hands."""

@@ -45,10 +45,9 @@ def trusted_owners(path: Path) -> set[int] | None:
     """Who may serve the socket at `path`: root, us, and the owner of its directory (the
     service's user) — None when the directory is writable by group or others, where anyone
     could have put a socket of their own to answer a root `vigil backup` with lies."""
+    from protector.config_checks import private_dir_owners
+
     try:
-        st = os.stat(path.parent)
+        return private_dir_owners(os.stat(path.parent))
     except OSError:
         return None
-    if st.st_mode & 0o022:
-        return None
-    return {0, os.geteuid(), st.st_uid}

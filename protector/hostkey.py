@@ -15,7 +15,7 @@ import os
 import stat
 from pathlib import Path
 
-from protector.config_checks import ConfigError
+from protector.config_checks import ConfigError, private_dir_owners
 from repository.backend import owner_to_match
 from repository.keys import new_host_key_text, parse_host_key
 
@@ -26,7 +26,8 @@ def _problem(config_path: str, key: str, text: str) -> ConfigError:
     return ConfigError(config_path, [f"{key}: {text}"])
 
 
-def _trusted_dir(path: Path, key: str, config_path: str) -> os.stat_result:
+def _owners(path: Path, key: str, config_path: str) -> set[int]:
+    """Who may own the key file (config_checks.private_dir_owners), its directory checked."""
     parent = path.parent
     try:
         st = os.stat(parent)
@@ -37,14 +38,15 @@ def _trusted_dir(path: Path, key: str, config_path: str) -> os.stat_result:
             f"{parent} (the directory of {path}): {exc.strerror or exc}; create it (mode 0700, "
             "owned by the user vigil runs as)",
         ) from None
-    if st.st_mode & 0o022:
+    owners = private_dir_owners(st)
+    if owners is None:
         raise _problem(
             config_path,
             key,
             f"{parent} is writable by group or others (mode {st.st_mode & 0o777:04o}), so "
             f"anyone could have put {path.name} there; run `chmod go-w {parent}`",
         )
-    return st
+    return owners
 
 
 def read_host_key(path: str, key: str, config_path: str) -> bytes | None:
@@ -53,7 +55,7 @@ def read_host_key(path: str, key: str, config_path: str) -> bytes | None:
     read or that an unexpected user owns, one in a directory others may write, one that
     does not hold a key."""
     target = Path(path)
-    parent = _trusted_dir(target, key, config_path)
+    owners = _owners(target, key, config_path)
     try:
         fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
@@ -68,7 +70,7 @@ def read_host_key(path: str, key: str, config_path: str) -> bytes | None:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise _problem(config_path, key, f"{path} is not a regular file")
-        if st.st_uid not in (0, os.geteuid(), parent.st_uid):
+        if st.st_uid not in owners:
             raise _problem(
                 config_path,
                 key,

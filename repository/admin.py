@@ -162,16 +162,19 @@ def key_add_host(repo: Repository, host_key: bytes, host: str, key_file: str) ->
 
 
 def key_remove(repo: Repository, slot: str) -> Outcome:
-    slots = {i.key.removeprefix("keys/") for i in repo.backend.list("keys/")}
-    if slot not in slots:
+    kinds = {
+        info.key.removeprefix("keys/"): _slot_kind(repo, info.key)
+        for info in repo.backend.list("keys/")
+    }
+    if slot not in kinds:
         return Outcome(2, [f"no key slot {slot!r} in {repo.root} (`vigil key list` shows them)"])
     if slot == repo.key_slot:
         return Outcome(
             2,
             [
                 (
-                    f"key slot {slot} is the one this host's key opens: to revoke it, comment "
-                    "out repository.key_file for this command"
+                    f"key slot {slot} is the one this host's key opened: remove it with the "
+                    "passphrase (`vigil key remove` opens with it)"
                 )
                 if repo.opened_by_host_key
                 else (
@@ -180,9 +183,8 @@ def key_remove(repo: Repository, slot: str) -> Outcome:
                 )
             ],
         )
-    kinds = {info.key: _slot_kind(repo, info.key) for info in repo.backend.list("keys/")}
     passphrases = [k for k, kind in kinds.items() if kind == PASSPHRASE_KDF]
-    if passphrases == [f"keys/{slot}"]:
+    if passphrases == [slot]:
         # Host keys alone would tie the data to the hosts holding them: a lost host (or
         # its key file) would lose every backup.
         return Outcome(
@@ -194,7 +196,7 @@ def key_remove(repo: Repository, slot: str) -> Outcome:
             ],
         )
     repo.backend.delete(f"keys/{slot}")
-    what = "its host key" if kinds.get(f"keys/{slot}") == HOST_KEY_KDF else "its passphrase"
+    what = "its host key" if kinds[slot] == HOST_KEY_KDF else "its passphrase"
     return Outcome(0, [f"removed key slot {slot}; {what} no longer opens {repo.root}"])
 
 

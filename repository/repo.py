@@ -187,7 +187,7 @@ class Repository:
             # and leave the old passphrase working.
             raise RepositoryError(
                 f"repository {self.root} was opened with the host key (repository.key_file); "
-                "to change the passphrase, open with it: comment out key_file for this command"
+                "to change the passphrase, open with it (`vigil key passwd` does)"
             )
         slot = self.add_key(new_passphrase, kdf)
         self.backend.delete(f"keys/{self._slot}")

@@ -15,6 +15,7 @@ from typing import Any
 
 import structlog
 
+from protector.cli.backup import show_result
 from protector.cli.progress import ProgressLine
 from protector.controlsock import control_socket_path, is_socket, peer_uid, trusted_owners
 from protector.errors import UserError
@@ -74,8 +75,6 @@ async def hand_off(cfg: Any, args: argparse.Namespace) -> int | None:
 
 
 async def _follow(reader: asyncio.StreamReader, args: argparse.Namespace) -> int | None:
-    from protector.cli.backup import show_result
-
     progress = ProgressLine(f"backup {args.vm}")
     job = None
     while True:
@@ -124,7 +123,7 @@ async def _follow(reader: asyncio.StreamReader, args: argparse.Namespace) -> int
             elif ev.get("phase"):
                 progress.phase(str(ev["phase"]))
         elif kind == "finished":
-            return _finished(args, ev, progress, show_result)
+            return _finished(args, ev, progress)
     raise UserError(
         f"the daemon stopped answering before the backup ended (job {job or '?'}): it may "
         "have been stopped; `vigil status` and `vigil list` show whether the point was made",
@@ -132,12 +131,12 @@ async def _follow(reader: asyncio.StreamReader, args: argparse.Namespace) -> int
     )
 
 
-def _finished(args: argparse.Namespace, ev: dict[str, Any], progress: Any, show: Any) -> int:
+def _finished(args: argparse.Namespace, ev: dict[str, Any], progress: ProgressLine) -> int:
     progress.finish()
     if ev.get("outcome") == "success":
         point = ev.get("point")
         if isinstance(point, dict):
-            show(args, point, by=f"job {ev.get('job')}")
+            show_result(args, point, by=f"job {ev.get('job')}")
         else:  # a vApp member whose set's job made the point
             print(f"{ev.get('point_id')}: backed up by the running daemon (job {ev.get('job')})")
         return 0
